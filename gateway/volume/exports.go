@@ -1,0 +1,117 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/ferry-io/ferry/backends/device"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrNotFound: no volume has that name.
+	ErrNotFound = errors.New("no such volume")
+	// ErrExists: a volume with that name already exists.
+	ErrExists = errors.New("volume already exists")
+	// ErrBusy: the volume has connected clients.
+	ErrBusy = errors.New("volume in use")
+	// ErrInvalid: a request argument (name, size) is not acceptable.
+	ErrInvalid = errors.New("invalid argument")
+)
+
+// Exports is what a frontend sees of the catalog: the volume names and a
+// way to attach one for the lifetime of a client connection.
+type Exports interface {
+	// List returns the names of the volumes that exist now, sorted.
+	List(ctx context.Context) ([]string, error)
+	// Attach opens the named volume for one client connection; client is a
+	// human-readable peer description for `volume info` and logs. It fails
+	// with an error wrapping ErrNotFound for unknown names. The caller must
+	// call Detach when the connection ends.
+	Attach(ctx context.Context, name, client string) (*Attachment, error)
+}
+
+// Attachment is one client connection's hold on a volume.
+type Attachment struct {
+	// Name is the volume name.
+	Name string
+	// Dev is the volume's device, shared with every other attachment of
+	// the same volume. Never Close it; call Detach.
+	Dev device.Device
+
+	revoked <-chan struct{}
+	once    sync.Once
+	detach  func()
+}
+
+// NewAttachment builds an attachment; revoked is closed when the volume is
+// forcibly removed, detach is called once by Detach.
+func NewAttachment(name string, dev device.Device, revoked <-chan struct{}, detach func()) *Attachment {
+	return &Attachment{Name: name, Dev: dev, revoked: revoked, detach: detach}
+}
+
+// Revoked is closed when the volume is removed by force: the frontend must
+// end the connection.
+func (a *Attachment) Revoked() <-chan struct{} { return a.revoked }
+
+// Detach releases the attachment. It is safe to call more than once.
+func (a *Attachment) Detach() {
+	a.once.Do(func() {
+		if a.detach != nil {
+			a.detach()
+		}
+	})
+}
+
+// StaticExports serves a fixed set of devices; for frontend unit tests.
+type StaticExports struct {
+	mu   sync.Mutex
+	devs map[string]device.Device
+	// Attached counts live attachments per name.
+	attached map[string]int
+}
+
+var _ Exports = (*StaticExports)(nil)
+
+// NewStaticExports returns exports serving devs by name.
+func NewStaticExports(devs map[string]device.Device) *StaticExports {
+	return &StaticExports{devs: devs, attached: map[string]int{}}
+}
+
+// List implements Exports.
+func (s *StaticExports) List(ctx context.Context) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var names []string
+	for n := range s.devs {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// Attach implements Exports.
+func (s *StaticExports) Attach(ctx context.Context, name, client string) (*Attachment, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.devs[name]
+	if !ok {
+		return nil, fmt.Errorf("attach %q: %w", name, ErrNotFound)
+	}
+	s.attached[name]++
+	return NewAttachment(name, d, nil, func() {
+		s.mu.Lock()
+		s.attached[name]--
+		s.mu.Unlock()
+	}), nil
+}
+
+// Attached returns the number of live attachments of name.
+func (s *StaticExports) Attached(name string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.attached[name]
+}
