@@ -1,0 +1,51 @@
+// Package testutil holds helpers shared by Ferry's tests: finding the real
+// client programs acceptance tests drive, and picking loopback ports.
+package testutil
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// RequireEnv is set (to 1) by CI: a test that needs an external program
+// fails instead of skipping when the program is missing.
+const RequireEnv = "FERRY_TEST_REQUIRE_TOOLS"
+
+// RequireTool returns the path of the named program. When it is missing the
+// test is skipped, or failed when FERRY_TEST_REQUIRE_TOOLS=1.
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv(RequireEnv) == "1" {
+		t.Fatalf("required program %q not found (install the test dependencies: scripts/install-test-deps)", name)
+	}
+	t.Skipf("program %q not found; set %s=1 to make this a failure", name, RequireEnv)
+	return ""
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Listen returns a listener on a free loopback port, closed at cleanup.
+func Listen(t testing.TB) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
