@@ -1,0 +1,80 @@
+package volume
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ferry-io/ferry/backends/local"
+)
+
+// catalogVersion is the on-disk catalog format version (docs/FORMAT.md).
+const catalogVersion = 1
+
+// Record is one volume's persistent metadata.
+type Record struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Size    int64     `json:"size"`
+	Backend string    `json:"backend"`        // "local"
+	Path    string    `json:"path,omitempty"` // local: the volume file
+	Created time.Time `json:"created"`
+}
+
+// catalogFile is the JSON document stored at <data>/catalog.json.
+type catalogFile struct {
+	Version int       `json:"version"`
+	Volumes []*Record `json:"volumes"`
+}
+
+// loadCatalog reads path; a missing file is an empty catalog.
+func loadCatalog(path string) (*catalogFile, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &catalogFile{Version: catalogVersion}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read catalog: %w", err)
+	}
+	var c catalogFile
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("parse catalog %s: %w", path, err)
+	}
+	if c.Version != catalogVersion {
+		return nil, fmt.Errorf("catalog %s: unsupported version %d (this Ferry reads %d)", path, c.Version, catalogVersion)
+	}
+	return &c, nil
+}
+
+// saveCatalog replaces path atomically: write a temporary file, fsync it,
+// rename it over the old one and fsync the directory. A crash at any point
+// leaves either the old or the new catalog, never a torn one.
+func saveCatalog(path string, c *catalogFile) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode catalog: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".catalog-*.tmp")
+	if err != nil {
+		return fmt.Errorf("write catalog: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after a successful rename
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write catalog: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync catalog: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write catalog: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("replace catalog: %w", err)
+	}
+	return local.SyncDir(path)
+}

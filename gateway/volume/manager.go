@@ -1,0 +1,501 @@
+package volume
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/backends/local"
+)
+
+// Log attribute keys.
+const (
+	attrVolume = "volume"
+	attrClient = "client"
+)
+
+// Config configures a Manager.
+type Config struct {
+	// DataDir holds catalog.json and, unless PoolDirs says otherwise, the
+	// local pool (DataDir/pool).
+	DataDir string
+	// PoolDirs are the local pool's directories; new volumes go to the one
+	// with the most free space.
+	PoolDirs []string
+	// ForceTimeout bounds how long a forced remove waits for connected
+	// clients to go away before closing the device under them.
+	ForceTimeout time.Duration
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
+}
+
+// Manager owns the catalog and the open devices. It is safe for
+// concurrent use. Lock order: Manager.mu, then a device's own locks.
+type Manager struct {
+	cfg     Config
+	log     *slog.Logger
+	catPath string
+
+	mu   sync.Mutex
+	cat  *catalogFile
+	vols map[string]*vol // by name
+}
+
+type vol struct {
+	rec      *Record
+	dev      device.Device
+	clients  map[*Attachment]string
+	revoked  chan struct{}
+	removing bool
+	drained  chan struct{} // closed when a removing volume has no clients
+}
+
+var _ Exports = (*Manager)(nil)
+
+// Info describes a volume for the API and CLI.
+type Info struct {
+	Name        string    `json:"name"`
+	ID          string    `json:"id"`
+	Size        int64     `json:"size"`
+	Backend     string    `json:"backend"`
+	Allocated   int64     `json:"allocated"`
+	Connections []string  `json:"connections"`
+	Created     time.Time `json:"created"`
+}
+
+// PoolDir describes one directory of the local pool.
+type PoolDir struct {
+	Path  string `json:"path"`
+	Total int64  `json:"total"`
+	Free  int64  `json:"free"`
+}
+
+// PoolInfo describes the local pool.
+type PoolInfo struct {
+	Dirs        []PoolDir `json:"dirs"`
+	Volumes     int       `json:"volumes"`
+	Provisioned int64     `json:"provisioned"`
+	Allocated   int64     `json:"allocated"`
+}
+
+// Open loads the catalog under cfg.DataDir, opens every volume and removes
+// files a crash left behind (a volume file no catalog entry names).
+func Open(ctx context.Context, cfg Config) (*Manager, error) {
+	if cfg.DataDir == "" {
+		return nil, fmt.Errorf("open volumes: no data directory: %w", ErrInvalid)
+	}
+	if len(cfg.PoolDirs) == 0 {
+		cfg.PoolDirs = []string{filepath.Join(cfg.DataDir, "pool")}
+	}
+	if cfg.ForceTimeout == 0 {
+		cfg.ForceTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	for _, d := range append([]string{cfg.DataDir}, cfg.PoolDirs...) {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("open volumes: %w", err)
+		}
+	}
+	m := &Manager{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		catPath: filepath.Join(cfg.DataDir, "catalog.json"),
+		vols:    map[string]*vol{},
+	}
+	cat, err := loadCatalog(m.catPath)
+	if err != nil {
+		return nil, err
+	}
+	m.cat = cat
+	for _, rec := range cat.Volumes {
+		dev, err := m.openDevice(ctx, rec)
+		if err != nil {
+			m.closeAll()
+			return nil, fmt.Errorf("open volume %q: %w", rec.Name, err)
+		}
+		m.vols[rec.Name] = &vol{rec: rec, dev: dev, clients: map[*Attachment]string{}, revoked: make(chan struct{})}
+	}
+	m.removeOrphans()
+	if cfg.Registerer != nil {
+		m.registerMetrics(cfg.Registerer)
+	}
+	return m, nil
+}
+
+func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, error) {
+	switch rec.Backend {
+	case "local":
+		d, err := local.Open(rec.Path)
+		if err != nil {
+			return nil, err
+		}
+		// A resize that crashed before its catalog update left the file
+		// at the new size; the catalog is the truth.
+		if d.Size() != rec.Size {
+			m.log.Warn("volume file size differs from catalog; restoring catalog size",
+				attrVolume, rec.Name, "file_size", d.Size(), "size", rec.Size)
+			if err := d.Resize(ctx, rec.Size); err != nil {
+				d.Close()
+				return nil, err
+			}
+		}
+		return d, nil
+	default:
+		return nil, fmt.Errorf("unknown backend %q", rec.Backend)
+	}
+}
+
+// removeOrphans deletes volume files in the pool that no record names: a
+// create that crashed before its catalog update, or a remove that crashed
+// after it.
+func (m *Manager) removeOrphans() {
+	known := map[string]bool{}
+	for _, r := range m.cat.Volumes {
+		known[r.Path] = true
+	}
+	for _, dir := range m.cfg.PoolDirs {
+		files, _ := filepath.Glob(filepath.Join(dir, "vol-*.img"))
+		for _, f := range files {
+			if !known[f] {
+				m.log.Warn("removing orphaned volume file left by an interrupted create or remove", "path", f)
+				os.Remove(f)
+			}
+		}
+	}
+	tmps, _ := filepath.Glob(filepath.Join(m.cfg.DataDir, ".catalog-*.tmp"))
+	for _, f := range tmps {
+		os.Remove(f)
+	}
+}
+
+func newID() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// pickPoolDir returns the pool directory with the most free space.
+func (m *Manager) pickPoolDir() (string, error) {
+	best, bestFree := "", int64(-1)
+	for _, d := range m.cfg.PoolDirs {
+		_, free, err := statfs(d)
+		if err != nil {
+			continue
+		}
+		if free > bestFree {
+			best, bestFree = d, free
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("no usable pool directory among %v", m.cfg.PoolDirs)
+	}
+	return best, nil
+}
+
+func statfs(dir string) (total, free int64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize, nil
+}
+
+// commit writes the catalog from the in-memory records.
+func (m *Manager) commit() error {
+	return saveCatalog(m.catPath, m.cat)
+}
+
+// Create makes a new, empty local volume. The volume file is created and
+// synced before the catalog names it, so a crash leaves at worst an orphan
+// file that the next Open removes.
+func (m *Manager) Create(ctx context.Context, name string, size int64) (Info, error) {
+	if err := ValidateName(name); err != nil {
+		return Info{}, err
+	}
+	if err := ValidateSize(size); err != nil {
+		return Info{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.vols[name]; ok {
+		return Info{}, fmt.Errorf("create volume %q: %w", name, ErrExists)
+	}
+	dir, err := m.pickPoolDir()
+	if err != nil {
+		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
+	}
+	rec := &Record{ID: newID(), Name: name, Size: size, Backend: "local", Created: time.Now().UTC().Truncate(time.Second)}
+	rec.Path = filepath.Join(dir, "vol-"+rec.ID+".img")
+	dev, err := local.Create(rec.Path, size)
+	if err != nil {
+		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
+	}
+	m.cat.Volumes = append(m.cat.Volumes, rec)
+	if err := m.commit(); err != nil {
+		m.cat.Volumes = m.cat.Volumes[:len(m.cat.Volumes)-1]
+		dev.Close()
+		os.Remove(rec.Path)
+		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
+	}
+	v := &vol{rec: rec, dev: dev, clients: map[*Attachment]string{}, revoked: make(chan struct{})}
+	m.vols[name] = v
+	m.log.Info("volume created", attrVolume, name, "size", size, "path", rec.Path)
+	return m.infoLocked(ctx, v), nil
+}
+
+// List implements Exports.
+func (m *Manager) List(ctx context.Context) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	names := make([]string, 0, len(m.vols))
+	for n, v := range m.vols {
+		if !v.removing {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// Volumes returns every volume's Info, sorted by name.
+func (m *Manager) Volumes(ctx context.Context) []Info {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Info, 0, len(m.vols))
+	for _, v := range m.vols {
+		out = append(out, m.infoLocked(ctx, v))
+	}
+	slices.SortFunc(out, func(a, b Info) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Info describes one volume.
+func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := m.vols[name]
+	if !ok {
+		return Info{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	return m.infoLocked(ctx, v), nil
+}
+
+func (m *Manager) infoLocked(ctx context.Context, v *vol) Info {
+	in := Info{
+		Name: v.rec.Name, ID: v.rec.ID, Size: v.rec.Size, Backend: v.rec.Backend,
+		Created: v.rec.Created, Connections: []string{},
+	}
+	if st, ok := v.dev.(device.Statter); ok {
+		if s, err := st.Stats(ctx); err == nil {
+			in.Allocated = s.Allocated
+		}
+	}
+	for _, c := range v.clients {
+		in.Connections = append(in.Connections, c)
+	}
+	slices.Sort(in.Connections)
+	return in
+}
+
+// Resize grows a volume online. Connected clients see the new size when
+// they next negotiate. Shrinking is refused: it would destroy data.
+func (m *Manager) Resize(ctx context.Context, name string, size int64) (Info, error) {
+	if err := ValidateSize(size); err != nil {
+		return Info{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := m.vols[name]
+	if !ok || v.removing {
+		return Info{}, fmt.Errorf("resize volume %q: %w", name, ErrNotFound)
+	}
+	if size < v.rec.Size {
+		return Info{}, fmt.Errorf("resize volume %q from %d to %d bytes: shrinking would destroy data; only growing is supported: %w",
+			name, v.rec.Size, size, ErrInvalid)
+	}
+	if size == v.rec.Size {
+		return m.infoLocked(ctx, v), nil
+	}
+	old := v.rec.Size
+	if err := v.dev.Resize(ctx, size); err != nil {
+		return Info{}, fmt.Errorf("resize volume %q: %w", name, err)
+	}
+	v.rec.Size = size
+	if err := m.commit(); err != nil {
+		v.rec.Size = old
+		if rerr := v.dev.Resize(ctx, old); rerr != nil {
+			m.log.Error("undo resize failed", attrVolume, name, "err", rerr)
+		}
+		return Info{}, fmt.Errorf("resize volume %q: %w", name, err)
+	}
+	m.log.Info("volume resized", attrVolume, name, "from", old, "to", size)
+	return m.infoLocked(ctx, v), nil
+}
+
+// Remove deletes a volume. With clients connected it fails with ErrBusy
+// unless force is set; then the clients are disconnected first.
+func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
+	m.mu.Lock()
+	v, ok := m.vols[name]
+	if !ok || v.removing {
+		m.mu.Unlock()
+		return fmt.Errorf("remove volume %q: %w", name, ErrNotFound)
+	}
+	if n := len(v.clients); n > 0 && !force {
+		m.mu.Unlock()
+		return fmt.Errorf("remove volume %q: %d client(s) connected (use --force to disconnect them): %w", name, n, ErrBusy)
+	}
+	v.removing = true
+	v.drained = make(chan struct{})
+	if len(v.clients) == 0 {
+		close(v.drained)
+	}
+	close(v.revoked)
+	m.mu.Unlock()
+
+	select {
+	case <-v.drained:
+	case <-time.After(m.cfg.ForceTimeout):
+		m.log.Warn("clients did not disconnect in time; closing the volume under them", attrVolume, name)
+	case <-ctx.Done():
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	recs := slices.DeleteFunc(slices.Clone(m.cat.Volumes), func(r *Record) bool { return r == v.rec })
+	old := m.cat.Volumes
+	m.cat.Volumes = recs
+	if err := m.commit(); err != nil {
+		m.cat.Volumes = old
+		v.removing = false
+		v.revoked = make(chan struct{})
+		return fmt.Errorf("remove volume %q: %w", name, err)
+	}
+	delete(m.vols, name)
+	v.dev.Close()
+	if v.rec.Path != "" {
+		if err := os.Remove(v.rec.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			m.log.Warn("volume removed from catalog but its file remains", attrVolume, name, "path", v.rec.Path, "err", err)
+		}
+	}
+	m.log.Info("volume removed", attrVolume, name, "forced", force)
+	return nil
+}
+
+// Attach implements Exports.
+func (m *Manager) Attach(ctx context.Context, name, client string) (*Attachment, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := m.vols[name]
+	if !ok || v.removing {
+		return nil, fmt.Errorf("attach %q: %w", name, ErrNotFound)
+	}
+	var a *Attachment
+	a = NewAttachment(name, v.dev, v.revoked, func() { m.detach(v, a) })
+	v.clients[a] = client
+	m.log.Debug("client attached", attrVolume, name, attrClient, client)
+	return a, nil
+}
+
+func (m *Manager) detach(v *vol, a *Attachment) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(v.clients, a)
+	if v.removing && len(v.clients) == 0 {
+		select {
+		case <-v.drained:
+		default:
+			close(v.drained)
+		}
+	}
+}
+
+// Pool describes the local pool's capacity and use.
+func (m *Manager) Pool(ctx context.Context) PoolInfo {
+	var p PoolInfo
+	for _, d := range m.cfg.PoolDirs {
+		total, free, err := statfs(d)
+		if err != nil {
+			continue
+		}
+		p.Dirs = append(p.Dirs, PoolDir{Path: d, Total: total, Free: free})
+	}
+	for _, in := range m.Volumes(ctx) {
+		p.Volumes++
+		p.Provisioned += in.Size
+		p.Allocated += in.Allocated
+	}
+	return p
+}
+
+// FlushAll flushes every volume, returning the first error.
+func (m *Manager) FlushAll(ctx context.Context) error {
+	m.mu.Lock()
+	devs := make(map[string]device.Device, len(m.vols))
+	for n, v := range m.vols {
+		devs[n] = v.dev
+	}
+	m.mu.Unlock()
+	var first error
+	for n, d := range devs {
+		if err := d.Flush(ctx); err != nil && first == nil {
+			first = fmt.Errorf("flush volume %q: %w", n, err)
+		}
+	}
+	return first
+}
+
+// Close flushes and closes every volume.
+func (m *Manager) Close(ctx context.Context) error {
+	err := m.FlushAll(ctx)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closeAll()
+	return err
+}
+
+func (m *Manager) closeAll() {
+	for _, v := range m.vols {
+		v.dev.Close()
+	}
+	m.vols = map[string]*vol{}
+}
+
+func (m *Manager) registerMetrics(reg prometheus.Registerer) {
+	sum := func(f func(Info) float64) func() float64 {
+		return func() float64 {
+			var t float64
+			for _, in := range m.Volumes(context.Background()) {
+				t += f(in)
+			}
+			return t
+		}
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_volume_count", Help: "Number of volumes."},
+			sum(func(Info) float64 { return 1 })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_volume_provisioned_bytes", Help: "Sum of volume sizes."},
+			sum(func(in Info) float64 { return float64(in.Size) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_volume_allocated_bytes", Help: "Bytes allocated by volumes in their backends."},
+			sum(func(in Info) float64 { return float64(in.Allocated) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_volume_connections", Help: "Connected clients over all volumes."},
+			sum(func(in Info) float64 { return float64(len(in.Connections)) })),
+	)
+}
