@@ -1,0 +1,73 @@
+package api_test
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ferry-io/ferry/gateway/api"
+	"github.com/ferry-io/ferry/gateway/volume"
+)
+
+func TestClientServerRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	m, err := volume.Open(ctx, volume.Config{DataDir: t.TempDir(), Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close(ctx)
+	srv := httptest.NewServer(api.Handler(m, reg, nil))
+	defer srv.Close()
+	c := api.NewClient(srv.URL)
+
+	if err := c.Healthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateVolume(ctx, "a", 10<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateVolume(ctx, "a", 10<<20); !errors.Is(err, volume.ErrBusy) || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("duplicate create: %v", err)
+	}
+	if _, err := c.CreateVolume(ctx, "B", 10<<20); !errors.Is(err, volume.ErrInvalid) {
+		t.Fatalf("bad name: %v", err)
+	}
+	if _, err := c.Volume(ctx, "zz"); !errors.Is(err, volume.ErrNotFound) {
+		t.Fatalf("unknown: %v", err)
+	}
+	in, err := c.ResizeVolume(ctx, "a", 20<<20)
+	if err != nil || in.Size != 20<<20 {
+		t.Fatalf("resize: %+v %v", in, err)
+	}
+	vs, err := c.Volumes(ctx)
+	if err != nil || len(vs) != 1 || vs[0].Name != "a" {
+		t.Fatalf("list: %+v %v", vs, err)
+	}
+	p, err := c.Pool(ctx)
+	if err != nil || p.Volumes != 1 || p.Provisioned != 20<<20 || len(p.Dirs) != 1 {
+		t.Fatalf("pool: %+v %v", p, err)
+	}
+	if err := c.RemoveVolume(ctx, "a", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RemoveVolume(ctx, "a", false); !errors.Is(err, volume.ErrNotFound) {
+		t.Fatalf("second remove: %v", err)
+	}
+	// Unknown fields and garbage bodies are 400s, not 500s.
+	if _, err := c.ResizeVolume(ctx, "a", -1); !errors.Is(err, volume.ErrInvalid) {
+		t.Fatalf("negative resize: %v", err)
+	}
+}
+
+func TestUnreachableGatewayError(t *testing.T) {
+	c := api.NewClient("127.0.0.1:1")
+	_, err := c.Volumes(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "ferry serve") {
+		t.Fatalf("error should tell the user what to do: %v", err)
+	}
+}

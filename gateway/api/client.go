@@ -1,0 +1,139 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/ferry-io/ferry/gateway/volume"
+)
+
+// Client talks to a gateway's admin API.
+type Client struct {
+	base string
+	hc   *http.Client
+}
+
+// NewClient returns a client for the API at addr ("host:port" or a URL).
+func NewClient(addr string) *Client {
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &Client{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 60 * time.Second}}
+}
+
+// APIError is an error reply from the gateway. It unwraps to the volume
+// sentinel matching its status, so callers can use errors.Is.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// Unwrap maps the HTTP status back to a sentinel.
+func (e *APIError) Unwrap() error {
+	switch e.Status {
+	case http.StatusBadRequest:
+		return volume.ErrInvalid
+	case http.StatusNotFound:
+		return volume.ErrNotFound
+	case http.StatusConflict:
+		return volume.ErrBusy
+	}
+	return nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the gateway API at %s (is `ferry serve` running? set --api or FERRY_API): %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 400 {
+		var e ErrorResponse
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+		}
+		return &APIError{Status: resp.StatusCode, Message: e.Error}
+	}
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return fmt.Errorf("decode %s %s reply: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// CreateVolume creates a volume.
+func (c *Client) CreateVolume(ctx context.Context, name string, size int64) (volume.Info, error) {
+	var in volume.Info
+	err := c.do(ctx, http.MethodPost, "/v1/volumes", CreateRequest{Name: name, Size: size}, &in)
+	return in, err
+}
+
+// Volumes lists volumes.
+func (c *Client) Volumes(ctx context.Context) ([]volume.Info, error) {
+	var out []volume.Info
+	err := c.do(ctx, http.MethodGet, "/v1/volumes", nil, &out)
+	return out, err
+}
+
+// Volume describes one volume.
+func (c *Client) Volume(ctx context.Context, name string) (volume.Info, error) {
+	var in volume.Info
+	err := c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name), nil, &in)
+	return in, err
+}
+
+// ResizeVolume grows a volume.
+func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (volume.Info, error) {
+	var in volume.Info
+	err := c.do(ctx, http.MethodPatch, "/v1/volumes/"+url.PathEscape(name), ResizeRequest{Size: size}, &in)
+	return in, err
+}
+
+// RemoveVolume removes a volume; force disconnects its clients first.
+func (c *Client) RemoveVolume(ctx context.Context, name string, force bool) error {
+	q := ""
+	if force {
+		q = "?force=1"
+	}
+	return c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(name)+q, nil, nil)
+}
+
+// Pool describes the local pool.
+func (c *Client) Pool(ctx context.Context) (volume.PoolInfo, error) {
+	var p volume.PoolInfo
+	err := c.do(ctx, http.MethodGet, "/v1/pool", nil, &p)
+	return p, err
+}
+
+// Healthy reports whether the gateway answers /healthz.
+func (c *Client) Healthy(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/healthz", nil, nil)
+}
+
