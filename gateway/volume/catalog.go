@@ -22,6 +22,9 @@ type Record struct {
 	Backend string    `json:"backend"`        // "local"
 	Path    string    `json:"path,omitempty"` // local: the volume file
 	Created time.Time `json:"created"`
+	// ISCSI is the volume's iSCSI access control; nil means the gateway
+	// default applies.
+	ISCSI *ISCSIAccess `json:"iscsi,omitempty"`
 }
 
 // catalogFile is the JSON document stored at <data>/catalog.json.
@@ -57,24 +60,33 @@ func saveCatalog(path string, c *catalogFile) error {
 	if err != nil {
 		return fmt.Errorf("encode catalog: %w", err)
 	}
+	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+		return fmt.Errorf("save catalog: %w", err)
+	}
+	return nil
+}
+
+// writeFileAtomic replaces path with data (mode 0600): a temporary file in
+// the same directory, fsync, rename, fsync the directory.
+func writeFileAtomic(path string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".catalog-*.tmp")
 	if err != nil {
-		return fmt.Errorf("write catalog: %w", err)
+		return err
 	}
 	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
-		return fmt.Errorf("write catalog: %w", err)
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return fmt.Errorf("sync catalog: %w", err)
+		return err
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write catalog: %w", err)
+		return err
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replace catalog: %w", err)
+		return err
 	}
 	return local.SyncDir(path)
 }

@@ -74,6 +74,8 @@ type Info struct {
 	Allocated   int64     `json:"allocated"`
 	Connections []string  `json:"connections"`
 	Created     time.Time `json:"created"`
+	// ISCSI shows access control without secrets; nil when unset.
+	ISCSI *AccessView `json:"iscsi,omitempty"`
 }
 
 // PoolDir describes one directory of the local pool.
@@ -222,15 +224,29 @@ func (m *Manager) commit() error {
 	return saveCatalog(m.catPath, m.cat)
 }
 
+// CreateOptions are a new volume's optional settings.
+type CreateOptions struct {
+	// Access sets iSCSI access control (CHAP, allowed initiators).
+	Access *AccessUpdate
+}
+
 // Create makes a new, empty local volume. The volume file is created and
 // synced before the catalog names it, so a crash leaves at worst an orphan
 // file that the next Open removes.
-func (m *Manager) Create(ctx context.Context, name string, size int64) (Info, error) {
+func (m *Manager) Create(ctx context.Context, name string, size int64, opts CreateOptions) (Info, error) {
 	if err := ValidateName(name); err != nil {
 		return Info{}, err
 	}
 	if err := ValidateSize(size); err != nil {
 		return Info{}, err
+	}
+	var access *ISCSIAccess
+	if !opts.Access.empty() {
+		a, err := opts.Access.apply(nil)
+		if err != nil {
+			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
+		}
+		access = a
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -241,7 +257,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64) (Info, er
 	if err != nil {
 		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 	}
-	rec := &Record{ID: newID(), Name: name, Size: size, Backend: "local", Created: time.Now().UTC().Truncate(time.Second)}
+	rec := &Record{ID: newID(), Name: name, Size: size, Backend: "local", Created: time.Now().UTC().Truncate(time.Second), ISCSI: access}
 	rec.Path = filepath.Join(dir, "vol-"+rec.ID+".img")
 	dev, err := local.Create(rec.Path, size)
 	if err != nil {
@@ -300,7 +316,7 @@ func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
 func (m *Manager) infoLocked(ctx context.Context, v *vol) Info {
 	in := Info{
 		Name: v.rec.Name, ID: v.rec.ID, Size: v.rec.Size, Backend: v.rec.Backend,
-		Created: v.rec.Created, Connections: []string{},
+		Created: v.rec.Created, Connections: []string{}, ISCSI: v.rec.ISCSI.view(),
 	}
 	if st, ok := v.dev.(device.Statter); ok {
 		if s, err := st.Stats(ctx); err == nil {
@@ -390,6 +406,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	}
 	delete(m.vols, name)
 	v.dev.Close()
+	os.Remove(m.prPath(v.rec))
 	if v.rec.Path != "" {
 		if err := os.Remove(v.rec.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			m.log.Warn("volume removed from catalog but its file remains", attrVolume, name, "path", v.rec.Path, "err", err)

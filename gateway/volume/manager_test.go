@@ -24,10 +24,10 @@ func TestLifecycleAndReopen(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	m := open(t, dir)
-	if _, err := m.Create(ctx, "vm1", 1<<30); err != nil {
+	if _, err := m.Create(ctx, "vm1", 1<<30, volume.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Create(ctx, "db-2.x", 512); err != nil {
+	if _, err := m.Create(ctx, "db-2.x", 512, volume.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	a, err := m.Attach(ctx, "vm1", "test")
@@ -70,7 +70,7 @@ func TestValidation(t *testing.T) {
 	ctx := context.Background()
 	m := open(t, t.TempDir())
 	defer m.Close(ctx)
-	if _, err := m.Create(ctx, "ok", 1<<20); err != nil {
+	if _, err := m.Create(ctx, "ok", 1<<20, volume.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	cases := []struct {
@@ -89,7 +89,7 @@ func TestValidation(t *testing.T) {
 		{"neg", -512, volume.ErrInvalid},
 	}
 	for _, c := range cases {
-		if _, err := m.Create(ctx, c.name, c.size); !errors.Is(err, c.want) {
+		if _, err := m.Create(ctx, c.name, c.size, volume.CreateOptions{}); !errors.Is(err, c.want) {
 			t.Errorf("Create(%q, %d) = %v, want %v", c.name, c.size, err, c.want)
 		}
 	}
@@ -108,7 +108,7 @@ func TestRemoveBusyAndForce(t *testing.T) {
 	ctx := context.Background()
 	m := open(t, t.TempDir())
 	defer m.Close(ctx)
-	in, _ := m.Create(ctx, "v", 1<<20)
+	in, _ := m.Create(ctx, "v", 1<<20, volume.CreateOptions{})
 	a, err := m.Attach(ctx, "v", "127.0.0.1:5555")
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +140,7 @@ func TestOrphanCleanupAndTornTemp(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	m := open(t, dir)
-	m.Create(ctx, "keep", 1<<20)
+	m.Create(ctx, "keep", 1<<20, volume.CreateOptions{})
 	m.Close(ctx)
 	orphan := filepath.Join(dir, "pool", "vol-deadbeefdeadbeef.img")
 	os.WriteFile(orphan, []byte("x"), 0o600)
@@ -160,5 +160,61 @@ func TestCorruptCatalogIsAnError(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "catalog.json"), []byte("{not json"), 0o600)
 	if _, err := volume.Open(context.Background(), volume.Config{DataDir: dir}); err == nil {
 		t.Fatal("Open with a corrupt catalog succeeded")
+	}
+}
+
+func ptr(s string) *string { return &s }
+
+func TestAccessControlAndReservations(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	m := open(t, dir)
+	in, err := m.Create(ctx, "sec", 1<<20, volume.CreateOptions{Access: &volume.AccessUpdate{
+		CHAPUser: ptr("alice"), CHAPSecret: ptr("0123456789ab"),
+		AllowInitiators: []string{"iqn.2026-11.io.example:host1"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.ISCSI == nil || in.ISCSI.CHAPUser != "alice" || len(in.ISCSI.AllowInitiators) != 1 {
+		t.Fatalf("info access view = %+v", in.ISCSI)
+	}
+	bad := []volume.AccessUpdate{
+		{CHAPSecret: ptr("")},                                     // a user without a secret
+		{CHAPSecret: ptr("short")},                                // too short
+		{MutualUser: ptr("t"), MutualSecret: ptr("0123456789ab")}, // same as CHAP secret
+		{AllowInitiators: []string{"not-an-iqn"}},
+	}
+	for i, u := range bad {
+		if _, err := m.UpdateAccess(ctx, "sec", u); !errors.Is(err, volume.ErrInvalid) {
+			t.Errorf("bad update %d: %v", i, err)
+		}
+	}
+	if _, err := m.UpdateAccess(ctx, "sec", volume.AccessUpdate{MutualUser: ptr("target"), MutualSecret: ptr("abcdefghijklmnop")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SavePR(ctx, "sec", []byte("keys")); err != nil {
+		t.Fatal(err)
+	}
+	m.Close(ctx)
+
+	m = open(t, dir)
+	defer m.Close(ctx)
+	a, err := m.Access(ctx, "sec")
+	if err != nil || a.CHAPSecret != "0123456789ab" || a.MutualSecret != "abcdefghijklmnop" || a.AllowInitiators[0] != "iqn.2026-11.io.example:host1" {
+		t.Fatalf("access after reopen = %+v, %v", a, err)
+	}
+	if pr, err := m.LoadPR(ctx, "sec"); err != nil || string(pr) != "keys" {
+		t.Fatalf("reservations after reopen = %q, %v", pr, err)
+	}
+	st, _ := os.Stat(filepath.Join(dir, "catalog.json"))
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("catalog holding secrets has mode %v, want 0600", st.Mode().Perm())
+	}
+	if _, err := m.UpdateAccess(ctx, "sec", volume.AccessUpdate{ClearCHAP: true, ClearAllow: true}); err != nil {
+		t.Fatal(err)
+	}
+	if in, _ := m.Info(ctx, "sec"); in.ISCSI != nil {
+		t.Fatalf("access after clear = %+v", in.ISCSI)
 	}
 }
