@@ -3,6 +3,8 @@ package api_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -28,13 +30,13 @@ func TestClientServerRoundTrip(t *testing.T) {
 	if err := c.Healthy(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.CreateVolume(ctx, "a", 10<<20); err != nil {
+	if _, err := c.CreateVolume(ctx, "a", 10<<20, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.CreateVolume(ctx, "a", 10<<20); !errors.Is(err, volume.ErrBusy) || !strings.Contains(err.Error(), "already exists") {
+	if _, err := c.CreateVolume(ctx, "a", 10<<20, nil); !errors.Is(err, volume.ErrBusy) || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("duplicate create: %v", err)
 	}
-	if _, err := c.CreateVolume(ctx, "B", 10<<20); !errors.Is(err, volume.ErrInvalid) {
+	if _, err := c.CreateVolume(ctx, "B", 10<<20, nil); !errors.Is(err, volume.ErrInvalid) {
 		t.Fatalf("bad name: %v", err)
 	}
 	if _, err := c.Volume(ctx, "zz"); !errors.Is(err, volume.ErrNotFound) {
@@ -58,9 +60,32 @@ func TestClientServerRoundTrip(t *testing.T) {
 	if err := c.RemoveVolume(ctx, "a", false); !errors.Is(err, volume.ErrNotFound) {
 		t.Fatalf("second remove: %v", err)
 	}
-	// Unknown fields and garbage bodies are 400s, not 500s.
-	if _, err := c.ResizeVolume(ctx, "a", -1); !errors.Is(err, volume.ErrInvalid) {
+	// Bad sizes and access settings are 400s, not 500s, and replies never
+	// carry secrets.
+	if _, err := c.CreateVolume(ctx, "b", 1<<20, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ResizeVolume(ctx, "b", -1); !errors.Is(err, volume.ErrInvalid) {
 		t.Fatalf("negative resize: %v", err)
+	}
+	secret := "0123456789abcdef"
+	user := "alice"
+	in, err = c.UpdateVolume(ctx, "b", api.UpdateRequest{ISCSI: &volume.AccessUpdate{CHAPUser: &user, CHAPSecret: &secret}})
+	if err != nil || in.ISCSI == nil || in.ISCSI.CHAPUser != "alice" {
+		t.Fatalf("update access: %+v %v", in, err)
+	}
+	short := "x"
+	if _, err := c.UpdateVolume(ctx, "b", api.UpdateRequest{ISCSI: &volume.AccessUpdate{CHAPSecret: &short}}); !errors.Is(err, volume.ErrInvalid) {
+		t.Fatalf("short secret: %v", err)
+	}
+	resp, err := http.Get(srv.URL + "/v1/volumes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(body), secret) {
+		t.Fatal("volume listing leaks the CHAP secret")
 	}
 }
 

@@ -88,10 +88,10 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	return nil
 }
 
-// CreateVolume creates a volume.
-func (c *Client) CreateVolume(ctx context.Context, name string, size int64) (volume.Info, error) {
+// CreateVolume creates a volume; access may be nil.
+func (c *Client) CreateVolume(ctx context.Context, name string, size int64, access *volume.AccessUpdate) (volume.Info, error) {
 	var in volume.Info
-	err := c.do(ctx, http.MethodPost, "/v1/volumes", CreateRequest{Name: name, Size: size}, &in)
+	err := c.do(ctx, http.MethodPost, "/v1/volumes", CreateRequest{Name: name, Size: size, ISCSI: access}, &in)
 	return in, err
 }
 
@@ -111,8 +111,13 @@ func (c *Client) Volume(ctx context.Context, name string) (volume.Info, error) {
 
 // ResizeVolume grows a volume.
 func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (volume.Info, error) {
+	return c.UpdateVolume(ctx, name, UpdateRequest{Size: &size})
+}
+
+// UpdateVolume changes a volume's size and/or access control.
+func (c *Client) UpdateVolume(ctx context.Context, name string, req UpdateRequest) (volume.Info, error) {
 	var in volume.Info
-	err := c.do(ctx, http.MethodPatch, "/v1/volumes/"+url.PathEscape(name), ResizeRequest{Size: size}, &in)
+	err := c.do(ctx, http.MethodPatch, "/v1/volumes/"+url.PathEscape(name), req, &in)
 	return in, err
 }
 

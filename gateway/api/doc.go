@@ -7,7 +7,7 @@
 //	GET    /v1/volumes                 list volumes
 //	POST   /v1/volumes                 create {"name":..., "size":...}
 //	GET    /v1/volumes/{name}          one volume
-//	PATCH  /v1/volumes/{name}          resize {"size":...}
+//	PATCH  /v1/volumes/{name}          grow and/or change access {"size":..., "iscsi":{...}}
 //	DELETE /v1/volumes/{name}?force=1  remove
 //	GET    /v1/pool                    local pool capacity
 package api

@@ -15,13 +15,16 @@ import (
 
 // CreateRequest is the body of POST /v1/volumes.
 type CreateRequest struct {
-	Name string `json:"name"`
-	Size int64  `json:"size"`
+	Name  string               `json:"name"`
+	Size  int64                `json:"size"`
+	ISCSI *volume.AccessUpdate `json:"iscsi,omitempty"`
 }
 
-// ResizeRequest is the body of PATCH /v1/volumes/{name}.
-type ResizeRequest struct {
-	Size int64 `json:"size"`
+// UpdateRequest is the body of PATCH /v1/volumes/{name}: a new size (grow
+// only) and/or access-control changes.
+type UpdateRequest struct {
+	Size  *int64               `json:"size,omitempty"`
+	ISCSI *volume.AccessUpdate `json:"iscsi,omitempty"`
 }
 
 // ErrorResponse is the body of every error reply.
@@ -43,7 +46,7 @@ func Handler(m *volume.Manager, gatherer prometheus.Gatherer, log *slog.Logger) 
 	mux.HandleFunc("GET /v1/volumes", h.list)
 	mux.HandleFunc("POST /v1/volumes", h.create)
 	mux.HandleFunc("GET /v1/volumes/{name}", h.info)
-	mux.HandleFunc("PATCH /v1/volumes/{name}", h.resize)
+	mux.HandleFunc("PATCH /v1/volumes/{name}", h.update)
 	mux.HandleFunc("DELETE /v1/volumes/{name}", h.remove)
 	mux.HandleFunc("GET /v1/pool", h.pool)
 	return mux
@@ -63,7 +66,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	in, err := h.m.Create(r.Context(), req.Name, req.Size)
+	in, err := h.m.Create(r.Context(), req.Name, req.Size, volume.CreateOptions{Access: req.ISCSI})
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -80,12 +83,19 @@ func (h *handler) info(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, in)
 }
 
-func (h *handler) resize(w http.ResponseWriter, r *http.Request) {
-	var req ResizeRequest
+func (h *handler) update(w http.ResponseWriter, r *http.Request) {
+	var req UpdateRequest
 	if !decode(w, r, &req) {
 		return
 	}
-	in, err := h.m.Resize(r.Context(), r.PathValue("name"), req.Size)
+	name := r.PathValue("name")
+	in, err := h.m.Info(r.Context(), name)
+	if err == nil && req.ISCSI != nil {
+		in, err = h.m.UpdateAccess(r.Context(), name, *req.ISCSI)
+	}
+	if err == nil && req.Size != nil {
+		in, err = h.m.Resize(r.Context(), name, *req.Size)
+	}
 	if err != nil {
 		h.fail(w, r, err)
 		return
