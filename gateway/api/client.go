@@ -141,4 +141,3 @@ func (c *Client) Pool(ctx context.Context) (volume.PoolInfo, error) {
 func (c *Client) Healthy(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, "/healthz", nil, nil)
 }
-
