@@ -49,3 +49,21 @@ func Listen(t testing.TB) net.Listener {
 	t.Cleanup(func() { l.Close() })
 	return l
 }
+
+// Nbdsh returns a command running libnbd's nbdsh with args. nbdsh is
+// `python3 -m nbd`; this runs it under a Python that has Debian's nbd
+// module, not whatever python3 comes first on PATH (pyenv, a venv).
+func Nbdsh(t testing.TB, args ...string) *exec.Cmd {
+	t.Helper()
+	RequireTool(t, "nbdsh")
+	for _, py := range []string{"/usr/bin/python3", "python3"} {
+		if exec.Command(py, "-c", "import nbd").Run() == nil {
+			return exec.Command(py, append([]string{"-m", "nbd"}, args...)...)
+		}
+	}
+	if os.Getenv(RequireEnv) == "1" {
+		t.Fatalf("no python3 can import the nbd module (install python3-libnbd)")
+	}
+	t.Skip("no python3 can import the nbd module (python3-libnbd)")
+	return nil
+}

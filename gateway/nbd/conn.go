@@ -1,0 +1,539 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/bits"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/gateway/volume"
+)
+
+const ioBufferSize = 256 << 10
+
+// conn is one client connection.
+type conn struct {
+	s      *Server
+	nc     net.Conn
+	br     *bufio.Reader
+	remote string
+	log    *slog.Logger
+
+	// Negotiated state.
+	noZeroes   bool
+	structured bool
+	metaAlloc  bool
+	metaExport string
+
+	// Transmission state.
+	ctx    context.Context // for device calls; ends when the connection dies
+	cancel context.CancelFunc
+	dev    device.Device
+	sem    *semaphore.Weighted
+
+	rmu   sync.Mutex // the reading turn
+	rdone bool       // under rmu: no more requests will be read
+	hdr   [requestHeaderSize]byte
+
+	wmu    sync.Mutex
+	bw     *bufio.Writer
+	queued atomic.Int32 // replies waiting for wmu
+	werr   error        // first reply write error, under wmu
+
+	dmu      sync.Mutex
+	stopping bool // under dmu: Shutdown asked the reader to stop
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	remote := nc.RemoteAddr().String()
+	return &conn{
+		s:      s,
+		nc:     nc,
+		br:     bufio.NewReaderSize(nc, ioBufferSize),
+		remote: remote,
+		log:    s.log.With("remote", remote),
+	}
+}
+
+// stopReading makes the reader stop at the next request boundary (or
+// in the middle of a payload it has not finished receiving, which was never
+// acknowledged). Requests already read complete and are answered.
+func (c *conn) stopReading() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.stopping = true
+	c.nc.SetReadDeadline(time.Now())
+}
+
+func (c *conn) setReadDeadline(t time.Time) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !c.stopping {
+		c.nc.SetReadDeadline(t)
+	}
+}
+
+func (c *conn) isStopping() bool {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	return c.stopping
+}
+
+// serve runs the connection to its end.
+func (c *conn) serve(parent context.Context) {
+	defer c.nc.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			c.s.m.panics.Inc()
+			c.log.Error("panic serving connection; closing it", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	if tc, ok := c.nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	c.setReadDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
+	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
+	// Device calls outlive a cancelled Serve context: a graceful shutdown
+	// lets requests already read finish.
+	c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(parent))
+	defer c.cancel()
+	att, err := c.handshake(c.ctx)
+	if err != nil {
+		if !errors.Is(err, errAbort) && !errors.Is(err, io.EOF) && !c.isStopping() {
+			c.log.Info("negotiation ended", "err", err)
+		}
+		return
+	}
+	defer att.Detach()
+	c.setReadDeadline(time.Time{})
+	c.nc.SetWriteDeadline(time.Time{})
+	c.log.Debug("client attached", "export", att.Name, "structured", c.structured)
+
+	if rev := att.Revoked(); rev != nil {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			select {
+			case <-rev:
+				c.log.Warn("volume removed by force; closing connection", "export", att.Name)
+				c.cancel()
+				c.nc.Close()
+			case <-stop:
+			}
+		}()
+	}
+	c.dev = att.Dev
+	c.sem = semaphore.NewWeighted(c.s.cfg.MaxInflightBytes)
+	c.bw = bufio.NewWriterSize(c.nc, ioBufferSize)
+	c.transmit()
+	c.wmu.Lock()
+	werr := c.werr
+	if werr == nil {
+		werr = c.bw.Flush()
+	}
+	c.wmu.Unlock()
+	if werr == nil {
+		c.linger()
+	}
+}
+
+// linger half-closes the connection and discards what the client still
+// sends for a moment, so closing with unread requests in the socket does
+// not reset the connection and destroy replies the client has yet to read.
+func (c *conn) linger() {
+	tc, ok := c.nc.(*net.TCPConn)
+	if !ok || tc.CloseWrite() != nil {
+		return
+	}
+	tc.SetReadDeadline(time.Now().Add(time.Second))
+	io.CopyN(io.Discard, tc, 64<<20)
+}
+
+// transmit serves requests until DISC, a protocol error, or shutdown.
+// Like nbdkit's threads, a fixed set of workers takes turns reading the
+// next request from the socket and then executes it and sends its reply
+// itself, so requests run concurrently and complete out of order without a
+// hand-off between goroutines on the hot path.
+func (c *conn) transmit() {
+	var wg sync.WaitGroup
+	for range c.s.cfg.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.worker()
+		}()
+	}
+	wg.Wait()
+}
+
+func (c *conn) worker() {
+	defer func() {
+		if r := recover(); r != nil {
+			c.s.m.panics.Inc()
+			c.log.Error("panic reading requests; closing connection", "panic", r, "stack", string(debug.Stack()))
+			c.rmu.Lock()
+			c.rdone = true
+			c.rmu.Unlock()
+			c.nc.Close()
+		}
+	}()
+	for {
+		req, buf, ok := c.next()
+		if !ok {
+			return
+		}
+		c.handle(req, buf)
+	}
+}
+
+// next reads the next request that needs executing, with its payload for a
+// write or a buffer for a read. It answers requests that fail validation
+// before any I/O itself. ok is false once the connection is done reading.
+func (c *conn) next() (req request, buf []byte, ok bool) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	for !c.rdone {
+		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
+			if !errors.Is(err, io.EOF) && !c.isStopping() && !errors.Is(err, net.ErrClosed) {
+				c.log.Info("connection ended", "err", err)
+			}
+			break
+		}
+		req, err := decodeRequest(c.hdr[:])
+		if err != nil {
+			// Without a valid magic the stream cannot be resynchronised.
+			c.log.Warn("protocol error; closing connection", "err", err)
+			break
+		}
+		c.s.m.requests[c.s.m.cmd(req.typ)].Inc()
+		switch req.typ {
+		case cmdDisc:
+			c.rdone = true
+			return req, nil, false
+		case cmdWrite:
+			if req.length > maxPayload {
+				if _, err := io.CopyN(io.Discard, c.br, int64(req.length)); err != nil {
+					c.rdone = true
+					return req, nil, false
+				}
+				c.replyError(req, errInval, "write larger than the maximum payload")
+				continue
+			}
+			if err := c.sem.Acquire(c.ctx, int64(req.length)); err != nil {
+				c.rdone = true
+				return req, nil, false
+			}
+			buf := getBuf(int(req.length))
+			if _, err := io.ReadFull(c.br, buf); err != nil {
+				putBuf(buf)
+				c.sem.Release(int64(req.length))
+				if !c.isStopping() {
+					c.log.Info("connection ended in a write payload", "err", err)
+				}
+				c.rdone = true
+				return req, nil, false
+			}
+			return req, buf, true
+		case cmdRead:
+			if req.length > maxPayload {
+				c.replyError(req, errInval, "read larger than the maximum payload")
+				continue
+			}
+			if err := c.sem.Acquire(c.ctx, int64(req.length)); err != nil {
+				c.rdone = true
+				return req, nil, false
+			}
+			return req, getBuf(int(req.length)), true
+		default:
+			return req, nil, true
+		}
+	}
+	c.rdone = true
+	return request{}, nil, false
+}
+
+// handle executes one request and sends its reply.
+func (c *conn) handle(req request, buf []byte) {
+	replied := false
+	defer func() {
+		if buf != nil {
+			putBuf(buf)
+			c.sem.Release(int64(req.length))
+		}
+		if r := recover(); r != nil {
+			c.s.m.panics.Inc()
+			c.log.Error("panic handling request", "command", commandName(req.typ), "panic", r, "stack", string(debug.Stack()))
+			if !replied {
+				c.replyError(req, errIO, "internal error")
+			}
+		}
+	}()
+	errno, msg := c.execute(req, buf)
+	replied = true
+	if errno != 0 {
+		c.replyError(req, errno, msg)
+		return
+	}
+	switch req.typ {
+	case cmdRead:
+		c.s.m.readB.Add(float64(len(buf)))
+		if c.structured {
+			c.replyData(req, buf)
+		} else {
+			c.reply(req.handle, 0, buf)
+		}
+	case cmdBlockStatus:
+		// execute already sent the reply.
+	default:
+		c.reply(req.handle, 0, nil)
+	}
+}
+
+// allowedFlags lists the command flags each command accepts; others are
+// refused with EINVAL so a client never believes a flag was honoured.
+var allowedFlags = [numCommands]uint16{
+	cmdRead:        cmdFlagDF | cmdFlagFUA,
+	cmdWrite:       cmdFlagFUA,
+	cmdFlush:       cmdFlagFUA,
+	cmdTrim:        cmdFlagFUA,
+	cmdCache:       0,
+	cmdWriteZeroes: cmdFlagFUA | cmdFlagNoHole,
+	cmdBlockStatus: cmdFlagReqOne,
+}
+
+// execute performs req and returns an NBD errno (0 for success) with a
+// message for structured error replies. For BLOCK_STATUS it sends the reply.
+func (c *conn) execute(req request, buf []byte) (uint32, string) {
+	if int(req.typ) >= numCommands || req.typ == cmdDisc {
+		return errInval, fmt.Sprintf("unknown command %d", req.typ)
+	}
+	if req.flags&^allowedFlags[req.typ] != 0 {
+		return errInval, fmt.Sprintf("flags %#x not valid for %s", req.flags, commandName(req.typ))
+	}
+	ctx := c.ctx
+	dev := c.dev
+	off, n := int64(req.offset), int64(req.length)
+	if req.typ != cmdFlush {
+		if req.offset > 1<<62 || device.CheckRange(dev.Size(), off, n) != nil {
+			return errInval, fmt.Sprintf("range %d+%d beyond the export's end", req.offset, req.length)
+		}
+	}
+	var err error
+	switch req.typ {
+	case cmdRead:
+		if n > 0 {
+			err = dev.ReadAt(ctx, buf, off)
+		}
+	case cmdWrite:
+		if n > 0 {
+			err = dev.WriteAt(ctx, buf, off)
+			c.s.m.writeB.Add(float64(n))
+		}
+	case cmdFlush:
+		err = dev.Flush(ctx)
+	case cmdTrim:
+		if n > 0 {
+			err = dev.Trim(ctx, off, n)
+		}
+	case cmdWriteZeroes:
+		if n > 0 {
+			err = dev.WriteZeroes(ctx, off, n, req.flags&cmdFlagNoHole == 0)
+		}
+	case cmdCache:
+		// Advisory; the local pool has nothing to prefetch into.
+	case cmdBlockStatus:
+		if !c.structured || !c.metaAlloc {
+			return errInval, "base:allocation was not negotiated"
+		}
+		if n == 0 {
+			return errInval, "zero-length block status"
+		}
+		var ext []device.Extent
+		if ext, err = dev.Extents(ctx, off, n); err == nil {
+			c.replyBlockStatus(req, ext)
+			return 0, ""
+		}
+	}
+	if err == nil && req.flags&cmdFlagFUA != 0 && req.typ != cmdRead && req.typ != cmdFlush {
+		err = dev.Flush(ctx)
+	}
+	if err != nil {
+		errno := errnoFor(err)
+		if errno == errIO {
+			c.log.Warn("I/O error", "command", commandName(req.typ), "offset", off, "length", n, "err", err)
+		}
+		return errno, err.Error()
+	}
+	return 0, ""
+}
+
+// errnoFor maps a device error to the NBD errno a client should see.
+func errnoFor(err error) uint32 {
+	switch {
+	case errors.Is(err, device.ErrOutOfRange):
+		return errInval
+	case errors.Is(err, device.ErrNoSpace):
+		return errNoSpc
+	case errors.Is(err, device.ErrReadOnly):
+		return errPerm
+	case errors.Is(err, device.ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, volume.ErrNotFound):
+		return errShutdown
+	default:
+		return errIO
+	}
+}
+
+// replyError answers req with errno, as a structured error chunk where the
+// client expects structured replies to this command.
+func (c *conn) replyError(req request, errno uint32, msg string) {
+	c.s.m.errors[c.s.m.cmd(req.typ)].Inc()
+	if c.structured && (req.typ == cmdRead || req.typ == cmdBlockStatus) {
+		if len(msg) > 4096 {
+			msg = msg[:4096]
+		}
+		p := make([]byte, 6, 6+len(msg))
+		binary.BigEndian.PutUint32(p[0:4], errno)
+		binary.BigEndian.PutUint16(p[4:6], uint16(len(msg)))
+		c.structuredChunk(req.handle, replyTypeError, p, []byte(msg))
+		return
+	}
+	c.reply(req.handle, errno, nil)
+}
+
+// reply sends a simple reply.
+func (c *conn) reply(handle uint64, errno uint32, data []byte) {
+	var h [simpleReplyHeaderSize]byte
+	binary.BigEndian.PutUint32(h[0:4], magicReply)
+	binary.BigEndian.PutUint32(h[4:8], errno)
+	binary.BigEndian.PutUint64(h[8:16], handle)
+	c.send(h[:], nil, data)
+}
+
+// replyData sends a read's data as one NBD_REPLY_TYPE_OFFSET_DATA chunk.
+func (c *conn) replyData(req request, data []byte) {
+	var off [8]byte
+	binary.BigEndian.PutUint64(off[:], req.offset)
+	c.structuredChunk(req.handle, replyTypeOffsetData, off[:], data)
+}
+
+func (c *conn) replyBlockStatus(req request, ext []device.Extent) {
+	p := make([]byte, 4, 4+8*min(len(ext), maxBlockStatusExtents))
+	binary.BigEndian.PutUint32(p, metaContextAllocID)
+	var last uint32
+	var pending int64
+	flushDesc := func() {
+		for pending > 0 {
+			n := min(pending, 1<<31)
+			p = binary.BigEndian.AppendUint32(p, uint32(n))
+			p = binary.BigEndian.AppendUint32(p, last)
+			pending -= n
+		}
+	}
+	for _, e := range ext {
+		var st uint32
+		if e.Flags&device.ExtentHole != 0 {
+			st |= stateHole | stateZero
+		}
+		if e.Flags&device.ExtentZero != 0 {
+			st |= stateZero
+		}
+		if pending > 0 && st != last {
+			flushDesc()
+			if req.flags&cmdFlagReqOne != 0 || len(p) >= 4+8*maxBlockStatusExtents {
+				break
+			}
+		}
+		last = st
+		pending += e.Length
+	}
+	flushDesc()
+	if req.flags&cmdFlagReqOne != 0 && len(p) > 12 {
+		p = p[:12]
+	}
+	c.structuredChunk(req.handle, replyTypeBlockStatus, p, nil)
+}
+
+// structuredChunk sends one structured reply chunk (always the last one
+// for its handle) made of prefix and data.
+func (c *conn) structuredChunk(handle uint64, typ uint16, prefix, data []byte) {
+	var h [structuredHeaderSize]byte
+	binary.BigEndian.PutUint32(h[0:4], magicStructured)
+	binary.BigEndian.PutUint16(h[4:6], replyFlagDone)
+	binary.BigEndian.PutUint16(h[6:8], typ)
+	binary.BigEndian.PutUint64(h[8:16], handle)
+	binary.BigEndian.PutUint32(h[16:20], uint32(len(prefix)+len(data)))
+	c.send(h[:], prefix, data)
+}
+
+// send writes one reply. Replies batch in the buffered writer; whoever
+// writes last while nobody else waits flushes, so a burst of completions
+// costs one system call.
+func (c *conn) send(hdr, prefix, data []byte) {
+	c.queued.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	last := c.queued.Add(-1) == 0
+	if c.werr != nil {
+		return
+	}
+	c.bw.Write(hdr)
+	c.bw.Write(prefix)
+	_, err := c.bw.Write(data)
+	if err == nil && last {
+		err = c.bw.Flush()
+	}
+	if err != nil {
+		c.werr = err
+		if !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded) {
+			c.log.Info("reply write failed; closing connection", "err", err)
+		}
+		c.nc.Close()
+	}
+}
+
+// Buffers come from power-of-two size classes up to maxPayload.
+var bufPools [26]sync.Pool // classes 9 (512 B) to 25 (maxPayload)
+
+func sizeClass(n int) int {
+	if n <= 512 {
+		return 9
+	}
+	return bits.Len(uint(n - 1))
+}
+
+func getBuf(n int) []byte {
+	if n == 0 {
+		return []byte{}
+	}
+	cl := sizeClass(n)
+	if b, ok := bufPools[cl].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 1<<cl)
+}
+
+func putBuf(b []byte) {
+	c := cap(b)
+	if c == 0 || c&(c-1) != 0 || c < 512 {
+		return
+	}
+	cl := bits.Len(uint(c)) - 1
+	if cl >= len(bufPools) {
+		return
+	}
+	b = b[:c]
+	bufPools[cl].Put(&b)
+}

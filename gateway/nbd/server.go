@@ -1,0 +1,245 @@
+// Package nbd is Ferry's NBD frontend: a fixed-newstyle NBD server that
+// serves every volume of a volume.Exports as an export of the same name.
+//
+// It negotiates NBD_OPT_GO/INFO/LIST/ABORT/EXPORT_NAME, structured replies
+// and the base:allocation meta context, and handles READ, WRITE, FLUSH,
+// FUA, TRIM, WRITE_ZEROES (honouring NO_HOLE), CACHE, BLOCK_STATUS and DISC
+// with many requests in flight per connection, replies completing out of
+// order. See docs/NBD.md.
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ferry-io/ferry/gateway/volume"
+)
+
+// Config tunes a Server. The zero value is usable.
+type Config struct {
+	// Logger receives connection-level events; nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the server's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// HandshakeTimeout bounds option haggling; default 30s.
+	HandshakeTimeout time.Duration
+	// MaxInflightBytes bounds the request payloads and read buffers one
+	// connection holds at once; default 128 MiB.
+	MaxInflightBytes int64
+	// MaxConns bounds concurrent connections; default 1024.
+	MaxConns int
+	// Workers is the number of requests one connection executes at once;
+	// default 16.
+	Workers int
+}
+
+// Server serves a set of exports over NBD.
+type Server struct {
+	exports volume.Exports
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	shutdown  bool
+	wg        sync.WaitGroup // one per connection goroutine
+}
+
+// NewServer returns a server for exports.
+func NewServer(exports volume.Exports, cfg Config) *Server {
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 30 * time.Second
+	}
+	if cfg.MaxInflightBytes <= 0 {
+		cfg.MaxInflightBytes = 128 << 20
+	}
+	if cfg.MaxInflightBytes < maxPayload {
+		cfg.MaxInflightBytes = maxPayload
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 16
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 1024
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{
+		exports:   exports,
+		cfg:       cfg,
+		log:       log.With("frontend", "nbd"),
+		m:         newMetrics(cfg.Registerer),
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*conn]struct{}{},
+	}
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("nbd: server closed")
+
+// Serve accepts connections on l until ctx ends or Shutdown is called, and
+// then returns nil. It closes l.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || s.isShutdown() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Temporary failures (EMFILE and friends): back off, go on.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", "err", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		backoff = 0
+		c, ok := s.track(nc)
+		if !ok {
+			nc.Close()
+			continue
+		}
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(c)
+			c.serve(ctx)
+		}()
+	}
+}
+
+func (s *Server) isShutdown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutdown
+}
+
+func (s *Server) track(nc net.Conn) (*conn, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return nil, false
+	}
+	if len(s.conns) >= s.cfg.MaxConns {
+		s.m.refused.Inc()
+		s.log.Warn("connection refused: too many connections", "remote", nc.RemoteAddr().String(), "max", s.cfg.MaxConns)
+		return nil, false
+	}
+	c := newConn(s, nc)
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.m.conns.Inc()
+	return c, true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.m.conns.Dec()
+}
+
+// Shutdown stops accepting, lets every connection finish the requests it
+// has already read, sends their replies and closes it. When ctx ends first,
+// the remaining connections are closed at once and ctx's error returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.stopReading()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		return fmt.Errorf("nbd shutdown: %w", ctx.Err())
+	}
+}
+
+// metrics are the server's Prometheus series, resolved once so the request
+// path does no label lookups.
+type metrics struct {
+	conns    prometheus.Gauge
+	refused  prometheus.Counter
+	panics   prometheus.Counter
+	requests [numCommands + 1]prometheus.Counter
+	errors   [numCommands + 1]prometheus.Counter
+	readB    prometheus.Counter
+	writeB   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	conns := prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_nbd_connections", Help: "Open NBD connections."})
+	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_nbd_connections_refused_total", Help: "NBD connections refused at the connection limit."})
+	panics := prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_nbd_panics_total", Help: "Panics recovered while serving NBD connections."})
+	reqs := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_nbd_requests_total", Help: "NBD requests by command."}, []string{"command"})
+	errs := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_nbd_request_errors_total", Help: "NBD requests answered with an error, by command."}, []string{"command"})
+	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_nbd_bytes_total", Help: "NBD payload bytes by direction."}, []string{"direction"})
+	m := &metrics{conns: conns, refused: refused, panics: panics, readB: bytes.WithLabelValues("read"), writeB: bytes.WithLabelValues("write")}
+	for i := range m.requests {
+		name := "unknown"
+		if i < numCommands {
+			name = commandNames[i]
+		}
+		m.requests[i] = reqs.WithLabelValues(name)
+		m.errors[i] = errs.WithLabelValues(name)
+	}
+	if reg != nil {
+		reg.MustRegister(conns, refused, panics, reqs, errs, bytes)
+	}
+	return m
+}
+
+func (m *metrics) cmd(typ uint16) int {
+	if int(typ) < numCommands {
+		return int(typ)
+	}
+	return numCommands
+}
