@@ -1,0 +1,19 @@
+package main
+
+import "github.com/urfave/cli/v2"
+
+func cmdVolume() *cli.Command {
+	return &cli.Command{
+		Name:    "volume",
+		Aliases: []string{"vol"},
+		Usage:   "create, list, inspect, resize and remove volumes",
+		Subcommands: []*cli.Command{
+			cmdVolumeCreate(),
+			cmdVolumeLs(),
+			cmdVolumeInfo(),
+			cmdVolumeResize(),
+			cmdVolumeUpdate(),
+			cmdVolumeRm(),
+		},
+	}
+}
