@@ -1,0 +1,237 @@
+package acceptance
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferry-io/ferry/internal/testutil"
+)
+
+// ferryBin is the ferry binary built once for the package.
+var ferryBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ferry-acceptance-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ferryBin = filepath.Join(dir, "ferry")
+	build := exec.Command("go", "build", "-o", ferryBin, "github.com/ferry-io/ferry/cmd/ferry")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build ferry:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// gateway is one `ferry serve` process.
+type gateway struct {
+	t       *testing.T
+	data    string
+	nbdAddr string
+	apiAddr string
+	extra   []string
+	cmd     *exec.Cmd
+	logs    *syncBuffer
+	exited  chan struct{}
+	waitErr error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// newGateway prepares a gateway on fresh loopback ports over data.
+func newGateway(t *testing.T, data string, extra ...string) *gateway {
+	t.Helper()
+	return &gateway{
+		t: t, data: data, extra: extra,
+		nbdAddr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
+		apiAddr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
+	}
+}
+
+// startGateway starts a gateway over a new data directory.
+func startGateway(t *testing.T, extra ...string) *gateway {
+	t.Helper()
+	g := newGateway(t, t.TempDir(), extra...)
+	g.start()
+	return g
+}
+
+func (g *gateway) start() {
+	g.t.Helper()
+	args := append([]string{"serve", "--data", g.data, "--nbd-listen", g.nbdAddr, "--api-listen", g.apiAddr}, g.extra...)
+	g.cmd = exec.Command(ferryBin, args...)
+	g.logs = &syncBuffer{}
+	g.cmd.Stdout, g.cmd.Stderr = g.logs, g.logs
+	if err := g.cmd.Start(); err != nil {
+		g.t.Fatal(err)
+	}
+	g.exited = make(chan struct{})
+	go func() { g.waitErr = g.cmd.Wait(); close(g.exited) }()
+	g.t.Cleanup(g.stopQuietly)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + g.apiAddr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		select {
+		case <-g.exited:
+			g.t.Fatalf("ferry serve exited during start-up: %v\n%s", g.waitErr, g.logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("ferry serve not healthy after 20s\n%s", g.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kill9 ends the gateway with SIGKILL and waits for it.
+func (g *gateway) kill9() {
+	g.cmd.Process.Signal(syscall.SIGKILL)
+	<-g.exited
+}
+
+// stop sends SIGTERM and returns the exit error.
+func (g *gateway) stop() error {
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-g.exited:
+		return g.waitErr
+	case <-time.After(60 * time.Second):
+		g.cmd.Process.Signal(syscall.SIGKILL)
+		<-g.exited
+		return fmt.Errorf("ferry serve did not stop within 60s of SIGTERM")
+	}
+}
+
+func (g *gateway) stopQuietly() {
+	if g.cmd == nil || g.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-g.exited:
+	default:
+		g.stop()
+	}
+	if g.t.Failed() {
+		g.t.Logf("gateway log:\n%s", tail(g.logs.String(), 60))
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// uri is the NBD URI of a volume.
+func (g *gateway) uri(vol string) string { return "nbd://" + g.nbdAddr + "/" + vol }
+
+// cliResult is one CLI run.
+type cliResult struct {
+	stdout, stderr string
+	code           int
+}
+
+// cli runs `ferry ARGS --api ADDR` against this gateway.
+func (g *gateway) cli(args ...string) cliResult {
+	g.t.Helper()
+	cmd := exec.Command(ferryBin, args...)
+	cmd.Env = append(os.Environ(), "FERRY_API="+g.apiAddr)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		g.t.Fatalf("run ferry %v: %v", args, err)
+	}
+	return cliResult{o.String(), e.String(), code}
+}
+
+// mustCLI runs the CLI and fails the test on a non-zero exit.
+func (g *gateway) mustCLI(args ...string) string {
+	g.t.Helper()
+	r := g.cli(args...)
+	if r.code != 0 {
+		g.t.Fatalf("ferry %v: exit %d\nstdout: %s\nstderr: %s", args, r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// volumeInfo is the subset of `volume info --json` the tests read.
+type volumeInfo struct {
+	Name        string   `json:"name"`
+	Size        int64    `json:"size"`
+	Allocated   int64    `json:"allocated"`
+	Connections []string `json:"connections"`
+}
+
+func (g *gateway) info(vol string) volumeInfo {
+	g.t.Helper()
+	var in volumeInfo
+	if err := json.Unmarshal([]byte(g.mustCLI("volume", "info", vol, "--json")), &in); err != nil {
+		g.t.Fatal(err)
+	}
+	return in
+}
+
+// run runs a program with a timeout and returns combined output; it fails
+// the test on a non-zero exit.
+func run(t *testing.T, timeout time.Duration, name string, args ...string) string {
+	t.Helper()
+	out, err := runErr(timeout, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func runErr(timeout time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		return string(out), fmt.Errorf("timed out after %v", timeout)
+	}
+	return string(out), err
+}

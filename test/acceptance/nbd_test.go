@@ -1,0 +1,177 @@
+package acceptance
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-io/ferry/internal/testutil"
+)
+
+// nbdinfo --json through the daemon: size and every capability Ferry
+// advertises; a resize is seen by the next connection.
+func TestNBDInfoThroughGateway(t *testing.T) {
+	nbdinfo := testutil.RequireTool(t, "nbdinfo")
+	g := startGateway(t)
+	g.mustCLI("volume", "create", "vol", "--size", "1G")
+	check := func(wantSize int64) {
+		t.Helper()
+		var info struct {
+			Exports []struct {
+				Name         string   `json:"export-name"`
+				Size         int64    `json:"export-size"`
+				CanFlush     bool     `json:"can_flush"`
+				CanFUA       bool     `json:"can_fua"`
+				CanTrim      bool     `json:"can_trim"`
+				CanZero      bool     `json:"can_zero"`
+				CanMultiConn bool     `json:"can_multi_conn"`
+				Contexts     []string `json:"contexts"`
+			} `json:"exports"`
+		}
+		out := run(t, 30*time.Second, nbdinfo, "--json", g.uri("vol"))
+		if err := json.Unmarshal([]byte(out), &info); err != nil || len(info.Exports) != 1 {
+			t.Fatalf("nbdinfo output: %v\n%s", err, out)
+		}
+		e := info.Exports[0]
+		if e.Size != wantSize || !e.CanFlush || !e.CanFUA || !e.CanTrim || !e.CanZero || !e.CanMultiConn {
+			t.Errorf("nbdinfo export = %+v, want size %d and flush/fua/trim/zero/multi-conn", e, wantSize)
+		}
+		if !strings.Contains(strings.Join(e.Contexts, ","), "base:allocation") {
+			t.Errorf("contexts %v lack base:allocation", e.Contexts)
+		}
+	}
+	check(1 << 30)
+	g.mustCLI("volume", "resize", "vol", "--size", "3G")
+	check(3 << 30)
+	out := run(t, 30*time.Second, nbdinfo, "--list", "nbd://"+g.nbdAddr)
+	if !strings.Contains(out, "vol") {
+		t.Errorf("nbdinfo --list does not show the volume:\n%s", out)
+	}
+	if out, err := runErr(30*time.Second, nbdinfo, g.uri("missing")); err == nil {
+		t.Errorf("nbdinfo of an unknown export succeeded:\n%s", out)
+	}
+}
+
+// qemu-io writes patterns, reads them back, discards and zeroes; data
+// survives a clean restart; allocation shows in volume info.
+func TestQemuIOThroughGatewayAndRestart(t *testing.T) {
+	qemuIO := testutil.RequireTool(t, "qemu-io")
+	g := startGateway(t)
+	g.mustCLI("volume", "create", "q", "--size", "256M")
+	uri := g.uri("q")
+	io := func(cmds ...string) string {
+		args := []string{"-f", "raw"}
+		for _, c := range cmds {
+			args = append(args, "-c", c)
+		}
+		out := run(t, 60*time.Second, qemuIO, append(args, uri)...)
+		if strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed:") {
+			t.Fatalf("qemu-io %v:\n%s", cmds, out)
+		}
+		return out
+	}
+	io("read -P 0 0 256M") // fresh volume reads as zeroes
+	io("write -P 0xa5 0 8M", "write -P 0x5a 100M 1M", "write -P 0x11 255M 1M", "flush")
+	io("read -P 0xa5 0 8M", "read -P 0x5a 100M 1M", "read -P 0x11 255M 1M", "read -P 0 8M 92M")
+	io("discard 1M 2M", "write -z 100M 64k")
+	io("read -P 0xa5 0 1M", "read -P 0 1M 2M", "read -P 0xa5 3M 5M", "read -P 0 100M 64k", "read -P 0x5a 102464k 960k")
+	if in := g.info("q"); in.Allocated == 0 || in.Allocated > 16<<20 {
+		t.Errorf("allocated %d: want more than 0 and well under the 256 MiB provisioned", in.Allocated)
+	}
+	if err := g.stop(); err != nil {
+		t.Fatalf("clean stop: %v\n%s", err, g.logs)
+	}
+	g.start()
+	io("read -P 0xa5 0 1M", "read -P 0 1M 2M", "read -P 0x11 255M 1M")
+}
+
+// nbdcopy a random 256 MiB image in and back out through the daemon; a
+// sparse source keeps its holes (seen through BLOCK_STATUS).
+func TestNBDCopyRoundTripAndSparse(t *testing.T) {
+	nbdcopy := testutil.RequireTool(t, "nbdcopy")
+	nbdinfo := testutil.RequireTool(t, "nbdinfo")
+	g := startGateway(t)
+	g.mustCLI("volume", "create", "c", "--size", "256M")
+	g.mustCLI("volume", "create", "sparse", "--size", "256M")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.img")
+	data := make([]byte, 256<<20)
+	rand.Read(data)
+	os.WriteFile(src, data, 0o600)
+	run(t, 2*time.Minute, nbdcopy, src, g.uri("c"))
+	back := filepath.Join(dir, "back.img")
+	run(t, 2*time.Minute, nbdcopy, g.uri("c"), back)
+	got, _ := os.ReadFile(back)
+	if !bytes.Equal(got, data) {
+		t.Fatal("image copied out differs from the one copied in")
+	}
+
+	// Sparse source: 1 MiB of data at 0 and at 128 MiB, holes elsewhere.
+	sp := filepath.Join(dir, "sparse.img")
+	f, _ := os.Create(sp)
+	f.Truncate(256 << 20)
+	f.WriteAt(data[:1<<20], 0)
+	f.WriteAt(data[:1<<20], 128<<20)
+	f.Close()
+	run(t, 2*time.Minute, nbdcopy, sp, g.uri("sparse"))
+	out := run(t, 30*time.Second, nbdinfo, "--map", "--json", g.uri("sparse"))
+	var ext []struct {
+		Offset int64 `json:"offset"`
+		Length int64 `json:"length"`
+		Type   int   `json:"type"`
+	}
+	if err := json.Unmarshal([]byte(out), &ext); err != nil {
+		t.Fatalf("nbdinfo --map: %v\n%s", err, out)
+	}
+	var holes, data2 int64
+	for _, e := range ext {
+		if e.Type&1 != 0 {
+			holes += e.Length
+		} else {
+			data2 += e.Length
+		}
+	}
+	if holes < 200<<20 || data2 < 2<<20 {
+		t.Errorf("BLOCK_STATUS after sparse copy: %d bytes of holes, %d of data; want ~254 MiB holes, 2 MiB data\n%s", holes, data2, out)
+	}
+	if in := g.info("sparse"); in.Allocated > 8<<20 {
+		t.Errorf("sparse copy allocated %d bytes", in.Allocated)
+	}
+}
+
+// fio random writes at depth 32 over two connections with crc32c verify.
+func TestFioVerifyTwoConnections(t *testing.T) {
+	fio := testutil.RequireTool(t, "fio")
+	g := startGateway(t)
+	g.mustCLI("volume", "create", "f", "--size", "512M")
+	out := run(t, 5*time.Minute, fio, "--name=verify", "--ioengine=nbd", "--uri="+g.uri("f"),
+		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--numjobs=2", "--size=128M", "--offset_increment=128M",
+		"--verify=crc32c", "--verify_fatal=1", "--output-format=json")
+	var res struct {
+		Jobs []struct {
+			Error int `json:"error"`
+			Read  struct {
+				IOBytes int64 `json:"io_bytes"`
+			} `json:"read"`
+			Write struct {
+				IOBytes int64 `json:"io_bytes"`
+			} `json:"write"`
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &res); err != nil {
+		t.Fatalf("fio json: %v\n%s", err, out)
+	}
+	if len(res.Jobs) != 2 {
+		t.Fatalf("fio ran %d jobs", len(res.Jobs))
+	}
+	for i, j := range res.Jobs {
+		if j.Error != 0 || j.Write.IOBytes != 128<<20 || j.Read.IOBytes != 128<<20 {
+			t.Errorf("fio job %d: error %d, wrote %d, verified %d bytes", i, j.Error, j.Write.IOBytes, j.Read.IOBytes)
+		}
+	}
+}
