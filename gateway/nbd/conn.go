@@ -22,7 +22,12 @@ import (
 	"github.com/ferry-io/ferry/gateway/volume"
 )
 
-const ioBufferSize = 256 << 10
+const (
+	ioBufferSize = 256 << 10
+	// largeReply is the payload size from which a reply bypasses the
+	// buffered writer.
+	largeReply = 64 << 10
+)
 
 // conn is one client connection.
 type conn struct {
@@ -44,9 +49,9 @@ type conn struct {
 	dev    device.Device
 	sem    *semaphore.Weighted
 
-	rmu   sync.Mutex // the reading turn
-	rdone bool       // under rmu: no more requests will be read
-	hdr   [requestHeaderSize]byte
+	turn  chan struct{}           // holds the reading turn while no worker has it
+	rdone bool                    // with the turn: no more requests will be read
+	hdr   [requestHeaderSize]byte // with the turn
 
 	wmu    sync.Mutex
 	bw     *bufio.Writer
@@ -163,11 +168,22 @@ func (c *conn) linger() {
 }
 
 // transmit serves requests until DISC, a protocol error, or shutdown.
-// Like nbdkit's threads, a fixed set of workers takes turns reading the
-// next request from the socket and then executes it and sends its reply
-// itself, so requests run concurrently and complete out of order without a
-// hand-off between goroutines on the hot path.
+//
+// A fixed set of workers shares one reading turn (a token in c.turn). The
+// worker holding it reads the next request, then:
+//   - when more request bytes are already buffered (a queue is building),
+//     passes the turn on and executes its request concurrently with the
+//     others, like nbdkit's threads;
+//   - otherwise executes the request itself while keeping the turn, and
+//     goes straight back to reading. A request that takes longer than
+//     InlineBudget hands the turn to another worker from a timer, so a slow
+//     request never holds up the ones behind it.
+//
+// At low queue depth a request then costs no goroutine wake-up at all, and
+// at high depth requests still run concurrently and complete out of order.
 func (c *conn) transmit() {
+	c.turn = make(chan struct{}, 1)
+	c.turn <- struct{}{}
 	var wg sync.WaitGroup
 	for range c.s.cfg.Workers {
 		wg.Add(1)
@@ -180,31 +196,61 @@ func (c *conn) transmit() {
 }
 
 func (c *conn) worker() {
+	hold := false // this worker has the reading turn
 	defer func() {
 		if r := recover(); r != nil {
 			c.s.m.panics.Inc()
 			c.log.Error("panic reading requests; closing connection", "panic", r, "stack", string(debug.Stack()))
-			c.rmu.Lock()
-			c.rdone = true
-			c.rmu.Unlock()
+			if hold {
+				c.rdone = true
+				c.turn <- struct{}{}
+			}
 			c.nc.Close()
 		}
 	}()
+	var owned atomic.Uint64 // generation of the inline request holding the turn, 0 if none
+	var gen uint64
 	for {
-		req, buf, ok := c.next()
-		if !ok {
+		if !hold {
+			<-c.turn
+			hold = true
+		}
+		if c.rdone {
+			c.turn <- struct{}{}
 			return
 		}
+		req, buf, ok := c.next()
+		if !ok {
+			c.rdone = true
+			c.turn <- struct{}{}
+			return
+		}
+		if c.br.Buffered() > 0 {
+			hold = false
+			c.turn <- struct{}{}
+			c.handle(req, buf)
+			continue
+		}
+		gen++
+		g := gen
+		owned.Store(g)
+		t := time.AfterFunc(c.s.cfg.InlineBudget, func() {
+			if owned.CompareAndSwap(g, 0) {
+				c.turn <- struct{}{}
+			}
+		})
 		c.handle(req, buf)
+		t.Stop()
+		hold = owned.CompareAndSwap(g, 0)
 	}
 }
 
 // next reads the next request that needs executing, with its payload for a
 // write or a buffer for a read. It answers requests that fail validation
 // before any I/O itself. ok is false once the connection is done reading.
+//
+// Only the holder of the reading turn calls next.
 func (c *conn) next() (req request, buf []byte, ok bool) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
 	for !c.rdone {
 		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
 			if !errors.Is(err, io.EOF) && !c.isStopping() && !errors.Is(err, net.ErrClosed) {
@@ -489,11 +535,21 @@ func (c *conn) send(hdr, prefix, data []byte) {
 	if c.werr != nil {
 		return
 	}
-	c.bw.Write(hdr)
-	c.bw.Write(prefix)
-	_, err := c.bw.Write(data)
-	if err == nil && last {
-		err = c.bw.Flush()
+	var err error
+	if len(data) >= largeReply {
+		// Large read data goes out with one writev from its own buffer
+		// instead of through a copy into the buffered writer.
+		if err = c.bw.Flush(); err == nil {
+			bufs := net.Buffers{hdr, prefix, data}
+			_, err = bufs.WriteTo(c.nc)
+		}
+	} else {
+		c.bw.Write(hdr)
+		c.bw.Write(prefix)
+		_, err = c.bw.Write(data)
+		if err == nil && last {
+			err = c.bw.Flush()
+		}
 	}
 	if err != nil {
 		c.werr = err

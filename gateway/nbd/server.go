@@ -35,6 +35,10 @@ type Config struct {
 	MaxInflightBytes int64
 	// MaxConns bounds concurrent connections; default 1024.
 	MaxConns int
+	// InlineBudget is how long a worker may execute a request while
+	// keeping the reading turn before another worker takes over reading;
+	// default 50µs.
+	InlineBudget time.Duration
 	// Workers is the number of requests one connection executes at once;
 	// default 16.
 	Workers int
@@ -64,6 +68,9 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 	}
 	if cfg.MaxInflightBytes < maxPayload {
 		cfg.MaxInflightBytes = maxPayload
+	}
+	if cfg.InlineBudget <= 0 {
+		cfg.InlineBudget = 50 * time.Microsecond
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 16
