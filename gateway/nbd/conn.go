@@ -49,9 +49,10 @@ type conn struct {
 	dev    device.Device
 	sem    *semaphore.Weighted
 
-	turn  chan struct{}           // holds the reading turn while no worker has it
-	rdone bool                    // with the turn: no more requests will be read
-	hdr   [requestHeaderSize]byte // with the turn
+	turn     chan struct{}           // holds the reading turn while no worker has it
+	inflight sync.WaitGroup          // batch remainders running on their own goroutines
+	rdone    bool                    // with the turn: no more requests will be read
+	hdr      [requestHeaderSize]byte // with the turn
 
 	wmu    sync.Mutex
 	bw     *bufio.Writer
@@ -193,6 +194,79 @@ func (c *conn) transmit() {
 		}()
 	}
 	wg.Wait()
+	c.inflight.Wait()
+}
+
+// work is one request taken from the stream, with its buffer.
+type work struct {
+	req request
+	buf []byte
+}
+
+const (
+	// maxBatch bounds the requests one worker takes from the buffer.
+	maxBatch = 16
+	// maxBatchedLength is the largest READ or WRITE taken into a batch.
+	maxBatchedLength = 64 << 10
+)
+
+// batchable reports whether the next request is a small READ, or a small
+// WRITE whose payload is already buffered, with no flags: one that costs
+// no system call to take and a few microseconds to run.
+func (c *conn) batchable() bool {
+	if c.br.Buffered() < requestHeaderSize {
+		return false
+	}
+	b, _ := c.br.Peek(requestHeaderSize)
+	req, err := decodeRequest(b)
+	if err != nil || req.flags != 0 || req.length > maxBatchedLength {
+		return false
+	}
+	switch req.typ {
+	case cmdRead:
+		return true
+	case cmdWrite:
+		return c.br.Buffered() >= requestHeaderSize+int(req.length)
+	}
+	return false
+}
+
+// runBatch executes a batch in order and flushes the replies once. If the
+// batch runs past the inline budget, the rest of it runs concurrently.
+func (c *conn) runBatch(batch []work) {
+	if len(batch) == 1 {
+		c.handle(batch[0].req, batch[0].buf)
+		return
+	}
+	start := time.Now()
+	for i := range batch {
+		if i > 0 && time.Since(start) > c.s.cfg.InlineBudget {
+			for _, w := range batch[i:] {
+				c.inflight.Add(1)
+				go func() {
+					defer c.inflight.Done()
+					c.handle(w.req, w.buf)
+				}()
+			}
+			break
+		}
+		batch[i].req.batched = true
+		c.handle(batch[i].req, batch[i].buf)
+	}
+	c.flushBuffered()
+}
+
+// flushBuffered sends whatever replies wait in the buffered writer.
+func (c *conn) flushBuffered() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil || c.bw.Buffered() == 0 {
+		return
+	}
+	if err := c.bw.Flush(); err != nil {
+		c.werr = err
+		c.nc.Close()
+	}
 }
 
 func (c *conn) worker() {
@@ -208,6 +282,7 @@ func (c *conn) worker() {
 			c.nc.Close()
 		}
 	}()
+	var batch []work
 	var owned atomic.Uint64 // generation of the inline request holding the turn, 0 if none
 	var gen uint64
 	for {
@@ -226,9 +301,20 @@ func (c *conn) worker() {
 			return
 		}
 		if c.br.Buffered() > 0 {
+			// A queue is building: take the small requests already in
+			// the buffer along (no system call needed), pass the turn on
+			// and run them as one batch with one flush.
+			batch = append(batch[:0], work{req, buf})
+			for len(batch) < maxBatch && c.batchable() {
+				r, b, ok := c.next()
+				if !ok {
+					break
+				}
+				batch = append(batch, work{r, b})
+			}
 			hold = false
 			c.turn <- struct{}{}
-			c.handle(req, buf)
+			c.runBatch(batch)
 			continue
 		}
 		gen++
@@ -339,12 +425,12 @@ func (c *conn) handle(req request, buf []byte) {
 		if c.structured {
 			c.replyData(req, buf)
 		} else {
-			c.reply(req.handle, 0, buf)
+			c.reply(req, 0, buf)
 		}
 	case cmdBlockStatus:
 		// execute already sent the reply.
 	default:
-		c.reply(req.handle, 0, nil)
+		c.reply(req, 0, nil)
 	}
 }
 
@@ -453,26 +539,26 @@ func (c *conn) replyError(req request, errno uint32, msg string) {
 		p := make([]byte, 6, 6+len(msg))
 		binary.BigEndian.PutUint32(p[0:4], errno)
 		binary.BigEndian.PutUint16(p[4:6], uint16(len(msg)))
-		c.structuredChunk(req.handle, replyTypeError, p, []byte(msg))
+		c.structuredChunk(req, replyTypeError, p, []byte(msg))
 		return
 	}
-	c.reply(req.handle, errno, nil)
+	c.reply(req, errno, nil)
 }
 
 // reply sends a simple reply.
-func (c *conn) reply(handle uint64, errno uint32, data []byte) {
+func (c *conn) reply(req request, errno uint32, data []byte) {
 	var h [simpleReplyHeaderSize]byte
 	binary.BigEndian.PutUint32(h[0:4], magicReply)
 	binary.BigEndian.PutUint32(h[4:8], errno)
-	binary.BigEndian.PutUint64(h[8:16], handle)
-	c.send(h[:], nil, data)
+	binary.BigEndian.PutUint64(h[8:16], req.handle)
+	c.send(req, h[:], nil, data)
 }
 
 // replyData sends a read's data as one NBD_REPLY_TYPE_OFFSET_DATA chunk.
 func (c *conn) replyData(req request, data []byte) {
 	var off [8]byte
 	binary.BigEndian.PutUint64(off[:], req.offset)
-	c.structuredChunk(req.handle, replyTypeOffsetData, off[:], data)
+	c.structuredChunk(req, replyTypeOffsetData, off[:], data)
 }
 
 func (c *conn) replyBlockStatus(req request, ext []device.Extent) {
@@ -509,25 +595,28 @@ func (c *conn) replyBlockStatus(req request, ext []device.Extent) {
 	if req.flags&cmdFlagReqOne != 0 && len(p) > 12 {
 		p = p[:12]
 	}
-	c.structuredChunk(req.handle, replyTypeBlockStatus, p, nil)
+	c.structuredChunk(req, replyTypeBlockStatus, p, nil)
 }
 
 // structuredChunk sends one structured reply chunk (always the last one
 // for its handle) made of prefix and data.
-func (c *conn) structuredChunk(handle uint64, typ uint16, prefix, data []byte) {
+func (c *conn) structuredChunk(req request, typ uint16, prefix, data []byte) {
 	var h [structuredHeaderSize]byte
 	binary.BigEndian.PutUint32(h[0:4], magicStructured)
 	binary.BigEndian.PutUint16(h[4:6], replyFlagDone)
 	binary.BigEndian.PutUint16(h[6:8], typ)
-	binary.BigEndian.PutUint64(h[8:16], handle)
+	binary.BigEndian.PutUint64(h[8:16], req.handle)
 	binary.BigEndian.PutUint32(h[16:20], uint32(len(prefix)+len(data)))
-	c.send(h[:], prefix, data)
+	c.send(req, h[:], prefix, data)
 }
 
 // send writes one reply. Replies batch in the buffered writer; whoever
 // writes last while nobody else waits flushes, so a burst of completions
 // costs one system call.
-func (c *conn) send(hdr, prefix, data []byte) {
+//
+// A batched request never flushes: the worker running the batch flushes
+// once at its end (see flushIdle).
+func (c *conn) send(req request, hdr, prefix, data []byte) {
 	c.queued.Add(1)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -547,7 +636,7 @@ func (c *conn) send(hdr, prefix, data []byte) {
 		c.bw.Write(hdr)
 		c.bw.Write(prefix)
 		_, err = c.bw.Write(data)
-		if err == nil && last {
+		if err == nil && last && !req.batched {
 			err = c.bw.Flush()
 		}
 	}

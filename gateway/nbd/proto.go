@@ -131,6 +131,10 @@ type request struct {
 	handle uint64
 	offset uint64
 	length uint32
+
+	// batched is not on the wire: the request runs in a batch whose
+	// replies are flushed together.
+	batched bool
 }
 
 var errBadMagic = errors.New("bad request magic")
