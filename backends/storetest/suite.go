@@ -1,0 +1,191 @@
+// Package storetest is the conformance suite every store.Store runs: the
+// in-memory store in unit tests, the S3 store against a real S3 server.
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ferry-io/ferry/backends/store"
+)
+
+// Factory returns an empty store for one subtest.
+type Factory func(t *testing.T) store.Store
+
+// Run runs the suite.
+func Run(t *testing.T, newStore Factory) {
+	ctx := context.Background()
+	t.Run("PutGetRoundTrip", func(t *testing.T) {
+		s := newStore(t)
+		data := bytes.Repeat([]byte("ferry"), 100_000)
+		mustPut(t, s, "vol/chunk/0001", data, store.PutOptions{})
+		got, err := s.Get(ctx, "vol/chunk/0001")
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("get: %v, equal %v", err, bytes.Equal(got, data))
+		}
+		info, err := s.Stat(ctx, "vol/chunk/0001")
+		if err != nil || info.Size != int64(len(data)) || info.Key != "vol/chunk/0001" {
+			t.Fatalf("stat: %+v %v", info, err)
+		}
+	})
+	t.Run("EmptyObject", func(t *testing.T) {
+		s := newStore(t)
+		mustPut(t, s, "empty", nil, store.PutOptions{})
+		got, err := s.Get(ctx, "empty")
+		if err != nil || len(got) != 0 {
+			t.Fatalf("get empty: %q %v", got, err)
+		}
+	})
+	t.Run("Overwrite", func(t *testing.T) {
+		s := newStore(t)
+		mustPut(t, s, "k", []byte("one"), store.PutOptions{})
+		mustPut(t, s, "k", []byte("two!"), store.PutOptions{})
+		if got, _ := s.Get(ctx, "k"); string(got) != "two!" {
+			t.Fatalf("after overwrite: %q", got)
+		}
+	})
+	t.Run("IfAbsent", func(t *testing.T) {
+		s := newStore(t)
+		mustPut(t, s, "manifest/1", []byte("first"), store.PutOptions{IfAbsent: true})
+		err := s.Put(ctx, "manifest/1", []byte("second"), store.PutOptions{IfAbsent: true})
+		if !errors.Is(err, store.ErrExists) {
+			t.Fatalf("conditional put over an existing key: %v, want ErrExists", err)
+		}
+		if got, _ := s.Get(ctx, "manifest/1"); string(got) != "first" {
+			t.Fatalf("conditional put replaced the object: %q", got)
+		}
+	})
+	t.Run("IfAbsentRace", func(t *testing.T) {
+		s := newStore(t)
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := s.Put(ctx, "race", []byte{byte(i)}, store.PutOptions{IfAbsent: true})
+				switch {
+				case err == nil:
+					wins.Add(1)
+				case !errors.Is(err, store.ErrExists):
+					t.Errorf("racing conditional put: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("%d conditional puts of one key succeeded, want exactly 1", wins.Load())
+		}
+	})
+	t.Run("NotFound", func(t *testing.T) {
+		s := newStore(t)
+		if _, err := s.Get(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("get: %v", err)
+		}
+		if _, err := s.GetRange(ctx, "nope", 0, 10); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("get range: %v", err)
+		}
+		if _, err := s.Stat(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("stat: %v", err)
+		}
+	})
+	t.Run("GetRange", func(t *testing.T) {
+		s := newStore(t)
+		data := make([]byte, 10000)
+		for i := range data {
+			data[i] = byte(i * 13)
+		}
+		mustPut(t, s, "r", data, store.PutOptions{})
+		for _, c := range []struct{ off, n int64 }{{0, 1}, {0, 10000}, {4096, 4096}, {9990, 10}, {9990, 100}, {1, 9999}} {
+			got, err := s.GetRange(ctx, "r", c.off, c.n)
+			want := data[c.off:min(c.off+c.n, int64(len(data)))]
+			if err != nil || !bytes.Equal(got, want) {
+				t.Errorf("range %d+%d: %d bytes, err %v", c.off, c.n, len(got), err)
+			}
+		}
+	})
+	t.Run("DeleteIdempotent", func(t *testing.T) {
+		s := newStore(t)
+		mustPut(t, s, "d", []byte("x"), store.PutOptions{})
+		for range 2 {
+			if err := s.Delete(ctx, "d"); err != nil {
+				t.Fatalf("delete: %v", err)
+			}
+		}
+		if _, err := s.Get(ctx, "d"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("get after delete: %v", err)
+		}
+	})
+	t.Run("ListPrefixOrderAndStop", func(t *testing.T) {
+		s := newStore(t)
+		const n = 1005 // more than one S3 listing page
+		var wg sync.WaitGroup
+		var failed atomic.Pointer[error]
+		sem := make(chan struct{}, 16)
+		for i := range n {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if err := s.Put(ctx, fmt.Sprintf("v1/c/%06d", i), []byte{1, 2, 3}, store.PutOptions{}); err != nil {
+					failed.CompareAndSwap(nil, &err)
+				}
+			}()
+		}
+		wg.Wait()
+		if err := failed.Load(); err != nil {
+			t.Fatalf("put: %v", *err)
+		}
+		mustPut(t, s, "v10/c/000000", []byte("other volume"), store.PutOptions{})
+		mustPut(t, s, "v1-manifest", []byte("not under v1/"), store.PutOptions{})
+		var keys []string
+		err := s.List(ctx, "v1/", func(o store.ObjectInfo) error {
+			if o.Size != 3 {
+				t.Errorf("%s: size %d", o.Key, o.Size)
+			}
+			keys = append(keys, o.Key)
+			return nil
+		})
+		if err != nil || len(keys) != n {
+			t.Fatalf("list: %d keys, err %v", len(keys), err)
+		}
+		for i, k := range keys {
+			if k != fmt.Sprintf("v1/c/%06d", i) {
+				t.Fatalf("key %d is %q: not in order", i, k)
+			}
+		}
+		stop := errors.New("stop")
+		seen := 0
+		err = s.List(ctx, "v1/", func(store.ObjectInfo) error {
+			seen++
+			if seen == 3 {
+				return stop
+			}
+			return nil
+		})
+		if !errors.Is(err, stop) || seen != 3 {
+			t.Fatalf("list did not stop at fn's error: %v after %d", err, seen)
+		}
+	})
+	t.Run("CancelledContext", func(t *testing.T) {
+		s := newStore(t)
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if err := s.Put(cctx, "c", []byte("x"), store.PutOptions{}); err == nil {
+			t.Fatal("put with a cancelled context succeeded")
+		}
+	})
+}
+
+func mustPut(t *testing.T, s store.Store, key string, data []byte, opts store.PutOptions) {
+	t.Helper()
+	if err := s.Put(context.Background(), key, data, opts); err != nil {
+		t.Fatalf("put %q: %v", key, err)
+	}
+}
