@@ -113,6 +113,10 @@ func dirOf(path string) string {
 // Path returns the file's path.
 func (d *Device) Path() string { return d.path }
 
+// SetPath records that the caller renamed the file (the descriptor stays
+// valid); Path and messages then use the new name.
+func (d *Device) SetPath(path string) { d.path = path }
+
 // begin takes the read lock and validates the request; on success the
 // caller must d.mu.RUnlock().
 func (d *Device) begin(ctx context.Context, op string, off, length int64) error {

@@ -1,0 +1,132 @@
+package tier
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/ferry-io/ferry/backends/local"
+)
+
+// The local cache directory of one volume:
+//
+//	meta.json      volume geometry and counters, replaced atomically
+//	objects.log    append-only journal: "put INDEX KEY" / "drop INDEX" lines,
+//	               fsynced before a chunk's local copy may be evicted
+//	dirty/INDEX    chunks with writes not yet uploaded (fsynced by Flush)
+//	clean/INDEX    chunks identical to their uploaded object (disposable)
+
+type meta struct {
+	Version   int   `json:"version"`
+	Size      int64 `json:"size"`
+	ChunkSize int64 `json:"chunk_size"`
+	// NextSeq bounds the object versions handed out: every version below
+	// it may have been used. Versions are leased in blocks so an upload
+	// does not cost a meta.json write.
+	NextSeq  uint64 `json:"next_seq"`
+	Manifest uint64 `json:"manifest"`
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // after a successful rename there is nothing to remove
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return local.SyncDir(filepath.Dir(path))
+}
+
+func loadMeta(dir string) (meta, bool, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return meta{}, false, nil
+	}
+	if err != nil {
+		return meta{}, false, err
+	}
+	var m meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return meta{}, false, fmt.Errorf("meta.json: %w", err)
+	}
+	if m.Version != 1 {
+		return meta{}, false, fmt.Errorf("meta.json: unknown version %d", m.Version)
+	}
+	return m, true, nil
+}
+
+func (m meta) save(dir string) error {
+	b, _ := json.Marshal(m)
+	return writeFileAtomic(filepath.Join(dir, "meta.json"), b)
+}
+
+// loadObjects replays objects.log. A torn last line (crash while
+// appending) is ignored: its record was never fsynced, so nothing relied
+// on it.
+func loadObjects(dir string) (map[int64]string, error) {
+	objs := map[int64]string{}
+	f, err := os.Open(filepath.Join(dir, "objects.log"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return objs, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	r := bufio.NewReader(f)
+	for {
+		line, err := r.ReadString('\n')
+		if err == io.EOF {
+			return objs, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		fields := strings.Fields(line)
+		if len(fields) < 2 {
+			continue
+		}
+		idx, perr := strconv.ParseInt(fields[1], 10, 64)
+		if perr != nil {
+			continue
+		}
+		switch {
+		case fields[0] == "put" && len(fields) == 3:
+			objs[idx] = fields[2]
+		case fields[0] == "drop":
+			delete(objs, idx)
+		}
+	}
+}
+
+// rewriteObjects compacts the journal to one line per object.
+func rewriteObjects(dir string, objs map[int64]string) error {
+	var sb strings.Builder
+	for idx, key := range objs {
+		fmt.Fprintf(&sb, "put %d %s\n", idx, key)
+	}
+	return writeFileAtomic(filepath.Join(dir, "objects.log"), []byte(sb.String()))
+}
+
+func chunkName(idx int64) string { return strconv.FormatInt(idx, 10) }

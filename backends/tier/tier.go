@@ -1,0 +1,727 @@
+// Package tier is the S3 tier: a device.Device whose data lives in an
+// object store as fixed-size chunk objects, with a local write-back cache.
+//
+// Writes land in the local cache and are acknowledged; Flush makes them
+// durable on local disk (chunk files and directory fsynced). Uploaders copy
+// dirty chunks to the store in the background, each version under a new,
+// immutable key. Reads of chunks not cached fetch them once (singleflight).
+// Checkpoint publishes a manifest describing the volume as of one flush
+// point; see docs/FORMAT.md for the layout in the store.
+package tier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/backends/local"
+	"github.com/ferry-io/ferry/backends/store"
+)
+
+// Config describes one tiered volume.
+type Config struct {
+	// Dir is the volume's cache directory (created if missing).
+	Dir string
+	// Store holds the volume's objects; it is already scoped to the volume
+	// (keys are relative to the volume's prefix).
+	Store store.Store
+	// Size is the volume size for a new volume; an existing cache keeps
+	// its own.
+	Size int64
+	// ChunkSize is the chunk size for a new volume (default 4 MiB, a power
+	// of two between 64 KiB and 64 MiB).
+	ChunkSize int64
+	// CacheBytes bounds the local cache of this volume (default 1 GiB).
+	CacheBytes int64
+	// Uploaders is the number of concurrent uploads (default 4).
+	Uploaders int
+	// FetchTimeout bounds a read of an uncached chunk when the store does
+	// not answer (default 30s); the read then fails with ErrUnavailable.
+	FetchTimeout time.Duration
+	// DirtyWait bounds how long a write waits for cache space held by
+	// dirty chunks before failing with ErrNoSpace (default 60s).
+	DirtyWait time.Duration
+	Logger    *slog.Logger
+}
+
+// DefaultChunkSize is the chunk size of new volumes.
+const DefaultChunkSize = 4 << 20
+
+// chunk is one cached chunk. mu is held shared by reads and writes (pread
+// and pwrite are safe together) and exclusively to snapshot, move or evict
+// the file.
+type chunk struct {
+	idx       int64
+	mu        sync.RWMutex
+	dev       *local.Device
+	dirty     bool // under mu (write) or d.mu: has writes not uploaded
+	uploading bool // under d.mu: an uploader holds it
+	gone      bool // under mu: evicted; look the chunk up again
+	ver       atomic.Uint64
+	lastUse   atomic.Int64
+}
+
+// Device is a tiered volume.
+type Device struct {
+	cfg Config
+	log *slog.Logger
+
+	gate sync.RWMutex // writes hold it shared; Checkpoint exclusively
+
+	metaMu sync.Mutex // serialises meta.json writes
+
+	mu        sync.Mutex
+	meta      meta
+	seq       uint64 // next object version to hand out
+	chunks    map[int64]*chunk
+	objects   map[int64]string // chunk index → key of its newest uploaded version
+	unflushed map[*chunk]struct{}
+	journal   *os.File
+	closed    bool
+	space     *sync.Cond // signalled when cache space frees up
+	lastCkpt  time.Time
+
+	fetches singleflight.Group
+	wake    chan struct{}
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	upErr   atomic.Pointer[error] // last upload error, for Stats
+}
+
+var (
+	_ device.Device  = (*Device)(nil)
+	_ device.Statter = (*Device)(nil)
+)
+
+// Open opens (or creates) a tiered volume. After an unclean shutdown every
+// chunk in dirty/ is uploaded again and clean/ is discarded, so a torn
+// cache file is never taken for uploaded data.
+func Open(ctx context.Context, cfg Config) (*Device, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("tier: no store")
+	}
+	if cfg.ChunkSize == 0 {
+		cfg.ChunkSize = DefaultChunkSize
+	}
+	if cfg.ChunkSize < 64<<10 || cfg.ChunkSize > 64<<20 || cfg.ChunkSize&(cfg.ChunkSize-1) != 0 {
+		return nil, fmt.Errorf("tier: chunk size %d: want a power of two from 64 KiB to 64 MiB", cfg.ChunkSize)
+	}
+	if cfg.CacheBytes <= 0 {
+		cfg.CacheBytes = 1 << 30
+	}
+	cfg.CacheBytes = max(cfg.CacheBytes, 4*cfg.ChunkSize)
+	if cfg.Uploaders <= 0 {
+		cfg.Uploaders = 4
+	}
+	if cfg.FetchTimeout <= 0 {
+		cfg.FetchTimeout = 30 * time.Second
+	}
+	if cfg.DirtyWait <= 0 {
+		cfg.DirtyWait = 60 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for _, sub := range []string{"dirty", "clean"} {
+		if err := os.MkdirAll(filepath.Join(cfg.Dir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("tier: %w", err)
+		}
+	}
+	m, ok, err := loadMeta(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("tier: %w", err)
+	}
+	if !ok {
+		if cfg.Size <= 0 {
+			return nil, errors.New("tier: new volume needs a size")
+		}
+		m = meta{Version: 1, Size: cfg.Size, ChunkSize: cfg.ChunkSize, NextSeq: 1}
+		if err := m.save(cfg.Dir); err != nil {
+			return nil, fmt.Errorf("tier: %w", err)
+		}
+	}
+	cfg.ChunkSize = m.ChunkSize
+	objs, err := loadObjects(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("tier: objects journal: %w", err)
+	}
+	// Compact the journal and start a fresh append handle.
+	if err := rewriteObjects(cfg.Dir, objs); err != nil {
+		return nil, fmt.Errorf("tier: %w", err)
+	}
+	j, err := os.OpenFile(filepath.Join(cfg.Dir, "objects.log"), os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("tier: %w", err)
+	}
+	d := &Device{
+		cfg: cfg, log: log, meta: m, chunks: map[int64]*chunk{}, objects: objs,
+		unflushed: map[*chunk]struct{}{}, journal: j, wake: make(chan struct{}, 1),
+		seq: m.NextSeq,
+	}
+	d.space = sync.NewCond(&d.mu)
+	// Clean copies may be torn by a crash and are cheap to fetch again.
+	if err := os.RemoveAll(filepath.Join(cfg.Dir, "clean")); err != nil {
+		return nil, fmt.Errorf("tier: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.Dir, "clean"), 0o700); err != nil {
+		return nil, fmt.Errorf("tier: %w", err)
+	}
+	ents, err := os.ReadDir(filepath.Join(cfg.Dir, "dirty"))
+	if err != nil {
+		return nil, fmt.Errorf("tier: %w", err)
+	}
+	for _, e := range ents {
+		idx, err := strconv.ParseInt(e.Name(), 10, 64)
+		if err != nil {
+			continue // a temporary file
+		}
+		dev, err := local.Open(filepath.Join(cfg.Dir, "dirty", e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("tier: chunk %d: %w", idx, err)
+		}
+		c := &chunk{idx: idx, dev: dev, dirty: true}
+		c.ver.Store(1)
+		d.chunks[idx] = c
+	}
+	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.stop = cancel
+	for range cfg.Uploaders {
+		d.wg.Add(1)
+		go d.uploader(uctx)
+	}
+	if len(d.chunks) > 0 {
+		d.kick()
+	}
+	return d, nil
+}
+
+func (d *Device) chunkSize() int64 { return d.cfg.ChunkSize }
+
+// Size implements device.Device.
+func (d *Device) Size() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.meta.Size
+}
+
+func (d *Device) check(ctx context.Context, off, length int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return device.ErrClosed
+	}
+	return device.CheckRange(d.meta.Size, off, length)
+}
+
+// span calls fn for each chunk piece of [off, off+length).
+func (d *Device) span(off, length int64, fn func(idx, coff, n, done int64) error) error {
+	cs := d.chunkSize()
+	var done int64
+	for length > 0 {
+		idx, coff := off/cs, off%cs
+		n := min(length, cs-coff)
+		if err := fn(idx, coff, n, done); err != nil {
+			return err
+		}
+		off, length, done = off+n, length-n, done+n
+	}
+	return nil
+}
+
+// ReadAt implements device.Device.
+func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := d.check(ctx, off, int64(len(p))); err != nil {
+		return err
+	}
+	return d.span(off, int64(len(p)), func(idx, coff, n, done int64) error {
+		buf := p[done : done+n]
+		for {
+			c, err := d.lookup(ctx, idx, false)
+			if err != nil {
+				return err
+			}
+			if c == nil {
+				clear(buf)
+				return nil
+			}
+			c.mu.RLock()
+			if c.gone {
+				c.mu.RUnlock()
+				continue
+			}
+			err = c.dev.ReadAt(ctx, buf, coff)
+			c.mu.RUnlock()
+			c.lastUse.Store(time.Now().UnixNano())
+			return err
+		}
+	})
+}
+
+// WriteAt implements device.Device.
+func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) error {
+	if err := d.check(ctx, off, int64(len(p))); err != nil {
+		return err
+	}
+	d.gate.RLock()
+	defer d.gate.RUnlock()
+	return d.span(off, int64(len(p)), func(idx, coff, n, done int64) error {
+		return d.modify(ctx, idx, n == d.chunkSize(), func(c *chunk) error {
+			return c.dev.WriteAt(ctx, p[done:done+n], coff)
+		})
+	})
+}
+
+// modify runs fn on chunk idx made dirty and cached (fetched first unless
+// whole says fn overwrites all of it).
+func (d *Device) modify(ctx context.Context, idx int64, whole bool, fn func(*chunk) error) error {
+	for {
+		c, err := d.lookup(ctx, idx, true)
+		if err != nil {
+			return err
+		}
+		if err := d.markDirty(c); err != nil {
+			if errors.Is(err, errGone) {
+				continue
+			}
+			return err
+		}
+		c.mu.RLock()
+		if c.gone {
+			c.mu.RUnlock()
+			continue
+		}
+		c.ver.Add(1)
+		err = fn(c)
+		c.mu.RUnlock()
+		c.lastUse.Store(time.Now().UnixNano())
+		d.mu.Lock()
+		d.unflushed[c] = struct{}{}
+		d.mu.Unlock()
+		d.kick()
+		return err
+	}
+}
+
+var errGone = errors.New("chunk evicted")
+
+// markDirty moves a clean chunk's file to dirty/ (durably, by the next
+// Flush) before it is written.
+func (d *Device) markDirty(c *chunk) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone {
+		return errGone
+	}
+	if c.dirty {
+		return nil
+	}
+	from := filepath.Join(d.cfg.Dir, "clean", chunkName(c.idx))
+	to := filepath.Join(d.cfg.Dir, "dirty", chunkName(c.idx))
+	if err := os.Rename(from, to); err != nil {
+		return fmt.Errorf("chunk %d: %w", c.idx, err)
+	}
+	c.dev.SetPath(to)
+	d.mu.Lock()
+	c.dirty = true
+	d.mu.Unlock()
+	return nil
+}
+
+// lookup returns the cached chunk idx, fetching it from the store when it
+// has an object. Without create it returns nil for a chunk that is all
+// zeroes; with create it makes an empty cached chunk for it.
+func (d *Device) lookup(ctx context.Context, idx int64, create bool) (*chunk, error) {
+	d.mu.Lock()
+	if c := d.chunks[idx]; c != nil {
+		d.mu.Unlock()
+		return c, nil
+	}
+	key, inStore := d.objects[idx]
+	d.mu.Unlock()
+	if !inStore && !create {
+		return nil, nil
+	}
+	v, err, _ := d.fetches.Do(chunkName(idx), func() (any, error) {
+		d.mu.Lock()
+		if c := d.chunks[idx]; c != nil {
+			d.mu.Unlock()
+			return c, nil
+		}
+		d.mu.Unlock()
+		if err := d.reserve(ctx); err != nil {
+			return nil, err
+		}
+		var data []byte
+		dir := "dirty"
+		if inStore {
+			fctx, cancel := context.WithTimeout(ctx, d.cfg.FetchTimeout)
+			b, err := d.cfg.Store.Get(fctx, key)
+			cancel()
+			if err != nil {
+				if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, store.ErrUnavailable) {
+					return nil, fmt.Errorf("chunk %d: %w (%v)", idx, device.ErrUnavailable, err)
+				}
+				return nil, fmt.Errorf("chunk %d (%s): %w", idx, key, err)
+			}
+			data, dir = b, "clean"
+		}
+		path := filepath.Join(d.cfg.Dir, dir, chunkName(idx))
+		os.Remove(path)
+		dev, err := local.Create(path, d.chunkSize())
+		if err != nil {
+			return nil, fmt.Errorf("chunk %d: %w", idx, err)
+		}
+		if len(data) > 0 {
+			if err := dev.WriteAt(ctx, data[:min(int64(len(data)), d.chunkSize())], 0); err != nil {
+				dev.Close()
+				return nil, fmt.Errorf("chunk %d: %w", idx, err)
+			}
+		}
+		c := &chunk{idx: idx, dev: dev, dirty: !inStore}
+		c.lastUse.Store(time.Now().UnixNano())
+		d.mu.Lock()
+		d.chunks[idx] = c
+		d.mu.Unlock()
+		return c, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*chunk), nil
+}
+
+// reserve waits until the cache has room for one more chunk, evicting
+// clean chunks (least recently used first) or waiting for uploads.
+func (d *Device) reserve(ctx context.Context) error {
+	deadline := time.Now().Add(d.cfg.DirtyWait)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for int64(len(d.chunks)+1)*d.chunkSize() > d.cfg.CacheBytes {
+		if d.evictLocked() {
+			continue
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cache full of data not yet uploaded (%d chunks): %w", len(d.chunks), device.ErrNoSpace)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		d.kick()
+		// Wake at least every 100ms to check the deadline.
+		t := time.AfterFunc(100*time.Millisecond, func() { d.mu.Lock(); d.space.Broadcast(); d.mu.Unlock() })
+		d.space.Wait()
+		t.Stop()
+	}
+	return nil
+}
+
+// evictLocked drops the least recently used clean chunk; d.mu is held.
+func (d *Device) evictLocked() bool {
+	var victim *chunk
+	for _, c := range d.chunks {
+		if !c.dirty && (victim == nil || c.lastUse.Load() < victim.lastUse.Load()) {
+			victim = c
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	if !victim.mu.TryLock() {
+		return false
+	}
+	defer victim.mu.Unlock()
+	if victim.dirty {
+		return false
+	}
+	victim.gone = true
+	delete(d.chunks, victim.idx)
+	delete(d.unflushed, victim)
+	victim.dev.Close()
+	os.Remove(filepath.Join(d.cfg.Dir, "clean", chunkName(victim.idx)))
+	return true
+}
+
+// Flush implements device.Device: every chunk written since the last
+// Flush, and the dirty/ directory, are fsynced.
+func (d *Device) Flush(ctx context.Context) error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return device.ErrClosed
+	}
+	pending := make([]*chunk, 0, len(d.unflushed))
+	for c := range d.unflushed {
+		pending = append(pending, c)
+	}
+	clear(d.unflushed)
+	d.mu.Unlock()
+	var firstErr error
+	for _, c := range pending {
+		c.mu.RLock()
+		if !c.gone {
+			if err := c.dev.Flush(ctx); err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}
+		c.mu.RUnlock()
+	}
+	if err := local.SyncDir(filepath.Join(d.cfg.Dir, "dirty")); err != nil && firstErr == nil {
+		firstErr = err
+	}
+	if firstErr != nil {
+		// Keep them for the next Flush.
+		d.mu.Lock()
+		for _, c := range pending {
+			d.unflushed[c] = struct{}{}
+		}
+		d.mu.Unlock()
+	}
+	return firstErr
+}
+
+// Trim implements device.Device: whole chunks are dropped (their objects
+// leave the next manifest), partial ones zeroed in the cache.
+func (d *Device) Trim(ctx context.Context, off, length int64) error {
+	return d.zero(ctx, off, length, true)
+}
+
+// WriteZeroes implements device.Device.
+func (d *Device) WriteZeroes(ctx context.Context, off, length int64, mayTrim bool) error {
+	return d.zero(ctx, off, length, mayTrim)
+}
+
+func (d *Device) zero(ctx context.Context, off, length int64, punch bool) error {
+	if err := d.check(ctx, off, length); err != nil {
+		return err
+	}
+	d.gate.RLock()
+	defer d.gate.RUnlock()
+	return d.span(off, length, func(idx, coff, n, done int64) error {
+		if n == d.chunkSize() {
+			return d.dropChunk(idx)
+		}
+		d.mu.Lock()
+		_, cached := d.chunks[idx]
+		_, inStore := d.objects[idx]
+		d.mu.Unlock()
+		if !cached && !inStore {
+			return nil // already zeroes
+		}
+		return d.modify(ctx, idx, false, func(c *chunk) error {
+			return c.dev.WriteZeroes(ctx, coff, n, punch)
+		})
+	})
+}
+
+// dropChunk makes chunk idx all zeroes: the cached copy is deleted and the
+// chunk leaves the object map (journaled before returning, so a crash
+// cannot resurrect the old object).
+func (d *Device) dropChunk(idx int64) error {
+	for {
+		d.mu.Lock()
+		c := d.chunks[idx]
+		if c == nil {
+			_, inStore := d.objects[idx]
+			if inStore {
+				delete(d.objects, idx)
+				err := d.journalLocked(fmt.Sprintf("drop %d\n", idx))
+				d.mu.Unlock()
+				return err
+			}
+			d.mu.Unlock()
+			return nil
+		}
+		d.mu.Unlock()
+		c.mu.Lock()
+		if c.gone {
+			c.mu.Unlock()
+			continue
+		}
+		c.gone = true
+		c.ver.Add(1)
+		dir := "clean"
+		if c.dirty {
+			dir = "dirty"
+		}
+		c.dev.Close()
+		os.Remove(filepath.Join(d.cfg.Dir, dir, chunkName(idx)))
+		d.mu.Lock()
+		delete(d.chunks, idx)
+		delete(d.unflushed, c)
+		var err error
+		if _, inStore := d.objects[idx]; inStore {
+			delete(d.objects, idx)
+			err = d.journalLocked(fmt.Sprintf("drop %d\n", idx))
+		}
+		d.space.Broadcast()
+		d.mu.Unlock()
+		c.mu.Unlock()
+		return err
+	}
+}
+
+// journalLocked appends a durable record to objects.log; d.mu is held.
+func (d *Device) journalLocked(line string) error {
+	if _, err := d.journal.WriteString(line); err != nil {
+		return fmt.Errorf("objects journal: %w", err)
+	}
+	if err := d.journal.Sync(); err != nil {
+		return fmt.Errorf("objects journal: %w", err)
+	}
+	return nil
+}
+
+// Extents implements device.Device at chunk granularity: chunks neither
+// cached nor in the store are holes.
+func (d *Device) Extents(ctx context.Context, off, length int64) ([]device.Extent, error) {
+	if err := d.check(ctx, off, length); err != nil {
+		return nil, err
+	}
+	var out []device.Extent
+	err := d.span(off, length, func(idx, coff, n, done int64) error {
+		d.mu.Lock()
+		_, cached := d.chunks[idx]
+		_, inStore := d.objects[idx]
+		d.mu.Unlock()
+		var f device.ExtentFlags
+		if !cached && !inStore {
+			f = device.ExtentHole | device.ExtentZero
+		}
+		if k := len(out); k > 0 && out[k-1].Flags == f {
+			out[k-1].Length += n
+		} else {
+			out = append(out, device.Extent{Offset: off + done, Length: n, Flags: f})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Resize implements device.Device. Shrinking drops the chunks past the new
+// end and zeroes the tail of the last one.
+func (d *Device) Resize(ctx context.Context, size int64) error {
+	if size < 0 {
+		return fmt.Errorf("resize to %d: %w", size, device.ErrOutOfRange)
+	}
+	d.gate.Lock()
+	defer d.gate.Unlock()
+	d.mu.Lock()
+	old := d.meta.Size
+	d.mu.Unlock()
+	if size < old {
+		cs := d.chunkSize()
+		if tail := size % cs; tail != 0 {
+			// Zero the rest of the new last chunk while it is still in range.
+			d.gate.Unlock()
+			err := d.zero(ctx, size, min(cs-tail, old-size), true)
+			d.gate.Lock()
+			if err != nil {
+				return err
+			}
+		}
+		first := (size + cs - 1) / cs
+		d.mu.Lock()
+		var idxs []int64
+		for idx := range d.chunks {
+			if idx >= first {
+				idxs = append(idxs, idx)
+			}
+		}
+		for idx := range d.objects {
+			if idx >= first {
+				idxs = append(idxs, idx)
+			}
+		}
+		d.mu.Unlock()
+		slices.Sort(idxs)
+		for _, idx := range slices.Compact(idxs) {
+			if err := d.dropChunk(idx); err != nil {
+				return err
+			}
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.meta.Size = size
+	d.mu.Unlock()
+	err := d.saveMeta()
+	d.mu.Lock()
+	return err
+}
+
+// Close stops the uploaders and closes the cache. It does not upload: a
+// reopened device finds dirty chunks in dirty/ and uploads them then.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	d.mu.Unlock()
+	d.stop()
+	d.wg.Wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.chunks {
+		c.dev.Close()
+	}
+	return d.journal.Close()
+}
+
+// Stats implements device.Statter: Allocated is the local cache use.
+func (d *Device) Stats(ctx context.Context) (device.Stats, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return device.Stats{Provisioned: d.meta.Size, Allocated: int64(len(d.chunks)) * d.chunkSize()}, nil
+}
+
+// TierStats is what `ferry volume info` shows of a tiered volume.
+type TierStats struct {
+	CachedBytes    int64
+	DirtyBytes     int64
+	StoredChunks   int
+	LastCheckpoint time.Time
+	UploadError    string
+}
+
+// TierStats reports cache and upload state.
+func (d *Device) TierStats() TierStats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var s TierStats
+	for _, c := range d.chunks {
+		s.CachedBytes += d.chunkSize()
+		if c.dirty {
+			s.DirtyBytes += d.chunkSize()
+		}
+	}
+	s.StoredChunks = len(d.objects)
+	s.LastCheckpoint = d.lastCkpt
+	if e := d.upErr.Load(); e != nil {
+		s.UploadError = (*e).Error()
+	}
+	return s
+}
+
+func (d *Device) kick() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,179 @@
+package tier
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/backends/devicetest"
+	"github.com/ferry-io/ferry/backends/store"
+)
+
+const testChunk = 64 << 10
+
+func openTest(t *testing.T, dir string, s store.Store, size int64) *Device {
+	t.Helper()
+	d, err := Open(context.Background(), Config{Dir: dir, Store: s, Size: size, ChunkSize: testChunk, CacheBytes: 1 << 20, Uploaders: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestConformance(t *testing.T) {
+	devicetest.Run(t, func(t *testing.T, size int64) device.Device {
+		d := openTest(t, t.TempDir(), store.NewMem(), size)
+		t.Cleanup(func() { d.Close() })
+		return d
+	})
+}
+
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed ^ byte(i*31+i/7)
+	}
+	return b
+}
+
+func waitClean(t *testing.T, d *Device) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for d.TierStats().DirtyBytes > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("uploads did not drain: %+v", d.TierStats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A volume far larger than its cache: data written, uploaded, evicted and
+// read back from the store.
+func TestLargerThanCacheRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	s := store.NewMem()
+	d := openTest(t, t.TempDir(), s, 64<<20)
+	defer d.Close()
+	data := pattern(8<<20, 5) // 8 MiB through a 1 MiB cache
+	for off := 0; off < len(data); off += 256 << 10 {
+		if err := d.WriteAt(ctx, data[off:off+256<<10], int64(off)+4096); err != nil {
+			t.Fatalf("write at %d: %v", off, err)
+		}
+	}
+	got := make([]byte, len(data))
+	if err := d.ReadAt(ctx, got, 4096); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back: %v equal %v", err, bytes.Equal(got, data))
+	}
+	if st := d.TierStats(); st.CachedBytes > 1<<20 {
+		t.Fatalf("cache holds %d bytes, budget 1 MiB", st.CachedBytes)
+	}
+}
+
+// After a crash (no Close, no Flush of later writes) a reopened volume has
+// every flushed write, uploads what was dirty, and a checkpoint exported
+// from the store alone equals the volume.
+func TestCrashReopenCheckpointExport(t *testing.T) {
+	ctx := context.Background()
+	s := store.NewMem()
+	dir := t.TempDir()
+	d := openTest(t, dir, s, 4<<20)
+	a := pattern(300<<10, 1)
+	if err := d.WriteAt(ctx, a, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Simulated crash: stop the uploaders without any further bookkeeping.
+	d.stop()
+	d.wg.Wait()
+	d.journal.Close()
+
+	d = openTest(t, dir, s, 4<<20)
+	defer d.Close()
+	got := make([]byte, len(a))
+	if err := d.ReadAt(ctx, got, 1000); err != nil || !bytes.Equal(got, a) {
+		t.Fatalf("flushed data after crash: %v", err)
+	}
+	b := pattern(70<<10, 9)
+	if err := d.WriteAt(ctx, b, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Trim(ctx, 128<<10, 64<<10); err != nil { // a whole chunk
+		t.Fatal(err)
+	}
+	m, err := d.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 4<<20)
+	if err := d.ReadAt(ctx, want, 0); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(m.Size)
+	latest, err := LatestManifest(ctx, s)
+	if err != nil || latest.Sequence != m.Sequence {
+		t.Fatalf("latest manifest: %v %d", err, latest.Sequence)
+	}
+	if err := Export(ctx, s, latest, f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	exported, _ := os.ReadFile(img)
+	if !bytes.Equal(exported, want) {
+		t.Fatal("exported image differs from the volume")
+	}
+}
+
+// Reads of chunks that are only in an unreachable store fail with
+// ErrUnavailable within the bound; writes still land in the cache.
+func TestStoreOutage(t *testing.T) {
+	ctx := context.Background()
+	s := store.NewMem()
+	dir := t.TempDir()
+	d, err := Open(ctx, Config{Dir: dir, Store: s, Size: 4 << 20, ChunkSize: testChunk, CacheBytes: 256 << 10, Uploaders: 2, FetchTimeout: 300 * time.Millisecond, DirtyWait: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.WriteAt(ctx, pattern(1<<20, 3), 0); err != nil {
+		t.Fatal(err)
+	}
+	waitClean(t, d)
+	s.SetFail(func(op, key string) error { return fmt.Errorf("%s: %w", op, store.ErrUnavailable) })
+	start := time.Now()
+	err = d.ReadAt(ctx, make([]byte, 4096), 0) // evicted long ago
+	if err == nil {
+		t.Fatal("read of an uncached chunk during an outage succeeded")
+	}
+	if !isUnavailable(err) || time.Since(start) > 5*time.Second {
+		t.Fatalf("read during outage: %v after %v", err, time.Since(start))
+	}
+	// Writes fill the cache, then fail with ENOSPC after the bound.
+	var werr error
+	for i := int64(0); i < 8 && werr == nil; i++ {
+		werr = d.WriteAt(ctx, pattern(testChunk, byte(i)), (32+i)*testChunk)
+	}
+	if !isNoSpace(werr) {
+		t.Fatalf("writes into a full dirty cache: %v, want ErrNoSpace", werr)
+	}
+	s.SetFail(nil)
+	waitClean(t, d)
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatalf("checkpoint after the outage: %v", err)
+	}
+}
+
+func isUnavailable(err error) bool { return errors.Is(err, device.ErrUnavailable) }
+func isNoSpace(err error) bool     { return errors.Is(err, device.ErrNoSpace) }

@@ -1,0 +1,352 @@
+package tier
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferry-io/ferry/backends/store"
+)
+
+// Object keys, relative to the volume's prefix (docs/FORMAT.md):
+//
+//	chunks/<index, 16 hex digits>/<version, 16 hex digits>   chunk data
+//	manifests/<sequence, 20 decimal digits>.json             recovery points
+func chunkKey(idx int64, seq uint64) string {
+	return fmt.Sprintf("chunks/%016x/%016x", idx, seq)
+}
+
+func manifestKey(seq uint64) string { return fmt.Sprintf("manifests/%020d.json", seq) }
+
+// uploader uploads dirty chunks until ctx ends.
+func (d *Device) uploader(ctx context.Context) {
+	defer d.wg.Done()
+	backoff := 100 * time.Millisecond
+	for {
+		c := d.nextDirty()
+		if c == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.wake:
+				continue
+			case <-time.After(time.Second):
+				continue
+			}
+		}
+		if err := d.upload(ctx, c); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.upErr.Store(&err)
+			d.log.Warn("chunk upload failed; will retry", "chunk", c.idx, "err", err, "backoff", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 10*time.Second)
+			continue
+		}
+		d.upErr.Store(nil)
+		backoff = 100 * time.Millisecond
+	}
+}
+
+// nextDirty picks a dirty chunk no other uploader holds, oldest first.
+func (d *Device) nextDirty() *chunk {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var pick *chunk
+	for _, c := range d.chunks {
+		if c.dirty && !c.uploading && (pick == nil || c.lastUse.Load() < pick.lastUse.Load()) {
+			pick = c
+		}
+	}
+	if pick != nil {
+		pick.uploading = true
+	}
+	return pick
+}
+
+// upload copies one chunk version to the store. The chunk becomes clean
+// only if nobody wrote it meanwhile and the new key is journaled.
+func (d *Device) upload(ctx context.Context, c *chunk) error {
+	defer func() {
+		d.mu.Lock()
+		c.uploading = false
+		d.mu.Unlock()
+	}()
+	// The snapshot excludes writers (they hold mu shared while they bump
+	// the version and write), so its content matches its version.
+	data := make([]byte, d.chunkSize())
+	c.mu.Lock()
+	d.mu.Lock()
+	clean := !c.dirty
+	d.mu.Unlock()
+	if c.gone || clean {
+		c.mu.Unlock()
+		return nil
+	}
+	ver := c.ver.Load()
+	err := c.dev.ReadAt(ctx, data, 0)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	seq, err := d.allocSeq()
+	if err != nil {
+		return err
+	}
+	key := chunkKey(c.idx, seq)
+	if err := d.cfg.Store.Put(ctx, key, trimZeroTail(data), store.PutOptions{}); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone {
+		// Dropped while uploading: the object is garbage.
+		d.cfg.Store.Delete(context.WithoutCancel(ctx), key)
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.journalLocked(fmt.Sprintf("put %d %s\n", c.idx, key)); err != nil {
+		return err
+	}
+	d.objects[c.idx] = key
+	if c.ver.Load() != ver {
+		return nil // written meanwhile: stays dirty, uploads again
+	}
+	from := filepath.Join(d.cfg.Dir, "dirty", chunkName(c.idx))
+	to := filepath.Join(d.cfg.Dir, "clean", chunkName(c.idx))
+	if err := os.Rename(from, to); err != nil {
+		return err
+	}
+	c.dev.SetPath(to)
+	c.dirty = false
+	d.space.Broadcast()
+	return nil
+}
+
+// trimZeroTail drops trailing zero bytes: a short object reads as its data
+// followed by zeroes up to the chunk size.
+func trimZeroTail(b []byte) []byte {
+	n := len(b)
+	for n > 0 && b[n-1] == 0 {
+		n--
+	}
+	return b[:n]
+}
+
+// Manifest is one recovery point (docs/FORMAT.md).
+type Manifest struct {
+	Format    string            `json:"format"` // "ferry-manifest/1"
+	Sequence  uint64            `json:"sequence"`
+	Created   time.Time         `json:"created"`
+	Size      int64             `json:"size"`
+	ChunkSize int64             `json:"chunk_size"`
+	Chunks    map[string]string `json:"chunks"` // decimal chunk index → object key
+	Checksum  string            `json:"checksum,omitempty"`
+}
+
+func (m Manifest) sum() string {
+	m.Checksum = ""
+	b, _ := json.Marshal(m)
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// Checkpoint publishes a recovery point: a manifest describing the volume
+// as of one flush point, referencing only uploaded objects. It lets the
+// upload backlog drain while writes go on, then briefly holds writes,
+// flushes, uploads what is still dirty and publishes.
+func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) && d.dirtyCount() > 2*d.cfg.Uploaders {
+		d.kick()
+		select {
+		case <-ctx.Done():
+			return Manifest{}, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	d.gate.Lock()
+	defer d.gate.Unlock()
+	if err := d.Flush(ctx); err != nil {
+		return Manifest{}, fmt.Errorf("checkpoint: flush: %w", err)
+	}
+	for {
+		d.mu.Lock()
+		var dirty []*chunk
+		for _, c := range d.chunks {
+			if c.dirty {
+				dirty = append(dirty, c)
+			}
+		}
+		d.mu.Unlock()
+		if len(dirty) == 0 {
+			break
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(d.cfg.Uploaders)
+		for _, c := range dirty {
+			g.Go(func() error {
+				for {
+					d.mu.Lock()
+					busy := c.uploading
+					if !busy {
+						c.uploading = true
+					}
+					d.mu.Unlock()
+					if !busy {
+						return d.upload(gctx, c)
+					}
+					select {
+					case <-gctx.Done():
+						return gctx.Err()
+					case <-time.After(5 * time.Millisecond):
+					}
+				}
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return Manifest{}, fmt.Errorf("checkpoint: upload: %w", err)
+		}
+	}
+	d.mu.Lock()
+	d.meta.Manifest++
+	m := Manifest{Format: "ferry-manifest/1", Sequence: d.meta.Manifest, Created: time.Now().UTC(),
+		Size: d.meta.Size, ChunkSize: d.meta.ChunkSize, Chunks: map[string]string{}}
+	for idx, key := range d.objects {
+		m.Chunks[fmt.Sprint(idx)] = key
+	}
+	d.mu.Unlock()
+	if err := d.saveMeta(); err != nil {
+		return Manifest{}, err
+	}
+	m.Checksum = m.sum()
+	b, _ := json.MarshalIndent(m, "", " ")
+	if err := d.cfg.Store.Put(ctx, manifestKey(m.Sequence), b, store.PutOptions{IfAbsent: true}); err != nil {
+		return Manifest{}, fmt.Errorf("checkpoint: publish manifest %d: %w", m.Sequence, err)
+	}
+	d.mu.Lock()
+	d.lastCkpt = m.Created
+	d.mu.Unlock()
+	return m, nil
+}
+
+func (d *Device) dirtyCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, c := range d.chunks {
+		if c.dirty {
+			n++
+		}
+	}
+	return n
+}
+
+// LatestManifest reads the newest valid manifest in s.
+func LatestManifest(ctx context.Context, s store.Store) (Manifest, error) {
+	var keys []string
+	if err := s.List(ctx, "manifests/", func(o store.ObjectInfo) error {
+		if strings.HasSuffix(o.Key, ".json") {
+			keys = append(keys, o.Key)
+		}
+		return nil
+	}); err != nil {
+		return Manifest{}, err
+	}
+	slices.Sort(keys)
+	for i := len(keys) - 1; i >= 0; i-- {
+		b, err := s.Get(ctx, keys[i])
+		if err != nil {
+			return Manifest{}, err
+		}
+		var m Manifest
+		if json.Unmarshal(b, &m) != nil || m.Format != "ferry-manifest/1" || m.Checksum != m.sum() {
+			continue // torn or foreign: an older one is still good
+		}
+		return m, nil
+	}
+	return Manifest{}, fmt.Errorf("no manifest: %w", store.ErrNotFound)
+}
+
+// Export writes the image a manifest describes into w, which must read as
+// zeroes to begin with (a new file truncated to m.Size): chunks absent from
+// the manifest and the tails of short objects are left as they are. It uses
+// only objects in s.
+func Export(ctx context.Context, s store.Store, m Manifest, w io.WriterAt) error {
+	for i, key := range m.Chunks {
+		var idx int64
+		if _, err := fmt.Sscan(i, &idx); err != nil || idx < 0 || idx*m.ChunkSize >= m.Size {
+			return fmt.Errorf("manifest %d: bad chunk index %q", m.Sequence, i)
+		}
+		b, err := s.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("chunk %d: %w", idx, err)
+		}
+		off := idx * m.ChunkSize
+		n := min(int64(len(b)), m.ChunkSize, m.Size-off)
+		if _, err := w.WriteAt(b[:n], off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// seqLease is how many object versions one meta.json write reserves.
+const seqLease = 1024
+
+// allocSeq hands out a new object version. The bound in meta.json is
+// durable before any version under it names an object, so a key is never
+// reused after a crash.
+func (d *Device) allocSeq() (uint64, error) {
+	d.mu.Lock()
+	if d.seq < d.meta.NextSeq {
+		s := d.seq
+		d.seq++
+		d.mu.Unlock()
+		return s, nil
+	}
+	d.mu.Unlock()
+	d.metaMu.Lock()
+	defer d.metaMu.Unlock()
+	d.mu.Lock()
+	if d.seq >= d.meta.NextSeq {
+		d.meta.NextSeq = d.seq + seqLease
+		m := d.meta
+		d.mu.Unlock()
+		if err := m.save(d.cfg.Dir); err != nil {
+			return 0, err
+		}
+		d.mu.Lock()
+	}
+	s := d.seq
+	d.seq++
+	d.mu.Unlock()
+	return s, nil
+}
+
+// saveMeta writes meta.json; saves are serialised so an older snapshot
+// never overwrites a newer one.
+func (d *Device) saveMeta() error {
+	d.metaMu.Lock()
+	defer d.metaMu.Unlock()
+	d.mu.Lock()
+	m := d.meta
+	d.mu.Unlock()
+	return m.save(d.cfg.Dir)
+}
