@@ -91,12 +91,15 @@ type Device struct {
 	closed    bool
 	space     *sync.Cond // signalled when cache space frees up
 	lastCkpt  time.Time
+	reserved  int // cache slots reserved by fetches in progress
+	pressure  int // writers waiting for cache space: upload without delay
 
 	fetches singleflight.Group
 	wake    chan struct{}
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	upErr   atomic.Pointer[error] // last upload error, for Stats
+	changed atomic.Bool           // modified since the last checkpoint began
 }
 
 var (
@@ -290,7 +293,13 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) error {
 // whole says fn overwrites all of it).
 func (d *Device) modify(ctx context.Context, idx int64, whole bool, fn func(*chunk) error) error {
 	for {
-		c, err := d.lookup(ctx, idx, true)
+		var c *chunk
+		var err error
+		if whole {
+			c, err = d.lookupNoFetch(ctx, idx)
+		} else {
+			c, err = d.lookup(ctx, idx, true)
+		}
 		if err != nil {
 			return err
 		}
@@ -306,6 +315,7 @@ func (d *Device) modify(ctx context.Context, idx int64, whole bool, fn func(*chu
 			continue
 		}
 		c.ver.Add(1)
+		d.changed.Store(true)
 		err = fn(c)
 		c.mu.RUnlock()
 		c.lastUse.Store(time.Now().UnixNano())
@@ -342,10 +352,20 @@ func (d *Device) markDirty(c *chunk) error {
 	return nil
 }
 
+// lookupNoFetch returns chunk idx cached, creating it empty (as dirty)
+// when it is not: for a write that replaces all of it.
+func (d *Device) lookupNoFetch(ctx context.Context, idx int64) (*chunk, error) {
+	return d.lookupMode(ctx, idx, true, false)
+}
+
 // lookup returns the cached chunk idx, fetching it from the store when it
 // has an object. Without create it returns nil for a chunk that is all
 // zeroes; with create it makes an empty cached chunk for it.
 func (d *Device) lookup(ctx context.Context, idx int64, create bool) (*chunk, error) {
+	return d.lookupMode(ctx, idx, create, true)
+}
+
+func (d *Device) lookupMode(ctx context.Context, idx int64, create, fetch bool) (*chunk, error) {
 	d.mu.Lock()
 	if c := d.chunks[idx]; c != nil {
 		d.mu.Unlock()
@@ -353,6 +373,9 @@ func (d *Device) lookup(ctx context.Context, idx int64, create bool) (*chunk, er
 	}
 	key, inStore := d.objects[idx]
 	d.mu.Unlock()
+	if !fetch {
+		inStore = false
+	}
 	if !inStore && !create {
 		return nil, nil
 	}
@@ -366,6 +389,15 @@ func (d *Device) lookup(ctx context.Context, idx int64, create bool) (*chunk, er
 		if err := d.reserve(ctx); err != nil {
 			return nil, err
 		}
+		ok := false
+		defer func() {
+			if !ok {
+				d.mu.Lock()
+				d.reserved--
+				d.space.Broadcast()
+				d.mu.Unlock()
+			}
+		}()
 		var data []byte
 		dir := "dirty"
 		if inStore {
@@ -394,8 +426,10 @@ func (d *Device) lookup(ctx context.Context, idx int64, create bool) (*chunk, er
 		}
 		c := &chunk{idx: idx, dev: dev, dirty: !inStore}
 		c.lastUse.Store(time.Now().UnixNano())
+		ok = true
 		d.mu.Lock()
 		d.chunks[idx] = c
+		d.reserved--
 		d.mu.Unlock()
 		return c, nil
 	})
@@ -411,7 +445,9 @@ func (d *Device) reserve(ctx context.Context) error {
 	deadline := time.Now().Add(d.cfg.DirtyWait)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for int64(len(d.chunks)+1)*d.chunkSize() > d.cfg.CacheBytes {
+	d.pressure++
+	defer func() { d.pressure-- }()
+	for int64(len(d.chunks)+d.reserved+1)*d.chunkSize() > d.cfg.CacheBytes {
 		if d.evictLocked() {
 			continue
 		}
@@ -427,6 +463,7 @@ func (d *Device) reserve(ctx context.Context) error {
 		d.space.Wait()
 		t.Stop()
 	}
+	d.reserved++
 	return nil
 }
 
@@ -538,6 +575,7 @@ func (d *Device) dropChunk(idx int64) error {
 		if c == nil {
 			_, inStore := d.objects[idx]
 			if inStore {
+				d.changed.Store(true)
 				delete(d.objects, idx)
 				err := d.journalLocked(fmt.Sprintf("drop %d\n", idx))
 				d.mu.Unlock()
@@ -554,6 +592,7 @@ func (d *Device) dropChunk(idx int64) error {
 		}
 		c.gone = true
 		c.ver.Add(1)
+		d.changed.Store(true)
 		dir := "clean"
 		if c.dirty {
 			dir = "dirty"
@@ -658,6 +697,7 @@ func (d *Device) Resize(ctx context.Context, size int64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.meta.Size = size
+	d.changed.Store(true)
 	d.mu.Unlock()
 	err := d.saveMeta()
 	d.mu.Lock()
@@ -725,3 +765,7 @@ func (d *Device) kick() {
 	default:
 	}
 }
+
+// Changed reports whether the volume was written, trimmed or resized since
+// the last recovery point began.
+func (d *Device) Changed() bool { return d.changed.Load() }

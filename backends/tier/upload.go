@@ -40,7 +40,7 @@ func (d *Device) uploader(ctx context.Context) {
 				return
 			case <-d.wake:
 				continue
-			case <-time.After(time.Second):
+			case <-time.After(uploadDelay / 2):
 				continue
 			}
 		}
@@ -63,13 +63,24 @@ func (d *Device) uploader(ctx context.Context) {
 	}
 }
 
-// nextDirty picks a dirty chunk no other uploader holds, oldest first.
+// uploadDelay is how long a chunk must go unwritten before it uploads,
+// unless the cache is under pressure: a chunk being filled by small
+// sequential writes then uploads once, not once per write.
+const uploadDelay = 200 * time.Millisecond
+
+// nextDirty picks a dirty chunk no other uploader holds, least recently
+// written first, once it has been idle for uploadDelay (at once when
+// writers wait for cache space).
 func (d *Device) nextDirty() *chunk {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	idleSince := time.Now().Add(-uploadDelay).UnixNano()
 	var pick *chunk
 	for _, c := range d.chunks {
-		if c.dirty && !c.uploading && (pick == nil || c.lastUse.Load() < pick.lastUse.Load()) {
+		if !c.dirty || c.uploading || (d.pressure == 0 && c.lastUse.Load() > idleSince) {
+			continue
+		}
+		if pick == nil || c.lastUse.Load() < pick.lastUse.Load() {
 			pick = c
 		}
 	}
@@ -183,7 +194,9 @@ func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
 	}
 	d.gate.Lock()
 	defer d.gate.Unlock()
+	d.changed.Store(false)
 	if err := d.Flush(ctx); err != nil {
+		d.changed.Store(true)
 		return Manifest{}, fmt.Errorf("checkpoint: flush: %w", err)
 	}
 	for {
@@ -221,6 +234,7 @@ func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
 			})
 		}
 		if err := g.Wait(); err != nil {
+			d.changed.Store(true)
 			return Manifest{}, fmt.Errorf("checkpoint: upload: %w", err)
 		}
 	}
@@ -233,11 +247,13 @@ func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
 	}
 	d.mu.Unlock()
 	if err := d.saveMeta(); err != nil {
+		d.changed.Store(true)
 		return Manifest{}, err
 	}
 	m.Checksum = m.sum()
 	b, _ := json.MarshalIndent(m, "", " ")
 	if err := d.cfg.Store.Put(ctx, manifestKey(m.Sequence), b, store.PutOptions{IfAbsent: true}); err != nil {
+		d.changed.Store(true)
 		return Manifest{}, fmt.Errorf("checkpoint: publish manifest %d: %w", m.Sequence, err)
 	}
 	d.mu.Lock()
