@@ -90,9 +90,54 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 
 // CreateVolume creates a volume; access may be nil.
 func (c *Client) CreateVolume(ctx context.Context, name string, size int64, access *volume.AccessUpdate) (volume.Info, error) {
+	return c.Create(ctx, CreateRequest{Name: name, Size: size, ISCSI: access})
+}
+
+// Create creates a volume from a full request (S3 store, chunk size).
+func (c *Client) Create(ctx context.Context, req CreateRequest) (volume.Info, error) {
 	var in volume.Info
-	err := c.do(ctx, http.MethodPost, "/v1/volumes", CreateRequest{Name: name, Size: size, ISCSI: access}, &in)
+	err := c.do(ctx, http.MethodPost, "/v1/volumes", req, &in)
 	return in, err
+}
+
+// Checkpoint publishes a recovery point of an S3-backed volume.
+func (c *Client) Checkpoint(ctx context.Context, name string) (CheckpointResponse, error) {
+	var out CheckpointResponse
+	err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/checkpoint", nil, &out)
+	return out, err
+}
+
+// Location says where an S3-backed volume's objects are.
+func (c *Client) Location(ctx context.Context, name string) (volume.ExportLocation, error) {
+	var out volume.ExportLocation
+	err := c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name)+"/location", nil, &out)
+	return out, err
+}
+
+// AddStore registers an S3 store after the gateway checked access.
+func (c *Client) AddStore(ctx context.Context, sc volume.StoreConfig) (volume.StoreView, error) {
+	var out volume.StoreView
+	err := c.do(ctx, http.MethodPost, "/v1/stores", sc, &out)
+	return out, err
+}
+
+// Stores lists the stores.
+func (c *Client) Stores(ctx context.Context) ([]volume.StoreView, error) {
+	var out []volume.StoreView
+	err := c.do(ctx, http.MethodGet, "/v1/stores", nil, &out)
+	return out, err
+}
+
+// Store describes one store with its object count and bytes.
+func (c *Client) Store(ctx context.Context, name string) (volume.StoreView, error) {
+	var out volume.StoreView
+	err := c.do(ctx, http.MethodGet, "/v1/stores/"+url.PathEscape(name), nil, &out)
+	return out, err
+}
+
+// RemoveStore forgets a store no volume uses.
+func (c *Client) RemoveStore(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/stores/"+url.PathEscape(name), nil, nil)
 }
 
 // Volumes lists volumes.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -18,6 +19,16 @@ type CreateRequest struct {
 	Name  string               `json:"name"`
 	Size  int64                `json:"size"`
 	ISCSI *volume.AccessUpdate `json:"iscsi,omitempty"`
+	// Store makes an S3-backed volume in that store.
+	Store     string `json:"store,omitempty"`
+	ChunkSize int64  `json:"chunk_size,omitempty"`
+}
+
+// CheckpointResponse answers POST /v1/volumes/{name}/checkpoint.
+type CheckpointResponse struct {
+	Sequence uint64    `json:"sequence"`
+	Created  time.Time `json:"created"`
+	Chunks   int       `json:"chunks"`
 }
 
 // UpdateRequest is the body of PATCH /v1/volumes/{name}: a new size (grow
@@ -49,6 +60,12 @@ func Handler(m *volume.Manager, gatherer prometheus.Gatherer, log *slog.Logger) 
 	mux.HandleFunc("PATCH /v1/volumes/{name}", h.update)
 	mux.HandleFunc("DELETE /v1/volumes/{name}", h.remove)
 	mux.HandleFunc("GET /v1/pool", h.pool)
+	mux.HandleFunc("POST /v1/volumes/{name}/checkpoint", h.checkpoint)
+	mux.HandleFunc("GET /v1/volumes/{name}/location", h.location)
+	mux.HandleFunc("GET /v1/stores", h.stores)
+	mux.HandleFunc("POST /v1/stores", h.addStore)
+	mux.HandleFunc("GET /v1/stores/{name}", h.storeInfo)
+	mux.HandleFunc("DELETE /v1/stores/{name}", h.removeStore)
 	return mux
 }
 
@@ -66,7 +83,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	in, err := h.m.Create(r.Context(), req.Name, req.Size, volume.CreateOptions{Access: req.ISCSI})
+	in, err := h.m.Create(r.Context(), req.Name, req.Size, volume.CreateOptions{Access: req.ISCSI, Store: req.Store, ChunkSize: req.ChunkSize})
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -114,6 +131,58 @@ func (h *handler) remove(w http.ResponseWriter, r *http.Request) {
 
 func (h *handler) pool(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, h.m.Pool(r.Context()))
+}
+
+func (h *handler) checkpoint(w http.ResponseWriter, r *http.Request) {
+	mf, err := h.m.Checkpoint(r.Context(), r.PathValue("name"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: len(mf.Chunks)})
+}
+
+func (h *handler) location(w http.ResponseWriter, r *http.Request) {
+	loc, err := h.m.Location(r.Context(), r.PathValue("name"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, loc)
+}
+
+func (h *handler) stores(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, h.m.Stores(r.Context()))
+}
+
+func (h *handler) addStore(w http.ResponseWriter, r *http.Request) {
+	var req volume.StoreConfig
+	if !decode(w, r, &req) {
+		return
+	}
+	v, err := h.m.AddStore(r.Context(), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, v)
+}
+
+func (h *handler) storeInfo(w http.ResponseWriter, r *http.Request) {
+	v, err := h.m.StoreInfo(r.Context(), r.PathValue("name"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (h *handler) removeStore(w http.ResponseWriter, r *http.Request) {
+	if err := h.m.RemoveStore(r.Context(), r.PathValue("name")); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {

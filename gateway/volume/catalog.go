@@ -16,12 +16,15 @@ const catalogVersion = 1
 
 // Record is one volume's persistent metadata.
 type Record struct {
-	ID      string    `json:"id"`
-	Name    string    `json:"name"`
-	Size    int64     `json:"size"`
-	Backend string    `json:"backend"`        // "local"
-	Path    string    `json:"path,omitempty"` // local: the volume file
-	Created time.Time `json:"created"`
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Size    int64  `json:"size"`
+	Backend string `json:"backend"`        // "local" or "tier"
+	Path    string `json:"path,omitempty"` // local: the volume file; tier: the cache directory
+	// Store and ChunkSize are set for S3-backed ("tier") volumes.
+	Store     string    `json:"store,omitempty"`
+	ChunkSize int64     `json:"chunk_size,omitempty"`
+	Created   time.Time `json:"created"`
 	// ISCSI is the volume's iSCSI access control; nil means the gateway
 	// default applies.
 	ISCSI *ISCSIAccess `json:"iscsi,omitempty"`

@@ -19,6 +19,8 @@ import (
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/local"
+	"github.com/ferry-io/ferry/backends/store"
+	"github.com/ferry-io/ferry/backends/tier"
 )
 
 // Log attribute keys.
@@ -40,6 +42,21 @@ type Config struct {
 	ForceTimeout time.Duration
 	Logger       *slog.Logger
 	Registerer   prometheus.Registerer
+
+	// CacheBytes is the local cache budget of each S3-backed volume
+	// (default 1 GiB).
+	CacheBytes int64
+	// CheckpointInterval is how often changed S3-backed volumes publish a
+	// recovery point (default 60s).
+	CheckpointInterval time.Duration
+	// S3Timeout bounds one S3 request (default 60s).
+	S3Timeout time.Duration
+	// FetchTimeout bounds a read of data only in S3 while S3 does not
+	// answer (default 30s); the read then fails with EIO.
+	FetchTimeout time.Duration
+	// DirtyWait bounds how long a write waits for a cache full of data not
+	// yet uploaded before failing with ENOSPC (default 60s).
+	DirtyWait time.Duration
 }
 
 // Manager owns the catalog and the open devices. It is safe for
@@ -49,9 +66,14 @@ type Manager struct {
 	log     *slog.Logger
 	catPath string
 
-	mu   sync.Mutex
-	cat  *catalogFile
-	vols map[string]*vol // by name
+	mu     sync.Mutex
+	cat    *catalogFile
+	vols   map[string]*vol         // by name
+	stores map[string]*StoreConfig // by name
+
+	storeMetrics *store.StoreMetrics
+	stopBG       context.CancelFunc
+	bg           sync.WaitGroup
 }
 
 type vol struct {
@@ -76,6 +98,8 @@ type Info struct {
 	Created     time.Time `json:"created"`
 	// ISCSI shows access control without secrets; nil when unset.
 	ISCSI *AccessView `json:"iscsi,omitempty"`
+	// Tier is set for S3-backed volumes.
+	Tier *TierInfo `json:"tier,omitempty"`
 }
 
 // PoolDir describes one directory of the local pool.
@@ -108,6 +132,12 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.CacheBytes <= 0 {
+		cfg.CacheBytes = 1 << 30
+	}
+	if cfg.CheckpointInterval <= 0 {
+		cfg.CheckpointInterval = 60 * time.Second
+	}
 	for _, d := range append([]string{cfg.DataDir}, cfg.PoolDirs...) {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("open volumes: %w", err)
@@ -118,6 +148,11 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		log:     cfg.Logger,
 		catPath: filepath.Join(cfg.DataDir, "catalog.json"),
 		vols:    map[string]*vol{},
+		stores:  map[string]*StoreConfig{},
+	}
+	m.storeMetrics = store.NewStoreMetrics(cfg.Registerer)
+	if err := m.loadStores(); err != nil {
+		return nil, err
 	}
 	cat, err := loadCatalog(m.catPath)
 	if err != nil {
@@ -136,6 +171,13 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Registerer != nil {
 		m.registerMetrics(cfg.Registerer)
 	}
+	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.stopBG = cancel
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		m.checkpointer(bctx, cfg.CheckpointInterval)
+	}()
 	return m, nil
 }
 
@@ -157,6 +199,8 @@ func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, e
 			}
 		}
 		return d, nil
+	case "tier":
+		return m.openTier(ctx, rec)
 	default:
 		return nil, fmt.Errorf("unknown backend %q", rec.Backend)
 	}
@@ -172,10 +216,11 @@ func (m *Manager) removeOrphans() {
 	}
 	for _, dir := range m.cfg.PoolDirs {
 		files, _ := filepath.Glob(filepath.Join(dir, "vol-*.img"))
-		for _, f := range files {
+		caches, _ := filepath.Glob(filepath.Join(dir, "tier-*"))
+		for _, f := range append(files, caches...) {
 			if !known[f] {
 				m.log.Warn("removing orphaned volume file left by an interrupted create or remove", "path", f)
-				os.Remove(f)
+				os.RemoveAll(f)
 			}
 		}
 	}
@@ -228,6 +273,11 @@ func (m *Manager) commit() error {
 type CreateOptions struct {
 	// Access sets iSCSI access control (CHAP, allowed initiators).
 	Access *AccessUpdate
+	// Store puts the volume's data in that S3 store, with the local pool
+	// as its cache. Empty means a local volume.
+	Store string
+	// ChunkSize is an S3-backed volume's chunk size (0: 4 MiB).
+	ChunkSize int64
 }
 
 // Create makes a new, empty local volume. The volume file is created and
@@ -258,16 +308,51 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 	}
 	rec := &Record{ID: newID(), Name: name, Size: size, Backend: "local", Created: time.Now().UTC().Truncate(time.Second), ISCSI: access}
-	rec.Path = filepath.Join(dir, "vol-"+rec.ID+".img")
-	dev, err := local.Create(rec.Path, size)
-	if err != nil {
-		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
+	var dev device.Device
+	if opts.Store != "" {
+		if _, ok := m.stores[opts.Store]; !ok {
+			return Info{}, fmt.Errorf("create volume %q: no store named %q (see ferry store ls): %w", name, opts.Store, ErrInvalid)
+		}
+		cs := opts.ChunkSize
+		if cs == 0 {
+			cs = tier.DefaultChunkSize
+		}
+		if cs < 64<<10 || cs > 64<<20 || cs&(cs-1) != 0 {
+			return Info{}, fmt.Errorf("create volume %q: chunk size %d: want a power of two from 64 KiB to 64 MiB: %w", name, cs, ErrInvalid)
+		}
+		rec.Backend, rec.Store, rec.ChunkSize = "tier", opts.Store, cs
+		rec.Path = filepath.Join(dir, "tier-"+rec.ID)
+		m.mu.Unlock()
+		td, err := m.openTier(ctx, rec)
+		m.mu.Lock()
+		if err != nil {
+			os.RemoveAll(rec.Path)
+			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
+		}
+		if _, ok := m.vols[name]; ok {
+			td.Close()
+			os.RemoveAll(rec.Path)
+			return Info{}, fmt.Errorf("create volume %q: %w", name, ErrExists)
+		}
+		if err := local.SyncDir(dir); err != nil {
+			td.Close()
+			os.RemoveAll(rec.Path)
+			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
+		}
+		dev = td
+	} else {
+		rec.Path = filepath.Join(dir, "vol-"+rec.ID+".img")
+		ld, err := local.Create(rec.Path, size)
+		if err != nil {
+			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
+		}
+		dev = ld
 	}
 	m.cat.Volumes = append(m.cat.Volumes, rec)
 	if err := m.commit(); err != nil {
 		m.cat.Volumes = m.cat.Volumes[:len(m.cat.Volumes)-1]
 		dev.Close()
-		os.Remove(rec.Path)
+		os.RemoveAll(rec.Path)
 		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 	}
 	v := &vol{rec: rec, dev: dev, clients: map[*Attachment]string{}, revoked: make(chan struct{})}
@@ -322,6 +407,9 @@ func (m *Manager) infoLocked(ctx context.Context, v *vol) Info {
 		if s, err := st.Stats(ctx); err == nil {
 			in.Allocated = s.Allocated
 		}
+	}
+	if td, ok := v.dev.(*tier.Device); ok {
+		in.Tier = tierInfo(v.rec, td)
 	}
 	for _, c := range v.clients {
 		in.Connections = append(in.Connections, c)
@@ -407,8 +495,11 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	delete(m.vols, name)
 	v.dev.Close()
 	os.Remove(m.prPath(v.rec))
+	if v.rec.Backend == "tier" {
+		m.deleteObjects(v.rec)
+	}
 	if v.rec.Path != "" {
-		if err := os.Remove(v.rec.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.RemoveAll(v.rec.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			m.log.Warn("volume removed from catalog but its file remains", attrVolume, name, "path", v.rec.Path, "err", err)
 		}
 	}
@@ -481,6 +572,10 @@ func (m *Manager) FlushAll(ctx context.Context) error {
 
 // Close flushes and closes every volume.
 func (m *Manager) Close(ctx context.Context) error {
+	if m.stopBG != nil {
+		m.stopBG()
+		m.bg.Wait()
+	}
 	err := m.FlushAll(ctx)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -514,5 +609,57 @@ func (m *Manager) registerMetrics(reg prometheus.Registerer) {
 			sum(func(in Info) float64 { return float64(in.Allocated) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_volume_connections", Help: "Connected clients over all volumes."},
 			sum(func(in Info) float64 { return float64(len(in.Connections)) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_cache_bytes", Help: "Local cache bytes of S3-backed volumes."},
+			sum(func(in Info) float64 { return tierf(in, func(t *TierInfo) float64 { return float64(t.CachedBytes) }) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_cache_dirty_bytes", Help: "Cached bytes of S3-backed volumes not yet uploaded (the upload backlog)."},
+			sum(func(in Info) float64 { return tierf(in, func(t *TierInfo) float64 { return float64(t.DirtyBytes) }) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_rpo_seconds", Help: "Age of the oldest newest-recovery-point over S3-backed volumes."},
+			func() float64 {
+				var worst float64
+				for _, in := range m.Volumes(context.Background()) {
+					if in.Tier != nil {
+						worst = max(worst, in.Tier.RPOSeconds)
+					}
+				}
+				return worst
+			}),
 	)
+}
+
+func tierf(in Info, f func(*TierInfo) float64) float64 {
+	if in.Tier == nil {
+		return 0
+	}
+	return f(in.Tier)
+}
+
+// deleteObjects removes a removed volume's objects from its store in the
+// background; what it misses stays as unreferenced garbage.
+func (m *Manager) deleteObjects(rec *Record) {
+	sc, ok := m.stores[rec.Store]
+	if !ok {
+		return
+	}
+	s, _, err := m.objectStore(sc, volumePrefix(rec))
+	if err != nil {
+		return
+	}
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		var keys []string
+		if err := s.List(ctx, "", func(o store.ObjectInfo) error { keys = append(keys, o.Key); return nil }); err != nil {
+			m.log.Warn("listing a removed volume's objects failed; they stay in the store", attrVolume, rec.Name, "err", err)
+			return
+		}
+		for _, k := range keys {
+			if err := s.Delete(ctx, k); err != nil {
+				m.log.Warn("deleting a removed volume's objects failed; the rest stay in the store", attrVolume, rec.Name, "err", err)
+				return
+			}
+		}
+		m.log.Info("removed volume's objects deleted from its store", attrVolume, rec.Name, "objects", len(keys))
+	}()
 }

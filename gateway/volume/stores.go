@@ -1,0 +1,321 @@
+package volume
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ferry-io/ferry/backends/s3"
+	"github.com/ferry-io/ferry/backends/store"
+	"github.com/ferry-io/ferry/backends/tier"
+)
+
+// StoreConfig is an S3 store the gateway may put volumes in. The secret
+// key is kept in DATA/stores.json (mode 0600) and never returned by the
+// API or logged.
+type StoreConfig struct {
+	Name      string `json:"name"`
+	Endpoint  string `json:"endpoint"`
+	Bucket    string `json:"bucket"`
+	Prefix    string `json:"prefix,omitempty"`
+	Region    string `json:"region,omitempty"`
+	AccessKey string `json:"access_key"`
+	SecretKey string `json:"secret_key"`
+}
+
+// StoreView is a store as the API shows it: no credentials.
+type StoreView struct {
+	Name     string `json:"name"`
+	Endpoint string `json:"endpoint"`
+	Bucket   string `json:"bucket"`
+	Prefix   string `json:"prefix,omitempty"`
+	Region   string `json:"region,omitempty"`
+	Volumes  int    `json:"volumes"`
+	// Objects and Bytes are filled by StoreInfo (they need a listing).
+	Objects int64  `json:"objects,omitempty"`
+	Bytes   int64  `json:"bytes,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+type storesFile struct {
+	Version int            `json:"version"`
+	Stores  []*StoreConfig `json:"stores"`
+}
+
+var storeNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,62}$`)
+
+func (m *Manager) storesPath() string { return filepath.Join(m.cfg.DataDir, "stores.json") }
+
+func (m *Manager) loadStores() error {
+	b, err := os.ReadFile(m.storesPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read stores: %w", err)
+	}
+	var f storesFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("parse %s: %w", m.storesPath(), err)
+	}
+	for _, sc := range f.Stores {
+		m.stores[sc.Name] = sc
+	}
+	return nil
+}
+
+func (m *Manager) saveStoresLocked() error {
+	f := storesFile{Version: 1}
+	for _, sc := range m.stores {
+		f.Stores = append(f.Stores, sc)
+	}
+	slices.SortFunc(f.Stores, func(a, b *StoreConfig) int { return strings.Compare(a.Name, b.Name) })
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(m.storesPath(), b)
+}
+
+// objectStore opens the store sc scoped to prefix (relative to the
+// store's own prefix), with retries and metrics.
+func (m *Manager) objectStore(sc *StoreConfig, prefix string) (store.Store, *s3.Store, error) {
+	raw, err := s3.New(s3.Config{Endpoint: sc.Endpoint, Bucket: sc.Bucket, Prefix: sc.Prefix + prefix, Region: sc.Region,
+		AccessKey: sc.AccessKey, SecretKey: sc.SecretKey, Timeout: m.cfg.S3Timeout})
+	if err != nil {
+		return nil, nil, fmt.Errorf("store %q: %w", sc.Name, err)
+	}
+	var s store.Store = store.WithRetry(raw, store.RetryPolicy{Attempts: 4})
+	s = m.storeMetrics.WithMetrics(s, sc.Name)
+	return s, raw, nil
+}
+
+// AddStore checks that the store is reachable and writable with the given
+// credentials and remembers it.
+func (m *Manager) AddStore(ctx context.Context, sc StoreConfig) (StoreView, error) {
+	if !storeNameRE.MatchString(sc.Name) {
+		return StoreView{}, fmt.Errorf("store name %q: use 1-63 lower-case letters, digits, '.' or '-': %w", sc.Name, ErrInvalid)
+	}
+	if sc.Prefix != "" && !strings.HasSuffix(sc.Prefix, "/") {
+		sc.Prefix += "/"
+	}
+	m.mu.Lock()
+	_, exists := m.stores[sc.Name]
+	m.mu.Unlock()
+	if exists {
+		return StoreView{}, fmt.Errorf("store %q: %w", sc.Name, ErrExists)
+	}
+	_, raw, err := m.objectStore(&sc, "")
+	if err != nil {
+		return StoreView{}, fmt.Errorf("%w: %w", err, ErrInvalid)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := raw.Check(cctx); err != nil {
+		return StoreView{}, fmt.Errorf("store %q: %w: %w", sc.Name, err, ErrInvalid)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.stores[sc.Name]; ok {
+		return StoreView{}, fmt.Errorf("store %q: %w", sc.Name, ErrExists)
+	}
+	m.stores[sc.Name] = &sc
+	if err := m.saveStoresLocked(); err != nil {
+		delete(m.stores, sc.Name)
+		return StoreView{}, fmt.Errorf("save stores: %w", err)
+	}
+	m.log.Info("store added", "store", sc.Name, "endpoint", sc.Endpoint, "bucket", sc.Bucket, "prefix", sc.Prefix)
+	return m.storeViewLocked(&sc), nil
+}
+
+func (m *Manager) storeViewLocked(sc *StoreConfig) StoreView {
+	v := StoreView{Name: sc.Name, Endpoint: sc.Endpoint, Bucket: sc.Bucket, Prefix: sc.Prefix, Region: sc.Region}
+	for _, r := range m.cat.Volumes {
+		if r.Store == sc.Name {
+			v.Volumes++
+		}
+	}
+	return v
+}
+
+// Stores lists the stores, sorted by name.
+func (m *Manager) Stores(ctx context.Context) []StoreView {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]StoreView, 0, len(m.stores))
+	for _, sc := range m.stores {
+		out = append(out, m.storeViewLocked(sc))
+	}
+	slices.SortFunc(out, func(a, b StoreView) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// StoreInfo describes a store with the objects Ferry keeps in it.
+func (m *Manager) StoreInfo(ctx context.Context, name string) (StoreView, error) {
+	m.mu.Lock()
+	sc, ok := m.stores[name]
+	var v StoreView
+	if ok {
+		v = m.storeViewLocked(sc)
+	}
+	m.mu.Unlock()
+	if !ok {
+		return StoreView{}, fmt.Errorf("store %q: %w", name, ErrNotFound)
+	}
+	s, _, err := m.objectStore(sc, "volumes/")
+	if err != nil {
+		return v, err
+	}
+	err = s.List(ctx, "", func(o store.ObjectInfo) error {
+		v.Objects++
+		v.Bytes += o.Size
+		return nil
+	})
+	if err != nil {
+		v.Error = err.Error()
+	}
+	return v, nil
+}
+
+// RemoveStore forgets a store no volume uses. Its objects stay.
+func (m *Manager) RemoveStore(ctx context.Context, name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sc, ok := m.stores[name]
+	if !ok {
+		return fmt.Errorf("store %q: %w", name, ErrNotFound)
+	}
+	if n := m.storeViewLocked(sc).Volumes; n > 0 {
+		return fmt.Errorf("store %q holds %d volume(s); remove them first: %w", name, n, ErrBusy)
+	}
+	delete(m.stores, name)
+	if err := m.saveStoresLocked(); err != nil {
+		m.stores[name] = sc
+		return fmt.Errorf("save stores: %w", err)
+	}
+	m.log.Info("store removed", "store", name)
+	return nil
+}
+
+// volumePrefix is where a volume's objects live in its store
+// (docs/FORMAT.md).
+func volumePrefix(rec *Record) string { return "volumes/" + rec.ID + "/" }
+
+func (m *Manager) openTier(ctx context.Context, rec *Record) (*tier.Device, error) {
+	m.mu.Lock()
+	sc, ok := m.stores[rec.Store]
+	m.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("store %q is not configured", rec.Store)
+	}
+	s, _, err := m.objectStore(sc, volumePrefix(rec))
+	if err != nil {
+		return nil, err
+	}
+	return tier.Open(ctx, tier.Config{
+		Dir: rec.Path, Store: s, Size: rec.Size, ChunkSize: rec.ChunkSize,
+		CacheBytes: m.cfg.CacheBytes, FetchTimeout: m.cfg.FetchTimeout, DirtyWait: m.cfg.DirtyWait,
+		Logger: m.log.With(attrVolume, rec.Name),
+	})
+}
+
+// TierInfo is an S3-backed volume's cache and recovery-point state.
+type TierInfo struct {
+	Store          string    `json:"store"`
+	ChunkSize      int64     `json:"chunk_size"`
+	CachedBytes    int64     `json:"cached_bytes"`
+	DirtyBytes     int64     `json:"dirty_bytes"`
+	StoredChunks   int       `json:"stored_chunks"`
+	LastCheckpoint time.Time `json:"last_checkpoint,omitzero"`
+	// RPOSeconds is the age of the newest recovery point (0 if none).
+	RPOSeconds  float64 `json:"rpo_seconds"`
+	UploadError string  `json:"upload_error,omitempty"`
+}
+
+func tierInfo(rec *Record, d *tier.Device) *TierInfo {
+	st := d.TierStats()
+	ti := &TierInfo{Store: rec.Store, ChunkSize: rec.ChunkSize, CachedBytes: st.CachedBytes, DirtyBytes: st.DirtyBytes,
+		StoredChunks: st.StoredChunks, LastCheckpoint: st.LastCheckpoint, UploadError: st.UploadError}
+	if !st.LastCheckpoint.IsZero() {
+		ti.RPOSeconds = time.Since(st.LastCheckpoint).Seconds()
+	}
+	return ti
+}
+
+// Checkpoint publishes a recovery point of an S3-backed volume and
+// returns once it is in the store.
+func (m *Manager) Checkpoint(ctx context.Context, name string) (tier.Manifest, error) {
+	m.mu.Lock()
+	v, ok := m.vols[name]
+	m.mu.Unlock()
+	if !ok || v.removing {
+		return tier.Manifest{}, fmt.Errorf("checkpoint %q: %w", name, ErrNotFound)
+	}
+	td, ok := v.dev.(*tier.Device)
+	if !ok {
+		return tier.Manifest{}, fmt.Errorf("checkpoint %q: a local volume has no S3 recovery points: %w", name, ErrInvalid)
+	}
+	mf, err := td.Checkpoint(ctx)
+	if err != nil {
+		return mf, fmt.Errorf("checkpoint %q: %w", name, err)
+	}
+	m.log.Info("recovery point published", attrVolume, name, "sequence", mf.Sequence, "chunks", len(mf.Chunks))
+	return mf, nil
+}
+
+// checkpointer publishes recovery points of changed S3-backed volumes
+// every interval until ctx ends.
+func (m *Manager) checkpointer(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m.mu.Lock()
+		var names []string
+		for n, v := range m.vols {
+			if td, ok := v.dev.(*tier.Device); ok && !v.removing && td.Changed() {
+				names = append(names, n)
+			}
+		}
+		m.mu.Unlock()
+		for _, n := range names {
+			if _, err := m.Checkpoint(ctx, n); err != nil && ctx.Err() == nil {
+				m.log.Warn("periodic recovery point failed; will retry", attrVolume, n, "err", err)
+			}
+		}
+	}
+}
+
+// ExportLocation tells `ferry volume export --from-s3` where a volume's
+// objects are, without credentials.
+type ExportLocation struct {
+	Store    StoreView `json:"store"`
+	Prefix   string    `json:"prefix"` // full key prefix of the volume's objects
+	VolumeID string    `json:"volume_id"`
+}
+
+// Location returns where an S3-backed volume keeps its objects.
+func (m *Manager) Location(ctx context.Context, name string) (ExportLocation, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := m.vols[name]
+	if !ok {
+		return ExportLocation{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	sc, ok := m.stores[v.rec.Store]
+	if !ok {
+		return ExportLocation{}, fmt.Errorf("volume %q is not in an S3 store: %w", name, ErrInvalid)
+	}
+	return ExportLocation{Store: m.storeViewLocked(sc), Prefix: sc.Prefix + volumePrefix(v.rec), VolumeID: v.rec.ID}, nil
+}
