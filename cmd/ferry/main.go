@@ -26,6 +26,7 @@ func newApp() *cli.App {
 			cmdServe(),
 			cmdVolume(),
 			cmdPool(),
+			cmdStore(),
 		},
 		EnableBashCompletion: true,
 	}

@@ -33,8 +33,45 @@ func cmdPool() *cli.Command {
 				for _, d := range p.Dirs {
 					fmt.Fprintf(w, "%s\t%s\t%s\n", d.Path, formatSize(d.Total), formatSize(d.Free))
 				}
-				return w.Flush()
+				if err := w.Flush(); err != nil {
+					return err
+				}
+				return printTierPool(c)
 			},
 		}},
 	}
+}
+
+// printTierPool shows the S3 side of the pool: the cache of S3-backed
+// volumes and each store's use.
+func printTierPool(c *cli.Context) error {
+	cl := apiClient(c)
+	vols, err := cl.Volumes(c.Context)
+	if err != nil {
+		return err
+	}
+	var cached, dirty int64
+	tiered := 0
+	for _, v := range vols {
+		if v.Tier != nil {
+			tiered++
+			cached += v.Tier.CachedBytes
+			dirty += v.Tier.DirtyBytes
+		}
+	}
+	stores, err := cl.Stores(c.Context)
+	if err != nil || len(stores) == 0 {
+		return err
+	}
+	fmt.Printf("\ncache:        %s used by %d S3-backed volume(s), %s dirty\n", formatSize(cached), tiered, formatSize(dirty))
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "\nSTORE\tBUCKET\tVOLUMES\tOBJECTS\tSTORED")
+	for _, s := range stores {
+		info, err := cl.Store(c.Context, s.Name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\n", s.Name, s.Bucket, s.Volumes, info.Objects, formatSize(info.Bytes))
+	}
+	return w.Flush()
 }

@@ -14,6 +14,8 @@ func cmdVolume() *cli.Command {
 			cmdVolumeResize(),
 			cmdVolumeUpdate(),
 			cmdVolumeRm(),
+			cmdVolumeCheckpoint(),
+			cmdVolumeExport(),
 		},
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/ferry-io/ferry/gateway/api"
 )
 
 func cmdVolumeCreate() *cli.Command {
@@ -17,10 +19,13 @@ a-z, 0-9, '.' and '-'. SIZE is bytes or a number with K, M, G, T, P
 
    ferry volume create vm1 --size 20G
    ferry volume create scratch --size 1.5TiB
+   ferry volume create archive --size 10T --store cloud   # data in S3, cached locally
    FERRY_CHAP_SECRET=0123456789ab ferry volume create db --size 100G \
        --chap-user alice --allow-initiator iqn.1993-08.org.debian:01:host1`,
 		Flags: append(append(apiFlags(), accessFlags()...),
 			&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Usage: "volume size, e.g. 10G", Required: true},
+			&cli.StringFlag{Name: "store", Usage: "keep the volume's data in this S3 store (ferry store ls), cached locally"},
+			&cli.StringFlag{Name: "chunk-size", Usage: "S3 chunk size, a power of two from 64K to 64M (default 4M)"},
 			jsonFlag(),
 		),
 		Action: func(c *cli.Context) error {
@@ -32,7 +37,13 @@ a-z, 0-9, '.' and '-'. SIZE is bytes or a number with K, M, G, T, P
 			if err != nil {
 				return err
 			}
-			in, err := apiClient(c).CreateVolume(c.Context, name, size, accessUpdate(c))
+			req := api.CreateRequest{Name: name, Size: size, ISCSI: accessUpdate(c), Store: c.String("store")}
+			if cs := c.String("chunk-size"); cs != "" {
+				if req.ChunkSize, err = parseSize(cs); err != nil {
+					return fmt.Errorf("--chunk-size: %w", err)
+				}
+			}
+			in, err := apiClient(c).Create(c.Context, req)
 			if err != nil {
 				return err
 			}

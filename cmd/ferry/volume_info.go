@@ -36,6 +36,18 @@ func cmdVolumeInfo() *cli.Command {
 				conns = strings.Join(in.Connections, ", ")
 			}
 			fmt.Printf("clients:      %s\n", conns)
+			if t := in.Tier; t != nil {
+				fmt.Printf("store:        %s (chunks of %s, %d in S3)\n", t.Store, formatSize(t.ChunkSize), t.StoredChunks)
+				fmt.Printf("cache:        %s cached, %s dirty (upload backlog)\n", formatSize(t.CachedBytes), formatSize(t.DirtyBytes))
+				if t.LastCheckpoint.IsZero() {
+					fmt.Printf("recovery:     no recovery point yet\n")
+				} else {
+					fmt.Printf("recovery:     last point %s (%.0fs ago)\n", t.LastCheckpoint.Format("2006-01-02 15:04:05 MST"), t.RPOSeconds)
+				}
+				if t.UploadError != "" {
+					fmt.Printf("upload error: %s\n", t.UploadError)
+				}
+			}
 			if a := in.ISCSI; a != nil {
 				if a.CHAPUser != "" {
 					fmt.Printf("iscsi chap:   user %s", a.CHAPUser)

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ferry-io/ferry/backends/s3"
+	"github.com/ferry-io/ferry/backends/tier"
+)
+
+func cmdVolumeExport() *cli.Command {
+	return &cli.Command{
+		Name:      "export",
+		Usage:     "rebuild an S3-backed volume's image from its latest recovery point in S3",
+		UsageText: "ferry volume export NAME --from-s3 --to FILE",
+		Description: `Reads only objects in S3 (docs/FORMAT.md): the newest manifest and the
+chunks it names. The gateway is asked only where the volume's objects
+are; the data comes straight from S3 with your credentials (flags,
+AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a credentials file). FILE
+is created (sparse) and must not exist.`,
+		Flags: append(apiFlags(),
+			&cli.BoolFlag{Name: "from-s3", Usage: "read the image from S3 (the only source supported)", Required: true},
+			&cli.StringFlag{Name: "to", Usage: "image file to create", Required: true},
+			&cli.StringFlag{Name: "access-key", Usage: "access key ID (default $AWS_ACCESS_KEY_ID)"},
+			&cli.StringFlag{Name: "secret-key", Usage: "secret access key (default $AWS_SECRET_ACCESS_KEY)"},
+			&cli.StringFlag{Name: "credentials-file", Usage: "AWS credentials file"},
+		),
+		Action: func(c *cli.Context) error {
+			name, err := nameArg(c)
+			if err != nil {
+				return err
+			}
+			loc, err := apiClient(c).Location(c.Context, name)
+			if err != nil {
+				return err
+			}
+			ak, sk, err := s3Credentials(c)
+			if err != nil {
+				return err
+			}
+			st, err := s3.New(s3.Config{Endpoint: loc.Store.Endpoint, Bucket: loc.Store.Bucket, Prefix: loc.Prefix,
+				Region: loc.Store.Region, AccessKey: ak, SecretKey: sk})
+			if err != nil {
+				return err
+			}
+			m, err := tier.LatestManifest(c.Context, st)
+			if err != nil {
+				return fmt.Errorf("no recovery point of %s in S3 yet (run ferry volume checkpoint %s): %w", name, name, err)
+			}
+			f, err := os.OpenFile(c.String("to"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return err
+			}
+			err = f.Truncate(m.Size)
+			if err == nil {
+				err = tier.Export(c.Context, st, m, f)
+			}
+			if err == nil {
+				err = f.Sync()
+			}
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				os.Remove(c.String("to"))
+				return errors.Join(fmt.Errorf("export %s", name), err)
+			}
+			fmt.Printf("exported %s recovery point %d (%s, %d chunks) to %s\n", name, m.Sequence, formatSize(m.Size), len(m.Chunks), c.String("to"))
+			return nil
+		},
+	}
+}
