@@ -177,3 +177,44 @@ func TestStoreOutage(t *testing.T) {
 
 func isUnavailable(err error) bool { return errors.Is(err, device.ErrUnavailable) }
 func isNoSpace(err error) bool     { return errors.Is(err, device.ErrNoSpace) }
+
+// Rewritten chunks leave old versions behind; checkpoints keep the newest
+// recovery points whole and delete everything else.
+func TestGarbageCollection(t *testing.T) {
+	ctx := context.Background()
+	s := store.NewMem()
+	d := openTest(t, t.TempDir(), s, 1<<20)
+	defer d.Close()
+	count := func(prefix string) int {
+		n := 0
+		s.List(ctx, prefix, func(store.ObjectInfo) error { n++; return nil })
+		return n
+	}
+	var manifests []Manifest
+	for i := range 6 {
+		if err := d.WriteAt(ctx, pattern(testChunk, byte(i)), 0); err != nil {
+			t.Fatal(err)
+		}
+		m, err := d.Checkpoint(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		manifests = append(manifests, m)
+	}
+	if n := count("manifests/"); n != keepManifests {
+		t.Errorf("%d manifests kept, want %d", n, keepManifests)
+	}
+	if n := count("chunks/"); n != keepManifests {
+		t.Errorf("%d chunk objects kept, want %d (one version per kept manifest)", n, keepManifests)
+	}
+	// Every kept recovery point still exports.
+	for _, m := range manifests[len(manifests)-keepManifests:] {
+		img := filepath.Join(t.TempDir(), "img")
+		f, _ := os.Create(img)
+		f.Truncate(m.Size)
+		if err := Export(ctx, s, m, f); err != nil {
+			t.Fatalf("recovery point %d: %v", m.Sequence, err)
+		}
+		f.Close()
+	}
+}

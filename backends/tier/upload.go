@@ -259,7 +259,67 @@ func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
 	d.mu.Lock()
 	d.lastCkpt = m.Created
 	d.mu.Unlock()
+	if err := d.collect(ctx); err != nil {
+		d.log.Warn("garbage collection after recovery point failed; will retry at the next one", "err", err)
+	}
 	return m, nil
+}
+
+// keepManifests is how many recovery points stay in the store.
+const keepManifests = 3
+
+// collect deletes what no kept recovery point and no current chunk needs:
+// manifests older than the newest keepManifests, and chunk versions none
+// of those manifests reference. Versions handed out after the listing
+// began are never touched, so uploads in flight are safe.
+func (d *Device) collect(ctx context.Context) error {
+	d.mu.Lock()
+	bound := d.seq
+	keep := map[string]bool{}
+	for _, k := range d.objects {
+		keep[k] = true
+	}
+	d.mu.Unlock()
+	var manifests []string
+	if err := d.cfg.Store.List(ctx, "manifests/", func(o store.ObjectInfo) error {
+		manifests = append(manifests, o.Key)
+		return nil
+	}); err != nil {
+		return err
+	}
+	slices.Sort(manifests)
+	old := manifests[:max(0, len(manifests)-keepManifests)]
+	for _, key := range manifests[len(old):] {
+		b, err := d.cfg.Store.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		var m Manifest
+		if err := json.Unmarshal(b, &m); err != nil {
+			continue
+		}
+		for _, k := range m.Chunks {
+			keep[k] = true
+		}
+	}
+	var garbage []string
+	if err := d.cfg.Store.List(ctx, "chunks/", func(o store.ObjectInfo) error {
+		var idx int64
+		var ver uint64
+		if _, err := fmt.Sscanf(o.Key, "chunks/%016x/%016x", &idx, &ver); err != nil || ver >= bound || keep[o.Key] {
+			return nil
+		}
+		garbage = append(garbage, o.Key)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, k := range append(garbage, old...) {
+		if err := d.cfg.Store.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (d *Device) dirtyCount() int {
