@@ -183,7 +183,17 @@ func (m Manifest) sum() string {
 // upload backlog drain while writes go on, then briefly holds writes,
 // flushes, uploads what is still dirty and publishes.
 func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
-	deadline := time.Now().Add(30 * time.Second)
+	// Chunks under constant writes never go idle long enough to upload,
+	// so the wait is short; whatever is left uploads with writes held.
+	deadline := time.Now().Add(3 * time.Second)
+	d.mu.Lock()
+	d.pressure++ // upload without waiting for chunks to go idle
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.pressure--
+		d.mu.Unlock()
+	}()
 	for time.Now().Before(deadline) && d.dirtyCount() > 2*d.cfg.Uploaders {
 		d.kick()
 		select {
