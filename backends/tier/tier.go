@@ -42,7 +42,10 @@ type Config struct {
 	// ChunkSize is the chunk size for a new volume (default 4 MiB, a power
 	// of two between 64 KiB and 64 MiB).
 	ChunkSize int64
-	// CacheBytes bounds the local cache of this volume (default 1 GiB).
+	// Budget is the cache budget shared with other volumes; nil gives the
+	// volume a budget of its own of CacheBytes.
+	Budget *Budget
+	// CacheBytes bounds the local cache when Budget is nil (default 1 GiB).
 	CacheBytes int64
 	// Uploaders is the number of concurrent uploads (default 4).
 	Uploaders int
@@ -91,7 +94,6 @@ type Device struct {
 	closed    bool
 	space     *sync.Cond // signalled when cache space frees up
 	lastCkpt  time.Time
-	reserved  int // cache slots reserved by fetches in progress
 	pressure  int // writers waiting for cache space: upload without delay
 
 	fetches singleflight.Group
@@ -174,6 +176,9 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		seq: m.NextSeq,
 	}
 	d.space = sync.NewCond(&d.mu)
+	if cfg.Budget == nil {
+		d.cfg.Budget = NewBudget(cfg.CacheBytes)
+	}
 	// Clean copies may be torn by a crash and are cheap to fetch again.
 	if err := os.RemoveAll(filepath.Join(cfg.Dir, "clean")); err != nil {
 		return nil, fmt.Errorf("tier: %w", err)
@@ -197,7 +202,9 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		c := &chunk{idx: idx, dev: dev, dirty: true}
 		c.ver.Store(1)
 		d.chunks[idx] = c
+		d.cfg.Budget.add(d.chunkSize())
 	}
+	d.cfg.Budget.register(d)
 	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.stop = cancel
 	for range cfg.Uploaders {
@@ -392,10 +399,7 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, create, fetch bool) 
 		ok := false
 		defer func() {
 			if !ok {
-				d.mu.Lock()
-				d.reserved--
-				d.space.Broadcast()
-				d.mu.Unlock()
+				d.cfg.Budget.release(d.chunkSize())
 			}
 		}()
 		var data []byte
@@ -429,7 +433,6 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, create, fetch bool) 
 		ok = true
 		d.mu.Lock()
 		d.chunks[idx] = c
-		d.reserved--
 		d.mu.Unlock()
 		return c, nil
 	})
@@ -439,32 +442,65 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, create, fetch bool) 
 	return v.(*chunk), nil
 }
 
-// reserve waits until the cache has room for one more chunk, evicting
-// clean chunks (least recently used first) or waiting for uploads.
+// reserve takes room for one chunk from the budget, evicting clean
+// chunks (least recently used first, of any volume) or waiting for uploads
+// up to DirtyWait.
 func (d *Device) reserve(ctx context.Context) error {
-	deadline := time.Now().Add(d.cfg.DirtyWait)
+	b := d.cfg.Budget
+	cs := d.chunkSize()
+	if b.tryTake(cs) {
+		return nil
+	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	d.pressure++
-	defer func() { d.pressure-- }()
-	for int64(len(d.chunks)+d.reserved+1)*d.chunkSize() > d.cfg.CacheBytes {
-		if d.evictLocked() {
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.pressure--
+		d.mu.Unlock()
+	}()
+	deadline := time.Now().Add(d.cfg.DirtyWait)
+	for {
+		if b.tryTake(cs) {
+			return nil
+		}
+		if b.evictOne() {
 			continue
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("cache full of data not yet uploaded (%d chunks): %w", len(d.chunks), device.ErrNoSpace)
+			return fmt.Errorf("cache full of data not yet uploaded (%d of %d bytes): %w", b.Used(), b.Limit(), device.ErrNoSpace)
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		d.kick()
-		// Wake at least every 100ms to check the deadline.
-		t := time.AfterFunc(100*time.Millisecond, func() { d.mu.Lock(); d.space.Broadcast(); d.mu.Unlock() })
+		b.kickAll()
+		d.mu.Lock()
+		t := time.AfterFunc(50*time.Millisecond, func() { d.mu.Lock(); d.space.Broadcast(); d.mu.Unlock() })
 		d.space.Wait()
+		d.mu.Unlock()
 		t.Stop()
 	}
-	d.reserved++
-	return nil
+}
+
+// oldestClean reports when the least recently used clean chunk was used.
+func (d *Device) oldestClean() (int64, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var best int64
+	found := false
+	for _, c := range d.chunks {
+		if !c.dirty && (!found || c.lastUse.Load() < best) {
+			best, found = c.lastUse.Load(), true
+		}
+	}
+	return best, found
+}
+
+// evictOne evicts this volume's least recently used clean chunk.
+func (d *Device) evictOne() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.evictLocked()
 }
 
 // evictLocked drops the least recently used clean chunk; d.mu is held.
@@ -490,6 +526,7 @@ func (d *Device) evictLocked() bool {
 	delete(d.unflushed, victim)
 	victim.dev.Close()
 	os.Remove(filepath.Join(d.cfg.Dir, "clean", chunkName(victim.idx)))
+	d.cfg.Budget.release(d.chunkSize())
 	return true
 }
 
@@ -602,6 +639,7 @@ func (d *Device) dropChunk(idx int64) error {
 		d.mu.Lock()
 		delete(d.chunks, idx)
 		delete(d.unflushed, c)
+		d.cfg.Budget.release(d.chunkSize())
 		var err error
 		if _, inStore := d.objects[idx]; inStore {
 			delete(d.objects, idx)
@@ -716,10 +754,12 @@ func (d *Device) Close() error {
 	d.mu.Unlock()
 	d.stop()
 	d.wg.Wait()
+	d.cfg.Budget.unregister(d)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, c := range d.chunks {
 		c.dev.Close()
+		d.cfg.Budget.release(d.chunkSize())
 	}
 	return d.journal.Close()
 }

@@ -290,3 +290,41 @@ func TestCheckpointIsCrashConsistent(t *testing.T) {
 		}
 	}
 }
+
+// Two volumes share one budget: together they never cache more than it,
+// and one volume's clean chunks make room for the other's writes.
+func TestSharedBudget(t *testing.T) {
+	ctx := context.Background()
+	b := NewBudget(1 << 20)
+	var devs []*Device
+	for range 2 {
+		d, err := Open(ctx, Config{Dir: t.TempDir(), Store: store.NewMem(), Size: 16 << 20, ChunkSize: testChunk, Budget: b, Uploaders: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		devs = append(devs, d)
+	}
+	for round := range 3 {
+		for i, d := range devs {
+			data := pattern(4<<20, byte(round*2+i))
+			if err := d.WriteAt(ctx, data, 0); err != nil {
+				t.Fatal(err)
+			}
+			if used := b.Used(); used > b.Limit() {
+				t.Fatalf("budget overrun: %d of %d", used, b.Limit())
+			}
+			got := make([]byte, len(data))
+			if err := d.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("volume %d round %d: read back %v", i, round, err)
+			}
+		}
+	}
+	var cached int64
+	for _, d := range devs {
+		cached += d.TierStats().CachedBytes
+	}
+	if cached != b.Used() || cached > b.Limit() {
+		t.Fatalf("volumes cache %d bytes, budget says %d of %d", cached, b.Used(), b.Limit())
+	}
+}

@@ -97,6 +97,7 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 		d.mu.Lock()
 		c.uploading = false
 		d.mu.Unlock()
+		d.cfg.Budget.wake() // the chunk may have become evictable
 	}()
 	// The snapshot excludes writers (they hold mu shared while they bump
 	// the version and write), so its content matches its version.

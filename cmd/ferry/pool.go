@@ -50,20 +50,22 @@ func printTierPool(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var cached, dirty int64
 	tiered := 0
 	for _, v := range vols {
 		if v.Tier != nil {
 			tiered++
-			cached += v.Tier.CachedBytes
-			dirty += v.Tier.DirtyBytes
 		}
 	}
 	stores, err := cl.Stores(c.Context)
 	if err != nil || len(stores) == 0 {
 		return err
 	}
-	fmt.Printf("\ncache:        %s used by %d S3-backed volume(s), %s dirty\n", formatSize(cached), tiered, formatSize(dirty))
+	p, err := cl.Pool(c.Context)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\ncache:        %s of %s used by %d S3-backed volume(s), %s dirty\n",
+		formatSize(p.Cache.Used), formatSize(p.Cache.Budget), tiered, formatSize(p.Cache.Dirty))
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "\nSTORE\tBUCKET\tVOLUMES\tOBJECTS\tSTORED")
 	for _, s := range stores {

@@ -14,7 +14,7 @@ func init() {
 	serveExtensions = append(serveExtensions, serveExtension{
 		name: "S3 tier",
 		flags: []cli.Flag{
-			altsrc.NewStringFlag(&cli.StringFlag{Name: "cache-size", Usage: "local cache budget of each S3-backed volume", Value: "1G", EnvVars: []string{"FERRY_CACHE_SIZE"}}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "cache-size", Usage: "local cache budget shared by all S3-backed volumes", Value: "1G", EnvVars: []string{"FERRY_CACHE_SIZE"}}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "checkpoint-interval", Usage: "how often changed S3-backed volumes publish a recovery point", Value: 60 * time.Second, EnvVars: []string{"FERRY_CHECKPOINT_INTERVAL"}}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "s3-timeout", Usage: "bound on one S3 request", Value: 60 * time.Second, EnvVars: []string{"FERRY_S3_TIMEOUT"}}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "s3-read-timeout", Usage: "how long a read of data only in S3 waits for an unreachable S3 before failing with EIO", Value: 30 * time.Second, EnvVars: []string{"FERRY_S3_READ_TIMEOUT"}}),

@@ -43,7 +43,7 @@ type Config struct {
 	Logger       *slog.Logger
 	Registerer   prometheus.Registerer
 
-	// CacheBytes is the local cache budget of each S3-backed volume
+	// CacheBytes is the local cache budget shared by all S3-backed volumes
 	// (default 1 GiB).
 	CacheBytes int64
 	// CheckpointInterval is how often changed S3-backed volumes publish a
@@ -72,6 +72,7 @@ type Manager struct {
 	stores map[string]*StoreConfig // by name
 
 	storeMetrics *store.StoreMetrics
+	budget       *tier.Budget
 	stopBG       context.CancelFunc
 	bg           sync.WaitGroup
 }
@@ -111,7 +112,9 @@ type PoolDir struct {
 
 // PoolInfo describes the local pool.
 type PoolInfo struct {
-	Dirs        []PoolDir `json:"dirs"`
+	Dirs []PoolDir `json:"dirs"`
+	// Cache is the local cache shared by S3-backed volumes.
+	Cache       CacheInfo `json:"cache"`
 	Volumes     int       `json:"volumes"`
 	Provisioned int64     `json:"provisioned"`
 	Allocated   int64     `json:"allocated"`
@@ -151,6 +154,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		stores:  map[string]*StoreConfig{},
 	}
 	m.storeMetrics = store.NewStoreMetrics(cfg.Registerer)
+	m.budget = tier.NewBudget(cfg.CacheBytes)
 	if err := m.loadStores(); err != nil {
 		return nil, err
 	}
@@ -545,10 +549,14 @@ func (m *Manager) Pool(ctx context.Context) PoolInfo {
 		}
 		p.Dirs = append(p.Dirs, PoolDir{Path: d, Total: total, Free: free})
 	}
+	p.Cache = m.Cache()
 	for _, in := range m.Volumes(ctx) {
 		p.Volumes++
 		p.Provisioned += in.Size
 		p.Allocated += in.Allocated
+		if in.Tier != nil {
+			p.Cache.Dirty += in.Tier.DirtyBytes
+		}
 	}
 	return p
 }

@@ -221,7 +221,7 @@ func (m *Manager) openTier(ctx context.Context, rec *Record) (*tier.Device, erro
 	}
 	return tier.Open(ctx, tier.Config{
 		Dir: rec.Path, Store: s, Size: rec.Size, ChunkSize: rec.ChunkSize,
-		CacheBytes: m.cfg.CacheBytes, FetchTimeout: m.cfg.FetchTimeout, DirtyWait: m.cfg.DirtyWait,
+		Budget: m.budget, FetchTimeout: m.cfg.FetchTimeout, DirtyWait: m.cfg.DirtyWait,
 		Logger: m.log.With(attrVolume, rec.Name),
 	})
 }
@@ -303,6 +303,18 @@ type ExportLocation struct {
 	Store    StoreView `json:"store"`
 	Prefix   string    `json:"prefix"` // full key prefix of the volume's objects
 	VolumeID string    `json:"volume_id"`
+}
+
+// Cache reports the shared cache budget of S3-backed volumes.
+func (m *Manager) Cache() CacheInfo {
+	return CacheInfo{Budget: m.budget.Limit(), Used: m.budget.Used()}
+}
+
+// CacheInfo is the shared cache of S3-backed volumes.
+type CacheInfo struct {
+	Budget int64 `json:"budget"`
+	Used   int64 `json:"used"`
+	Dirty  int64 `json:"dirty"`
 }
 
 // Location returns where an S3-backed volume keeps its objects.

@@ -34,7 +34,7 @@ const epochSize = 8 << 20
 // 64 writes and one at the end (end_fsync). fio exits 0 only when every
 // write and the final FLUSH were acknowledged.
 func fioEpoch(fio, uri string, off int64, verify bool) (string, error) {
-	args := []string{"--name=epoch", "--ioengine=nbd", "--uri=" + uri,
+	args := []string{"--name=epoch", "--ioengine=nbd", "--verify_state_save=0", "--uri=" + uri,
 		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=" + strconv.Itoa(epochSize),
 		"--offset=" + strconv.FormatInt(off, 10), "--verify=crc32c", "--randrepeat=1",
 		"--output-format=json"}

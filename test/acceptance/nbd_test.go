@@ -149,7 +149,7 @@ func TestFioVerifyTwoConnections(t *testing.T) {
 	fio := testutil.RequireTool(t, "fio")
 	g := startGateway(t)
 	g.mustCLI("volume", "create", "f", "--size", "512M")
-	out := run(t, 5*time.Minute, fio, "--name=verify", "--ioengine=nbd", "--uri="+g.uri("f"),
+	out := run(t, 5*time.Minute, fio, "--name=verify", "--ioengine=nbd", "--verify_state_save=0", "--uri="+g.uri("f"),
 		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--numjobs=2", "--size=128M", "--offset_increment=128M",
 		"--verify=crc32c", "--verify_fatal=1", "--output-format=json")
 	var res struct {

@@ -82,7 +82,7 @@ func TestS3VolumeThroughNBD(t *testing.T) {
 	g.mustCLI("volume", "create", "big", "--size", "4G", "--store", "cloud")
 	g.mustCLI("volume", "create", "small", "--size", "64M", "--store", "cloud", "--chunk-size", "256K")
 
-	run(t, 10*time.Minute, fio, "--name=s3verify", "--ioengine=nbd", "--uri="+g.uri("big"), "--rw=write",
+	run(t, 10*time.Minute, fio, "--name=s3verify", "--ioengine=nbd", "--verify_state_save=0", "--uri="+g.uri("big"), "--rw=write",
 		"--bs=256k", "--iodepth=8", "--offset=512M", "--size=1G", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
 		"--randrepeat=0", "--end_fsync=1")
 	if c := g.tier("big").Tier.CachedBytes; c > 256<<20 {

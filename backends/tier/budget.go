@@ -1,0 +1,107 @@
+package tier
+
+import (
+	"sync"
+)
+
+// Budget is one local cache budget shared by every tiered volume of a
+// gateway (`ferry serve --cache-size`). Cached chunks and chunks being
+// fetched count against it; when it is full, the least recently used clean
+// chunk of any volume is evicted.
+type Budget struct {
+	mu    sync.Mutex
+	limit int64
+	used  int64
+	devs  map[*Device]struct{}
+}
+
+// NewBudget returns a budget of limit bytes.
+func NewBudget(limit int64) *Budget {
+	return &Budget{limit: limit, devs: map[*Device]struct{}{}}
+}
+
+// Limit is the budget in bytes.
+func (b *Budget) Limit() int64 { return b.limit }
+
+// Used is the bytes cached or being fetched by all volumes.
+func (b *Budget) Used() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
+}
+
+func (b *Budget) register(d *Device) {
+	b.mu.Lock()
+	b.devs[d] = struct{}{}
+	b.mu.Unlock()
+}
+
+func (b *Budget) unregister(d *Device) {
+	b.mu.Lock()
+	delete(b.devs, d)
+	b.mu.Unlock()
+}
+
+// tryTake takes n bytes if they fit.
+func (b *Budget) tryTake(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used+n > b.limit {
+		return false
+	}
+	b.used += n
+	return true
+}
+
+// add takes n bytes even past the limit (chunks found at start-up).
+func (b *Budget) add(n int64) {
+	b.mu.Lock()
+	b.used += n
+	b.mu.Unlock()
+}
+
+func (b *Budget) release(n int64) {
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
+}
+
+func (b *Budget) devices() []*Device {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]*Device, 0, len(b.devs))
+	for d := range b.devs {
+		out = append(out, d)
+	}
+	return out
+}
+
+// evictOne evicts the least recently used clean chunk over all volumes.
+func (b *Budget) evictOne() bool {
+	var best *Device
+	var bestUse int64
+	for _, d := range b.devices() {
+		if use, ok := d.oldestClean(); ok && (best == nil || use < bestUse) {
+			best, bestUse = d, use
+		}
+	}
+	return best != nil && best.evictOne()
+}
+
+// kickAll wakes every volume's uploaders.
+func (b *Budget) kickAll() {
+	for _, d := range b.devices() {
+		d.kick()
+	}
+}
+
+// wake tells volumes waiting for room that a chunk became evictable.
+func (b *Budget) wake() {
+	for _, d := range b.devices() {
+		d.mu.Lock()
+		if d.pressure > 0 {
+			d.space.Broadcast()
+		}
+		d.mu.Unlock()
+	}
+}
