@@ -62,6 +62,22 @@ func Create(path string, size int64) (*Device, error) {
 	return newDevice(f, path, size), nil
 }
 
+// CreateScratch creates a file of size bytes like Create but without
+// making it durable: for cache files whose owner syncs them (and their
+// directory) when it needs them to survive a crash.
+func CreateScratch(path string, size int64) (*Device, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
+	return newDevice(f, path, size), nil
+}
+
 // Open opens an existing volume file; its size is the file's size.
 func Open(path string) (*Device, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)

@@ -84,8 +84,8 @@ func (m meta) save(dir string) error {
 // loadObjects replays objects.log. A torn last line (crash while
 // appending) is ignored: its record was never fsynced, so nothing relied
 // on it.
-func loadObjects(dir string) (map[int64]string, error) {
-	objs := map[int64]string{}
+func loadObjects(dir string) (map[int64]uint64, error) {
+	objs := map[int64]uint64{}
 	f, err := os.Open(filepath.Join(dir, "objects.log"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return objs, nil
@@ -113,7 +113,11 @@ func loadObjects(dir string) (map[int64]string, error) {
 		}
 		switch {
 		case fields[0] == "put" && len(fields) == 3:
-			objs[idx] = fields[2]
+			seq, ok := keySeq(idx, fields[2])
+			if !ok {
+				return nil, fmt.Errorf("objects.log: chunk %d: key %q is not this chunk's", idx, fields[2])
+			}
+			objs[idx] = seq
 		case fields[0] == "drop":
 			delete(objs, idx)
 		}
@@ -121,12 +125,22 @@ func loadObjects(dir string) (map[int64]string, error) {
 }
 
 // rewriteObjects compacts the journal to one line per object.
-func rewriteObjects(dir string, objs map[int64]string) error {
+func rewriteObjects(dir string, objs map[int64]uint64) error {
 	var sb strings.Builder
-	for idx, key := range objs {
-		fmt.Fprintf(&sb, "put %d %s\n", idx, key)
+	for idx, seq := range objs {
+		fmt.Fprintf(&sb, "put %d %s\n", idx, chunkKey(idx, seq))
 	}
 	return writeFileAtomic(filepath.Join(dir, "objects.log"), []byte(sb.String()))
 }
 
 func chunkName(idx int64) string { return strconv.FormatInt(idx, 10) }
+
+// keySeq returns the version in chunk idx's object key.
+func keySeq(idx int64, key string) (uint64, bool) {
+	var i int64
+	var seq uint64
+	if n, err := fmt.Sscanf(key, "chunks/%016x/%016x", &i, &seq); n != 2 || err != nil || i != idx {
+		return 0, false
+	}
+	return seq, chunkKey(idx, seq) == key
+}

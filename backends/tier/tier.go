@@ -55,7 +55,13 @@ type Config struct {
 	// DirtyWait bounds how long a write waits for cache space held by
 	// dirty chunks before failing with ErrNoSpace (default 60s).
 	DirtyWait time.Duration
-	Logger    *slog.Logger
+	// Readahead is how many chunks are fetched ahead of a sequential
+	// reader (default 8, at most a quarter of the cache budget; negative
+	// turns it off).
+	Readahead int
+	// Metrics counts cache hits, misses and uploads; nil counts nothing.
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // DefaultChunkSize is the chunk size of new volumes.
@@ -73,6 +79,7 @@ type chunk struct {
 	gone      bool // under mu: evicted; look the chunk up again
 	ver       atomic.Uint64
 	lastUse   atomic.Int64
+	written   atomic.Int64 // bytes written since its last upload began
 }
 
 // Device is a tiered volume.
@@ -80,7 +87,8 @@ type Device struct {
 	cfg Config
 	log *slog.Logger
 
-	gate sync.RWMutex // writes hold it shared; Checkpoint exclusively
+	gate   sync.RWMutex // writes hold it shared; Checkpoint exclusively
+	ckptMu sync.Mutex   // one Checkpoint at a time
 
 	metaMu sync.Mutex // serialises meta.json writes
 
@@ -88,7 +96,7 @@ type Device struct {
 	meta      meta
 	seq       uint64 // next object version to hand out
 	chunks    map[int64]*chunk
-	objects   map[int64]string // chunk index → key of its newest uploaded version
+	objects   map[int64]uint64 // chunk index → version (sequence) of its newest upload
 	unflushed map[*chunk]struct{}
 	journal   *os.File
 	closed    bool
@@ -102,6 +110,12 @@ type Device struct {
 	wg      sync.WaitGroup
 	upErr   atomic.Pointer[error] // last upload error, for Stats
 	changed atomic.Bool           // modified since the last checkpoint began
+
+	bg     context.Context // ends at Close: readahead fetches
+	raMu   sync.Mutex
+	raNext int64              // chunk a sequential reader reads next
+	raRun  int                // chunks read in sequence so far
+	raBusy map[int64]struct{} // chunks being read ahead
 }
 
 var (
@@ -134,6 +148,9 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	if cfg.DirtyWait <= 0 {
 		cfg.DirtyWait = 60 * time.Second
+	}
+	if cfg.Readahead == 0 {
+		cfg.Readahead = 8
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -173,7 +190,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	d := &Device{
 		cfg: cfg, log: log, meta: m, chunks: map[int64]*chunk{}, objects: objs,
 		unflushed: map[*chunk]struct{}{}, journal: j, wake: make(chan struct{}, 1),
-		seq: m.NextSeq,
+		seq: m.NextSeq, raNext: -1, raBusy: map[int64]struct{}{},
 	}
 	d.space = sync.NewCond(&d.mu)
 	if cfg.Budget == nil {
@@ -206,7 +223,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	d.cfg.Budget.register(d)
 	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d.stop = cancel
+	d.stop, d.bg = cancel, uctx
 	for range cfg.Uploaders {
 		d.wg.Add(1)
 		go d.uploader(uctx)
@@ -258,10 +275,12 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := d.check(ctx, off, int64(len(p))); err != nil {
 		return err
 	}
-	return d.span(off, int64(len(p)), func(idx, coff, n, done int64) error {
+	last := int64(-1)
+	err := d.span(off, int64(len(p)), func(idx, coff, n, done int64) error {
 		buf := p[done : done+n]
+		last = idx
 		for {
-			c, err := d.lookup(ctx, idx, false)
+			c, cached, err := d.lookupMode(ctx, idx, lookupRead)
 			if err != nil {
 				return err
 			}
@@ -277,9 +296,68 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 			err = c.dev.ReadAt(ctx, buf, coff)
 			c.mu.RUnlock()
 			c.lastUse.Store(time.Now().UnixNano())
+			if cached {
+				d.cfg.Metrics.hit()
+			} else {
+				d.cfg.Metrics.miss()
+			}
 			return err
 		}
 	})
+	if err == nil {
+		d.readahead(off/d.chunkSize(), last)
+	}
+	return err
+}
+
+// readahead notes a read of chunks first..last and, once a reader has gone
+// from one chunk to the next in order, fetches the Readahead chunks after
+// last in the background. It never waits for cache space held by dirty
+// chunks.
+func (d *Device) readahead(first, last int64) {
+	if d.cfg.Readahead < 0 {
+		return
+	}
+	d.raMu.Lock()
+	defer d.raMu.Unlock()
+	// Reads in flight together arrive a little out of order: a read that
+	// starts up to two chunks behind the stream still belongs to it.
+	if first < d.raNext-2 || first > d.raNext {
+		d.raRun, d.raNext = 0, last+1
+		return
+	}
+	if last+1 <= d.raNext {
+		return // more of chunks the stream has read
+	}
+	d.raRun += int(last + 1 - d.raNext)
+	d.raNext = last + 1
+	ahead := min(int64(d.cfg.Readahead), d.cfg.Budget.Limit()/d.chunkSize()/4)
+	d.mu.Lock()
+	var want []int64
+	for idx := last + 1; idx <= last+ahead; idx++ {
+		_, inStore := d.objects[idx]
+		_, cached := d.chunks[idx]
+		_, busy := d.raBusy[idx]
+		if inStore && !cached && !busy {
+			want = append(want, idx)
+		}
+	}
+	d.mu.Unlock()
+	for _, idx := range want {
+		d.raBusy[idx] = struct{}{}
+		go func() {
+			c, _, err := d.lookupMode(d.bg, idx, lookupAhead)
+			if err != nil && d.bg.Err() == nil {
+				d.log.Debug("readahead failed", "chunk", idx, "err", err)
+			}
+			if c != nil {
+				d.cfg.Metrics.prefetch()
+			}
+			d.raMu.Lock()
+			delete(d.raBusy, idx)
+			d.raMu.Unlock()
+		}()
+	}
 }
 
 // WriteAt implements device.Device.
@@ -291,6 +369,7 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) error {
 	defer d.gate.RUnlock()
 	return d.span(off, int64(len(p)), func(idx, coff, n, done int64) error {
 		return d.modify(ctx, idx, n == d.chunkSize(), func(c *chunk) error {
+			c.written.Add(n)
 			return c.dev.WriteAt(ctx, p[done:done+n], coff)
 		})
 	})
@@ -300,13 +379,11 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) error {
 // whole says fn overwrites all of it).
 func (d *Device) modify(ctx context.Context, idx int64, whole bool, fn func(*chunk) error) error {
 	for {
-		var c *chunk
-		var err error
+		mode := lookupWrite
 		if whole {
-			c, err = d.lookupNoFetch(ctx, idx)
-		} else {
-			c, err = d.lookup(ctx, idx, true)
+			mode = lookupReplace
 		}
+		c, _, err := d.lookupMode(ctx, idx, mode)
 		if err != nil {
 			return err
 		}
@@ -359,32 +436,41 @@ func (d *Device) markDirty(c *chunk) error {
 	return nil
 }
 
-// lookupNoFetch returns chunk idx cached, creating it empty (as dirty)
-// when it is not: for a write that replaces all of it.
-func (d *Device) lookupNoFetch(ctx context.Context, idx int64) (*chunk, error) {
-	return d.lookupMode(ctx, idx, true, false)
+// lookupMode says what a chunk lookup may do.
+type lookupMode struct {
+	create bool // make an empty cached chunk for a chunk that is all zeroes
+	fetch  bool // fetch the chunk's object (else treat the chunk as new)
+	nowait bool // fail rather than wait for cache space held by dirty chunks
 }
 
-// lookup returns the cached chunk idx, fetching it from the store when it
-// has an object. Without create it returns nil for a chunk that is all
-// zeroes; with create it makes an empty cached chunk for it.
-func (d *Device) lookup(ctx context.Context, idx int64, create bool) (*chunk, error) {
-	return d.lookupMode(ctx, idx, create, true)
-}
+var (
+	// lookupRead returns nil for a chunk that is all zeroes.
+	lookupRead = lookupMode{fetch: true}
+	// lookupWrite returns the chunk cached, fetched if it has an object.
+	lookupWrite = lookupMode{create: true, fetch: true}
+	// lookupReplace returns the chunk cached, empty if it was not cached:
+	// for a write that replaces all of it.
+	lookupReplace = lookupMode{create: true}
+	// lookupAhead fetches for readahead.
+	lookupAhead = lookupMode{fetch: true, nowait: true}
+)
 
-func (d *Device) lookupMode(ctx context.Context, idx int64, create, fetch bool) (*chunk, error) {
+// lookup returns the cached chunk idx, fetching or creating it as mode
+// allows, and whether it was cached already.
+func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*chunk, bool, error) {
 	d.mu.Lock()
 	if c := d.chunks[idx]; c != nil {
 		d.mu.Unlock()
-		return c, nil
+		return c, true, nil
 	}
-	key, inStore := d.objects[idx]
+	seq, inStore := d.objects[idx]
 	d.mu.Unlock()
-	if !fetch {
+	key := chunkKey(idx, seq)
+	if !mode.fetch {
 		inStore = false
 	}
-	if !inStore && !create {
-		return nil, nil
+	if !inStore && !mode.create {
+		return nil, false, nil
 	}
 	v, err, _ := d.fetches.Do(chunkName(idx), func() (any, error) {
 		d.mu.Lock()
@@ -393,7 +479,7 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, create, fetch bool) 
 			return c, nil
 		}
 		d.mu.Unlock()
-		if err := d.reserve(ctx); err != nil {
+		if err := d.reserve(ctx, mode.nowait); err != nil {
 			return nil, err
 		}
 		ok := false
@@ -418,7 +504,7 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, create, fetch bool) 
 		}
 		path := filepath.Join(d.cfg.Dir, dir, chunkName(idx))
 		os.Remove(path)
-		dev, err := local.Create(path, d.chunkSize())
+		dev, err := local.CreateScratch(path, d.chunkSize())
 		if err != nil {
 			return nil, fmt.Errorf("chunk %d: %w", idx, err)
 		}
@@ -436,20 +522,33 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, create, fetch bool) 
 		d.mu.Unlock()
 		return c, nil
 	})
-	if err != nil {
-		return nil, err
+	if errors.Is(err, errNoRoomAhead) && !mode.nowait {
+		// Joined a readahead that gave up; fetch for this reader.
+		return d.lookupMode(ctx, idx, mode)
 	}
-	return v.(*chunk), nil
+	if err != nil {
+		return nil, false, err
+	}
+	return v.(*chunk), false, nil
 }
+
+// errNoRoomAhead is a readahead finding no cache space it may take.
+var errNoRoomAhead = errors.New("no cache space free for readahead")
 
 // reserve takes room for one chunk from the budget, evicting clean
 // chunks (least recently used first, of any volume) or waiting for uploads
-// up to DirtyWait.
-func (d *Device) reserve(ctx context.Context) error {
+// up to DirtyWait (not at all with nowait).
+func (d *Device) reserve(ctx context.Context, nowait bool) error {
 	b := d.cfg.Budget
 	cs := d.chunkSize()
 	if b.tryTake(cs) {
 		return nil
+	}
+	if nowait {
+		if b.evictOne() && b.tryTake(cs) {
+			return nil
+		}
+		return errNoRoomAhead
 	}
 	d.mu.Lock()
 	d.pressure++

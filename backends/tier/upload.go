@@ -64,8 +64,11 @@ func (d *Device) uploader(ctx context.Context) {
 }
 
 // uploadDelay is how long a chunk must go unwritten before it uploads,
-// unless the cache is under pressure: a chunk being filled by small
-// sequential writes then uploads once, not once per write.
+// unless the cache is under pressure or as many bytes were written to it
+// as it holds: a chunk being filled by small writes then uploads once,
+// not once per write, and a chunk under constant writes uploads once per
+// chunk size written (so uploads never exceed the bytes written, plus
+// one version per chunk for idleness and recovery points).
 const uploadDelay = 200 * time.Millisecond
 
 // nextDirty picks a dirty chunk no other uploader holds, least recently
@@ -77,7 +80,7 @@ func (d *Device) nextDirty() *chunk {
 	idleSince := time.Now().Add(-uploadDelay).UnixNano()
 	var pick *chunk
 	for _, c := range d.chunks {
-		if !c.dirty || c.uploading || (d.pressure == 0 && c.lastUse.Load() > idleSince) {
+		if !c.dirty || c.uploading || (d.pressure == 0 && c.written.Load() < d.chunkSize() && c.lastUse.Load() > idleSince) {
 			continue
 		}
 		if pick == nil || c.lastUse.Load() < pick.lastUse.Load() {
@@ -111,6 +114,7 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 		return nil
 	}
 	ver := c.ver.Load()
+	c.written.Store(0)
 	err := c.dev.ReadAt(ctx, data, 0)
 	c.mu.Unlock()
 	if err != nil {
@@ -121,9 +125,11 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 		return err
 	}
 	key := chunkKey(c.idx, seq)
-	if err := d.cfg.Store.Put(ctx, key, trimZeroTail(data), store.PutOptions{}); err != nil {
+	body := trimZeroTail(data)
+	if err := d.cfg.Store.Put(ctx, key, body, store.PutOptions{}); err != nil {
 		return err
 	}
+	d.cfg.Metrics.upload(len(body))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gone {
@@ -136,7 +142,7 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 	if err := d.journalLocked(fmt.Sprintf("put %d %s\n", c.idx, key)); err != nil {
 		return err
 	}
-	d.objects[c.idx] = key
+	d.objects[c.idx] = seq
 	if c.ver.Load() != ver {
 		return nil // written meanwhile: stays dirty, uploads again
 	}
@@ -203,8 +209,15 @@ func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	d.ckptMu.Lock()
+	defer d.ckptMu.Unlock()
 	d.gate.Lock()
-	defer d.gate.Unlock()
+	gated := true
+	defer func() {
+		if gated {
+			d.gate.Unlock()
+		}
+	}()
 	d.changed.Store(false)
 	if err := d.Flush(ctx); err != nil {
 		d.changed.Store(true)
@@ -253,10 +266,14 @@ func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
 	d.meta.Manifest++
 	m := Manifest{Format: "ferry-manifest/1", Sequence: d.meta.Manifest, Created: time.Now().UTC(),
 		Size: d.meta.Size, ChunkSize: d.meta.ChunkSize, Chunks: map[string]string{}}
-	for idx, key := range d.objects {
-		m.Chunks[fmt.Sprint(idx)] = key
+	for idx, seq := range d.objects {
+		m.Chunks[fmt.Sprint(idx)] = chunkKey(idx, seq)
 	}
 	d.mu.Unlock()
+	// The manifest is the flush point; writes may go on while it is
+	// published. What they upload gets newer keys, which collect spares.
+	d.gate.Unlock()
+	gated = false
 	if err := d.saveMeta(); err != nil {
 		d.changed.Store(true)
 		return Manifest{}, err
@@ -287,8 +304,8 @@ func (d *Device) collect(ctx context.Context) error {
 	d.mu.Lock()
 	bound := d.seq
 	keep := map[string]bool{}
-	for _, k := range d.objects {
-		keep[k] = true
+	for idx, seq := range d.objects {
+		keep[chunkKey(idx, seq)] = true
 	}
 	d.mu.Unlock()
 	var manifests []string

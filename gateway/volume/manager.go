@@ -73,6 +73,7 @@ type Manager struct {
 
 	storeMetrics *store.StoreMetrics
 	budget       *tier.Budget
+	tierMetrics  *tier.Metrics
 	stopBG       context.CancelFunc
 	bg           sync.WaitGroup
 }
@@ -155,6 +156,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	m.storeMetrics = store.NewStoreMetrics(cfg.Registerer)
 	m.budget = tier.NewBudget(cfg.CacheBytes)
+	m.tierMetrics = tier.NewMetrics(cfg.Registerer)
 	if err := m.loadStores(); err != nil {
 		return nil, err
 	}
@@ -621,6 +623,10 @@ func (m *Manager) registerMetrics(reg prometheus.Registerer) {
 			sum(func(in Info) float64 { return tierf(in, func(t *TierInfo) float64 { return float64(t.CachedBytes) }) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_cache_dirty_bytes", Help: "Cached bytes of S3-backed volumes not yet uploaded (the upload backlog)."},
 			sum(func(in Info) float64 { return tierf(in, func(t *TierInfo) float64 { return float64(t.DirtyBytes) }) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_upload_queue_chunks", Help: "Dirty chunks of S3-backed volumes waiting to upload."},
+			sum(func(in Info) float64 {
+				return tierf(in, func(t *TierInfo) float64 { return float64(t.DirtyBytes / max(t.ChunkSize, 1)) })
+			})),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_rpo_seconds", Help: "Age of the oldest newest-recovery-point over S3-backed volumes."},
 			func() float64 {
 				var worst float64

@@ -221,7 +221,7 @@ func (m *Manager) openTier(ctx context.Context, rec *Record) (*tier.Device, erro
 	}
 	return tier.Open(ctx, tier.Config{
 		Dir: rec.Path, Store: s, Size: rec.Size, ChunkSize: rec.ChunkSize,
-		Budget: m.budget, FetchTimeout: m.cfg.FetchTimeout, DirtyWait: m.cfg.DirtyWait,
+		Budget: m.budget, Metrics: m.tierMetrics, FetchTimeout: m.cfg.FetchTimeout, DirtyWait: m.cfg.DirtyWait,
 		Logger: m.log.With(attrVolume, rec.Name),
 	})
 }
