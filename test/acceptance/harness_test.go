@@ -41,15 +41,16 @@ func TestMain(m *testing.M) {
 
 // gateway is one `ferry serve` process.
 type gateway struct {
-	t       *testing.T
-	data    string
-	nbdAddr string
-	apiAddr string
-	extra   []string
-	cmd     *exec.Cmd
-	logs    *syncBuffer
-	exited  chan struct{}
-	waitErr error
+	t         *testing.T
+	data      string
+	nbdAddr   string
+	iscsiAddr string
+	apiAddr   string
+	extra     []string
+	cmd       *exec.Cmd
+	logs      *syncBuffer
+	exited    chan struct{}
+	waitErr   error
 }
 
 type syncBuffer struct {
@@ -74,8 +75,9 @@ func newGateway(t *testing.T, data string, extra ...string) *gateway {
 	t.Helper()
 	return &gateway{
 		t: t, data: data, extra: extra,
-		nbdAddr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
-		apiAddr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
+		nbdAddr:   fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
+		iscsiAddr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
+		apiAddr:   fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
 	}
 }
 
@@ -89,7 +91,7 @@ func startGateway(t *testing.T, extra ...string) *gateway {
 
 func (g *gateway) start() {
 	g.t.Helper()
-	args := append([]string{"serve", "--data", g.data, "--nbd-listen", g.nbdAddr, "--api-listen", g.apiAddr}, g.extra...)
+	args := append([]string{"serve", "--data", g.data, "--nbd-listen", g.nbdAddr, "--api-listen", g.apiAddr, "--iscsi-listen", g.iscsiAddr}, g.extra...)
 	g.cmd = exec.Command(ferryBin, args...)
 	g.logs = &syncBuffer{}
 	g.cmd.Stdout, g.cmd.Stderr = g.logs, g.logs

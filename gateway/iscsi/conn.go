@@ -1,0 +1,433 @@
+package iscsi
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferry-io/ferry/gateway/volume"
+)
+
+// cmdWindow is how many commands an initiator may have queued.
+const cmdWindow = 64
+
+// maxTransfer bounds one command's data.
+const maxTransfer = 64 << 20
+
+type conn struct {
+	s      *Server
+	nc     net.Conn
+	remote string
+	br     *bufio.Reader
+
+	wmu    sync.Mutex // guards statSN and writes
+	statSN uint32
+	wbuf   []byte
+
+	expCmdSN atomic.Uint32
+	itt      uint32
+	cid      uint16
+	tsih     uint16
+
+	// Negotiated.
+	maxSendData, maxBurst, firstBurst int
+	initialR2T, immediateData         bool
+	declaredMRDSL                     bool
+
+	initiator, targetName string
+	discovery             bool
+	att                   *volume.Attachment
+	lu                    *lu
+
+	tasks   map[uint32]*task // write commands waiting for data; reader only
+	nextTTT uint32
+	running sync.WaitGroup
+	sem     chan struct{}
+	closing atomic.Bool
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		s: s, nc: nc, remote: nc.RemoteAddr().String(), br: bufio.NewReaderSize(nc, 64<<10),
+		maxSendData: 8192, maxBurst: 262144, firstBurst: 65536, initialR2T: true, immediateData: true,
+		tasks: map[uint32]*task{}, sem: make(chan struct{}, cmdWindow),
+	}
+}
+
+// shutdown makes the connection end once its commands in flight are done.
+func (c *conn) shutdown() {
+	c.closing.Store(true)
+	c.nc.SetReadDeadline(time.Now())
+}
+
+func (c *conn) serve(ctx context.Context) {
+	defer c.nc.Close()
+	c.nc.SetDeadline(time.Now().Add(c.s.cfg.LoginTimeout))
+	if err := c.login(ctx); err != nil {
+		if !errors.Is(err, io.EOF) {
+			c.s.log.Debug("iSCSI login ended", "remote", c.remote, "err", err)
+		}
+		if c.att != nil {
+			c.att.Detach()
+		}
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+	if c.att != nil {
+		defer c.att.Detach()
+		c.lu = newLU(c.att)
+		c.s.log.Info("iSCSI session", "remote", c.remote, "initiator", c.initiator, "target", c.targetName)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if c.att != nil {
+		go func() {
+			select {
+			case <-c.att.Revoked():
+				c.nc.Close()
+			case <-cctx.Done():
+			}
+		}()
+	}
+	err := c.fullFeature(cctx)
+	c.running.Wait()
+	if err != nil && !errors.Is(err, io.EOF) && !c.closing.Load() {
+		c.s.log.Debug("iSCSI connection ended", "remote", c.remote, "err", err)
+	}
+}
+
+func (c *conn) fullFeature(ctx context.Context) error {
+	for {
+		p, err := readPDU(c.br, ourMaxRecvData, nil)
+		if err != nil {
+			if errors.Is(err, errPDU) && p != nil {
+				c.reject(p, 0x04) // protocol error
+			}
+			return err
+		}
+		switch p.opcode() {
+		case opNopOut:
+			if p.itt() != reservedTag {
+				c.nopIn(p)
+			}
+		case opSCSICmd:
+			if c.lu == nil {
+				c.reject(p, 0x04)
+				continue
+			}
+			if !c.acceptCmdSN(p) {
+				continue
+			}
+			if err := c.scsiCommand(ctx, p); err != nil {
+				return err
+			}
+		case opDataOut:
+			if err := c.dataOut(ctx, p); err != nil {
+				return err
+			}
+		case opTaskReq:
+			c.acceptCmdSN(p)
+			c.taskMgmt(p)
+		case opText:
+			c.acceptCmdSN(p)
+			c.text(p)
+		case opLogout:
+			c.acceptCmdSN(p)
+			c.running.Wait()
+			c.logout(p)
+			return nil
+		default:
+			c.reject(p, 0x05) // command not supported
+		}
+	}
+}
+
+// acceptCmdSN checks a command's CmdSN against the window and advances
+// ExpCmdSN; commands outside the window are dropped (RFC 7143 §3.2.2.1).
+func (c *conn) acceptCmdSN(p *pdu) bool {
+	sn := p.u32(24)
+	exp := c.expCmdSN.Load()
+	if p.immediate() {
+		return true
+	}
+	if int32(sn-exp) < 0 || int32(sn-exp) >= cmdWindow {
+		c.s.log.Debug("iSCSI command outside the CmdSN window dropped", "remote", c.remote, "cmdsn", sn, "exp", exp)
+		return false
+	}
+	c.expCmdSN.Store(sn + 1)
+	return true
+}
+
+// send writes one response PDU, stamping StatSN (advancing it when
+// status is true), ExpCmdSN and MaxCmdSN.
+func (c *conn) send(p *pdu, status bool) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	p.put32(24, c.statSN)
+	if status {
+		c.statSN++
+	}
+	exp := c.expCmdSN.Load()
+	p.put32(28, exp)
+	p.put32(32, exp+cmdWindow-1)
+	c.wbuf = p.encode(c.wbuf[:0])
+	_, err := c.nc.Write(c.wbuf)
+	return err
+}
+
+func (c *conn) reject(bad *pdu, reason byte) {
+	p := &pdu{data: append([]byte(nil), bad.h[:]...)}
+	p.h[0] = opReject
+	p.h[1] = 0x80
+	p.h[2] = reason
+	p.put32(16, reservedTag)
+	c.send(p, true)
+}
+
+func (c *conn) nopIn(req *pdu) {
+	p := &pdu{data: req.data}
+	p.h[0] = opNopIn
+	p.h[1] = 0x80
+	copy(p.h[8:16], req.h[8:16])
+	p.put32(16, req.itt())
+	p.put32(20, reservedTag)
+	c.send(p, true)
+}
+
+func (c *conn) logout(req *pdu) {
+	p := &pdu{}
+	p.h[0] = opLogoutRp
+	p.h[1] = 0x80
+	p.put32(16, req.itt())
+	c.send(p, true)
+}
+
+func (c *conn) taskMgmt(req *pdu) {
+	p := &pdu{}
+	p.h[0] = opTaskResp
+	p.h[1] = 0x80
+	switch req.h[1] & 0x7f {
+	case 1, 2, 3, 4, 5, 6: // abort task (set), clear ACA, clear task set, LU reset, warm reset
+		// Commands run to completion before later ones on the
+		// connection are answered; waiting for them is the abort.
+		c.running.Wait()
+		p.h[2] = 0
+	default:
+		p.h[2] = 5 // not supported
+	}
+	p.put32(16, req.itt())
+	c.send(p, true)
+}
+
+// text answers SendTargets.
+func (c *conn) text(req *pdu) {
+	keys := parseKV(req.data)
+	var resp kv
+	if v, ok := keys.get("SendTargets"); ok {
+		names, _ := c.s.exports.List(context.Background())
+		portal := c.nc.LocalAddr().String()
+		for _, n := range names {
+			t := c.s.TargetName(n)
+			if v != "All" && v != "" && v != t {
+				continue
+			}
+			if !c.discovery && v == "" && t != c.targetName {
+				continue
+			}
+			if a, err := c.s.access(context.Background(), n); err != nil || !a.allows(c.initiator) {
+				continue
+			}
+			resp.add("TargetName", t)
+			resp.add("TargetAddress", portal+",1")
+		}
+	}
+	p := &pdu{data: resp.encode()}
+	p.h[0] = opTextResp
+	p.h[1] = 0x80
+	p.put32(16, req.itt())
+	p.put32(20, reservedTag)
+	c.send(p, true)
+}
+
+// task is one SCSI command.
+type task struct {
+	itt     uint32
+	lun     [8]byte
+	cdb     [16]byte
+	edtl    int
+	read    bool
+	buf     []byte // write data
+	got     int    // write data received
+	burstTo int    // end of the data the current burst (or R2T) asks for
+	ttt     uint32
+	r2tsn   uint32
+}
+
+func (c *conn) scsiCommand(ctx context.Context, p *pdu) error {
+	t := &task{itt: p.itt(), edtl: int(p.u32(20)), read: p.h[1]&0x40 != 0}
+	copy(t.lun[:], p.h[8:16])
+	copy(t.cdb[:], p.h[32:48])
+	write := p.h[1]&0x20 != 0
+	if !write || t.edtl == 0 {
+		c.run(ctx, t)
+		return nil
+	}
+	if t.edtl > maxTransfer || len(p.data) > t.edtl {
+		// Too big to buffer: answer now; data that follows is dropped
+		// (its ITT is unknown).
+		c.respond(t, result{status: statusCheck, sense: senseInvalidField})
+		return nil
+	}
+	t.buf = make([]byte, t.edtl)
+	t.got = copy(t.buf, p.data)
+	switch {
+	case t.got == t.edtl:
+		c.run(ctx, t)
+		return nil
+	case !c.initialR2T && !p.final():
+		t.burstTo = min(c.firstBurst, t.edtl) // unsolicited Data-Out follows
+		t.ttt = reservedTag
+	default:
+		c.r2t(t)
+	}
+	c.tasks[t.itt] = t
+	return nil
+}
+
+func (c *conn) r2t(t *task) {
+	c.nextTTT++
+	if c.nextTTT == reservedTag {
+		c.nextTTT = 1
+	}
+	t.ttt = c.nextTTT
+	n := min(c.maxBurst, t.edtl-t.got)
+	t.burstTo = t.got + n
+	p := &pdu{}
+	p.h[0] = opR2T
+	p.h[1] = 0x80
+	copy(p.h[8:16], t.lun[:])
+	p.put32(16, t.itt)
+	p.put32(20, t.ttt)
+	p.put32(36, t.r2tsn)
+	p.put32(40, uint32(t.got))
+	p.put32(44, uint32(n))
+	t.r2tsn++
+	c.send(p, false)
+}
+
+func (c *conn) dataOut(ctx context.Context, p *pdu) error {
+	t := c.tasks[p.itt()]
+	if t == nil {
+		return nil // a command already answered (e.g. too big)
+	}
+	off := int(p.u32(40))
+	if off < 0 || off+len(p.data) > t.edtl || p.u32(20) != t.ttt {
+		c.reject(p, 0x09) // invalid PDU field
+		return errPDU
+	}
+	copy(t.buf[off:], p.data)
+	t.got = max(t.got, off+len(p.data))
+	if !p.final() {
+		return nil
+	}
+	if t.got >= t.edtl {
+		delete(c.tasks, t.itt)
+		c.run(ctx, t)
+		return nil
+	}
+	if t.got >= t.burstTo || t.ttt == reservedTag {
+		c.r2t(t)
+	}
+	return nil
+}
+
+// run executes t on a worker and answers it.
+func (c *conn) run(ctx context.Context, t *task) {
+	c.sem <- struct{}{}
+	c.running.Add(1)
+	go func() {
+		defer func() {
+			<-c.sem
+			c.running.Done()
+		}()
+		defer func() {
+			if r := recover(); r != nil {
+				c.s.m.panics.Inc()
+				c.s.log.Error("SCSI command panicked; answered with an error", "remote", c.remote, "cdb", t.cdb, "panic", r)
+				c.respond(t, result{status: statusCheck, sense: senseInternal})
+			}
+		}()
+		lun := binary.BigEndian.Uint64(t.lun[:])
+		res := c.lu.exec(ctx, lun, t.cdb[:], t.buf, t.edtl)
+		c.respond(t, res)
+	}()
+}
+
+// respond sends a command's data and status.
+func (c *conn) respond(t *task, res result) {
+	label := "good"
+	if res.status != statusGood {
+		label = "check_condition"
+	}
+	c.s.m.commands.WithLabelValues(label).Inc()
+	data := res.data
+	var resid uint32
+	var uflags byte
+	if t.read || res.data != nil {
+		switch {
+		case len(data) > t.edtl:
+			resid, uflags = uint32(len(data)-t.edtl), 0x04
+			data = data[:t.edtl]
+		case len(data) < t.edtl:
+			resid, uflags = uint32(t.edtl-len(data)), 0x02
+		}
+	} else if res.want > 0 && res.want != t.edtl {
+		if res.want > t.edtl {
+			resid, uflags = uint32(res.want-t.edtl), 0x04
+		} else {
+			resid, uflags = uint32(t.edtl-res.want), 0x02
+		}
+	}
+	if res.status == statusGood && len(data) > 0 {
+		for off := 0; off < len(data); off += c.maxSendData {
+			n := min(c.maxSendData, len(data)-off)
+			last := off+n == len(data)
+			p := &pdu{data: data[off : off+n]}
+			p.h[0] = opDataIn
+			if last {
+				p.h[1] = 0x80 | 0x01 | uflags
+			}
+			copy(p.h[8:16], t.lun[:])
+			p.put32(16, t.itt)
+			p.put32(20, reservedTag)
+			p.put32(36, uint32(off/c.maxSendData))
+			p.put32(40, uint32(off))
+			if last {
+				p.put32(44, resid)
+			}
+			if c.send(p, last) != nil {
+				return
+			}
+		}
+		return
+	}
+	p := &pdu{}
+	p.h[0] = opSCSIResp
+	p.h[1] = 0x80 | uflags
+	p.h[3] = res.status
+	if res.status == statusCheck {
+		sense := res.sense.bytes()
+		p.data = make([]byte, 2+len(sense))
+		binary.BigEndian.PutUint16(p.data, uint16(len(sense)))
+		copy(p.data[2:], sense)
+	}
+	p.put32(16, t.itt)
+	p.put32(44, resid)
+	c.send(p, true)
+}

@@ -1,0 +1,110 @@
+// Package iscsi is Ferry's iSCSI frontend (RFC 7143): every volume is a
+// target with the volume at LUN 0.
+//
+// The PDU codec, login, session and SCSI command layers are Ferry's own;
+// SCSI operation codes and status values come from gotgt's pkg/api. See
+// docs/ISCSI.md for why.
+package iscsi
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Opcodes (RFC 7143 §11.1.1).
+const (
+	opNopOut   = 0x00
+	opSCSICmd  = 0x01
+	opTaskReq  = 0x02
+	opLogin    = 0x03
+	opText     = 0x04
+	opDataOut  = 0x05
+	opLogout   = 0x06
+	opSNACK    = 0x10
+	opNopIn    = 0x20
+	opSCSIResp = 0x21
+	opTaskResp = 0x22
+	opLoginRsp = 0x23
+	opTextResp = 0x24
+	opDataIn   = 0x25
+	opLogoutRp = 0x26
+	opR2T      = 0x31
+	opAsync    = 0x32
+	opReject   = 0x3f
+)
+
+const (
+	bhsLen      = 48
+	maxAHS      = 255 * 4
+	reservedTag = 0xffffffff
+)
+
+// pdu is one iSCSI PDU: the basic header segment and its data segment.
+// Additional header segments are read and ignored (Ferry negotiates none).
+type pdu struct {
+	h    [bhsLen]byte
+	data []byte
+}
+
+func (p *pdu) opcode() byte    { return p.h[0] & 0x3f }
+func (p *pdu) immediate() bool { return p.h[0]&0x40 != 0 }
+func (p *pdu) final() bool     { return p.h[1]&0x80 != 0 }
+func (p *pdu) dataLen() int    { return int(p.h[5])<<16 | int(p.h[6])<<8 | int(p.h[7]) }
+func (p *pdu) itt() uint32     { return p.u32(16) }
+func (p *pdu) u32(off int) uint32 {
+	return binary.BigEndian.Uint32(p.h[off:])
+}
+func (p *pdu) put32(off int, v uint32) { binary.BigEndian.PutUint32(p.h[off:], v) }
+func (p *pdu) setDataLen(n int) {
+	p.h[5], p.h[6], p.h[7] = byte(n>>16), byte(n>>8), byte(n)
+}
+
+// errPDU is a malformed PDU: the connection is not recoverable (Ferry
+// runs at ErrorRecoveryLevel 0) and is closed.
+var errPDU = errors.New("malformed PDU")
+
+// readPDU reads one PDU whose data segment may be at most maxData bytes.
+// buf, if large enough, is reused for the data segment.
+func readPDU(r io.Reader, maxData int, buf []byte) (*pdu, error) {
+	p := &pdu{}
+	if _, err := io.ReadFull(r, p.h[:]); err != nil {
+		return nil, err
+	}
+	if ahs := int(p.h[4]) * 4; ahs > 0 {
+		if _, err := io.CopyN(io.Discard, r, int64(ahs)); err != nil {
+			return nil, fmt.Errorf("additional header: %w", err)
+		}
+	}
+	n := p.dataLen()
+	if n > maxData {
+		return p, fmt.Errorf("%w: data segment of %d bytes, limit %d", errPDU, n, maxData)
+	}
+	if n > 0 {
+		padded := (n + 3) &^ 3
+		if cap(buf) >= padded {
+			buf = buf[:padded]
+		} else {
+			buf = make([]byte, padded)
+		}
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, fmt.Errorf("data segment: %w", err)
+		}
+		p.data = buf[:n]
+	}
+	return p, nil
+}
+
+var zeroPad [4]byte
+
+// encode appends the PDU's wire form (header, data, padding) to b.
+func (p *pdu) encode(b []byte) []byte {
+	p.setDataLen(len(p.data))
+	b = append(b, p.h[:]...)
+	b = append(b, p.data...)
+	if pad := (4 - len(p.data)%4) % 4; pad > 0 {
+		b = append(b, zeroPad[:pad]...)
+	}
+	return b
+}
