@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,14 +62,26 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 }
 
-// shutdown makes the connection end once its commands in flight are done.
-func (c *conn) shutdown() {
+// Drain makes the connection end once its commands in flight are
+// answered.
+func (c *conn) Drain() {
 	c.closing.Store(true)
 	c.nc.SetReadDeadline(time.Now())
 }
 
-func (c *conn) serve(ctx context.Context) {
+// Close ends the connection at once.
+func (c *conn) Close() { c.nc.Close() }
+
+// Serve runs the connection to its end. A panic ends only this
+// connection: it is counted and logged.
+func (c *conn) Serve(ctx context.Context) {
 	defer c.nc.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			c.s.m.panics.Inc()
+			c.s.log.Error("iSCSI connection panicked; closed it", "remote", c.remote, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
 	c.nc.SetDeadline(time.Now().Add(c.s.cfg.LoginTimeout))
 	if err := c.login(ctx); err != nil {
 		if !errors.Is(err, io.EOF) {
@@ -176,8 +190,16 @@ func (c *conn) send(p *pdu, status bool) error {
 	exp := c.expCmdSN.Load()
 	p.put32(28, exp)
 	p.put32(32, exp+cmdWindow-1)
-	c.wbuf = p.encode(c.wbuf[:0])
-	_, err := c.nc.Write(c.wbuf)
+	if len(p.data) < 64<<10 {
+		c.wbuf = p.encode(c.wbuf[:0])
+		_, err := c.nc.Write(c.wbuf)
+		return err
+	}
+	// Large Data-In: header, data and padding in one writev, without
+	// copying the data.
+	p.setDataLen(len(p.data))
+	bufs := net.Buffers{p.h[:], p.data, zeroPad[:(4-len(p.data)%4)%4]}
+	_, err := bufs.WriteTo(c.nc)
 	return err
 }
 
@@ -371,11 +393,11 @@ func (c *conn) run(ctx context.Context, t *task) {
 
 // respond sends a command's data and status.
 func (c *conn) respond(t *task, res result) {
-	label := "good"
-	if res.status != statusGood {
-		label = "check_condition"
+	if res.status == statusGood {
+		c.s.m.cmdGood.Inc()
+	} else {
+		c.s.m.cmdCheck.Inc()
 	}
-	c.s.m.commands.WithLabelValues(label).Inc()
 	data := res.data
 	var resid uint32
 	var uflags byte

@@ -91,7 +91,7 @@ func (c *conn) login(ctx context.Context) error {
 		text = append(text, p.data...)
 		if cont {
 			// More keys follow: acknowledge with an empty response.
-			if err := c.loginRespond(p, isid, flags&0x0c, 0, nil, loginOK); err != nil {
+			if err := c.loginRespond(p, isid, flags&0x0c, nil, loginOK); err != nil {
 				return err
 			}
 			continue
@@ -143,7 +143,7 @@ func (c *conn) login(ctx context.Context) error {
 		if ok && nsg == stageFullFeature {
 			c.tsih = c.s.nextTSIH()
 		}
-		if err := c.loginRespond(p, isid, outFlags, 0, resp.encode(), loginOK); err != nil {
+		if err := c.loginRespond(p, isid, outFlags, resp.encode(), loginOK); err != nil {
 			return err
 		}
 		if ok && nsg == stageFullFeature {
@@ -281,17 +281,15 @@ func (c *conn) negotiate(keys kv, resp *kv, stage int) {
 			if n, ok := numValue(v); ok && n >= 512 {
 				c.maxSendData = int(min(n, 1<<24-1))
 			}
-		case "MaxBurstLength":
-			if n, ok := numValue(v); ok && n >= 512 {
-				c.maxBurst = int(min(n, ourMaxBurst))
-				resp.add(k, strconv.Itoa(c.maxBurst))
-			} else {
-				resp.add(k, "Reject")
+		case "MaxBurstLength", "FirstBurstLength":
+			// Both are the lower of the two sides' values.
+			dst, ours := &c.maxBurst, ourMaxBurst
+			if k == "FirstBurstLength" {
+				dst, ours = &c.firstBurst, ourFirstBurst
 			}
-		case "FirstBurstLength":
 			if n, ok := numValue(v); ok && n >= 512 {
-				c.firstBurst = int(min(n, ourFirstBurst))
-				resp.add(k, strconv.Itoa(c.firstBurst))
+				*dst = int(min(n, uint32(ours)))
+				resp.add(k, strconv.Itoa(*dst))
 			} else {
 				resp.add(k, "Reject")
 			}
@@ -337,7 +335,7 @@ func yesNo(b bool) string {
 	return "No"
 }
 
-func (c *conn) loginRespond(req *pdu, isid [6]byte, flags byte, _ int, data []byte, status uint16) error {
+func (c *conn) loginRespond(req *pdu, isid [6]byte, flags byte, data []byte, status uint16) error {
 	p := &pdu{data: data}
 	p.h[0] = opLoginRsp
 	p.h[1] = flags
@@ -360,6 +358,6 @@ func (c *conn) loginRespond(req *pdu, isid [6]byte, flags byte, _ int, data []by
 }
 
 func (c *conn) loginReject(req *pdu, status uint16, msg string) error {
-	c.loginRespond(req, [6]byte(req.h[8:14]), req.h[1]&0x0c, 0, nil, status)
+	c.loginRespond(req, [6]byte(req.h[8:14]), req.h[1]&0x0c, nil, status)
 	return &loginError{status, msg}
 }

@@ -210,7 +210,8 @@ func (l *lu) exec(ctx context.Context, lun uint64, cdb []byte, data []byte, edtl
 	return check(senseInvalidOpcode)
 }
 
-func alloc(cdb []byte, b []byte, n int) result {
+// alloc returns b cut to the CDB's allocation length n.
+func alloc(b []byte, n int) result {
 	return result{data: b[:min(len(b), n)]}
 }
 
@@ -231,7 +232,7 @@ func (l *lu) inquiry(cdb []byte) result {
 		copy(b[8:16], "FERRY   ")
 		copy(b[16:32], padRight(l.att.Name, 16))
 		copy(b[32:36], "0001")
-		return alloc(cdb, b, allocLen)
+		return alloc(b, allocLen)
 	}
 	var page []byte
 	switch cdb[2] {
@@ -247,7 +248,6 @@ func (l *lu) inquiry(cdb []byte) result {
 		page = append(naa, t10...)
 	case 0xb0: // block limits
 		page = make([]byte, 60)
-		binary.BigEndian.PutUint16(page[2:], 0)                     // max compare and write (none yet)
 		binary.BigEndian.PutUint16(page[2:], 8)                     // optimal transfer granularity: 4 KiB
 		binary.BigEndian.PutUint32(page[4:], maxTransfer/blockSize) // maximum transfer length
 		binary.BigEndian.PutUint32(page[8:], 2048)                  // optimal transfer length: 1 MiB
@@ -269,7 +269,7 @@ func (l *lu) inquiry(cdb []byte) result {
 	b[1] = cdb[2]
 	binary.BigEndian.PutUint16(b[2:], uint16(len(page)))
 	copy(b[4:], page)
-	return alloc(cdb, b, allocLen)
+	return alloc(b, allocLen)
 }
 
 func padRight(s string, n int) string {
@@ -294,13 +294,13 @@ func (l *lu) readCapacity16(cdb []byte) result {
 	binary.BigEndian.PutUint32(b[8:], blockSize)
 	b[13] = 3           // 8 logical blocks per physical block (4 KiB)
 	b[14] = 0x80 | 0x40 // LBPME, LBPRZ
-	return alloc(cdb, b, int(binary.BigEndian.Uint32(cdb[10:])))
+	return alloc(b, int(binary.BigEndian.Uint32(cdb[10:])))
 }
 
 func (l *lu) reportLUNs(cdb []byte) result {
 	b := make([]byte, 16)
 	binary.BigEndian.PutUint32(b, 8)
-	return alloc(cdb, b, int(binary.BigEndian.Uint32(cdb[6:])))
+	return alloc(b, int(binary.BigEndian.Uint32(cdb[6:])))
 }
 
 // modeSense returns the caching (write cache on) and control pages.
@@ -327,12 +327,12 @@ func (l *lu) modeSense(cdb []byte) result {
 		b = make([]byte, 8, 8+len(pages))
 		binary.BigEndian.PutUint16(b, uint16(6+len(pages)))
 		b = append(b, pages...)
-		return alloc(cdb, b, int(binary.BigEndian.Uint16(cdb[7:])))
+		return alloc(b, int(binary.BigEndian.Uint16(cdb[7:])))
 	}
 	b = make([]byte, 4, 4+len(pages))
 	b[0] = byte(3 + len(pages))
 	b = append(b, pages...)
-	return alloc(cdb, b, int(cdb[4]))
+	return alloc(b, int(cdb[4]))
 }
 
 func (l *lu) unmap(ctx context.Context, cdb []byte, data []byte) result {
@@ -455,5 +455,5 @@ func (l *lu) getLBAStatus(ctx context.Context, cdb []byte) result {
 		b = append(b, d...)
 	}
 	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
-	return alloc(cdb, b, allocLen)
+	return alloc(b, allocLen)
 }

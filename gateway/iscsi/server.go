@@ -2,11 +2,8 @@ package iscsi
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferry-io/ferry/gateway/internal/acceptor"
 	"github.com/ferry-io/ferry/gateway/volume"
 )
 
@@ -59,12 +57,10 @@ type Server struct {
 	log     *slog.Logger
 	m       metrics
 
-	mu     sync.Mutex
-	ls     []net.Listener
-	conns  map[*conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
-	tsih   uint16
+	acc *acceptor.Acceptor
+
+	mu   sync.Mutex
+	tsih uint16
 }
 
 // NewServer returns a server for exports.
@@ -81,7 +77,9 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 	if cfg.LoginTimeout <= 0 {
 		cfg.LoginTimeout = 15 * time.Second
 	}
-	return &Server{cfg: cfg, exports: exports, log: cfg.Logger, m: newMetrics(cfg.Registerer), conns: map[*conn]struct{}{}}
+	s := &Server{cfg: cfg, exports: exports, log: cfg.Logger.With("frontend", "iscsi"), m: newMetrics(cfg.Registerer)}
+	s.acc = acceptor.New(acceptor.Config{Name: "iscsi", Logger: s.log, MaxConns: cfg.MaxConns, Conns: s.m.conns, Refused: s.m.refused})
+	return s
 }
 
 // TargetName is the IQN of a volume's target.
@@ -100,91 +98,16 @@ func (s *Server) access(ctx context.Context, vol string) (Access, error) {
 	return s.cfg.Access(ctx, vol)
 }
 
-// Serve accepts connections on l until Shutdown or ctx ends.
+// Serve accepts connections on l until ctx ends or Shutdown is called, and
+// then returns nil. It closes l.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return net.ErrClosed
-	}
-	s.ls = append(s.ls, l)
-	s.mu.Unlock()
-	stop := context.AfterFunc(ctx, func() { l.Close() })
-	defer stop()
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed || ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return fmt.Errorf("iscsi: accept: %w", err)
-		}
-		s.mu.Lock()
-		if s.closed || len(s.conns) >= s.cfg.MaxConns {
-			s.mu.Unlock()
-			s.log.Warn("iSCSI connection refused: too many connections", "remote", nc.RemoteAddr().String())
-			nc.Close()
-			continue
-		}
-		c := newConn(s, nc)
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		s.m.conns.Inc()
-		go func() {
-			defer s.wg.Done()
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-				s.m.conns.Dec()
-			}()
-			defer func() {
-				if r := recover(); r != nil {
-					s.m.panics.Inc()
-					s.log.Error("iSCSI connection panicked; closed it", "remote", c.remote, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-					c.nc.Close()
-				}
-			}()
-			c.serve(ctx)
-		}()
-	}
+	return s.acc.Serve(ctx, l, func(nc net.Conn) acceptor.Conn { return newConn(s, nc) })
 }
 
 // Shutdown stops accepting, closes every connection after its commands in
-// flight finish, and waits for them (or ctx).
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closed = true
-	for _, l := range s.ls {
-		l.Close()
-	}
-	for c := range s.conns {
-		c.shutdown()
-	}
-	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.nc.Close()
-		}
-		s.mu.Unlock()
-		return ctx.Err()
-	}
-}
+// flight are answered, and waits for them; when ctx ends first the rest
+// are closed at once.
+func (s *Server) Shutdown(ctx context.Context) error { return s.acc.Shutdown(ctx) }
 
 func (s *Server) nextTSIH() uint16 {
 	s.mu.Lock()
@@ -198,20 +121,24 @@ func (s *Server) nextTSIH() uint16 {
 
 type metrics struct {
 	conns    prometheus.Gauge
+	refused  prometheus.Counter
 	panics   prometheus.Counter
 	logins   *prometheus.CounterVec
-	commands *prometheus.CounterVec
+	cmdGood  prometheus.Counter // commands by status, resolved once
+	cmdCheck prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) metrics {
 	m := metrics{
-		conns:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_iscsi_connections", Help: "Open iSCSI connections."}),
-		panics:   prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_iscsi_panics_total", Help: "iSCSI connections ended by a recovered panic."}),
-		logins:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_iscsi_logins_total", Help: "iSCSI logins by result."}, []string{"result"}),
-		commands: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_iscsi_commands_total", Help: "SCSI commands by status."}, []string{"status"}),
+		conns:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_iscsi_connections", Help: "Open iSCSI connections."}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_iscsi_connections_refused_total", Help: "iSCSI connections refused at the connection limit."}),
+		panics:  prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_iscsi_panics_total", Help: "iSCSI connections ended by a recovered panic."}),
+		logins:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_iscsi_logins_total", Help: "iSCSI logins by result."}, []string{"result"}),
 	}
+	commands := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_iscsi_commands_total", Help: "SCSI commands by status."}, []string{"status"})
+	m.cmdGood, m.cmdCheck = commands.WithLabelValues("good"), commands.WithLabelValues("check_condition")
 	if reg != nil {
-		reg.MustRegister(m.conns, m.panics, m.logins, m.commands)
+		reg.MustRegister(m.conns, m.refused, m.panics, m.logins, commands)
 	}
 	return m
 }

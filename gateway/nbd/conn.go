@@ -74,10 +74,10 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 }
 
-// stopReading makes the reader stop at the next request boundary (or
+// Drain makes the reader stop at the next request boundary (or
 // in the middle of a payload it has not finished receiving, which was never
 // acknowledged). Requests already read complete and are answered.
-func (c *conn) stopReading() {
+func (c *conn) Drain() {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	c.stopping = true
@@ -98,8 +98,11 @@ func (c *conn) isStopping() bool {
 	return c.stopping
 }
 
-// serve runs the connection to its end.
-func (c *conn) serve(parent context.Context) {
+// Close ends the connection at once.
+func (c *conn) Close() { c.nc.Close() }
+
+// Serve runs the connection to its end.
+func (c *conn) Serve(parent context.Context) {
 	defer c.nc.Close()
 	defer func() {
 		if r := recover(); r != nil {

@@ -74,7 +74,7 @@ func FuzzServer(f *testing.F) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			c.serve(context.Background())
+			c.Serve(context.Background())
 		}()
 		go io.Copy(io.Discard, cliSide)
 		cliSide.SetWriteDeadline(time.Now().Add(2 * time.Second))

@@ -10,15 +10,13 @@ package nbd
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferry-io/ferry/gateway/internal/acceptor"
 	"github.com/ferry-io/ferry/gateway/volume"
 )
 
@@ -51,11 +49,7 @@ type Server struct {
 	log     *slog.Logger
 	m       *metrics
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	shutdown  bool
-	wg        sync.WaitGroup // one per connection goroutine
+	acc *acceptor.Acceptor
 }
 
 // NewServer returns a server for exports.
@@ -82,133 +76,26 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{
-		exports:   exports,
-		cfg:       cfg,
-		log:       log.With("frontend", "nbd"),
-		m:         newMetrics(cfg.Registerer),
-		listeners: map[net.Listener]struct{}{},
-		conns:     map[*conn]struct{}{},
+	s := &Server{
+		exports: exports,
+		cfg:     cfg,
+		log:     log.With("frontend", "nbd"),
+		m:       newMetrics(cfg.Registerer),
 	}
+	s.acc = acceptor.New(acceptor.Config{Name: "nbd", Logger: s.log, MaxConns: cfg.MaxConns, Conns: s.m.conns, Refused: s.m.refused})
+	return s
 }
-
-// ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("nbd: server closed")
 
 // Serve accepts connections on l until ctx ends or Shutdown is called, and
 // then returns nil. It closes l.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	s.mu.Lock()
-	if s.shutdown {
-		s.mu.Unlock()
-		l.Close()
-		return nil
-	}
-	s.listeners[l] = struct{}{}
-	s.mu.Unlock()
-	stop := context.AfterFunc(ctx, func() { l.Close() })
-	defer stop()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-		l.Close()
-	}()
-
-	var backoff time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			if ctx.Err() != nil || s.isShutdown() || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			// Temporary failures (EMFILE and friends): back off, go on.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed; retrying", "err", err, "backoff", backoff)
-			select {
-			case <-time.After(backoff):
-				continue
-			case <-ctx.Done():
-				return nil
-			}
-		}
-		backoff = 0
-		c, ok := s.track(nc)
-		if !ok {
-			nc.Close()
-			continue
-		}
-		go func() {
-			defer s.wg.Done()
-			defer s.untrack(c)
-			c.serve(ctx)
-		}()
-	}
-}
-
-func (s *Server) isShutdown() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.shutdown
-}
-
-func (s *Server) track(nc net.Conn) (*conn, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shutdown {
-		return nil, false
-	}
-	if len(s.conns) >= s.cfg.MaxConns {
-		s.m.refused.Inc()
-		s.log.Warn("connection refused: too many connections", "remote", nc.RemoteAddr().String(), "max", s.cfg.MaxConns)
-		return nil, false
-	}
-	c := newConn(s, nc)
-	s.conns[c] = struct{}{}
-	s.wg.Add(1)
-	s.m.conns.Inc()
-	return c, true
-}
-
-func (s *Server) untrack(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	s.m.conns.Dec()
+	return s.acc.Serve(ctx, l, func(nc net.Conn) acceptor.Conn { return newConn(s, nc) })
 }
 
 // Shutdown stops accepting, lets every connection finish the requests it
 // has already read, sends their replies and closes it. When ctx ends first,
 // the remaining connections are closed at once and ctx's error returned.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.shutdown = true
-	for l := range s.listeners {
-		l.Close()
-	}
-	for c := range s.conns {
-		c.stopReading()
-	}
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.nc.Close()
-		}
-		s.mu.Unlock()
-		<-done
-		return fmt.Errorf("nbd shutdown: %w", ctx.Err())
-	}
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.acc.Shutdown(ctx) }
 
 // metrics are the server's Prometheus series, resolved once so the request
 // path does no label lookups.
