@@ -46,6 +46,30 @@ func fioEpoch(fio, uri string, off int64, verify bool) (string, error) {
 	return runErr(2*time.Minute, fio, args...)
 }
 
+// crashCycle has fio write epochs from *next on, kills the gateway with
+// SIGKILL after pause, restarts it, and returns the epochs fio completed
+// (acknowledged and flushed) before the kill.
+func crashCycle(g *gateway, fio, uri string, next *int64, pause time.Duration) []int64 {
+	done := make(chan []int64)
+	go func() {
+		var ok []int64
+		for {
+			off := *next
+			*next += epochSize
+			if _, err := fioEpoch(fio, uri, off, false); err != nil {
+				done <- ok
+				return
+			}
+			ok = append(ok, off)
+		}
+	}()
+	time.Sleep(pause)
+	g.kill9()
+	ok := <-done
+	g.start()
+	return ok
+}
+
 // checkEpoch verifies one completed epoch and that fio really read it all.
 func checkEpoch(t *testing.T, fio, uri string, off int64) {
 	t.Helper()
@@ -84,25 +108,9 @@ func TestKill9UnderFlushingFioLoad(t *testing.T) {
 	next := int64(0)
 	interrupted := 0
 	for c := 0; c < cycles; c++ {
-		done := make(chan []int64)
-		go func() {
-			var ok []int64
-			for {
-				off := next
-				next += epochSize
-				if _, err := fioEpoch(fio, uri, off, false); err != nil {
-					done <- ok
-					return
-				}
-				ok = append(ok, off)
-			}
-		}()
-		time.Sleep(time.Duration(200+rng.IntN(1300)) * time.Millisecond)
-		g.kill9()
-		completed := <-done
+		completed := crashCycle(g, fio, uri, &next, time.Duration(200+rng.IntN(1300))*time.Millisecond)
 		interrupted++
 		durable = append(durable, completed...)
-		g.start()
 		for _, off := range completed {
 			checkEpoch(t, fio, uri, off)
 		}

@@ -129,23 +129,7 @@ func TestS3Kill9UnderFlushingLoad(t *testing.T) {
 	var durable []int64
 	next := int64(0)
 	for c := 0; c < cycles; c++ {
-		done := make(chan []int64)
-		go func() {
-			var ok []int64
-			for {
-				off := next
-				next += epochSize
-				if _, err := fioEpoch(fio, uri, off, false); err != nil {
-					done <- ok
-					return
-				}
-				ok = append(ok, off)
-			}
-		}()
-		time.Sleep(time.Duration(1000+rng.IntN(2000)) * time.Millisecond)
-		g.kill9()
-		durable = append(durable, <-done...)
-		g.start()
+		durable = append(durable, crashCycle(g, fio, uri, &next, time.Duration(1000+rng.IntN(2000))*time.Millisecond)...)
 		for _, off := range durable {
 			checkEpoch(t, fio, uri, off)
 		}
