@@ -79,13 +79,14 @@ func (b *Budget) devices() []*Device {
 // evictOne evicts the least recently used clean chunk over all volumes.
 func (b *Budget) evictOne() bool {
 	var best *Device
+	var victim *chunk
 	var bestUse int64
 	for _, d := range b.devices() {
-		if use, ok := d.oldestClean(); ok && (best == nil || use < bestUse) {
-			best, bestUse = d, use
+		if c, use := d.oldestClean(); c != nil && (victim == nil || use < bestUse) {
+			best, victim, bestUse = d, c, use
 		}
 	}
-	return best != nil && best.evictOne()
+	return victim != nil && best.evict(victim)
 }
 
 // kickAll wakes every volume's uploaders.

@@ -581,39 +581,27 @@ func (d *Device) reserve(ctx context.Context, nowait bool) error {
 	}
 }
 
-// oldestClean reports when the least recently used clean chunk was used.
-func (d *Device) oldestClean() (int64, bool) {
+// oldestClean returns the least recently used clean chunk and when it
+// was used.
+func (d *Device) oldestClean() (*chunk, int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var best int64
-	found := false
-	for _, c := range d.chunks {
-		if !c.dirty && (!found || c.lastUse.Load() < best) {
-			best, found = c.lastUse.Load(), true
-		}
-	}
-	return best, found
-}
-
-// evictOne evicts this volume's least recently used clean chunk.
-func (d *Device) evictOne() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.evictLocked()
-}
-
-// evictLocked drops the least recently used clean chunk; d.mu is held.
-func (d *Device) evictLocked() bool {
 	var victim *chunk
+	var use int64
 	for _, c := range d.chunks {
-		if !c.dirty && (victim == nil || c.lastUse.Load() < victim.lastUse.Load()) {
-			victim = c
+		if u := c.lastUse.Load(); !c.dirty && (victim == nil || u < use) {
+			victim, use = c, u
 		}
 	}
-	if victim == nil {
-		return false
-	}
-	if !victim.mu.TryLock() {
+	return victim, use
+}
+
+// evict drops victim from the cache if it is still cached and clean and
+// nobody holds it.
+func (d *Device) evict(victim *chunk) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.chunks[victim.idx] != victim || !victim.mu.TryLock() {
 		return false
 	}
 	defer victim.mu.Unlock()
