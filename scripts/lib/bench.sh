@@ -1,0 +1,25 @@
+# Helpers shared by scripts/bench and scripts/bench-s3 (sourced, not run).
+
+# freeport prints a free TCP port on 127.0.0.1.
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# waitport waits up to 10 s for 127.0.0.1:PORT to accept connections.
+waitport() {
+	for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+	echo "port $1 never opened" >&2
+	return 1
+}
+
+# bytesof turns a size like 512M or 2G into bytes.
+bytesof() { python3 -c "s='$1'; m={'K':1<<10,'M':1<<20,'G':1<<30}; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))"; }
+
+# fio_summary prints "IOPS MiB/s bytes" of the read side of a fio JSON
+# result, or of its write side when it read nothing.
+fio_summary() {
+	python3 - "$1" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+print(f"{side['iops']:.0f} {side['bw_bytes']/1048576:.1f} {side['io_bytes']}")
+PY
+}
