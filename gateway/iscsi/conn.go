@@ -5,10 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"net"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,16 +70,9 @@ func (c *conn) Drain() {
 // Close ends the connection at once.
 func (c *conn) Close() { c.nc.Close() }
 
-// Serve runs the connection to its end. A panic ends only this
-// connection: it is counted and logged.
+// Serve runs the connection to its end.
 func (c *conn) Serve(ctx context.Context) {
 	defer c.nc.Close()
-	defer func() {
-		if r := recover(); r != nil {
-			c.s.m.panics.Inc()
-			c.s.log.Error("iSCSI connection panicked; closed it", "remote", c.remote, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-		}
-	}()
 	c.nc.SetDeadline(time.Now().Add(c.s.cfg.LoginTimeout))
 	if err := c.login(ctx); err != nil {
 		if !errors.Is(err, io.EOF) {

@@ -78,7 +78,7 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 		cfg.LoginTimeout = 15 * time.Second
 	}
 	s := &Server{cfg: cfg, exports: exports, log: cfg.Logger.With("frontend", "iscsi"), m: newMetrics(cfg.Registerer)}
-	s.acc = acceptor.New(acceptor.Config{Name: "iscsi", Logger: s.log, MaxConns: cfg.MaxConns, Conns: s.m.conns, Refused: s.m.refused})
+	s.acc = acceptor.New(acceptor.Config{Name: "iscsi", Logger: s.log, MaxConns: cfg.MaxConns, Conns: s.m.conns, Refused: s.m.refused, Panics: s.m.panics})
 	return s
 }
 

@@ -104,12 +104,6 @@ func (c *conn) Close() { c.nc.Close() }
 // Serve runs the connection to its end.
 func (c *conn) Serve(parent context.Context) {
 	defer c.nc.Close()
-	defer func() {
-		if r := recover(); r != nil {
-			c.s.m.panics.Inc()
-			c.log.Error("panic serving connection; closing it", "panic", r, "stack", string(debug.Stack()))
-		}
-	}()
 	if tc, ok := c.nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}

@@ -82,7 +82,7 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 		log:     log.With("frontend", "nbd"),
 		m:       newMetrics(cfg.Registerer),
 	}
-	s.acc = acceptor.New(acceptor.Config{Name: "nbd", Logger: s.log, MaxConns: cfg.MaxConns, Conns: s.m.conns, Refused: s.m.refused})
+	s.acc = acceptor.New(acceptor.Config{Name: "nbd", Logger: s.log, MaxConns: cfg.MaxConns, Conns: s.m.conns, Refused: s.m.refused, Panics: s.m.panics})
 	return s
 }
 

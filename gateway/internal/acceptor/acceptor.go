@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -33,9 +34,11 @@ type Config struct {
 	Logger *slog.Logger
 	// MaxConns bounds live connections; more are closed on accept.
 	MaxConns int
-	// Conns and Refused, when set, count live and refused connections.
+	// Conns and Refused, when set, count live and refused connections;
+	// Panics counts connections ended by a panic in Serve.
 	Conns   prometheus.Gauge
 	Refused prometheus.Counter
+	Panics  prometheus.Counter
 }
 
 // Acceptor accepts and tracks connections.
@@ -105,6 +108,16 @@ func (a *Acceptor) Serve(ctx context.Context, l net.Listener, newConn func(net.C
 		go func() {
 			defer a.wg.Done()
 			defer a.untrack(c)
+			defer func() {
+				// A panic ends only this connection.
+				if r := recover(); r != nil {
+					c.Close()
+					if a.cfg.Panics != nil {
+						a.cfg.Panics.Inc()
+					}
+					a.log.Error("panic serving connection; closed it", "remote", nc.RemoteAddr().String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				}
+			}()
 			c.Serve(ctx)
 		}()
 	}
