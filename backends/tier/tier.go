@@ -96,7 +96,8 @@ type Device struct {
 	meta      meta
 	seq       uint64 // next object version to hand out
 	chunks    map[int64]*chunk
-	objects   map[int64]uint64 // chunk index → version (sequence) of its newest upload
+	objects   map[int64]uint64    // chunk index → version (sequence) of its newest upload
+	inflight  map[uint64]struct{} // versions handed out whose upload is not journaled yet
 	unflushed map[*chunk]struct{}
 	journal   *os.File
 	closed    bool
@@ -190,7 +191,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	d := &Device{
 		cfg: cfg, log: log, meta: m, chunks: map[int64]*chunk{}, objects: objs,
 		unflushed: map[*chunk]struct{}{}, journal: j, wake: make(chan struct{}, 1),
-		seq: m.NextSeq, raNext: -1, raBusy: map[int64]struct{}{},
+		seq: m.NextSeq, raNext: -1, raBusy: map[int64]struct{}{}, inflight: map[uint64]struct{}{},
 	}
 	d.space = sync.NewCond(&d.mu)
 	if cfg.Budget == nil {

@@ -124,12 +124,16 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 	if err != nil {
 		return err
 	}
+	defer d.settle(seq)
 	key := chunkKey(c.idx, seq)
 	body := trimZeroTail(data)
 	if err := d.cfg.Store.Put(ctx, key, body, store.PutOptions{}); err != nil {
 		return err
 	}
 	d.cfg.Metrics.upload(len(body))
+	if afterPut != nil {
+		afterPut(d, c.idx)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gone {
@@ -143,6 +147,7 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 		return err
 	}
 	d.objects[c.idx] = seq
+	delete(d.inflight, seq) // journaled: collect now sees it in objects
 	if c.ver.Load() != ver {
 		return nil // written meanwhile: stays dirty, uploads again
 	}
@@ -302,7 +307,12 @@ const keepManifests = 3
 // began are never touched, so uploads in flight are safe.
 func (d *Device) collect(ctx context.Context) error {
 	d.mu.Lock()
+	// Spare every version from the oldest upload not yet journaled on:
+	// its object may exist before objects names it.
 	bound := d.seq
+	for seq := range d.inflight {
+		bound = min(bound, seq)
+	}
 	keep := map[string]bool{}
 	for idx, seq := range d.objects {
 		keep[chunkKey(idx, seq)] = true
@@ -422,6 +432,7 @@ func (d *Device) allocSeq() (uint64, error) {
 	if d.seq < d.meta.NextSeq {
 		s := d.seq
 		d.seq++
+		d.inflight[s] = struct{}{}
 		d.mu.Unlock()
 		return s, nil
 	}
@@ -440,9 +451,22 @@ func (d *Device) allocSeq() (uint64, error) {
 	}
 	s := d.seq
 	d.seq++
+	d.inflight[s] = struct{}{}
 	d.mu.Unlock()
 	return s, nil
 }
+
+// settle forgets version seq as in flight (journaled, or abandoned: then
+// its object, if any, is garbage).
+func (d *Device) settle(seq uint64) {
+	d.mu.Lock()
+	delete(d.inflight, seq)
+	d.mu.Unlock()
+}
+
+// afterPut, when set by a test, runs between an upload's Put and its
+// journal record.
+var afterPut func(d *Device, idx int64)
 
 // saveMeta writes meta.json; saves are serialised so an older snapshot
 // never overwrites a newer one.
