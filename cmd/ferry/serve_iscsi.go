@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,10 +19,42 @@ func init() {
 		flags: []cli.Flag{
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-listen", Usage: "iSCSI listen address (empty to disable)", Value: "127.0.0.1:3260", EnvVars: []string{"FERRY_ISCSI_LISTEN"}}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-base-iqn", Usage: "target names are BASE:VOLUME", Value: iscsi.DefaultBaseIQN, EnvVars: []string{"FERRY_ISCSI_BASE_IQN"}}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-chap-user", Usage: "CHAP user name for volumes without their own CHAP settings", EnvVars: []string{"FERRY_ISCSI_CHAP_USER"}}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-chap-secret", Usage: "CHAP secret for --iscsi-chap-user (prefer the environment variable)", EnvVars: []string{"FERRY_ISCSI_CHAP_SECRET"}}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-mutual-chap-user", Usage: "user name the target answers mutual CHAP with, by default", EnvVars: []string{"FERRY_ISCSI_MUTUAL_CHAP_USER"}}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-mutual-chap-secret", Usage: "mutual CHAP secret for --iscsi-mutual-chap-user", EnvVars: []string{"FERRY_ISCSI_MUTUAL_CHAP_SECRET"}}),
 		},
 		listenFlag: "iscsi-listen",
 		frontend: func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error) {
-			return iscsi.NewServer(mgr, iscsi.Config{Logger: log, Registerer: reg, BaseIQN: c.String("iscsi-base-iqn")}), nil
+			def := volume.ISCSIAccess{
+				CHAPUser: c.String("iscsi-chap-user"), CHAPSecret: c.String("iscsi-chap-secret"),
+				MutualUser: c.String("iscsi-mutual-chap-user"), MutualSecret: c.String("iscsi-mutual-chap-secret"),
+			}
+			if err := def.Validate(); err != nil {
+				return nil, fmt.Errorf("gateway default iSCSI CHAP (--iscsi-chap-*): %w", err)
+			}
+			return iscsi.NewServer(mgr, iscsi.Config{
+				Logger: log, Registerer: reg, BaseIQN: c.String("iscsi-base-iqn"),
+				Access:       func(ctx context.Context, vol string) (iscsi.Access, error) { return volumeAccess(ctx, mgr, vol, def) },
+				Reservations: mgr,
+			}), nil
 		},
 	})
+}
+
+// volumeAccess is a volume's iSCSI access rules: its own CHAP settings,
+// or the gateway default when it has none, and its allow-list.
+func volumeAccess(ctx context.Context, mgr *volume.Manager, vol string, def volume.ISCSIAccess) (iscsi.Access, error) {
+	a, err := mgr.Access(ctx, vol)
+	if err != nil {
+		return iscsi.Access{}, err
+	}
+	if a.CHAPUser == "" {
+		a.CHAPUser, a.CHAPSecret, a.MutualUser, a.MutualSecret = def.CHAPUser, def.CHAPSecret, def.MutualUser, def.MutualSecret
+	}
+	return iscsi.Access{
+		CHAPUser: a.CHAPUser, CHAPSecret: a.CHAPSecret,
+		MutualUser: a.MutualUser, MutualSecret: a.MutualSecret,
+		Initiators: a.AllowInitiators,
+	}, nil
 }

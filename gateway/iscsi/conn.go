@@ -41,6 +41,7 @@ type conn struct {
 	declaredMRDSL                     bool
 
 	initiator, targetName string
+	isid                  [6]byte
 	discovery             bool
 	att                   *volume.Attachment
 	lu                    *lu
@@ -48,6 +49,8 @@ type conn struct {
 	tasks   map[uint32]*task // write commands waiting for data; reader only
 	nextTTT uint32
 	running sync.WaitGroup
+	amu     sync.Mutex
+	active  map[uint32]chan struct{} // commands running, by ITT; closed when answered
 	sem     chan struct{}
 	closing atomic.Bool
 }
@@ -56,7 +59,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		s: s, nc: nc, remote: nc.RemoteAddr().String(), br: bufio.NewReaderSize(nc, 64<<10),
 		maxSendData: 8192, maxBurst: 262144, firstBurst: 65536, initialR2T: true, immediateData: true,
-		tasks: map[uint32]*task{}, sem: make(chan struct{}, cmdWindow),
+		tasks: map[uint32]*task{}, active: map[uint32]chan struct{}{}, sem: make(chan struct{}, cmdWindow),
 	}
 }
 
@@ -86,7 +89,11 @@ func (c *conn) Serve(ctx context.Context) {
 	c.nc.SetDeadline(time.Time{})
 	if c.att != nil {
 		defer c.att.Detach()
-		c.lu = newLU(c.att)
+		nexus := nexusName(c.initiator, c.isid)
+		u := c.s.unit(c.att.Name, c.att.Dev)
+		u.login(nexus)
+		defer u.logout(nexus)
+		c.lu = newLU(c.att, u, nexus)
 		c.s.log.Info("iSCSI session", "remote", c.remote, "initiator", c.initiator, "target", c.targetName)
 	}
 	cctx, cancel := context.WithCancel(ctx)
@@ -225,11 +232,30 @@ func (c *conn) taskMgmt(req *pdu) {
 	p := &pdu{}
 	p.h[0] = opTaskResp
 	p.h[1] = 0x80
-	switch req.h[1] & 0x7f {
-	case 1, 2, 3, 4, 5, 6: // abort task (set), clear ACA, clear task set, LU reset, warm reset
-		// Commands run to completion before later ones on the
-		// connection are answered; waiting for them is the abort.
+	switch fn := req.h[1] & 0x7f; fn {
+	case 1: // ABORT TASK
+		// A command still waiting for its data is dropped unanswered; one
+		// already running completes and answers first, so it no longer
+		// exists once this is answered.
+		ref := req.u32(20)
+		if _, ok := c.tasks[ref]; ok {
+			delete(c.tasks, ref)
+			p.h[2] = 0
+			break
+		}
+		c.amu.Lock()
+		done := c.active[ref]
+		c.amu.Unlock()
+		if done != nil {
+			<-done
+		}
+		p.h[2] = 1 // task does not exist
+	case 2, 3, 4, 5, 6: // abort task set, clear ACA, clear task set, LU reset, target warm reset
+		clear(c.tasks)
 		c.running.Wait()
+		if fn >= 5 && c.lu != nil {
+			c.lu.u.reset()
+		}
 		p.h[2] = 0
 	default:
 		p.h[2] = 5 // not supported
@@ -280,6 +306,7 @@ type task struct {
 	burstTo int    // end of the data the current burst (or R2T) asks for
 	ttt     uint32
 	r2tsn   uint32
+	dataSN  uint32 // expected DataSN of the next Data-Out in this burst
 }
 
 func (c *conn) scsiCommand(ctx context.Context, p *pdu) error {
@@ -319,6 +346,7 @@ func (c *conn) r2t(t *task) {
 		c.nextTTT = 1
 	}
 	t.ttt = c.nextTTT
+	t.dataSN = 0
 	n := min(c.maxBurst, t.edtl-t.got)
 	t.burstTo = t.got + n
 	p := &pdu{}
@@ -340,10 +368,16 @@ func (c *conn) dataOut(ctx context.Context, p *pdu) error {
 		return nil // a command already answered (e.g. too big)
 	}
 	off := int(p.u32(40))
-	if off < 0 || off+len(p.data) > t.edtl || p.u32(20) != t.ttt {
-		c.reject(p, 0x09) // invalid PDU field
-		return errPDU
+	if off != t.got || off+len(p.data) > t.burstTo || p.u32(20) != t.ttt || p.u32(36) != t.dataSN {
+		// Out of order, outside the burst, or a DataSN gap: the
+		// command fails with DATA PHASE ERROR and any more data for it
+		// is dropped; the session goes on.
+		delete(c.tasks, t.itt)
+		c.reject(p, 0x04) // protocol error
+		c.respond(t, check(senseDataPhase))
+		return nil
 	}
+	t.dataSN++
 	copy(t.buf[off:], p.data)
 	t.got = max(t.got, off+len(p.data))
 	if !p.final() {
@@ -364,8 +398,16 @@ func (c *conn) dataOut(ctx context.Context, p *pdu) error {
 func (c *conn) run(ctx context.Context, t *task) {
 	c.sem <- struct{}{}
 	c.running.Add(1)
+	done := make(chan struct{})
+	c.amu.Lock()
+	c.active[t.itt] = done
+	c.amu.Unlock()
 	go func() {
 		defer func() {
+			c.amu.Lock()
+			delete(c.active, t.itt)
+			c.amu.Unlock()
+			close(done)
 			<-c.sem
 			c.running.Done()
 		}()
@@ -435,7 +477,7 @@ func (c *conn) respond(t *task, res result) {
 	p.h[1] = 0x80 | uflags
 	p.h[3] = res.status
 	if res.status == statusCheck {
-		sense := res.sense.bytes()
+		sense := res.sense.withInfo(res.info, res.hasInfo)
 		p.data = make([]byte, 2+len(sense))
 		binary.BigEndian.PutUint16(p.data, uint16(len(sense)))
 		copy(p.data[2:], sense)

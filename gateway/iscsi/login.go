@@ -71,6 +71,7 @@ func (c *conn) login(ctx context.Context) error {
 		csg, nsg := int(flags>>2&3), int(flags&3)
 		if first {
 			copy(isid[:], p.h[8:14])
+			c.isid = isid
 			c.itt = p.itt()
 			c.cid = uint16(p.h[20])<<8 | uint16(p.h[21])
 			c.expCmdSN.Store(p.u32(24))

@@ -22,9 +22,16 @@ var (
 // sense is fixed-format sense data: key, ASC, ASCQ.
 type sense struct{ key, asc, ascq byte }
 
-func (s sense) bytes() []byte {
+func (s sense) bytes() []byte { return s.withInfo(0, false) }
+
+// withInfo is the sense data with the INFORMATION field set when valid.
+func (s sense) withInfo(info uint32, valid bool) []byte {
 	b := make([]byte, 18)
 	b[0] = 0x70
+	if valid {
+		b[0] |= 0x80
+		binary.BigEndian.PutUint32(b[3:], info)
+	}
 	b[2] = s.key
 	b[7] = 10
 	b[12], b[13] = s.asc, s.ascq
@@ -42,6 +49,8 @@ var (
 	senseNoSpace       = sense{0x07, 0x27, 0x07} // space allocation failed write protect
 	senseNotReady      = sense{0x02, 0x04, 0x00}
 	senseInternal      = sense{0x04, 0x44, 0x00} // internal target failure
+	senseMiscompare    = sense{0x0e, 0x1d, 0x00}
+	senseDataPhase     = sense{0x0b, 0x4b, 0x00} // aborted command: data phase error
 )
 
 // result is a command's outcome: data for the initiator (reads), status
@@ -51,19 +60,24 @@ type result struct {
 	status byte
 	sense  sense
 	want   int
+	// info is the sense INFORMATION field, when hasInfo.
+	info    uint32
+	hasInfo bool
 }
 
 func check(s sense) result { return result{status: statusCheck, sense: s} }
 
-// lu is LUN 0 of a volume's target.
+// lu is LUN 0 of a volume's target as one I_T nexus (session) sees it.
 type lu struct {
-	att *volume.Attachment
-	dev device.Device
-	id  [8]byte // NAA-style identifier from the volume name
+	att   *volume.Attachment
+	dev   device.Device
+	id    [8]byte // NAA-style identifier from the volume name
+	u     *unit   // state shared with every other session
+	nexus string  // this session's initiator port name
 }
 
-func newLU(att *volume.Attachment) *lu {
-	l := &lu{att: att, dev: att.Dev}
+func newLU(att *volume.Attachment, u *unit, nexus string) *lu {
+	l := &lu{att: att, dev: att.Dev, u: u, nexus: nexus}
 	h := sha256.Sum256([]byte(att.Name))
 	copy(l.id[:], h[:])
 	l.id[0] = 0x60 | l.id[0]&0x0f // NAA 6 (IEEE registered extended)
@@ -119,6 +133,92 @@ func (l *lu) inRange(lba uint64, n uint32) bool {
 	return end >= lba && end <= l.blocks()
 }
 
+// opInfo describes one supported command: its access class under
+// reservations and its CDB usage data (SPC-4 §6.35.3), the bits a CDB may
+// set. A CDB with a bit outside the usage data fails with INVALID FIELD IN
+// CDB; REPORT SUPPORTED OPERATION CODES reports the same table.
+type opInfo struct {
+	op    byte
+	sa    byte
+	hasSA bool
+	cls   int
+	usage []byte
+}
+
+var ff8 = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+func cdb16(op, b1 byte, tail ...byte) []byte {
+	b := append([]byte{op, b1}, ff8...)
+	return append(b, append([]byte{0xff, 0xff, 0xff, 0xff}, tail...)...)
+}
+
+var opTable = []opInfo{
+	{op: 0x00, cls: accessAlways, usage: []byte{0x00, 0, 0, 0, 0, 0}},                                          // TEST UNIT READY
+	{op: 0x03, cls: accessAlways, usage: []byte{0x03, 0x01, 0, 0, 0xff, 0}},                                    // REQUEST SENSE
+	{op: 0x08, cls: accessRead, usage: []byte{0x08, 0x1f, 0xff, 0xff, 0xff, 0}},                                // READ(6)
+	{op: 0x0a, cls: accessWrite, usage: []byte{0x0a, 0x1f, 0xff, 0xff, 0xff, 0}},                               // WRITE(6)
+	{op: 0x12, cls: accessAlways, usage: []byte{0x12, 0x01, 0xff, 0xff, 0xff, 0}},                              // INQUIRY
+	{op: 0x16, cls: accessAlways, usage: []byte{0x16, 0, 0, 0, 0, 0}},                                          // RESERVE(6)
+	{op: 0x17, cls: accessAlways, usage: []byte{0x17, 0, 0, 0, 0, 0}},                                          // RELEASE(6)
+	{op: 0x1a, cls: accessRead, usage: []byte{0x1a, 0x08, 0xff, 0xff, 0xff, 0}},                                // MODE SENSE(6)
+	{op: 0x1b, cls: accessWrite, usage: []byte{0x1b, 0x01, 0, 0x0f, 0xf7, 0}},                                  // START STOP UNIT
+	{op: 0x1e, cls: accessRead, usage: []byte{0x1e, 0, 0, 0, 0x03, 0}},                                         // PREVENT ALLOW MEDIUM REMOVAL
+	{op: 0x25, cls: accessAlways, usage: []byte{0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0}},                              // READ CAPACITY(10)
+	{op: 0x28, cls: accessRead, usage: []byte{0x28, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0}},        // READ(10)
+	{op: 0x2a, cls: accessWrite, usage: []byte{0x2a, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0}},       // WRITE(10)
+	{op: 0x2e, cls: accessWrite, usage: []byte{0x2e, 0x12, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0}},       // WRITE AND VERIFY(10)
+	{op: 0x2f, cls: accessRead, usage: []byte{0x2f, 0x16, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0}},        // VERIFY(10)
+	{op: 0x34, cls: accessRead, usage: []byte{0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0}},        // PRE-FETCH(10)
+	{op: 0x35, cls: accessRead, usage: []byte{0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0}},        // SYNCHRONIZE CACHE(10)
+	{op: 0x41, cls: accessWrite, usage: []byte{0x41, 0x08, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0}},       // WRITE SAME(10)
+	{op: 0x42, cls: accessWrite, usage: []byte{0x42, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},                         // UNMAP
+	{op: 0x56, cls: accessAlways, usage: []byte{0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0}},                              // RESERVE(10)
+	{op: 0x57, cls: accessAlways, usage: []byte{0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0}},                              // RELEASE(10)
+	{op: 0x5a, cls: accessRead, usage: []byte{0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0}},                 // MODE SENSE(10)
+	{op: 0x5e, sa: 0, hasSA: true, cls: accessAlways, usage: []byte{0x5e, 0x00, 0, 0, 0, 0, 0, 0xff, 0xff, 0}}, // PR IN: READ KEYS
+	{op: 0x5e, sa: 1, hasSA: true, cls: accessAlways, usage: []byte{0x5e, 0x01, 0, 0, 0, 0, 0, 0xff, 0xff, 0}}, // PR IN: READ RESERVATION
+	{op: 0x5e, sa: 2, hasSA: true, cls: accessAlways, usage: []byte{0x5e, 0x02, 0, 0, 0, 0, 0, 0xff, 0xff, 0}}, // PR IN: REPORT CAPABILITIES
+	{op: 0x5e, sa: 3, hasSA: true, cls: accessAlways, usage: []byte{0x5e, 0x03, 0, 0, 0, 0, 0, 0xff, 0xff, 0}}, // PR IN: READ FULL STATUS
+	{op: 0x5f, sa: 0, hasSA: true, cls: accessAlways, usage: []byte{0x5f, 0x00, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{op: 0x5f, sa: 1, hasSA: true, cls: accessAlways, usage: []byte{0x5f, 0x01, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{op: 0x5f, sa: 2, hasSA: true, cls: accessAlways, usage: []byte{0x5f, 0x02, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{op: 0x5f, sa: 3, hasSA: true, cls: accessAlways, usage: []byte{0x5f, 0x03, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{op: 0x5f, sa: 4, hasSA: true, cls: accessAlways, usage: []byte{0x5f, 0x04, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{op: 0x5f, sa: 5, hasSA: true, cls: accessAlways, usage: []byte{0x5f, 0x05, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{op: 0x5f, sa: 6, hasSA: true, cls: accessAlways, usage: []byte{0x5f, 0x06, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{op: 0x88, cls: accessRead, usage: cdb16(0x88, 0x18, 0x1f, 0)},                                                                        // READ(16)
+	{op: 0x89, cls: accessWrite, usage: append([]byte{0x89, 0x18}, append(ff8, 0, 0, 0, 0xff, 0, 0)...)},                                  // COMPARE AND WRITE
+	{op: 0x8a, cls: accessWrite, usage: cdb16(0x8a, 0x18, 0x1f, 0)},                                                                       // WRITE(16)
+	{op: 0x8e, cls: accessWrite, usage: cdb16(0x8e, 0x12, 0x1f, 0)},                                                                       // WRITE AND VERIFY(16)
+	{op: 0x8f, cls: accessRead, usage: cdb16(0x8f, 0x16, 0x1f, 0)},                                                                        // VERIFY(16)
+	{op: 0x90, cls: accessRead, usage: cdb16(0x90, 0x02, 0x1f, 0)},                                                                        // PRE-FETCH(16)
+	{op: 0x91, cls: accessRead, usage: cdb16(0x91, 0x02, 0x1f, 0)},                                                                        // SYNCHRONIZE CACHE(16)
+	{op: 0x93, cls: accessWrite, usage: cdb16(0x93, 0x09, 0x1f, 0)},                                                                       // WRITE SAME(16)
+	{op: 0x9e, sa: 0x10, hasSA: true, cls: accessAlways, usage: cdb16(0x9e, 0x10, 0, 0)},                                                  // READ CAPACITY(16)
+	{op: 0x9e, sa: 0x12, hasSA: true, cls: accessRead, usage: cdb16(0x9e, 0x12, 0, 0)},                                                    // GET LBA STATUS
+	{op: 0xa0, cls: accessAlways, usage: []byte{0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},                                    // REPORT LUNS
+	{op: 0xa3, sa: 0x0c, hasSA: true, cls: accessAlways, usage: []byte{0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0}}, // REPORT SUPPORTED OPERATION CODES
+	{op: 0xa8, cls: accessRead, usage: []byte{0xa8, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0}},                       // READ(12)
+	{op: 0xaa, cls: accessWrite, usage: []byte{0xaa, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0}},                      // WRITE(12)
+	{op: 0xae, cls: accessWrite, usage: []byte{0xae, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0}},                      // WRITE AND VERIFY(12)
+	{op: 0xaf, cls: accessRead, usage: []byte{0xaf, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0}},                       // VERIFY(12)
+}
+
+// hasServiceAction reports whether op's CDB carries a service action in
+// byte 1.
+func hasServiceAction(op byte) bool { return op == 0x5e || op == 0x5f || op == 0x9e || op == 0xa3 }
+
+// lookupOp finds the table entry for a CDB, or nil.
+func lookupOp(op, sa byte) *opInfo {
+	for i := range opTable {
+		o := &opTable[i]
+		if o.op == op && (!o.hasSA || o.sa == sa) {
+			return o
+		}
+	}
+	return nil
+}
+
 // exec runs one CDB against the LU.
 func (l *lu) exec(ctx context.Context, lun uint64, cdb []byte, data []byte, edtl int) result {
 	op := api.SCSICommandType(cdb[0])
@@ -137,6 +237,31 @@ func (l *lu) exec(ctx context.Context, lun uint64, cdb []byte, data []byte, edtl
 		}
 		return check(senseLUNotSupp)
 	}
+	info := lookupOp(cdb[0], cdb[1]&0x1f)
+	if info == nil {
+		if hasServiceAction(cdb[0]) {
+			return check(senseInvalidField)
+		}
+		return check(senseInvalidOpcode)
+	}
+	for i := 1; i < len(info.usage)-1; i++ {
+		if cdb[i]&^info.usage[i] != 0 {
+			return check(senseInvalidField)
+		}
+	}
+	switch op {
+	case api.INQUIRY, api.REPORT_LUNS:
+	case api.REQUEST_SENSE:
+		s, _ := l.u.attention(l.nexus)
+		return result{data: s.bytes()[:min(18, int(cdb[4]))]}
+	default:
+		if s, ok := l.u.attention(l.nexus); ok {
+			return check(s)
+		}
+	}
+	if l.u.conflict(l.nexus, cdb[0], info.cls) {
+		return resultReservationClash
+	}
 	switch op {
 	case api.TEST_UNIT_READY, api.START_STOP, api.ALLOW_MEDIUM_REMOVAL:
 		return result{}
@@ -144,8 +269,6 @@ func (l *lu) exec(ctx context.Context, lun uint64, cdb []byte, data []byte, edtl
 		return l.inquiry(cdb)
 	case api.REPORT_LUNS:
 		return l.reportLUNs(cdb)
-	case api.REQUEST_SENSE:
-		return result{data: sense{}.bytes()[:min(18, int(cdb[4]))]}
 	case api.READ_CAPACITY:
 		b := make([]byte, 8)
 		last := l.blocks() - 1
@@ -153,13 +276,12 @@ func (l *lu) exec(ctx context.Context, lun uint64, cdb []byte, data []byte, edtl
 		binary.BigEndian.PutUint32(b[4:], blockSize)
 		return result{data: b}
 	case api.SERVICE_ACTION_IN:
-		switch cdb[1] & 0x1f {
-		case byte(api.SAI_READ_CAPACITY_16):
+		if cdb[1]&0x1f == byte(api.SAI_READ_CAPACITY_16) {
 			return l.readCapacity16(cdb)
-		case byte(api.SAI_GET_LBA_STATUS):
-			return l.getLBAStatus(ctx, cdb)
 		}
-		return check(senseInvalidField)
+		return l.getLBAStatus(ctx, cdb)
+	case api.MAINT_PROTOCOL_IN:
+		return reportOpcodes(cdb)
 	case api.MODE_SENSE, api.MODE_SENSE_10:
 		return l.modeSense(cdb)
 	case api.READ_6, api.READ_10, api.READ_12, api.READ_16:
@@ -173,41 +295,204 @@ func (l *lu) exec(ctx context.Context, lun uint64, cdb []byte, data []byte, edtl
 		}
 		return result{data: b}
 	case api.WRITE_6, api.WRITE_10, api.WRITE_12, api.WRITE_16, api.WRITE_VERIFY, api.WRITE_VERIFY_12, api.WRITE_VERIFY_16:
-		lba, n, fua := rw(cdb)
-		want := int(n) * blockSize
-		if !l.inRange(lba, n) {
-			return check(senseLBARange)
-		}
-		if len(data) < want {
-			// Less data than the CDB names: write none of it.
-			return result{status: statusCheck, sense: senseInvalidField, want: want}
-		}
-		if err := l.dev.WriteAt(ctx, data[:want], int64(lba)*blockSize); err != nil {
-			return ioErr(err, true)
-		}
-		if fua || op == api.WRITE_VERIFY || op == api.WRITE_VERIFY_12 || op == api.WRITE_VERIFY_16 {
-			if err := l.dev.Flush(ctx); err != nil {
-				return ioErr(err, true)
-			}
-		}
-		return result{want: want}
+		return l.write(ctx, cdb, data)
 	case api.VERIFY_10, api.VERIFY_16, api.VERIFY_12:
-		lba, n, _ := rw(cdb)
+		return l.verify(ctx, cdb, data)
+	case api.PRE_FETCH_10, api.PRE_FETCH_16, api.SYNCHRONIZE_CACHE, api.SYNCHRONIZE_CACHE_16:
+		var lba uint64
+		var n uint32
+		if cdb[0] == byte(api.PRE_FETCH_10) || cdb[0] == byte(api.SYNCHRONIZE_CACHE) {
+			lba, n = uint64(binary.BigEndian.Uint32(cdb[2:])), uint32(binary.BigEndian.Uint16(cdb[7:]))
+		} else {
+			lba, n = binary.BigEndian.Uint64(cdb[2:]), binary.BigEndian.Uint32(cdb[10:])
+		}
 		if !l.inRange(lba, n) {
 			return check(senseLBARange)
 		}
-		return result{}
-	case api.SYNCHRONIZE_CACHE, api.SYNCHRONIZE_CACHE_16:
+		if op == api.PRE_FETCH_10 || op == api.PRE_FETCH_16 {
+			return result{} // the cache decides what to keep
+		}
 		if err := l.dev.Flush(ctx); err != nil {
 			return ioErr(err, true)
 		}
 		return result{}
 	case api.UNMAP:
+		l.u.cawMu.RLock()
+		defer l.u.cawMu.RUnlock()
 		return l.unmap(ctx, cdb, data)
 	case api.WRITE_SAME, api.WRITE_SAME_16:
-		return l.writeSame(ctx, cdb, data)
+		l.u.cawMu.RLock()
+		defer l.u.cawMu.RUnlock()
+		return l.writeSame(ctx, cdb, data, edtl)
+	case api.COMPARE_AND_WRITE:
+		return l.compareAndWrite(ctx, cdb, data, edtl)
+	case api.PERSISTENT_RESERVE_IN:
+		return l.prIn(cdb)
+	case api.PERSISTENT_RESERVE_OUT:
+		return l.prOut(ctx, cdb, data)
+	case api.RESERVE, api.RESERVE_10:
+		return l.reserve6()
+	case api.RELEASE, api.RELEASE_10:
+		return l.release6()
 	}
 	return check(senseInvalidOpcode)
+}
+
+// write runs WRITE and WRITE AND VERIFY. With less data than the CDB
+// names (iSCSI EDTL < SCSI transfer length) it writes the whole blocks it
+// has and reports the rest as residual overflow.
+func (l *lu) write(ctx context.Context, cdb, data []byte) result {
+	lba, n, fua := rw(cdb)
+	want := int(n) * blockSize
+	if !l.inRange(lba, n) {
+		return check(senseLBARange)
+	}
+	have := min(len(data), want) / blockSize * blockSize
+	l.u.cawMu.RLock()
+	err := l.dev.WriteAt(ctx, data[:have], int64(lba)*blockSize)
+	l.u.cawMu.RUnlock()
+	if err != nil {
+		return ioErr(err, true)
+	}
+	switch api.SCSICommandType(cdb[0]) {
+	case api.WRITE_VERIFY, api.WRITE_VERIFY_12, api.WRITE_VERIFY_16:
+		fua = true
+	}
+	if fua {
+		if err := l.dev.Flush(ctx); err != nil {
+			return ioErr(err, true)
+		}
+	}
+	return result{want: want}
+}
+
+// verify runs VERIFY: with BYTCHK 01b the data-out buffer is compared
+// with the blocks, with 11b one block is compared with each of them.
+func (l *lu) verify(ctx context.Context, cdb, data []byte) result {
+	lba, n, _ := rw(cdb)
+	if !l.inRange(lba, n) {
+		return check(senseLBARange)
+	}
+	bytchk := cdb[1] >> 1 & 3
+	if bytchk == 0 || n == 0 {
+		return result{}
+	}
+	if bytchk == 2 {
+		return check(senseInvalidField)
+	}
+	want := int(n) * blockSize
+	if bytchk == 3 {
+		want = blockSize
+	}
+	if len(data) < want {
+		return check(senseInvalidField)
+	}
+	b := make([]byte, int(n)*blockSize)
+	if err := l.dev.ReadAt(ctx, b, int64(lba)*blockSize); err != nil {
+		return ioErr(err, false)
+	}
+	for i := range b {
+		j := i
+		if bytchk == 3 {
+			j = i % blockSize
+		}
+		if b[i] != data[j] {
+			return miscompare(i)
+		}
+	}
+	return result{want: want}
+}
+
+// miscompare is MISCOMPARE DURING VERIFY OPERATION with the offset of the
+// first differing byte in the INFORMATION field.
+func miscompare(off int) result {
+	r := check(senseMiscompare)
+	r.info, r.hasInfo = uint32(off), true
+	return r
+}
+
+// compareAndWrite runs COMPARE AND WRITE (VMware ATS): it compares NLB
+// blocks with the first half of the data and, only if they match, writes
+// the second half, with no other iSCSI write to the volume in between.
+func (l *lu) compareAndWrite(ctx context.Context, cdb, data []byte, edtl int) result {
+	lba := binary.BigEndian.Uint64(cdb[2:])
+	n := uint32(cdb[13])
+	size := int(n) * blockSize
+	if n > maxCompareWriteBlock || edtl != 2*size {
+		return check(senseInvalidField)
+	}
+	if !l.inRange(lba, n) {
+		return check(senseLBARange)
+	}
+	if n == 0 {
+		return result{}
+	}
+	l.u.cawMu.Lock()
+	defer l.u.cawMu.Unlock()
+	b := make([]byte, size)
+	off := int64(lba) * blockSize
+	if err := l.dev.ReadAt(ctx, b, off); err != nil {
+		return ioErr(err, false)
+	}
+	for i := range b {
+		if b[i] != data[i] {
+			return miscompare(i)
+		}
+	}
+	if err := l.dev.WriteAt(ctx, data[size:2*size], off); err != nil {
+		return ioErr(err, true)
+	}
+	if cdb[1]&0x08 != 0 {
+		if err := l.dev.Flush(ctx); err != nil {
+			return ioErr(err, true)
+		}
+	}
+	return result{want: 2 * size}
+}
+
+// reportOpcodes answers REPORT SUPPORTED OPERATION CODES from opTable.
+func reportOpcodes(cdb []byte) result {
+	rctd := cdb[2]&0x80 != 0
+	allocLen := int(binary.BigEndian.Uint32(cdb[6:]))
+	timeouts := func(b []byte) []byte { return append(b, 0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0) }
+	switch cdb[2] & 0x07 {
+	case 0: // all commands
+		b := make([]byte, 4)
+		for _, o := range opTable {
+			d := []byte{o.op, 0, 0, o.sa, 0, 0, 0, byte(len(o.usage))}
+			if o.hasSA {
+				d[5] |= 0x01
+			}
+			if rctd {
+				d[5] |= 0x02
+				d = timeouts(d)
+			}
+			b = append(b, d...)
+		}
+		binary.BigEndian.PutUint32(b, uint32(len(b)-4))
+		return alloc(b, allocLen)
+	case 1, 2: // one command
+		op, sa := cdb[3], binary.BigEndian.Uint16(cdb[4:])
+		withSA := cdb[2]&0x07 == 2
+		if withSA != hasServiceAction(op) || sa > 0x1f {
+			return check(senseInvalidField)
+		}
+		b := make([]byte, 4)
+		o := lookupOp(op, byte(sa))
+		if o == nil {
+			b[1] = 0x01 // not supported
+			return alloc(b, allocLen)
+		}
+		b[1] = 0x03 // supported, standard
+		binary.BigEndian.PutUint16(b[2:], uint16(len(o.usage)))
+		b = append(b, o.usage...)
+		if rctd {
+			b[1] |= 0x80
+			b = timeouts(b)
+		}
+		return alloc(b, allocLen)
+	}
+	return check(senseInvalidField)
 }
 
 // alloc returns b cut to the CDB's allocation length n.
@@ -232,6 +517,10 @@ func (l *lu) inquiry(cdb []byte) result {
 		copy(b[8:16], "FERRY   ")
 		copy(b[16:32], padRight(l.att.Name, 16))
 		copy(b[32:36], "0001")
+		// Version descriptors: SAM-5, SPC-4, SBC-3, iSCSI.
+		for i, v := range []uint16{0x00a0, 0x0460, 0x04c0, 0x0960} {
+			binary.BigEndian.PutUint16(b[58+2*i:], v)
+		}
 		return alloc(b, allocLen)
 	}
 	var page []byte
@@ -248,6 +537,7 @@ func (l *lu) inquiry(cdb []byte) result {
 		page = append(naa, t10...)
 	case 0xb0: // block limits
 		page = make([]byte, 60)
+		page[1] = maxCompareWriteBlock                              // maximum compare and write length
 		binary.BigEndian.PutUint16(page[2:], 8)                     // optimal transfer granularity: 4 KiB
 		binary.BigEndian.PutUint32(page[4:], maxTransfer/blockSize) // maximum transfer length
 		binary.BigEndian.PutUint32(page[8:], 2048)                  // optimal transfer length: 1 MiB
@@ -326,11 +616,13 @@ func (l *lu) modeSense(cdb []byte) result {
 	if ten {
 		b = make([]byte, 8, 8+len(pages))
 		binary.BigEndian.PutUint16(b, uint16(6+len(pages)))
+		b[3] = 0x10 // DPOFUA
 		b = append(b, pages...)
 		return alloc(b, int(binary.BigEndian.Uint16(cdb[7:])))
 	}
 	b = make([]byte, 4, 4+len(pages))
 	b[0] = byte(3 + len(pages))
+	b[2] = 0x10 // DPOFUA
 	b = append(b, pages...)
 	return alloc(b, int(cdb[4]))
 }
@@ -360,7 +652,7 @@ func (l *lu) unmap(ctx context.Context, cdb []byte, data []byte) result {
 	return result{}
 }
 
-func (l *lu) writeSame(ctx context.Context, cdb []byte, data []byte) result {
+func (l *lu) writeSame(ctx context.Context, cdb []byte, data []byte, edtl int) result {
 	var lba uint64
 	var n uint32
 	if cdb[0] == byte(api.WRITE_SAME) {
@@ -376,7 +668,22 @@ func (l *lu) writeSame(ctx context.Context, cdb []byte, data []byte) result {
 	if !l.inRange(lba, n) {
 		return check(senseLBARange)
 	}
-	unmap := cdb[1]&0x08 != 0
+	ndob := cdb[0] == byte(api.WRITE_SAME_16) && cdb[1]&0x01 != 0 // no data-out buffer: zeroes
+	if ndob != (edtl == 0) || !ndob && edtl != blockSize {
+		return check(senseInvalidField)
+	}
+	if ndob {
+		data = make([]byte, blockSize)
+	}
+	off, length := int64(lba)*blockSize, int64(n)*blockSize
+	if cdb[1]&0x08 != 0 {
+		// UNMAP: deallocate, whatever the block says; deallocated
+		// blocks read as zeroes (LBPRZ).
+		if err := l.dev.WriteZeroes(ctx, off, length, true); err != nil {
+			return ioErr(err, true)
+		}
+		return result{}
+	}
 	if len(data) < blockSize {
 		return check(senseInvalidField)
 	}
@@ -388,15 +695,11 @@ func (l *lu) writeSame(ctx context.Context, cdb []byte, data []byte) result {
 			break
 		}
 	}
-	off, length := int64(lba)*blockSize, int64(n)*blockSize
 	if zero {
-		if err := l.dev.WriteZeroes(ctx, off, length, unmap); err != nil {
+		if err := l.dev.WriteZeroes(ctx, off, length, false); err != nil {
 			return ioErr(err, true)
 		}
 		return result{}
-	}
-	if unmap {
-		return check(senseInvalidField)
 	}
 	const batch = 1 << 20
 	buf := make([]byte, min(length, batch))
@@ -434,7 +737,9 @@ func (l *lu) getLBAStatus(ctx context.Context, cdb []byte) result {
 		}
 		d := make([]byte, 16)
 		start := uint64(e.Offset) / blockSize
-		n := uint64(e.Length) / blockSize
+		n := uint64(e.Offset+e.Length) / blockSize
+		start = max(start, lba) // the first extent may begin before lba
+		n -= min(n, start)
 		if n == 0 {
 			continue
 		}

@@ -31,8 +31,17 @@ type Access struct {
 	Initiators []string
 }
 
+// allows reports whether the allow-list lets initiator in; iSCSI names
+// compare without regard to case (RFC 3722).
 func (a Access) allows(initiator string) bool {
-	return len(a.Initiators) == 0 || slices.Contains(a.Initiators, initiator)
+	return len(a.Initiators) == 0 || slices.ContainsFunc(a.Initiators, func(s string) bool { return strings.EqualFold(s, initiator) })
+}
+
+// ReservationStore keeps each volume's SCSI persistent reservations, so
+// that registrations made with APTPL survive a gateway restart.
+type ReservationStore interface {
+	LoadPR(ctx context.Context, volume string) ([]byte, error)
+	SavePR(ctx context.Context, volume string, state []byte) error
 }
 
 // Config configures a Server.
@@ -44,6 +53,9 @@ type Config struct {
 	// Access returns the access rules for a volume; nil lets every
 	// initiator in without authentication.
 	Access func(ctx context.Context, volume string) (Access, error)
+	// Reservations, when set, persists persistent-reservation state;
+	// without it, APTPL is refused.
+	Reservations ReservationStore
 	// MaxConns bounds concurrent connections (default 256).
 	MaxConns int
 	// LoginTimeout bounds the login phase (default 15s).
@@ -59,8 +71,9 @@ type Server struct {
 
 	acc *acceptor.Acceptor
 
-	mu   sync.Mutex
-	tsih uint16
+	mu    sync.Mutex
+	tsih  uint16
+	units map[string]*unit // by volume name
 }
 
 // NewServer returns a server for exports.
@@ -77,7 +90,7 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 	if cfg.LoginTimeout <= 0 {
 		cfg.LoginTimeout = 15 * time.Second
 	}
-	s := &Server{cfg: cfg, exports: exports, log: cfg.Logger.With("frontend", "iscsi"), m: newMetrics(cfg.Registerer)}
+	s := &Server{cfg: cfg, exports: exports, log: cfg.Logger.With("frontend", "iscsi"), m: newMetrics(cfg.Registerer), units: map[string]*unit{}}
 	s.acc = acceptor.New(acceptor.Config{Name: "iscsi", Logger: s.log, MaxConns: cfg.MaxConns, Conns: s.m.conns, Refused: s.m.refused, Panics: s.m.panics})
 	return s
 }
