@@ -172,10 +172,11 @@ func (u *unit) reset() {
 func (u *unit) attention(nexus string) (sense, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if size := u.dev.Size(); u.sizes[nexus] != size {
-		u.sizes[nexus] = size
+	size := u.dev.Size()
+	if seen, ok := u.sizes[nexus]; ok && seen != size {
 		u.ua[nexus] = append(u.ua[nexus], senseCapacityChanged)
 	}
+	u.sizes[nexus] = size
 	q := u.ua[nexus]
 	if len(q) == 0 {
 		return sense{}, false
