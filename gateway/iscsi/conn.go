@@ -421,6 +421,9 @@ func (c *conn) run(ctx context.Context, t *task) {
 		lun := binary.BigEndian.Uint64(t.lun[:])
 		res := c.lu.exec(ctx, lun, t.cdb[:], t.buf, t.edtl)
 		c.respond(t, res)
+		if res.release != nil {
+			res.release()
+		}
 	}()
 }
 
