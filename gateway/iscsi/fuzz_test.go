@@ -12,6 +12,8 @@ import (
 	"github.com/ferry-io/ferry/backends/mem"
 	"github.com/ferry-io/ferry/gateway/volume"
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ferry-io/ferry/internal/testutil"
 )
 
 // FuzzCDB runs arbitrary CDBs and data against a small LU: every command
@@ -94,22 +96,7 @@ func FuzzConn(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		s := NewServer(volume.NewStaticExports(map[string]device.Device{"v": mem.New(1 << 20)}), Config{LoginTimeout: time.Second})
-		srvSide, cliSide := net.Pipe()
-		c := newConn(s, srvSide)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			c.Serve(context.Background())
-		}()
-		go io.Copy(io.Discard, cliSide)
-		cliSide.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		cliSide.Write(in)
-		cliSide.Close()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("connection did not end after the initiator went away")
-		}
+		testutil.ServeStream(t, func(ctx context.Context, nc net.Conn) { newConn(s, nc).Serve(ctx) }, in)
 		if p := promtest.ToFloat64(s.m.panics); p != 0 {
 			t.Fatalf("%v panics", p)
 		}

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"io"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	ferrytest "github.com/ferry-io/ferry/internal/testutil"
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/mem"
@@ -69,22 +70,7 @@ func FuzzServer(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		s := NewServer(volume.NewStaticExports(map[string]device.Device{"v": mem.New(1 << 20)}),
 			Config{HandshakeTimeout: time.Second, MaxInflightBytes: maxPayload})
-		srvSide, cliSide := net.Pipe()
-		c := newConn(s, srvSide)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			c.Serve(context.Background())
-		}()
-		go io.Copy(io.Discard, cliSide)
-		cliSide.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		cliSide.Write(in)
-		cliSide.Close()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("connection did not end after the client went away")
-		}
+		ferrytest.ServeStream(t, func(ctx context.Context, nc net.Conn) { newConn(s, nc).Serve(ctx) }, in)
 		if p := testutil.ToFloat64(s.m.panics); p != 0 {
 			t.Fatalf("%v panics", p)
 		}

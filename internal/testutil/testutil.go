@@ -3,10 +3,13 @@
 package testutil
 
 import (
+	"context"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 )
 
 // RequireEnv is set (to 1) by CI: a test that needs an external program
@@ -66,4 +69,26 @@ func Nbdsh(t testing.TB, args ...string) *exec.Cmd {
 	}
 	t.Skip("no python3 can import the nbd module (python3-libnbd)")
 	return nil
+}
+
+// ServeStream runs serve on one end of an in-memory connection, writes in
+// to the other end and closes it, and fails t unless serve returns within
+// 10 s: what fuzzers of a frontend's connection handling check.
+func ServeStream(t testing.TB, serve func(ctx context.Context, c net.Conn), in []byte) {
+	t.Helper()
+	srvSide, cliSide := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serve(context.Background(), srvSide)
+	}()
+	go io.Copy(io.Discard, cliSide)
+	cliSide.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	cliSide.Write(in)
+	cliSide.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection did not end after the client went away")
+	}
 }
