@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -109,6 +110,7 @@ func FuzzConn(f *testing.F) {
 // closes and stays up for the next initiator.
 func TestMalformedPDUs(t *testing.T) {
 	ts := startServer(t, Config{}, map[string]device.Device{"v": mem.New(1 << 20)})
+	before := runtime.NumGoroutine()
 	dial := func() net.Conn {
 		nc, err := net.Dial("tcp", ts.addr)
 		if err != nil {
@@ -183,5 +185,13 @@ func TestMalformedPDUs(t *testing.T) {
 	}
 	if p := promtest.ToFloat64(ts.s.m.panics); p != 0 {
 		t.Fatalf("%v panics", p)
+	}
+	// Every session's goroutines end with it.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before+2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines before the sessions, %d after they all ended", before, runtime.NumGoroutine())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
