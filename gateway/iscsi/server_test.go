@@ -156,3 +156,20 @@ func TestQemuIO(t *testing.T) {
 		t.Fatalf("8 MiB written through qemu-img differs: %v", err)
 	}
 }
+
+// Mutual CHAP: the target proves itself with the mutual secret; an
+// initiator expecting another secret refuses the target.
+func TestMutualCHAP(t *testing.T) {
+	ts := startServer(t, Config{Access: func(context.Context, string) (Access, error) {
+		return Access{CHAPUser: "alice", CHAPSecret: "secret-0123456789", MutualUser: "target", MutualSecret: "mutual-9876543210"}, nil
+	}}, map[string]device.Device{"v": newMem(t, 1<<20)})
+	url := func(targetSecret string) string {
+		return "iscsi://alice%secret-0123456789@" + ts.addr + "/" + ts.s.TargetName("v") + "/0?target_user=target&target_password=" + targetSecret
+	}
+	if out, err := runTool(t, "iscsi-inq", url("mutual-9876543210")); err != nil {
+		t.Fatalf("mutual CHAP with the right secrets refused: %v\n%s", err, out)
+	}
+	if _, err := runTool(t, "iscsi-inq", url("not-the-target-secret")); err == nil {
+		t.Fatal("initiator accepted a target that answered with another mutual secret")
+	}
+}
