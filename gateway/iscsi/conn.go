@@ -49,8 +49,6 @@ type conn struct {
 	tasks   map[uint32]*task // write commands waiting for data; reader only
 	nextTTT uint32
 	running sync.WaitGroup
-	amu     sync.Mutex
-	active  map[uint32]chan struct{} // commands running, by ITT; closed when answered
 	sem     chan struct{}
 	closing atomic.Bool
 }
@@ -59,7 +57,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		s: s, nc: nc, remote: nc.RemoteAddr().String(), br: bufio.NewReaderSize(nc, 64<<10),
 		maxSendData: 8192, maxBurst: 262144, firstBurst: 65536, initialR2T: true, immediateData: true,
-		tasks: map[uint32]*task{}, active: map[uint32]chan struct{}{}, sem: make(chan struct{}, cmdWindow),
+		tasks: map[uint32]*task{}, sem: make(chan struct{}, cmdWindow),
 	}
 }
 
@@ -234,21 +232,16 @@ func (c *conn) taskMgmt(req *pdu) {
 	p.h[1] = 0x80
 	switch fn := req.h[1] & 0x7f; fn {
 	case 1: // ABORT TASK
-		// A command still waiting for its data is dropped unanswered; one
-		// already running completes and answers first, so it no longer
-		// exists once this is answered.
+		// A command still waiting for its data is dropped unanswered;
+		// one already running completes and answers first (commands run
+		// to completion), so it no longer exists once this is answered.
 		ref := req.u32(20)
 		if _, ok := c.tasks[ref]; ok {
 			delete(c.tasks, ref)
 			p.h[2] = 0
 			break
 		}
-		c.amu.Lock()
-		done := c.active[ref]
-		c.amu.Unlock()
-		if done != nil {
-			<-done
-		}
+		c.running.Wait()
 		p.h[2] = 1 // task does not exist
 	case 2, 3, 4, 5, 6: // abort task set, clear ACA, clear task set, LU reset, target warm reset
 		clear(c.tasks)
@@ -398,16 +391,8 @@ func (c *conn) dataOut(ctx context.Context, p *pdu) error {
 func (c *conn) run(ctx context.Context, t *task) {
 	c.sem <- struct{}{}
 	c.running.Add(1)
-	done := make(chan struct{})
-	c.amu.Lock()
-	c.active[t.itt] = done
-	c.amu.Unlock()
 	go func() {
 		defer func() {
-			c.amu.Lock()
-			delete(c.active, t.itt)
-			c.amu.Unlock()
-			close(done)
 			<-c.sem
 			c.running.Done()
 		}()

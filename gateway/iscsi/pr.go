@@ -12,16 +12,7 @@ import (
 // Persistent reservations (SPC-4 §5.13, PERSISTENT RESERVE IN/OUT) and
 // the older RESERVE/RELEASE(6/10). State is per volume, in the unit.
 
-var (
-	senseParamLength       = sense{0x05, 0x1a, 0x00}
-	senseInvalidParam      = sense{0x05, 0x26, 0x00}
-	senseInvalidRelease    = sense{0x05, 0x26, 0x04}
-	senseResPreempted      = sense{0x06, 0x2a, 0x03}
-	senseResReleased       = sense{0x06, 0x2a, 0x04}
-	senseRegPreempted      = sense{0x06, 0x2a, 0x05}
-	senseCapacityChanged   = sense{0x06, 0x2a, 0x09}
-	resultReservationClash = result{status: statusResConflict}
-)
+var resultReservationClash = result{status: statusResConflict}
 
 // prIn answers PERSISTENT RESERVE IN.
 func (l *lu) prIn(cdb []byte) result {
@@ -149,7 +140,7 @@ func (l *lu) prOutLocked(cdb, data []byte) result {
 		case saKey != 0:
 			u.regs[me] = saKey
 		case registered:
-			l.unregister(me)
+			u.unregister(me)
 		default:
 			return result{} // unregistering an unregistered nexus does nothing
 		}
@@ -244,8 +235,7 @@ func (l *lu) preempt(saKey uint64, typ byte) result {
 
 // unregister removes nexus's registration, and the reservation it alone
 // held. Callers hold u.mu.
-func (l *lu) unregister(nexus string) {
-	u := l.u
+func (u *unit) unregister(nexus string) {
 	delete(u.regs, nexus)
 	if u.res == nil {
 		return

@@ -52,6 +52,14 @@ var (
 	senseInternal      = sense{0x04, 0x44, 0x00} // internal target failure
 	senseMiscompare    = sense{0x0e, 0x1d, 0x00}
 	senseDataPhase     = sense{0x0b, 0x4b, 0x00} // aborted command: data phase error
+	senseParamLength   = sense{0x05, 0x1a, 0x00}
+	senseInvalidParam  = sense{0x05, 0x26, 0x00}
+	// Persistent reservations and unit attentions.
+	senseInvalidRelease  = sense{0x05, 0x26, 0x04}
+	senseResPreempted    = sense{0x06, 0x2a, 0x03}
+	senseResReleased     = sense{0x06, 0x2a, 0x04}
+	senseRegPreempted    = sense{0x06, 0x2a, 0x05}
+	senseCapacityChanged = sense{0x06, 0x2a, 0x09}
 )
 
 // result is a command's outcome: data for the initiator (reads), status
@@ -112,29 +120,29 @@ func ioErr(err error, write bool) result {
 
 func (l *lu) blocks() uint64 { return uint64(l.dev.Size()) / blockSize }
 
-// rw decodes the LBA, block count and FUA bit of READ/WRITE 6/10/12/16.
+// rw decodes the LBA, block count and FUA bit of a block command by its
+// CDB format (the opcode's group): READ/WRITE/VERIFY/WRITE AND VERIFY,
+// WRITE SAME, PRE-FETCH and SYNCHRONIZE CACHE all share them.
 func rw(cdb []byte) (lba uint64, n uint32, fua bool) {
-	switch cdb[0] {
-	case 0x08, 0x0a: // 6-byte
+	switch cdb[0] >> 5 {
+	case 0: // 6-byte (READ/WRITE(6): 0 blocks means 256)
 		lba = uint64(cdb[1]&0x1f)<<16 | uint64(cdb[2])<<8 | uint64(cdb[3])
 		n = uint32(cdb[4])
 		if n == 0 {
 			n = 256
 		}
-	case 0x28, 0x2a, 0x2e, 0x2f: // 10-byte
+		return lba, n, false
+	case 1, 2: // 10-byte
 		lba = uint64(binary.BigEndian.Uint32(cdb[2:]))
 		n = uint32(binary.BigEndian.Uint16(cdb[7:]))
-		fua = cdb[1]&0x08 != 0
-	case 0xa8, 0xaa, 0xae, 0xaf: // 12-byte
+	case 5: // 12-byte
 		lba = uint64(binary.BigEndian.Uint32(cdb[2:]))
 		n = binary.BigEndian.Uint32(cdb[6:])
-		fua = cdb[1]&0x08 != 0
 	default: // 16-byte
 		lba = binary.BigEndian.Uint64(cdb[2:])
 		n = binary.BigEndian.Uint32(cdb[10:])
-		fua = cdb[1]&0x08 != 0
 	}
-	return lba, n, fua
+	return lba, n, cdb[1]&0x08 != 0
 }
 
 func (l *lu) inRange(lba uint64, n uint32) bool {
@@ -217,11 +225,20 @@ var opTable = []opInfo{
 // byte 1.
 func hasServiceAction(op byte) bool { return op == 0x5e || op == 0x5f || op == 0x9e || op == 0xa3 }
 
-// lookupOp finds the table entry for a CDB, or nil.
-func lookupOp(op, sa byte) *opInfo {
+// opIndex holds opTable's entries by opcode, so that finding a command
+// costs one array index (and, for service actions, a short scan).
+var opIndex = func() (idx [256][]*opInfo) {
 	for i := range opTable {
 		o := &opTable[i]
-		if o.op == op && (!o.hasSA || o.sa == sa) {
+		idx[o.op] = append(idx[o.op], o)
+	}
+	return idx
+}()
+
+// lookupOp finds the table entry for a CDB, or nil.
+func lookupOp(op, sa byte) *opInfo {
+	for _, o := range opIndex[op] {
+		if !o.hasSA || o.sa == sa {
 			return o
 		}
 	}
@@ -258,18 +275,8 @@ func (l *lu) exec(ctx context.Context, lun uint64, cdb []byte, data []byte, edtl
 			return check(senseInvalidField)
 		}
 	}
-	switch op {
-	case api.INQUIRY, api.REPORT_LUNS:
-	case api.REQUEST_SENSE:
-		s, _ := l.u.attention(l.nexus)
-		return result{data: s.bytes()[:min(18, int(cdb[4]))]}
-	default:
-		if s, ok := l.u.attention(l.nexus); ok {
-			return check(s)
-		}
-	}
-	if l.u.conflict(l.nexus, cdb[0], info.cls) {
-		return resultReservationClash
+	if r, stop := l.u.admit(l.nexus, cdb, info.cls); stop {
+		return r
 	}
 	switch op {
 	case api.TEST_UNIT_READY, api.START_STOP, api.ALLOW_MEDIUM_REMOVAL:
@@ -319,13 +326,7 @@ func (l *lu) exec(ctx context.Context, lun uint64, cdb []byte, data []byte, edtl
 	case api.VERIFY_10, api.VERIFY_16, api.VERIFY_12:
 		return l.verify(ctx, cdb, data)
 	case api.PRE_FETCH_10, api.PRE_FETCH_16, api.SYNCHRONIZE_CACHE, api.SYNCHRONIZE_CACHE_16:
-		var lba uint64
-		var n uint32
-		if cdb[0] == byte(api.PRE_FETCH_10) || cdb[0] == byte(api.SYNCHRONIZE_CACHE) {
-			lba, n = uint64(binary.BigEndian.Uint32(cdb[2:])), uint32(binary.BigEndian.Uint16(cdb[7:]))
-		} else {
-			lba, n = binary.BigEndian.Uint64(cdb[2:]), binary.BigEndian.Uint32(cdb[10:])
-		}
+		lba, n, _ := rw(cdb)
 		if !l.inRange(lba, n) {
 			return check(senseLBARange)
 		}
@@ -673,15 +674,7 @@ func (l *lu) unmap(ctx context.Context, cdb []byte, data []byte) result {
 }
 
 func (l *lu) writeSame(ctx context.Context, cdb []byte, data []byte, edtl int) result {
-	var lba uint64
-	var n uint32
-	if cdb[0] == byte(api.WRITE_SAME) {
-		lba = uint64(binary.BigEndian.Uint32(cdb[2:]))
-		n = uint32(binary.BigEndian.Uint16(cdb[7:]))
-	} else {
-		lba = binary.BigEndian.Uint64(cdb[2:])
-		n = binary.BigEndian.Uint32(cdb[10:])
-	}
+	lba, n, _ := rw(cdb)
 	if n == 0 {
 		n = uint32(l.blocks() - min(lba, l.blocks()))
 	}

@@ -166,23 +166,38 @@ func (u *unit) reset() {
 	u.spc2 = ""
 }
 
-// attention returns the unit attention due to nexus before it may run a
-// command, removing it, or false. A capacity change since the nexus last
-// looked is reported once as CAPACITY DATA HAS CHANGED.
-func (u *unit) attention(nexus string) (sense, bool) {
+// admit decides, under one lock, whether nexus may run cdb now: a
+// pending unit attention (a capacity change since the nexus last looked is
+// reported once as CAPACITY DATA HAS CHANGED) answers any command but
+// INQUIRY, REPORT LUNS and REQUEST SENSE, which returns it as its data;
+// then the reservations decide. stop is true when r is the answer.
+func (u *unit) admit(nexus string, cdb []byte, cls int) (r result, stop bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	switch cdb[0] {
+	case 0x12, 0xa0: // INQUIRY, REPORT LUNS: never held up
+		return result{}, false
+	}
 	size := u.dev.Size()
 	if seen, ok := u.sizes[nexus]; ok && seen != size {
 		u.ua[nexus] = append(u.ua[nexus], senseCapacityChanged)
 	}
 	u.sizes[nexus] = size
-	q := u.ua[nexus]
-	if len(q) == 0 {
-		return sense{}, false
+	var s sense
+	pending := len(u.ua[nexus]) > 0
+	if pending {
+		s, u.ua[nexus] = u.ua[nexus][0], u.ua[nexus][1:]
 	}
-	u.ua[nexus] = q[1:]
-	return q[0], true
+	if cdb[0] == 0x03 { // REQUEST SENSE
+		return result{data: s.bytes()[:min(18, int(cdb[4]))]}, true
+	}
+	if pending {
+		return check(s), true
+	}
+	if u.conflictLocked(nexus, cdb[0], cls) {
+		return resultReservationClash, true
+	}
+	return result{}, false
 }
 
 // tellOthers queues a unit attention for every nexus in nexuses except
@@ -202,11 +217,9 @@ const (
 	accessWrite         // allowed only to holders
 )
 
-// conflict reports whether nexus may not run a command of class cls (and
-// opcode op) under the reservations held now.
-func (u *unit) conflict(nexus string, op byte, cls int) bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
+// conflictLocked reports whether nexus may not run a command of class cls
+// (and opcode op) under the reservations held now. Callers hold u.mu.
+func (u *unit) conflictLocked(nexus string, op byte, cls int) bool {
 	if u.spc2 != "" && u.spc2 != nexus {
 		switch op {
 		case 0x12, 0xa0, 0x03, 0x17, 0x57: // INQUIRY, REPORT LUNS, REQUEST SENSE, RELEASE(6/10)
