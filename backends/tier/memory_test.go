@@ -12,8 +12,9 @@ import (
 	"github.com/ferry-io/ferry/backends/store"
 )
 
-// A fully written 1 TiB volume with 4 MiB chunks (262,144 objects) costs
-// well under 64 MiB of memory once open.
+// A fully written 1 TiB volume with 4 MiB chunks (262,144 objects) and
+// the most overlays compaction allows costs under 64 MiB of memory once
+// open.
 func TestMemoryPerTiB(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
@@ -31,6 +32,13 @@ func TestMemoryPerTiB(t *testing.T) {
 	w := bufio.NewWriter(f)
 	for i := range int64(tib / cs) {
 		fmt.Fprintf(w, "put %d %s\n", i, chunkKey(i, uint64(i+1)))
+	}
+	// And as many overlays as compaction lets the volume keep.
+	probe := &Device{meta: m}
+	probe.cfg.ChunkSize = cs
+	for i := range probe.overlayCap() {
+		o := overlay{log: tib/cs + 1 + uint64(i/2048), logOff: uint32(i%2048) * 4096, off: uint32(i%1024) * 4096, length: 4096}
+		w.WriteString(ovlRecord(int64(i)%(tib/cs), o))
 	}
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
@@ -50,7 +58,7 @@ func TestMemoryPerTiB(t *testing.T) {
 	}
 	defer d.Close()
 	used := heap() - before
-	t.Logf("1 TiB fully written, 4 MiB chunks: %.1f MiB of heap", float64(used)/(1<<20))
+	t.Logf("1 TiB fully written, 4 MiB chunks, %d overlays: %.1f MiB of heap", d.objects.n, float64(used)/(1<<20))
 	if st := d.TierStats(); st.StoredChunks != tib/cs {
 		t.Fatalf("opened with %d objects", st.StoredChunks)
 	}

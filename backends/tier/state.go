@@ -81,11 +81,77 @@ func (m meta) save(dir string) error {
 	return writeFileAtomic(filepath.Join(dir, "meta.json"), b)
 }
 
+// objectMap is where each stored chunk lives: its newest base object
+// version and the overlays applied over it, in order.
+type objectMap struct {
+	base     map[int64]uint64
+	overlays map[int64][]overlay
+	n        int // overlays in total
+}
+
+func newObjectMap() *objectMap {
+	return &objectMap{base: map[int64]uint64{}, overlays: map[int64][]overlay{}}
+}
+
+// stored reports whether chunk idx has content in the store.
+func (m *objectMap) stored(idx int64) bool {
+	_, b := m.base[idx]
+	return b || len(m.overlays[idx]) > 0
+}
+
+// put makes version seq chunk idx's base, replacing its overlays.
+func (m *objectMap) put(idx int64, seq uint64) {
+	m.base[idx] = seq
+	m.clearOverlays(idx)
+}
+
+func (m *objectMap) overlay(idx int64, o overlay) {
+	m.overlays[idx] = append(m.overlays[idx], o)
+	m.n++
+}
+
+func (m *objectMap) clearOverlays(idx int64) {
+	m.n -= len(m.overlays[idx])
+	delete(m.overlays, idx)
+}
+
+// drop makes chunk idx all zeroes.
+func (m *objectMap) drop(idx int64) {
+	delete(m.base, idx)
+	m.clearOverlays(idx)
+}
+
+// indexes returns every chunk with content in the store.
+func (m *objectMap) indexes() []int64 {
+	out := make([]int64, 0, len(m.base))
+	for idx := range m.base {
+		out = append(out, idx)
+	}
+	for idx := range m.overlays {
+		if _, b := m.base[idx]; !b {
+			out = append(out, idx)
+		}
+	}
+	return out
+}
+
+// baseKey is chunk idx's base object key, or "" for zeroes.
+func (m *objectMap) baseKey(idx int64) string {
+	if seq, ok := m.base[idx]; ok {
+		return chunkKey(idx, seq)
+	}
+	return ""
+}
+
+func ovlRecord(idx int64, o overlay) string {
+	return fmt.Sprintf("ovl %d %s %d %d %d\n", idx, logKey(o.log), o.logOff, o.off, o.length)
+}
+
 // loadObjects replays objects.log. A torn last line (crash while
 // appending) is ignored: its record was never fsynced, so nothing relied
 // on it.
-func loadObjects(dir string) (map[int64]uint64, error) {
-	objs := map[int64]uint64{}
+func loadObjects(dir string, chunkSize int64) (*objectMap, error) {
+	objs := newObjectMap()
 	f, err := os.Open(filepath.Join(dir, "objects.log"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return objs, nil
@@ -117,18 +183,34 @@ func loadObjects(dir string) (map[int64]uint64, error) {
 			if !ok {
 				return nil, fmt.Errorf("objects.log: chunk %d: key %q is not this chunk's", idx, fields[2])
 			}
-			objs[idx] = seq
+			objs.put(idx, seq)
+		case fields[0] == "ovl" && len(fields) == 6:
+			var o Overlay
+			o.Log = fields[2]
+			_, e1 := fmt.Sscan(fields[3], &o.LogOffset)
+			_, e2 := fmt.Sscan(fields[4], &o.Offset)
+			_, e3 := fmt.Sscan(fields[5], &o.Length)
+			ov, err := o.private(chunkSize)
+			if e1 != nil || e2 != nil || e3 != nil || err != nil {
+				return nil, fmt.Errorf("objects.log: chunk %d: bad overlay %q", idx, strings.TrimSpace(line))
+			}
+			objs.overlay(idx, ov)
 		case fields[0] == "drop":
-			delete(objs, idx)
+			objs.drop(idx)
 		}
 	}
 }
 
 // rewriteObjects compacts the journal to one line per object.
-func rewriteObjects(dir string, objs map[int64]uint64) error {
+func rewriteObjects(dir string, objs *objectMap) error {
 	var sb strings.Builder
-	for idx, seq := range objs {
+	for idx, seq := range objs.base {
 		fmt.Fprintf(&sb, "put %d %s\n", idx, chunkKey(idx, seq))
+	}
+	for idx, ovs := range objs.overlays {
+		for _, o := range ovs {
+			sb.WriteString(ovlRecord(idx, o))
+		}
 	}
 	return writeFileAtomic(filepath.Join(dir, "objects.log"), []byte(sb.String()))
 }

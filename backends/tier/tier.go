@@ -68,8 +68,8 @@ type Config struct {
 const DefaultChunkSize = 4 << 20
 
 // chunk is one cached chunk. mu is held shared by reads and writes (pread
-// and pwrite are safe together) and exclusively to snapshot, move or evict
-// the file.
+// and pwrite are safe together) and exclusively to snapshot, move,
+// complete or evict the file.
 type chunk struct {
 	idx       int64
 	mu        sync.RWMutex
@@ -77,9 +77,18 @@ type chunk struct {
 	dirty     bool // under mu (write) or d.mu: has writes not uploaded
 	uploading bool // under d.mu: an uploader holds it
 	gone      bool // under mu: evicted; look the chunk up again
-	ver       atomic.Uint64
-	lastUse   atomic.Int64
-	written   atomic.Int64 // bytes written since its last upload began
+	// full is set (under mu and d.mu) when the file holds the whole
+	// chunk; a partial chunk holds only the bytes in ext.
+	full bool
+	// ext and mapf track the writes of a chunk cached partially (and of
+	// one completed since, until it uploads): ext in memory, mapf in
+	// dirty/I.map. Set at creation or under mu.
+	ext     *extents
+	mapf    *os.File
+	charge  atomic.Int64 // bytes of the cache budget the chunk holds
+	ver     atomic.Uint64
+	lastUse atomic.Int64
+	written atomic.Int64 // bytes written since its last upload began
 }
 
 // Device is a tiered volume.
@@ -96,7 +105,7 @@ type Device struct {
 	meta      meta
 	seq       uint64 // next object version to hand out
 	chunks    map[int64]*chunk
-	objects   map[int64]uint64    // chunk index → version (sequence) of its newest upload
+	objects   *objectMap          // where each stored chunk lives
 	inflight  map[uint64]struct{} // versions handed out whose upload is not journaled yet
 	unflushed map[*chunk]struct{}
 	journal   *os.File
@@ -176,7 +185,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		}
 	}
 	cfg.ChunkSize = m.ChunkSize
-	objs, err := loadObjects(cfg.Dir)
+	objs, err := loadObjects(cfg.Dir, cfg.ChunkSize)
 	if err != nil {
 		return nil, fmt.Errorf("tier: objects journal: %w", err)
 	}
@@ -209,18 +218,22 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("tier: %w", err)
 	}
 	for _, e := range ents {
+		if idx, ok := isMapName(e.Name()); ok {
+			if _, err := os.Stat(filepath.Join(cfg.Dir, "dirty", chunkName(idx))); err != nil {
+				os.Remove(filepath.Join(cfg.Dir, "dirty", e.Name())) // its chunk uploaded
+			}
+			continue
+		}
 		idx, err := strconv.ParseInt(e.Name(), 10, 64)
 		if err != nil {
 			continue // a temporary file
 		}
-		dev, err := local.Open(filepath.Join(cfg.Dir, "dirty", e.Name()))
+		c, err := d.openDirty(idx)
 		if err != nil {
 			return nil, fmt.Errorf("tier: chunk %d: %w", idx, err)
 		}
-		c := &chunk{idx: idx, dev: dev, dirty: true}
-		c.ver.Store(1)
 		d.chunks[idx] = c
-		d.cfg.Budget.add(d.chunkSize())
+		d.cfg.Budget.add(c.charge.Load())
 	}
 	d.cfg.Budget.register(d)
 	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -294,6 +307,14 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 				c.mu.RUnlock()
 				continue
 			}
+			if !c.full && c.ext.uncovered(coff, n) > 0 {
+				// Partially cached: fetch the rest under it first.
+				c.mu.RUnlock()
+				if err := d.complete(ctx, c); err != nil && !errors.Is(err, errGone) {
+					return err
+				}
+				continue
+			}
 			err = c.dev.ReadAt(ctx, buf, coff)
 			c.mu.RUnlock()
 			c.lastUse.Store(time.Now().UnixNano())
@@ -336,7 +357,7 @@ func (d *Device) readahead(first, last int64) {
 	d.mu.Lock()
 	var want []int64
 	for idx := last + 1; idx <= last+ahead; idx++ {
-		_, inStore := d.objects[idx]
+		inStore := d.objects.stored(idx)
 		_, cached := d.chunks[idx]
 		_, busy := d.raBusy[idx]
 		if inStore && !cached && !busy {
@@ -369,19 +390,20 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) error {
 	d.gate.RLock()
 	defer d.gate.RUnlock()
 	return d.span(off, int64(len(p)), func(idx, coff, n, done int64) error {
-		return d.modify(ctx, idx, n == d.chunkSize(), func(c *chunk) error {
+		return d.modify(ctx, idx, coff, n, func(c *chunk) error {
 			c.written.Add(n)
 			return c.dev.WriteAt(ctx, p[done:done+n], coff)
 		})
 	})
 }
 
-// modify runs fn on chunk idx made dirty and cached (fetched first unless
-// whole says fn overwrites all of it).
-func (d *Device) modify(ctx context.Context, idx int64, whole bool, fn func(*chunk) error) error {
+// modify runs fn, which writes bytes [coff, coff+n) of chunk idx, on the
+// chunk made dirty and cached: partially if it was not cached, unless fn
+// overwrites all of it.
+func (d *Device) modify(ctx context.Context, idx, coff, n int64, fn func(*chunk) error) error {
 	for {
 		mode := lookupWrite
-		if whole {
+		if n == d.chunkSize() {
 			mode = lookupReplace
 		}
 		c, _, err := d.lookupMode(ctx, idx, mode)
@@ -394,14 +416,35 @@ func (d *Device) modify(ctx context.Context, idx int64, whole bool, fn func(*chu
 			}
 			return err
 		}
+		// A partial chunk grows by the bytes it did not hold.
+		c.mu.RLock()
+		var grow int64
+		if !c.full {
+			grow = c.ext.uncovered(coff, n)
+		}
+		c.mu.RUnlock()
+		if grow > 0 {
+			if err := d.reserve(ctx, grow, false); err != nil {
+				return err
+			}
+		}
 		c.mu.RLock()
 		if c.gone {
 			c.mu.RUnlock()
+			d.cfg.Budget.release(grow)
 			continue
+		}
+		if c.full {
+			d.cfg.Budget.release(grow) // completed meanwhile: charged whole
+		} else {
+			c.charge.Add(grow)
 		}
 		c.ver.Add(1)
 		d.changed.Store(true)
 		err = fn(c)
+		if err == nil && c.mapf != nil {
+			err = c.track(coff, n)
+		}
 		c.mu.RUnlock()
 		c.lastUse.Store(time.Now().UnixNano())
 		d.mu.Lock()
@@ -425,6 +468,11 @@ func (d *Device) markDirty(c *chunk) error {
 	if c.dirty {
 		return nil
 	}
+	// The clean copy was never fsynced; make it durable before dirty/
+	// names it, or a crash could tear the unwritten part of the chunk.
+	if err := c.dev.Flush(context.Background()); err != nil {
+		return fmt.Errorf("chunk %d: %w", c.idx, err)
+	}
 	from := filepath.Join(d.cfg.Dir, "clean", chunkName(c.idx))
 	to := filepath.Join(d.cfg.Dir, "dirty", chunkName(c.idx))
 	if err := os.Rename(from, to); err != nil {
@@ -439,16 +487,17 @@ func (d *Device) markDirty(c *chunk) error {
 
 // lookupMode says what a chunk lookup may do.
 type lookupMode struct {
-	create bool // make an empty cached chunk for a chunk that is all zeroes
-	fetch  bool // fetch the chunk's object (else treat the chunk as new)
-	nowait bool // fail rather than wait for cache space held by dirty chunks
+	create  bool // make an empty cached chunk for a chunk that is all zeroes
+	fetch   bool // fetch the chunk's object (else treat the chunk as new)
+	partial bool // make a partial chunk instead: fetch nothing
+	nowait  bool // fail rather than wait for cache space held by dirty chunks
 }
 
 var (
 	// lookupRead returns nil for a chunk that is all zeroes.
 	lookupRead = lookupMode{fetch: true}
-	// lookupWrite returns the chunk cached, fetched if it has an object.
-	lookupWrite = lookupMode{create: true, fetch: true}
+	// lookupWrite returns the chunk cached, partially if it was not.
+	lookupWrite = lookupMode{create: true, partial: true}
 	// lookupReplace returns the chunk cached, empty if it was not cached:
 	// for a write that replaces all of it.
 	lookupReplace = lookupMode{create: true}
@@ -464,9 +513,9 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 		d.mu.Unlock()
 		return c, true, nil
 	}
-	seq, inStore := d.objects[idx]
+	inStore := d.objects.stored(idx)
+	key, ovs := d.objects.baseKey(idx), slices.Clone(d.objects.overlays[idx])
 	d.mu.Unlock()
-	key := chunkKey(idx, seq)
 	if !mode.fetch {
 		inStore = false
 	}
@@ -480,7 +529,10 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 			return c, nil
 		}
 		d.mu.Unlock()
-		if err := d.reserve(ctx, mode.nowait); err != nil {
+		if mode.partial {
+			return d.newPartial(idx)
+		}
+		if err := d.reserve(ctx, d.chunkSize(), mode.nowait); err != nil {
 			return nil, err
 		}
 		ok := false
@@ -492,14 +544,9 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 		var data []byte
 		dir := "dirty"
 		if inStore {
-			fctx, cancel := context.WithTimeout(ctx, d.cfg.FetchTimeout)
-			b, err := d.cfg.Store.Get(fctx, key)
-			cancel()
+			b, err := d.fetch(ctx, idx, key, ovs)
 			if err != nil {
-				if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, store.ErrUnavailable) {
-					return nil, fmt.Errorf("chunk %d: %w (%v)", idx, device.ErrUnavailable, err)
-				}
-				return nil, fmt.Errorf("chunk %d (%s): %w", idx, key, err)
+				return nil, err
 			}
 			data, dir = b, "clean"
 		}
@@ -515,7 +562,8 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 				return nil, fmt.Errorf("chunk %d: %w", idx, err)
 			}
 		}
-		c := &chunk{idx: idx, dev: dev, dirty: !inStore}
+		c := &chunk{idx: idx, dev: dev, dirty: !inStore, full: true}
+		c.charge.Store(d.chunkSize())
 		c.lastUse.Store(time.Now().UnixNano())
 		ok = true
 		d.mu.Lock()
@@ -536,12 +584,11 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 // errNoRoomAhead is a readahead finding no cache space it may take.
 var errNoRoomAhead = errors.New("no cache space free for readahead")
 
-// reserve takes room for one chunk from the budget, evicting clean
-// chunks (least recently used first, of any volume) or waiting for uploads
-// up to DirtyWait (not at all with nowait).
-func (d *Device) reserve(ctx context.Context, nowait bool) error {
+// reserve takes cs bytes from the budget, evicting clean chunks (least
+// recently used first, of any volume) or waiting for uploads up to
+// DirtyWait (not at all with nowait).
+func (d *Device) reserve(ctx context.Context, cs int64, nowait bool) error {
 	b := d.cfg.Budget
-	cs := d.chunkSize()
 	if b.tryTake(cs) {
 		return nil
 	}
@@ -614,7 +661,7 @@ func (d *Device) evict(victim *chunk) bool {
 	delete(d.unflushed, victim)
 	victim.dev.Close()
 	os.Remove(filepath.Join(d.cfg.Dir, "clean", chunkName(victim.idx)))
-	d.cfg.Budget.release(d.chunkSize())
+	d.cfg.Budget.release(victim.charge.Load())
 	return true
 }
 
@@ -638,6 +685,11 @@ func (d *Device) Flush(ctx context.Context) error {
 		if !c.gone {
 			if err := c.dev.Flush(ctx); err != nil && firstErr == nil {
 				firstErr = err
+			}
+			if c.mapf != nil {
+				if err := c.mapf.Sync(); err != nil && firstErr == nil {
+					firstErr = fmt.Errorf("chunk %d map: %w", c.idx, err)
+				}
 			}
 		}
 		c.mu.RUnlock()
@@ -679,12 +731,12 @@ func (d *Device) zero(ctx context.Context, off, length int64, punch bool) error 
 		}
 		d.mu.Lock()
 		_, cached := d.chunks[idx]
-		_, inStore := d.objects[idx]
+		inStore := d.objects.stored(idx)
 		d.mu.Unlock()
 		if !cached && !inStore {
 			return nil // already zeroes
 		}
-		return d.modify(ctx, idx, false, func(c *chunk) error {
+		return d.modify(ctx, idx, coff, n, func(c *chunk) error {
 			return c.dev.WriteZeroes(ctx, coff, n, punch)
 		})
 	})
@@ -698,10 +750,9 @@ func (d *Device) dropChunk(idx int64) error {
 		d.mu.Lock()
 		c := d.chunks[idx]
 		if c == nil {
-			_, inStore := d.objects[idx]
-			if inStore {
+			if d.objects.stored(idx) {
 				d.changed.Store(true)
-				delete(d.objects, idx)
+				d.objects.drop(idx)
 				err := d.journalLocked(fmt.Sprintf("drop %d\n", idx))
 				d.mu.Unlock()
 				return err
@@ -724,13 +775,14 @@ func (d *Device) dropChunk(idx int64) error {
 		}
 		c.dev.Close()
 		os.Remove(filepath.Join(d.cfg.Dir, dir, chunkName(idx)))
+		c.closeMap(d.cfg.Dir)
 		d.mu.Lock()
 		delete(d.chunks, idx)
 		delete(d.unflushed, c)
-		d.cfg.Budget.release(d.chunkSize())
+		d.cfg.Budget.release(c.charge.Load())
 		var err error
-		if _, inStore := d.objects[idx]; inStore {
-			delete(d.objects, idx)
+		if d.objects.stored(idx) {
+			d.objects.drop(idx)
 			err = d.journalLocked(fmt.Sprintf("drop %d\n", idx))
 		}
 		d.space.Broadcast()
@@ -761,7 +813,7 @@ func (d *Device) Extents(ctx context.Context, off, length int64) ([]device.Exten
 	err := d.span(off, length, func(idx, coff, n, done int64) error {
 		d.mu.Lock()
 		_, cached := d.chunks[idx]
-		_, inStore := d.objects[idx]
+		inStore := d.objects.stored(idx)
 		d.mu.Unlock()
 		var f device.ExtentFlags
 		if !cached && !inStore {
@@ -807,7 +859,7 @@ func (d *Device) Resize(ctx context.Context, size int64) error {
 				idxs = append(idxs, idx)
 			}
 		}
-		for idx := range d.objects {
+		for _, idx := range d.objects.indexes() {
 			if idx >= first {
 				idxs = append(idxs, idx)
 			}
@@ -847,7 +899,10 @@ func (d *Device) Close() error {
 	defer d.mu.Unlock()
 	for _, c := range d.chunks {
 		c.dev.Close()
-		d.cfg.Budget.release(d.chunkSize())
+		if c.mapf != nil {
+			c.mapf.Close()
+		}
+		d.cfg.Budget.release(c.charge.Load())
 	}
 	return d.journal.Close()
 }
@@ -856,7 +911,11 @@ func (d *Device) Close() error {
 func (d *Device) Stats(ctx context.Context) (device.Stats, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return device.Stats{Provisioned: d.meta.Size, Allocated: int64(len(d.chunks)) * d.chunkSize()}, nil
+	var used int64
+	for _, c := range d.chunks {
+		used += c.charge.Load()
+	}
+	return device.Stats{Provisioned: d.meta.Size, Allocated: used}, nil
 }
 
 // TierStats is what `ferry volume info` shows of a tiered volume.
@@ -874,12 +933,12 @@ func (d *Device) TierStats() TierStats {
 	defer d.mu.Unlock()
 	var s TierStats
 	for _, c := range d.chunks {
-		s.CachedBytes += d.chunkSize()
+		s.CachedBytes += c.charge.Load()
 		if c.dirty {
-			s.DirtyBytes += d.chunkSize()
+			s.DirtyBytes += c.charge.Load()
 		}
 	}
-	s.StoredChunks = len(d.objects)
+	s.StoredChunks = len(d.objects.indexes())
 	s.LastCheckpoint = d.lastCkpt
 	if e := d.upErr.Load(); e != nil {
 		s.UploadError = (*e).Error()

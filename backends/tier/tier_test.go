@@ -357,7 +357,7 @@ func TestCollectSparesUploadInFlight(t *testing.T) {
 		t.Fatalf("collect: %v", err)
 	}
 	d.mu.Lock()
-	key := chunkKey(0, d.objects[0])
+	key := chunkKey(0, d.objects.base[0])
 	d.mu.Unlock()
 	got, err := s.Get(ctx, key)
 	if err != nil {

@@ -102,6 +102,18 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 		d.mu.Unlock()
 		d.cfg.Budget.wake() // the chunk may have become evictable
 	}()
+	d.mu.Lock()
+	partial, compact := !c.full && c.dirty, false
+	if partial {
+		compact = d.compactLocked(c)
+	}
+	d.mu.Unlock()
+	switch {
+	case partial && compact:
+		return d.uploadCompact(ctx, c)
+	case partial:
+		return d.uploadLog(ctx, d.gather(c))
+	}
 	// The snapshot excludes writers (they hold mu shared while they bump
 	// the version and write), so its content matches its version.
 	data := make([]byte, d.chunkSize())
@@ -146,7 +158,7 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 	if err := d.journalLocked(fmt.Sprintf("put %d %s\n", c.idx, key)); err != nil {
 		return err
 	}
-	d.objects[c.idx] = seq
+	d.objects.put(c.idx, seq)
 	delete(d.inflight, seq) // journaled: collect now sees it in objects
 	if c.ver.Load() != ver {
 		return nil // written meanwhile: stays dirty, uploads again
@@ -157,6 +169,7 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 		return err
 	}
 	c.dev.SetPath(to)
+	c.closeMap(d.cfg.Dir)
 	c.dirty = false
 	d.space.Broadcast()
 	return nil
@@ -180,8 +193,17 @@ type Manifest struct {
 	Size      int64             `json:"size"`
 	ChunkSize int64             `json:"chunk_size"`
 	Chunks    map[string]string `json:"chunks"` // decimal chunk index → object key
-	Checksum  string            `json:"checksum,omitempty"`
+	// Overlays: decimal chunk index → byte ranges of log objects applied,
+	// in order, over the chunk's object (or zeroes). Format 2 only.
+	Overlays map[string][]Overlay `json:"overlays,omitempty"`
+	Checksum string               `json:"checksum,omitempty"`
 }
+
+// Manifest formats: 1 has whole-chunk objects only; 2 adds overlays.
+const (
+	manifestV1 = "ferry-manifest/1"
+	manifestV2 = "ferry-manifest/2"
+)
 
 func (m Manifest) sum() string {
 	m.Checksum = ""
@@ -269,10 +291,17 @@ func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
 	}
 	d.mu.Lock()
 	d.meta.Manifest++
-	m := Manifest{Format: "ferry-manifest/1", Sequence: d.meta.Manifest, Created: time.Now().UTC(),
-		Size: d.meta.Size, ChunkSize: d.meta.ChunkSize, Chunks: map[string]string{}}
-	for idx, seq := range d.objects {
+	m := Manifest{Format: manifestV2, Sequence: d.meta.Manifest, Created: time.Now().UTC(),
+		Size: d.meta.Size, ChunkSize: d.meta.ChunkSize, Chunks: map[string]string{}, Overlays: map[string][]Overlay{}}
+	for idx, seq := range d.objects.base {
 		m.Chunks[fmt.Sprint(idx)] = chunkKey(idx, seq)
+	}
+	for idx, ovs := range d.objects.overlays {
+		list := make([]Overlay, len(ovs))
+		for i, o := range ovs {
+			list[i] = o.public()
+		}
+		m.Overlays[fmt.Sprint(idx)] = list
 	}
 	d.mu.Unlock()
 	// The manifest is the flush point; writes may go on while it is
@@ -314,8 +343,13 @@ func (d *Device) collect(ctx context.Context) error {
 		bound = min(bound, seq)
 	}
 	keep := map[string]bool{}
-	for idx, seq := range d.objects {
+	for idx, seq := range d.objects.base {
 		keep[chunkKey(idx, seq)] = true
+	}
+	for _, ovs := range d.objects.overlays {
+		for _, o := range ovs {
+			keep[logKey(o.log)] = true
+		}
 	}
 	d.mu.Unlock()
 	var manifests []string
@@ -339,6 +373,11 @@ func (d *Device) collect(ctx context.Context) error {
 		for _, k := range m.Chunks {
 			keep[k] = true
 		}
+		for _, ovs := range m.Overlays {
+			for _, o := range ovs {
+				keep[o.Log] = true
+			}
+		}
 	}
 	var garbage []string
 	if err := d.cfg.Store.List(ctx, "chunks/", func(o store.ObjectInfo) error {
@@ -348,6 +387,14 @@ func (d *Device) collect(ctx context.Context) error {
 			return nil
 		}
 		garbage = append(garbage, o.Key)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := d.cfg.Store.List(ctx, "logs/", func(o store.ObjectInfo) error {
+		if ver, ok := logSeq(o.Key); ok && ver < bound && !keep[o.Key] {
+			garbage = append(garbage, o.Key)
+		}
 		return nil
 	}); err != nil {
 		return err
@@ -390,7 +437,7 @@ func LatestManifest(ctx context.Context, s store.Store) (Manifest, error) {
 			return Manifest{}, err
 		}
 		var m Manifest
-		if json.Unmarshal(b, &m) != nil || m.Format != "ferry-manifest/1" || m.Checksum != m.sum() {
+		if json.Unmarshal(b, &m) != nil || (m.Format != manifestV1 && m.Format != manifestV2) || m.Checksum != m.sum() {
 			continue // torn or foreign: an older one is still good
 		}
 		return m, nil
@@ -403,12 +450,26 @@ func LatestManifest(ctx context.Context, s store.Store) (Manifest, error) {
 // the manifest and the tails of short objects are left as they are. It uses
 // only objects in s.
 func Export(ctx context.Context, s store.Store, m Manifest, w io.WriterAt) error {
-	for i, key := range m.Chunks {
+	idxs := map[string]bool{}
+	for i := range m.Chunks {
+		idxs[i] = true
+	}
+	for i := range m.Overlays {
+		idxs[i] = true
+	}
+	for i := range idxs {
 		var idx int64
 		if _, err := fmt.Sscan(i, &idx); err != nil || idx < 0 || idx*m.ChunkSize >= m.Size {
 			return fmt.Errorf("manifest %d: bad chunk index %q", m.Sequence, i)
 		}
-		b, err := s.Get(ctx, key)
+		ovs := make([]overlay, len(m.Overlays[i]))
+		for k, o := range m.Overlays[i] {
+			var err error
+			if ovs[k], err = o.private(m.ChunkSize); err != nil {
+				return fmt.Errorf("manifest %d: chunk %d: %w", m.Sequence, idx, err)
+			}
+		}
+		b, err := assemble(ctx, s, m.Chunks[i], ovs, m.ChunkSize)
 		if err != nil {
 			return fmt.Errorf("chunk %d: %w", idx, err)
 		}
