@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/local"
 	"github.com/ferry-io/ferry/backends/store"
@@ -150,38 +152,77 @@ func (o Overlay) private(chunkSize int64) (overlay, error) {
 // zeroes when key is empty) with the overlays applied in order. The result
 // may be shorter than the chunk: the rest is zeroes.
 func assemble(ctx context.Context, s store.Store, key string, ovs []overlay, chunkSize int64) ([]byte, error) {
-	var data []byte
-	if key != "" {
-		b, err := s.Get(ctx, key)
-		if err != nil {
-			return nil, err
-		}
-		data = b[:min(int64(len(b)), chunkSize)]
+	buf := make([]byte, chunkSize)
+	if err := readChunkRange(ctx, s, key, ovs, 0, buf); err != nil {
+		return nil, err
 	}
-	for _, o := range ovs {
-		b, err := s.GetRange(ctx, logKey(o.log), int64(o.logOff), int64(o.length))
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", logKey(o.log), err)
-		}
-		if len(b) != int(o.length) {
-			return nil, fmt.Errorf("%s: %d bytes at %d, want %d", logKey(o.log), len(b), o.logOff, o.length)
-		}
-		if end := int(o.off + o.length); end > len(data) {
-			data = append(data, make([]byte, end-len(data))...)
-		}
-		copy(data[o.off:], b)
-	}
-	return data, nil
+	return trimZeroTail(buf), nil
 }
 
-// isMapName reports whether a dirty/ entry is a map file.
-func isMapName(name string) (int64, bool) {
-	base, ok := strings.CutSuffix(name, ".map")
-	if !ok {
-		return 0, false
+// readChunkRange fills buf with bytes [lo, lo+len(buf)) of a chunk whose
+// base object is key ("" for zeroes) under overlays ovs. It costs one
+// request for the base and one per log object the range meets (a chunk's
+// ranges in one log object are stored together), run concurrently.
+func readChunkRange(ctx context.Context, s store.Store, key string, ovs []overlay, lo int64, buf []byte) error {
+	hi := lo + int64(len(buf))
+	clear(buf)
+	// The log bytes needed, per log object: [from, to).
+	type need struct{ from, to int64 }
+	needs := map[uint64]*need{}
+	var order []uint64
+	for _, o := range ovs {
+		a, b := max(int64(o.off), lo), min(int64(o.off)+int64(o.length), hi)
+		if a >= b {
+			continue
+		}
+		la, lb := int64(o.logOff)+a-int64(o.off), int64(o.logOff)+b-int64(o.off)
+		if n := needs[o.log]; n != nil {
+			n.from, n.to = min(n.from, la), max(n.to, lb)
+		} else {
+			needs[o.log] = &need{la, lb}
+			order = append(order, o.log)
+		}
 	}
-	idx, err := strconv.ParseInt(base, 10, 64)
-	return idx, err == nil
+	pieces := make([][]byte, len(order))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	if key != "" {
+		g.Go(func() error {
+			b, err := s.GetRange(gctx, key, lo, hi-lo)
+			copy(buf, b) // a short object reads as zeroes past its end
+			return err
+		})
+	}
+	for i, seq := range order {
+		g.Go(func() error {
+			n := needs[seq]
+			b, err := s.GetRange(gctx, logKey(seq), n.from, n.to-n.from)
+			if err != nil {
+				return fmt.Errorf("%s: %w", logKey(seq), err)
+			}
+			if int64(len(b)) != n.to-n.from {
+				return fmt.Errorf("%s: %d bytes at %d, want %d", logKey(seq), len(b), n.from, n.to-n.from)
+			}
+			pieces[i] = b
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	at := make(map[uint64][]byte, len(order))
+	for i, seq := range order {
+		at[seq] = pieces[i]
+	}
+	for _, o := range ovs {
+		a, b := max(int64(o.off), lo), min(int64(o.off)+int64(o.length), hi)
+		if a >= b {
+			continue
+		}
+		la := int64(o.logOff) + a - int64(o.off) - needs[o.log].from
+		copy(buf[a-lo:b-lo], at[o.log][la:])
+	}
+	return nil
 }
 
 // covered is the number of bytes in the set.
@@ -570,4 +611,14 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	delete(d.inflight, seq)
 	d.dropUploadedLocked(c, ver)
 	return nil
+}
+
+// isMapName reports whether a dirty/ entry is a map file, and whose.
+func isMapName(name string) (int64, bool) {
+	base, ok := strings.CutSuffix(name, ".map")
+	if !ok {
+		return 0, false
+	}
+	idx, err := strconv.ParseInt(base, 10, 64)
+	return idx, err == nil
 }

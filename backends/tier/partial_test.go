@@ -261,3 +261,47 @@ func TestExtents(t *testing.T) {
 		t.Fatalf("covered %d", e.covered())
 	}
 }
+
+// Random reads of chunks that are not cached read only their range from
+// the store; a chunk read that way twice is then fetched and cached.
+func TestRandomReadsReadThrough(t *testing.T) {
+	ctx := context.Background()
+	cs := &countingStore{Store: store.NewMem()}
+	d := fillAndReopen(t, 32, Config{Store: cs, CacheBytes: 1 << 20})
+	m := make(model, 32*testChunk)
+	for i := range 32 {
+		copy(m[i*testChunk:], pattern(testChunk, byte(i)))
+	}
+	// Overlays on some chunks, so ranges are assembled from both.
+	for i := range 8 {
+		m.write(t, d, pattern(3000, byte(200+i)), int64(i*4)*testChunk+int64(i)*1000)
+	}
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := d.TierStats(); st.CachedBytes != 0 {
+		t.Fatalf("cache holds %d bytes after uploading partial chunks", st.CachedBytes)
+	}
+	order := []int{5, 17, 0, 28, 9, 12, 24, 3, 20, 8, 31, 14}
+	got := make([]byte, 6000)
+	for _, i := range order {
+		off := int64(i)*testChunk + int64(i)*700
+		if err := d.ReadAt(ctx, got, off); err != nil || !bytes.Equal(got, m[off:off+6000]) {
+			t.Fatalf("read chunk %d: %v", i, err)
+		}
+	}
+	if st := d.TierStats(); st.CachedBytes != 0 {
+		t.Fatalf("random reads cached %d bytes", st.CachedBytes)
+	}
+	// Read again: now they are cached.
+	for _, i := range order[:3] {
+		off := int64(i) * testChunk
+		if err := d.ReadAt(ctx, got, off); err != nil || !bytes.Equal(got, m[off:off+6000]) {
+			t.Fatalf("second read of chunk %d: %v", i, err)
+		}
+	}
+	if st := d.TierStats(); st.CachedBytes != 3*testChunk {
+		t.Fatalf("cache holds %d bytes after second reads of 3 chunks", st.CachedBytes)
+	}
+	m.check(t, d, cs)
+}

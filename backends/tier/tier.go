@@ -126,6 +126,7 @@ type Device struct {
 	raNext int64              // chunk a sequential reader reads next
 	raRun  int                // chunks read in sequence so far
 	raBusy map[int64]struct{} // chunks being read ahead
+	missed ghosts             // chunks recently read through: cache them next time
 }
 
 var (
@@ -294,6 +295,9 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 		buf := p[done : done+n]
 		last = idx
 		for {
+			if done, err := d.readThrough(ctx, idx, coff, buf); done || err != nil {
+				return err
+			}
 			c, cached, err := d.lookupMode(ctx, idx, lookupRead)
 			if err != nil {
 				return err

@@ -1,0 +1,98 @@
+package tier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/backends/store"
+)
+
+// A random read of a chunk that is not cached reads just its range from
+// the store (the base object's range and the overlays that meet it)
+// instead of fetching the whole chunk into the cache: a reader scattered
+// over more data than the cache holds would otherwise fetch a chunk per
+// read and evict what it fetched before reading it again. A chunk read
+// through twice within a while, or read by a sequential reader, is
+// fetched and cached as before.
+
+// ghosts remembers recently read-through chunks, oldest out first.
+type ghosts struct {
+	set  map[int64]struct{}
+	ring []int64
+	next int
+}
+
+// seen records idx and reports whether it was already there.
+func (g *ghosts) seen(idx int64, size int) bool {
+	if _, ok := g.set[idx]; ok {
+		return true
+	}
+	if g.set == nil || cap(g.ring) != size {
+		g.set, g.ring, g.next = map[int64]struct{}{}, make([]int64, 0, size), 0
+	}
+	if len(g.ring) < size {
+		g.ring = append(g.ring, idx)
+	} else {
+		delete(g.set, g.ring[g.next])
+		g.ring[g.next] = idx
+		g.next = (g.next + 1) % size
+	}
+	g.set[idx] = struct{}{}
+	return false
+}
+
+// readThrough serves a read of bytes [coff, coff+len(buf)) of chunk idx
+// straight from the store when the chunk is not cached, is stored, and
+// is read neither sequentially nor for the second time lately. done
+// says whether it did.
+func (d *Device) readThrough(ctx context.Context, idx, coff int64, buf []byte) (done bool, err error) {
+	if d.cfg.Readahead < 0 {
+		return false, nil // no read-pattern tracking: keep whole-chunk fetches
+	}
+	d.raMu.Lock()
+	sequential := idx >= d.raNext-2 && idx <= d.raNext
+	d.raMu.Unlock()
+	if sequential {
+		return false, nil
+	}
+	for attempt := 0; ; attempt++ {
+		d.mu.Lock()
+		_, cached := d.chunks[idx]
+		stored := d.objects.stored(idx)
+		key, ovs := d.objects.baseKey(idx), slices.Clone(d.objects.overlays[idx])
+		ghost := cached || !stored || d.missed.seen(idx, d.ghostCount())
+		d.mu.Unlock()
+		if ghost {
+			return false, nil
+		}
+		err := d.readRange(ctx, key, ovs, coff, buf)
+		if errors.Is(err, store.ErrNotFound) && attempt < 3 {
+			continue // replaced and collected since the map was read
+		}
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, store.ErrUnavailable) {
+				return true, fmt.Errorf("chunk %d: %w (%v)", idx, device.ErrUnavailable, err)
+			}
+			return true, fmt.Errorf("chunk %d: %w", idx, err)
+		}
+		d.cfg.Metrics.miss()
+		return true, nil
+	}
+}
+
+// ghostCount is how many read-through chunks are remembered: twice what
+// the cache holds.
+func (d *Device) ghostCount() int {
+	return int(max(64, 2*d.cfg.Budget.Limit()/d.chunkSize()))
+}
+
+// readRange reads bytes [coff, coff+len(buf)) of a chunk whose base
+// object is key ("" for zeroes) under overlays ovs, within FetchTimeout.
+func (d *Device) readRange(ctx context.Context, key string, ovs []overlay, coff int64, buf []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.FetchTimeout)
+	defer cancel()
+	return readChunkRange(ctx, d.cfg.Store, key, ovs, coff, buf)
+}
