@@ -201,10 +201,13 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(store.ObjectInf
 }
 
 func isInvalidRange(err error) bool {
-	if minio.ToErrorResponse(err).Code == "InvalidRange" {
+	var er minio.ErrorResponse
+	if errors.As(err, &er) && (er.Code == "InvalidRange" || er.StatusCode == http.StatusRequestedRangeNotSatisfiable) {
 		return true
 	}
-	return strings.Contains(err.Error(), "InvalidRange") || strings.Contains(err.Error(), "range is not satisfiable")
+	msg := err.Error()
+	return strings.Contains(msg, "InvalidRange") || strings.Contains(msg, "range is not satisfiable") ||
+		strings.Contains(msg, "Range Not Satisfiable")
 }
 
 // wrap classifies a minio-go error into the store sentinels.
