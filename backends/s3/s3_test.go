@@ -1,12 +1,17 @@
 package s3
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/minio/minio-go/v7"
 
 	"github.com/ferry-io/ferry/backends/store"
 	"github.com/ferry-io/ferry/backends/storetest"
@@ -74,5 +79,41 @@ func TestCheckClassifiesFailures(t *testing.T) {
 		if _, err := New(bad); err == nil {
 			t.Errorf("New(%v) accepted a bad config", bad)
 		}
+	}
+}
+
+// A body that does not match its CRC32C is refused by the server, and an
+// object corrupted at rest fails Get instead of returning wrong data.
+func TestChecksumsCatchCorruption(t *testing.T) {
+	srv := testutil.StartS3(t)
+	bucket := srv.Bucket("ferry-crc")
+	s, err := New(Config{Endpoint: srv.Endpoint, Bucket: bucket, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	data := []byte(strings.Repeat("ferry chunk data ", 4096))
+	po := minio.PutObjectOptions{DisableMultipart: true, DisableContentSha256: true,
+		UserMetadata: map[string]string{"x-amz-checksum-crc32c": crc32c([]byte("something else"))}}
+	if _, err := s.client.PutObject(ctx, bucket, "bad", bytes.NewReader(data), int64(len(data)), po); err == nil {
+		t.Fatal("server took a body that does not match its CRC32C")
+	}
+	if err := s.Put(ctx, "good", data, store.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(ctx, "good"); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("get: %v, equal %v", err, bytes.Equal(got, data))
+	}
+	path := filepath.Join(srv.Dir, bucket, "good")
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("X"), 1000); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if got, err := s.Get(ctx, "good"); err == nil {
+		t.Fatalf("get of a corrupted object succeeded (%d bytes, equal %v)", len(got), bytes.Equal(got, data))
 	}
 }

@@ -13,8 +13,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
 	"flag"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net/url"
 	"os"
@@ -31,18 +34,19 @@ func main() {
 	size := flag.Int64("size", 4<<20, "object size in bytes")
 	count := flag.Int("count", 256, "number of objects")
 	conc := flag.Int("concurrency", 4, "requests in flight")
+	crc := flag.Bool("crc32c", false, "put as backends/s3 does (unsigned body, CRC32C header) and check it on get")
 	flag.Parse()
 	if flag.NArg() != 1 || (flag.Arg(0) != "put" && flag.Arg(0) != "get") {
 		fmt.Fprintln(os.Stderr, "usage: s3raw [flags] put|get")
 		os.Exit(2)
 	}
-	if err := run(context.Background(), *endpoint, *bucket, *size, *count, *conc, flag.Arg(0)); err != nil {
+	if err := run(context.Background(), *endpoint, *bucket, *size, *count, *conc, *crc, flag.Arg(0)); err != nil {
 		fmt.Fprintln(os.Stderr, "s3raw:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, endpoint, bucket string, size int64, count, conc int, op string) error {
+func run(ctx context.Context, endpoint, bucket string, size int64, count, conc int, crc bool, op string) error {
 	u, err := url.Parse(endpoint)
 	if err != nil {
 		return err
@@ -50,12 +54,21 @@ func run(ctx context.Context, endpoint, bucket string, size int64, count, conc i
 	c, err := minio.New(u.Host, &minio.Options{
 		Creds:  credentials.NewStaticV4(os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY"), ""),
 		Secure: u.Scheme == "https",
+		// Needed for the x-amz-checksum-crc32c header; off by default, as
+		// minio-go then signs the body with SHA-256 over plain HTTP.
+		TrailingHeaders: crc,
 	})
 	if err != nil {
 		return err
 	}
 	data := make([]byte, size)
 	rand.Read(data)
+	var po minio.PutObjectOptions
+	if crc {
+		sum := crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli))
+		po.DisableContentSha256 = true
+		po.UserMetadata = map[string]string{"x-amz-checksum-crc32c": base64.StdEncoding.EncodeToString(binary.BigEndian.AppendUint32(nil, sum))}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(conc)
 	start := time.Now()
@@ -63,10 +76,10 @@ func run(ctx context.Context, endpoint, bucket string, size int64, count, conc i
 		key := fmt.Sprintf("raw/%08d", i)
 		g.Go(func() error {
 			if op == "put" {
-				_, err := c.PutObject(gctx, bucket, key, bytes.NewReader(data), size, minio.PutObjectOptions{})
+				_, err := c.PutObject(gctx, bucket, key, bytes.NewReader(data), size, po)
 				return err
 			}
-			o, err := c.GetObject(gctx, bucket, key, minio.GetObjectOptions{})
+			o, err := c.GetObject(gctx, bucket, key, minio.GetObjectOptions{Checksum: crc})
 			if err != nil {
 				return err
 			}
