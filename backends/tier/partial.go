@@ -152,8 +152,21 @@ func (o Overlay) private(chunkSize int64) (overlay, error) {
 // zeroes when key is empty) with the overlays applied in order. The result
 // may be shorter than the chunk: the rest is zeroes.
 func assemble(ctx context.Context, s store.Store, key string, ovs []overlay, chunkSize int64) ([]byte, error) {
+	var base []byte
+	if key != "" {
+		// A whole-object Get: the store checks it against its checksum.
+		b, err := s.Get(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		base = b[:min(int64(len(b)), chunkSize)]
+	}
+	if len(ovs) == 0 {
+		return base, nil
+	}
 	buf := make([]byte, chunkSize)
-	if err := readChunkRange(ctx, s, key, ovs, 0, buf); err != nil {
+	copy(buf, base)
+	if err := applyOverlays(ctx, s, ovs, 0, buf, nil); err != nil {
 		return nil, err
 	}
 	return trimZeroTail(buf), nil
@@ -164,8 +177,23 @@ func assemble(ctx context.Context, s store.Store, key string, ovs []overlay, chu
 // request for the base and one per log object the range meets (a chunk's
 // ranges in one log object are stored together), run concurrently.
 func readChunkRange(ctx context.Context, s store.Store, key string, ovs []overlay, lo int64, buf []byte) error {
-	hi := lo + int64(len(buf))
 	clear(buf)
+	var base func(context.Context) error
+	if key != "" {
+		base = func(ctx context.Context) error {
+			b, err := s.GetRange(ctx, key, lo, int64(len(buf)))
+			copy(buf, b) // a short object reads as zeroes past its end
+			return err
+		}
+	}
+	return applyOverlays(ctx, s, ovs, lo, buf, base)
+}
+
+// applyOverlays applies overlays ovs to buf, which holds bytes
+// [lo, lo+len(buf)) of a chunk, after running base (if any) to fill it;
+// base runs concurrently with the log reads.
+func applyOverlays(ctx context.Context, s store.Store, ovs []overlay, lo int64, buf []byte, base func(context.Context) error) error {
+	hi := lo + int64(len(buf))
 	// The log bytes needed, per log object: [from, to).
 	type need struct{ from, to int64 }
 	needs := map[uint64]*need{}
@@ -186,12 +214,8 @@ func readChunkRange(ctx context.Context, s store.Store, key string, ovs []overla
 	pieces := make([][]byte, len(order))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
-	if key != "" {
-		g.Go(func() error {
-			b, err := s.GetRange(gctx, key, lo, hi-lo)
-			copy(buf, b) // a short object reads as zeroes past its end
-			return err
-		})
+	if base != nil {
+		g.Go(func() error { return base(gctx) })
 	}
 	for i, seq := range order {
 		g.Go(func() error {
