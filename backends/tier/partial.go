@@ -604,31 +604,25 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 		}
 	}
 	c.mu.Unlock()
-	seq, err := d.allocSeq()
+	seq, newKey, err := d.putVersion(ctx, c.idx, data)
 	if err != nil {
 		return err
 	}
 	defer d.settle(seq)
-	key = chunkKey(c.idx, seq)
-	body := trimZeroTail(data)
-	if err := d.cfg.Store.Put(ctx, key, body, store.PutOptions{}); err != nil {
-		return err
-	}
-	d.cfg.Metrics.upload(len(body))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gone {
-		d.cfg.Store.Delete(context.WithoutCancel(ctx), key)
+		d.cfg.Store.Delete(context.WithoutCancel(ctx), newKey)
 		return nil
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !slices.Equal(ovs, d.objects.overlays[c.idx]) || key == d.objects.baseKey(c.idx) {
+	if !slices.Equal(ovs, d.objects.overlays[c.idx]) || key != d.objects.baseKey(c.idx) {
 		// The store's copy changed under the fetch (cannot happen while
 		// this uploader holds the chunk; kept as a guard).
 		return fmt.Errorf("chunk %d: overlays changed during compaction", c.idx)
 	}
-	if err := d.journalLocked(fmt.Sprintf("put %d %s\n", c.idx, key)); err != nil {
+	if err := d.journalLocked(fmt.Sprintf("put %d %s\n", c.idx, newKey)); err != nil {
 		return err
 	}
 	d.objects.put(c.idx, seq)

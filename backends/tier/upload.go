@@ -132,17 +132,11 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 	if err != nil {
 		return err
 	}
-	seq, err := d.allocSeq()
+	seq, key, err := d.putVersion(ctx, c.idx, data)
 	if err != nil {
 		return err
 	}
 	defer d.settle(seq)
-	key := chunkKey(c.idx, seq)
-	body := trimZeroTail(data)
-	if err := d.cfg.Store.Put(ctx, key, body, store.PutOptions{}); err != nil {
-		return err
-	}
-	d.cfg.Metrics.upload(len(body))
 	if afterPut != nil {
 		afterPut(d, c.idx)
 	}
@@ -173,6 +167,24 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 	c.dirty = false
 	d.space.Broadcast()
 	return nil
+}
+
+// putVersion uploads data as a new version of chunk idx. The version
+// stays in flight (spared by collect) until the caller settles it, once
+// it is journaled or abandoned.
+func (d *Device) putVersion(ctx context.Context, idx int64, data []byte) (uint64, string, error) {
+	seq, err := d.allocSeq()
+	if err != nil {
+		return 0, "", err
+	}
+	key := chunkKey(idx, seq)
+	body := trimZeroTail(data)
+	if err := d.cfg.Store.Put(ctx, key, body, store.PutOptions{}); err != nil {
+		d.settle(seq)
+		return 0, "", err
+	}
+	d.cfg.Metrics.upload(len(body))
+	return seq, key, nil
 }
 
 // trimZeroTail drops trailing zero bytes: a short object reads as its data
