@@ -251,13 +251,19 @@ func applyOverlays(ctx context.Context, s store.Store, ovs []overlay, lo int64, 
 
 // covered is the number of bytes in the set.
 func (e *extents) covered() int64 {
+	n, _ := e.size()
+	return n
+}
+
+// size returns the bytes in the set and how many ranges hold them,
+// without copying it (compactLocked runs for every candidate of a batch).
+func (e *extents) size() (bytes int64, ranges int) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var n int64
 	for _, s := range e.r {
-		n += s.end - s.off
+		bytes += s.end - s.off
 	}
-	return n
+	return bytes, len(e.r)
 }
 
 // newPartial caches chunk idx partially: an empty sparse file and an
@@ -429,16 +435,12 @@ func (d *Device) overlayCap() int {
 // compactLocked reports whether partial chunk c should upload whole
 // rather than as overlays; d.mu is held.
 func (d *Device) compactLocked(c *chunk) bool {
-	spans := c.ext.spans()
-	var n int64
-	for _, s := range spans {
-		n += s.end - s.off
-	}
+	n, ranges := c.ext.size()
 	if n >= d.chunkSize()/2 {
 		return true // mostly rewritten: whole is cheaper than overlays
 	}
 	have := len(d.objects.overlays[c.idx])
-	return have+len(spans) > maxOverlays || (have > 0 && d.objects.n >= d.overlayCap())
+	return have+ranges > maxOverlays || (have > 0 && d.objects.n >= d.overlayCap())
 }
 
 // logMax bounds the bytes of one log object.
@@ -622,11 +624,9 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 		// this uploader holds the chunk; kept as a guard).
 		return fmt.Errorf("chunk %d: overlays changed during compaction", c.idx)
 	}
-	if err := d.journalLocked(fmt.Sprintf("put %d %s\n", c.idx, newKey)); err != nil {
+	if err := d.journalPutLocked(c.idx, seq); err != nil {
 		return err
 	}
-	d.objects.put(c.idx, seq)
-	delete(d.inflight, seq)
 	d.dropUploadedLocked(c, ver)
 	return nil
 }

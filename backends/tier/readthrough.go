@@ -61,13 +61,13 @@ func (d *Device) readThrough(ctx context.Context, idx, coff int64, buf []byte) (
 	for attempt := 0; ; attempt++ {
 		d.mu.Lock()
 		_, cached := d.chunks[idx]
-		stored := d.objects.stored(idx)
-		key, ovs := d.objects.baseKey(idx), slices.Clone(d.objects.overlays[idx])
-		ghost := cached || !stored || d.missed.seen(idx, d.ghostCount())
-		d.mu.Unlock()
-		if ghost {
+		if cached || !d.objects.stored(idx) || d.missed.seen(idx, d.ghostCount()) {
+			// A cache hit (the common case) copies nothing here.
+			d.mu.Unlock()
 			return false, nil
 		}
+		key, ovs := d.objects.baseKey(idx), slices.Clone(d.objects.overlays[idx])
+		d.mu.Unlock()
 		err := d.readRange(ctx, key, ovs, coff, buf)
 		if errors.Is(err, store.ErrNotFound) && attempt < 3 {
 			continue // replaced and collected since the map was read

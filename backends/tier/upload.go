@@ -149,11 +149,9 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.journalLocked(fmt.Sprintf("put %d %s\n", c.idx, key)); err != nil {
+	if err := d.journalPutLocked(c.idx, seq); err != nil {
 		return err
 	}
-	d.objects.put(c.idx, seq)
-	delete(d.inflight, seq) // journaled: collect now sees it in objects
 	if c.ver.Load() != ver {
 		return nil // written meanwhile: stays dirty, uploads again
 	}
@@ -185,6 +183,18 @@ func (d *Device) putVersion(ctx context.Context, idx int64, data []byte) (uint64
 	}
 	d.cfg.Metrics.upload(len(body))
 	return seq, key, nil
+}
+
+// journalPutLocked records version seq as chunk idx's new base (replacing
+// its overlays) in the journal, durably, then in the object map; d.mu is
+// held.
+func (d *Device) journalPutLocked(idx int64, seq uint64) error {
+	if err := d.journalLocked(fmt.Sprintf("put %d %s\n", idx, chunkKey(idx, seq))); err != nil {
+		return err
+	}
+	d.objects.put(idx, seq)
+	delete(d.inflight, seq) // journaled: collect now sees it in objects
+	return nil
 }
 
 // trimZeroTail drops trailing zero bytes: a short object reads as its data
