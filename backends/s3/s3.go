@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -102,7 +103,7 @@ func (s *Store) Check(ctx context.Context) error {
 		return fmt.Errorf("write probe: %w", err)
 	}
 	defer s.Delete(context.WithoutCancel(ctx), key)
-	if _, err := s.Get(ctx, key); err != nil {
+	if _, err := s.Get(ctx, key, nil); err != nil {
 		return fmt.Errorf("read probe: %w", err)
 	}
 	if err := s.List(ctx, key, func(store.ObjectInfo) error { return nil }); err != nil {
@@ -135,8 +136,8 @@ func (s *Store) Put(ctx context.Context, key string, data []byte, opts store.Put
 
 // Get implements store.Store. The body is checked against the object's
 // full-object checksum when the server returns one (Put stores CRC32C).
-func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
-	return s.get(ctx, key, minio.GetObjectOptions{Checksum: true})
+func (s *Store) Get(ctx context.Context, key string, buf []byte) ([]byte, error) {
+	return s.get(ctx, key, minio.GetObjectOptions{Checksum: true}, buf)
 }
 
 // GetRange implements store.Store.
@@ -152,7 +153,7 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) ([]
 	if err := o.SetRange(off, off+length-1); err != nil {
 		return nil, err
 	}
-	b, err := s.get(ctx, key, o)
+	b, err := s.get(ctx, key, o, nil)
 	if err != nil && isInvalidRange(err) {
 		// The range starts at or past the end of the object.
 		if _, serr := s.Stat(ctx, key); serr != nil {
@@ -163,7 +164,9 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) ([]
 	return b, err
 }
 
-func (s *Store) get(ctx context.Context, key string, o minio.GetObjectOptions) ([]byte, error) {
+// get reads the object (or range) o asks for into buf's storage when it
+// fits.
+func (s *Store) get(ctx context.Context, key string, o minio.GetObjectOptions, buf []byte) ([]byte, error) {
 	obj, err := s.client.GetObject(ctx, s.cfg.Bucket, s.key(key), o)
 	if err != nil {
 		return nil, s.wrap("get", key, err)
@@ -173,11 +176,32 @@ func (s *Store) get(ctx context.Context, key string, o minio.GetObjectOptions) (
 	if err != nil {
 		return nil, s.wrap("get", key, err)
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, max(info.Size, 0)+bytes.MinRead))
-	if _, err := buf.ReadFrom(obj); err != nil {
+	b, err := readAll(obj, buf[:0], info.Size)
+	if err != nil {
 		return nil, s.wrap("get", key, err)
 	}
-	return buf.Bytes(), nil
+	return b, nil
+}
+
+// readAll appends r's content, of about size bytes, to b, growing it only
+// when it does not fit. It reads to EOF, where the checksum is checked.
+func readAll(r io.Reader, b []byte, size int64) ([]byte, error) {
+	if free := int64(cap(b) - len(b)); size > free {
+		b = slices.Grow(b, int(size))
+	}
+	for {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, bytes.MinRead) // only past the expected size
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 // Stat implements store.Store.

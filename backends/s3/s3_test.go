@@ -101,7 +101,7 @@ func TestChecksumsCatchCorruption(t *testing.T) {
 	if err := s.Put(ctx, "good", data, store.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := s.Get(ctx, "good"); err != nil || !bytes.Equal(got, data) {
+	if got, err := s.Get(ctx, "good", nil); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("get: %v, equal %v", err, bytes.Equal(got, data))
 	}
 	path := filepath.Join(srv.Dir, bucket, "good")
@@ -113,7 +113,7 @@ func TestChecksumsCatchCorruption(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	if got, err := s.Get(ctx, "good"); err == nil {
+	if got, err := s.Get(ctx, "good", nil); err == nil {
 		t.Fatalf("get of a corrupted object succeeded (%d bytes, equal %v)", len(got), bytes.Equal(got, data))
 	}
 }

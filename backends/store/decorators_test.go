@@ -53,7 +53,7 @@ func TestRetryGivesUpAndKeepsTheCause(t *testing.T) {
 	m := store.NewMem()
 	r := store.WithRetry(m, store.RetryPolicy{Attempts: 3, Base: time.Millisecond})
 	calls := flaky(m, 100, store.ErrUnavailable)
-	_, err := r.Get(context.Background(), "k")
+	_, err := r.Get(context.Background(), "k", nil)
 	if !errors.Is(err, store.ErrUnavailable) || calls.Load() != 3 {
 		t.Fatalf("err %v after %d calls, want ErrUnavailable after 3", err, calls.Load())
 	}
@@ -69,7 +69,7 @@ func TestRetryNotForPermanentErrors(t *testing.T) {
 		}
 	}
 	m.SetFail(nil)
-	if _, err := r.Get(context.Background(), "missing"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := r.Get(context.Background(), "missing", nil); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("not found: %v", err)
 	}
 }
@@ -116,8 +116,8 @@ func TestMetricsCountRequestsErrorsBytes(t *testing.T) {
 	s := m.WithMetrics(store.NewMem(), "cloud")
 	ctx := context.Background()
 	s.Put(ctx, "k", make([]byte, 100), store.PutOptions{})
-	s.Get(ctx, "k")
-	s.Get(ctx, "missing")
+	s.Get(ctx, "k", nil)
+	s.Get(ctx, "missing", nil)
 	if n, err := testutil.GatherAndCount(reg, "ferry_s3_requests_total"); err != nil || n != 2 {
 		t.Fatalf("request series: %d %v", n, err)
 	}

@@ -74,7 +74,7 @@ func (m *Mem) get(key string) (memObject, error) {
 }
 
 // Get implements Store.
-func (m *Mem) Get(ctx context.Context, key string) ([]byte, error) {
+func (m *Mem) Get(ctx context.Context, key string, buf []byte) ([]byte, error) {
 	if err := m.check(ctx, "get", key); err != nil {
 		return nil, err
 	}
@@ -82,7 +82,7 @@ func (m *Mem) Get(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return bytes.Clone(o.data), nil
+	return append(buf[:0], o.data...), nil
 }
 
 // GetRange implements Store.

@@ -75,8 +75,8 @@ func (m *Metered) Put(ctx context.Context, key string, data []byte, opts PutOpti
 }
 
 // Get implements Store.
-func (m *Metered) Get(ctx context.Context, key string) ([]byte, error) {
-	b, err := m.Store.Get(ctx, key)
+func (m *Metered) Get(ctx context.Context, key string, buf []byte) ([]byte, error) {
+	b, err := m.Store.Get(ctx, key, buf)
 	m.count("get", err)
 	m.in.Add(float64(len(b)))
 	return b, err

@@ -79,8 +79,8 @@ func (r *Retrying) Put(ctx context.Context, key string, data []byte, opts PutOpt
 }
 
 // Get implements Store.
-func (r *Retrying) Get(ctx context.Context, key string) (b []byte, err error) {
-	err = r.do(ctx, func() error { b, err = r.Store.Get(ctx, key); return err })
+func (r *Retrying) Get(ctx context.Context, key string, buf []byte) (b []byte, err error) {
+	err = r.do(ctx, func() error { b, err = r.Store.Get(ctx, key, buf); return err })
 	return b, err
 }
 

@@ -10,6 +10,9 @@
 //     new content, never a mix. With PutOptions.IfAbsent it fails with an
 //     error wrapping ErrExists when the key exists, and of two concurrent
 //     IfAbsent puts of one key at most one succeeds.
+//   - Get returns the whole object, read into buf's storage when it fits
+//     (as append(buf[:0], object...) would), so callers may reuse buffers;
+//     nil allocates.
 //   - Get and GetRange fail with ErrNotFound for a missing key. GetRange
 //     returns fewer bytes than asked only at the end of the object.
 //   - Delete of a missing key succeeds.
@@ -61,7 +64,7 @@ type PutOptions struct {
 // contract; storetest checks it.
 type Store interface {
 	Put(ctx context.Context, key string, data []byte, opts PutOptions) error
-	Get(ctx context.Context, key string) ([]byte, error)
+	Get(ctx context.Context, key string, buf []byte) ([]byte, error)
 	GetRange(ctx context.Context, key string, off, length int64) ([]byte, error)
 	Stat(ctx context.Context, key string) (ObjectInfo, error)
 	Delete(ctx context.Context, key string) error

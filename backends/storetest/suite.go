@@ -24,7 +24,7 @@ func Run(t *testing.T, newStore Factory) {
 		s := newStore(t)
 		data := bytes.Repeat([]byte("ferry"), 100_000)
 		mustPut(t, s, "vol/chunk/0001", data, store.PutOptions{})
-		got, err := s.Get(ctx, "vol/chunk/0001")
+		got, err := s.Get(ctx, "vol/chunk/0001", nil)
 		if err != nil || !bytes.Equal(got, data) {
 			t.Fatalf("get: %v, equal %v", err, bytes.Equal(got, data))
 		}
@@ -33,10 +33,25 @@ func Run(t *testing.T, newStore Factory) {
 			t.Fatalf("stat: %+v %v", info, err)
 		}
 	})
+	t.Run("GetIntoBuffer", func(t *testing.T) {
+		s := newStore(t)
+		data := bytes.Repeat([]byte("chunk"), 1000)
+		mustPut(t, s, "k", data, store.PutOptions{})
+		// A buffer with room: the object lands in its storage, exactly.
+		buf := bytes.Repeat([]byte{0xAA}, len(data))
+		got, err := s.Get(ctx, "k", buf[:7])
+		if err != nil || !bytes.Equal(got, data) || &got[0] != &buf[0] {
+			t.Fatalf("get into a buffer with room: %v, equal %v, same storage %v", err, bytes.Equal(got, data), len(got) > 0 && &got[0] == &buf[0])
+		}
+		// A buffer too small grows.
+		if got, err := s.Get(ctx, "k", make([]byte, 3, 10)); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("get into a small buffer: %v, equal %v", err, bytes.Equal(got, data))
+		}
+	})
 	t.Run("EmptyObject", func(t *testing.T) {
 		s := newStore(t)
 		mustPut(t, s, "empty", nil, store.PutOptions{})
-		got, err := s.Get(ctx, "empty")
+		got, err := s.Get(ctx, "empty", nil)
 		if err != nil || len(got) != 0 {
 			t.Fatalf("get empty: %q %v", got, err)
 		}
@@ -45,7 +60,7 @@ func Run(t *testing.T, newStore Factory) {
 		s := newStore(t)
 		mustPut(t, s, "k", []byte("one"), store.PutOptions{})
 		mustPut(t, s, "k", []byte("two!"), store.PutOptions{})
-		if got, _ := s.Get(ctx, "k"); string(got) != "two!" {
+		if got, _ := s.Get(ctx, "k", nil); string(got) != "two!" {
 			t.Fatalf("after overwrite: %q", got)
 		}
 	})
@@ -56,7 +71,7 @@ func Run(t *testing.T, newStore Factory) {
 		if !errors.Is(err, store.ErrExists) {
 			t.Fatalf("conditional put over an existing key: %v, want ErrExists", err)
 		}
-		if got, _ := s.Get(ctx, "manifest/1"); string(got) != "first" {
+		if got, _ := s.Get(ctx, "manifest/1", nil); string(got) != "first" {
 			t.Fatalf("conditional put replaced the object: %q", got)
 		}
 	})
@@ -84,7 +99,7 @@ func Run(t *testing.T, newStore Factory) {
 	})
 	t.Run("NotFound", func(t *testing.T) {
 		s := newStore(t)
-		if _, err := s.Get(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.Get(ctx, "nope", nil); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("get: %v", err)
 		}
 		if _, err := s.GetRange(ctx, "nope", 0, 10); !errors.Is(err, store.ErrNotFound) {
@@ -120,7 +135,7 @@ func Run(t *testing.T, newStore Factory) {
 				t.Fatalf("delete: %v", err)
 			}
 		}
-		if _, err := s.Get(ctx, "d"); !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.Get(ctx, "d", nil); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("get after delete: %v", err)
 		}
 	})

@@ -8,16 +8,50 @@ import (
 // gateway (`ferry serve --cache-size`). Cached chunks and chunks being
 // fetched count against it; when it is full, the least recently used clean
 // chunk of any volume is evicted.
+//
+// It also bounds the memory of stream buffers (stream.go), which hold
+// chunks for sequential readers outside the cache.
 type Budget struct {
 	mu    sync.Mutex
 	limit int64
 	used  int64
 	devs  map[*Device]struct{}
+
+	streamLimit, streamUsed int64 // under mu
 }
 
-// NewBudget returns a budget of limit bytes.
+// DefaultStreamMemory bounds the stream buffers of all volumes.
+const DefaultStreamMemory = 64 << 20
+
+// NewBudget returns a budget of limit bytes of cache, with
+// DefaultStreamMemory for stream buffers.
 func NewBudget(limit int64) *Budget {
-	return &Budget{limit: limit, devs: map[*Device]struct{}{}}
+	return &Budget{limit: limit, devs: map[*Device]struct{}{}, streamLimit: DefaultStreamMemory}
+}
+
+// SetStreamMemory bounds the stream buffers of all volumes to n bytes
+// (0 serves sequential readers through the cache).
+func (b *Budget) SetStreamMemory(n int64) {
+	b.mu.Lock()
+	b.streamLimit = n
+	b.mu.Unlock()
+}
+
+// takeStream takes n bytes of stream memory if they fit.
+func (b *Budget) takeStream(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.streamUsed+n > b.streamLimit {
+		return false
+	}
+	b.streamUsed += n
+	return true
+}
+
+func (b *Budget) releaseStream(n int64) {
+	b.mu.Lock()
+	b.streamUsed -= n
+	b.mu.Unlock()
 }
 
 // Limit is the budget in bytes.

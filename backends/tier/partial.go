@@ -150,26 +150,34 @@ func (o Overlay) private(chunkSize int64) (overlay, error) {
 
 // assemble reads a chunk's content from s: its base object (key, or
 // zeroes when key is empty) with the overlays applied in order. The result
-// may be shorter than the chunk: the rest is zeroes.
-func assemble(ctx context.Context, s store.Store, key string, ovs []overlay, chunkSize int64) ([]byte, error) {
-	var base []byte
+// may be shorter than the chunk: the rest is zeroes. It is read into
+// buf's storage when that has room for a chunk.
+func assemble(ctx context.Context, s store.Store, key string, ovs []overlay, chunkSize int64, buf []byte) ([]byte, error) {
+	b := buf[:0]
 	if key != "" {
 		// A whole-object Get: the store checks it against its checksum.
-		b, err := s.Get(ctx, key)
+		got, err := s.Get(ctx, key, b)
 		if err != nil {
 			return nil, err
 		}
-		base = b[:min(int64(len(b)), chunkSize)]
+		b = got[:min(int64(len(got)), chunkSize)]
 	}
 	if len(ovs) == 0 {
-		return base, nil
+		return b, nil
 	}
-	buf := make([]byte, chunkSize)
-	copy(buf, base)
-	if err := applyOverlays(ctx, s, ovs, 0, buf, nil); err != nil {
+	b = zeroExtend(b, chunkSize)
+	if err := applyOverlays(ctx, s, ovs, 0, b, nil); err != nil {
 		return nil, err
 	}
-	return trimZeroTail(buf), nil
+	return trimZeroTail(b), nil
+}
+
+// zeroExtend returns b extended to n bytes, the new ones zero.
+func zeroExtend(b []byte, n int64) []byte {
+	have := len(b)
+	b = slices.Grow(b, int(n)-have)[:n]
+	clear(b[have:])
+	return b
 }
 
 // readChunkRange fills buf with bytes [lo, lo+len(buf)) of a chunk whose
@@ -340,10 +348,10 @@ func (c *chunk) closeMap(dir string) {
 
 // fetch reads chunk idx from the store (base object key, overlays ovs)
 // within FetchTimeout.
-func (d *Device) fetch(ctx context.Context, idx int64, key string, ovs []overlay) ([]byte, error) {
+func (d *Device) fetch(ctx context.Context, idx int64, key string, ovs []overlay, buf []byte) ([]byte, error) {
 	fctx, cancel := context.WithTimeout(ctx, d.cfg.FetchTimeout)
 	defer cancel()
-	b, err := assemble(fctx, d.cfg.Store, key, ovs, d.chunkSize())
+	b, err := assemble(fctx, d.cfg.Store, key, ovs, d.chunkSize(), buf)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, store.ErrUnavailable) {
 			return nil, fmt.Errorf("chunk %d: %w (%v)", idx, device.ErrUnavailable, err)
@@ -397,11 +405,12 @@ func (d *Device) complete(ctx context.Context, c *chunk) error {
 	key, ovs := d.objects.baseKey(c.idx), slices.Clone(d.objects.overlays[c.idx])
 	d.mu.Unlock()
 	if len(holes) > 0 && stored {
-		data, err := d.fetch(ctx, c.idx, key, ovs)
+		data, err := d.fetch(ctx, c.idx, key, ovs, getBuf(cs))
 		if err != nil {
 			d.cfg.Budget.release(need)
 			return err
 		}
+		defer putBuf(data, cs)
 		for _, h := range holes {
 			if h.off >= int64(len(data)) {
 				break // the file reads as zeroes there
@@ -586,12 +595,12 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	d.mu.Lock()
 	key, ovs := d.objects.baseKey(c.idx), slices.Clone(d.objects.overlays[c.idx])
 	d.mu.Unlock()
-	old, err := d.fetch(ctx, c.idx, key, ovs)
+	data, err := d.fetch(ctx, c.idx, key, ovs, getBuf(cs))
 	if err != nil {
 		return err
 	}
-	data := make([]byte, cs)
-	copy(data, old)
+	data = zeroExtend(data, cs)
+	defer putBuf(data, cs)
 	c.mu.Lock()
 	if c.gone || !c.dirty || c.full {
 		c.mu.Unlock()

@@ -21,9 +21,9 @@ type countingStore struct {
 	gets atomic.Int64
 }
 
-func (s *countingStore) Get(ctx context.Context, key string) ([]byte, error) {
+func (s *countingStore) Get(ctx context.Context, key string, buf []byte) ([]byte, error) {
 	s.gets.Add(1)
-	return s.Store.Get(ctx, key)
+	return s.Store.Get(ctx, key, buf)
 }
 
 func (s *countingStore) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {

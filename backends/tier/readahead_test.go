@@ -69,24 +69,135 @@ func waitCached(t *testing.T, d *Device, chunks int) {
 	}
 }
 
+// waitPrefetched waits until the readahead counter reaches n.
+func waitPrefetched(t *testing.T, m *Metrics, n float64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(m.prefetches) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("readahead fetched %v chunks, want %v", testutil.ToFloat64(m.prefetches), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // A reader going from one chunk to the next gets the following chunks
-// fetched ahead; the data read is the data written.
-func TestReadaheadSequential(t *testing.T) {
+// fetched ahead into stream buffers and reads them without waiting for
+// the store; a scan of more than the cache holds leaves the cache empty
+// of it, and a second scan caches what it reads.
+func TestSequentialReadsStream(t *testing.T) {
 	m := NewMetrics(nil)
-	d := fillAndReopen(t, 24, Config{CacheBytes: 1 << 20, Metrics: m})
+	cs := &countingStore{Store: store.NewMem()}
+	d := fillAndReopen(t, 24, Config{CacheBytes: 1 << 20, Metrics: m, Store: cs})
 	readChunk(t, d, 0)
 	readChunk(t, d, 1)
-	waitCached(t, d, 2+4) // chunks 2..5 fetched without being read
-	if got := testutil.ToFloat64(m.prefetches); got < 4 {
-		t.Errorf("readahead counted %v chunks, want ≥ 4", got)
+	waitPrefetched(t, m, 1+4) // chunk 1 for the reader, 2..5 ahead of it
+	if n := d.streamsHeld(); n < 4 {
+		t.Fatalf("%d stream buffers held after reading ahead, want ≥ 4", n)
 	}
-	hitsBefore := testutil.ToFloat64(m.hits)
+	misses, hits := testutil.ToFloat64(m.misses), testutil.ToFloat64(m.hits)
 	readChunk(t, d, 2)
-	if testutil.ToFloat64(m.hits) <= hitsBefore {
-		t.Error("reading a chunk fetched ahead was not a cache hit")
+	if testutil.ToFloat64(m.misses) != misses || testutil.ToFloat64(m.hits) == hits {
+		t.Fatal("reading a chunk fetched ahead waited for the store")
 	}
 	for i := 3; i < 24; i++ {
 		readChunk(t, d, i)
+	}
+	// Chunk 0 was read before the reader was known to be sequential
+	// (read through, then cached on its second read); the rest streamed.
+	if got := d.TierStats().CachedBytes / testChunk; got > 1 {
+		t.Fatalf("a sequential scan left %d chunks cached, want ≤ 1", got)
+	}
+	if n, lim := d.streamsHeld(), d.streamWindow(); n > lim {
+		t.Fatalf("%d stream buffers held, window %d", n, lim)
+	}
+	// Read again, the chunks are cached (the cache holds 16 of them).
+	for i := 8; i < 24; i++ {
+		readChunk(t, d, i)
+	}
+	waitCached(t, d, 12)
+	gets := cs.gets.Load()
+	readChunk(t, d, 20)
+	if got := cs.gets.Load(); got != gets {
+		t.Fatalf("a chunk read twice was not cached: %d store requests", got-gets)
+	}
+}
+
+// A stream buffer never serves data older than a write: a chunk written
+// and uploaded after it was read ahead reads as written.
+func TestStreamBufferSeesLaterWrites(t *testing.T) {
+	ctx := context.Background()
+	m := NewMetrics(nil)
+	d := fillAndReopen(t, 16, Config{CacheBytes: 1 << 20, Metrics: m})
+	readChunk(t, d, 0)
+	readChunk(t, d, 1)
+	waitPrefetched(t, m, 1+4)
+	for _, idx := range []int{3, 4} {
+		d.mu.Lock()
+		_, held := d.streams[int64(idx)]
+		d.mu.Unlock()
+		if !held {
+			t.Fatalf("chunk %d not read ahead", idx)
+		}
+	}
+	// Chunk 3: a small write, uploaded as an overlay, and the chunk
+	// leaves the cache. Chunk 4: trimmed whole (the store drops it).
+	want3 := pattern(testChunk, 3)
+	patch := bytes.Repeat([]byte{0xEE}, 4096)
+	copy(want3[8192:], patch)
+	if err := d.WriteAt(ctx, patch, 3*testChunk+8192); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Trim(ctx, 4*testChunk, testChunk); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	_, cached := d.chunks[3]
+	d.mu.Unlock()
+	if cached {
+		t.Fatal("chunk 3 still cached after its upload")
+	}
+	readChunk(t, d, 2)
+	got := make([]byte, testChunk)
+	if err := d.ReadAt(ctx, got, 3*testChunk); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want3) {
+		t.Fatal("chunk 3 reads as it was before the write")
+	}
+	if err := d.ReadAt(ctx, got, 4*testChunk); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, make([]byte, testChunk)) {
+		t.Fatal("chunk 4 reads as it was before the trim")
+	}
+}
+
+// Stream buffers stay within the budget's stream memory; with none, a
+// sequential reader is served through the cache as before.
+func TestStreamMemoryBound(t *testing.T) {
+	b := NewBudget(1 << 20)
+	b.SetStreamMemory(3 * testChunk)
+	m := NewMetrics(nil)
+	d := fillAndReopen(t, 16, Config{Budget: b, Metrics: m})
+	for i := range 16 {
+		readChunk(t, d, i)
+		if n := d.streamsHeld(); n > 3 {
+			t.Fatalf("%d stream buffers held, memory for 3", n)
+		}
+	}
+	b = NewBudget(1 << 20)
+	b.SetStreamMemory(0)
+	d = fillAndReopen(t, 8, Config{Budget: b, Metrics: m})
+	for i := range 4 {
+		readChunk(t, d, i)
+	}
+	waitCached(t, d, 4)
+	if n := d.streamsHeld(); n != 0 {
+		t.Fatalf("%d stream buffers held without stream memory", n)
 	}
 }
 

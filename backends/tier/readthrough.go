@@ -25,6 +25,12 @@ type ghosts struct {
 	next int
 }
 
+// has reports whether idx is remembered.
+func (g *ghosts) has(idx int64) bool {
+	_, ok := g.set[idx]
+	return ok
+}
+
 // seen records idx and reports whether it was already there.
 func (g *ghosts) seen(idx int64, size int) bool {
 	if _, ok := g.set[idx]; ok {

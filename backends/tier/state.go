@@ -87,6 +87,14 @@ type objectMap struct {
 	base     map[int64]uint64
 	overlays map[int64][]overlay
 	n        int // overlays in total
+	// changed, if set, is called with each chunk whose entry changes.
+	changed func(idx int64)
+}
+
+func (m *objectMap) touch(idx int64) {
+	if m.changed != nil {
+		m.changed(idx)
+	}
 }
 
 func newObjectMap() *objectMap {
@@ -101,11 +109,13 @@ func (m *objectMap) stored(idx int64) bool {
 
 // put makes version seq chunk idx's base, replacing its overlays.
 func (m *objectMap) put(idx int64, seq uint64) {
+	m.touch(idx)
 	m.base[idx] = seq
 	m.clearOverlays(idx)
 }
 
 func (m *objectMap) overlay(idx int64, o overlay) {
+	m.touch(idx)
 	m.overlays[idx] = append(m.overlays[idx], o)
 	m.n++
 }
@@ -117,6 +127,7 @@ func (m *objectMap) clearOverlays(idx int64) {
 
 // drop makes chunk idx all zeroes.
 func (m *objectMap) drop(idx int64) {
+	m.touch(idx)
 	delete(m.base, idx)
 	m.clearOverlays(idx)
 }

@@ -127,6 +127,9 @@ type Device struct {
 	raRun  int                // chunks read in sequence so far
 	raBusy map[int64]struct{} // chunks being read ahead
 	missed ghosts             // chunks recently read through: cache them next time
+
+	streams    map[int64]*stream // under mu: chunks held in memory for sequential readers (stream.go)
+	streamBorn uint64            // under mu
 }
 
 var (
@@ -202,7 +205,10 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		cfg: cfg, log: log, meta: m, chunks: map[int64]*chunk{}, objects: objs,
 		unflushed: map[*chunk]struct{}{}, journal: j, wake: make(chan struct{}, 1),
 		seq: m.NextSeq, raNext: -1, raBusy: map[int64]struct{}{}, inflight: map[uint64]struct{}{},
+		streams: map[int64]*stream{},
 	}
+	// Called under d.mu by every change of the map after loading.
+	objs.changed = func(idx int64) { d.forgetStreamLocked(idx, nil) }
 	d.space = sync.NewCond(&d.mu)
 	if cfg.Budget == nil {
 		d.cfg.Budget = NewBudget(cfg.CacheBytes)
@@ -295,6 +301,9 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 		buf := p[done : done+n]
 		last = idx
 		for {
+			if done, err := d.readStream(ctx, idx, coff, buf); done || err != nil {
+				return err
+			}
 			if done, err := d.readThrough(ctx, idx, coff, buf); done || err != nil {
 				return err
 			}
@@ -337,9 +346,10 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 }
 
 // readahead notes a read of chunks first..last and, once a reader has gone
-// from one chunk to the next in order, fetches the Readahead chunks after
-// last in the background. It never waits for cache space held by dirty
-// chunks.
+// from one chunk to the next in order, fetches the chunks after last in
+// the background: into stream buffers (stream.go), or into the cache for
+// chunks read lately or when no stream memory is free. It never waits for
+// cache space held by dirty chunks.
 func (d *Device) readahead(first, last int64) {
 	if d.cfg.Readahead < 0 {
 		return
@@ -357,14 +367,16 @@ func (d *Device) readahead(first, last int64) {
 	}
 	d.raRun += int(last + 1 - d.raNext)
 	d.raNext = last + 1
-	ahead := min(int64(d.cfg.Readahead), d.cfg.Budget.Limit()/d.chunkSize()/4)
 	d.mu.Lock()
 	var want []int64
-	for idx := last + 1; idx <= last+ahead; idx++ {
-		inStore := d.objects.stored(idx)
+	for idx := last + 1; idx <= last+d.readaheadChunks(); idx++ {
 		_, cached := d.chunks[idx]
+		_, streaming := d.streams[idx]
 		_, busy := d.raBusy[idx]
-		if inStore && !cached && !busy {
+		if cached || streaming || busy || !d.objects.stored(idx) {
+			continue
+		}
+		if d.missed.has(idx) || d.startStreamLocked(idx) == nil {
 			want = append(want, idx)
 		}
 	}
@@ -384,6 +396,12 @@ func (d *Device) readahead(first, last int64) {
 			d.raMu.Unlock()
 		}()
 	}
+}
+
+// readaheadChunks is how many chunks are read ahead of a sequential
+// reader: Readahead, at most a quarter of the cache budget.
+func (d *Device) readaheadChunks() int64 {
+	return max(0, min(int64(d.cfg.Readahead), d.cfg.Budget.Limit()/d.chunkSize()/4))
 }
 
 // WriteAt implements device.Device.
@@ -548,10 +566,11 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 		var data []byte
 		dir := "dirty"
 		if inStore {
-			b, err := d.fetch(ctx, idx, key, ovs)
+			b, err := d.fetch(ctx, idx, key, ovs, getBuf(d.chunkSize()))
 			if err != nil {
 				return nil, err
 			}
+			defer putBuf(b, d.chunkSize())
 			data, dir = b, "clean"
 		}
 		path := filepath.Join(d.cfg.Dir, dir, chunkName(idx))
@@ -907,6 +926,9 @@ func (d *Device) Close() error {
 			c.mapf.Close()
 		}
 		d.cfg.Budget.release(c.charge.Load())
+	}
+	for idx := range d.streams {
+		d.forgetStreamLocked(idx, nil)
 	}
 	return d.journal.Close()
 }

@@ -359,7 +359,7 @@ func TestCollectSparesUploadInFlight(t *testing.T) {
 	d.mu.Lock()
 	key := chunkKey(0, d.objects.base[0])
 	d.mu.Unlock()
-	got, err := s.Get(ctx, key)
+	got, err := s.Get(ctx, key, nil)
 	if err != nil {
 		t.Fatalf("the chunk's current object %s: %v", key, err)
 	}

@@ -116,7 +116,8 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 	}
 	// The snapshot excludes writers (they hold mu shared while they bump
 	// the version and write), so its content matches its version.
-	data := make([]byte, d.chunkSize())
+	data := getBuf(d.chunkSize())[:d.chunkSize()]
+	defer putBuf(data, d.chunkSize())
 	c.mu.Lock()
 	d.mu.Lock()
 	clean := !c.dirty
@@ -384,7 +385,7 @@ func (d *Device) collect(ctx context.Context) error {
 	slices.Sort(manifests)
 	old := manifests[:max(0, len(manifests)-keepManifests)]
 	for _, key := range manifests[len(old):] {
-		b, err := d.cfg.Store.Get(ctx, key)
+		b, err := d.cfg.Store.Get(ctx, key, nil)
 		if err != nil {
 			return err
 		}
@@ -454,7 +455,7 @@ func LatestManifest(ctx context.Context, s store.Store) (Manifest, error) {
 	}
 	slices.Sort(keys)
 	for i := len(keys) - 1; i >= 0; i-- {
-		b, err := s.Get(ctx, keys[i])
+		b, err := s.Get(ctx, keys[i], nil)
 		if err != nil {
 			return Manifest{}, err
 		}
@@ -479,6 +480,7 @@ func Export(ctx context.Context, s store.Store, m Manifest, w io.WriterAt) error
 	for i := range m.Overlays {
 		idxs[i] = true
 	}
+	var buf []byte // one chunk's, reused
 	for i := range idxs {
 		var idx int64
 		if _, err := fmt.Sscan(i, &idx); err != nil || idx < 0 || idx*m.ChunkSize >= m.Size {
@@ -491,10 +493,11 @@ func Export(ctx context.Context, s store.Store, m Manifest, w io.WriterAt) error
 				return fmt.Errorf("manifest %d: chunk %d: %w", m.Sequence, idx, err)
 			}
 		}
-		b, err := assemble(ctx, s, m.Chunks[i], ovs, m.ChunkSize)
+		b, err := assemble(ctx, s, m.Chunks[i], ovs, m.ChunkSize, buf)
 		if err != nil {
 			return fmt.Errorf("chunk %d: %w", idx, err)
 		}
+		buf = b
 		off := idx * m.ChunkSize
 		n := min(int64(len(b)), m.ChunkSize, m.Size-off)
 		if _, err := w.WriteAt(b[:n], off); err != nil {
