@@ -167,16 +167,14 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) ([]
 // get reads the object (or range) o asks for into buf's storage when it
 // fits.
 func (s *Store) get(ctx context.Context, key string, o minio.GetObjectOptions, buf []byte) ([]byte, error) {
-	obj, err := s.client.GetObject(ctx, s.cfg.Bucket, s.key(key), o)
+	// Core's GetObject hands over the response body as it is; Client's
+	// wraps it in a goroutine per object that every Read goes through.
+	body, info, _, err := minio.Core{Client: s.client}.GetObject(ctx, s.cfg.Bucket, s.key(key), o)
 	if err != nil {
 		return nil, s.wrap("get", key, err)
 	}
-	defer obj.Close()
-	info, err := obj.Stat() // sends the request; the size sizes the buffer
-	if err != nil {
-		return nil, s.wrap("get", key, err)
-	}
-	b, err := readAll(obj, buf[:0], info.Size)
+	defer body.Close()
+	b, err := readAll(body, buf[:0], info.Size)
 	if err != nil {
 		return nil, s.wrap("get", key, err)
 	}

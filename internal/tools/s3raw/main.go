@@ -35,18 +35,19 @@ func main() {
 	count := flag.Int("count", 256, "number of objects")
 	conc := flag.Int("concurrency", 4, "requests in flight")
 	crc := flag.Bool("crc32c", false, "put as backends/s3 does (unsigned body, CRC32C header) and check it on get")
+	keys := flag.String("keys", "raw/%08d", "object key format, given the object's number")
 	flag.Parse()
 	if flag.NArg() != 1 || (flag.Arg(0) != "put" && flag.Arg(0) != "get") {
 		fmt.Fprintln(os.Stderr, "usage: s3raw [flags] put|get")
 		os.Exit(2)
 	}
-	if err := run(context.Background(), *endpoint, *bucket, *size, *count, *conc, *crc, flag.Arg(0)); err != nil {
+	if err := run(context.Background(), *endpoint, *bucket, *keys, *size, *count, *conc, *crc, flag.Arg(0)); err != nil {
 		fmt.Fprintln(os.Stderr, "s3raw:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, endpoint, bucket string, size int64, count, conc int, crc bool, op string) error {
+func run(ctx context.Context, endpoint, bucket, keys string, size int64, count, conc int, crc bool, op string) error {
 	u, err := url.Parse(endpoint)
 	if err != nil {
 		return err
@@ -73,7 +74,7 @@ func run(ctx context.Context, endpoint, bucket string, size int64, count, conc i
 	g.SetLimit(conc)
 	start := time.Now()
 	for i := range count {
-		key := fmt.Sprintf("raw/%08d", i)
+		key := fmt.Sprintf(keys, i)
 		g.Go(func() error {
 			if op == "put" {
 				_, err := c.PutObject(gctx, bucket, key, bytes.NewReader(data), size, po)
