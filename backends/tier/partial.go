@@ -599,7 +599,8 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	if err != nil {
 		return err
 	}
-	data = zeroExtend(data, cs)
+	stored := int64(len(data)) // bytes past it are zeroes
+	data = slices.Grow(data, int(cs)-len(data))[:cs]
 	defer putBuf(data, cs)
 	c.mu.Lock()
 	if c.gone || !c.dirty || c.full {
@@ -608,12 +609,18 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	}
 	ver := c.ver.Load()
 	c.written.Store(0)
+	at := stored // zero what neither the store nor the writes fill
 	for _, s := range c.ext.spans() {
+		if s.off > at {
+			clear(data[at:s.off])
+		}
+		at = max(at, s.end)
 		if err := c.dev.ReadAt(ctx, data[s.off:s.end], s.off); err != nil {
 			c.mu.Unlock()
 			return fmt.Errorf("chunk %d: %w", c.idx, err)
 		}
 	}
+	clear(data[at:])
 	c.mu.Unlock()
 	seq, newKey, err := d.putVersion(ctx, c.idx, data)
 	if err != nil {

@@ -57,6 +57,13 @@ type Config struct {
 	// DirtyWait bounds how long a write waits for a cache full of data not
 	// yet uploaded before failing with ENOSPC (default 60s).
 	DirtyWait time.Duration
+	// Readahead is how many chunks are fetched ahead of a sequential
+	// reader (0: tier's default; negative: none).
+	Readahead int
+	// StreamMemory bounds the memory holding chunks for sequential
+	// readers, over all volumes (0: tier.DefaultStreamMemory; negative:
+	// none, sequential reads go through the cache).
+	StreamMemory int64
 }
 
 // Manager owns the catalog and the open devices. It is safe for
@@ -156,6 +163,9 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	m.storeMetrics = store.NewStoreMetrics(cfg.Registerer)
 	m.budget = tier.NewBudget(cfg.CacheBytes)
+	if cfg.StreamMemory != 0 {
+		m.budget.SetStreamMemory(max(0, cfg.StreamMemory))
+	}
 	m.tierMetrics = tier.NewMetrics(cfg.Registerer)
 	if err := m.loadStores(); err != nil {
 		return nil, err

@@ -222,7 +222,7 @@ func (m *Manager) openTier(ctx context.Context, rec *Record) (*tier.Device, erro
 	return tier.Open(ctx, tier.Config{
 		Dir: rec.Path, Store: s, Size: rec.Size, ChunkSize: rec.ChunkSize,
 		Budget: m.budget, Metrics: m.tierMetrics, FetchTimeout: m.cfg.FetchTimeout, DirtyWait: m.cfg.DirtyWait,
-		Logger: m.log.With(attrVolume, rec.Name),
+		Readahead: m.cfg.Readahead, Logger: m.log.With(attrVolume, rec.Name),
 	})
 }
 

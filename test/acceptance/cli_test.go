@@ -169,6 +169,8 @@ func TestServeBadConfig(t *testing.T) {
 		{[]string{"serve", "--data", t.TempDir(), "--nbd-listen", "not-an-address", "--api-listen", "127.0.0.1:0"}, "NBD listen"},
 		{[]string{"serve", "--data", t.TempDir(), "--log-level", "loud", "--api-listen", "127.0.0.1:0"}, "log-level"},
 		{[]string{"serve", "--config", "/nonexistent/ferry.yaml"}, "ferry.yaml"},
+		{[]string{"serve", "--data", t.TempDir(), "--readahead", "-2", "--api-listen", "127.0.0.1:0"}, "--readahead -2"},
+		{[]string{"serve", "--data", t.TempDir(), "--stream-memory", "lots", "--api-listen", "127.0.0.1:0"}, "--stream-memory"},
 	}
 	for _, c := range cases {
 		out, err := exec.Command(ferryBin, c.args...).CombinedOutput()
