@@ -1,12 +1,10 @@
 package tier
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -91,21 +89,21 @@ func loadMap(path string, chunkSize int64) (*extents, error) {
 	}
 	defer f.Close()
 	e := &extents{}
-	r := bufio.NewReader(f)
-	for {
-		line, err := r.ReadString('\n')
-		if err == io.EOF {
-			return e, nil
+	sc := newRecordScanner(f)
+	var fld [2][]byte
+	for sc.Scan() {
+		n := splitFields(sc.Bytes(), fld[:])
+		off, ok1 := parseDec(fld[0])
+		length, ok2 := parseDec(fld[1])
+		if n != 2 || !ok1 || !ok2 || length <= 0 || off+length > chunkSize {
+			return nil, fmt.Errorf("%s: bad record %q", path, sc.Bytes())
 		}
-		if err != nil {
-			return nil, err
-		}
-		var off, n int64
-		if _, err := fmt.Sscanf(line, "%d %d\n", &off, &n); err != nil || off < 0 || n <= 0 || off+n > chunkSize {
-			return nil, fmt.Errorf("%s: bad record %q", path, strings.TrimSpace(line))
-		}
-		e.add(off, n)
+		e.add(off, length)
 	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return e, nil
 }
 
 // overlay says bytes [off, off+n) of a chunk are bytes [logOff, logOff+n)

@@ -2,6 +2,7 @@ package tier
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/ferry-io/ferry/backends/local"
 )
@@ -35,13 +35,26 @@ type meta struct {
 }
 
 func writeFileAtomic(path string, data []byte) error {
+	return writeFileAtomicFunc(path, func(w *bufio.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// writeFileAtomicFunc replaces path, durably, with what fill writes.
+func writeFileAtomicFunc(path string, fill func(*bufio.Writer) error) error {
 	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // after a successful rename there is nothing to remove
-	if _, err := f.Write(data); err != nil {
+	w := bufio.NewWriterSize(f, 64<<10)
+	err = fill(w)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
 		f.Close()
 		return err
 	}
@@ -154,13 +167,125 @@ func (m *objectMap) baseKey(idx int64) string {
 	return ""
 }
 
-func ovlRecord(idx int64, o overlay) string {
-	return fmt.Sprintf("ovl %d %s %d %d %d\n", idx, logKey(o.log), o.logOff, o.off, o.length)
+// Journal records (docs/FORMAT.md, objects.log):
+//
+//	put IDX chunks/<IDX, 16 hex>/<VERSION, 16 hex>
+//	ovl IDX logs/<VERSION, 16 hex> LOG_OFFSET OFFSET LENGTH
+//	drop IDX
+func ovlRecord(idx int64, o overlay) string { return string(appendOvl(nil, idx, o)) }
+
+func putRecord(idx int64, seq uint64) string { return string(appendPut(nil, idx, seq)) }
+
+func appendPut(b []byte, idx int64, seq uint64) []byte {
+	b = append(b, "put "...)
+	b = strconv.AppendInt(b, idx, 10)
+	b = append(b, " chunks/"...)
+	b = appendHex16(b, uint64(idx))
+	b = append(b, '/')
+	return append(appendHex16(b, seq), '\n')
+}
+
+func appendOvl(b []byte, idx int64, o overlay) []byte {
+	b = append(b, "ovl "...)
+	b = strconv.AppendInt(b, idx, 10)
+	b = append(b, " logs/"...)
+	b = appendHex16(b, o.log)
+	for _, v := range []uint32{o.logOff, o.off, o.length} {
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, uint64(v), 10)
+	}
+	return append(b, '\n')
+}
+
+// appendHex16 appends v as 16 lowercase hex digits.
+func appendHex16(b []byte, v uint64) []byte {
+	const digits = "0123456789abcdef"
+	for shift := 60; shift >= 0; shift -= 4 {
+		b = append(b, digits[v>>uint(shift)&0xf])
+	}
+	return b
+}
+
+// parseHex16 parses exactly 16 lowercase hex digits.
+func parseHex16(b []byte) (uint64, bool) {
+	if len(b) != 16 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			v = v<<4 | uint64(c-'0')
+		case c >= 'a' && c <= 'f':
+			v = v<<4 | uint64(c-'a'+10)
+		default:
+			return 0, false
+		}
+	}
+	return v, true
+}
+
+// parseDec parses a non-negative decimal number.
+func parseDec(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var v int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int64(c-'0')
+	}
+	return v, true
+}
+
+// splitFields splits line at spaces into out and returns how many fields
+// it found (at most len(out)+1: more means too many).
+func splitFields(line []byte, out [][]byte) int {
+	n := 0
+	for {
+		for len(line) > 0 && line[0] == ' ' {
+			line = line[1:]
+		}
+		if len(line) == 0 {
+			return n
+		}
+		end := bytes.IndexByte(line, ' ')
+		if end < 0 {
+			end = len(line)
+		}
+		if n == len(out) {
+			return n + 1
+		}
+		out[n], line, n = line[:end], line[end:], n+1
+	}
+}
+
+// scanRecords splits a journal into its newline-terminated lines; a torn
+// last line (a crash while appending, before its fsync) is dropped.
+func scanRecords(data []byte, atEOF bool) (advance int, token []byte, err error) {
+	if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		return i + 1, data[:i], nil
+	}
+	if atEOF && len(data) > 0 {
+		return len(data), nil, nil
+	}
+	return 0, nil, nil
+}
+
+// newRecordScanner reads the newline-terminated records of r.
+func newRecordScanner(r io.Reader) *bufio.Scanner {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	sc.Split(scanRecords)
+	return sc
 }
 
 // loadObjects replays objects.log. A torn last line (crash while
 // appending) is ignored: its record was never fsynced, so nothing relied
-// on it.
+// on it. Parsing allocates nothing per record: a large volume's journal
+// holds a line per stored chunk and overlay.
 func loadObjects(dir string, chunkSize int64) (*objectMap, error) {
 	objs := newObjectMap()
 	f, err := os.Open(filepath.Join(dir, "objects.log"))
@@ -171,69 +296,85 @@ func loadObjects(dir string, chunkSize int64) (*objectMap, error) {
 		return nil, err
 	}
 	defer f.Close()
-	r := bufio.NewReader(f)
-	for {
-		line, err := r.ReadString('\n')
-		if err == io.EOF {
-			return objs, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		fields := strings.Fields(line)
-		if len(fields) < 2 {
+	sc := newRecordScanner(bufio.NewReaderSize(f, 256<<10))
+	var fld [6][]byte
+	for sc.Scan() {
+		line := sc.Bytes()
+		n := splitFields(line, fld[:])
+		if n < 2 {
 			continue
 		}
-		idx, perr := strconv.ParseInt(fields[1], 10, 64)
-		if perr != nil {
+		idx, ok := parseDec(fld[1])
+		if !ok {
 			continue
 		}
 		switch {
-		case fields[0] == "put" && len(fields) == 3:
-			seq, ok := keySeq(idx, fields[2])
+		case string(fld[0]) == "put" && n == 3:
+			seq, ok := keySeq(idx, fld[2])
 			if !ok {
-				return nil, fmt.Errorf("objects.log: chunk %d: key %q is not this chunk's", idx, fields[2])
+				return nil, fmt.Errorf("objects.log: chunk %d: key %q is not this chunk's", idx, fld[2])
 			}
 			objs.put(idx, seq)
-		case fields[0] == "ovl" && len(fields) == 6:
-			var o Overlay
-			o.Log = fields[2]
-			_, e1 := fmt.Sscan(fields[3], &o.LogOffset)
-			_, e2 := fmt.Sscan(fields[4], &o.Offset)
-			_, e3 := fmt.Sscan(fields[5], &o.Length)
-			ov, err := o.private(chunkSize)
-			if e1 != nil || e2 != nil || e3 != nil || err != nil {
-				return nil, fmt.Errorf("objects.log: chunk %d: bad overlay %q", idx, strings.TrimSpace(line))
+		case string(fld[0]) == "ovl" && n == 6:
+			o, ok := parseOverlay(fld[2:6], chunkSize)
+			if !ok {
+				return nil, fmt.Errorf("objects.log: chunk %d: bad overlay %q", idx, line)
 			}
-			objs.overlay(idx, ov)
-		case fields[0] == "drop":
+			objs.overlay(idx, o)
+		case string(fld[0]) == "drop":
 			objs.drop(idx)
 		}
 	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("objects.log: %w", err)
+	}
+	return objs, nil
 }
 
-// rewriteObjects compacts the journal to one line per object.
+// parseOverlay parses an ovl record's LOG LOG_OFFSET OFFSET LENGTH.
+func parseOverlay(f [][]byte, chunkSize int64) (overlay, bool) {
+	hex, ok := bytes.CutPrefix(f[0], []byte("logs/"))
+	seq, ok1 := parseHex16(hex)
+	logOff, ok2 := parseDec(f[1])
+	off, ok3 := parseDec(f[2])
+	n, ok4 := parseDec(f[3])
+	if !ok || !ok1 || !ok2 || !ok3 || !ok4 || logOff > 1<<32-1 || n <= 0 || off+n > chunkSize {
+		return overlay{}, false
+	}
+	return overlay{log: seq, logOff: uint32(logOff), off: uint32(off), length: uint32(n)}, true
+}
+
+// rewriteObjects compacts the journal to one line per object, streaming.
 func rewriteObjects(dir string, objs *objectMap) error {
-	var sb strings.Builder
-	for idx, seq := range objs.base {
-		fmt.Fprintf(&sb, "put %d %s\n", idx, chunkKey(idx, seq))
-	}
-	for idx, ovs := range objs.overlays {
-		for _, o := range ovs {
-			sb.WriteString(ovlRecord(idx, o))
+	return writeFileAtomicFunc(filepath.Join(dir, "objects.log"), func(w *bufio.Writer) error {
+		var line []byte
+		for idx, seq := range objs.base {
+			line = appendPut(line[:0], idx, seq)
+			if _, err := w.Write(line); err != nil {
+				return err
+			}
 		}
-	}
-	return writeFileAtomic(filepath.Join(dir, "objects.log"), []byte(sb.String()))
+		for idx, ovs := range objs.overlays {
+			for _, o := range ovs {
+				line = appendOvl(line[:0], idx, o)
+				if _, err := w.Write(line); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
 }
 
 func chunkName(idx int64) string { return strconv.FormatInt(idx, 10) }
 
 // keySeq returns the version in chunk idx's object key.
-func keySeq(idx int64, key string) (uint64, bool) {
-	var i int64
-	var seq uint64
-	if n, err := fmt.Sscanf(key, "chunks/%016x/%016x", &i, &seq); n != 2 || err != nil || i != idx {
+func keySeq(idx int64, key []byte) (uint64, bool) {
+	rest, ok := bytes.CutPrefix(key, []byte("chunks/"))
+	if !ok || len(rest) != 33 || rest[16] != '/' {
 		return 0, false
 	}
-	return seq, chunkKey(idx, seq) == key
+	i, ok1 := parseHex16(rest[:16])
+	seq, ok2 := parseHex16(rest[17:])
+	return seq, ok1 && ok2 && int64(i) == idx
 }

@@ -190,7 +190,7 @@ func (d *Device) putVersion(ctx context.Context, idx int64, data []byte) (uint64
 // its overlays) in the journal, durably, then in the object map; d.mu is
 // held.
 func (d *Device) journalPutLocked(idx int64, seq uint64) error {
-	if err := d.journalLocked(fmt.Sprintf("put %d %s\n", idx, chunkKey(idx, seq))); err != nil {
+	if err := d.journalLocked(putRecord(idx, seq)); err != nil {
 		return err
 	}
 	d.objects.put(idx, seq)
