@@ -41,11 +41,7 @@ func (b *Budget) SetStreamMemory(n int64) {
 func (b *Budget) takeStream(n int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.streamUsed+n > b.streamLimit {
-		return false
-	}
-	b.streamUsed += n
-	return true
+	return takeWithin(&b.streamUsed, b.streamLimit, n)
 }
 
 func (b *Budget) releaseStream(n int64) {
@@ -80,10 +76,15 @@ func (b *Budget) unregister(d *Device) {
 func (b *Budget) tryTake(n int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.used+n > b.limit {
+	return takeWithin(&b.used, b.limit, n)
+}
+
+// takeWithin adds n to *used if the sum stays within limit; b.mu is held.
+func takeWithin(used *int64, limit, n int64) bool {
+	if *used+n > limit {
 		return false
 	}
-	b.used += n
+	*used += n
 	return true
 }
 
