@@ -92,6 +92,10 @@ type chunk struct {
 }
 
 // Device is a tiered volume.
+//
+// Lock order: ckptMu → gate → chunk.mu → metaMu → mu → Budget.mu, and
+// raMu → mu; extents.mu is innermost. evict takes a chunk's mu under mu
+// only with TryLock.
 type Device struct {
 	cfg Config
 	log *slog.Logger
