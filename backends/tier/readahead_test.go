@@ -3,6 +3,7 @@ package tier
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -255,5 +256,43 @@ func TestSmallWritesCoalesce(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(m.uploads); n < 8 || n >= writes/4 {
 		t.Fatalf("%v chunk uploads for %d writes", n, writes)
+	}
+}
+
+// A sequential reader during an outage gets ErrUnavailable, never a
+// hang or stale bytes; the failed stream buffers are forgotten, so once
+// the store answers the same reads succeed.
+func TestStreamDuringOutage(t *testing.T) {
+	s := store.NewMem()
+	d := fillAndReopen(t, 16, Config{CacheBytes: 1 << 20, Store: s, FetchTimeout: 200 * time.Millisecond})
+	readChunk(t, d, 0)
+	readChunk(t, d, 1)
+	// Wait for readahead to settle, then fail every request.
+	deadline := time.Now().Add(5 * time.Second)
+	for d.streamsHeld() < 4 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.SetFail(func(op, key string) error { return fmt.Errorf("%s: %w", op, store.ErrUnavailable) })
+	ctx := context.Background()
+	buf := make([]byte, testChunk)
+	var failed bool
+	for i := int64(2); i < 12 && !failed; i++ {
+		start := time.Now()
+		err := d.ReadAt(ctx, buf, i*testChunk)
+		if err != nil {
+			if !isUnavailable(err) || time.Since(start) > 5*time.Second {
+				t.Fatalf("chunk %d during the outage: %v after %v", i, err, time.Since(start))
+			}
+			failed = true
+		} else if !bytes.Equal(buf, pattern(testChunk, byte(i))) {
+			t.Fatalf("chunk %d reads wrong data during the outage", i)
+		}
+	}
+	if !failed {
+		t.Fatal("every read past the readahead window succeeded with the store down")
+	}
+	s.SetFail(nil)
+	for i := 2; i < 16; i++ {
+		readChunk(t, d, i)
 	}
 }
