@@ -346,7 +346,10 @@ func TestCollectSparesUploadInFlight(t *testing.T) {
 	var once sync.Once
 	collected := make(chan error, 1)
 	afterPut = func(d *Device, idx int64) {
-		once.Do(func() { collected <- d.collect(ctx) })
+		once.Do(func() {
+			_, err := d.collect(ctx)
+			collected <- err
+		})
 	}
 	t.Cleanup(func() { afterPut = nil })
 	if err := d.WriteAt(ctx, pattern(testChunk, 2), 0); err != nil {

@@ -344,8 +344,11 @@ func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
 	d.mu.Lock()
 	d.lastCkpt = m.Created
 	d.mu.Unlock()
-	if err := d.collect(ctx); err != nil {
+	logs, err := d.collect(ctx)
+	if err != nil {
 		d.log.Warn("garbage collection after recovery point failed; will retry at the next one", "err", err)
+	} else if err := d.reclaimLogs(ctx, logs); err != nil && ctx.Err() == nil {
+		d.log.Warn("rewriting chunks out of mostly dead log objects failed; will retry at the next recovery point", "err", err)
 	}
 	return m, nil
 }
@@ -356,8 +359,9 @@ const keepManifests = 3
 // collect deletes what no kept recovery point and no current chunk needs:
 // manifests older than the newest keepManifests, and chunk versions none
 // of those manifests reference. Versions handed out after the listing
-// began are never touched, so uploads in flight are safe.
-func (d *Device) collect(ctx context.Context) error {
+// began are never touched, so uploads in flight are safe. It returns the
+// size of every log object it kept, by version.
+func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 	d.mu.Lock()
 	// Spare every version from the oldest upload not yet journaled on:
 	// its object may exist before objects names it.
@@ -380,14 +384,14 @@ func (d *Device) collect(ctx context.Context) error {
 		manifests = append(manifests, o.Key)
 		return nil
 	}); err != nil {
-		return err
+		return nil, err
 	}
 	slices.Sort(manifests)
 	old := manifests[:max(0, len(manifests)-keepManifests)]
 	for _, key := range manifests[len(old):] {
 		b, err := d.cfg.Store.Get(ctx, key, nil)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		var m Manifest
 		if err := json.Unmarshal(b, &m); err != nil {
@@ -412,22 +416,27 @@ func (d *Device) collect(ctx context.Context) error {
 		garbage = append(garbage, o.Key)
 		return nil
 	}); err != nil {
-		return err
+		return nil, err
 	}
+	logs := map[uint64]int64{}
 	if err := d.cfg.Store.List(ctx, "logs/", func(o store.ObjectInfo) error {
-		if ver, ok := logSeq(o.Key); ok && ver < bound && !keep[o.Key] {
+		ver, ok := logSeq(o.Key)
+		switch {
+		case ok && ver < bound && !keep[o.Key]:
 			garbage = append(garbage, o.Key)
+		case ok:
+			logs[ver] = o.Size
 		}
 		return nil
 	}); err != nil {
-		return err
+		return nil, err
 	}
 	for _, k := range append(garbage, old...) {
 		if err := d.cfg.Store.Delete(ctx, k); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return logs, nil
 }
 
 func (d *Device) dirtyCount() int {
