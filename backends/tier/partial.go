@@ -299,10 +299,26 @@ func (d *Device) newPartial(idx int64) (*chunk, error) {
 // openDirty opens chunk idx found in dirty/ at start-up. With a map it is
 // partial: only the mapped bytes are its writes (the rest of the file may
 // be a fetched copy a crash tore), and only they upload.
+//
+// A file shorter than a chunk was torn while it was created (a crash
+// between its creation and its ftruncate): it never held a write, since
+// writes come after, and a Flush makes its size durable with its data.
+// It is removed and nil returned: the chunk is what the store holds.
 func (d *Device) openDirty(idx int64) (*chunk, error) {
-	dev, err := local.Open(filepath.Join(d.cfg.Dir, "dirty", chunkName(idx)))
+	path := filepath.Join(d.cfg.Dir, "dirty", chunkName(idx))
+	dev, err := local.Open(path)
 	if err != nil {
 		return nil, err
+	}
+	if dev.Size() != d.chunkSize() {
+		dev.Close()
+		d.log.Warn("dropping a chunk file torn at its creation; it never held a write", "chunk", idx, "bytes", dev.Size())
+		for _, p := range []string{path, filepath.Join(d.cfg.Dir, "dirty", mapName(idx))} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
+		}
+		return nil, nil
 	}
 	c := &chunk{idx: idx, dev: dev, dirty: true, full: true}
 	c.ver.Store(1)

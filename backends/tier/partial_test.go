@@ -305,3 +305,43 @@ func TestRandomReadsReadThrough(t *testing.T) {
 	}
 	m.check(t, d, cs)
 }
+
+// A chunk file a crash tore at its creation (before its ftruncate: empty,
+// no map) never held a write. Opening the volume drops it instead of
+// retrying its upload forever, and the chunk reads as the store has it.
+func TestChunkFileTornAtCreation(t *testing.T) {
+	ctx := context.Background()
+	s := store.NewMem()
+	dir := t.TempDir()
+	d := openTest(t, dir, s, 8*testChunk)
+	if err := d.WriteAt(ctx, pattern(testChunk, 3), 3*testChunk); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	for _, idx := range []string{"3", "5"} { // stored, and never written
+		if err := os.WriteFile(filepath.Join(dir, "dirty", idx), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d = openTest(t, dir, s, 8*testChunk)
+	defer d.Close()
+	waitClean(t, d)
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 2*testChunk)
+	if err := d.ReadAt(ctx, got, 3*testChunk); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:testChunk], pattern(testChunk, 3)) || !bytes.Equal(got[testChunk:], make([]byte, testChunk)) {
+		t.Fatal("chunks behind torn files do not read as the store has them")
+	}
+	for _, idx := range []string{"3", "5"} {
+		if _, err := os.Stat(filepath.Join(dir, "dirty", idx)); !os.IsNotExist(err) {
+			t.Fatalf("torn dirty/%s still there: %v", idx, err)
+		}
+	}
+}

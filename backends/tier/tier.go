@@ -243,6 +243,9 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tier: chunk %d: %w", idx, err)
 		}
+		if c == nil {
+			continue // torn at creation, removed
+		}
 		d.chunks[idx] = c
 		d.cfg.Budget.add(c.charge.Load())
 	}
