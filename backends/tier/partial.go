@@ -274,18 +274,22 @@ func (e *extents) size() (bytes int64, ranges int) {
 
 // newPartial caches chunk idx partially: an empty sparse file and an
 // empty map in dirty/. It holds no budget until written.
+//
+// The map comes first: a crash that leaves the file but no map would
+// have it taken for a whole chunk, and its zeroes uploaded over what the
+// store holds. (A map without its file is removed at start-up.)
 func (d *Device) newPartial(idx int64) (*chunk, error) {
 	path := filepath.Join(d.cfg.Dir, "dirty", chunkName(idx))
 	mpath := filepath.Join(d.cfg.Dir, "dirty", mapName(idx))
 	os.Remove(path)
-	dev, err := local.CreateScratch(path, d.chunkSize())
+	f, err := os.OpenFile(mpath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %d: %w", idx, err)
 	}
-	f, err := os.OpenFile(mpath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	dev, err := local.CreateScratch(path, d.chunkSize())
 	if err != nil {
-		dev.Close()
-		os.Remove(path)
+		f.Close()
+		os.Remove(mpath)
 		return nil, fmt.Errorf("chunk %d: %w", idx, err)
 	}
 	c := &chunk{idx: idx, dev: dev, dirty: true, ext: &extents{}, mapf: f}
@@ -520,6 +524,15 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 			c.mu.Unlock()
 			continue
 		}
+		// Written since gather chose it (it may have been new and empty
+		// then): a chunk now due for compaction uploads whole, by itself.
+		d.mu.Lock()
+		compact := !c.full && d.compactLocked(c)
+		d.mu.Unlock()
+		if compact || c.full {
+			c.mu.Unlock()
+			continue
+		}
 		p := piece{c: c, ver: c.ver.Load()}
 		c.written.Store(0)
 		for _, s := range c.ext.spans() {
@@ -609,9 +622,12 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	d.mu.Lock()
 	key, ovs := d.objects.baseKey(c.idx), slices.Clone(d.objects.overlays[c.idx])
 	d.mu.Unlock()
-	data, err := d.fetch(ctx, c.idx, key, ovs, getBuf(cs))
-	if err != nil {
-		return err
+	data := getBuf(cs)
+	if c.ext.covered() < cs { // else the writes replace all of it
+		var err error
+		if data, err = d.fetch(ctx, c.idx, key, ovs, data); err != nil {
+			return err
+		}
 	}
 	stored := int64(len(data)) // bytes past it are zeroes
 	data = slices.Grow(data, int(cs)-len(data))[:cs]

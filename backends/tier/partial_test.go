@@ -345,3 +345,59 @@ func TestChunkFileTornAtCreation(t *testing.T) {
 		}
 	}
 }
+
+// A crash after a chunk the store holds was set up for a whole-chunk
+// write, before the write lands, uploads nothing of it: the chunk still
+// reads as the store has it (a map-less file of zeroes would have been
+// uploaded over it).
+func TestCrashBeforeWholeChunkWrite(t *testing.T) {
+	ctx := context.Background()
+	s := store.NewMem()
+	dir := t.TempDir()
+	d := openTest(t, dir, s, 8*testChunk)
+	if err := d.WriteAt(ctx, pattern(testChunk, 3), 3*testChunk); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	d = openTest(t, dir, s, 8*testChunk)
+	if _, _, err := d.lookupMode(ctx, 3, lookupReplace); err != nil {
+		t.Fatal(err)
+	}
+	// "Crash": copy the cache directory as it is now and start from it.
+	crashed := t.TempDir()
+	if err := os.CopyFS(crashed, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	d = openTest(t, crashed, s, 8*testChunk)
+	defer d.Close()
+	waitClean(t, d)
+	got := make([]byte, testChunk)
+	if err := d.ReadAt(ctx, got, 3*testChunk); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, pattern(testChunk, 3)) {
+		t.Fatal("a crash before a whole-chunk write replaced the stored chunk")
+	}
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mf, err := LatestManifest(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := make(memWriterAt, 8*testChunk)
+	if err := Export(ctx, s, mf, img); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(img[3*testChunk:4*testChunk], pattern(testChunk, 3)) {
+		t.Fatal("the recovery point after the crash lost the stored chunk")
+	}
+}
+
+type memWriterAt []byte
+
+func (m memWriterAt) WriteAt(p []byte, off int64) (int, error) { return copy(m[off:], p), nil }

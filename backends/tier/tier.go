@@ -542,12 +542,10 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 		d.mu.Unlock()
 		return c, true, nil
 	}
-	inStore := d.objects.stored(idx)
+	stored := d.objects.stored(idx)
 	key, ovs := d.objects.baseKey(idx), slices.Clone(d.objects.overlays[idx])
 	d.mu.Unlock()
-	if !mode.fetch {
-		inStore = false
-	}
+	inStore := stored && mode.fetch
 	if !inStore && !mode.create {
 		return nil, false, nil
 	}
@@ -558,7 +556,9 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 			return c, nil
 		}
 		d.mu.Unlock()
-		if mode.partial {
+		if mode.partial || stored && !mode.fetch {
+			// A chunk the store holds is replaced through a map too, so
+			// a crash before the write lands uploads nothing of it.
 			return d.newPartial(idx)
 		}
 		if err := d.reserve(ctx, d.chunkSize(), mode.nowait); err != nil {
