@@ -306,10 +306,10 @@ func TestRandomReadsReadThrough(t *testing.T) {
 	m.check(t, d, cs)
 }
 
-// A chunk file a crash tore at its creation (before its ftruncate: empty,
-// no map) never held a write. Opening the volume drops it instead of
-// retrying its upload forever, and the chunk reads as the store has it.
-func TestChunkFileTornAtCreation(t *testing.T) {
+// storedChunk3 makes an 8-chunk volume whose chunk 3 is in the store
+// (pattern 3) and not cached, and closes it.
+func storedChunk3(t *testing.T) (string, *store.Mem) {
+	t.Helper()
 	ctx := context.Background()
 	s := store.NewMem()
 	dir := t.TempDir()
@@ -321,12 +321,21 @@ func TestChunkFileTornAtCreation(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Close()
+	return dir, s
+}
+
+// A chunk file a crash tore at its creation (before its ftruncate: empty,
+// no map) never held a write. Opening the volume drops it instead of
+// retrying its upload forever, and the chunk reads as the store has it.
+func TestChunkFileTornAtCreation(t *testing.T) {
+	ctx := context.Background()
+	dir, s := storedChunk3(t)
 	for _, idx := range []string{"3", "5"} { // stored, and never written
 		if err := os.WriteFile(filepath.Join(dir, "dirty", idx), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	d = openTest(t, dir, s, 8*testChunk)
+	d := openTest(t, dir, s, 8*testChunk)
 	defer d.Close()
 	waitClean(t, d)
 	if _, err := d.Checkpoint(ctx); err != nil {
@@ -352,17 +361,8 @@ func TestChunkFileTornAtCreation(t *testing.T) {
 // uploaded over it).
 func TestCrashBeforeWholeChunkWrite(t *testing.T) {
 	ctx := context.Background()
-	s := store.NewMem()
-	dir := t.TempDir()
+	dir, s := storedChunk3(t)
 	d := openTest(t, dir, s, 8*testChunk)
-	if err := d.WriteAt(ctx, pattern(testChunk, 3), 3*testChunk); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Checkpoint(ctx); err != nil {
-		t.Fatal(err)
-	}
-	d.Close()
-	d = openTest(t, dir, s, 8*testChunk)
 	if _, _, err := d.lookupMode(ctx, 3, lookupReplace); err != nil {
 		t.Fatal(err)
 	}
