@@ -252,11 +252,12 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	d.cfg.Budget.register(d)
 	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.stop, d.bg = cancel, uctx
+	pending := len(d.chunks) > 0 // read before uploaders may change it
 	for range cfg.Uploaders {
 		d.wg.Add(1)
 		go d.uploader(uctx)
 	}
-	if len(d.chunks) > 0 {
+	if pending {
 		d.kick()
 	}
 	return d, nil
