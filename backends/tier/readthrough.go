@@ -52,17 +52,11 @@ func (g *ghosts) seen(idx int64, size int) bool {
 
 // readThrough serves a read of bytes [coff, coff+len(buf)) of chunk idx
 // straight from the store when the chunk is not cached, is stored, and
-// is read neither sequentially nor for the second time lately. done
-// says whether it did.
-func (d *Device) readThrough(ctx context.Context, idx, coff int64, buf []byte) (done bool, err error) {
-	if d.cfg.Readahead < 0 {
-		return false, nil // no read-pattern tracking: keep whole-chunk fetches
-	}
-	d.raMu.Lock()
-	sequential := idx >= d.raNext-2 && idx <= d.raNext
-	d.raMu.Unlock()
-	if sequential {
-		return false, nil
+// is read neither sequentially (seq) nor for the second time lately.
+// done says whether it did.
+func (d *Device) readThrough(ctx context.Context, idx, coff int64, buf []byte, seq bool) (done bool, err error) {
+	if d.cfg.Readahead < 0 || seq {
+		return false, nil // no read-pattern tracking (keep whole-chunk fetches), or a stream
 	}
 	for attempt := 0; ; attempt++ {
 		d.mu.Lock()

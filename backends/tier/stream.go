@@ -47,18 +47,25 @@ type stream struct {
 func (d *Device) sequential(idx int64) bool {
 	d.raMu.Lock()
 	defer d.raMu.Unlock()
+	return d.inStreamLocked(idx)
+}
+
+// inStreamLocked reports whether chunk idx belongs to the sequential
+// stream: reads in flight together arrive a little out of order, so a
+// read up to two chunks behind it still does. raMu is held.
+func (d *Device) inStreamLocked(idx int64) bool {
 	return idx >= d.raNext-2 && idx <= d.raNext
 }
 
 // readStream serves a read of bytes [coff, coff+len(buf)) of chunk idx
 // from a stream buffer: one that exists already (read ahead), or one made
 // now when the read is sequential, the chunk is stored and neither cached
-// nor remembered as read lately. done says whether it did.
-func (d *Device) readStream(ctx context.Context, idx, coff int64, buf []byte) (done bool, err error) {
+// nor remembered as read lately; seq says whether the read is
+// sequential. done says whether it did.
+func (d *Device) readStream(ctx context.Context, idx, coff int64, buf []byte, seq bool) (done bool, err error) {
 	if d.cfg.Readahead < 0 {
 		return false, nil
 	}
-	seq := d.sequential(idx)
 	d.mu.Lock()
 	if _, cached := d.chunks[idx]; cached {
 		d.mu.Unlock()

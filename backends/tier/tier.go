@@ -308,11 +308,12 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 	err := d.span(off, int64(len(p)), func(idx, coff, n, done int64) error {
 		buf := p[done : done+n]
 		last = idx
+		seq := d.cfg.Readahead >= 0 && d.sequential(idx)
 		for {
-			if done, err := d.readStream(ctx, idx, coff, buf); done || err != nil {
+			if done, err := d.readStream(ctx, idx, coff, buf, seq); done || err != nil {
 				return err
 			}
-			if done, err := d.readThrough(ctx, idx, coff, buf); done || err != nil {
+			if done, err := d.readThrough(ctx, idx, coff, buf, seq); done || err != nil {
 				return err
 			}
 			c, cached, err := d.lookupMode(ctx, idx, lookupRead)
@@ -364,9 +365,7 @@ func (d *Device) readahead(first, last int64) {
 	}
 	d.raMu.Lock()
 	defer d.raMu.Unlock()
-	// Reads in flight together arrive a little out of order: a read that
-	// starts up to two chunks behind the stream still belongs to it.
-	if first < d.raNext-2 || first > d.raNext {
+	if !d.inStreamLocked(first) {
 		d.raRun, d.raNext = 0, last+1
 		return
 	}
