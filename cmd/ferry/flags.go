@@ -2,14 +2,13 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-io/ferry/gateway/api"
+	"github.com/ferry-io/ferry/internal/size"
 )
 
 // apiFlags are the flags of every command that talks to a running gateway.
@@ -32,80 +31,11 @@ func apiClient(c *cli.Context) *api.Client {
 	return api.NewClient(c.String("api"))
 }
 
-// parseSize parses a byte size: a plain number of bytes, or a number with a
-// binary unit K, M, G, T, P (also written KiB/KB, MiB/MB ...; all are
-// powers of 1024, as in qemu-img). Fractions are allowed when the result is
-// a whole number of bytes ("1.5G").
-func parseSize(s string) (int64, error) {
-	orig := s
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return 0, fmt.Errorf("size is empty: give bytes or a number with K, M, G, T or P (e.g. 10G)")
-	}
-	upper := strings.ToUpper(s)
-	upper = strings.TrimSuffix(upper, "B")
-	upper = strings.TrimSuffix(upper, "I")
-	mult := int64(1)
-	if n := len(upper); n > 0 {
-		switch upper[n-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		case 'P':
-			mult = 1 << 50
-		}
-		if mult != 1 {
-			upper = upper[:n-1]
-		}
-	}
-	if mult == 1 && upper != strings.ToUpper(s) && !strings.EqualFold(s, upper+"B") {
-		return 0, fmt.Errorf("size %q: unknown unit (use K, M, G, T or P, e.g. 512M, 10G, 10GiB)", orig)
-	}
-	if n, err := strconv.ParseInt(upper, 10, 64); err == nil {
-		if n < 0 {
-			return 0, fmt.Errorf("size %q is negative", orig)
-		}
-		if n > (1<<63-1)/mult {
-			return 0, fmt.Errorf("size %q is too large", orig)
-		}
-		return n * mult, nil
-	}
-	f, err := strconv.ParseFloat(upper, 64)
-	if err != nil || f < 0 {
-		return 0, fmt.Errorf("size %q: not a size (examples: 512M, 10G, 10GiB, 1T, 1048576)", orig)
-	}
-	v := f * float64(mult)
-	if v >= 1<<63 {
-		return 0, fmt.Errorf("size %q is too large", orig)
-	}
-	if v != float64(int64(v)) {
-		return 0, fmt.Errorf("size %q is not a whole number of bytes", orig)
-	}
-	return int64(v), nil
-}
-
-// formatSize prints bytes with a binary unit, exact when possible.
-func formatSize(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-	f := float64(n)
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%d B", n)
-	}
-	if f == float64(int64(f)) {
-		return fmt.Sprintf("%d %s", int64(f), units[i])
-	}
-	return fmt.Sprintf("%.1f %s", f, units[i])
-}
+// The CLI's size syntax and display; see package size.
+var (
+	parseSize  = size.Parse
+	formatSize = size.Format
+)
 
 func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
@@ -115,22 +45,52 @@ func printJSON(v any) error {
 
 // sizeArg reads the required --size flag.
 func sizeArg(c *cli.Context) (int64, error) {
-	if !c.IsSet("size") {
-		return 0, fmt.Errorf("--size is required (e.g. --size 10G)")
+	if err := requireFlag(c, "size", "--size 10G"); err != nil {
+		return 0, err
 	}
-	return parseSize(c.String("size"))
+	n, err := parseSize(c.String("size"))
+	if err != nil {
+		return 0, usagef(c, "--size: %w", err)
+	}
+	return n, nil
 }
 
-// nameArg reads the one positional volume name.
+// nameArg reads the one positional name (a volume's, or a store's).
 func nameArg(c *cli.Context) (string, error) {
 	switch c.NArg() {
 	case 1:
 		return c.Args().First(), nil
 	case 0:
-		return "", fmt.Errorf("missing volume name (usage: %s)", c.Command.UsageText)
-	default:
-		return "", fmt.Errorf("expected one volume name, got %d arguments (usage: %s)", c.NArg(), c.Command.UsageText)
+		return "", usagef(c, "missing %s (usage: %s)", argName(c), c.Command.UsageText)
 	}
+	extra := c.Args().Get(1)
+	if hasFlag(c, "size") && !c.IsSet("size") {
+		if _, err := parseSize(extra); err == nil {
+			return "", usagef(c, "unexpected argument %q: did you mean --size %s?", extra, extra)
+		}
+	}
+	return "", usagef(c, "expected one %s, got %d arguments (usage: %s)", argName(c), c.NArg(), c.Command.UsageText)
+}
+
+// argName names the positional argument of c's command in errors.
+func argName(c *cli.Context) string {
+	for _, p := range c.Lineage() {
+		if p.Command != nil && p.Command.Name == "store" {
+			return "store name"
+		}
+	}
+	return "volume name"
+}
+
+func hasFlag(c *cli.Context, name string) bool {
+	for _, f := range c.Command.Flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // interspersed moves the flags that follow positional arguments in front of
