@@ -257,12 +257,17 @@ func (c *conn) taskMgmt(req *pdu) {
 	c.send(p, true)
 }
 
+// client describes this connection to the volume manager.
+func (c *conn) client() volume.Client {
+	return volume.Client{Protocol: volume.ProtoISCSI, Remote: c.remote, Initiator: c.initiator}
+}
+
 // text answers SendTargets.
 func (c *conn) text(req *pdu) {
 	keys := parseKV(req.data)
 	var resp kv
 	if v, ok := keys.get("SendTargets"); ok {
-		names, _ := c.s.exports.List(context.Background())
+		names, _ := c.s.exports.List(context.Background(), c.client())
 		portal := c.nc.LocalAddr().String()
 		for _, n := range names {
 			t := c.s.TargetName(n)

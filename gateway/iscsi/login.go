@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/ferry-io/ferry/gateway/volume"
 )
 
 // Login status class and detail (RFC 7143 §11.13.5).
@@ -185,7 +187,10 @@ func (c *conn) loginFirst(ctx context.Context, keys kv, acc *Access) error {
 	if !a.allows(c.initiator) {
 		return &loginError{loginForbidden, "initiator not allowed"}
 	}
-	att, err := c.s.exports.Attach(ctx, vol, "iscsi "+c.remote+" "+c.initiator)
+	att, err := c.s.exports.Attach(ctx, vol, c.client())
+	if errors.Is(err, volume.ErrDenied) {
+		return &loginError{loginForbidden, err.Error()}
+	}
 	if err != nil {
 		return &loginError{loginNotFound, "no such target"}
 	}

@@ -61,6 +61,9 @@ type conn struct {
 
 	dmu      sync.Mutex
 	stopping bool // under dmu: Shutdown asked the reader to stop
+
+	// Payload bytes moved, for the disconnect log line.
+	readBytes, writtenBytes atomic.Int64
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -123,7 +126,12 @@ func (c *conn) Serve(parent context.Context) {
 	defer att.Detach()
 	c.setReadDeadline(time.Time{})
 	c.nc.SetWriteDeadline(time.Time{})
-	c.log.Debug("client attached", "export", att.Name, "structured", c.structured)
+	start := time.Now()
+	c.log.Info("NBD client attached", "export", att.Name, "structured", c.structured)
+	defer func() {
+		c.log.Info("NBD client detached", "export", att.Name, "read_bytes", c.readBytes.Load(),
+			"written_bytes", c.writtenBytes.Load(), "duration", time.Since(start).Round(time.Millisecond).String())
+	}()
 
 	if rev := att.Revoked(); rev != nil {
 		stop := make(chan struct{})
@@ -419,6 +427,7 @@ func (c *conn) handle(req request, buf []byte) {
 	switch req.typ {
 	case cmdRead:
 		c.s.m.readB.Add(float64(len(buf)))
+		c.readBytes.Add(int64(len(buf)))
 		if c.structured {
 			c.replyData(req, buf)
 		} else {
@@ -470,6 +479,7 @@ func (c *conn) execute(req request, buf []byte) (uint32, string) {
 		if n > 0 {
 			err = dev.WriteAt(ctx, buf, off)
 			c.s.m.writeB.Add(float64(n))
+			c.writtenBytes.Add(n)
 		}
 	case cmdFlush:
 		err = dev.Flush(ctx)

@@ -72,7 +72,7 @@ func (c *conn) handshake(ctx context.Context) (*volume.Attachment, error) {
 func (c *conn) option(ctx context.Context, opt uint32, data []byte) (*volume.Attachment, error) {
 	switch opt {
 	case optExportName:
-		att, err := c.s.exports.Attach(ctx, string(data), c.remote)
+		att, err := c.s.exports.Attach(ctx, string(data), c.client())
 		if err != nil {
 			// The protocol has no way to refuse NBD_OPT_EXPORT_NAME but to
 			// close the connection.
@@ -99,7 +99,7 @@ func (c *conn) option(ctx context.Context, opt uint32, data []byte) (*volume.Att
 		if len(data) != 0 {
 			return nil, c.optReply(opt, repErrInvalid, []byte("NBD_OPT_LIST takes no data"))
 		}
-		names, err := c.s.exports.List(ctx)
+		names, err := c.s.exports.List(ctx, c.client())
 		if err != nil {
 			return nil, c.optReply(opt, repErrShutdown, []byte("export list unavailable"))
 		}
@@ -156,14 +156,14 @@ func (c *conn) infoOrGo(ctx context.Context, opt uint32, data []byte) (*volume.A
 	var att *volume.Attachment
 	var size int64
 	if opt == optGo {
-		a, err := c.s.exports.Attach(ctx, name, c.remote)
+		a, err := c.s.exports.Attach(ctx, name, c.client())
 		if err != nil {
 			return nil, c.exportError(opt, name, err)
 		}
 		att, size = a, a.Dev.Size()
 	} else {
 		// NBD_OPT_INFO: look without holding the volume.
-		a, err := c.s.exports.Attach(ctx, name, c.remote+" (info)")
+		a, err := c.s.exports.Attach(ctx, name, c.client())
 		if err != nil {
 			return nil, c.exportError(opt, name, err)
 		}
@@ -214,9 +214,18 @@ func (c *conn) infoOrGo(ctx context.Context, opt uint32, data []byte) (*volume.A
 	return att, nil
 }
 
+// client describes this connection to the volume manager.
+func (c *conn) client() volume.Client {
+	return volume.Client{Protocol: volume.ProtoNBD, Remote: c.remote}
+}
+
 func (c *conn) exportError(opt uint32, name string, err error) error {
 	if errors.Is(err, volume.ErrNotFound) {
 		return c.optReply(opt, repErrUnknown, fmt.Appendf(nil, "no export named %q", name))
+	}
+	if errors.Is(err, volume.ErrDenied) {
+		// The reason stays in the gateway's log: it names the rules.
+		return c.optReply(opt, repErrPolicy, fmt.Appendf(nil, "export %q: access denied by the volume's access rules", name))
 	}
 	c.log.Warn("attach failed", "export", name, "err", err)
 	return c.optReply(opt, repErrShutdown, fmt.Appendf(nil, "export %q unavailable", name))
@@ -245,7 +254,7 @@ func (c *conn) metaContext(ctx context.Context, opt uint32, data []byte) error {
 	if len(rest) != 0 {
 		return c.optReply(opt, repErrInvalid, []byte("trailing data in meta context request"))
 	}
-	names, err := c.s.exports.List(ctx)
+	names, err := c.s.exports.List(ctx, c.client())
 	if err != nil {
 		return c.optReply(opt, repErrShutdown, []byte("export list unavailable"))
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -474,8 +475,10 @@ type revokingExports struct {
 	revoked chan struct{}
 }
 
-func (e *revokingExports) List(context.Context) ([]string, error) { return []string{"v"}, nil }
-func (e *revokingExports) Attach(ctx context.Context, name, client string) (*volume.Attachment, error) {
+func (e *revokingExports) List(context.Context, volume.Client) ([]string, error) {
+	return []string{"v"}, nil
+}
+func (e *revokingExports) Attach(ctx context.Context, name string, client volume.Client) (*volume.Attachment, error) {
 	if name != "v" {
 		return nil, volume.ErrNotFound
 	}
@@ -525,5 +528,56 @@ print("ok")
 	out, err = cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "ok") {
 		t.Fatalf("nbdsh bad-input script: %v\n%s", err, out)
+	}
+}
+
+// denyingExports refuses one export to every client, as a volume's access
+// rules refuse a client they do not admit.
+type denyingExports struct {
+	volume.Exports
+	denied string
+}
+
+func (e denyingExports) List(ctx context.Context, c volume.Client) ([]string, error) {
+	names, err := e.Exports.List(ctx, c)
+	return slices.DeleteFunc(names, func(n string) bool { return n == e.denied }), err
+}
+
+func (e denyingExports) Attach(ctx context.Context, name string, c volume.Client) (*volume.Attachment, error) {
+	if c.Protocol != volume.ProtoNBD || !strings.HasPrefix(c.Remote, "127.0.0.1:") {
+		return nil, fmt.Errorf("client %+v not described as an NBD client: %w", c, volume.ErrInvalid)
+	}
+	if name == e.denied {
+		return nil, fmt.Errorf("attach %q: %w", name, volume.ErrDenied)
+	}
+	return e.Exports.Attach(ctx, name, c)
+}
+
+// An export the volume's rules refuse answers GO and INFO with
+// NBD_REP_ERR_POLICY, is left out of LIST, and EXPORT_NAME closes.
+func TestAccessDenied(t *testing.T) {
+	exp := denyingExports{volume.NewStaticExports(map[string]device.Device{"a": mem.New(4096), "secret": mem.New(4096)}), "secret"}
+	srv := NewServer(exp, Config{})
+	l := ftu.Listen(t)
+	go srv.Serve(context.Background(), l)
+	defer srv.Shutdown(context.Background())
+
+	rc := dialRaw(t, l.Addr().String())
+	if typ, p := rc.option(optList, nil); len(typ) != 2 || string(p[0][4:]) != "a" {
+		t.Errorf("LIST shows a refused export: %v %q", typ, p)
+	}
+	for _, opt := range []uint32{optInfo, optGo} {
+		typ, p := rc.option(opt, goData("secret"))
+		if len(typ) != 1 || typ[0] != repErrPolicy || !strings.Contains(string(p[0]), "access denied") {
+			t.Errorf("option %d for a refused export: %#x %q", opt, typ, p)
+		}
+	}
+	if typ, _ := rc.option(optGo, goData("a")); typ[len(typ)-1] != repAck {
+		t.Errorf("GO of an allowed export after a refusal: %v", typ)
+	}
+	rc = dialRaw(t, l.Addr().String())
+	rc.write(append(append(binary64(magicOption), binary32(optExportName, 6)...), "secret"...))
+	if !rc.closed() {
+		t.Error("EXPORT_NAME of a refused export left the connection open")
 	}
 }

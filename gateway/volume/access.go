@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,60 +13,135 @@ import (
 	"strings"
 )
 
-// ISCSIAccess is a volume's iSCSI access control. Secrets stay in the
-// catalog (mode 0600) and reach only the iSCSI frontend; Info shows the
-// user names and allow-list, never a secret.
-type ISCSIAccess struct {
+// Access is a volume's access control, the same whichever protocol serves
+// the volume:
+//
+//   - AllowAddresses, when not empty, admits only clients whose address is
+//     in one of its prefixes, over NBD and iSCSI alike.
+//   - CHAP and AllowInitiators are checked by the iSCSI frontend at login.
+//     NBD can check neither, so a volume that has either is served over
+//     NBD only to clients its AllowAddresses admits: with CHAP or an
+//     initiator allow-list and no address allow-list, NBD refuses it.
+//
+// Secrets stay in the catalog (mode 0600) and reach only the iSCSI
+// frontend; Info shows the user names and allow-lists, never a secret.
+type Access struct {
 	CHAPUser        string   `json:"chap_user,omitempty"`
 	CHAPSecret      string   `json:"chap_secret,omitempty"`
 	MutualUser      string   `json:"mutual_chap_user,omitempty"`
 	MutualSecret    string   `json:"mutual_chap_secret,omitempty"`
 	AllowInitiators []string `json:"allow_initiators,omitempty"`
+	// AllowAddresses are client address prefixes ("192.0.2.0/24",
+	// "2001:db8::/32"; a lone address is stored as a /32 or /128).
+	AllowAddresses []string `json:"allow_addresses,omitempty"`
 }
 
-// AccessView is ISCSIAccess without secrets, for Info.
+// AccessView is Access without secrets, for Info.
 type AccessView struct {
 	CHAPUser        string   `json:"chap_user,omitempty"`
 	MutualUser      string   `json:"mutual_chap_user,omitempty"`
 	AllowInitiators []string `json:"allow_initiators,omitempty"`
+	AllowAddresses  []string `json:"allow_addresses,omitempty"`
 }
 
-func (a *ISCSIAccess) view() *AccessView {
-	if a == nil || (a.CHAPUser == "" && len(a.AllowInitiators) == 0) {
+func (a *Access) view() *AccessView {
+	if a.empty() {
 		return nil
 	}
-	return &AccessView{CHAPUser: a.CHAPUser, MutualUser: a.MutualUser, AllowInitiators: slices.Clone(a.AllowInitiators)}
+	return &AccessView{CHAPUser: a.CHAPUser, MutualUser: a.MutualUser,
+		AllowInitiators: slices.Clone(a.AllowInitiators), AllowAddresses: slices.Clone(a.AllowAddresses)}
+}
+
+func (a *Access) empty() bool {
+	return a == nil || (a.CHAPUser == "" && len(a.AllowInitiators) == 0 && len(a.AllowAddresses) == 0)
+}
+
+// admit checks the rules every protocol shares; the iSCSI frontend checks
+// CHAP and the initiator allow-list itself. A nil Access admits anyone.
+func (a *Access) admit(c Client) error {
+	if a.empty() {
+		return nil
+	}
+	if len(a.AllowAddresses) > 0 {
+		if !addressAllowed(a.AllowAddresses, c.Remote) {
+			return fmt.Errorf("client address %s is not on the volume's address allow-list: %w", c.Remote, ErrDenied)
+		}
+		return nil
+	}
+	if c.Protocol != ProtoISCSI {
+		return fmt.Errorf("the volume is protected by iSCSI CHAP or an initiator allow-list, which %s cannot check; "+
+			"admit %s clients by address with `ferry volume update NAME --allow-address CIDR`: %w", strings.ToUpper(c.Protocol), strings.ToUpper(c.Protocol), ErrDenied)
+	}
+	return nil
+}
+
+// addressAllowed reports whether remote (host:port or host) is in one of
+// the prefixes. IPv4-mapped IPv6 addresses count as IPv4.
+func addressAllowed(prefixes []string, remote string) bool {
+	host := remote
+	if h, _, err := net.SplitHostPort(remote); err == nil {
+		host = h
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap().WithZone("")
+	for _, s := range prefixes {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseAddressPrefix accepts an address or a prefix and returns it as a
+// canonical prefix.
+func parseAddressPrefix(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked().String(), nil
+	}
+	if ip, err := netip.ParseAddr(s); err == nil && ip.Zone() == "" {
+		ip = ip.Unmap()
+		return netip.PrefixFrom(ip, ip.BitLen()).String(), nil
+	}
+	return "", fmt.Errorf("address %q is neither an IP address nor a prefix such as 192.0.2.0/24: %w", s, ErrInvalid)
 }
 
 // AccessUpdate changes a volume's access control. Nil fields are left as
-// they are; ClearCHAP and ClearAllow remove settings.
+// they are; ClearCHAP removes CHAP settings and ClearAllow both
+// allow-lists, before the rest is applied.
 type AccessUpdate struct {
 	CHAPUser        *string  `json:"chap_user,omitempty"`
 	CHAPSecret      *string  `json:"chap_secret,omitempty"`
 	MutualUser      *string  `json:"mutual_chap_user,omitempty"`
 	MutualSecret    *string  `json:"mutual_chap_secret,omitempty"`
 	AllowInitiators []string `json:"allow_initiators,omitempty"`
+	AllowAddresses  []string `json:"allow_addresses,omitempty"`
 	ClearCHAP       bool     `json:"clear_chap,omitempty"`
 	ClearAllow      bool     `json:"clear_allow,omitempty"`
 }
 
-func (u *AccessUpdate) empty() bool {
+// Empty reports whether u changes nothing.
+func (u *AccessUpdate) Empty() bool {
 	return u == nil || (u.CHAPUser == nil && u.CHAPSecret == nil && u.MutualUser == nil &&
-		u.MutualSecret == nil && len(u.AllowInitiators) == 0 && !u.ClearCHAP && !u.ClearAllow)
+		u.MutualSecret == nil && len(u.AllowInitiators) == 0 && len(u.AllowAddresses) == 0 && !u.ClearCHAP && !u.ClearAllow)
 }
 
 // apply returns old with u applied, validated.
-func (u *AccessUpdate) apply(old *ISCSIAccess) (*ISCSIAccess, error) {
-	a := ISCSIAccess{}
+func (u *AccessUpdate) apply(old *Access) (*Access, error) {
+	a := Access{}
 	if old != nil {
 		a = *old
 		a.AllowInitiators = slices.Clone(old.AllowInitiators)
+		a.AllowAddresses = slices.Clone(old.AllowAddresses)
 	}
 	if u.ClearCHAP {
 		a.CHAPUser, a.CHAPSecret, a.MutualUser, a.MutualSecret = "", "", "", ""
 	}
 	if u.ClearAllow {
-		a.AllowInitiators = nil
+		a.AllowInitiators, a.AllowAddresses = nil, nil
 	}
 	set := func(dst *string, src *string) {
 		if src != nil {
@@ -81,10 +158,19 @@ func (u *AccessUpdate) apply(old *ISCSIAccess) (*ISCSIAccess, error) {
 			a.AllowInitiators = append(a.AllowInitiators, iqn)
 		}
 	}
+	for _, s := range u.AllowAddresses {
+		p, err := parseAddressPrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(a.AllowAddresses, p) {
+			a.AllowAddresses = append(a.AllowAddresses, p)
+		}
+	}
 	if err := a.Validate(); err != nil {
 		return nil, err
 	}
-	if a.CHAPUser == "" && len(a.AllowInitiators) == 0 {
+	if a.empty() {
 		return nil, nil
 	}
 	return &a, nil
@@ -92,8 +178,8 @@ func (u *AccessUpdate) apply(old *ISCSIAccess) (*ISCSIAccess, error) {
 
 var initiatorRE = regexp.MustCompile(`^(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:.+)?|eui\.[0-9a-f]{16}|naa\.[0-9a-f]{16}([0-9a-f]{16})?)$`)
 
-// Validate checks CHAP settings and initiator names.
-func (a *ISCSIAccess) Validate() error {
+// Validate checks CHAP settings, initiator names and address prefixes.
+func (a *Access) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf(format+": %w", append(args, ErrInvalid)...)
 	}
@@ -119,10 +205,16 @@ func (a *ISCSIAccess) Validate() error {
 			return bad("initiator name %q is not an iqn., eui. or naa. name", iqn)
 		}
 	}
+	for _, p := range a.AllowAddresses {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			return bad("address prefix %q is not valid", p)
+		}
+	}
 	return nil
 }
 
-// UpdateAccess changes a volume's iSCSI access control.
+// UpdateAccess changes a volume's access control. It applies to new
+// connections; clients already attached stay.
 func (m *Manager) UpdateAccess(ctx context.Context, name string, u AccessUpdate) (Info, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -130,34 +222,35 @@ func (m *Manager) UpdateAccess(ctx context.Context, name string, u AccessUpdate)
 	if !ok || v.removing {
 		return Info{}, fmt.Errorf("update volume %q: %w", name, ErrNotFound)
 	}
-	a, err := u.apply(v.rec.ISCSI)
+	a, err := u.apply(v.rec.Access)
 	if err != nil {
 		return Info{}, fmt.Errorf("update volume %q: %w", name, err)
 	}
-	old := v.rec.ISCSI
-	v.rec.ISCSI = a
+	old := v.rec.Access
+	v.rec.Access = a
 	if err := m.commit(); err != nil {
-		v.rec.ISCSI = old
+		v.rec.Access = old
 		return Info{}, fmt.Errorf("update volume %q: %w", name, err)
 	}
 	m.log.Info("volume access updated", attrVolume, name) // never the values: they hold secrets
 	return m.infoLocked(ctx, v), nil
 }
 
-// Access returns a volume's iSCSI access control, secrets included, for the
+// Access returns a volume's access control, secrets included, for the
 // iSCSI frontend. A volume without settings returns the zero value.
-func (m *Manager) Access(ctx context.Context, name string) (ISCSIAccess, error) {
+func (m *Manager) Access(ctx context.Context, name string) (Access, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	v, ok := m.vols[name]
 	if !ok || v.removing {
-		return ISCSIAccess{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		return Access{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
-	if v.rec.ISCSI == nil {
-		return ISCSIAccess{}, nil
+	if v.rec.Access == nil {
+		return Access{}, nil
 	}
-	a := *v.rec.ISCSI
+	a := *v.rec.Access
 	a.AllowInitiators = slices.Clone(a.AllowInitiators)
+	a.AllowAddresses = slices.Clone(a.AllowAddresses)
 	return a, nil
 }
 

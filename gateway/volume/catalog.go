@@ -11,8 +11,12 @@ import (
 	"github.com/ferry-io/ferry/backends/local"
 )
 
-// catalogVersion is the on-disk catalog format version (docs/FORMAT.md).
-const catalogVersion = 1
+// catalogVersion is the on-disk catalog format version
+// (docs/ARCHITECTURE.md). Version 2 moved access control from "iscsi" to
+// "access", which holds for every protocol; version 1 catalogs are read and
+// rewritten as version 2 at the next change. An older Ferry refuses a
+// version 2 catalog rather than serve its volumes without their rules.
+const catalogVersion = 2
 
 // Record is one volume's persistent metadata.
 type Record struct {
@@ -25,9 +29,11 @@ type Record struct {
 	Store     string    `json:"store,omitempty"`
 	ChunkSize int64     `json:"chunk_size,omitempty"`
 	Created   time.Time `json:"created"`
-	// ISCSI is the volume's iSCSI access control; nil means the gateway
-	// default applies.
-	ISCSI *ISCSIAccess `json:"iscsi,omitempty"`
+	// Access is the volume's access control, for every protocol; nil
+	// admits any client (and iSCSI logins use the gateway's default CHAP).
+	Access *Access `json:"access,omitempty"`
+	// LegacyISCSI is where a version 1 catalog kept Access.
+	LegacyISCSI *Access `json:"iscsi,omitempty"`
 }
 
 // catalogFile is the JSON document stored at <data>/catalog.json.
@@ -49,8 +55,15 @@ func loadCatalog(path string) (*catalogFile, error) {
 	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("parse catalog %s: %w", path, err)
 	}
-	if c.Version != catalogVersion {
-		return nil, fmt.Errorf("catalog %s: unsupported version %d (this Ferry reads %d)", path, c.Version, catalogVersion)
+	switch c.Version {
+	case 1:
+		for _, r := range c.Volumes {
+			r.Access, r.LegacyISCSI = r.LegacyISCSI, nil
+		}
+		c.Version = catalogVersion
+	case catalogVersion:
+	default:
+		return nil, fmt.Errorf("catalog %s: unsupported version %d (this Ferry reads 1 and %d)", path, c.Version, catalogVersion)
 	}
 	return &c, nil
 }

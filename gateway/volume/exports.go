@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/ferry-io/ferry/backends/device"
 )
@@ -20,18 +21,42 @@ var (
 	ErrBusy = errors.New("volume in use")
 	// ErrInvalid: a request argument (name, size) is not acceptable.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrDenied: the volume's access rules do not admit this client.
+	ErrDenied = errors.New("access denied")
 )
 
+// Protocols a Client can attach over.
+const (
+	ProtoNBD   = "nbd"
+	ProtoISCSI = "iscsi"
+)
+
+// Client describes one client connection to a volume: who attaches, over
+// what, and since when. `volume info` lists them.
+type Client struct {
+	// Protocol is ProtoNBD or ProtoISCSI.
+	Protocol string `json:"protocol"`
+	// Remote is the client's address, host:port.
+	Remote string `json:"remote"`
+	// Initiator is an iSCSI client's initiator name.
+	Initiator string `json:"initiator,omitempty"`
+	// Since is when the client attached.
+	Since time.Time `json:"since"`
+}
+
 // Exports is what a frontend sees of the catalog: the volume names and a
-// way to attach one for the lifetime of a client connection.
+// way to attach one for the lifetime of a client connection. A volume's
+// access rules (Access) hold for every protocol: Attach refuses a client
+// they do not admit, and List leaves out the volumes it would refuse.
 type Exports interface {
-	// List returns the names of the volumes that exist now, sorted.
-	List(ctx context.Context) ([]string, error)
-	// Attach opens the named volume for one client connection; client is a
-	// human-readable peer description for `volume info` and logs. It fails
-	// with an error wrapping ErrNotFound for unknown names. The caller must
+	// List returns the names of the volumes that exist now and that client
+	// may attach, sorted.
+	List(ctx context.Context, client Client) ([]string, error)
+	// Attach opens the named volume for one client connection. It fails
+	// with an error wrapping ErrNotFound for unknown names and ErrDenied
+	// when the volume's access rules refuse the client. The caller must
 	// call Detach when the connection ends.
-	Attach(ctx context.Context, name, client string) (*Attachment, error)
+	Attach(ctx context.Context, name string, client Client) (*Attachment, error)
 }
 
 // Attachment is one client connection's hold on a volume.
@@ -82,7 +107,7 @@ func NewStaticExports(devs map[string]device.Device) *StaticExports {
 }
 
 // List implements Exports.
-func (s *StaticExports) List(ctx context.Context) ([]string, error) {
+func (s *StaticExports) List(ctx context.Context, client Client) ([]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var names []string
@@ -94,7 +119,7 @@ func (s *StaticExports) List(ctx context.Context) ([]string, error) {
 }
 
 // Attach implements Exports.
-func (s *StaticExports) Attach(ctx context.Context, name, client string) (*Attachment, error) {
+func (s *StaticExports) Attach(ctx context.Context, name string, client Client) (*Attachment, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, ok := s.devs[name]

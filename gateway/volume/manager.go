@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -67,7 +68,8 @@ type Config struct {
 }
 
 // Manager owns the catalog and the open devices. It is safe for
-// concurrent use. Lock order: Manager.mu, then a device's own locks.
+// concurrent use. Lock order: Manager.mu, then a device's own locks
+// (probeMu is never held with another lock).
 type Manager struct {
 	cfg     Config
 	log     *slog.Logger
@@ -83,12 +85,15 @@ type Manager struct {
 	tierMetrics  *tier.Metrics
 	stopBG       context.CancelFunc
 	bg           sync.WaitGroup
+
+	probeMu sync.Mutex             // guards probes only; never held with mu
+	probes  map[string]probeResult // by store name
 }
 
 type vol struct {
 	rec      *Record
 	dev      device.Device
-	clients  map[*Attachment]string
+	clients  map[*Attachment]Client
 	revoked  chan struct{}
 	removing bool
 	drained  chan struct{} // closed when a removing volume has no clients
@@ -103,10 +108,10 @@ type Info struct {
 	Size        int64     `json:"size"`
 	Backend     string    `json:"backend"`
 	Allocated   int64     `json:"allocated"`
-	Connections []string  `json:"connections"`
+	Connections []Client  `json:"connections"`
 	Created     time.Time `json:"created"`
-	// ISCSI shows access control without secrets; nil when unset.
-	ISCSI *AccessView `json:"iscsi,omitempty"`
+	// Access shows access control without secrets; nil when unset.
+	Access *AccessView `json:"access,omitempty"`
 	// Tier is set for S3-backed volumes.
 	Tier *TierInfo `json:"tier,omitempty"`
 }
@@ -181,7 +186,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 			m.closeAll()
 			return nil, fmt.Errorf("open volume %q: %w", rec.Name, err)
 		}
-		m.vols[rec.Name] = &vol{rec: rec, dev: dev, clients: map[*Attachment]string{}, revoked: make(chan struct{})}
+		m.vols[rec.Name] = &vol{rec: rec, dev: dev, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
 	}
 	m.removeOrphans()
 	if cfg.Registerer != nil {
@@ -306,8 +311,8 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 	if err := ValidateSize(size); err != nil {
 		return Info{}, err
 	}
-	var access *ISCSIAccess
-	if !opts.Access.empty() {
+	var access *Access
+	if !opts.Access.Empty() {
 		a, err := opts.Access.apply(nil)
 		if err != nil {
 			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
@@ -323,7 +328,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 	if err != nil {
 		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 	}
-	rec := &Record{ID: newID(), Name: name, Size: size, Backend: "local", Created: time.Now().UTC().Truncate(time.Second), ISCSI: access}
+	rec := &Record{ID: newID(), Name: name, Size: size, Backend: "local", Created: time.Now().UTC().Truncate(time.Second), Access: access}
 	var dev device.Device
 	if opts.Store != "" {
 		if _, ok := m.stores[opts.Store]; !ok {
@@ -360,7 +365,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 		rec.Path = filepath.Join(dir, "vol-"+rec.ID+".img")
 		ld, err := local.Create(rec.Path, size)
 		if err != nil {
-			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
+			return Info{}, fmt.Errorf("create volume %q: %w", name, tooLarge(err, dir, size))
 		}
 		dev = ld
 	}
@@ -371,19 +376,33 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 		os.RemoveAll(rec.Path)
 		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 	}
-	v := &vol{rec: rec, dev: dev, clients: map[*Attachment]string{}, revoked: make(chan struct{})}
+	v := &vol{rec: rec, dev: dev, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
 	m.vols[name] = v
 	m.log.Info("volume created", attrVolume, name, "size", size, "path", rec.Path)
 	return m.infoLocked(ctx, v), nil
 }
 
-// List implements Exports.
-func (m *Manager) List(ctx context.Context) ([]string, error) {
+// Names returns the names of every volume, sorted.
+func (m *Manager) Names(ctx context.Context) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	names := make([]string, 0, len(m.vols))
 	for n, v := range m.vols {
 		if !v.removing {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// List implements Exports.
+func (m *Manager) List(ctx context.Context, client Client) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	names := make([]string, 0, len(m.vols))
+	for n, v := range m.vols {
+		if !v.removing && v.rec.Access.admit(client) == nil {
 			names = append(names, n)
 		}
 	}
@@ -417,7 +436,7 @@ func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
 func (m *Manager) infoLocked(ctx context.Context, v *vol) Info {
 	in := Info{
 		Name: v.rec.Name, ID: v.rec.ID, Size: v.rec.Size, Backend: v.rec.Backend,
-		Created: v.rec.Created, Connections: []string{}, ISCSI: v.rec.ISCSI.view(),
+		Created: v.rec.Created, Connections: []Client{}, Access: v.rec.Access.view(),
 	}
 	if st, ok := v.dev.(device.Statter); ok {
 		if s, err := st.Stats(ctx); err == nil {
@@ -430,7 +449,9 @@ func (m *Manager) infoLocked(ctx context.Context, v *vol) Info {
 	for _, c := range v.clients {
 		in.Connections = append(in.Connections, c)
 	}
-	slices.Sort(in.Connections)
+	slices.SortFunc(in.Connections, func(a, b Client) int {
+		return cmp.Or(a.Since.Compare(b.Since), strings.Compare(a.Protocol, b.Protocol), strings.Compare(a.Remote, b.Remote))
+	})
 	return in
 }
 
@@ -455,6 +476,9 @@ func (m *Manager) Resize(ctx context.Context, name string, size int64) (Info, er
 	}
 	old := v.rec.Size
 	if err := v.dev.Resize(ctx, size); err != nil {
+		if v.rec.Backend == "local" {
+			err = tooLarge(err, filepath.Dir(v.rec.Path), size)
+		}
 		return Info{}, fmt.Errorf("resize volume %q: %w", name, err)
 	}
 	v.rec.Size = size
@@ -524,17 +548,24 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 }
 
 // Attach implements Exports.
-func (m *Manager) Attach(ctx context.Context, name, client string) (*Attachment, error) {
+func (m *Manager) Attach(ctx context.Context, name string, client Client) (*Attachment, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	v, ok := m.vols[name]
 	if !ok || v.removing {
 		return nil, fmt.Errorf("attach %q: %w", name, ErrNotFound)
 	}
+	if err := v.rec.Access.admit(client); err != nil {
+		m.log.Warn("client refused by the volume's access rules", attrVolume, name, "protocol", client.Protocol, attrClient, client.Remote, "err", err)
+		return nil, fmt.Errorf("attach %q: %w", name, err)
+	}
+	if client.Since.IsZero() {
+		client.Since = time.Now().UTC()
+	}
 	var a *Attachment
 	a = NewAttachment(name, v.dev, v.revoked, func() { m.detach(v, a) })
 	v.clients[a] = client
-	m.log.Debug("client attached", attrVolume, name, attrClient, client)
+	m.log.Debug("client attached", attrVolume, name, "protocol", client.Protocol, attrClient, client.Remote)
 	return a, nil
 }
 

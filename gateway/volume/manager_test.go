@@ -2,9 +2,12 @@ package volume_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,7 +33,7 @@ func TestLifecycleAndReopen(t *testing.T) {
 	if _, err := m.Create(ctx, "db-2.x", 512, volume.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	a, err := m.Attach(ctx, "vm1", "test")
+	a, err := m.Attach(ctx, "vm1", nbdClient("127.0.0.1:1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +50,7 @@ func TestLifecycleAndReopen(t *testing.T) {
 
 	m = open(t, dir)
 	defer m.Close(ctx)
-	names, _ := m.List(ctx)
+	names := m.Names(ctx)
 	if len(names) != 2 || names[0] != "db-2.x" || names[1] != "vm1" {
 		t.Fatalf("names after reopen = %v", names)
 	}
@@ -58,7 +61,7 @@ func TestLifecycleAndReopen(t *testing.T) {
 	if in.Size != 2<<30 || in.Allocated == 0 || in.Allocated > 1<<20 {
 		t.Fatalf("info after reopen = %+v (want size 2 GiB, small nonzero allocation)", in)
 	}
-	a, _ = m.Attach(ctx, "vm1", "test")
+	a, _ = m.Attach(ctx, "vm1", nbdClient("127.0.0.1:1"))
 	p := make([]byte, 5)
 	if err := a.Dev.ReadAt(ctx, p, 1<<29); err != nil || string(p) != "hello" {
 		t.Fatalf("read after reopen %q %v", p, err)
@@ -109,12 +112,12 @@ func TestRemoveBusyAndForce(t *testing.T) {
 	m := open(t, t.TempDir())
 	defer m.Close(ctx)
 	in, _ := m.Create(ctx, "v", 1<<20, volume.CreateOptions{})
-	a, err := m.Attach(ctx, "v", "127.0.0.1:5555")
+	a, err := m.Attach(ctx, "v", nbdClient("127.0.0.1:5555"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, _ := m.Info(ctx, "v")
-	if len(got.Connections) != 1 || got.Connections[0] != "127.0.0.1:5555" {
+	if len(got.Connections) != 1 || got.Connections[0].Remote != "127.0.0.1:5555" || got.Connections[0].Protocol != "nbd" || got.Connections[0].Since.IsZero() {
 		t.Fatalf("connections = %v", got.Connections)
 	}
 	if err := m.Remove(ctx, "v", false); !errors.Is(err, volume.ErrBusy) {
@@ -125,7 +128,7 @@ func TestRemoveBusyAndForce(t *testing.T) {
 	if err := m.Remove(ctx, "v", true); err != nil {
 		t.Fatalf("forced Remove: %v", err)
 	}
-	if _, err := m.Attach(ctx, "v", "x"); !errors.Is(err, volume.ErrNotFound) {
+	if _, err := m.Attach(ctx, "v", nbdClient("127.0.0.1:1")); !errors.Is(err, volume.ErrNotFound) {
 		t.Fatalf("attach after remove = %v", err)
 	}
 	_ = in
@@ -165,6 +168,105 @@ func TestCorruptCatalogIsAnError(t *testing.T) {
 
 func ptr(s string) *string { return &s }
 
+func nbdClient(remote string) volume.Client {
+	return volume.Client{Protocol: volume.ProtoNBD, Remote: remote}
+}
+
+// A volume's access rules hold for every protocol: an address allow-list
+// admits only its clients over NBD and iSCSI, and CHAP or an initiator
+// list (which NBD cannot check) keeps NBD out unless addresses admit it.
+func TestAccessAppliesToEveryProtocol(t *testing.T) {
+	ctx := context.Background()
+	m := open(t, t.TempDir())
+	defer m.Close(ctx)
+	m.Create(ctx, "open", 1<<20, volume.CreateOptions{})
+	m.Create(ctx, "chap", 1<<20, volume.CreateOptions{Access: &volume.AccessUpdate{CHAPUser: ptr("alice"), CHAPSecret: ptr("0123456789ab")}})
+	m.Create(ctx, "addr", 1<<20, volume.CreateOptions{Access: &volume.AccessUpdate{AllowAddresses: []string{"127.0.0.2", "10.1.0.0/16", "::1"}}})
+	iscsi := func(remote string) volume.Client {
+		return volume.Client{Protocol: volume.ProtoISCSI, Remote: remote, Initiator: "iqn.2026-11.io.example:h"}
+	}
+	cases := []struct {
+		vol    string
+		client volume.Client
+		ok     bool
+	}{
+		{"open", nbdClient("127.0.0.1:1"), true},
+		{"chap", nbdClient("127.0.0.1:1"), false},
+		{"chap", iscsi("127.0.0.1:1"), true}, // CHAP is the iSCSI frontend's check
+		{"addr", nbdClient("127.0.0.2:9"), true},
+		{"addr", nbdClient("127.0.0.1:9"), false},
+		{"addr", iscsi("127.0.0.1:9"), false},
+		{"addr", iscsi("10.1.200.3:9"), true},
+		{"addr", nbdClient("[::ffff:10.1.2.3]:9"), true},
+		{"addr", nbdClient("[::1]:9"), true},
+		{"addr", nbdClient("[::2]:9"), false},
+	}
+	for _, c := range cases {
+		a, err := m.Attach(ctx, c.vol, c.client)
+		if c.ok != (err == nil) {
+			t.Errorf("attach %s from %+v: %v, want ok=%v", c.vol, c.client, err, c.ok)
+		}
+		if err == nil {
+			a.Detach()
+		} else if !errors.Is(err, volume.ErrDenied) {
+			t.Errorf("attach %s from %+v: %v, want ErrDenied", c.vol, c.client, err)
+		}
+		names, _ := m.List(ctx, c.client)
+		if slices.Contains(names, c.vol) != c.ok {
+			t.Errorf("List for %+v = %v: %s listed should be %v", c.client, names, c.vol, c.ok)
+		}
+	}
+	// Addresses admit NBD clients to a CHAP volume.
+	if _, err := m.UpdateAccess(ctx, "chap", volume.AccessUpdate{AllowAddresses: []string{"127.0.0.0/8"}}); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := m.Attach(ctx, "chap", nbdClient("127.0.0.1:1")); err != nil {
+		t.Errorf("NBD client on the address list refused: %v", err)
+	} else {
+		a.Detach()
+	}
+	if _, err := m.UpdateAccess(ctx, "open", volume.AccessUpdate{AllowAddresses: []string{"300.1.1.1"}}); !errors.Is(err, volume.ErrInvalid) {
+		t.Errorf("bad address accepted: %v", err)
+	}
+	if in, _ := m.Info(ctx, "addr"); in.Access == nil || !slices.Equal(in.Access.AllowAddresses, []string{"127.0.0.2/32", "10.1.0.0/16", "::1/128"}) {
+		t.Errorf("address list shown as %+v", in.Access)
+	}
+}
+
+// A version 1 catalog kept access control under "iscsi"; it is read as the
+// volume's access rules.
+func TestCatalogVersion1AccessMigrates(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	m := open(t, dir)
+	if _, err := m.Create(ctx, "v", 1<<20, volume.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m.Close(ctx)
+	b, _ := os.ReadFile(filepath.Join(dir, "catalog.json"))
+	var cat map[string]any
+	json.Unmarshal(b, &cat)
+	cat["version"] = 1
+	rec := cat["volumes"].([]any)[0].(map[string]any)
+	rec["iscsi"] = map[string]any{"chap_user": "alice", "chap_secret": "0123456789ab"}
+	b, _ = json.Marshal(cat)
+	os.WriteFile(filepath.Join(dir, "catalog.json"), b, 0o600)
+
+	m = open(t, dir)
+	defer m.Close(ctx)
+	if a, err := m.Access(ctx, "v"); err != nil || a.CHAPUser != "alice" || a.CHAPSecret != "0123456789ab" {
+		t.Fatalf("access from a version 1 catalog = %+v, %v", a, err)
+	}
+	if _, err := m.Attach(ctx, "v", nbdClient("127.0.0.1:1")); !errors.Is(err, volume.ErrDenied) {
+		t.Errorf("NBD attach of a migrated CHAP volume = %v, want ErrDenied", err)
+	}
+	m.Resize(ctx, "v", 2<<20) // any change rewrites the catalog
+	b, _ = os.ReadFile(filepath.Join(dir, "catalog.json"))
+	if !strings.Contains(string(b), `"version": 2`) || strings.Contains(string(b), `"iscsi"`) || !strings.Contains(string(b), `"access"`) {
+		t.Errorf("rewritten catalog:\n%s", b)
+	}
+}
+
 func TestAccessControlAndReservations(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -176,8 +278,8 @@ func TestAccessControlAndReservations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if in.ISCSI == nil || in.ISCSI.CHAPUser != "alice" || len(in.ISCSI.AllowInitiators) != 1 {
-		t.Fatalf("info access view = %+v", in.ISCSI)
+	if in.Access == nil || in.Access.CHAPUser != "alice" || len(in.Access.AllowInitiators) != 1 {
+		t.Fatalf("info access view = %+v", in.Access)
 	}
 	bad := []volume.AccessUpdate{
 		{CHAPSecret: ptr("")},                                     // a user without a secret
@@ -214,7 +316,7 @@ func TestAccessControlAndReservations(t *testing.T) {
 	if _, err := m.UpdateAccess(ctx, "sec", volume.AccessUpdate{ClearCHAP: true, ClearAllow: true}); err != nil {
 		t.Fatal(err)
 	}
-	if in, _ := m.Info(ctx, "sec"); in.ISCSI != nil {
-		t.Fatalf("access after clear = %+v", in.ISCSI)
+	if in, _ := m.Info(ctx, "sec"); in.Access != nil {
+		t.Fatalf("access after clear = %+v", in.Access)
 	}
 }

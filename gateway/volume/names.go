@@ -25,7 +25,7 @@ func ValidateSize(size int64) error {
 	case size%512 != 0:
 		return fmt.Errorf("volume size %d: must be a multiple of 512 bytes: %w", size, ErrInvalid)
 	case size > MaxSize:
-		return fmt.Errorf("volume size %d: larger than the maximum %d: %w", size, int64(MaxSize), ErrInvalid)
+		return fmt.Errorf("volume size %d: larger than the maximum, %d bytes (8 EiB less 512 bytes): %w", size, int64(MaxSize), ErrInvalid)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferry-io/ferry/backends/s3"
@@ -330,4 +331,75 @@ func (m *Manager) Location(ctx context.Context, name string) (ExportLocation, er
 		return ExportLocation{}, fmt.Errorf("volume %q is not in an S3 store: %w", name, ErrInvalid)
 	}
 	return ExportLocation{Store: m.storeViewLocked(sc), Prefix: sc.Prefix + volumePrefix(v.rec), VolumeID: v.rec.ID}, nil
+}
+
+// StoreHealth is a store with whether it answered a probe.
+type StoreHealth struct {
+	StoreView
+	Reachable bool `json:"reachable"`
+	// Checked is when the probe ran.
+	Checked time.Time `json:"checked"`
+}
+
+// probeMaxAge is how long a store probe's answer is reused, so that
+// readiness checks polled often do not become a request load.
+const probeMaxAge = 5 * time.Second
+
+// ProbeStores asks every store whether it answers with the gateway's
+// credentials (one metadata request each, at most every probeMaxAge),
+// and returns them sorted by name.
+func (m *Manager) ProbeStores(ctx context.Context) []StoreHealth {
+	views := m.Stores(ctx)
+	out := make([]StoreHealth, len(views))
+	var wg sync.WaitGroup
+	for i, v := range views {
+		out[i].StoreView = v
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i].Reachable, out[i].Error, out[i].Checked = m.probeStore(ctx, v.Name)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+type probeResult struct {
+	err     string
+	checked time.Time
+}
+
+func (m *Manager) probeStore(ctx context.Context, name string) (bool, string, time.Time) {
+	m.probeMu.Lock()
+	r, ok := m.probes[name]
+	m.probeMu.Unlock()
+	if ok && time.Since(r.checked) < probeMaxAge {
+		return r.err == "", r.err, r.checked
+	}
+	m.mu.Lock()
+	sc, ok := m.stores[name]
+	m.mu.Unlock()
+	if !ok {
+		return false, "store removed", time.Now()
+	}
+	r = probeResult{checked: time.Now().UTC()}
+	_, raw, err := m.objectStore(sc, "")
+	if err == nil {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = raw.Stat(pctx, ".ferry-reachability-probe")
+		cancel()
+		if errors.Is(err, store.ErrNotFound) {
+			err = nil
+		}
+	}
+	if err != nil {
+		r.err = err.Error()
+	}
+	m.probeMu.Lock()
+	if m.probes == nil {
+		m.probes = map[string]probeResult{}
+	}
+	m.probes[name] = r
+	m.probeMu.Unlock()
+	return r.err == "", r.err, r.checked
 }
