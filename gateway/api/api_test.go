@@ -23,7 +23,7 @@ func TestClientServerRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close(ctx)
-	srv := httptest.NewServer(api.Handler(m, reg, nil))
+	srv := httptest.NewServer(api.Handler(api.Config{Manager: m, Gatherer: reg}))
 	defer srv.Close()
 	c := api.NewClient(srv.URL)
 
@@ -70,12 +70,12 @@ func TestClientServerRoundTrip(t *testing.T) {
 	}
 	secret := "0123456789abcdef"
 	user := "alice"
-	in, err = c.UpdateVolume(ctx, "b", api.UpdateRequest{ISCSI: &volume.AccessUpdate{CHAPUser: &user, CHAPSecret: &secret}})
-	if err != nil || in.ISCSI == nil || in.ISCSI.CHAPUser != "alice" {
+	in, err = c.UpdateVolume(ctx, "b", api.UpdateRequest{Access: &volume.AccessUpdate{CHAPUser: &user, CHAPSecret: &secret}})
+	if err != nil || in.Access == nil || in.Access.CHAPUser != "alice" {
 		t.Fatalf("update access: %+v %v", in, err)
 	}
 	short := "x"
-	if _, err := c.UpdateVolume(ctx, "b", api.UpdateRequest{ISCSI: &volume.AccessUpdate{CHAPSecret: &short}}); !errors.Is(err, volume.ErrInvalid) {
+	if _, err := c.UpdateVolume(ctx, "b", api.UpdateRequest{Access: &volume.AccessUpdate{CHAPSecret: &short}}); !errors.Is(err, volume.ErrInvalid) {
 		t.Fatalf("short secret: %v", err)
 	}
 	resp, err := http.Get(srv.URL + "/v1/volumes")

@@ -47,6 +47,8 @@ func (e *APIError) Unwrap() error {
 		return volume.ErrNotFound
 	case http.StatusConflict:
 		return volume.ErrBusy
+	case http.StatusForbidden:
+		return volume.ErrDenied
 	}
 	return nil
 }
@@ -89,13 +91,13 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 }
 
 // CreateVolume creates a volume; access may be nil.
-func (c *Client) CreateVolume(ctx context.Context, name string, size int64, access *volume.AccessUpdate) (volume.Info, error) {
-	return c.Create(ctx, CreateRequest{Name: name, Size: size, ISCSI: access})
+func (c *Client) CreateVolume(ctx context.Context, name string, size int64, access *volume.AccessUpdate) (VolumeInfo, error) {
+	return c.Create(ctx, CreateRequest{Name: name, Size: size, Access: access})
 }
 
 // Create creates a volume from a full request (S3 store, chunk size).
-func (c *Client) Create(ctx context.Context, req CreateRequest) (volume.Info, error) {
-	var in volume.Info
+func (c *Client) Create(ctx context.Context, req CreateRequest) (VolumeInfo, error) {
+	var in VolumeInfo
 	err := c.do(ctx, http.MethodPost, "/v1/volumes", req, &in)
 	return in, err
 }
@@ -141,27 +143,27 @@ func (c *Client) RemoveStore(ctx context.Context, name string) error {
 }
 
 // Volumes lists volumes.
-func (c *Client) Volumes(ctx context.Context) ([]volume.Info, error) {
-	var out []volume.Info
+func (c *Client) Volumes(ctx context.Context) ([]VolumeInfo, error) {
+	var out []VolumeInfo
 	err := c.do(ctx, http.MethodGet, "/v1/volumes", nil, &out)
 	return out, err
 }
 
 // Volume describes one volume.
-func (c *Client) Volume(ctx context.Context, name string) (volume.Info, error) {
-	var in volume.Info
+func (c *Client) Volume(ctx context.Context, name string) (VolumeInfo, error) {
+	var in VolumeInfo
 	err := c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name), nil, &in)
 	return in, err
 }
 
 // ResizeVolume grows a volume.
-func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (volume.Info, error) {
+func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (VolumeInfo, error) {
 	return c.UpdateVolume(ctx, name, UpdateRequest{Size: &size})
 }
 
 // UpdateVolume changes a volume's size and/or access control.
-func (c *Client) UpdateVolume(ctx context.Context, name string, req UpdateRequest) (volume.Info, error) {
-	var in volume.Info
+func (c *Client) UpdateVolume(ctx context.Context, name string, req UpdateRequest) (VolumeInfo, error) {
+	var in VolumeInfo
 	err := c.do(ctx, http.MethodPatch, "/v1/volumes/"+url.PathEscape(name), req, &in)
 	return in, err
 }
@@ -185,4 +187,11 @@ func (c *Client) Pool(ctx context.Context) (volume.PoolInfo, error) {
 // Healthy reports whether the gateway answers /healthz.
 func (c *Client) Healthy(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, "/healthz", nil, nil)
+}
+
+// Status returns the gateway's overview.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+	return st, err
 }

@@ -1,13 +1,16 @@
 // Package api is the gateway's admin HTTP API, used by the ferry CLI (and a
-// future console). It serves JSON under /v1, Prometheus metrics at /metrics
-// and a liveness check at /healthz. Errors are JSON objects
-// {"error": "..."} with 400 for bad requests, 404 for unknown volumes, 409
-// for conflicts (exists, busy) and 500 otherwise.
+// future console). It serves JSON under /v1, Prometheus metrics at
+// /metrics, a liveness check at /healthz (200 while the process serves)
+// and a readiness check at /readyz (200 when every S3 store answers, 503
+// with the failing stores otherwise). Errors are JSON objects
+// {"error": "..."} with 400 for bad requests, 403 for access refused, 404
+// for unknown volumes, 409 for conflicts (exists, busy) and 500 otherwise.
 //
-//	GET    /v1/volumes                 list volumes
-//	POST   /v1/volumes                 create {"name":..., "size":...}
+//	GET    /v1/status                  the gateway: version, listeners, pool, stores, volumes
+//	GET    /v1/volumes                 list volumes, with their attach URLs
+//	POST   /v1/volumes                 create {"name":..., "size":..., "access":{...}}
 //	GET    /v1/volumes/{name}          one volume
-//	PATCH  /v1/volumes/{name}          grow and/or change access {"size":..., "iscsi":{...}}
+//	PATCH  /v1/volumes/{name}          grow and/or change access {"size":..., "access":{...}}
 //	DELETE /v1/volumes/{name}?force=1  remove
 //	GET    /v1/pool                    local pool capacity
 package api

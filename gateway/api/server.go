@@ -16,9 +16,9 @@ import (
 
 // CreateRequest is the body of POST /v1/volumes.
 type CreateRequest struct {
-	Name  string               `json:"name"`
-	Size  int64                `json:"size"`
-	ISCSI *volume.AccessUpdate `json:"iscsi,omitempty"`
+	Name   string               `json:"name"`
+	Size   int64                `json:"size"`
+	Access *volume.AccessUpdate `json:"access,omitempty"`
 	// Store makes an S3-backed volume in that store.
 	Store     string `json:"store,omitempty"`
 	ChunkSize int64  `json:"chunk_size,omitempty"`
@@ -34,8 +34,8 @@ type CheckpointResponse struct {
 // UpdateRequest is the body of PATCH /v1/volumes/{name}: a new size (grow
 // only) and/or access-control changes.
 type UpdateRequest struct {
-	Size  *int64               `json:"size,omitempty"`
-	ISCSI *volume.AccessUpdate `json:"iscsi,omitempty"`
+	Size   *int64               `json:"size,omitempty"`
+	Access *volume.AccessUpdate `json:"access,omitempty"`
 }
 
 // ErrorResponse is the body of every error reply.
@@ -43,17 +43,35 @@ type ErrorResponse struct {
 	Error string `json:"error"`
 }
 
-// Handler returns the API's HTTP handler. gatherer serves /metrics.
-func Handler(m *volume.Manager, gatherer prometheus.Gatherer, log *slog.Logger) http.Handler {
+// Config configures the API's handler.
+type Config struct {
+	// Manager is the gateway's volume manager.
+	Manager *volume.Manager
+	// Gatherer serves /metrics; nil serves none.
+	Gatherer prometheus.Gatherer
+	// Logger receives failed requests; nil discards them.
+	Logger *slog.Logger
+	// Gateway describes the running gateway for /v1/status and the
+	// attach URLs of volumes.
+	Gateway Gateway
+}
+
+// Handler returns the API's HTTP handler.
+func Handler(cfg Config) http.Handler {
+	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := &handler{m: m, log: log}
+	h := &handler{m: cfg.Manager, log: log, gw: cfg.Gateway}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /readyz", h.ready)
+	mux.HandleFunc("GET /v1/status", h.status)
+	if cfg.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
 	mux.HandleFunc("GET /v1/volumes", h.list)
 	mux.HandleFunc("POST /v1/volumes", h.create)
 	mux.HandleFunc("GET /v1/volumes/{name}", h.info)
@@ -72,10 +90,11 @@ func Handler(m *volume.Manager, gatherer prometheus.Gatherer, log *slog.Logger) 
 type handler struct {
 	m   *volume.Manager
 	log *slog.Logger
+	gw  Gateway
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, h.m.Volumes(r.Context()))
+	writeJSON(w, http.StatusOK, h.volumes(r, h.m.Volumes(r.Context())...))
 }
 
 func (h *handler) create(w http.ResponseWriter, r *http.Request) {
@@ -83,12 +102,12 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	in, err := h.m.Create(r.Context(), req.Name, req.Size, volume.CreateOptions{Access: req.ISCSI, Store: req.Store, ChunkSize: req.ChunkSize})
+	in, err := h.m.Create(r.Context(), req.Name, req.Size, volume.CreateOptions{Access: req.Access, Store: req.Store, ChunkSize: req.ChunkSize})
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, in)
+	writeJSON(w, http.StatusCreated, h.volumes(r, in)[0])
 }
 
 func (h *handler) info(w http.ResponseWriter, r *http.Request) {
@@ -97,7 +116,7 @@ func (h *handler) info(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, in)
+	writeJSON(w, http.StatusOK, h.volumes(r, in)[0])
 }
 
 func (h *handler) update(w http.ResponseWriter, r *http.Request) {
@@ -107,8 +126,8 @@ func (h *handler) update(w http.ResponseWriter, r *http.Request) {
 	}
 	name := r.PathValue("name")
 	in, err := h.m.Info(r.Context(), name)
-	if err == nil && req.ISCSI != nil {
-		in, err = h.m.UpdateAccess(r.Context(), name, *req.ISCSI)
+	if err == nil && req.Access != nil {
+		in, err = h.m.UpdateAccess(r.Context(), name, *req.Access)
 	}
 	if err == nil && req.Size != nil {
 		in, err = h.m.Resize(r.Context(), name, *req.Size)
@@ -117,7 +136,7 @@ func (h *handler) update(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, in)
+	writeJSON(w, http.StatusOK, h.volumes(r, in)[0])
 }
 
 func (h *handler) remove(w http.ResponseWriter, r *http.Request) {
@@ -205,6 +224,8 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code = http.StatusNotFound
 	case errors.Is(err, volume.ErrExists), errors.Is(err, volume.ErrBusy):
 		code = http.StatusConflict
+	case errors.Is(err, volume.ErrDenied):
+		code = http.StatusForbidden
 	case errors.Is(err, context.Canceled):
 		code = 499
 	}
