@@ -3,38 +3,50 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/ferry-io/ferry/internal/buildinfo"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "ferry",
 		Usage:   "pool local disks and S3 into thin block volumes served over NBD and iSCSI",
-		Version: version,
+		Version: buildinfo.Read().Version,
 		Description: `Run the gateway, then manage volumes from another shell:
 
    ferry serve                                  # local pool under ./ferry-data
    ferry volume create vm1 --size 20G
+   ferry volume url vm1                         # nbd://127.0.0.1:10809/vm1
    qemu-img info nbd://127.0.0.1:10809/vm1`,
 		Commands: []*cli.Command{
 			cmdServe(),
+			cmdStatus(),
 			cmdVolume(),
 			cmdPool(),
 			cmdStore(),
+			cmdVersion(),
 		},
 		EnableBashCompletion: true,
 	}
+	strictUsage(app)
+	return app
 }
 
 func main() {
-	if err := newApp().Run(interspersed(newApp(), os.Args)); err != nil {
-		fmt.Fprintln(os.Stderr, "ferry:", err)
-		os.Exit(1)
+	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintln(c.App.Writer, buildinfo.Read()) }
+	err := newApp().Run(interspersed(newApp(), os.Args))
+	if err == nil {
+		return
 	}
+	fmt.Fprintln(os.Stderr, "ferry:", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		os.Exit(2)
+	}
+	os.Exit(1)
 }

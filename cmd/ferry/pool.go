@@ -43,7 +43,7 @@ func cmdPool() *cli.Command {
 }
 
 // printTierPool shows the S3 side of the pool: the cache of S3-backed
-// volumes and each store's use.
+// volumes and each store's use, as `pool info --json` has them.
 func printTierPool(c *cli.Context) error {
 	cl := apiClient(c)
 	vols, err := cl.Volumes(c.Context)
@@ -56,16 +56,20 @@ func printTierPool(c *cli.Context) error {
 			tiered++
 		}
 	}
-	stores, err := cl.Stores(c.Context)
-	if err != nil || len(stores) == 0 {
-		return err
-	}
 	p, err := cl.Pool(c.Context)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("\ncache:        %s of %s used by %d S3-backed volume(s), %s dirty\n",
 		formatSize(p.Cache.Used), formatSize(p.Cache.Budget), tiered, formatSize(p.Cache.Dirty))
+	stores, err := cl.Stores(c.Context)
+	if err != nil {
+		return err
+	}
+	if len(stores) == 0 {
+		fmt.Println("stores:       none (ferry store add NAME --endpoint URL --bucket B)")
+		return nil
+	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "\nSTORE\tBUCKET\tVOLUMES\tOBJECTS\tSTORED")
 	for _, s := range stores {

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -20,21 +22,24 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 	"golang.org/x/sys/unix"
+	"gopkg.in/yaml.v3"
 
 	"github.com/ferry-io/ferry/gateway/api"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/buildinfo"
 )
 
 // serveFlags are ferry serve's flags; each may also come from FERRY_* env
 // or the YAML file named by --config (flag > env > file > default).
 func serveFlags() []cli.Flag {
 	flags := []cli.Flag{
-		&cli.StringFlag{Name: "config", Usage: "YAML file with any of these flags as keys (data: /srv/ferry)", EnvVars: []string{"FERRY_CONFIG"}},
+		&cli.StringFlag{Name: "config", Usage: "YAML file with any of these flags as keys (data: /srv/ferry); docs/ferry.yaml is a commented sample", EnvVars: []string{"FERRY_CONFIG"}},
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "data", Usage: "directory for the catalog and the default local pool", Value: "./ferry-data", EnvVars: []string{"FERRY_DATA"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "pool-dir", Usage: "local pool directory (repeat for several; default DATA/pool)", EnvVars: []string{"FERRY_POOL_DIRS"}}),
-		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-listen", Usage: "admin API, /metrics and /healthz listen address", Value: "127.0.0.1:9809", EnvVars: []string{"FERRY_API_LISTEN"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-listen", Usage: "admin API, /metrics, /healthz and /readyz listen address", Value: "127.0.0.1:9809", EnvVars: []string{"FERRY_API_LISTEN"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", Usage: "serve Go profiles under /debug/pprof/ on the API address", EnvVars: []string{"FERRY_PPROF"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Usage: "text (key=value lines) or json (one JSON object a line)", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Usage: "how long a clean shutdown waits for in-flight requests", Value: 30 * time.Second, EnvVars: []string{"FERRY_SHUTDOWN_TIMEOUT"}}),
 	}
 	for _, ext := range serveExtensions {
@@ -55,6 +60,8 @@ type frontend interface {
 type serveExtension struct {
 	// name is used in logs and errors ("NBD").
 	name string
+	// protocol names the frontend's listener in the API (api.ListenerNBD).
+	protocol string
 	// flags are added to ferry serve's flags.
 	flags []cli.Flag
 	// configure adjusts the volume manager's config before it opens.
@@ -64,6 +71,8 @@ type serveExtension struct {
 	listenFlag string
 	// frontend builds the protocol server.
 	frontend func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error)
+	// protection says what guards the frontend's listener.
+	protection func(c *cli.Context, loopback bool) string
 }
 
 // serveExtensions is filled by the init functions of the serve_*.go files.
@@ -73,20 +82,24 @@ func cmdServe() *cli.Command {
 	flags := serveFlags()
 	return &cli.Command{
 		Name:  "serve",
-		Usage: "run the gateway",
+		Usage: "run the gateway (NBD, iSCSI and the admin API)",
 		Description: `Runs the gateway in the foreground: opens the volumes under --data and
-serves them over NBD, with the admin API, /metrics and /healthz on
---api-listen. Everything listens on loopback unless told otherwise.
-SIGINT or SIGTERM stops it cleanly: in-flight requests finish, every
-volume is flushed, listeners close.
+serves them over NBD (--nbd-listen) and iSCSI (--iscsi-listen), with the
+admin API, /metrics, /healthz and /readyz on --api-listen. Everything
+listens on loopback unless told otherwise; its first log lines say what
+listens where and what protects it. SIGINT or SIGTERM stops it cleanly:
+in-flight requests finish, every volume is flushed, listeners close.
 
    ferry serve
-   ferry serve --data /srv/ferry --nbd-listen 0.0.0.0:10809
-   FERRY_DATA=/srv/ferry ferry serve --config /etc/ferry/ferry.yaml`,
+   ferry serve --data /srv/ferry --nbd-listen 0.0.0.0:10809 --iscsi-listen 0.0.0.0:3260
+   FERRY_DATA=/srv/ferry ferry serve --config /etc/ferry/ferry.yaml --log-format json`,
 		Flags: flags,
 		Before: func(c *cli.Context) error {
 			if c.String("config") == "" {
 				return nil
+			}
+			if err := checkConfigFile(c.String("config"), flags); err != nil {
+				return err
 			}
 			return altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config"))(c)
 		},
@@ -94,12 +107,61 @@ volume is flushed, listeners close.
 	}
 }
 
-func newLogger(level string) (*slog.Logger, error) {
+// checkConfigFile refuses a config file that is missing, is not a YAML
+// mapping, or has a key that names no flag (a typo would otherwise be
+// ignored silently).
+func checkConfigFile(path string, flags []cli.Flag) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("config file %s does not exist", path)
+	}
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var keys map[string]any
+	if err := yaml.Unmarshal(b, &keys); err != nil {
+		return fmt.Errorf("config file %s is not a YAML mapping of flag names to values: %w", path, err)
+	}
+	known := map[string]bool{}
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			known[n] = n != "config"
+		}
+	}
+	var unknown []string
+	for k := range keys {
+		if !known[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	slices.Sort(unknown)
+	k := unknown[0]
+	msg := fmt.Sprintf("config file %s: unknown key %q", path, k)
+	if alt := strings.ReplaceAll(k, "_", "-"); known[alt] {
+		msg += fmt.Sprintf(" (did you mean %q?)", alt)
+	}
+	if len(unknown) > 1 {
+		msg += fmt.Sprintf(", and %d more: %s", len(unknown)-1, strings.Join(unknown[1:], ", "))
+	}
+	return errors.New(msg + "; keys are the names of ferry serve's flags (ferry serve --help)")
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
 }
 
 // lockDataDir takes an exclusive lock so two gateways never share a data
@@ -119,16 +181,90 @@ func lockDataDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-func listen(what, addr string) (net.Listener, error) {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("%s listen on %q: %w", what, addr, err)
+// plannedListener is one address ferry serve will listen on.
+type plannedListener struct {
+	name     string // "API", "NBD", "iSCSI"
+	protocol string // api.ListenerAPI, ...
+	flag     string
+	addr     string
+	ext      *serveExtension // nil for the API
+	l        net.Listener
+}
+
+// planListeners gathers and checks every listen address before anything
+// binds, so that the first error reported is the one to fix.
+func planListeners(c *cli.Context) ([]*plannedListener, error) {
+	ps := []*plannedListener{{name: "API", protocol: api.ListenerAPI, flag: "api-listen", addr: c.String("api-listen")}}
+	if ps[0].addr == "" {
+		return nil, fmt.Errorf("--api-listen is empty: the gateway needs its admin API (e.g. 127.0.0.1:9809)")
 	}
-	return l, nil
+	for i := range serveExtensions {
+		ext := &serveExtensions[i]
+		if ext.frontend == nil {
+			continue
+		}
+		if addr := c.String(ext.listenFlag); addr != "" {
+			ps = append(ps, &plannedListener{name: ext.name, protocol: ext.protocol, flag: ext.listenFlag, addr: addr, ext: ext})
+		}
+	}
+	seen := map[string]string{}
+	for _, p := range ps {
+		if err := checkListenAddr(p.addr); err != nil {
+			return nil, fmt.Errorf("--%s %q: %w", p.flag, p.addr, err)
+		}
+		if _, port, _ := net.SplitHostPort(p.addr); port != "0" {
+			if other, ok := seen[p.addr]; ok {
+				return nil, fmt.Errorf("--%s and --%s are both %s: give each listener its own port", other, p.flag, p.addr)
+			}
+			seen[p.addr] = p.flag
+		}
+	}
+	return ps, nil
+}
+
+// checkListenAddr checks a host:port listen address without binding it.
+func checkListenAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("not a listen address: want HOST:PORT such as 127.0.0.1:10809, 0.0.0.0:10809 or [::1]:10809")
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	if host == "" || net.ParseIP(host) != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := net.DefaultResolver.LookupHost(ctx, host); err != nil {
+		return fmt.Errorf("host %q does not resolve (use an IP address such as 127.0.0.1 or 0.0.0.0)", host)
+	}
+	return nil
+}
+
+// isLoopback reports whether a listen address is reachable from this
+// machine only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func runServe(c *cli.Context) error {
-	log, err := newLogger(c.String("log-level"))
+	if c.NArg() > 0 {
+		return usagef(c, "serve takes no arguments, got %q", c.Args().First())
+	}
+	log, err := newLogger(c.String("log-level"), c.String("log-format"))
+	if err != nil {
+		return err
+	}
+	planned, err := planListeners(c)
 	if err != nil {
 		return err
 	}
@@ -163,12 +299,50 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 
-	apiL, err := listen("API", c.String("api-listen"))
-	if err != nil {
-		mgr.Close(context.Background())
+	// Bind every listener, then serve: the API can then name them all.
+	type running struct {
+		name string
+		fe   frontend
+		l    net.Listener
+	}
+	var fronts []running
+	abort := func(err error) error {
+		for _, p := range planned {
+			if p.l != nil {
+				p.l.Close()
+			}
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), c.Duration("shutdown-timeout"))
+		defer cancel()
+		mgr.Close(sctx)
 		return err
 	}
-	var handler http.Handler = api.Handler(mgr, reg, log)
+	gw := api.Gateway{Build: buildinfo.Read(), Started: time.Now().UTC(), ISCSIBaseIQN: c.String("iscsi-base-iqn")}
+	for _, p := range planned {
+		if p.l, err = net.Listen("tcp", p.addr); err != nil {
+			return abort(fmt.Errorf("%s listen on %q (--%s): %w", p.name, p.addr, p.flag, err))
+		}
+		lo := isLoopback(p.addr)
+		prot := "loopback only; no API token"
+		if p.ext != nil {
+			fe, err := p.ext.frontend(c, mgr, log, reg)
+			if err != nil {
+				return abort(err)
+			}
+			fronts = append(fronts, running{p.name, fe, p.l})
+			prot = p.ext.protection(c, lo)
+		} else if !lo {
+			prot = "none: anyone who reaches it can manage every volume (the API has no token yet; keep it on loopback or a trusted network)"
+		}
+		gw.Listeners = append(gw.Listeners, api.Listener{Protocol: p.protocol, Address: p.l.Addr().String(), Loopback: lo, Protection: prot})
+		level := slog.LevelInfo
+		if !lo {
+			level = slog.LevelWarn
+		}
+		log.Log(ctx, level, "listening", "protocol", p.protocol, "addr", p.l.Addr().String(), "loopback", lo, "protection", prot)
+	}
+
+	var handler http.Handler = api.Handler(api.Config{Manager: mgr, Gatherer: reg, Logger: log, Gateway: gw})
 	if c.Bool("pprof") {
 		mux := http.NewServeMux()
 		mux.Handle("/", handler)
@@ -178,53 +352,22 @@ func runServe(c *cli.Context) error {
 		handler = mux
 	}
 	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
+	errc := make(chan error, 1+len(fronts))
 	go func() {
-		if err := httpSrv.Serve(apiL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := httpSrv.Serve(planned[0].l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("API server: %w", err)
 		}
 	}()
-
-	type running struct {
-		name string
-		fe   frontend
-	}
-	var fronts []running
-	for _, ext := range serveExtensions {
-		if ext.frontend == nil {
-			continue
-		}
-		addr := c.String(ext.listenFlag)
-		if addr == "" {
-			continue
-		}
-		fe, err := ext.frontend(c, mgr, log, reg)
-		if err == nil {
-			var l net.Listener
-			if l, err = listen(ext.name, addr); err == nil {
-				fronts = append(fronts, running{ext.name, fe})
-				go func(name string) {
-					if err := fe.Serve(ctx, l); err != nil {
-						errc <- fmt.Errorf("%s server: %w", name, err)
-					}
-				}(ext.name)
-				log.Info("serving "+ext.name, "addr", l.Addr().String())
+	for _, r := range fronts {
+		go func() {
+			if err := r.fe.Serve(ctx, r.l); err != nil {
+				errc <- fmt.Errorf("%s server: %w", r.name, err)
 			}
-		}
-		if err != nil {
-			sctx, cancel := context.WithTimeout(context.Background(), c.Duration("shutdown-timeout"))
-			for _, r := range fronts {
-				r.fe.Shutdown(sctx)
-			}
-			httpSrv.Close()
-			mgr.Close(sctx)
-			cancel()
-			return err
-		}
+		}()
 	}
 	logEffectiveFlags(c, log)
-	log.Info("ferry gateway running", "version", version, "data", dataDir, "api", apiL.Addr().String(),
-		"volumes", strings.Join(mustList(ctx, mgr), ","))
+	log.Info("ferry gateway running", "version", gw.Build.Version, "commit", gw.Build.Commit, "data", dataDir,
+		"volumes", strings.Join(mgr.Names(ctx), ","))
 
 	var runErr error
 	select {
@@ -250,11 +393,6 @@ func runServe(c *cli.Context) error {
 	}
 	log.Info("stopped")
 	return runErr
-}
-
-func mustList(ctx context.Context, m *volume.Manager) []string {
-	names, _ := m.List(ctx)
-	return names
 }
 
 // logEffectiveFlags logs, at debug level, the value every serve flag ended

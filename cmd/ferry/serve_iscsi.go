@@ -9,13 +9,15 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
+	"github.com/ferry-io/ferry/gateway/api"
 	"github.com/ferry-io/ferry/gateway/iscsi"
 	"github.com/ferry-io/ferry/gateway/volume"
 )
 
 func init() {
 	serveExtensions = append(serveExtensions, serveExtension{
-		name: "iSCSI",
+		name:     "iSCSI",
+		protocol: api.ListenerISCSI,
 		flags: []cli.Flag{
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-listen", Usage: "iSCSI listen address (empty to disable)", Value: "127.0.0.1:3260", EnvVars: []string{"FERRY_ISCSI_LISTEN"}}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-base-iqn", Usage: "target names are BASE:VOLUME", Value: iscsi.DefaultBaseIQN, EnvVars: []string{"FERRY_ISCSI_BASE_IQN"}}),
@@ -26,7 +28,7 @@ func init() {
 		},
 		listenFlag: "iscsi-listen",
 		frontend: func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error) {
-			def := volume.ISCSIAccess{
+			def := volume.Access{
 				CHAPUser: c.String("iscsi-chap-user"), CHAPSecret: c.String("iscsi-chap-secret"),
 				MutualUser: c.String("iscsi-mutual-chap-user"), MutualSecret: c.String("iscsi-mutual-chap-secret"),
 			}
@@ -39,12 +41,24 @@ func init() {
 				Reservations: mgr,
 			}), nil
 		},
+		protection: func(c *cli.Context, loopback bool) string {
+			s := "volumes' CHAP, initiator and address allow-lists"
+			if c.String("iscsi-chap-user") != "" {
+				s += "; gateway default CHAP for volumes without their own"
+			} else {
+				s += "; a volume without rules is open to any initiator that reaches this address"
+			}
+			if loopback {
+				s = "loopback only; " + s
+			}
+			return s
+		},
 	})
 }
 
 // volumeAccess is a volume's iSCSI access rules: its own CHAP settings,
 // or the gateway default when it has none, and its allow-list.
-func volumeAccess(ctx context.Context, mgr *volume.Manager, vol string, def volume.ISCSIAccess) (iscsi.Access, error) {
+func volumeAccess(ctx context.Context, mgr *volume.Manager, vol string, def volume.Access) (iscsi.Access, error) {
 	a, err := mgr.Access(ctx, vol)
 	if err != nil {
 		return iscsi.Access{}, err

@@ -40,8 +40,8 @@ the [default] profile of --credentials-file (AWS format, default
      ferry store add cloud --endpoint https://s3.eu-west-1.amazonaws.com --bucket my-volumes --region eu-west-1
    ferry store add onprem --endpoint http://10.0.0.5:9000 --bucket ferry --prefix site-a/`,
 		Flags: append(apiFlags(),
-			&cli.StringFlag{Name: "endpoint", Usage: "S3 endpoint URL (http:// or https://)", Required: true},
-			&cli.StringFlag{Name: "bucket", Usage: "bucket name", Required: true},
+			&cli.StringFlag{Name: "endpoint", Usage: "S3 endpoint URL (http:// or https://)"},
+			&cli.StringFlag{Name: "bucket", Usage: "bucket name"},
 			&cli.StringFlag{Name: "prefix", Usage: "key prefix inside the bucket"},
 			&cli.StringFlag{Name: "region", Usage: "S3 region"},
 			&cli.StringFlag{Name: "access-key", Usage: "access key ID (default $AWS_ACCESS_KEY_ID)"},
@@ -52,6 +52,12 @@ the [default] profile of --credentials-file (AWS format, default
 		Action: func(c *cli.Context) error {
 			name, err := nameArg(c)
 			if err != nil {
+				return err
+			}
+			if err := requireFlag(c, "endpoint", "--endpoint https://s3.eu-west-1.amazonaws.com"); err != nil {
+				return err
+			}
+			if err := requireFlag(c, "bucket", "--bucket my-volumes"); err != nil {
 				return err
 			}
 			ak, sk, err := s3Credentials(c)

@@ -6,11 +6,12 @@ func cmdVolume() *cli.Command {
 	return &cli.Command{
 		Name:    "volume",
 		Aliases: []string{"vol"},
-		Usage:   "create, list, inspect, resize and remove volumes",
+		Usage:   "create, list, inspect, attach, resize and remove volumes",
 		Subcommands: []*cli.Command{
 			cmdVolumeCreate(),
 			cmdVolumeLs(),
 			cmdVolumeInfo(),
+			cmdVolumeURL(),
 			cmdVolumeResize(),
 			cmdVolumeUpdate(),
 			cmdVolumeRm(),

@@ -21,9 +21,11 @@ a-z, 0-9, '.' and '-'. SIZE is bytes or a number with K, M, G, T, P
    ferry volume create scratch --size 1.5TiB
    ferry volume create archive --size 10T --store cloud   # data in S3, cached locally
    FERRY_CHAP_SECRET=0123456789ab ferry volume create db --size 100G \
-       --chap-user alice --allow-initiator iqn.1993-08.org.debian:01:host1`,
+       --chap-user alice --allow-initiator iqn.1993-08.org.debian:01:host1
+
+` + accessHelp,
 		Flags: append(append(apiFlags(), accessFlags()...),
-			&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Usage: "volume size, e.g. 10G", Required: true},
+			&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Usage: "volume size, e.g. 10G"},
 			&cli.StringFlag{Name: "store", Usage: "keep the volume's data in this S3 store (ferry store ls), cached locally"},
 			&cli.StringFlag{Name: "chunk-size", Usage: "S3 chunk size, a power of two from 64K to 64M (default 4M)"},
 			jsonFlag(),
@@ -37,10 +39,10 @@ a-z, 0-9, '.' and '-'. SIZE is bytes or a number with K, M, G, T, P
 			if err != nil {
 				return err
 			}
-			req := api.CreateRequest{Name: name, Size: size, ISCSI: accessUpdate(c), Store: c.String("store")}
+			req := api.CreateRequest{Name: name, Size: size, Access: accessUpdate(c), Store: c.String("store")}
 			if cs := c.String("chunk-size"); cs != "" {
 				if req.ChunkSize, err = parseSize(cs); err != nil {
-					return fmt.Errorf("--chunk-size: %w", err)
+					return usagef(c, "--chunk-size: %w", err)
 				}
 			}
 			in, err := apiClient(c).Create(c.Context, req)
@@ -51,6 +53,7 @@ a-z, 0-9, '.' and '-'. SIZE is bytes or a number with K, M, G, T, P
 				return printJSON(in)
 			}
 			fmt.Printf("created volume %s (%s)\n", in.Name, formatSize(in.Size))
+			printAttach(in)
 			return nil
 		},
 	}

@@ -2,17 +2,29 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/ferry-io/ferry/gateway/api"
+	"github.com/ferry-io/ferry/gateway/volume"
 )
 
 func cmdVolumeInfo() *cli.Command {
 	return &cli.Command{
 		Name:      "info",
-		Usage:     "show one volume: size, space used, connected clients",
+		Usage:     "show one volume: size, space used, how to attach it, connected clients",
 		UsageText: "ferry volume info NAME [--json]",
-		Flags:     append(apiFlags(), jsonFlag()),
+		Description: `Shows the volume's NBD URL and iSCSI target and portal (what to give
+qemu, nbd-client, iscsiadm), its access rules, and every connected
+client with its protocol, address, iSCSI initiator name and since when.
+
+   ferry volume info vm1
+   ferry volume info vm1 --json | jq -r .attach.nbd.url`,
+		Flags: append(apiFlags(), jsonFlag()),
 		Action: func(c *cli.Context) error {
 			name, err := nameArg(c)
 			if err != nil {
@@ -31,11 +43,10 @@ func cmdVolumeInfo() *cli.Command {
 			fmt.Printf("provisioned:  %s (%d bytes)\n", formatSize(in.Size), in.Size)
 			fmt.Printf("allocated:    %s (%d bytes)\n", formatSize(in.Allocated), in.Allocated)
 			fmt.Printf("created:      %s\n", in.Created.Format("2006-01-02 15:04:05 MST"))
-			conns := "none"
-			if len(in.Connections) > 0 {
-				conns = strings.Join(in.Connections, ", ")
+			printAttach(in)
+			if a := in.Access; a != nil {
+				fmt.Printf("access:       %s\n", describeAccess(a))
 			}
-			fmt.Printf("clients:      %s\n", conns)
 			if t := in.Tier; t != nil {
 				fmt.Printf("store:        %s (chunks of %s, %d in S3)\n", t.Store, formatSize(t.ChunkSize), t.StoredChunks)
 				fmt.Printf("cache:        %s cached, %s dirty (upload backlog)\n", formatSize(t.CachedBytes), formatSize(t.DirtyBytes))
@@ -48,19 +59,59 @@ func cmdVolumeInfo() *cli.Command {
 					fmt.Printf("upload error: %s\n", t.UploadError)
 				}
 			}
-			if a := in.ISCSI; a != nil {
-				if a.CHAPUser != "" {
-					fmt.Printf("iscsi chap:   user %s", a.CHAPUser)
-					if a.MutualUser != "" {
-						fmt.Printf(", mutual user %s", a.MutualUser)
-					}
-					fmt.Println()
-				}
-				if len(a.AllowInitiators) > 0 {
-					fmt.Printf("iscsi allow:  %s\n", strings.Join(a.AllowInitiators, ", "))
-				}
+			if len(in.Connections) == 0 {
+				fmt.Printf("clients:      none\n")
+				return nil
 			}
-			return nil
+			fmt.Printf("clients:      %d\n", len(in.Connections))
+			return printClients(os.Stdout, in.Connections, "  ")
 		},
 	}
+}
+
+// printAttach prints how to reach a volume over each protocol served.
+func printAttach(in api.VolumeInfo) {
+	if a := in.Attach.NBD; a != nil {
+		fmt.Printf("nbd:          %s\n", a.URL)
+	}
+	if a := in.Attach.ISCSI; a != nil {
+		fmt.Printf("iscsi:        %s at portal %s (%s)\n", a.Target, a.Portal, a.URL)
+	}
+}
+
+// describeAccess says in one line what guards a volume.
+func describeAccess(a *volume.AccessView) string {
+	var parts []string
+	if len(a.AllowAddresses) > 0 {
+		parts = append(parts, "addresses "+strings.Join(a.AllowAddresses, ", "))
+	}
+	if a.CHAPUser != "" {
+		s := "iSCSI CHAP user " + a.CHAPUser
+		if a.MutualUser != "" {
+			s += " (mutual: " + a.MutualUser + ")"
+		}
+		parts = append(parts, s)
+	}
+	if len(a.AllowInitiators) > 0 {
+		parts = append(parts, "iSCSI initiators "+strings.Join(a.AllowInitiators, ", "))
+	}
+	if len(a.AllowAddresses) == 0 && (a.CHAPUser != "" || len(a.AllowInitiators) > 0) {
+		parts = append(parts, "not served over NBD (no address allow-list)")
+	}
+	return strings.Join(parts, "; ")
+}
+
+// printClients prints connected clients as a table, each line indented.
+func printClients(out *os.File, clients []volume.Client, indent string) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "%sPROTOCOL\tREMOTE\tINITIATOR\tSINCE\n", indent)
+	for _, cl := range clients {
+		ini := cl.Initiator
+		if ini == "" {
+			ini = "-"
+		}
+		fmt.Fprintf(w, "%s%s\t%s\t%s\t%s (%s ago)\n", indent, cl.Protocol, cl.Remote, ini,
+			cl.Since.Local().Format("2006-01-02 15:04:05"), time.Since(cl.Since).Round(time.Second))
+	}
+	return w.Flush()
 }

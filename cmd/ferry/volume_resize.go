@@ -17,7 +17,7 @@ unit attention (iSCSI). Shrinking is refused because it destroys data.
 
    ferry volume resize vm1 --size 40G`,
 		Flags: append(apiFlags(),
-			&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Usage: "new size, e.g. 40G", Required: true},
+			&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Usage: "new size, e.g. 40G"},
 			jsonFlag(),
 		),
 		Action: func(c *cli.Context) error {

@@ -9,20 +9,36 @@ import (
 	"github.com/ferry-io/ferry/gateway/volume"
 )
 
-// accessFlags set a volume's iSCSI access control.
+// accessFlags set a volume's access control.
 func accessFlags() []cli.Flag {
 	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "allow-address", Usage: "client address or prefix (192.0.2.7, 10.1.0.0/16, ::1) allowed in over NBD and iSCSI (repeat; default: any)"},
 		&cli.StringFlag{Name: "chap-user", Usage: "iSCSI CHAP user name initiators must log in with"},
 		&cli.StringFlag{Name: "chap-secret", Usage: "iSCSI CHAP secret, 12-255 characters (prefer FERRY_CHAP_SECRET)", EnvVars: []string{"FERRY_CHAP_SECRET"}},
 		&cli.StringFlag{Name: "mutual-chap-user", Usage: "user name the target answers mutual CHAP with"},
-		&cli.StringFlag{Name: "mutual-chap-secret", Usage: "mutual CHAP secret, different from --chap-secret (prefer FERRY_MUTUAL_CHAP_SECRET)", EnvVars: []string{"FERRY_MUTUAL_CHAP_SECRET"}},
-		&cli.StringSliceFlag{Name: "allow-initiator", Usage: "initiator IQN allowed to log in (repeat; default: any)"},
+		&cli.StringFlag{Name: "mutual-chap-secret", Usage: "mutual CHAP secret, 12-255 characters, different from --chap-secret (prefer FERRY_MUTUAL_CHAP_SECRET)", EnvVars: []string{"FERRY_MUTUAL_CHAP_SECRET"}},
+		&cli.StringSliceFlag{Name: "allow-initiator", Usage: "iSCSI initiator IQN allowed to log in (repeat; default: any)"},
 	}
 }
 
+// accessHelp says what protects what; create and update show it.
+const accessHelp = `Access control belongs to the volume and holds on every protocol:
+
+   --allow-address    NBD and iSCSI: only clients from these addresses connect.
+   --chap-user/...    iSCSI: initiators must log in with CHAP (secrets of
+                      12-255 characters; mutual CHAP optional).
+   --allow-initiator  iSCSI: only these initiator names log in.
+
+NBD cannot check CHAP or initiator names, so a volume with either is not
+served over NBD at all unless --allow-address admits the client. A volume
+with no rules is open to anyone who reaches the listeners (loopback only by
+default); iSCSI logins to it use the gateway's default CHAP when
+ferry serve has --iscsi-chap-user. Secrets are stored with mode 0600 and
+never shown or logged.`
+
 // accessUpdate builds an AccessUpdate from accessFlags; nil when none is set.
 func accessUpdate(c *cli.Context) *volume.AccessUpdate {
-	u := &volume.AccessUpdate{AllowInitiators: c.StringSlice("allow-initiator")}
+	u := &volume.AccessUpdate{AllowInitiators: c.StringSlice("allow-initiator"), AllowAddresses: c.StringSlice("allow-address")}
 	str := func(name string) *string {
 		if !c.IsSet(name) {
 			return nil
@@ -35,8 +51,7 @@ func accessUpdate(c *cli.Context) *volume.AccessUpdate {
 	if c.Command.Name == "update" {
 		u.ClearCHAP, u.ClearAllow = c.Bool("clear-chap"), c.Bool("clear-allow")
 	}
-	if u.CHAPUser == nil && u.CHAPSecret == nil && u.MutualUser == nil && u.MutualSecret == nil &&
-		len(u.AllowInitiators) == 0 && !u.ClearCHAP && !u.ClearAllow {
+	if u.Empty() {
 		return nil
 	}
 	return u
@@ -45,17 +60,20 @@ func accessUpdate(c *cli.Context) *volume.AccessUpdate {
 func cmdVolumeUpdate() *cli.Command {
 	return &cli.Command{
 		Name:      "update",
-		Usage:     "change a volume's iSCSI access control",
-		UsageText: "ferry volume update NAME [--chap-user U --chap-secret S] [--allow-initiator IQN]... [--clear-chap] [--clear-allow]",
-		Description: `Sets who may log in to the volume's iSCSI target. Changes apply to new
-logins. Secrets are stored with mode 0600 and never shown or logged.
+		Usage:     "change a volume's access control (NBD and iSCSI)",
+		UsageText: "ferry volume update NAME [--allow-address CIDR]... [--chap-user U --chap-secret S] [--allow-initiator IQN]... [--clear-chap] [--clear-allow]",
+		Description: accessHelp + `
 
+Changes apply to new connections; connected clients stay. --clear-chap
+and --clear-allow remove settings before the other flags add theirs.
+
+   ferry volume update vm1 --allow-address 127.0.0.1 --allow-address 10.1.0.0/16
    FERRY_CHAP_SECRET=0123456789ab ferry volume update vm1 --chap-user alice
    ferry volume update vm1 --allow-initiator iqn.1993-08.org.debian:01:host1
    ferry volume update vm1 --clear-chap --clear-allow`,
 		Flags: append(append(apiFlags(), accessFlags()...),
 			&cli.BoolFlag{Name: "clear-chap", Usage: "remove CHAP and mutual CHAP settings"},
-			&cli.BoolFlag{Name: "clear-allow", Usage: "remove the initiator allow-list"},
+			&cli.BoolFlag{Name: "clear-allow", Usage: "remove the address and initiator allow-lists"},
 			jsonFlag(),
 		),
 		Action: func(c *cli.Context) error {
@@ -65,9 +83,9 @@ logins. Secrets are stored with mode 0600 and never shown or logged.
 			}
 			u := accessUpdate(c)
 			if u == nil {
-				return fmt.Errorf("nothing to update: give --chap-user/--chap-secret, --mutual-chap-user/--mutual-chap-secret, --allow-initiator, --clear-chap or --clear-allow")
+				return usagef(c, "nothing to update: give --allow-address, --chap-user/--chap-secret, --mutual-chap-user/--mutual-chap-secret, --allow-initiator, --clear-chap or --clear-allow")
 			}
-			in, err := apiClient(c).UpdateVolume(c.Context, name, api.UpdateRequest{ISCSI: u})
+			in, err := apiClient(c).UpdateVolume(c.Context, name, api.UpdateRequest{Access: u})
 			if err != nil {
 				return err
 			}
