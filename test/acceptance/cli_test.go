@@ -122,12 +122,16 @@ func TestRemoveRefusedWhileConnected(t *testing.T) {
 	}
 }
 
+// ephemeral gives every listener of a gateway a port of its own; a later
+// flag of the same name overrides it.
+var ephemeral = []string{"--nbd-listen", "127.0.0.1:0", "--iscsi-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"}
+
 // Flags come from flags, FERRY_* env and a YAML config file.
 func TestServeConfigFileAndEnv(t *testing.T) {
 	dir := t.TempDir()
 	g := newGateway(t, filepath.Join(dir, "data"))
 	cfg := filepath.Join(dir, "ferry.yaml")
-	yaml := "nbd-listen: " + g.nbdAddr + "\napi-listen: " + g.apiAddr + "\nlog-level: debug\n"
+	yaml := "nbd-listen: " + g.nbdAddr + "\niscsi-listen: " + g.iscsiAddr + "\napi-listen: " + g.apiAddr + "\nlog-level: debug\n"
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -158,29 +162,59 @@ func TestServeConfigFileAndEnv(t *testing.T) {
 	if !strings.Contains(logs.String(), "level=DEBUG") {
 		t.Errorf("log-level from the config file not honoured")
 	}
+	if !strings.Contains(logs.String(), g.iscsiAddr) {
+		t.Errorf("iscsi-listen from the config file not honoured:\n%s", logs)
+	}
 }
 
-// Bad configuration fails fast with a clear message.
+// Bad configuration fails fast with a clear message, and before anything
+// is bound or created.
 func TestServeBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	writeConfig := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	typo := writeConfig("typo.yaml", "nbd_listen: 127.0.0.1:0\nlog-level: info\n")
+	notMap := writeConfig("list.yaml", "- data\n- pool\n")
 	cases := []struct {
 		args []string
 		want string
 	}{
-		{[]string{"serve", "--data", t.TempDir(), "--nbd-listen", "not-an-address", "--api-listen", "127.0.0.1:0"}, "NBD listen"},
-		{[]string{"serve", "--data", t.TempDir(), "--log-level", "loud", "--api-listen", "127.0.0.1:0"}, "log-level"},
-		{[]string{"serve", "--config", "/nonexistent/ferry.yaml"}, "ferry.yaml"},
-		{[]string{"serve", "--data", t.TempDir(), "--readahead", "-2", "--api-listen", "127.0.0.1:0"}, "--readahead -2"},
-		{[]string{"serve", "--data", t.TempDir(), "--stream-memory", "lots", "--api-listen", "127.0.0.1:0"}, "--stream-memory"},
+		{[]string{"--nbd-listen", "not-an-address"}, "--nbd-listen \"not-an-address\": not a listen address"},
+		{[]string{"--iscsi-listen", "127.0.0.1:99999"}, "--iscsi-listen \"127.0.0.1:99999\": port \"99999\""},
+		{[]string{"--api-listen", "no-such-host.invalid:9809"}, "does not resolve"},
+		{[]string{"--nbd-listen", "127.0.0.1:7777", "--iscsi-listen", "127.0.0.1:7777"}, "give each listener its own port"},
+		{[]string{"--log-level", "loud"}, "log-level"},
+		{[]string{"--log-format", "xml"}, "--log-format \"xml\": use text or json"},
+		{[]string{"--config", "/nonexistent/ferry.yaml"}, "config file /nonexistent/ferry.yaml does not exist"},
+		{[]string{"--config", typo}, `unknown key "nbd_listen" (did you mean "nbd-listen"?)`},
+		{[]string{"--config", notMap}, "not a YAML mapping"},
+		{[]string{"--readahead", "-2"}, "--readahead -2"},
+		{[]string{"--stream-memory", "lots"}, "--stream-memory"},
 	}
 	for _, c := range cases {
-		out, err := exec.Command(ferryBin, c.args...).CombinedOutput()
+		data := filepath.Join(t.TempDir(), "data")
+		args := append(append([]string{"serve", "--data", data}, ephemeral...), c.args...)
+		out, err := exec.Command(ferryBin, args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), c.want) {
-			t.Errorf("ferry %v: err=%v, output %q should mention %q", c.args, err, out, c.want)
+			t.Errorf("ferry %v: err=%v, output %q should mention %q", args, err, out, c.want)
+		}
+		if lines := strings.Count(strings.TrimSpace(string(out)), "\n") + 1; lines > 2 {
+			t.Errorf("ferry %v: %d lines of output, want the error alone:\n%s", args, lines, out)
+		}
+		if strings.Contains(c.want, "listen") || strings.Contains(c.want, "config") || strings.Contains(c.want, "resolve") || strings.Contains(c.want, "port") {
+			if _, err := os.Stat(data); err == nil {
+				t.Errorf("ferry %v created its data directory before checking its listeners and config", args)
+			}
 		}
 	}
 	// Two gateways never share a data directory.
 	g := startGateway(t)
-	out, err := exec.Command(ferryBin, "serve", "--data", g.data, "--nbd-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0").CombinedOutput()
+	out, err := exec.Command(ferryBin, append([]string{"serve", "--data", g.data}, ephemeral...)...).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "in use by another ferry serve") {
 		t.Errorf("second gateway on the same data dir: %v %q", err, out)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,15 +29,92 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	ferryBin = filepath.Join(dir, "ferry")
-	build := exec.Command("go", "build", "-o", ferryBin, "github.com/ferry-io/ferry/cmd/ferry")
+	// -buildvcs=true: the commit reaches `ferry version` even where GOFLAGS
+	// turns stamping off.
+	build := exec.Command("go", "build", "-buildvcs=true", "-o", ferryBin, "github.com/ferry-io/ferry/cmd/ferry")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build ferry:", err)
 		os.Exit(1)
 	}
+	stopDefault := startDefaultGateway(dir)
 	code := m.Run()
+	if err := stopDefault(); err != nil {
+		fmt.Fprintln(os.Stderr, "the gateway on the default ports:", err)
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// defaultPorts are the addresses `ferry serve` listens on by default.
+var defaultPorts = []string{"127.0.0.1:10809", "127.0.0.1:3260", "127.0.0.1:9809"}
+
+// defaultGatewayStarted is set when startDefaultGateway started one.
+var defaultGatewayStarted bool
+
+// startDefaultGateway runs the README's first command, `ferry serve` with
+// every default, for the whole run: every test gateway must then live on
+// ports of its own, and one that binds a default port fails. When the
+// default ports are taken already (by a gateway the user left running, as
+// the README says), that gateway plays the part. The returned function
+// stops the gateway and reports whether it ran throughout.
+func startDefaultGateway(dir string) func() error {
+	for _, addr := range defaultPorts {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "acceptance: %s is taken; the gateway holding it stands in for the README's\n", addr)
+			return func() error { return nil }
+		}
+		l.Close()
+	}
+	cmd := exec.Command(ferryBin, "serve")
+	cmd.Dir = dir // its ./ferry-data goes there
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		return func() error { return err }
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if resp, err := http.Get("http://127.0.0.1:9809/healthz"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		select {
+		case err := <-exited:
+			return func() error { return fmt.Errorf("exited at start: %v\n%s", err, logs) }
+		default:
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			<-exited
+			return func() error { return fmt.Errorf("not healthy within 20s\n%s", logs) }
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defaultGatewayStarted = true
+	return func() error {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("exited during the tests: %v\n%s", err, logs)
+		default:
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				return fmt.Errorf("stopped with %v\n%s", err, logs)
+			}
+			return nil
+		case <-time.After(60 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			return fmt.Errorf("did not stop within 60s of SIGTERM\n%s", logs)
+		}
+	}
 }
 
 // gateway is one `ferry serve` process.
@@ -201,10 +279,29 @@ func (g *gateway) mustCLI(args ...string) string {
 
 // volumeInfo is the subset of `volume info --json` the tests read.
 type volumeInfo struct {
-	Name        string   `json:"name"`
-	Size        int64    `json:"size"`
-	Allocated   int64    `json:"allocated"`
-	Connections []string `json:"connections"`
+	Name        string       `json:"name"`
+	ID          string       `json:"id"`
+	Size        int64        `json:"size"`
+	Allocated   int64        `json:"allocated"`
+	Connections []clientInfo `json:"connections"`
+	Attach      struct {
+		NBD *struct {
+			URL string `json:"url"`
+		} `json:"nbd"`
+		ISCSI *struct {
+			Target string `json:"target"`
+			Portal string `json:"portal"`
+			URL    string `json:"url"`
+		} `json:"iscsi"`
+	} `json:"attach"`
+}
+
+// clientInfo is one connected client in `volume info --json`.
+type clientInfo struct {
+	Protocol  string    `json:"protocol"`
+	Remote    string    `json:"remote"`
+	Initiator string    `json:"initiator"`
+	Since     time.Time `json:"since"`
 }
 
 func (g *gateway) info(vol string) volumeInfo {
