@@ -6,11 +6,13 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-io/ferry/backends/s3"
 	"github.com/ferry-io/ferry/backends/tier"
+	"github.com/ferry-io/ferry/gateway/volume"
 	"github.com/ferry-io/ferry/internal/progress"
 )
 
@@ -24,7 +26,12 @@ chunks it names. The gateway is asked only where the volume's objects
 are; the data comes straight from S3 with your credentials (flags,
 AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a credentials file). FILE
 is created (sparse) and must not exist. Progress is shown on stderr when
-it is a terminal.`,
+it is a terminal.
+
+A local volume (not in an S3 store) is copied from its NBD URL instead:
+
+   nbdcopy nbd://127.0.0.1:10809/vm1 vm1.img
+   qemu-img convert -O raw nbd://127.0.0.1:10809/vm1 vm1.img`,
 		Flags: append(apiFlags(),
 			&cli.BoolFlag{Name: "from-s3", Usage: "read the image from S3 (the only source supported)", Required: true},
 			&cli.StringFlag{Name: "to", Usage: "image file to create", Required: true},
@@ -40,7 +47,7 @@ it is a terminal.`,
 			}
 			loc, err := apiClient(c).Location(c.Context, name)
 			if err != nil {
-				return err
+				return localVolumeHint(c, name, err)
 			}
 			ak, sk, err := s3Credentials(c)
 			if err != nil {
@@ -85,6 +92,37 @@ it is a terminal.`,
 			return nil
 		},
 	}
+}
+
+// localVolumeHint turns the gateway's refusal to locate a volume that is
+// in no S3 store into directions to copy it over NBD. Other errors, and a
+// refusal for any other reason, are returned as they are.
+func localVolumeHint(c *cli.Context, name string, err error) error {
+	if !errors.Is(err, volume.ErrInvalid) {
+		return err
+	}
+	in, ierr := apiClient(c).Volume(c.Context, name)
+	if ierr != nil || in.Tier != nil {
+		return err
+	}
+	u, to := nbdURLHint(c, name), shellQuote(c.String("to"))
+	return fmt.Errorf("volume %s is local (not in an S3 store), so there is no S3 copy to export; copy it from its NBD URL:\n"+
+		"  nbdcopy %s %s   or   qemu-img convert -O raw %s %s", name, u, to, u, to)
+}
+
+// nbdURLHint is the NBD URL a user can copy the named volume from. For
+// now it assumes the gateway's default NBD address; this is the one place
+// to switch to the attach URL `volume info` will report (hence c).
+func nbdURLHint(c *cli.Context, name string) string {
+	return "nbd://127.0.0.1:10809/" + name
+}
+
+// shellQuote quotes s for a POSIX shell when it needs quoting.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:+,@%") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // manifestBytes is how many bytes of the image Export writes: the

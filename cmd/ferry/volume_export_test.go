@@ -21,3 +21,18 @@ func TestManifestBytes(t *testing.T) {
 		t.Errorf("empty manifest: %d bytes", got)
 	}
 }
+
+func TestShellQuote(t *testing.T) {
+	for in, want := range map[string]string{
+		"vm1.img":        "vm1.img",
+		"/tmp/a-b_c.img": "/tmp/a-b_c.img",
+		"my disk.img":    "'my disk.img'",
+		"it's":           `'it'\''s'`,
+		"":               "''",
+		"$HOME/x":        "'$HOME/x'",
+	} {
+		if got := shellQuote(in); got != want {
+			t.Errorf("shellQuote(%q) = %s, want %s", in, got, want)
+		}
+	}
+}

@@ -88,3 +88,28 @@ func TestExportProgress(t *testing.T) {
 	}
 	run(t, time.Minute, "cmp", img, live)
 }
+
+// Exporting a local volume says to copy it over NBD, with both commands.
+func TestExportLocalVolume(t *testing.T) {
+	g := startGateway(t)
+	g.mustCLI("volume", "create", "loc", "--size", "16M")
+	img := filepath.Join(t.TempDir(), "loc.img")
+	r := g.cli("volume", "export", "loc", "--from-s3", "--to", img)
+	if r.code == 0 {
+		t.Fatalf("export of a local volume succeeded: %s", r.stdout)
+	}
+	for _, want := range []string{"local", "nbdcopy nbd://127.0.0.1:10809/loc " + img, "qemu-img convert -O raw nbd://127.0.0.1:10809/loc " + img} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, r.stderr)
+		}
+	}
+	if n := strings.Count(strings.TrimSpace(r.stderr), "\n"); n > 1 {
+		t.Errorf("%d lines of advice, want at most 2:\n%s", n+1, r.stderr)
+	}
+	if _, err := os.Stat(img); err == nil {
+		t.Error("the failed export left a file")
+	}
+	if r := g.cli("volume", "export", "ghost", "--from-s3", "--to", img); r.code == 0 || !strings.Contains(r.stderr, "no such volume") {
+		t.Errorf("export of a missing volume: exit %d %q", r.code, r.stderr)
+	}
+}
