@@ -27,6 +27,7 @@ func newApp() *cli.App {
 			cmdVolume(),
 			cmdPool(),
 			cmdStore(),
+			cmdCompletion(),
 		},
 		EnableBashCompletion: true,
 	}
