@@ -93,13 +93,22 @@ func hasFlag(c *cli.Context, name string) bool {
 	return false
 }
 
+// completionFlag is the hidden flag urfave/cli answers with the words that
+// may follow the command line before it (EnableBashCompletion). It must be
+// the last argument.
+const completionFlag = "--generate-bash-completion"
+
 // interspersed moves the flags that follow positional arguments in front of
 // them, so `ferry volume create vm1 --size 20G` works: urfave/cli v2 stops
 // parsing flags at the first positional argument. Everything after "--"
-// stays positional.
+// stays positional. The shell-completion flag stays last, where urfave/cli
+// looks for it.
 func interspersed(app *cli.App, args []string) []string {
 	if len(args) < 2 {
 		return args
+	}
+	if n := len(args) - 1; args[n] == completionFlag {
+		return append(interspersed(app, args[:n:n]), completionFlag)
 	}
 	i := 1
 	cmds := app.Commands

@@ -46,6 +46,8 @@ func TestInterspersed(t *testing.T) {
 		{"ferry volume rm -- --force", "ferry volume rm -- --force"},
 		{"ferry volume info vm1", "ferry volume info vm1"},
 		{"ferry", "ferry"},
+		{"ferry volume rm vm1 --generate-bash-completion", "ferry volume rm vm1 --generate-bash-completion"},
+		{"ferry volume create vm1 --si --generate-bash-completion", "ferry volume create --si vm1 --generate-bash-completion"},
 	} {
 		got := strings.Join(interspersed(app, strings.Fields(tc.in)), " ")
 		if got != tc.want {

@@ -30,6 +30,7 @@ func newApp() *cli.App {
 			cmdPool(),
 			cmdStore(),
 			cmdVersion(),
+			cmdCompletion(),
 		},
 		EnableBashCompletion: true,
 	}
