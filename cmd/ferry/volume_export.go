@@ -33,8 +33,8 @@ A local volume (not in an S3 store) is copied from its NBD URL instead:
    nbdcopy nbd://127.0.0.1:10809/vm1 vm1.img
    qemu-img convert -O raw nbd://127.0.0.1:10809/vm1 vm1.img`,
 		Flags: append(apiFlags(),
-			&cli.BoolFlag{Name: "from-s3", Usage: "read the image from S3 (the only source supported)", Required: true},
-			&cli.StringFlag{Name: "to", Usage: "image file to create", Required: true},
+			&cli.BoolFlag{Name: "from-s3", Usage: "read the image from S3 (the only source supported)"},
+			&cli.StringFlag{Name: "to", Usage: "image file to create"},
 			&cli.StringFlag{Name: "access-key", Usage: "access key ID (default $AWS_ACCESS_KEY_ID)"},
 			&cli.StringFlag{Name: "secret-key", Usage: "secret access key (default $AWS_SECRET_ACCESS_KEY)"},
 			&cli.StringFlag{Name: "credentials-file", Usage: "AWS credentials file"},
@@ -43,6 +43,12 @@ A local volume (not in an S3 store) is copied from its NBD URL instead:
 		Action: func(c *cli.Context) error {
 			name, err := nameArg(c)
 			if err != nil {
+				return err
+			}
+			if err := requireFlag(c, "from-s3", "--from-s3"); err != nil {
+				return err
+			}
+			if err := requireFlag(c, "to", "--to vm1.img"); err != nil {
 				return err
 			}
 			loc, err := apiClient(c).Location(c.Context, name)
@@ -105,16 +111,12 @@ func localVolumeHint(c *cli.Context, name string, err error) error {
 	if ierr != nil || in.Tier != nil {
 		return err
 	}
-	u, to := nbdURLHint(c, name), shellQuote(c.String("to"))
+	if in.Attach.NBD == nil {
+		return fmt.Errorf("volume %s is local (not in an S3 store), so there is no S3 copy to export; the gateway serves no NBD to copy it from", name)
+	}
+	u, to := in.Attach.NBD.URL, shellQuote(c.String("to"))
 	return fmt.Errorf("volume %s is local (not in an S3 store), so there is no S3 copy to export; copy it from its NBD URL:\n"+
 		"  nbdcopy %s %s   or   qemu-img convert -O raw %s %s", name, u, to, u, to)
-}
-
-// nbdURLHint is the NBD URL a user can copy the named volume from. For
-// now it assumes the gateway's default NBD address; this is the one place
-// to switch to the attach URL `volume info` will report (hence c).
-func nbdURLHint(c *cli.Context, name string) string {
-	return "nbd://127.0.0.1:10809/" + name
 }
 
 // shellQuote quotes s for a POSIX shell when it needs quoting.

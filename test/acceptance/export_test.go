@@ -89,7 +89,8 @@ func TestExportProgress(t *testing.T) {
 	run(t, time.Minute, "cmp", img, live)
 }
 
-// Exporting a local volume says to copy it over NBD, with both commands.
+// Exporting a local volume says to copy it over NBD, with both commands
+// and the volume's actual NBD URL.
 func TestExportLocalVolume(t *testing.T) {
 	g := startGateway(t)
 	g.mustCLI("volume", "create", "loc", "--size", "16M")
@@ -98,7 +99,8 @@ func TestExportLocalVolume(t *testing.T) {
 	if r.code == 0 {
 		t.Fatalf("export of a local volume succeeded: %s", r.stdout)
 	}
-	for _, want := range []string{"local", "nbdcopy nbd://127.0.0.1:10809/loc " + img, "qemu-img convert -O raw nbd://127.0.0.1:10809/loc " + img} {
+	u := g.uri("loc") // the gateway's own NBD address, as volume info reports it
+	for _, want := range []string{"local", "nbdcopy " + u + " " + img, "qemu-img convert -O raw " + u + " " + img} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr does not say %q:\n%s", want, r.stderr)
 		}
