@@ -348,3 +348,13 @@ func TestPoolInfoText(t *testing.T) {
 		t.Errorf("pool info without stores:\n%s", out)
 	}
 }
+
+// The commented sample configuration starts a gateway as it is (here with
+// the listeners moved off the default ports).
+func TestSampleConfigServes(t *testing.T) {
+	g := newGateway(t, t.TempDir(), "--config", "../../docs/ferry.yaml")
+	g.start()
+	if out := g.mustCLI("status"); !strings.Contains(out, g.nbdAddr) {
+		t.Errorf("status:\n%s", out)
+	}
+}
