@@ -7,7 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/ferry-io/ferry/gateway/api"
+	"github.com/ferry-io/ferry/gateway/api/client"
 	"github.com/ferry-io/ferry/internal/size"
 )
 
@@ -27,8 +27,8 @@ func jsonFlag() cli.Flag {
 	return &cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"}
 }
 
-func apiClient(c *cli.Context) *api.Client {
-	return api.NewClient(c.String("api"))
+func apiClient(c *cli.Context) *client.Client {
+	return client.New(c.String("api"))
 }
 
 // The CLI's size syntax and display; see package size.

@@ -25,6 +25,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ferry-io/ferry/gateway/api"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
 	"github.com/ferry-io/ferry/internal/buildinfo"
 )
@@ -60,7 +61,7 @@ type frontend interface {
 type serveExtension struct {
 	// name is used in logs and errors ("NBD").
 	name string
-	// protocol names the frontend's listener in the API (api.ListenerNBD).
+	// protocol names the frontend's listener in the API (wire.ListenerNBD).
 	protocol string
 	// flags are added to ferry serve's flags.
 	flags []cli.Flag
@@ -184,7 +185,7 @@ func lockDataDir(dir string) (*os.File, error) {
 // plannedListener is one address ferry serve will listen on.
 type plannedListener struct {
 	name     string // "API", "NBD", "iSCSI"
-	protocol string // api.ListenerAPI, ...
+	protocol string // wire.ListenerAPI, ...
 	flag     string
 	addr     string
 	ext      *serveExtension // nil for the API
@@ -194,7 +195,7 @@ type plannedListener struct {
 // planListeners gathers and checks every listen address before anything
 // binds, so that the first error reported is the one to fix.
 func planListeners(c *cli.Context) ([]*plannedListener, error) {
-	ps := []*plannedListener{{name: "API", protocol: api.ListenerAPI, flag: "api-listen", addr: c.String("api-listen")}}
+	ps := []*plannedListener{{name: "API", protocol: wire.ListenerAPI, flag: "api-listen", addr: c.String("api-listen")}}
 	if ps[0].addr == "" {
 		return nil, fmt.Errorf("--api-listen is empty: the gateway needs its admin API (e.g. 127.0.0.1:9809)")
 	}
@@ -317,7 +318,7 @@ func runServe(c *cli.Context) error {
 		mgr.Close(sctx)
 		return err
 	}
-	gw := api.Gateway{Build: buildinfo.Read(), Started: time.Now().UTC(), ISCSIBaseIQN: c.String("iscsi-base-iqn")}
+	gw := api.Gateway{Build: wire.Build(buildinfo.Read()), Started: time.Now().UTC(), ISCSIBaseIQN: c.String("iscsi-base-iqn")}
 	for _, p := range planned {
 		if p.l, err = net.Listen("tcp", p.addr); err != nil {
 			return abort(fmt.Errorf("%s listen on %q (--%s): %w", p.name, p.addr, p.flag, err))
@@ -334,7 +335,7 @@ func runServe(c *cli.Context) error {
 		} else if !lo {
 			prot = "none: anyone who reaches it can manage every volume (the API has no token yet; keep it on loopback or a trusted network)"
 		}
-		gw.Listeners = append(gw.Listeners, api.Listener{Protocol: p.protocol, Address: p.l.Addr().String(), Loopback: lo, Protection: prot})
+		gw.Listeners = append(gw.Listeners, wire.Listener{Protocol: p.protocol, Address: p.l.Addr().String(), Loopback: lo, Protection: prot})
 		level := slog.LevelInfo
 		if !lo {
 			level = slog.LevelWarn

@@ -9,7 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
-	"github.com/ferry-io/ferry/gateway/api"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/iscsi"
 	"github.com/ferry-io/ferry/gateway/volume"
 )
@@ -17,7 +17,7 @@ import (
 func init() {
 	serveExtensions = append(serveExtensions, serveExtension{
 		name:     "iSCSI",
-		protocol: api.ListenerISCSI,
+		protocol: wire.ListenerISCSI,
 		flags: []cli.Flag{
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-listen", Usage: "iSCSI listen address (empty to disable)", Value: "127.0.0.1:3260", EnvVars: []string{"FERRY_ISCSI_LISTEN"}}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-base-iqn", Usage: "target names are BASE:VOLUME", Value: iscsi.DefaultBaseIQN, EnvVars: []string{"FERRY_ISCSI_BASE_IQN"}}),

@@ -7,7 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
-	"github.com/ferry-io/ferry/gateway/api"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/nbd"
 	"github.com/ferry-io/ferry/gateway/volume"
 )
@@ -15,7 +15,7 @@ import (
 func init() {
 	serveExtensions = append(serveExtensions, serveExtension{
 		name:     "NBD",
-		protocol: api.ListenerNBD,
+		protocol: wire.ListenerNBD,
 		flags: []cli.Flag{
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-listen", Usage: "NBD listen address (empty to disable)", Value: "127.0.0.1:10809", EnvVars: []string{"FERRY_NBD_LISTEN"}}),
 		},

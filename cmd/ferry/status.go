@@ -12,8 +12,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/ferry-io/ferry/gateway/api"
-	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/buildinfo"
 )
 
 func cmdStatus() *cli.Command {
@@ -47,8 +47,8 @@ READY line says so; /readyz answers 503 then).
 	}
 }
 
-func printStatus(out io.Writer, st api.Status) error {
-	fmt.Fprintf(out, "gateway:   %s, up %s (since %s)\n", strings.TrimPrefix(st.Info.String(), "ferry "),
+func printStatus(out io.Writer, st wire.Status) error {
+	fmt.Fprintf(out, "gateway:   %s, up %s (since %s)\n", strings.TrimPrefix(buildinfo.Info(st.Build).String(), "ferry "),
 		time.Duration(st.UptimeSeconds*float64(time.Second)), st.Started.Local().Format("2006-01-02 15:04:05"))
 	ready := "yes"
 	if !st.Ready {
@@ -101,14 +101,14 @@ func printStatus(out io.Writer, st api.Status) error {
 	return w.Flush()
 }
 
-func reachability(s volume.StoreHealth) string {
+func reachability(s wire.StoreHealth) string {
 	if s.Reachable {
 		return "yes"
 	}
 	return "NO: " + s.Error
 }
 
-func backendName(v api.VolumeInfo) string {
+func backendName(v wire.VolumeInfo) string {
 	if v.Tier != nil {
 		return "s3:" + v.Tier.Store
 	}
@@ -116,7 +116,7 @@ func backendName(v api.VolumeInfo) string {
 }
 
 // clientSummary is "none" or a count with the protocols: "3 (2 nbd, 1 iscsi)".
-func clientSummary(cs []volume.Client) string {
+func clientSummary(cs []wire.Client) string {
 	if len(cs) == 0 {
 		return "none"
 	}

@@ -7,7 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 )
 
 func cmdStore() *cli.Command {
@@ -64,7 +64,7 @@ the [default] profile of --credentials-file (AWS format, default
 			if err != nil {
 				return err
 			}
-			v, err := apiClient(c).AddStore(c.Context, volume.StoreConfig{Name: name, Endpoint: c.String("endpoint"),
+			v, err := apiClient(c).AddStore(c.Context, wire.StoreConfig{Name: name, Endpoint: c.String("endpoint"),
 				Bucket: c.String("bucket"), Prefix: c.String("prefix"), Region: c.String("region"), AccessKey: ak, SecretKey: sk})
 			if err != nil {
 				return err

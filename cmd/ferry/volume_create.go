@@ -5,7 +5,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/ferry-io/ferry/gateway/api"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 )
 
 func cmdVolumeCreate() *cli.Command {
@@ -39,7 +39,7 @@ a-z, 0-9, '.' and '-'. SIZE is bytes or a number with K, M, G, T, P
 			if err != nil {
 				return err
 			}
-			req := api.CreateRequest{Name: name, Size: size, Access: accessUpdate(c), Store: c.String("store")}
+			req := wire.CreateRequest{Name: name, Size: size, Access: accessUpdate(c), Store: c.String("store")}
 			if cs := c.String("chunk-size"); cs != "" {
 				if req.ChunkSize, err = parseSize(cs); err != nil {
 					return usagef(c, "--chunk-size: %w", err)

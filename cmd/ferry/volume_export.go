@@ -12,7 +12,7 @@ import (
 
 	"github.com/ferry-io/ferry/backends/s3"
 	"github.com/ferry-io/ferry/backends/tier"
-	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/internal/progress"
 )
 
@@ -104,7 +104,7 @@ A local volume (not in an S3 store) is copied from its NBD URL instead:
 // in no S3 store into directions to copy it over NBD. Other errors, and a
 // refusal for any other reason, are returned as they are.
 func localVolumeHint(c *cli.Context, name string, err error) error {
-	if !errors.Is(err, volume.ErrInvalid) {
+	if !errors.Is(err, wire.ErrInvalid) {
 		return err
 	}
 	in, ierr := apiClient(c).Volume(c.Context, name)

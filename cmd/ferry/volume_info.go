@@ -9,8 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/ferry-io/ferry/gateway/api"
-	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 )
 
 func cmdVolumeInfo() *cli.Command {
@@ -70,7 +69,7 @@ client with its protocol, address, iSCSI initiator name and since when.
 }
 
 // printAttach prints how to reach a volume over each protocol served.
-func printAttach(in api.VolumeInfo) {
+func printAttach(in wire.VolumeInfo) {
 	if a := in.Attach.NBD; a != nil {
 		fmt.Printf("nbd:          %s\n", a.URL)
 	}
@@ -80,7 +79,7 @@ func printAttach(in api.VolumeInfo) {
 }
 
 // describeAccess says in one line what guards a volume.
-func describeAccess(a *volume.AccessView) string {
+func describeAccess(a *wire.AccessView) string {
 	var parts []string
 	if len(a.AllowAddresses) > 0 {
 		parts = append(parts, "addresses "+strings.Join(a.AllowAddresses, ", "))
@@ -102,7 +101,7 @@ func describeAccess(a *volume.AccessView) string {
 }
 
 // printClients prints connected clients as a table, each line indented.
-func printClients(out *os.File, clients []volume.Client, indent string) error {
+func printClients(out *os.File, clients []wire.Client, indent string) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "%sPROTOCOL\tREMOTE\tINITIATOR\tSINCE\n", indent)
 	for _, cl := range clients {

@@ -5,8 +5,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/ferry-io/ferry/gateway/api"
-	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 )
 
 // accessFlags set a volume's access control.
@@ -37,8 +36,8 @@ ferry serve has --iscsi-chap-user. Secrets are stored with mode 0600 and
 never shown or logged.`
 
 // accessUpdate builds an AccessUpdate from accessFlags; nil when none is set.
-func accessUpdate(c *cli.Context) *volume.AccessUpdate {
-	u := &volume.AccessUpdate{AllowInitiators: c.StringSlice("allow-initiator"), AllowAddresses: c.StringSlice("allow-address")}
+func accessUpdate(c *cli.Context) *wire.AccessUpdate {
+	u := &wire.AccessUpdate{AllowInitiators: c.StringSlice("allow-initiator"), AllowAddresses: c.StringSlice("allow-address")}
 	str := func(name string) *string {
 		if !c.IsSet(name) {
 			return nil
@@ -85,7 +84,7 @@ and --clear-allow remove settings before the other flags add theirs.
 			if u == nil {
 				return usagef(c, "nothing to update: give --allow-address, --chap-user/--chap-secret, --mutual-chap-user/--mutual-chap-secret, --allow-initiator, --clear-chap or --clear-allow")
 			}
-			in, err := apiClient(c).UpdateVolume(c.Context, name, api.UpdateRequest{Access: u})
+			in, err := apiClient(c).UpdateVolume(c.Context, name, wire.UpdateRequest{Access: u})
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferry-io/ferry/gateway/api"
+	"github.com/ferry-io/ferry/gateway/api/client"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
 )
 
@@ -25,7 +27,7 @@ func TestClientServerRoundTrip(t *testing.T) {
 	defer m.Close(ctx)
 	srv := httptest.NewServer(api.Handler(api.Config{Manager: m, Gatherer: reg}))
 	defer srv.Close()
-	c := api.NewClient(srv.URL)
+	c := client.New(srv.URL)
 
 	if err := c.Healthy(ctx); err != nil {
 		t.Fatal(err)
@@ -33,13 +35,13 @@ func TestClientServerRoundTrip(t *testing.T) {
 	if _, err := c.CreateVolume(ctx, "a", 10<<20, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.CreateVolume(ctx, "a", 10<<20, nil); !errors.Is(err, volume.ErrBusy) || !strings.Contains(err.Error(), "already exists") {
+	if _, err := c.CreateVolume(ctx, "a", 10<<20, nil); !errors.Is(err, wire.ErrExists) || errors.Is(err, wire.ErrBusy) || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("duplicate create: %v", err)
 	}
-	if _, err := c.CreateVolume(ctx, "B", 10<<20, nil); !errors.Is(err, volume.ErrInvalid) {
+	if _, err := c.CreateVolume(ctx, "B", 10<<20, nil); !errors.Is(err, wire.ErrInvalid) {
 		t.Fatalf("bad name: %v", err)
 	}
-	if _, err := c.Volume(ctx, "zz"); !errors.Is(err, volume.ErrNotFound) {
+	if _, err := c.Volume(ctx, "zz"); !errors.Is(err, wire.ErrNotFound) {
 		t.Fatalf("unknown: %v", err)
 	}
 	in, err := c.ResizeVolume(ctx, "a", 20<<20)
@@ -57,7 +59,7 @@ func TestClientServerRoundTrip(t *testing.T) {
 	if err := c.RemoveVolume(ctx, "a", false); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.RemoveVolume(ctx, "a", false); !errors.Is(err, volume.ErrNotFound) {
+	if err := c.RemoveVolume(ctx, "a", false); !errors.Is(err, wire.ErrNotFound) {
 		t.Fatalf("second remove: %v", err)
 	}
 	// Bad sizes and access settings are 400s, not 500s, and replies never
@@ -65,17 +67,17 @@ func TestClientServerRoundTrip(t *testing.T) {
 	if _, err := c.CreateVolume(ctx, "b", 1<<20, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.ResizeVolume(ctx, "b", -1); !errors.Is(err, volume.ErrInvalid) {
+	if _, err := c.ResizeVolume(ctx, "b", -1); !errors.Is(err, wire.ErrInvalid) {
 		t.Fatalf("negative resize: %v", err)
 	}
 	secret := "0123456789abcdef"
 	user := "alice"
-	in, err = c.UpdateVolume(ctx, "b", api.UpdateRequest{Access: &volume.AccessUpdate{CHAPUser: &user, CHAPSecret: &secret}})
+	in, err = c.UpdateVolume(ctx, "b", wire.UpdateRequest{Access: &wire.AccessUpdate{CHAPUser: &user, CHAPSecret: &secret}})
 	if err != nil || in.Access == nil || in.Access.CHAPUser != "alice" {
 		t.Fatalf("update access: %+v %v", in, err)
 	}
 	short := "x"
-	if _, err := c.UpdateVolume(ctx, "b", api.UpdateRequest{Access: &volume.AccessUpdate{CHAPSecret: &short}}); !errors.Is(err, volume.ErrInvalid) {
+	if _, err := c.UpdateVolume(ctx, "b", wire.UpdateRequest{Access: &wire.AccessUpdate{CHAPSecret: &short}}); !errors.Is(err, wire.ErrInvalid) {
 		t.Fatalf("short secret: %v", err)
 	}
 	resp, err := http.Get(srv.URL + "/v1/volumes")
@@ -90,7 +92,7 @@ func TestClientServerRoundTrip(t *testing.T) {
 }
 
 func TestUnreachableGatewayError(t *testing.T) {
-	c := api.NewClient("127.0.0.1:1")
+	c := client.New("127.0.0.1:1")
 	_, err := c.Volumes(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "ferry serve") {
 		t.Fatalf("error should tell the user what to do: %v", err)

@@ -3,8 +3,11 @@
 // /metrics, a liveness check at /healthz (200 while the process serves)
 // and a readiness check at /readyz (200 when every S3 store answers, 503
 // with the failing stores otherwise). Errors are JSON objects
-// {"error": "..."} with 400 for bad requests, 403 for access refused, 404
-// for unknown volumes, 409 for conflicts (exists, busy) and 500 otherwise.
+// {"error": "...", "code": "..."} with 400 for bad requests, 403 for access
+// refused, 404 for unknown volumes, 409 for conflicts (exists, busy) and
+// 500 otherwise; the code names the sentinel (wire.CodeExists, ...).
+// Request and reply types are in package wire and the client in package
+// client, which import only the standard library.
 //
 //	GET    /v1/status                  the gateway: version, listeners, pool, stores, volumes
 //	GET    /v1/volumes                 list volumes, with their attach URLs

@@ -6,42 +6,13 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
 )
-
-// CreateRequest is the body of POST /v1/volumes.
-type CreateRequest struct {
-	Name   string               `json:"name"`
-	Size   int64                `json:"size"`
-	Access *volume.AccessUpdate `json:"access,omitempty"`
-	// Store makes an S3-backed volume in that store.
-	Store     string `json:"store,omitempty"`
-	ChunkSize int64  `json:"chunk_size,omitempty"`
-}
-
-// CheckpointResponse answers POST /v1/volumes/{name}/checkpoint.
-type CheckpointResponse struct {
-	Sequence uint64    `json:"sequence"`
-	Created  time.Time `json:"created"`
-	Chunks   int       `json:"chunks"`
-}
-
-// UpdateRequest is the body of PATCH /v1/volumes/{name}: a new size (grow
-// only) and/or access-control changes.
-type UpdateRequest struct {
-	Size   *int64               `json:"size,omitempty"`
-	Access *volume.AccessUpdate `json:"access,omitempty"`
-}
-
-// ErrorResponse is the body of every error reply.
-type ErrorResponse struct {
-	Error string `json:"error"`
-}
 
 // Config configures the API's handler.
 type Config struct {
@@ -98,7 +69,7 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) create(w http.ResponseWriter, r *http.Request) {
-	var req CreateRequest
+	var req wire.CreateRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -120,7 +91,7 @@ func (h *handler) info(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) update(w http.ResponseWriter, r *http.Request) {
-	var req UpdateRequest
+	var req wire.UpdateRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -158,7 +129,7 @@ func (h *handler) checkpoint(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: len(mf.Chunks)})
+	writeJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: len(mf.Chunks)})
 }
 
 func (h *handler) location(w http.ResponseWriter, r *http.Request) {
@@ -175,7 +146,7 @@ func (h *handler) stores(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) addStore(w http.ResponseWriter, r *http.Request) {
-	var req volume.StoreConfig
+	var req wire.StoreConfig
 	if !decode(w, r, &req) {
 		return
 	}
@@ -208,7 +179,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: "bad request body: " + err.Error()})
+		writeJSON(w, http.StatusBadRequest, wire.ErrorResponse{Error: "bad request body: " + err.Error(), Code: wire.CodeInvalid})
 		return false
 	}
 	return true
@@ -232,7 +203,7 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if code == http.StatusInternalServerError {
 		h.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	writeJSON(w, code, ErrorResponse{Error: err.Error()})
+	writeJSON(w, code, wire.ErrorResponse{Error: err.Error(), Code: wire.CodeOf(err)})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -36,13 +36,6 @@ type Access struct {
 	AllowAddresses []string `json:"allow_addresses,omitempty"`
 }
 
-// AccessView is Access without secrets, for Info.
-type AccessView struct {
-	CHAPUser        string   `json:"chap_user,omitempty"`
-	MutualUser      string   `json:"mutual_chap_user,omitempty"`
-	AllowInitiators []string `json:"allow_initiators,omitempty"`
-	AllowAddresses  []string `json:"allow_addresses,omitempty"`
-}
 
 func (a *Access) view() *AccessView {
 	if a.empty() {
@@ -109,28 +102,10 @@ func parseAddressPrefix(s string) (string, error) {
 	return "", fmt.Errorf("address %q is neither an IP address nor a prefix such as 192.0.2.0/24: %w", s, ErrInvalid)
 }
 
-// AccessUpdate changes a volume's access control. Nil fields are left as
-// they are; ClearCHAP removes CHAP settings and ClearAllow both
-// allow-lists, before the rest is applied.
-type AccessUpdate struct {
-	CHAPUser        *string  `json:"chap_user,omitempty"`
-	CHAPSecret      *string  `json:"chap_secret,omitempty"`
-	MutualUser      *string  `json:"mutual_chap_user,omitempty"`
-	MutualSecret    *string  `json:"mutual_chap_secret,omitempty"`
-	AllowInitiators []string `json:"allow_initiators,omitempty"`
-	AllowAddresses  []string `json:"allow_addresses,omitempty"`
-	ClearCHAP       bool     `json:"clear_chap,omitempty"`
-	ClearAllow      bool     `json:"clear_allow,omitempty"`
-}
 
-// Empty reports whether u changes nothing.
-func (u *AccessUpdate) Empty() bool {
-	return u == nil || (u.CHAPUser == nil && u.CHAPSecret == nil && u.MutualUser == nil &&
-		u.MutualSecret == nil && len(u.AllowInitiators) == 0 && len(u.AllowAddresses) == 0 && !u.ClearCHAP && !u.ClearAllow)
-}
 
-// apply returns old with u applied, validated.
-func (u *AccessUpdate) apply(old *Access) (*Access, error) {
+// applyAccess returns old with u applied, validated.
+func applyAccess(u *AccessUpdate, old *Access) (*Access, error) {
 	a := Access{}
 	if old != nil {
 		a = *old
@@ -222,7 +197,7 @@ func (m *Manager) UpdateAccess(ctx context.Context, name string, u AccessUpdate)
 	if !ok || v.removing {
 		return Info{}, fmt.Errorf("update volume %q: %w", name, ErrNotFound)
 	}
-	a, err := u.apply(v.rec.Access)
+	a, err := applyAccess(&u, v.rec.Access)
 	if err != nil {
 		return Info{}, fmt.Errorf("update volume %q: %w", name, err)
 	}

@@ -2,47 +2,12 @@ package volume
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/ferry-io/ferry/backends/device"
 )
-
-// Sentinel errors callers branch on.
-var (
-	// ErrNotFound: no volume has that name.
-	ErrNotFound = errors.New("no such volume")
-	// ErrExists: a volume with that name already exists.
-	ErrExists = errors.New("volume already exists")
-	// ErrBusy: the volume has connected clients.
-	ErrBusy = errors.New("volume in use")
-	// ErrInvalid: a request argument (name, size) is not acceptable.
-	ErrInvalid = errors.New("invalid argument")
-	// ErrDenied: the volume's access rules do not admit this client.
-	ErrDenied = errors.New("access denied")
-)
-
-// Protocols a Client can attach over.
-const (
-	ProtoNBD   = "nbd"
-	ProtoISCSI = "iscsi"
-)
-
-// Client describes one client connection to a volume: who attaches, over
-// what, and since when. `volume info` lists them.
-type Client struct {
-	// Protocol is ProtoNBD or ProtoISCSI.
-	Protocol string `json:"protocol"`
-	// Remote is the client's address, host:port.
-	Remote string `json:"remote"`
-	// Initiator is an iSCSI client's initiator name.
-	Initiator string `json:"initiator,omitempty"`
-	// Since is when the client attached.
-	Since time.Time `json:"since"`
-}
 
 // Exports is what a frontend sees of the catalog: the volume names and a
 // way to attach one for the lifetime of a client connection. A volume's

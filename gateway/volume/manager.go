@@ -101,37 +101,8 @@ type vol struct {
 
 var _ Exports = (*Manager)(nil)
 
-// Info describes a volume for the API and CLI.
-type Info struct {
-	Name        string    `json:"name"`
-	ID          string    `json:"id"`
-	Size        int64     `json:"size"`
-	Backend     string    `json:"backend"`
-	Allocated   int64     `json:"allocated"`
-	Connections []Client  `json:"connections"`
-	Created     time.Time `json:"created"`
-	// Access shows access control without secrets; nil when unset.
-	Access *AccessView `json:"access,omitempty"`
-	// Tier is set for S3-backed volumes.
-	Tier *TierInfo `json:"tier,omitempty"`
-}
 
-// PoolDir describes one directory of the local pool.
-type PoolDir struct {
-	Path  string `json:"path"`
-	Total int64  `json:"total"`
-	Free  int64  `json:"free"`
-}
 
-// PoolInfo describes the local pool.
-type PoolInfo struct {
-	Dirs []PoolDir `json:"dirs"`
-	// Cache is the local cache shared by S3-backed volumes.
-	Cache       CacheInfo `json:"cache"`
-	Volumes     int       `json:"volumes"`
-	Provisioned int64     `json:"provisioned"`
-	Allocated   int64     `json:"allocated"`
-}
 
 // Open loads the catalog under cfg.DataDir, opens every volume and removes
 // files a crash left behind (a volume file no catalog entry names).
@@ -313,7 +284,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 	}
 	var access *Access
 	if !opts.Access.Empty() {
-		a, err := opts.Access.apply(nil)
+		a, err := applyAccess(opts.Access, nil)
 		if err != nil {
 			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 		}

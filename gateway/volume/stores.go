@@ -18,32 +18,7 @@ import (
 	"github.com/ferry-io/ferry/backends/tier"
 )
 
-// StoreConfig is an S3 store the gateway may put volumes in. The secret
-// key is kept in DATA/stores.json (mode 0600) and never returned by the
-// API or logged.
-type StoreConfig struct {
-	Name      string `json:"name"`
-	Endpoint  string `json:"endpoint"`
-	Bucket    string `json:"bucket"`
-	Prefix    string `json:"prefix,omitempty"`
-	Region    string `json:"region,omitempty"`
-	AccessKey string `json:"access_key"`
-	SecretKey string `json:"secret_key"`
-}
 
-// StoreView is a store as the API shows it: no credentials.
-type StoreView struct {
-	Name     string `json:"name"`
-	Endpoint string `json:"endpoint"`
-	Bucket   string `json:"bucket"`
-	Prefix   string `json:"prefix,omitempty"`
-	Region   string `json:"region,omitempty"`
-	Volumes  int    `json:"volumes"`
-	// Objects and Bytes are filled by StoreInfo (they need a listing).
-	Objects int64  `json:"objects,omitempty"`
-	Bytes   int64  `json:"bytes,omitempty"`
-	Error   string `json:"error,omitempty"`
-}
 
 type storesFile struct {
 	Version int            `json:"version"`
@@ -227,18 +202,6 @@ func (m *Manager) openTier(ctx context.Context, rec *Record) (*tier.Device, erro
 	})
 }
 
-// TierInfo is an S3-backed volume's cache and recovery-point state.
-type TierInfo struct {
-	Store          string    `json:"store"`
-	ChunkSize      int64     `json:"chunk_size"`
-	CachedBytes    int64     `json:"cached_bytes"`
-	DirtyBytes     int64     `json:"dirty_bytes"`
-	StoredChunks   int       `json:"stored_chunks"`
-	LastCheckpoint time.Time `json:"last_checkpoint,omitzero"`
-	// RPOSeconds is the age of the newest recovery point (0 if none).
-	RPOSeconds  float64 `json:"rpo_seconds"`
-	UploadError string  `json:"upload_error,omitempty"`
-}
 
 func tierInfo(rec *Record, d *tier.Device) *TierInfo {
 	st := d.TierStats()
@@ -298,25 +261,12 @@ func (m *Manager) checkpointer(ctx context.Context, every time.Duration) {
 	}
 }
 
-// ExportLocation tells `ferry volume export --from-s3` where a volume's
-// objects are, without credentials.
-type ExportLocation struct {
-	Store    StoreView `json:"store"`
-	Prefix   string    `json:"prefix"` // full key prefix of the volume's objects
-	VolumeID string    `json:"volume_id"`
-}
 
 // Cache reports the shared cache budget of S3-backed volumes.
 func (m *Manager) Cache() CacheInfo {
 	return CacheInfo{Budget: m.budget.Limit(), Used: m.budget.Used()}
 }
 
-// CacheInfo is the shared cache of S3-backed volumes.
-type CacheInfo struct {
-	Budget int64 `json:"budget"`
-	Used   int64 `json:"used"`
-	Dirty  int64 `json:"dirty"`
-}
 
 // Location returns where an S3-backed volume keeps its objects.
 func (m *Manager) Location(ctx context.Context, name string) (ExportLocation, error) {
@@ -333,13 +283,6 @@ func (m *Manager) Location(ctx context.Context, name string) (ExportLocation, er
 	return ExportLocation{Store: m.storeViewLocked(sc), Prefix: sc.Prefix + volumePrefix(v.rec), VolumeID: v.rec.ID}, nil
 }
 
-// StoreHealth is a store with whether it answered a probe.
-type StoreHealth struct {
-	StoreView
-	Reachable bool `json:"reachable"`
-	// Checked is when the probe ran.
-	Checked time.Time `json:"checked"`
-}
 
 // probeMaxAge is how long a store probe's answer is reused, so that
 // readiness checks polled often do not become a request load.

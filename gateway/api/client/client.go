@@ -1,4 +1,9 @@
-package api
+// Package client talks to a Ferry gateway's admin API. It imports only the
+// standard library and package wire, so the CLI, the Docker volume plugin
+// and ferry-kvm link no backend. Errors unwrap to wire's sentinels
+// (wire.ErrNotFound, wire.ErrExists, wire.ErrBusy, ...), so callers branch
+// with errors.Is, never on strings.
+package client
 
 import (
 	"bytes"
@@ -11,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 )
 
 // Client talks to a gateway's admin API.
@@ -20,8 +25,8 @@ type Client struct {
 	hc   *http.Client
 }
 
-// NewClient returns a client for the API at addr ("host:port" or a URL).
-func NewClient(addr string) *Client {
+// New returns a client for the API at addr ("host:port" or a URL).
+func New(addr string) *Client {
 	base := addr
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
@@ -29,26 +34,31 @@ func NewClient(addr string) *Client {
 	return &Client{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 60 * time.Second}}
 }
 
-// APIError is an error reply from the gateway. It unwraps to the volume
-// sentinel matching its status, so callers can use errors.Is.
+// APIError is an error reply from the gateway. It unwraps to the wire
+// sentinel its code names (or, from a gateway that sends no code, the one
+// its status implies), so callers can use errors.Is.
 type APIError struct {
 	Status  int
+	Code    string
 	Message string
 }
 
 func (e *APIError) Error() string { return e.Message }
 
-// Unwrap maps the HTTP status back to a sentinel.
+// Unwrap maps the reply back to a sentinel.
 func (e *APIError) Unwrap() error {
+	if err := wire.ErrOf(e.Code); err != nil {
+		return err
+	}
 	switch e.Status {
 	case http.StatusBadRequest:
-		return volume.ErrInvalid
+		return wire.ErrInvalid
 	case http.StatusNotFound:
-		return volume.ErrNotFound
+		return wire.ErrNotFound
 	case http.StatusConflict:
-		return volume.ErrBusy
+		return wire.ErrBusy
 	case http.StatusForbidden:
-		return volume.ErrDenied
+		return wire.ErrDenied
 	}
 	return nil
 }
@@ -75,12 +85,12 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 400 {
-		var e ErrorResponse
+		var e wire.ErrorResponse
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
 		}
-		return &APIError{Status: resp.StatusCode, Message: e.Error}
+		return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
 	}
 	if out != nil {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
@@ -91,48 +101,48 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 }
 
 // CreateVolume creates a volume; access may be nil.
-func (c *Client) CreateVolume(ctx context.Context, name string, size int64, access *volume.AccessUpdate) (VolumeInfo, error) {
-	return c.Create(ctx, CreateRequest{Name: name, Size: size, Access: access})
+func (c *Client) CreateVolume(ctx context.Context, name string, size int64, access *wire.AccessUpdate) (wire.VolumeInfo, error) {
+	return c.Create(ctx, wire.CreateRequest{Name: name, Size: size, Access: access})
 }
 
 // Create creates a volume from a full request (S3 store, chunk size).
-func (c *Client) Create(ctx context.Context, req CreateRequest) (VolumeInfo, error) {
-	var in VolumeInfo
+func (c *Client) Create(ctx context.Context, req wire.CreateRequest) (wire.VolumeInfo, error) {
+	var in wire.VolumeInfo
 	err := c.do(ctx, http.MethodPost, "/v1/volumes", req, &in)
 	return in, err
 }
 
 // Checkpoint publishes a recovery point of an S3-backed volume.
-func (c *Client) Checkpoint(ctx context.Context, name string) (CheckpointResponse, error) {
-	var out CheckpointResponse
+func (c *Client) Checkpoint(ctx context.Context, name string) (wire.CheckpointResponse, error) {
+	var out wire.CheckpointResponse
 	err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/checkpoint", nil, &out)
 	return out, err
 }
 
 // Location says where an S3-backed volume's objects are.
-func (c *Client) Location(ctx context.Context, name string) (volume.ExportLocation, error) {
-	var out volume.ExportLocation
+func (c *Client) Location(ctx context.Context, name string) (wire.ExportLocation, error) {
+	var out wire.ExportLocation
 	err := c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name)+"/location", nil, &out)
 	return out, err
 }
 
 // AddStore registers an S3 store after the gateway checked access.
-func (c *Client) AddStore(ctx context.Context, sc volume.StoreConfig) (volume.StoreView, error) {
-	var out volume.StoreView
+func (c *Client) AddStore(ctx context.Context, sc wire.StoreConfig) (wire.StoreView, error) {
+	var out wire.StoreView
 	err := c.do(ctx, http.MethodPost, "/v1/stores", sc, &out)
 	return out, err
 }
 
 // Stores lists the stores.
-func (c *Client) Stores(ctx context.Context) ([]volume.StoreView, error) {
-	var out []volume.StoreView
+func (c *Client) Stores(ctx context.Context) ([]wire.StoreView, error) {
+	var out []wire.StoreView
 	err := c.do(ctx, http.MethodGet, "/v1/stores", nil, &out)
 	return out, err
 }
 
 // Store describes one store with its object count and bytes.
-func (c *Client) Store(ctx context.Context, name string) (volume.StoreView, error) {
-	var out volume.StoreView
+func (c *Client) Store(ctx context.Context, name string) (wire.StoreView, error) {
+	var out wire.StoreView
 	err := c.do(ctx, http.MethodGet, "/v1/stores/"+url.PathEscape(name), nil, &out)
 	return out, err
 }
@@ -143,27 +153,27 @@ func (c *Client) RemoveStore(ctx context.Context, name string) error {
 }
 
 // Volumes lists volumes.
-func (c *Client) Volumes(ctx context.Context) ([]VolumeInfo, error) {
-	var out []VolumeInfo
+func (c *Client) Volumes(ctx context.Context) ([]wire.VolumeInfo, error) {
+	var out []wire.VolumeInfo
 	err := c.do(ctx, http.MethodGet, "/v1/volumes", nil, &out)
 	return out, err
 }
 
 // Volume describes one volume.
-func (c *Client) Volume(ctx context.Context, name string) (VolumeInfo, error) {
-	var in VolumeInfo
+func (c *Client) Volume(ctx context.Context, name string) (wire.VolumeInfo, error) {
+	var in wire.VolumeInfo
 	err := c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name), nil, &in)
 	return in, err
 }
 
 // ResizeVolume grows a volume.
-func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (VolumeInfo, error) {
-	return c.UpdateVolume(ctx, name, UpdateRequest{Size: &size})
+func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (wire.VolumeInfo, error) {
+	return c.UpdateVolume(ctx, name, wire.UpdateRequest{Size: &size})
 }
 
 // UpdateVolume changes a volume's size and/or access control.
-func (c *Client) UpdateVolume(ctx context.Context, name string, req UpdateRequest) (VolumeInfo, error) {
-	var in VolumeInfo
+func (c *Client) UpdateVolume(ctx context.Context, name string, req wire.UpdateRequest) (wire.VolumeInfo, error) {
+	var in wire.VolumeInfo
 	err := c.do(ctx, http.MethodPatch, "/v1/volumes/"+url.PathEscape(name), req, &in)
 	return in, err
 }
@@ -178,8 +188,8 @@ func (c *Client) RemoveVolume(ctx context.Context, name string, force bool) erro
 }
 
 // Pool describes the local pool.
-func (c *Client) Pool(ctx context.Context) (volume.PoolInfo, error) {
-	var p volume.PoolInfo
+func (c *Client) Pool(ctx context.Context) (wire.PoolInfo, error) {
+	var p wire.PoolInfo
 	err := c.do(ctx, http.MethodGet, "/v1/pool", nil, &p)
 	return p, err
 }
@@ -190,8 +200,8 @@ func (c *Client) Healthy(ctx context.Context) error {
 }
 
 // Status returns the gateway's overview.
-func (c *Client) Status(ctx context.Context) (Status, error) {
-	var st Status
+func (c *Client) Status(ctx context.Context) (wire.Status, error) {
+	var st wire.Status
 	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
 }

@@ -1,0 +1,310 @@
+// Package wire holds the admin API's request and reply types and its
+// error sentinels. It imports only the standard library, so that the CLI,
+// the Docker volume plugin and ferry-kvm can talk to a gateway (through
+// package client) without linking any backend. The gateway's own packages
+// use these types as theirs (package volume aliases them).
+package wire
+
+import (
+	"errors"
+	"time"
+)
+
+// Sentinel errors callers branch on with errors.Is. A reply's Code names
+// one; the client maps it back.
+var (
+	// ErrNotFound: no volume (or store) has that name.
+	ErrNotFound = errors.New("no such volume")
+	// ErrExists: a volume (or store) with that name already exists.
+	ErrExists = errors.New("volume already exists")
+	// ErrBusy: the volume has connected clients.
+	ErrBusy = errors.New("volume in use")
+	// ErrInvalid: a request argument (name, size) is not acceptable.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrDenied: the volume's access rules do not admit this client.
+	ErrDenied = errors.New("access denied")
+)
+
+// Error codes of ErrorResponse, one per sentinel.
+const (
+	CodeNotFound = "not_found"
+	CodeExists   = "exists"
+	CodeBusy     = "busy"
+	CodeInvalid  = "invalid"
+	CodeDenied   = "denied"
+)
+
+var codes = []struct {
+	code string
+	err  error
+}{
+	{CodeNotFound, ErrNotFound}, {CodeExists, ErrExists}, {CodeBusy, ErrBusy},
+	{CodeInvalid, ErrInvalid}, {CodeDenied, ErrDenied},
+}
+
+// CodeOf returns the code of the sentinel err wraps, or "".
+func CodeOf(err error) string {
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return ""
+}
+
+// ErrOf returns the sentinel a code names, or nil.
+func ErrOf(code string) error {
+	for _, c := range codes {
+		if c.code == code {
+			return c.err
+		}
+	}
+	return nil
+}
+
+// ErrorResponse is the body of every error reply.
+type ErrorResponse struct {
+	Error string `json:"error"`
+	// Code names the sentinel the error wraps (CodeNotFound, ...); empty
+	// for other errors.
+	Code string `json:"code,omitempty"`
+}
+
+// Protocols a Client can attach over.
+const (
+	ProtoNBD   = "nbd"
+	ProtoISCSI = "iscsi"
+)
+
+// Client describes one client connection to a volume: who attaches, over
+// what, and since when.
+type Client struct {
+	// Protocol is ProtoNBD or ProtoISCSI.
+	Protocol string `json:"protocol"`
+	// Remote is the client's address, host:port.
+	Remote string `json:"remote"`
+	// Initiator is an iSCSI client's initiator name.
+	Initiator string `json:"initiator,omitempty"`
+	// Since is when the client attached.
+	Since time.Time `json:"since"`
+}
+
+// Volume describes a volume.
+type Volume struct {
+	Name        string    `json:"name"`
+	ID          string    `json:"id"`
+	Size        int64     `json:"size"`
+	Backend     string    `json:"backend"`
+	Allocated   int64     `json:"allocated"`
+	Connections []Client  `json:"connections"`
+	Created     time.Time `json:"created"`
+	// Access shows access control without secrets; nil when unset.
+	Access *AccessView `json:"access,omitempty"`
+	// Tier is set for S3-backed volumes.
+	Tier *TierInfo `json:"tier,omitempty"`
+}
+
+// VolumeInfo is a volume as the API shows it: the volume and how to
+// reach it.
+type VolumeInfo struct {
+	Volume
+	Attach AttachInfo `json:"attach"`
+}
+
+// AttachInfo says how clients reach a volume over each protocol served.
+type AttachInfo struct {
+	NBD   *NBDAttach   `json:"nbd,omitempty"`
+	ISCSI *ISCSIAttach `json:"iscsi,omitempty"`
+}
+
+// NBDAttach is a volume's NBD export.
+type NBDAttach struct {
+	// URL is nbd://HOST:PORT/NAME, as qemu and libnbd take it.
+	URL string `json:"url"`
+}
+
+// ISCSIAttach is a volume's iSCSI target.
+type ISCSIAttach struct {
+	Target string `json:"target"`
+	Portal string `json:"portal"`
+	// URL is iscsi://PORTAL/TARGET/0, as qemu and libiscsi take it.
+	URL string `json:"url"`
+}
+
+// AccessView is a volume's access control without secrets.
+type AccessView struct {
+	CHAPUser        string   `json:"chap_user,omitempty"`
+	MutualUser      string   `json:"mutual_chap_user,omitempty"`
+	AllowInitiators []string `json:"allow_initiators,omitempty"`
+	AllowAddresses  []string `json:"allow_addresses,omitempty"`
+}
+
+// AccessUpdate changes a volume's access control. Nil fields are left as
+// they are; ClearCHAP removes CHAP settings and ClearAllow both
+// allow-lists, before the rest is applied.
+type AccessUpdate struct {
+	CHAPUser        *string  `json:"chap_user,omitempty"`
+	CHAPSecret      *string  `json:"chap_secret,omitempty"`
+	MutualUser      *string  `json:"mutual_chap_user,omitempty"`
+	MutualSecret    *string  `json:"mutual_chap_secret,omitempty"`
+	AllowInitiators []string `json:"allow_initiators,omitempty"`
+	AllowAddresses  []string `json:"allow_addresses,omitempty"`
+	ClearCHAP       bool     `json:"clear_chap,omitempty"`
+	ClearAllow      bool     `json:"clear_allow,omitempty"`
+}
+
+// Empty reports whether u changes nothing.
+func (u *AccessUpdate) Empty() bool {
+	return u == nil || (u.CHAPUser == nil && u.CHAPSecret == nil && u.MutualUser == nil &&
+		u.MutualSecret == nil && len(u.AllowInitiators) == 0 && len(u.AllowAddresses) == 0 && !u.ClearCHAP && !u.ClearAllow)
+}
+
+// TierInfo is an S3-backed volume's cache and recovery-point state.
+type TierInfo struct {
+	Store          string    `json:"store"`
+	ChunkSize      int64     `json:"chunk_size"`
+	CachedBytes    int64     `json:"cached_bytes"`
+	DirtyBytes     int64     `json:"dirty_bytes"`
+	StoredChunks   int       `json:"stored_chunks"`
+	LastCheckpoint time.Time `json:"last_checkpoint,omitzero"`
+	// RPOSeconds is the age of the newest recovery point (0 if none).
+	RPOSeconds  float64 `json:"rpo_seconds"`
+	UploadError string  `json:"upload_error,omitempty"`
+}
+
+// PoolDir describes one directory of the local pool.
+type PoolDir struct {
+	Path  string `json:"path"`
+	Total int64  `json:"total"`
+	Free  int64  `json:"free"`
+}
+
+// PoolInfo describes the local pool.
+type PoolInfo struct {
+	Dirs []PoolDir `json:"dirs"`
+	// Cache is the local cache shared by S3-backed volumes.
+	Cache       CacheInfo `json:"cache"`
+	Volumes     int       `json:"volumes"`
+	Provisioned int64     `json:"provisioned"`
+	Allocated   int64     `json:"allocated"`
+}
+
+// CacheInfo is the shared cache of S3-backed volumes.
+type CacheInfo struct {
+	Budget int64 `json:"budget"`
+	Used   int64 `json:"used"`
+	Dirty  int64 `json:"dirty"`
+}
+
+// StoreConfig is an S3 store the gateway may put volumes in (the body of
+// POST /v1/stores). The secret key is never returned or logged.
+type StoreConfig struct {
+	Name      string `json:"name"`
+	Endpoint  string `json:"endpoint"`
+	Bucket    string `json:"bucket"`
+	Prefix    string `json:"prefix,omitempty"`
+	Region    string `json:"region,omitempty"`
+	AccessKey string `json:"access_key"`
+	SecretKey string `json:"secret_key"`
+}
+
+// StoreView is a store as the API shows it: no credentials.
+type StoreView struct {
+	Name     string `json:"name"`
+	Endpoint string `json:"endpoint"`
+	Bucket   string `json:"bucket"`
+	Prefix   string `json:"prefix,omitempty"`
+	Region   string `json:"region,omitempty"`
+	Volumes  int    `json:"volumes"`
+	// Objects and Bytes are filled by GET /v1/stores/{name} (they need a
+	// listing).
+	Objects int64  `json:"objects,omitempty"`
+	Bytes   int64  `json:"bytes,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// StoreHealth is a store with whether it answered a probe.
+type StoreHealth struct {
+	StoreView
+	Reachable bool `json:"reachable"`
+	// Checked is when the probe ran.
+	Checked time.Time `json:"checked"`
+}
+
+// ExportLocation tells `ferry volume export --from-s3` where a volume's
+// objects are, without credentials.
+type ExportLocation struct {
+	Store    StoreView `json:"store"`
+	Prefix   string    `json:"prefix"` // full key prefix of the volume's objects
+	VolumeID string    `json:"volume_id"`
+}
+
+// CreateRequest is the body of POST /v1/volumes.
+type CreateRequest struct {
+	Name   string        `json:"name"`
+	Size   int64         `json:"size"`
+	Access *AccessUpdate `json:"access,omitempty"`
+	// Store makes an S3-backed volume in that store.
+	Store     string `json:"store,omitempty"`
+	ChunkSize int64  `json:"chunk_size,omitempty"`
+}
+
+// UpdateRequest is the body of PATCH /v1/volumes/{name}: a new size (grow
+// only) and/or access-control changes.
+type UpdateRequest struct {
+	Size   *int64        `json:"size,omitempty"`
+	Access *AccessUpdate `json:"access,omitempty"`
+}
+
+// CheckpointResponse answers POST /v1/volumes/{name}/checkpoint.
+type CheckpointResponse struct {
+	Sequence uint64    `json:"sequence"`
+	Created  time.Time `json:"created"`
+	Chunks   int       `json:"chunks"`
+}
+
+// Listener protocols.
+const (
+	ListenerNBD   = "nbd"
+	ListenerISCSI = "iscsi"
+	ListenerAPI   = "api"
+)
+
+// Listener is one address the gateway serves a protocol on.
+type Listener struct {
+	Protocol string `json:"protocol"`
+	// Address is host:port as bound.
+	Address string `json:"address"`
+	// Loopback is set when only this machine can reach the address.
+	Loopback bool `json:"loopback"`
+	// Protection says, in words, what guards the listener.
+	Protection string `json:"protection"`
+}
+
+// Build says which Ferry a gateway runs.
+type Build struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit,omitempty"`
+	Modified  bool   `json:"modified,omitempty"`
+	GoVersion string `json:"go_version"`
+}
+
+// Status is the gateway's overview, GET /v1/status.
+type Status struct {
+	Build
+	Started       time.Time  `json:"started"`
+	UptimeSeconds float64    `json:"uptime_seconds"`
+	Listeners     []Listener `json:"listeners"`
+	Pool          PoolInfo   `json:"pool"`
+	// Stores are the S3 stores with whether they answered just now.
+	Stores  []StoreHealth `json:"stores"`
+	Volumes []VolumeInfo  `json:"volumes"`
+	// Ready is what /readyz answers: every store reachable.
+	Ready bool `json:"ready"`
+}
+
+// Readiness is the body of GET /readyz.
+type Readiness struct {
+	Ready  bool          `json:"ready"`
+	Stores []StoreHealth `json:"stores"`
+}
