@@ -184,11 +184,9 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("tier: %w", err)
 	}
 	if !ok {
-		if cfg.Size <= 0 {
-			return nil, errors.New("tier: new volume needs a size")
-		}
-		m = meta{Version: 1, Size: cfg.Size, ChunkSize: cfg.ChunkSize, NextSeq: 1}
-		if err := m.save(cfg.Dir); err != nil {
+		// A new cache: a new volume, or one whose cache was lost (new
+		// machine, lost disk). Either way, continue from the store.
+		if m, err = resume(ctx, cfg, log); err != nil {
 			return nil, fmt.Errorf("tier: %w", err)
 		}
 	}
