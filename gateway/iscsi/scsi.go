@@ -88,14 +88,14 @@ func check(s sense) result { return result{status: statusCheck, sense: s} }
 type lu struct {
 	att   *volume.Attachment
 	dev   device.Device
-	id    [8]byte // NAA-style identifier from the volume name
+	id    [8]byte // NAA-style identifier from the volume's identity
 	u     *unit   // state shared with every other session
 	nexus string  // this session's initiator port name
 }
 
 func newLU(att *volume.Attachment, u *unit, nexus string) *lu {
 	l := &lu{att: att, dev: att.Dev, u: u, nexus: nexus}
-	h := sha256.Sum256([]byte(att.Name))
+	h := sha256.Sum256([]byte(l.identity()))
 	copy(l.id[:], h[:])
 	l.id[0] = 0x60 | l.id[0]&0x0f // NAA 6 (IEEE registered extended)
 	return l
@@ -552,7 +552,7 @@ func (l *lu) inquiry(cdb []byte) result {
 		page = []byte(l.serial())
 	case 0x83: // device identification
 		naa := append([]byte{0x01, 0x03, 0x00, 0x08}, l.id[:]...)
-		name := []byte(l.att.Name)
+		name := []byte(l.identity())
 		t10 := append([]byte{0x02, 0x01, 0x00, byte(8 + len(name))}, []byte("FERRY   ")...)
 		t10 = append(t10, name...)
 		page = append(naa, t10...)
@@ -588,6 +588,16 @@ func padRight(s string, n int) string {
 		s += " "
 	}
 	return s[:n]
+}
+
+// identity is what the LU's identifiers derive from: the volume's ID, so
+// a volume keeps them when it moves between gateways and two volumes of
+// one name on two gateways differ; the name for devices without an ID.
+func (l *lu) identity() string {
+	if l.att.ID != "" {
+		return l.att.ID
+	}
+	return l.att.Name
 }
 
 func (l *lu) serial() string {

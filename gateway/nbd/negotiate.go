@@ -155,19 +155,20 @@ func (c *conn) infoOrGo(ctx context.Context, opt uint32, data []byte) (*volume.A
 
 	var att *volume.Attachment
 	var size int64
+	var id string
 	if opt == optGo {
 		a, err := c.s.exports.Attach(ctx, name, c.client())
 		if err != nil {
 			return nil, c.exportError(opt, name, err)
 		}
-		att, size = a, a.Dev.Size()
+		att, size, id = a, a.Dev.Size(), a.ID
 	} else {
 		// NBD_OPT_INFO: look without holding the volume.
 		a, err := c.s.exports.Attach(ctx, name, c.client())
 		if err != nil {
 			return nil, c.exportError(opt, name, err)
 		}
-		size = a.Dev.Size()
+		size, id = a.Dev.Size(), a.ID
 		a.Detach()
 	}
 
@@ -200,7 +201,11 @@ func (c *conn) infoOrGo(ctx context.Context, opt uint32, data []byte) (*volume.A
 	}
 	if wantDesc {
 		b := binary.BigEndian.AppendUint16(nil, infoDescription)
-		if err := c.optReply(opt, repInfo, append(b, "Ferry volume "+name...)); err != nil {
+		desc := "Ferry volume " + name
+		if id != "" {
+			desc += " (id " + id + ")"
+		}
+		if err := c.optReply(opt, repInfo, append(b, desc...)); err != nil {
 			return fail(err)
 		}
 	}

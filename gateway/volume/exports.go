@@ -28,6 +28,11 @@ type Exports interface {
 type Attachment struct {
 	// Name is the volume name.
 	Name string
+	// ID is the volume's identity, which stays with it when it is renamed
+	// or moves to another gateway: frontends derive what identifies the
+	// device to a client (iSCSI NAA identifier and serial) from it. Empty
+	// for devices without one (tests), which then go by Name.
+	ID string
 	// Dev is the volume's device, shared with every other attachment of
 	// the same volume. Never Close it; call Detach.
 	Dev device.Device

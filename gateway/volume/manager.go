@@ -222,12 +222,16 @@ func (m *Manager) removeOrphans() {
 	}
 }
 
+// newID returns a random (version 4) UUID, a new volume's identity.
 func newID() string {
-	var b [8]byte
+	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		panic(err) // crypto/rand never fails on Linux
 	}
-	return hex.EncodeToString(b[:])
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // RFC 9562 variant
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
 // pickPoolDir returns the pool directory with the most free space.
@@ -535,6 +539,7 @@ func (m *Manager) Attach(ctx context.Context, name string, client Client) (*Atta
 	}
 	var a *Attachment
 	a = NewAttachment(name, v.dev, v.revoked, func() { m.detach(v, a) })
+	a.ID = v.rec.ID
 	v.clients[a] = client
 	m.log.Debug("client attached", attrVolume, name, "protocol", client.Protocol, attrClient, client.Remote)
 	return a, nil
