@@ -116,6 +116,50 @@ func (s *Store) key(k string) string { return s.cfg.Prefix + k }
 
 // Put implements store.Store.
 func (s *Store) Put(ctx context.Context, key string, data []byte, opts store.PutOptions) error {
+	po := s.putOptions(data)
+	if opts.IfAbsent {
+		po.SetMatchETagExcept("*")
+	}
+	_, err := s.client.PutObject(ctx, s.cfg.Bucket, s.key(key), bytes.NewReader(data), int64(len(data)), po)
+	return s.wrap("put", key, err)
+}
+
+// GetTagged implements store.Swapper: the object and the ETag of the
+// response that carried it.
+func (s *Store) GetTagged(ctx context.Context, key string) ([]byte, string, error) {
+	body, info, _, err := minio.Core{Client: s.client}.GetObject(ctx, s.cfg.Bucket, s.key(key), minio.GetObjectOptions{Checksum: true})
+	if err != nil {
+		return nil, "", s.wrap("get", key, err)
+	}
+	defer body.Close()
+	b, err := readAll(body, nil, info.Size)
+	if err != nil {
+		return nil, "", s.wrap("get", key, err)
+	}
+	return b, info.ETag, nil
+}
+
+// PutTagged implements store.Swapper with If-Match (or If-None-Match: *).
+func (s *Store) PutTagged(ctx context.Context, key string, data []byte, ifMatch string) (string, error) {
+	po := s.putOptions(data)
+	if ifMatch == "" {
+		po.SetMatchETagExcept("*")
+	} else {
+		po.SetMatchETag(strings.Trim(ifMatch, `"`))
+	}
+	info, err := s.client.PutObject(ctx, s.cfg.Bucket, s.key(key), bytes.NewReader(data), int64(len(data)), po)
+	if err != nil {
+		err = s.wrap("put", key, err)
+		if ifMatch != "" && (errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrNotFound)) {
+			return "", fmt.Errorf("put %q if it is still %s: %w", key, ifMatch, store.ErrPrecondition)
+		}
+		return "", err
+	}
+	return info.ETag, nil
+}
+
+// putOptions are the options of every put of data.
+func (s *Store) putOptions(data []byte) minio.PutObjectOptions {
 	var po minio.PutObjectOptions
 	po.ContentType = "application/octet-stream"
 	// The body goes unsigned (no SHA-256 over it, on either side) with its
@@ -127,11 +171,7 @@ func (s *Store) Put(ctx context.Context, key string, data []byte, opts store.Put
 		po.DisableContentSha256 = true
 		po.UserMetadata = map[string]string{"x-amz-checksum-crc32c": crc32c(data)}
 	}
-	if opts.IfAbsent {
-		po.SetMatchETagExcept("*")
-	}
-	_, err := s.client.PutObject(ctx, s.cfg.Bucket, s.key(key), bytes.NewReader(data), int64(len(data)), po)
-	return s.wrap("put", key, err)
+	return po
 }
 
 // Get implements store.Store. The body is checked against the object's

@@ -132,3 +132,25 @@ func TestMetricsCountRequestsErrorsBytes(t *testing.T) {
 		t.Errorf("not_found errors = %v", got)
 	}
 }
+
+// plainStore hides Mem's optional capabilities.
+type plainStore struct{ store.Store }
+
+// Decorators forward the optional Swapper capability, and only when the
+// store under them has it.
+func TestDecoratorsForwardSwapper(t *testing.T) {
+	m := store.NewStoreMetrics(nil)
+	wrap := map[string]func(store.Store) store.Store{
+		"retry":   func(s store.Store) store.Store { return store.WithRetry(s, store.RetryPolicy{}) },
+		"metrics": func(s store.Store) store.Store { return m.WithMetrics(s, "t") },
+		"both":    func(s store.Store) store.Store { return m.WithMetrics(store.WithRetry(s, store.RetryPolicy{}), "t") },
+	}
+	for name, w := range wrap {
+		if _, ok := store.AsSwapper(w(store.NewMem())); !ok {
+			t.Errorf("%s over Mem hides the Swapper", name)
+		}
+		if _, ok := store.AsSwapper(w(plainStore{store.NewMem()})); ok {
+			t.Errorf("%s over a store without conditional puts claims a Swapper", name)
+		}
+	}
+}

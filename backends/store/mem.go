@@ -15,6 +15,7 @@ import (
 type Mem struct {
 	mu   sync.Mutex
 	objs map[string]memObject
+	tags int
 	// Fail injects errors: it gets the operation name and key.
 	Fail func(op, key string) error
 }
@@ -22,9 +23,13 @@ type Mem struct {
 type memObject struct {
 	data []byte
 	mod  time.Time
+	etag string
 }
 
-var _ Store = (*Mem)(nil)
+var (
+	_ Store   = (*Mem)(nil)
+	_ Swapper = (*Mem)(nil)
+)
 
 // NewMem returns an empty in-memory store.
 func NewMem() *Mem { return &Mem{objs: map[string]memObject{}} }
@@ -59,8 +64,45 @@ func (m *Mem) Put(ctx context.Context, key string, data []byte, opts PutOptions)
 	if _, ok := m.objs[key]; ok && opts.IfAbsent {
 		return fmt.Errorf("put %q: %w", key, ErrExists)
 	}
-	m.objs[key] = memObject{data: bytes.Clone(data), mod: time.Now()}
+	m.objs[key] = memObject{data: bytes.Clone(data), mod: time.Now(), etag: m.nextTag()}
 	return nil
+}
+
+// nextTag returns a fresh ETag; called with m.mu held.
+func (m *Mem) nextTag() string {
+	m.tags++
+	return fmt.Sprintf("\"mem-%d\"", m.tags)
+}
+
+// GetTagged implements Swapper.
+func (m *Mem) GetTagged(ctx context.Context, key string) ([]byte, string, error) {
+	if err := m.check(ctx, "get", key); err != nil {
+		return nil, "", err
+	}
+	o, err := m.get(key)
+	if err != nil {
+		return nil, "", err
+	}
+	return bytes.Clone(o.data), o.etag, nil
+}
+
+// PutTagged implements Swapper.
+func (m *Mem) PutTagged(ctx context.Context, key string, data []byte, ifMatch string) (string, error) {
+	if err := m.check(ctx, "put", key); err != nil {
+		return "", err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	o, ok := m.objs[key]
+	switch {
+	case ifMatch == "" && ok:
+		return "", fmt.Errorf("put %q: %w", key, ErrExists)
+	case ifMatch != "" && (!ok || o.etag != ifMatch):
+		return "", fmt.Errorf("put %q: %w", key, ErrPrecondition)
+	}
+	o = memObject{data: bytes.Clone(data), mod: time.Now(), etag: m.nextTag()}
+	m.objs[key] = o
+	return o.etag, nil
 }
 
 func (m *Mem) get(key string) (memObject, error) {

@@ -111,6 +111,32 @@ func (m *Metered) List(ctx context.Context, prefix string, fn func(ObjectInfo) e
 	return err
 }
 
+// GetTagged implements Swapper when the decorated store does.
+func (m *Metered) GetTagged(ctx context.Context, key string) ([]byte, string, error) {
+	sw := innerSwapper(m.Store)
+	if sw == nil {
+		return nil, "", ErrNoSwap
+	}
+	b, tag, err := sw.GetTagged(ctx, key)
+	m.count("get", err)
+	m.in.Add(float64(len(b)))
+	return b, tag, err
+}
+
+// PutTagged implements Swapper when the decorated store does.
+func (m *Metered) PutTagged(ctx context.Context, key string, data []byte, ifMatch string) (string, error) {
+	sw := innerSwapper(m.Store)
+	if sw == nil {
+		return "", ErrNoSwap
+	}
+	tag, err := sw.PutTagged(ctx, key, data, ifMatch)
+	m.count("put", err)
+	if err == nil {
+		m.out.Add(float64(len(data)))
+	}
+	return tag, err
+}
+
 // Requests is ferry_s3_requests_total, for tests and dashboards.
 func (m *StoreMetrics) Requests() *prometheus.CounterVec { return m.requests }
 

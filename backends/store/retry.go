@@ -109,3 +109,26 @@ func (r *Retrying) List(ctx context.Context, prefix string, fn func(ObjectInfo) 
 		return r.Store.List(ctx, prefix, func(o ObjectInfo) error { seen = true; return fn(o) })
 	}, func() bool { return !seen })
 }
+
+// GetTagged implements Swapper when the decorated store does, retrying
+// like Get.
+func (r *Retrying) GetTagged(ctx context.Context, key string) (b []byte, tag string, err error) {
+	sw := innerSwapper(r.Store)
+	if sw == nil {
+		return nil, "", ErrNoSwap
+	}
+	err = r.do(ctx, func() error { b, tag, err = sw.GetTagged(ctx, key); return err })
+	return b, tag, err
+}
+
+// PutTagged implements Swapper when the decorated store does. It is not
+// retried: after a lost reply a retry would fail its precondition whether
+// or not the first attempt succeeded, so the caller decides by reading
+// the object back.
+func (r *Retrying) PutTagged(ctx context.Context, key string, data []byte, ifMatch string) (string, error) {
+	sw := innerSwapper(r.Store)
+	if sw == nil {
+		return "", ErrNoSwap
+	}
+	return sw.PutTagged(ctx, key, data, ifMatch)
+}

@@ -191,6 +191,55 @@ func Run(t *testing.T, newStore Factory) {
 			t.Fatalf("list did not stop at fn's error: %v after %d", err, seen)
 		}
 	})
+	t.Run("Swap", func(t *testing.T) {
+		s := newStore(t)
+		sw, ok := store.AsSwapper(s)
+		if !ok {
+			t.Skip("no conditional put")
+		}
+		if _, _, err := sw.GetTagged(ctx, "lease"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("GetTagged of a missing key: %v", err)
+		}
+		if _, err := sw.PutTagged(ctx, "lease", []byte("x"), "\"no-such-tag\""); !errors.Is(err, store.ErrPrecondition) {
+			t.Fatalf("PutTagged with If-Match on a missing key: %v", err)
+		}
+		t1, err := sw.PutTagged(ctx, "lease", []byte("gen 1"), "")
+		if err != nil || t1 == "" {
+			t.Fatalf("create: %q %v", t1, err)
+		}
+		if _, err := sw.PutTagged(ctx, "lease", []byte("gen 1 again"), ""); !errors.Is(err, store.ErrExists) {
+			t.Fatalf("second create: %v", err)
+		}
+		b, tag, err := sw.GetTagged(ctx, "lease")
+		if err != nil || string(b) != "gen 1" || tag != t1 {
+			t.Fatalf("GetTagged = %q %q %v, want gen 1 with tag %q", b, tag, err, t1)
+		}
+		t2, err := sw.PutTagged(ctx, "lease", []byte("gen 1 renewed"), t1)
+		if err != nil || t2 == t1 {
+			t.Fatalf("renew: %q %v", t2, err)
+		}
+		if _, err := sw.PutTagged(ctx, "lease", []byte("stale writer"), t1); !errors.Is(err, store.ErrPrecondition) {
+			t.Fatalf("put with a stale tag: %v", err)
+		}
+		// Of concurrent swaps from one tag, at most one wins.
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := sw.PutTagged(ctx, "lease", fmt.Appendf(nil, "gen 2 by %d", i), t2); err == nil {
+					wins.Add(1)
+				} else if !errors.Is(err, store.ErrPrecondition) {
+					t.Errorf("concurrent swap: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if n := wins.Load(); n != 1 {
+			t.Fatalf("%d concurrent swaps from one tag succeeded, want 1", n)
+		}
+	})
 	t.Run("CancelledContext", func(t *testing.T) {
 		s := newStore(t)
 		cctx, cancel := context.WithCancel(ctx)
