@@ -60,4 +60,3 @@ func innerSwapper(s Store) Swapper {
 // ErrNoSwap is what a decorator's Swapper methods return over a store
 // without the capability (AsSwapper reports that before anyone calls).
 var ErrNoSwap = errors.New("the object store has no conditional put (If-Match); volumes on it cannot move between gateways")
-
