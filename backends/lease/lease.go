@@ -217,10 +217,21 @@ func (l *Lease) put(ctx context.Context, rec Record, tag string) error {
 	b, _ := json.Marshal(rec)
 	newTag, err := l.sw.PutTagged(ctx, Key, b, tag)
 	if err != nil && (errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrPrecondition) || errors.Is(err, store.ErrExists)) {
-		// The put may have landed with its reply lost (and a retry then
-		// failed its precondition): it did if the object is ours.
-		if got, gotTag, rerr := l.sw.GetTagged(ctx, Key); rerr == nil && bytes.Equal(got, b) {
+		got, gotTag, rerr := l.sw.GetTagged(ctx, Key)
+		var cur Record
+		switch {
+		case rerr != nil:
+		case bytes.Equal(got, b):
+			// This put landed; its reply was lost (and a retry then
+			// failed its precondition).
 			newTag, err = gotTag, nil
+		case tag != "" && json.Unmarshal(got, &cur) == nil && cur.Holder == rec.Holder &&
+			cur.Generation == rec.Generation && !cur.Released:
+			// An earlier renewal of ours landed after we gave up on it
+			// (a timeout), so the tag we hold is stale: nobody else
+			// writes our holder and generation (a takeover always raises
+			// the generation). Renew over the current tag.
+			newTag, err = l.sw.PutTagged(ctx, Key, b, gotTag)
 		}
 	}
 	if err != nil {
@@ -362,4 +373,43 @@ func (l *Lease) Close() {
 		l.stop()
 		<-l.done
 	}
+}
+
+// Fence is what a writer checks before it changes the volume's objects.
+type Fence interface {
+	// Writable returns nil while this gateway may write the volume, else
+	// an error wrapping device.ErrReadOnly.
+	Writable() error
+	// Generation is the writer generation (see GenerationShift).
+	Generation() uint64
+}
+
+var _ Fence = (*Lease)(nil)
+
+// Fenced decorates a volume's store so that every put and delete first
+// checks the fence: a gateway that lost the lease stops changing the
+// volume's objects (uploads, recovery points, garbage collection) at
+// once. Reads pass through.
+func Fenced(s store.Store, f Fence) store.Store { return &fenced{Store: s, f: f} }
+
+type fenced struct {
+	store.Store
+	f Fence
+}
+
+// Unwrap returns the decorated store.
+func (s *fenced) Unwrap() store.Store { return s.Store }
+
+func (s *fenced) Put(ctx context.Context, key string, data []byte, opts store.PutOptions) error {
+	if err := s.f.Writable(); err != nil {
+		return fmt.Errorf("put %q: %w", key, err)
+	}
+	return s.Store.Put(ctx, key, data, opts)
+}
+
+func (s *fenced) Delete(ctx context.Context, key string) error {
+	if err := s.f.Writable(); err != nil {
+		return fmt.Errorf("delete %q: %w", key, err)
+	}
+	return s.Store.Delete(ctx, key)
 }

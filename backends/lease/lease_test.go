@@ -215,3 +215,51 @@ func TestConcurrentTakeover(t *testing.T) {
 		t.Fatalf("%d gateways took the lease, want 1", n)
 	}
 }
+
+// lateRenewal lands a renewal after the caller gave up on it, as a timed
+// out request the server still carried out does.
+type lateRenewal struct {
+	*store.Mem
+	late bool
+}
+
+func (l *lateRenewal) PutTagged(ctx context.Context, key string, data []byte, ifMatch string) (string, error) {
+	if l.late {
+		l.late = false
+		l.Mem.PutTagged(ctx, key, data, ifMatch)
+		return "", context.DeadlineExceeded
+	}
+	return l.Mem.PutTagged(ctx, key, data, ifMatch)
+}
+
+// A renewal that timed out but landed leaves the holder a stale tag; the
+// next renewal must not take that for a takeover.
+func TestRenewalAfterALateRenewal(t *testing.T) {
+	ctx := context.Background()
+	s := &lateRenewal{Mem: store.NewMem()}
+	c := &clock{now: time.Now()}
+	a, err := Acquire(ctx, s, gwA, opts(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	s.late = true
+	if err := a.Renew(ctx); err == nil {
+		t.Fatal("timed-out renewal reported success")
+	}
+	c.add(time.Second) // the next renewal differs
+	if err := a.Renew(ctx); err != nil || a.State() != Held {
+		t.Fatalf("renewal after a late one: %v, state %v (fenced itself)", err, a.State())
+	}
+	// A real takeover is still seen as one.
+	c.add(2 * time.Hour)
+	b, err := Acquire(ctx, s, gwB, Options{TTL: time.Hour, Now: c.Now, Takeover: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	a.Renew(ctx)
+	if a.State() != Lost {
+		t.Fatalf("old holder after a takeover: %v", a.State())
+	}
+}

@@ -124,6 +124,47 @@ func (s *Store) Put(ctx context.Context, key string, data []byte, opts store.Put
 	return s.wrap("put", key, err)
 }
 
+// CheckConditional probes whether the server honours If-Match on puts
+// (writer leases need it): a put with a wrong ETag must fail and one with
+// the right ETag succeed. It returns store.ErrNoSwap when the server
+// ignores the condition.
+func (s *Store) CheckConditional(ctx context.Context) error {
+	key := fmt.Sprintf(".ferry-probe-cas-%d", time.Now().UnixNano())
+	defer s.Delete(context.WithoutCancel(ctx), key)
+	tag, err := s.PutTagged(ctx, key, []byte("1"), "")
+	if err != nil {
+		return fmt.Errorf("conditional create: %w", err)
+	}
+	if _, err := s.PutTagged(ctx, key, []byte("2"), `"ferry-probe-wrong-etag"`); !errors.Is(err, store.ErrPrecondition) {
+		if err == nil {
+			return fmt.Errorf("a put with a wrong If-Match ETag succeeded: %w", store.ErrNoSwap)
+		}
+		return fmt.Errorf("conditional put: %w", err)
+	}
+	if _, err := s.PutTagged(ctx, key, []byte("3"), tag); err != nil {
+		return fmt.Errorf("a put with the right If-Match ETag failed: %w", err)
+	}
+	return nil
+}
+
+// ListDirs implements store.DirLister with a delimiter listing.
+func (s *Store) ListDirs(ctx context.Context, prefix string, fn func(dir string) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for o := range s.client.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: s.key(prefix), Recursive: false}) {
+		if o.Err != nil {
+			return s.wrap("list", prefix, o.Err)
+		}
+		if !strings.HasSuffix(o.Key, "/") {
+			continue
+		}
+		if err := fn(strings.TrimPrefix(o.Key, s.key(prefix))); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
 // GetTagged implements store.Swapper: the object and the ETag of the
 // response that carried it.
 func (s *Store) GetTagged(ctx context.Context, key string) ([]byte, string, error) {

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strings"
 )
 
 // ErrPrecondition: a conditional put found the object changed (its ETag is
@@ -60,3 +61,40 @@ func innerSwapper(s Store) Swapper {
 // ErrNoSwap is what a decorator's Swapper methods return over a store
 // without the capability (AsSwapper reports that before anyone calls).
 var ErrNoSwap = errors.New("the object store has no conditional put (If-Match); volumes on it cannot move between gateways")
+
+// DirLister is the optional capability of listing the "directories" just
+// under a prefix (S3's delimiter listing), without listing every key.
+type DirLister interface {
+	// ListDirs calls fn with every distinct "NAME/" that follows prefix in
+	// some key, in lexical order.
+	ListDirs(ctx context.Context, prefix string, fn func(dir string) error) error
+}
+
+// ListDirs lists the directories under prefix with s's DirLister, or, when
+// s (under its decorators) lacks one, by listing every key.
+func ListDirs(ctx context.Context, s Store, prefix string, fn func(dir string) error) error {
+	inner := s
+	for {
+		if dl, ok := inner.(DirLister); ok {
+			return dl.ListDirs(ctx, prefix, fn)
+		}
+		u, ok := inner.(interface{ Unwrap() Store })
+		if !ok {
+			break
+		}
+		inner = u.Unwrap()
+	}
+	last := ""
+	return s.List(ctx, prefix, func(o ObjectInfo) error {
+		rest := o.Key[len(prefix):]
+		i := strings.IndexByte(rest, '/')
+		if i < 0 {
+			return nil
+		}
+		if dir := rest[:i+1]; dir != last {
+			last = dir
+			return fn(dir)
+		}
+		return nil
+	})
+}

@@ -240,6 +240,19 @@ func Run(t *testing.T, newStore Factory) {
 			t.Fatalf("%d concurrent swaps from one tag succeeded, want 1", n)
 		}
 	})
+	t.Run("ListDirs", func(t *testing.T) {
+		s := newStore(t)
+		for _, k := range []string{"volumes/a/x", "volumes/a/y/z", "volumes/b/x", "volumes/c", "other/d/x"} {
+			mustPut(t, s, k, []byte("x"), store.PutOptions{})
+		}
+		var dirs []string
+		if err := store.ListDirs(ctx, s, "volumes/", func(d string) error { dirs = append(dirs, d); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(dirs) != "[a/ b/]" {
+			t.Fatalf("ListDirs(volumes/) = %q, want [a/ b/]", dirs)
+		}
+	})
 	t.Run("CancelledContext", func(t *testing.T) {
 		s := newStore(t)
 		cctx, cancel := context.WithCancel(ctx)

@@ -7,11 +7,16 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/ferry-io/ferry/backends/lease"
 	"github.com/ferry-io/ferry/backends/store"
 )
 
 // resume starts a cache that has no meta.json from what the store holds
 // (docs/FORMAT.md, "A cache started over an existing volume"):
+//
+//   - under a writer lease, the versions start at the lease's generation
+//     (Open), so only the newest recovery point is read: a manifest listing
+//     and one get, whatever the volume's size;
 //
 //   - the object map is the newest valid manifest's, so the volume reads as
 //     of that recovery point and garbage collection keeps what it names;
@@ -22,9 +27,15 @@ import (
 // A store holding nothing is a new volume, which needs cfg.Size. meta.json
 // and the journal are written, durably, before it returns.
 func resume(ctx context.Context, cfg Config, log *slog.Logger) (meta, error) {
-	top, err := highestVersions(ctx, cfg.Store)
-	if err != nil {
-		return meta{}, fmt.Errorf("scan the store for existing versions: %w", err)
+	var top versionsSeen
+	if cfg.Fence != nil && cfg.Fence.Generation() > 0 {
+		// Every earlier writer numbered below this generation: nothing
+		// to scan (Open starts the sequences at the generation).
+	} else {
+		var err error
+		if top, err = highestVersions(ctx, cfg.Store); err != nil {
+			return meta{}, fmt.Errorf("scan the store for existing versions: %w", err)
+		}
 	}
 	mf, err := LatestManifest(ctx, cfg.Store)
 	switch {
@@ -126,3 +137,7 @@ func manifestObjects(mf Manifest) (*objectMap, error) {
 	}
 	return objs, nil
 }
+
+// generationShift is lease.GenerationShift: a writer generation's object
+// versions and recovery-point numbers start at generation<<generationShift.
+const generationShift = lease.GenerationShift

@@ -55,6 +55,12 @@ type Config struct {
 	// DirtyWait bounds how long a write waits for cache space held by
 	// dirty chunks before failing with ErrNoSpace (default 60s).
 	DirtyWait time.Duration
+	// Fence, when set, is the volume's writer lease: while it says no,
+	// writes, trims, resizes and flushes fail with device.ErrReadOnly
+	// (uploads are fenced by the store it decorates, lease.Fenced), and
+	// object versions and recovery points are numbered from its
+	// generation up.
+	Fence Fence
 	// Readahead is how many chunks are fetched ahead of a sequential
 	// reader (default 8, at most a quarter of the cache budget; negative
 	// turns it off).
@@ -190,6 +196,18 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 			return nil, fmt.Errorf("tier: %w", err)
 		}
 	}
+	if cfg.Fence != nil {
+		// This writer's versions and recovery points start at its
+		// generation: above everything an earlier writer may still
+		// upload (docs/FORMAT.md, "Writer lease").
+		base := cfg.Fence.Generation() << generationShift
+		if m.NextSeq < base || m.Manifest < base {
+			m.NextSeq, m.Manifest = max(m.NextSeq, base), max(m.Manifest, base)
+			if err := m.save(cfg.Dir); err != nil {
+				return nil, fmt.Errorf("tier: %w", err)
+			}
+		}
+	}
 	cfg.ChunkSize = m.ChunkSize
 	objs, err := loadObjects(cfg.Dir, cfg.ChunkSize)
 	if err != nil {
@@ -262,6 +280,29 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 }
 
 func (d *Device) chunkSize() int64 { return d.cfg.ChunkSize }
+
+// Fence is a volume's writer lease as the tier sees it (lease.Fence).
+type Fence interface {
+	Writable() error
+	Generation() uint64
+}
+
+// writable says whether the writer lease lets this gateway write.
+func (d *Device) writable() error {
+	if d.cfg.Fence == nil {
+		return nil
+	}
+	return d.cfg.Fence.Writable()
+}
+
+// generationBase is the first object version and recovery-point number
+// of this writer's generation.
+func (d *Device) generationBase() uint64 {
+	if d.cfg.Fence == nil {
+		return 0
+	}
+	return d.cfg.Fence.Generation() << generationShift
+}
 
 // Size implements device.Device.
 func (d *Device) Size() int64 {
@@ -412,6 +453,9 @@ func (d *Device) readaheadChunks() int64 {
 // WriteAt implements device.Device.
 func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) error {
 	if err := d.check(ctx, off, int64(len(p))); err != nil {
+		return err
+	}
+	if err := d.writable(); err != nil {
 		return err
 	}
 	d.gate.RLock()
@@ -696,6 +740,9 @@ func (d *Device) evict(victim *chunk) bool {
 // Flush implements device.Device: every chunk written since the last
 // Flush, and the dirty/ directory, are fsynced.
 func (d *Device) Flush(ctx context.Context) error {
+	if err := d.writable(); err != nil {
+		return err // what it would flush can no longer reach the store
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -749,6 +796,9 @@ func (d *Device) WriteZeroes(ctx context.Context, off, length int64, mayTrim boo
 
 func (d *Device) zero(ctx context.Context, off, length int64, punch bool) error {
 	if err := d.check(ctx, off, length); err != nil {
+		return err
+	}
+	if err := d.writable(); err != nil {
 		return err
 	}
 	d.gate.RLock()
@@ -862,6 +912,9 @@ func (d *Device) Extents(ctx context.Context, off, length int64) ([]device.Exten
 func (d *Device) Resize(ctx context.Context, size int64) error {
 	if size < 0 {
 		return fmt.Errorf("resize to %d: %w", size, device.ErrOutOfRange)
+	}
+	if err := d.writable(); err != nil {
+		return err
 	}
 	d.gate.Lock()
 	defer d.gate.Unlock()

@@ -33,6 +33,15 @@ func (d *Device) uploader(ctx context.Context) {
 	defer d.wg.Done()
 	backoff := 100 * time.Millisecond
 	for {
+		if d.writable() != nil {
+			// Fenced: nothing may be uploaded until the lease holds again.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+				continue
+			}
+		}
 		c := d.nextDirty()
 		if c == nil {
 			select {

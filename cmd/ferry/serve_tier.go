@@ -20,6 +20,7 @@ func init() {
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "s3-read-timeout", Usage: "how long a read of data only in S3 waits for an unreachable S3 before failing with EIO", Value: 30 * time.Second, EnvVars: []string{"FERRY_S3_READ_TIMEOUT"}}),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "readahead", Usage: "chunks fetched ahead of a sequential reader of an S3-backed volume (0: none, and every read of a chunk not cached fetches it into the cache)", Value: 8, EnvVars: []string{"FERRY_READAHEAD"}}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "stream-memory", Usage: "memory for chunks held for sequential readers, over all volumes (0 reads them through the cache)", Value: "64M", EnvVars: []string{"FERRY_STREAM_MEMORY"}}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "lease-ttl", Usage: "how long a renewal of an S3-backed volume's writer lease holds (renewed every third of it; writes stop when it was not renewed by two thirds)", Value: 30 * time.Second, EnvVars: []string{"FERRY_LEASE_TTL"}}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dirty-wait", Usage: "how long a write waits for a cache full of data not yet uploaded before failing with ENOSPC", Value: 60 * time.Second, EnvVars: []string{"FERRY_DIRTY_WAIT"}}),
 		},
 		configure: func(c *cli.Context, cfg *volume.Config) error {
@@ -32,6 +33,9 @@ func init() {
 			cfg.S3Timeout = c.Duration("s3-timeout")
 			cfg.FetchTimeout = c.Duration("s3-read-timeout")
 			cfg.DirtyWait = c.Duration("dirty-wait")
+			if cfg.LeaseTTL = c.Duration("lease-ttl"); cfg.LeaseTTL < 3*time.Second {
+				return fmt.Errorf("--lease-ttl %v: want at least 3s", cfg.LeaseTTL)
+			}
 			switch ra := c.Int("readahead"); {
 			case ra < 0:
 				return fmt.Errorf("--readahead %d: want a number of chunks, 0 or more", ra)

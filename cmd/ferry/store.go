@@ -19,6 +19,7 @@ func cmdStore() *cli.Command {
 			cmdStoreLs(),
 			cmdStoreInfo(),
 			cmdStoreRm(),
+			cmdStoreVolumes(),
 		},
 	}
 }
@@ -73,6 +74,9 @@ the [default] profile of --credentials-file (AWS format, default
 				return printJSON(v)
 			}
 			fmt.Printf("added store %s (%s, bucket %s)\n", v.Name, v.Endpoint, v.Bucket)
+			if !v.Movable {
+				fmt.Println("note: the server ignores conditional puts (If-Match), so volumes in this store have no writer lease and cannot move between gateways")
+			}
 			return nil
 		},
 	}

@@ -17,6 +17,8 @@ func cmdVolume() *cli.Command {
 			cmdVolumeRm(),
 			cmdVolumeCheckpoint(),
 			cmdVolumeExport(),
+			cmdVolumeRelease(),
+			cmdVolumeAdopt(),
 		},
 	}
 }

@@ -57,6 +57,14 @@ client with its protocol, address, iSCSI initiator name and since when.
 				if t.UploadError != "" {
 					fmt.Printf("upload error: %s\n", t.UploadError)
 				}
+				if l := t.Lease; l != nil {
+					switch l.State {
+					case "held":
+						fmt.Printf("lease:        held, writer generation %d (renewed until %s)\n", l.Generation, l.Expires.Local().Format("15:04:05"))
+					default:
+						fmt.Printf("lease:        %s, generation %d: this gateway refuses writes to the volume (%s)\n", l.State, l.Generation, l.Error)
+					}
+				}
 			}
 			if len(in.Connections) == 0 {
 				fmt.Printf("clients:      none\n")

@@ -16,4 +16,7 @@
 //	PATCH  /v1/volumes/{name}          grow and/or change access {"size":..., "access":{...}}
 //	DELETE /v1/volumes/{name}?force=1  remove
 //	GET    /v1/pool                    local pool capacity
+//	POST   /v1/volumes/{name}/release?force=1  hand the volume over: final recovery point, lease given up
+//	POST   /v1/adopt                   serve a volume a store holds {"store":..., "volume":..., "force":..., "steal":...}
+//	GET    /v1/stores/{name}/volumes   the volumes a store holds, with recovery points and leases
 package api

@@ -55,6 +55,9 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("POST /v1/stores", h.addStore)
 	mux.HandleFunc("GET /v1/stores/{name}", h.storeInfo)
 	mux.HandleFunc("DELETE /v1/stores/{name}", h.removeStore)
+	mux.HandleFunc("GET /v1/stores/{name}/volumes", h.storeVolumes)
+	mux.HandleFunc("POST /v1/volumes/{name}/release", h.release)
+	mux.HandleFunc("POST /v1/adopt", h.adopt)
 	return mux
 }
 
@@ -212,4 +215,36 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+func (h *handler) storeVolumes(w http.ResponseWriter, r *http.Request) {
+	vs, err := h.m.StoreVolumes(r.Context(), r.PathValue("name"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, vs)
+}
+
+func (h *handler) release(w http.ResponseWriter, r *http.Request) {
+	mf, err := h.m.Release(r.Context(), r.PathValue("name"), r.URL.Query().Get("force") == "1")
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: len(mf.Chunks)})
+}
+
+func (h *handler) adopt(w http.ResponseWriter, r *http.Request) {
+	var req wire.AdoptRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	resp, in, err := h.m.Adopt(r.Context(), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	resp.Volume = h.volumes(r, in)[0]
+	writeJSON(w, http.StatusCreated, resp)
 }

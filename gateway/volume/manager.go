@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/backends/lease"
 	"github.com/ferry-io/ferry/backends/local"
 	"github.com/ferry-io/ferry/backends/store"
 	"github.com/ferry-io/ferry/backends/tier"
@@ -61,6 +62,9 @@ type Config struct {
 	// Readahead is how many chunks are fetched ahead of a sequential
 	// reader (0: tier's default; negative: none).
 	Readahead int
+	// LeaseTTL is how long a renewal of an S3-backed volume's writer lease
+	// holds (default 30s; renewed every third of it).
+	LeaseTTL time.Duration
 	// StreamMemory bounds the memory holding chunks for sequential
 	// readers, over all volumes (0: tier.DefaultStreamMemory; negative:
 	// none, sequential reads go through the cache).
@@ -88,6 +92,10 @@ type Manager struct {
 
 	probeMu sync.Mutex             // guards probes only; never held with mu
 	probes  map[string]probeResult // by store name
+
+	holder    lease.Holder            // this gateway in writer leases
+	leases    map[string]*lease.Lease // under mu: writer leases held, by volume id
+	elsewhere map[string]error        // under mu: volumes whose lease another gateway holds, by id
 }
 
 type vol struct {
@@ -125,6 +133,9 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.CheckpointInterval <= 0 {
 		cfg.CheckpointInterval = 60 * time.Second
 	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 30 * time.Second
+	}
 	for _, d := range append([]string{cfg.DataDir}, cfg.PoolDirs...) {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("open volumes: %w", err)
@@ -136,7 +147,14 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		catPath: filepath.Join(cfg.DataDir, "catalog.json"),
 		vols:    map[string]*vol{},
 		stores:  map[string]*StoreConfig{},
+		leases:  map[string]*lease.Lease{},
 	}
+	m.elsewhere = map[string]error{}
+	holder, err := loadIdentity(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	m.holder = holder
 	m.storeMetrics = store.NewStoreMetrics(cfg.Registerer)
 	m.budget = tier.NewBudget(cfg.CacheBytes)
 	if cfg.StreamMemory != 0 {
@@ -192,7 +210,7 @@ func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, e
 		}
 		return d, nil
 	case "tier":
-		return m.openTier(ctx, rec)
+		return m.openTier(ctx, rec, tierOpen{})
 	default:
 		return nil, fmt.Errorf("unknown backend %q", rec.Backend)
 	}
@@ -319,20 +337,30 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 		rec.Backend, rec.Store, rec.ChunkSize = "tier", opts.Store, cs
 		rec.Path = filepath.Join(dir, "tier-"+rec.ID)
 		m.mu.Unlock()
-		td, err := m.openTier(ctx, rec)
+		td, err := m.openTier(ctx, rec, tierOpen{})
+		if err == nil {
+			if s, _, serr := m.volumeStoreFor(rec, m.leaseOf(rec.ID)); serr == nil {
+				m.putVolumeObject(ctx, s, rec)
+			}
+		}
 		m.mu.Lock()
 		if err != nil {
 			os.RemoveAll(rec.Path)
 			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 		}
-		if _, ok := m.vols[name]; ok {
+		dropTier := func() {
 			td.Close()
+			m.mu.Unlock()
+			m.dropLease(rec.ID)
+			m.mu.Lock()
 			os.RemoveAll(rec.Path)
+		}
+		if _, ok := m.vols[name]; ok {
+			dropTier()
 			return Info{}, fmt.Errorf("create volume %q: %w", name, ErrExists)
 		}
 		if err := local.SyncDir(dir); err != nil {
-			td.Close()
-			os.RemoveAll(rec.Path)
+			dropTier()
 			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 		}
 		dev = td
@@ -420,6 +448,7 @@ func (m *Manager) infoLocked(ctx context.Context, v *vol) Info {
 	}
 	if td, ok := v.dev.(*tier.Device); ok {
 		in.Tier = tierInfo(v.rec, td)
+		in.Tier.Lease = m.leaseViewLocked(v.rec)
 	}
 	for _, c := range v.clients {
 		in.Connections = append(in.Connections, c)
@@ -511,7 +540,20 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	v.dev.Close()
 	os.Remove(m.prPath(v.rec))
 	if v.rec.Backend == "tier" {
-		m.deleteObjects(v.rec)
+		l, other := m.leases[v.rec.ID], m.elsewhere[v.rec.ID]
+		delete(m.leases, v.rec.ID)
+		delete(m.elsewhere, v.rec.ID)
+		switch {
+		case other != nil || (l != nil && l.State() == lease.Lost):
+			// Another gateway writes the volume now: its objects are not
+			// this gateway's to delete.
+			m.log.Warn("volume removed here only; another gateway holds its writer lease, so its objects stay in the store", attrVolume, name)
+		default:
+			if l != nil {
+				l.Close()
+			}
+			m.deleteObjects(v.rec)
+		}
 	}
 	if v.rec.Path != "" {
 		if err := os.RemoveAll(v.rec.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -615,6 +657,10 @@ func (m *Manager) closeAll() {
 		v.dev.Close()
 	}
 	m.vols = map[string]*vol{}
+	for id, l := range m.leases {
+		l.Close() // held leases expire unless this gateway comes back
+		delete(m.leases, id)
+	}
 }
 
 func (m *Manager) registerMetrics(reg prometheus.Registerer) {
@@ -643,6 +689,15 @@ func (m *Manager) registerMetrics(reg prometheus.Registerer) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_upload_queue_chunks", Help: "Dirty chunks of S3-backed volumes waiting to upload."},
 			sum(func(in Info) float64 {
 				return tierf(in, func(t *TierInfo) float64 { return float64(t.DirtyBytes / max(t.ChunkSize, 1)) })
+			})),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_volume_writes_fenced", Help: "S3-backed volumes refusing writes because this gateway does not hold their writer lease (suspended, lost, or held by another gateway)."},
+			sum(func(in Info) float64 {
+				return tierf(in, func(t *TierInfo) float64 {
+					if t.Lease != nil && t.Lease.State != "held" {
+						return 1
+					}
+					return 0
+				})
 			})),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_rpo_seconds", Help: "Age of the oldest newest-recovery-point over S3-backed volumes."},
 			func() float64 {

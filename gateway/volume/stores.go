@@ -97,6 +97,17 @@ func (m *Manager) AddStore(ctx context.Context, sc StoreConfig) (StoreView, erro
 	if err := raw.Check(cctx); err != nil {
 		return StoreView{}, fmt.Errorf("store %q: %w: %w", sc.Name, err, ErrInvalid)
 	}
+	// Writer leases need conditional puts; without them the store works,
+	// but its volumes cannot move between gateways.
+	switch err := raw.CheckConditional(cctx); {
+	case err == nil:
+		sc.Conditional = ptrTo(true)
+	case errors.Is(err, store.ErrNoSwap):
+		sc.Conditional = ptrTo(false)
+		m.log.Warn("the store's server does not honour conditional puts (If-Match): its volumes work, but cannot move between gateways", "store", sc.Name, "err", err)
+	default:
+		return StoreView{}, fmt.Errorf("store %q: probing conditional puts: %w: %w", sc.Name, err, ErrInvalid)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.stores[sc.Name]; ok {
@@ -112,7 +123,8 @@ func (m *Manager) AddStore(ctx context.Context, sc StoreConfig) (StoreView, erro
 }
 
 func (m *Manager) storeViewLocked(sc *StoreConfig) StoreView {
-	v := StoreView{Name: sc.Name, Endpoint: sc.Endpoint, Bucket: sc.Bucket, Prefix: sc.Prefix, Region: sc.Region}
+	v := StoreView{Name: sc.Name, Endpoint: sc.Endpoint, Bucket: sc.Bucket, Prefix: sc.Prefix, Region: sc.Region,
+		Movable: sc.Conditional != nil && *sc.Conditional}
 	for _, r := range m.cat.Volumes {
 		if r.Store == sc.Name {
 			v.Volumes++
@@ -184,24 +196,22 @@ func (m *Manager) RemoveStore(ctx context.Context, name string) error {
 // (docs/FORMAT.md).
 func volumePrefix(rec *Record) string { return "volumes/" + rec.ID + "/" }
 
-func (m *Manager) openTier(ctx context.Context, rec *Record) (*tier.Device, error) {
-	m.mu.Lock()
-	sc, ok := m.stores[rec.Store]
-	m.mu.Unlock()
-	if !ok {
-		return nil, fmt.Errorf("store %q is not configured", rec.Store)
-	}
-	s, _, err := m.objectStore(sc, volumePrefix(rec))
+func (m *Manager) openTier(ctx context.Context, rec *Record, how tierOpen) (*tier.Device, error) {
+	s, fence, err := m.volumeStore(ctx, rec, how)
 	if err != nil {
 		return nil, err
 	}
-	return tier.Open(ctx, tier.Config{
-		Dir: rec.Path, Store: s, Size: rec.Size, ChunkSize: rec.ChunkSize,
+	td, err := tier.Open(ctx, tier.Config{
+		Dir: rec.Path, Store: s, Size: rec.Size, ChunkSize: rec.ChunkSize, Fence: fence,
 		Budget: m.budget, Metrics: m.tierMetrics, FetchTimeout: m.cfg.FetchTimeout, DirtyWait: m.cfg.DirtyWait,
 		Readahead: m.cfg.Readahead, Logger: m.log.With(attrVolume, rec.Name),
 	})
+	if err != nil {
+		m.dropLease(rec.ID)
+		return nil, err
+	}
+	return td, nil
 }
-
 
 func tierInfo(rec *Record, d *tier.Device) *TierInfo {
 	st := d.TierStats()
@@ -248,7 +258,8 @@ func (m *Manager) checkpointer(ctx context.Context, every time.Duration) {
 		m.mu.Lock()
 		var names []string
 		for n, v := range m.vols {
-			if td, ok := v.dev.(*tier.Device); ok && !v.removing && td.Changed() {
+			fenced := m.elsewhere[v.rec.ID] != nil || (m.leases[v.rec.ID] != nil && m.leases[v.rec.ID].Writable() != nil)
+			if td, ok := v.dev.(*tier.Device); ok && !v.removing && !fenced && td.Changed() {
 				names = append(names, n)
 			}
 		}
@@ -346,3 +357,5 @@ func (m *Manager) probeStore(ctx context.Context, name string) (bool, string, ti
 	m.probeMu.Unlock()
 	return r.err == "", r.err, r.checked
 }
+
+func ptrTo[T any](v T) *T { return &v }

@@ -2,6 +2,7 @@ package acceptance
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -100,4 +101,98 @@ func TestS3LostCacheResumes(t *testing.T) {
 	if !strings.Contains(g.logs.String(), "cache started from the store's newest recovery point") {
 		t.Errorf("the gateway did not say where the volume resumed from")
 	}
+}
+
+// twoGateways starts gateways A and B over one bucket, each with the
+// bucket added as store "cloud".
+func twoGateways(t *testing.T, bucket string, extra ...string) (*testutil.S3Server, *gateway, *gateway) {
+	t.Helper()
+	srv := s3Env(t, bucket)
+	args := append([]string{"--checkpoint-interval", "1h", "--lease-ttl", "5s"}, extra...)
+	a, b := startGateway(t, args...), startGateway(t, args...)
+	for _, g := range []*gateway{a, b} {
+		out := g.mustCLI("store", "add", "cloud", "--endpoint", srv.Endpoint, "--bucket", bucket)
+		if strings.Contains(out, "cannot move") {
+			t.Fatalf("the S3 server should honour conditional puts: %s", out)
+		}
+	}
+	return srv, a, b
+}
+
+// fioArgs writes (or verifies) a crc32c pattern over 1 GiB of a volume.
+func fioPattern(uri string, verifyOnly bool) []string {
+	args := []string{"--name=move", "--ioengine=nbd", "--uri=" + uri, "--rw=write", "--bs=1M", "--iodepth=8",
+		"--size=1G", "--verify=crc32c", "--verify_state_save=0", "--verify_fatal=1", "--randrepeat=0", "--end_fsync=1"}
+	if verifyOnly {
+		args = append(args, "--verify_only=1")
+	}
+	return args
+}
+
+// A planned move: A writes a 1 GiB pattern and releases the volume, B
+// adopts it and serves the whole pattern at once, from the bucket.
+func TestMoveReleaseAdopt(t *testing.T) {
+	fio := testutil.RequireTool(t, "fio")
+	_, a, b := twoGateways(t, "ferry-move")
+	a.mustCLI("volume", "create", "vm1", "--size", "2G", "--store", "cloud")
+	id := a.info("vm1").ID
+	run(t, 10*time.Minute, fio, fioPattern(a.uri("vm1"), false)...)
+
+	// Bad input first: nothing is lost by any of it.
+	for _, c := range []struct {
+		g    *gateway
+		args []string
+		want string
+	}{
+		{b, []string{"volume", "adopt", "cloud", "vm1"}, "holds its writer lease until"},
+		{b, []string{"volume", "adopt", "cloud", "ghost"}, "no volume named"},
+		{b, []string{"volume", "adopt", "nostore", "vm1"}, "no store named"},
+		{b, []string{"volume", "adopt", "cloud", "vm1", "--force", "--steal"}, "not both"},
+		{a, []string{"volume", "adopt", "cloud", "vm1"}, "serves it already"},
+	} {
+		if r := c.g.cli(c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("ferry %v: exit %d, stderr %q, want %q", c.args, r.code, r.stderr, c.want)
+		}
+	}
+	a.mustCLI("volume", "create", "plain", "--size", "16M")
+	if r := a.cli("volume", "release", "plain"); r.code == 0 || !strings.Contains(r.stderr, "local volume") {
+		t.Errorf("release of a local volume: exit %d %q", r.code, r.stderr)
+	}
+
+	var listed []struct {
+		ID    string `json:"id"`
+		Name  string `json:"name"`
+		Local string `json:"local"`
+		Lease *struct {
+			State      string `json:"state"`
+			HolderName string `json:"holder_name"`
+		} `json:"lease"`
+	}
+	if err := json.Unmarshal([]byte(b.mustCLI("store", "volumes", "cloud", "--json")), &listed); err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != 1 || listed[0].ID != id || listed[0].Name != "vm1" || listed[0].Local != "" || listed[0].Lease == nil || listed[0].Lease.State != "held" {
+		t.Fatalf("store volumes on B: %+v", listed)
+	}
+
+	a.mustCLI("volume", "release", "vm1")
+	if r := a.cli("volume", "info", "vm1"); r.code == 0 {
+		t.Error("a released volume is still listed on A")
+	}
+	out := b.mustCLI("volume", "adopt", "cloud", "vm1")
+	if !strings.Contains(out, "adopted vm1") || !strings.Contains(out, "nbd://"+b.nbdAddr+"/vm1") {
+		t.Errorf("adopt output:\n%s", out)
+	}
+	if in := b.info("vm1"); in.ID != id {
+		t.Errorf("adopted volume has id %s, want %s", in.ID, id)
+	}
+	run(t, 10*time.Minute, fio, fioPattern(b.uri("vm1"), true)...)
+	if r := b.cli("volume", "adopt", "cloud", "vm1"); r.code == 0 || !strings.Contains(r.stderr, "serves it already") {
+		t.Errorf("adopting twice: exit %d %q", r.code, r.stderr)
+	}
+	// B writes on: a new generation's recovery points, and the bucket's
+	// copy is B's.
+	run(t, time.Minute, testutil.RequireTool(t, "qemu-io"), "-f", "raw", "-c", "write -P 0x77 1536M 1M", "-c", "flush", b.uri("vm1"))
+	b.mustCLI("volume", "checkpoint", "vm1")
+	b.exportAndCompare("vm1")
 }

@@ -205,3 +205,30 @@ func (c *Client) Status(ctx context.Context) (wire.Status, error) {
 	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
 }
+
+// StoreVolumes lists the volumes a store holds, whichever gateway serves
+// them.
+func (c *Client) StoreVolumes(ctx context.Context, store string) ([]wire.BucketVolume, error) {
+	var out []wire.BucketVolume
+	err := c.do(ctx, http.MethodGet, "/v1/stores/"+url.PathEscape(store)+"/volumes", nil, &out)
+	return out, err
+}
+
+// Release hands a volume over to another gateway; force disconnects its
+// clients first. It returns the final recovery point.
+func (c *Client) Release(ctx context.Context, name string, force bool) (wire.CheckpointResponse, error) {
+	q := ""
+	if force {
+		q = "?force=1"
+	}
+	var out wire.CheckpointResponse
+	err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/release"+q, nil, &out)
+	return out, err
+}
+
+// Adopt serves a volume a store holds on this gateway.
+func (c *Client) Adopt(ctx context.Context, req wire.AdoptRequest) (wire.AdoptResponse, error) {
+	var out wire.AdoptResponse
+	err := c.do(ctx, http.MethodPost, "/v1/adopt", req, &out)
+	return out, err
+}

@@ -170,6 +170,69 @@ type TierInfo struct {
 	// RPOSeconds is the age of the newest recovery point (0 if none).
 	RPOSeconds  float64 `json:"rpo_seconds"`
 	UploadError string  `json:"upload_error,omitempty"`
+	// Lease is this gateway's writer lease on the volume; nil on a store
+	// without conditional puts.
+	Lease *LeaseInfo `json:"lease,omitempty"`
+}
+
+// LeaseInfo is a volume's writer lease.
+type LeaseInfo struct {
+	// State is "held", "suspended" (not renewed in time: writes refused
+	// until it is) or "lost" (another gateway writes the volume: writes
+	// refused for good).
+	State      string    `json:"state"`
+	Generation uint64    `json:"generation"`
+	Holder     string    `json:"holder"`
+	HolderName string    `json:"holder_name,omitempty"`
+	Expires    time.Time `json:"expires,omitzero"`
+	Released   bool      `json:"released,omitempty"`
+	Error      string    `json:"error,omitempty"`
+}
+
+// BucketVolume is a volume as its store holds it, for GET
+// /v1/stores/{name}/volumes: whichever gateway serves it, if any.
+type BucketVolume struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Size      int64     `json:"size"`
+	ChunkSize int64     `json:"chunk_size"`
+	Created   time.Time `json:"created"`
+	// RecoveryPoint is the newest recovery point's number and time.
+	RecoveryPoint        uint64    `json:"recovery_point,omitempty"`
+	RecoveryPointCreated time.Time `json:"recovery_point_created,omitzero"`
+	// Lease is the writer lease as the store holds it (nil: none).
+	Lease *LeaseInfo `json:"lease,omitempty"`
+	// Local names the volume on this gateway when it serves it.
+	Local string `json:"local,omitempty"`
+}
+
+// AdoptRequest is the body of POST /v1/adopt: serve a volume a store
+// holds, taking its writer lease.
+type AdoptRequest struct {
+	Store string `json:"store"`
+	// Volume is the volume's id, or its name in the store.
+	Volume string `json:"volume"`
+	// Name is the local name (default: the name in the store).
+	Name string `json:"name,omitempty"`
+	// Force takes a lease that expired without a release.
+	Force bool `json:"force,omitempty"`
+	// Steal takes a live lease: its holder is fenced and loses what it
+	// had not uploaded.
+	Steal bool `json:"steal,omitempty"`
+}
+
+// AdoptResponse answers POST /v1/adopt.
+type AdoptResponse struct {
+	Volume VolumeInfo `json:"volume"`
+	// RecoveryPoint is the point the volume was adopted at: what it reads
+	// until written. Its age bounds what an unplanned move lost.
+	RecoveryPoint        uint64    `json:"recovery_point"`
+	RecoveryPointCreated time.Time `json:"recovery_point_created,omitzero"`
+	AgeSeconds           float64   `json:"age_seconds"`
+	// Generation is the writer generation this gateway took.
+	Generation uint64 `json:"generation"`
+	// Previous is the lease as it was before.
+	Previous *LeaseInfo `json:"previous,omitempty"`
 }
 
 // PoolDir describes one directory of the local pool.
@@ -206,6 +269,10 @@ type StoreConfig struct {
 	Region    string `json:"region,omitempty"`
 	AccessKey string `json:"access_key"`
 	SecretKey string `json:"secret_key"`
+	// Conditional is set by the gateway: whether the server honours
+	// conditional puts (If-Match), which volumes need to move between
+	// gateways. Unset in requests.
+	Conditional *bool `json:"conditional,omitempty"`
 }
 
 // StoreView is a store as the API shows it: no credentials.
@@ -216,6 +283,9 @@ type StoreView struct {
 	Prefix   string `json:"prefix,omitempty"`
 	Region   string `json:"region,omitempty"`
 	Volumes  int    `json:"volumes"`
+	// Movable: the server honours conditional puts, so volumes in this
+	// store have a writer lease and can move between gateways.
+	Movable bool `json:"movable"`
 	// Objects and Bytes are filled by GET /v1/stores/{name} (they need a
 	// listing).
 	Objects int64  `json:"objects,omitempty"`
