@@ -20,6 +20,7 @@ import (
 //
 //   - the object map is the newest valid manifest's, so the volume reads as
 //     of that recovery point and garbage collection keeps what it names;
+//
 //   - the version sequence continues above every chunk and log version in
 //     the store, and the manifest sequence above the newest manifest, so
 //     nothing this cache uploads can reuse an existing key.

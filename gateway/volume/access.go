@@ -36,7 +36,6 @@ type Access struct {
 	AllowAddresses []string `json:"allow_addresses,omitempty"`
 }
 
-
 func (a *Access) view() *AccessView {
 	if a.empty() {
 		return nil
@@ -101,8 +100,6 @@ func parseAddressPrefix(s string) (string, error) {
 	}
 	return "", fmt.Errorf("address %q is neither an IP address nor a prefix such as 192.0.2.0/24: %w", s, ErrInvalid)
 }
-
-
 
 // applyAccess returns old with u applied, validated.
 func applyAccess(u *AccessUpdate, old *Access) (*Access, error) {

@@ -109,9 +109,6 @@ type vol struct {
 
 var _ Exports = (*Manager)(nil)
 
-
-
-
 // Open loads the catalog under cfg.DataDir, opens every volume and removes
 // files a crash left behind (a volume file no catalog entry names).
 func Open(ctx context.Context, cfg Config) (*Manager, error) {

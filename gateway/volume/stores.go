@@ -18,8 +18,6 @@ import (
 	"github.com/ferry-io/ferry/backends/tier"
 )
 
-
-
 type storesFile struct {
 	Version int            `json:"version"`
 	Stores  []*StoreConfig `json:"stores"`
@@ -272,12 +270,10 @@ func (m *Manager) checkpointer(ctx context.Context, every time.Duration) {
 	}
 }
 
-
 // Cache reports the shared cache budget of S3-backed volumes.
 func (m *Manager) Cache() CacheInfo {
 	return CacheInfo{Budget: m.budget.Limit(), Used: m.budget.Used()}
 }
-
 
 // Location returns where an S3-backed volume keeps its objects.
 func (m *Manager) Location(ctx context.Context, name string) (ExportLocation, error) {
@@ -293,7 +289,6 @@ func (m *Manager) Location(ctx context.Context, name string) (ExportLocation, er
 	}
 	return ExportLocation{Store: m.storeViewLocked(sc), Prefix: sc.Prefix + volumePrefix(v.rec), VolumeID: v.rec.ID}, nil
 }
-
 
 // probeMaxAge is how long a store probe's answer is reused, so that
 // readiness checks polled often do not become a request load.
