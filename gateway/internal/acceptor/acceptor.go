@@ -109,13 +109,15 @@ func (a *Acceptor) Serve(ctx context.Context, l net.Listener, newConn func(net.C
 			defer a.wg.Done()
 			defer a.untrack(c)
 			defer func() {
-				// A panic ends only this connection.
+				// A panic ends only this connection. It is counted and
+				// logged before the connection is closed, so whoever sees
+				// the close also sees the count.
 				if r := recover(); r != nil {
-					c.Close()
 					if a.cfg.Panics != nil {
 						a.cfg.Panics.Inc()
 					}
-					a.log.Error("panic serving connection; closed it", "remote", nc.RemoteAddr().String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+					a.log.Error("panic serving connection; closing it", "remote", nc.RemoteAddr().String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+					c.Close()
 				}
 			}()
 			c.Serve(ctx)
