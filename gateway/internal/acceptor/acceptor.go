@@ -107,18 +107,22 @@ func (a *Acceptor) Serve(ctx context.Context, l net.Listener, newConn func(net.C
 		}
 		go func() {
 			defer a.wg.Done()
-			defer a.untrack(c)
 			defer func() {
-				// A panic ends only this connection. It is counted and
-				// logged before the connection is closed, so whoever sees
-				// the close also sees the count.
-				if r := recover(); r != nil {
-					if a.cfg.Panics != nil {
-						a.cfg.Panics.Inc()
-					}
-					a.log.Error("panic serving connection; closing it", "remote", nc.RemoteAddr().String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-					c.Close()
+				r := recover()
+				if r == nil {
+					a.untrack(c)
+					return
 				}
+				// A panic ends only this connection. It is counted,
+				// logged and its slot freed before the connection is
+				// closed, so whoever sees the close also sees the count
+				// and can connect again.
+				if a.cfg.Panics != nil {
+					a.cfg.Panics.Inc()
+				}
+				a.log.Error("panic serving connection; closing it", "remote", nc.RemoteAddr().String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				a.untrack(c)
+				c.Close()
 			}()
 			c.Serve(ctx)
 		}()

@@ -2,7 +2,10 @@ package acceptor
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,10 +40,14 @@ func TestPanicLimitShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := 0
+	served := make(chan struct{}) // closed when the second connection is served
 	done := make(chan error, 1)
 	go func() {
 		done <- a.Serve(context.Background(), l, func(nc net.Conn) Conn {
 			n++
+			if n == 2 {
+				close(served)
+			}
 			return &fakeConn{nc: nc, panic: n == 1}
 		})
 	}()
@@ -51,29 +58,54 @@ func TestPanicLimitShutdown(t *testing.T) {
 		}
 		return c
 	}
+	// closed reads c in the background and sends the error that ends the
+	// read: the server closing c, never a deadline.
+	closed := func(c net.Conn) <-chan error {
+		ch := make(chan error, 1)
+		go func() {
+			_, err := c.Read(make([]byte, 1))
+			ch <- err
+		}()
+		return ch
+	}
+	isClose := func(err error) bool {
+		return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
+	}
+
 	first := dial()
-	first.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := first.Read(make([]byte, 1)); err == nil {
-		t.Fatal("the panicking connection was not closed")
+	defer first.Close()
+	if err := <-closed(first); !isClose(err) {
+		t.Fatalf("the panicking connection was not closed: read: %v", err)
 	}
 	if got := testutil.ToFloat64(panics); got != 1 {
 		t.Fatalf("panics = %v", got)
 	}
+
 	second := dial() // served: the slot the panic freed
 	defer second.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for testutil.ToFloat64(refused) == 0 {
-		c := dial() // past the limit: closed at once
-		c.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("no connection refused at the limit")
-		}
-		time.Sleep(10 * time.Millisecond)
+	secondClosed := closed(second)
+	select {
+	case <-served:
+	case err := <-secondClosed:
+		t.Fatalf("the connection after the panic was not served (refused %v): read: %v", testutil.ToFloat64(refused), err)
 	}
+
+	third := dial() // past the limit: closed at once
+	defer third.Close()
+	if err := <-closed(third); !isClose(err) {
+		t.Fatalf("the connection past the limit was not closed: read: %v", err)
+	}
+	if got := testutil.ToFloat64(refused); got != 1 {
+		t.Fatalf("refused = %v", got)
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := a.Shutdown(ctx); err != nil {
 		t.Fatalf("shutdown: %v", err)
+	}
+	if err := <-secondClosed; !isClose(err) {
+		t.Fatalf("shutdown did not drain the served connection: read: %v", err)
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("serve: %v", err)
