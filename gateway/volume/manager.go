@@ -629,7 +629,14 @@ func (m *Manager) FlushAll(ctx context.Context) error {
 	m.mu.Unlock()
 	var first error
 	for n, d := range devs {
-		if err := d.Flush(ctx); err != nil && first == nil {
+		err := d.Flush(ctx)
+		if errors.Is(err, device.ErrReadOnly) {
+			// A volume this gateway may no longer write (its lease is
+			// elsewhere): nothing of it can be flushed to its store.
+			m.log.Warn("volume not flushed: this gateway does not hold its writer lease", attrVolume, n, "err", err)
+			continue
+		}
+		if err != nil && first == nil {
 			first = fmt.Errorf("flush volume %q: %w", n, err)
 		}
 	}
