@@ -108,7 +108,7 @@ func TestS3LostCacheResumes(t *testing.T) {
 func twoGateways(t *testing.T, bucket string, extra ...string) (*testutil.S3Server, *gateway, *gateway) {
 	t.Helper()
 	srv := s3Env(t, bucket)
-	args := append([]string{"--checkpoint-interval", "1h", "--lease-ttl", "5s"}, extra...)
+	args := append([]string{"--checkpoint-interval", "1h", "--lease-ttl", "9s"}, extra...)
 	a, b := startGateway(t, args...), startGateway(t, args...)
 	for _, g := range []*gateway{a, b} {
 		out := g.mustCLI("store", "add", "cloud", "--endpoint", srv.Endpoint, "--bucket", bucket)
