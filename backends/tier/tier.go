@@ -140,6 +140,8 @@ type Device struct {
 
 	streams    map[int64]*stream // under mu: chunks held in memory for sequential readers (stream.go)
 	streamBorn uint64            // under mu
+
+	hyd hydration // hydrate.go
 }
 
 var (
@@ -295,14 +297,6 @@ func (d *Device) writable() error {
 	return d.cfg.Fence.Writable()
 }
 
-// generationBase is the first object version and recovery-point number
-// of this writer's generation.
-func (d *Device) generationBase() uint64 {
-	if d.cfg.Fence == nil {
-		return 0
-	}
-	return d.cfg.Fence.Generation() << generationShift
-}
 
 // Size implements device.Device.
 func (d *Device) Size() int64 {
