@@ -21,11 +21,11 @@ import (
 type HydrationState string
 
 const (
-	HydrationOff       HydrationState = ""          // never started
-	HydrationRunning   HydrationState = "running"   // fetching
-	HydrationDone      HydrationState = "done"      // every stored chunk is cached
+	HydrationOff       HydrationState = ""           // never started
+	HydrationRunning   HydrationState = "running"    // fetching
+	HydrationDone      HydrationState = "done"       // every stored chunk is cached
 	HydrationCacheFull HydrationState = "cache-full" // stopped: the cache budget is full
-	HydrationStopped   HydrationState = "stopped"   // the device closed, or a fetch kept failing
+	HydrationStopped   HydrationState = "stopped"    // the device closed, or a fetch kept failing
 )
 
 // HydrationStats reports a hydration's progress.

@@ -297,7 +297,6 @@ func (d *Device) writable() error {
 	return d.cfg.Fence.Writable()
 }
 
-
 // Size implements device.Device.
 func (d *Device) Size() int64 {
 	d.mu.Lock()

@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/progress"
 )
 
 func cmdVolumeAdopt() *cli.Command {
@@ -33,6 +35,10 @@ loses what it had not uploaded.
 			&cli.StringFlag{Name: "name", Usage: "local name (default: the volume's name in the store)"},
 			&cli.BoolFlag{Name: "force", Usage: "take a writer lease that expired without a release (an unplanned move)"},
 			&cli.BoolFlag{Name: "steal", Usage: "take the writer lease even while its holder renews it (fences that gateway)"},
+			&cli.StringFlag{Name: "hydrate", Usage: "all: fill the local cache with the volume's data in the background; none: fetch only what is read", Value: "all"},
+			&cli.StringFlag{Name: "hydrate-rate", Usage: "bound on hydration, bytes a second (e.g. 100M); default none"},
+			&cli.BoolFlag{Name: "wait", Usage: "wait for hydration to finish, with a progress line on a terminal"},
+			&cli.BoolFlag{Name: "progress", Usage: "show progress on stderr when it is a terminal (with --wait)", Value: true},
 			jsonFlag(),
 		),
 		Action: func(c *cli.Context) error {
@@ -43,7 +49,17 @@ loses what it had not uploaded.
 				return usagef(c, "give --force or --steal, not both")
 			}
 			req := wire.AdoptRequest{Store: c.Args().Get(0), Volume: c.Args().Get(1), Name: c.String("name"),
-				Force: c.Bool("force"), Steal: c.Bool("steal")}
+				Force: c.Bool("force"), Steal: c.Bool("steal"), Hydrate: c.String("hydrate")}
+			if h := req.Hydrate; h != "all" && h != "none" {
+				return usagef(c, "--hydrate %q: use all or none", h)
+			}
+			if r := c.String("hydrate-rate"); r != "" {
+				n, err := parseSize(r)
+				if err != nil {
+					return usagef(c, "--hydrate-rate: %w", err)
+				}
+				req.HydrateRate = n
+			}
 			r, err := apiClient(c).Adopt(c.Context, req)
 			if err != nil {
 				return err
@@ -58,6 +74,9 @@ loses what it had not uploaded.
 				formatSize(r.Volume.Size), r.RecoveryPoint, r.RecoveryPointCreated.Local().Format("2006-01-02 15:04:05"),
 				time.Duration(r.AgeSeconds*float64(time.Second)).Round(time.Second), r.Generation)
 			printAttach(r.Volume)
+			if c.Bool("wait") && req.Hydrate == "all" {
+				return waitHydration(c, r.Volume.Name)
+			}
 			return nil
 		},
 	}
@@ -68,4 +87,42 @@ func orHolder(li *wire.LeaseInfo) string {
 		return "gateway " + li.HolderName
 	}
 	return "gateway " + li.Holder
+}
+
+// waitHydration polls the volume until its hydration ends, showing its
+// progress on a terminal.
+func waitHydration(c *cli.Context, name string) error {
+	cl := apiClient(c)
+	var p *progress.Printer
+	for {
+		in, err := cl.Volume(c.Context, name)
+		if err != nil {
+			return err
+		}
+		var h *wire.HydrationInfo
+		if in.Tier != nil {
+			h = in.Tier.Hydration
+		}
+		if h == nil {
+			return fmt.Errorf("volume %s is not hydrating", name)
+		}
+		if p == nil {
+			p = progress.ForTerminal(os.Stderr, "hydrate "+name, h.TotalBytes, c.Bool("progress"))
+		}
+		p.Set(h.DoneBytes)
+		if h.State != "running" {
+			p.Done()
+			fmt.Printf("hydration %s: %s of %s cached\n", h.State, formatSize(h.DoneBytes), formatSize(h.TotalBytes))
+			if h.State == "stopped" {
+				return fmt.Errorf("hydration of %s stopped: %s", name, h.Error)
+			}
+			return nil
+		}
+		select {
+		case <-c.Context.Done():
+			p.Done()
+			return c.Context.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

@@ -57,6 +57,13 @@ client with its protocol, address, iSCSI initiator name and since when.
 				if t.UploadError != "" {
 					fmt.Printf("upload error: %s\n", t.UploadError)
 				}
+				if h := t.Hydration; h != nil {
+					fmt.Printf("hydration:    %s, %s of %s cached (%.0f%%)", h.State, formatSize(h.DoneBytes), formatSize(h.TotalBytes), h.Percent)
+					if h.State == "running" {
+						fmt.Printf(", %s/s, about %s left", formatSize(int64(h.BytesPerSec)), (time.Duration(h.ETASeconds) * time.Second).String())
+					}
+					fmt.Println()
+				}
 				if l := t.Lease; l != nil {
 					switch l.State {
 					case "held":

@@ -446,6 +446,7 @@ func (m *Manager) infoLocked(ctx context.Context, v *vol) Info {
 	if td, ok := v.dev.(*tier.Device); ok {
 		in.Tier = tierInfo(v.rec, td)
 		in.Tier.Lease = m.leaseViewLocked(v.rec)
+		in.Tier.Hydration = hydrationInfo(td)
 	}
 	for _, c := range v.clients {
 		in.Connections = append(in.Connections, c)
@@ -677,6 +678,16 @@ func (m *Manager) registerMetrics(reg prometheus.Registerer) {
 			return t
 		}
 	}
+	hyd := func(f func(*HydrationInfo) int64) func() float64 {
+		return sum(func(in Info) float64 {
+			return tierf(in, func(t *TierInfo) float64 {
+				if t.Hydration == nil {
+					return 0
+				}
+				return float64(f(t.Hydration))
+			})
+		})
+	}
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_volume_count", Help: "Number of volumes."},
 			sum(func(Info) float64 { return 1 })),
@@ -703,6 +714,10 @@ func (m *Manager) registerMetrics(reg prometheus.Registerer) {
 					return 0
 				})
 			})),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_hydration_done_bytes", Help: "Bytes adopted volumes have hydrated into the cache so far."},
+			hyd(func(h *HydrationInfo) int64 { return h.DoneBytes })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_hydration_total_bytes", Help: "Bytes adopted volumes hydrate into the cache in all."},
+			hyd(func(h *HydrationInfo) int64 { return h.TotalBytes })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_rpo_seconds", Help: "Age of the oldest newest-recovery-point over S3-backed volumes."},
 			func() float64 {
 				var worst float64

@@ -23,6 +23,7 @@ import (
 // manager.go holds; store requests are never made under m.mu.
 
 type (
+	HydrationInfo = wire.HydrationInfo
 	LeaseInfo     = wire.LeaseInfo
 	BucketVolume  = wire.BucketVolume
 	AdoptRequest  = wire.AdoptRequest
@@ -441,6 +442,14 @@ func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (AdoptResponse, I
 	if bv.Local != "" {
 		return fail(fmt.Errorf("this gateway serves it already, as %q: %w", bv.Local, ErrExists))
 	}
+	switch req.Hydrate {
+	case "", "all", "none":
+	default:
+		return fail(fmt.Errorf("hydrate %q: want all or none: %w", req.Hydrate, ErrInvalid))
+	}
+	if req.HydrateRate < 0 {
+		return fail(fmt.Errorf("hydrate rate %d: want bytes a second, 0 for no bound: %w", req.HydrateRate, ErrInvalid))
+	}
 	name := req.Name
 	if name == "" {
 		name = bv.Name
@@ -510,6 +519,9 @@ func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (AdoptResponse, I
 	}
 	v := &vol{rec: rec, dev: td, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
 	m.vols[name] = v
+	if req.Hydrate != "none" {
+		td.Hydrate(req.HydrateRate)
+	}
 	in := m.infoLocked(ctx, v)
 	m.mu.Unlock()
 	if s, _, err := m.volumeStoreFor(rec, l); err == nil {
@@ -546,4 +558,20 @@ func orID(li *LeaseInfo) string {
 		return li.HolderName + " (" + li.Holder + ")"
 	}
 	return li.Holder
+}
+
+// hydrationInfo is a tier's hydration for Info; nil when none ran.
+func hydrationInfo(td *tier.Device) *HydrationInfo {
+	h := td.Hydration()
+	if h.State == tier.HydrationOff {
+		return nil
+	}
+	hi := &HydrationInfo{State: string(h.State), TotalBytes: h.Total, DoneBytes: h.Done, BytesPerSec: h.Rate, Error: h.Err, Percent: 100}
+	if h.Total > 0 {
+		hi.Percent = 100 * float64(h.Done) / float64(h.Total)
+	}
+	if h.State == tier.HydrationRunning && h.Rate > 0 {
+		hi.ETASeconds = float64(h.Total-h.Done) / h.Rate
+	}
+	return hi
 }

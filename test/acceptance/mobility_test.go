@@ -108,7 +108,7 @@ func TestS3LostCacheResumes(t *testing.T) {
 func twoGateways(t *testing.T, bucket string, extra ...string) (*testutil.S3Server, *gateway, *gateway) {
 	t.Helper()
 	srv := s3Env(t, bucket)
-	args := append([]string{"--checkpoint-interval", "1h", "--lease-ttl", "9s"}, extra...)
+	args := append([]string{"--checkpoint-interval", "1h", "--lease-ttl", "9s", "--cache-size", "2G"}, extra...)
 	a, b := startGateway(t, args...), startGateway(t, args...)
 	for _, g := range []*gateway{a, b} {
 		out := g.mustCLI("store", "add", "cloud", "--endpoint", srv.Endpoint, "--bucket", bucket)
@@ -179,9 +179,13 @@ func TestMoveReleaseAdopt(t *testing.T) {
 	if r := a.cli("volume", "info", "vm1"); r.code == 0 {
 		t.Error("a released volume is still listed on A")
 	}
-	out := b.mustCLI("volume", "adopt", "cloud", "vm1")
-	if !strings.Contains(out, "adopted vm1") || !strings.Contains(out, "nbd://"+b.nbdAddr+"/vm1") {
-		t.Errorf("adopt output:\n%s", out)
+	out := b.mustCLI("volume", "adopt", "cloud", "vm1", "--wait")
+	if !strings.Contains(out, "adopted vm1") || !strings.Contains(out, "nbd://"+b.nbdAddr+"/vm1") ||
+		!strings.Contains(out, "hydration done: 1 GiB of 1 GiB cached") {
+		t.Errorf("adopt --wait output:\n%s", out)
+	}
+	if info := b.mustCLI("volume", "info", "vm1"); !strings.Contains(info, "hydration:    done") || !strings.Contains(info, "(100%)") {
+		t.Errorf("volume info after hydration:\n%s", info)
 	}
 	if in := b.info("vm1"); in.ID != id {
 		t.Errorf("adopted volume has id %s, want %s", in.ID, id)

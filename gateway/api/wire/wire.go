@@ -173,6 +173,24 @@ type TierInfo struct {
 	// Lease is this gateway's writer lease on the volume; nil on a store
 	// without conditional puts.
 	Lease *LeaseInfo `json:"lease,omitempty"`
+	// Hydration is the background fill of the cache after an adoption;
+	// nil when none ran.
+	Hydration *HydrationInfo `json:"hydration,omitempty"`
+}
+
+// HydrationInfo is a hydration's progress.
+type HydrationInfo struct {
+	// State is "running", "done", "cache-full" (stopped: the cache budget
+	// is full) or "stopped".
+	State string `json:"state"`
+	// TotalBytes is the volume's data in the store; DoneBytes what of it
+	// is cached.
+	TotalBytes  int64   `json:"total_bytes"`
+	DoneBytes   int64   `json:"done_bytes"`
+	Percent     float64 `json:"percent"`
+	BytesPerSec float64 `json:"bytes_per_second"`
+	ETASeconds  float64 `json:"eta_seconds,omitempty"`
+	Error       string  `json:"error,omitempty"`
 }
 
 // LeaseInfo is a volume's writer lease.
@@ -219,6 +237,11 @@ type AdoptRequest struct {
 	// Steal takes a live lease: its holder is fenced and loses what it
 	// had not uploaded.
 	Steal bool `json:"steal,omitempty"`
+	// Hydrate is "all" (default: fill the cache with the volume's data in
+	// the background) or "none" (fetch only what is read).
+	Hydrate string `json:"hydrate,omitempty"`
+	// HydrateRate bounds hydration, in bytes a second (0: no bound).
+	HydrateRate int64 `json:"hydrate_rate,omitempty"`
 }
 
 // AdoptResponse answers POST /v1/adopt.
