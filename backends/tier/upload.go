@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -249,6 +250,12 @@ func (m Manifest) sum() string {
 // upload backlog drain while writes go on, then briefly holds writes,
 // flushes, uploads what is still dirty and publishes.
 func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
+	return d.checkpoint(ctx, "")
+}
+
+// checkpoint publishes a recovery point and, with a snapshot name, keeps
+// it as that snapshot before garbage collection runs.
+func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, error) {
 	// Chunks under constant writes never go idle long enough to upload,
 	// so the wait is short; whatever is left uploads with writes held.
 	deadline := time.Now().Add(3 * time.Second)
@@ -350,6 +357,14 @@ func (d *Device) Checkpoint(ctx context.Context) (Manifest, error) {
 		d.changed.Store(true)
 		return Manifest{}, fmt.Errorf("checkpoint: publish manifest %d: %w", m.Sequence, err)
 	}
+	if snapshot != "" {
+		if err := d.cfg.Store.Put(ctx, snapshotKey(snapshot), b, store.PutOptions{IfAbsent: true}); err != nil {
+			if errors.Is(err, store.ErrExists) {
+				err = ErrSnapshotExists
+			}
+			return Manifest{}, fmt.Errorf("snapshot %q: %w", snapshot, err)
+		}
+	}
 	d.mu.Lock()
 	d.lastCkpt = m.Created
 	d.mu.Unlock()
@@ -397,6 +412,14 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 	}
 	slices.Sort(manifests)
 	old := manifests[:max(0, len(manifests)-keepManifests)]
+	// Snapshots are roots too (docs/FORMAT.md, "Snapshots").
+	snaps, err := snapshots(ctx, d.cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	for _, sn := range snaps {
+		manifestKeys(sn.Manifest, keep)
+	}
 	for _, key := range manifests[len(old):] {
 		b, err := d.cfg.Store.Get(ctx, key, nil)
 		if err != nil {
