@@ -102,6 +102,18 @@ type Stats struct {
 	Allocated int64
 }
 
+// ReadOnly is implemented by devices that refuse every write (a
+// snapshot), so frontends can say so to clients up front.
+type ReadOnly interface {
+	ReadOnly() bool
+}
+
+// IsReadOnly reports whether d says it refuses every write.
+func IsReadOnly(d Device) bool {
+	ro, ok := d.(ReadOnly)
+	return ok && ro.ReadOnly()
+}
+
 // Statter is implemented by devices that can report their space usage.
 type Statter interface {
 	Stats(ctx context.Context) (Stats, error)

@@ -175,7 +175,13 @@ type SnapshotDevice struct {
 	m Manifest
 }
 
-var _ device.Device = (*SnapshotDevice)(nil)
+var (
+	_ device.Device   = (*SnapshotDevice)(nil)
+	_ device.ReadOnly = (*SnapshotDevice)(nil)
+)
+
+// ReadOnly implements device.ReadOnly.
+func (sd *SnapshotDevice) ReadOnly() bool { return true }
 
 // OpenSnapshot returns a read-only device reading manifest m from s.
 func OpenSnapshot(s store.Store, m Manifest) (*SnapshotDevice, error) {
@@ -265,3 +271,15 @@ func (sd *SnapshotDevice) Close() error { return nil }
 
 // Created is when the snapshot's recovery point was taken.
 func (sd *SnapshotDevice) Created() time.Time { return sd.m.Created }
+
+// SnapshotNames lists the volume's snapshots by name (one listing).
+func (d *Device) SnapshotNames(ctx context.Context) ([]string, error) {
+	var names []string
+	err := d.cfg.Store.List(ctx, "snapshots/", func(o store.ObjectInfo) error {
+		if n, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, "snapshots/"), ".json"); ok {
+			names = append(names, n)
+		}
+		return nil
+	})
+	return names, err
+}

@@ -19,6 +19,7 @@ func cmdVolume() *cli.Command {
 			cmdVolumeExport(),
 			cmdVolumeRelease(),
 			cmdVolumeAdopt(),
+			cmdVolumeSnapshot(),
 		},
 	}
 }

@@ -19,4 +19,7 @@
 //	POST   /v1/volumes/{name}/release?force=1  hand the volume over: final recovery point, lease given up
 //	POST   /v1/adopt                   serve a volume a store holds {"store":..., "volume":..., "force":..., "steal":...}
 //	GET    /v1/stores/{name}/volumes   the volumes a store holds, with recovery points and leases
+//	GET    /v1/volumes/{name}/snapshots          list snapshots
+//	POST   /v1/volumes/{name}/snapshots          create {"name":...}
+//	DELETE /v1/volumes/{name}/snapshots/{snap}   remove
 package api

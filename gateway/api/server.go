@@ -58,6 +58,9 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("GET /v1/stores/{name}/volumes", h.storeVolumes)
 	mux.HandleFunc("POST /v1/volumes/{name}/release", h.release)
 	mux.HandleFunc("POST /v1/adopt", h.adopt)
+	mux.HandleFunc("GET /v1/volumes/{name}/snapshots", h.snapshots)
+	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", h.createSnapshot)
+	mux.HandleFunc("DELETE /v1/volumes/{name}/snapshots/{snap}", h.removeSnapshot)
 	return mux
 }
 
@@ -247,4 +250,34 @@ func (h *handler) adopt(w http.ResponseWriter, r *http.Request) {
 	}
 	resp.Volume = h.volumes(r, in)[0]
 	writeJSON(w, http.StatusCreated, resp)
+}
+
+func (h *handler) snapshots(w http.ResponseWriter, r *http.Request) {
+	list, err := h.m.ListSnapshots(r.Context(), r.PathValue("name"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+func (h *handler) createSnapshot(w http.ResponseWriter, r *http.Request) {
+	var req wire.SnapshotRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	sn, err := h.m.CreateSnapshot(r.Context(), r.PathValue("name"), req.Name)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, sn)
+}
+
+func (h *handler) removeSnapshot(w http.ResponseWriter, r *http.Request) {
+	if err := h.m.RemoveSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snap")); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -95,13 +95,16 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 	return s
 }
 
-// TargetName is the IQN of a volume's target.
-func (s *Server) TargetName(vol string) string { return s.cfg.BaseIQN + ":" + vol }
+// TargetName is the IQN of a volume's target: BASE:VOLUME, and for a
+// snapshot export VOLUME@SNAPSHOT (an IQN has no '@') BASE:VOLUME:SNAPSHOT.
+func (s *Server) TargetName(vol string) string {
+	return s.cfg.BaseIQN + ":" + strings.Replace(vol, "@", ":", 1)
+}
 
-// volumeOf returns the volume a target name names.
+// volumeOf returns the export a target name names.
 func (s *Server) volumeOf(target string) (string, bool) {
 	v, ok := strings.CutPrefix(target, s.cfg.BaseIQN+":")
-	return v, ok && v != ""
+	return strings.Replace(v, ":", "@", 1), ok && v != ""
 }
 
 func (s *Server) access(ctx context.Context, vol string) (Access, error) {

@@ -80,7 +80,7 @@ func (c *conn) option(ctx context.Context, opt uint32, data []byte) (*volume.Att
 		}
 		reply := make([]byte, 10, 134)
 		binary.BigEndian.PutUint64(reply[0:8], uint64(att.Dev.Size()))
-		binary.BigEndian.PutUint16(reply[8:10], transmitFlags)
+		binary.BigEndian.PutUint16(reply[8:10], flagsFor(att.Dev))
 		if !c.noZeroes {
 			reply = reply[:134]
 		}
@@ -156,19 +156,20 @@ func (c *conn) infoOrGo(ctx context.Context, opt uint32, data []byte) (*volume.A
 	var att *volume.Attachment
 	var size int64
 	var id string
+	var flags uint16
 	if opt == optGo {
 		a, err := c.s.exports.Attach(ctx, name, c.client())
 		if err != nil {
 			return nil, c.exportError(opt, name, err)
 		}
-		att, size, id = a, a.Dev.Size(), a.ID
+		att, size, id, flags = a, a.Dev.Size(), a.ID, flagsFor(a.Dev)
 	} else {
 		// NBD_OPT_INFO: look without holding the volume.
 		a, err := c.s.exports.Attach(ctx, name, c.client())
 		if err != nil {
 			return nil, c.exportError(opt, name, err)
 		}
-		size, id = a.Dev.Size(), a.ID
+		size, id, flags = a.Dev.Size(), a.ID, flagsFor(a.Dev)
 		a.Detach()
 	}
 
@@ -181,7 +182,7 @@ func (c *conn) infoOrGo(ctx context.Context, opt uint32, data []byte) (*volume.A
 	exp := make([]byte, 12)
 	binary.BigEndian.PutUint16(exp[0:2], infoExport)
 	binary.BigEndian.PutUint64(exp[2:10], uint64(size))
-	binary.BigEndian.PutUint16(exp[10:12], transmitFlags)
+	binary.BigEndian.PutUint16(exp[10:12], flags)
 	if err := c.optReply(opt, repInfo, exp); err != nil {
 		return fail(err)
 	}

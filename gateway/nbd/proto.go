@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/pojntfx/go-nbd/pkg/protocol"
+
+	"github.com/ferry-io/ferry/backends/device"
 )
 
 // Wire constants of the NBD protocol (NetworkBlockDevice/nbd doc/proto.md).
@@ -59,6 +61,7 @@ const (
 
 	// Transmission flags.
 	tfHasFlags    = protocol.NEGOTIATION_REPLY_FLAGS_HAS_FLAGS
+	tfReadOnly    = uint16(1 << 1)
 	tfSendFlush   = uint16(1 << 2)
 	tfSendFUA     = uint16(1 << 3)
 	tfSendTrim    = uint16(1 << 5)
@@ -177,4 +180,13 @@ func commandName(typ uint16) string {
 		return commandNames[typ]
 	}
 	return "unknown"
+}
+
+// flagsFor is the transmission flags of an export of dev: read-only
+// devices (snapshots) say so.
+func flagsFor(dev device.Device) uint16 {
+	if device.IsReadOnly(dev) {
+		return transmitFlags | tfReadOnly
+	}
+	return transmitFlags
 }

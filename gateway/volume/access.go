@@ -211,6 +211,7 @@ func (m *Manager) UpdateAccess(ctx context.Context, name string, u AccessUpdate)
 // Access returns a volume's access control, secrets included, for the
 // iSCSI frontend. A volume without settings returns the zero value.
 func (m *Manager) Access(ctx context.Context, name string) (Access, error) {
+	name, _, _ = splitExport(name) // a snapshot's rules are its volume's
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	v, ok := m.vols[name]
@@ -234,6 +235,9 @@ func (m *Manager) prPath(rec *Record) string {
 // LoadPR returns the volume's saved SCSI persistent-reservation state (nil
 // when none was saved).
 func (m *Manager) LoadPR(ctx context.Context, name string) ([]byte, error) {
+	if _, _, isSnap := splitExport(name); isSnap {
+		return nil, nil // a snapshot export keeps no reservations
+	}
 	m.mu.Lock()
 	v, ok := m.vols[name]
 	m.mu.Unlock()
@@ -252,6 +256,9 @@ func (m *Manager) LoadPR(ctx context.Context, name string) ([]byte, error) {
 
 // SavePR durably replaces the volume's persistent-reservation state.
 func (m *Manager) SavePR(ctx context.Context, name string, state []byte) error {
+	if _, _, isSnap := splitExport(name); isSnap {
+		return fmt.Errorf("save reservations of %q: a snapshot export is read-only: %w", name, ErrInvalid)
+	}
 	m.mu.Lock()
 	v, ok := m.vols[name]
 	m.mu.Unlock()

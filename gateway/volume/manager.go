@@ -105,6 +105,9 @@ type vol struct {
 	revoked  chan struct{}
 	removing bool
 	drained  chan struct{} // closed when a removing volume has no clients
+	// snaps are the volume's snapshots, by name, with their export's
+	// device once a client opened it (snapshots.go).
+	snaps map[string]*tier.SnapshotDevice
 }
 
 var _ Exports = (*Manager)(nil)
@@ -172,7 +175,9 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 			m.closeAll()
 			return nil, fmt.Errorf("open volume %q: %w", rec.Name, err)
 		}
-		m.vols[rec.Name] = &vol{rec: rec, dev: dev, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
+		v := &vol{rec: rec, dev: dev, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
+		m.loadSnapshotNames(ctx, v)
+		m.vols[rec.Name] = v
 	}
 	m.removeOrphans()
 	if cfg.Registerer != nil {
@@ -404,6 +409,7 @@ func (m *Manager) List(ctx context.Context, client Client) ([]string, error) {
 	for n, v := range m.vols {
 		if !v.removing && v.rec.Access.admit(client) == nil {
 			names = append(names, n)
+			names = append(names, m.snapshotExportsLocked(v)...)
 		}
 	}
 	slices.Sort(names)
@@ -564,6 +570,9 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 
 // Attach implements Exports.
 func (m *Manager) Attach(ctx context.Context, name string, client Client) (*Attachment, error) {
+	if _, _, isSnap := splitExport(name); isSnap {
+		return m.attachSnapshot(ctx, name, client)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	v, ok := m.vols[name]

@@ -1,8 +1,10 @@
 package acceptance
 
 import (
+	"bufio"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -311,5 +313,119 @@ func TestStealFencesTheOldWriter(t *testing.T) {
 	out, _ = runErr(time.Minute, qemuIO, "-f", "raw", "-c", "write -P 0x55 0 4k", a.uri("vm1"))
 	if !strings.Contains(out, "Operation not permitted") {
 		t.Errorf("A after a restart writes a volume B holds:\n%s", out)
+	}
+}
+
+// A snapshot taken under a flushing write load reads as exactly one flush
+// point that holds every write acknowledged before the command started;
+// it is a read-only export over NBD and iSCSI, survives later writes and
+// recovery points, and is listed with what only it keeps.
+func TestSnapshotUnderLoad(t *testing.T) {
+	srv := s3Env(t, "ferry-snap")
+	g := startGateway(t, "--checkpoint-interval", "1h")
+	g.mustCLI("store", "add", "cloud", "--endpoint", srv.Endpoint, "--bucket", "ferry-snap")
+	g.mustCLI("volume", "create", "vm1", "--size", "64M", "--store", "cloud")
+	// Block k (4 KiB) gets byte k%251+1, in order, each write flushed and
+	// then reported: every flush point is a prefix of blocks.
+	const blocks = 3000
+	writer := testutil.Nbdsh(t, "-u", g.uri("vm1"), "-c", fmt.Sprintf(`
+import sys
+for k in range(%d):
+    h.pwrite(bytes([k %% 251 + 1]) * 4096, k * 4096)
+    h.flush()
+    print(k, flush=True)
+`, blocks))
+	stdout, err := writer.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	acked := make(chan int, blocks)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var k int
+			fmt.Sscan(sc.Text(), &k)
+			acked <- k
+		}
+		close(acked)
+	}()
+	last := -1
+	for last < 300 {
+		last = <-acked
+	}
+	for more := true; more; { // the newest acknowledgement so far
+		select {
+		case k := <-acked:
+			last = k
+		default:
+			more = false
+		}
+	}
+	g.mustCLI("volume", "snapshot", "create", "vm1", "s1")
+	for range acked { // let the writer finish
+	}
+	if err := writer.Wait(); err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+
+	check := fmt.Sprintf(`
+data = h.pread(%d * 4096, 0)
+j = 0
+while j < %d and data[j*4096:(j+1)*4096] == bytes([j %% 251 + 1]) * 4096:
+    j += 1
+assert data[j*4096:] == bytes(len(data) - j*4096), "not a flush point: block %%d onwards is not all zeroes" %% j
+assert j > %d, "snapshot misses acknowledged writes: %%d blocks" %% j
+assert h.is_read_only()
+try:
+    h.pwrite(b"x" * 512, 0)
+    raise SystemExit("write to a snapshot succeeded")
+except nbd.Error as e:
+    pass
+print("prefix", j)
+`, blocks+16, blocks, last)
+	out, err := testutil.Nbdsh(t, "-u", g.uri("vm1@s1"), "-c", check).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "prefix") {
+		t.Fatalf("snapshot export: %v\n%s", err, out)
+	}
+	// The same through iSCSI: the target BASE:vm1:s1, read-only.
+	qemuIO := testutil.RequireTool(t, "qemu-io")
+	iurl := "iscsi://" + g.iscsiAddr + "/iqn.2026-11.io.ferry:vm1:s1/0"
+	run(t, time.Minute, qemuIO, "-r", "-f", "raw", "-c", "read -P 1 0 4k", iurl)
+	if out, _ := runErr(time.Minute, qemuIO, "-f", "raw", "-c", "write -P 9 0 4k", iurl); !strings.Contains(out, "failed") {
+		t.Errorf("write to the snapshot's iSCSI target:\n%s", out)
+	}
+	// Overwrite, publish recovery points (each collects): the snapshot
+	// still reads the same, and keeps what the overwrite replaced.
+	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "write -P 0xee 0 16M", "-c", "flush", g.uri("vm1"))
+	for range 4 {
+		g.mustCLI("volume", "checkpoint", "vm1")
+	}
+	if out, err := testutil.Nbdsh(t, "-u", g.uri("vm1@s1"), "-c", check).CombinedOutput(); err != nil {
+		t.Fatalf("snapshot after overwrites and collection: %v\n%s", err, out)
+	}
+	ls := g.mustCLI("volume", "snapshot", "ls", "vm1")
+	if !strings.Contains(ls, "vm1@s1") || strings.Contains(ls, " 0 B\n") {
+		t.Errorf("snapshot ls:\n%s", ls)
+	}
+	// Bad input: each a clear error.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"volume", "snapshot", "create", "vm1", "s1"}, "already exists"},
+		{[]string{"volume", "snapshot", "create", "vm1", "Bad/Name"}, "snapshot name"},
+		{[]string{"volume", "snapshot", "create", "ghost", "s2"}, "no such volume"},
+		{[]string{"volume", "snapshot", "rm", "vm1", "nope"}, "no such volume"},
+	} {
+		if r := g.cli(c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("ferry %v: exit %d %q, want %q", c.args, r.code, r.stderr, c.want)
+		}
+	}
+	g.mustCLI("volume", "snapshot", "rm", "vm1", "s1")
+	if out, err := runErr(time.Minute, testutil.RequireTool(t, "nbdinfo"), g.uri("vm1@s1")); err == nil {
+		t.Errorf("a removed snapshot is still exported:\n%s", out)
 	}
 }

@@ -232,3 +232,22 @@ func (c *Client) Adopt(ctx context.Context, req wire.AdoptRequest) (wire.AdoptRe
 	err := c.do(ctx, http.MethodPost, "/v1/adopt", req, &out)
 	return out, err
 }
+
+// CreateSnapshot snapshots a volume.
+func (c *Client) CreateSnapshot(ctx context.Context, vol, name string) (wire.Snapshot, error) {
+	var out wire.Snapshot
+	err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(vol)+"/snapshots", wire.SnapshotRequest{Name: name}, &out)
+	return out, err
+}
+
+// Snapshots lists a volume's snapshots.
+func (c *Client) Snapshots(ctx context.Context, vol string) ([]wire.Snapshot, error) {
+	var out []wire.Snapshot
+	err := c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(vol)+"/snapshots", nil, &out)
+	return out, err
+}
+
+// RemoveSnapshot removes a volume's snapshot.
+func (c *Client) RemoveSnapshot(ctx context.Context, vol, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol)+"/snapshots/"+url.PathEscape(name), nil, nil)
+}

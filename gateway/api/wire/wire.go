@@ -85,6 +85,9 @@ type Client struct {
 	Remote string `json:"remote"`
 	// Initiator is an iSCSI client's initiator name.
 	Initiator string `json:"initiator,omitempty"`
+	// Export is what the client opened when it is not the volume itself:
+	// a snapshot, VOLUME@SNAPSHOT.
+	Export string `json:"export,omitempty"`
 	// Since is when the client attached.
 	Since time.Time `json:"since"`
 }
@@ -400,4 +403,24 @@ type Status struct {
 type Readiness struct {
 	Ready  bool          `json:"ready"`
 	Stores []StoreHealth `json:"stores"`
+}
+
+// Snapshot describes one snapshot of a volume.
+type Snapshot struct {
+	Name   string `json:"name"`
+	Volume string `json:"volume"`
+	// Export is VOLUME@SNAPSHOT, the read-only export's name (NBD) and,
+	// as BASE:VOLUME:SNAPSHOT, its iSCSI target.
+	Export  string    `json:"export"`
+	Created time.Time `json:"created"`
+	Size    int64     `json:"size"`
+	// RecoveryPoint is the recovery point the snapshot keeps.
+	RecoveryPoint uint64 `json:"recovery_point"`
+	// ExclusiveBytes is what only this snapshot keeps alive in the store.
+	ExclusiveBytes int64 `json:"exclusive_bytes"`
+}
+
+// SnapshotRequest is the body of POST /v1/volumes/{name}/snapshots.
+type SnapshotRequest struct {
+	Name string `json:"name"`
 }
