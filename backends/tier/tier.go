@@ -55,6 +55,11 @@ type Config struct {
 	// DirtyWait bounds how long a write waits for cache space held by
 	// dirty chunks before failing with ErrNoSpace (default 60s).
 	DirtyWait time.Duration
+	// Parents, for a clone, are its ancestors: objects of versions below
+	// a parent's bound are read from that parent's prefix (clone.go), and
+	// every manifest names them (format 3). Store must be Layered over
+	// them.
+	Parents []Parent
 	// Fence, when set, is the volume's writer lease: while it says no,
 	// writes, trims, resizes and flushes fail with device.ErrReadOnly
 	// (uploads are fenced by the store it decorates, lease.Fenced), and
@@ -195,6 +200,14 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		// A new cache: a new volume, or one whose cache was lost (new
 		// machine, lost disk). Either way, continue from the store.
 		if m, err = resume(ctx, cfg, log); err != nil {
+			return nil, fmt.Errorf("tier: %w", err)
+		}
+	}
+	if len(cfg.Parents) > 0 && m.NextSeq < cfg.Parents[0].Below {
+		// A clone's own versions start at its bound: below it, a version
+		// is an ancestor's.
+		m.NextSeq = cfg.Parents[0].Below
+		if err := m.save(cfg.Dir); err != nil {
 			return nil, fmt.Errorf("tier: %w", err)
 		}
 	}

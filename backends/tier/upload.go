@@ -229,14 +229,28 @@ type Manifest struct {
 	// Overlays: decimal chunk index → byte ranges of log objects applied,
 	// in order, over the chunk's object (or zeroes). Format 2 only.
 	Overlays map[string][]Overlay `json:"overlays,omitempty"`
-	Checksum string               `json:"checksum,omitempty"`
+	// Parents: a clone's ancestors, nearest first (format 3 only).
+	Parents  []Parent `json:"parents,omitempty"`
+	Checksum string   `json:"checksum,omitempty"`
 }
 
 // Manifest formats: 1 has whole-chunk objects only; 2 adds overlays.
 const (
 	manifestV1 = "ferry-manifest/1"
 	manifestV2 = "ferry-manifest/2"
+	manifestV3 = "ferry-manifest/3"
 )
+
+// manifestFormat is the format a manifest with these fields has.
+func manifestFormat(parents []Parent) string {
+	if len(parents) > 0 {
+		return manifestV3
+	}
+	return manifestV2
+}
+
+// knownFormat reports whether a reader of this package reads f.
+func knownFormat(f string) bool { return f == manifestV1 || f == manifestV2 || f == manifestV3 }
 
 func (m Manifest) sum() string {
 	m.Checksum = ""
@@ -330,7 +344,7 @@ func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, err
 	}
 	d.mu.Lock()
 	d.meta.Manifest++
-	m := Manifest{Format: manifestV2, Sequence: d.meta.Manifest, Created: time.Now().UTC(),
+	m := Manifest{Format: manifestFormat(d.cfg.Parents), Parents: d.cfg.Parents, Sequence: d.meta.Manifest, Created: time.Now().UTC(),
 		Size: d.meta.Size, ChunkSize: d.meta.ChunkSize, Chunks: map[string]string{}, Overlays: map[string][]Overlay{}}
 	for idx, seq := range d.objects.base {
 		m.Chunks[fmt.Sprint(idx)] = chunkKey(idx, seq)
@@ -420,6 +434,10 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 	for _, sn := range snaps {
 		manifestKeys(sn.Manifest, keep)
 	}
+	// And so are clones' markers.
+	if err := cloneRoots(ctx, d.cfg.Store, keep); err != nil {
+		return nil, err
+	}
 	for _, key := range manifests[len(old):] {
 		b, err := d.cfg.Store.Get(ctx, key, nil)
 		if err != nil {
@@ -501,7 +519,7 @@ func LatestManifest(ctx context.Context, s store.Store) (Manifest, error) {
 			return Manifest{}, err
 		}
 		var m Manifest
-		if json.Unmarshal(b, &m) != nil || (m.Format != manifestV1 && m.Format != manifestV2) || m.Checksum != m.sum() {
+		if json.Unmarshal(b, &m) != nil || !knownFormat(m.Format) || m.Checksum != m.sum() {
 			continue // torn or foreign: an older one is still good
 		}
 		return m, nil

@@ -1,0 +1,176 @@
+package tier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/ferry-io/ferry/backends/store"
+)
+
+// Clones (docs/FORMAT.md, "Clones"): a clone starts as a snapshot of
+// another volume and shares its objects. Its own objects live under its
+// own prefix with versions from its bound up; every chunk or log version
+// below the bound is its parent's (or, below the parent's own bound, the
+// grandparent's...). Each ancestor keeps a marker, clones/CLONEID.json (the
+// clone's first manifest), and keeps every object that manifest names
+// while the marker exists: garbage collection of an ancestor never deletes
+// what a clone reads, whether the snapshot or the ancestor volume goes.
+
+// Parent is one ancestor of a clone, as its manifests record it.
+type Parent struct {
+	// Prefix is the ancestor's prefix, relative to the store's (e.g.
+	// "volumes/ID/").
+	Prefix string `json:"prefix"`
+	// Below: object versions below it (and at or above the next
+	// ancestor's) are this ancestor's.
+	Below uint64 `json:"below"`
+}
+
+// Layer is an ancestor's store with its bound.
+type Layer struct {
+	Store store.Store
+	Below uint64
+}
+
+// Layered returns a clone's store: reads of object versions below a
+// layer's bound go to that layer (layers nearest first, bounds
+// decreasing); everything else, and every write, delete and listing, to
+// own.
+func Layered(own store.Store, layers []Layer) store.Store {
+	if len(layers) == 0 {
+		return own
+	}
+	return &layered{Store: own, layers: layers}
+}
+
+type layered struct {
+	store.Store
+	layers []Layer
+}
+
+// Unwrap returns the clone's own store.
+func (l *layered) Unwrap() store.Store { return l.Store }
+
+// objectVersion parses the version of a chunk or log key.
+func objectVersion(key string) (uint64, bool) {
+	if v, ok := logSeq(key); ok {
+		return v, true
+	}
+	rest, ok := strings.CutPrefix(key, "chunks/")
+	if !ok || len(rest) != 33 || rest[16] != '/' {
+		return 0, false
+	}
+	return parseHex16([]byte(rest[17:]))
+}
+
+func (l *layered) route(key string) store.Store {
+	v, ok := objectVersion(key)
+	if !ok || v >= l.layers[0].Below {
+		return l.Store
+	}
+	for i := 0; i+1 < len(l.layers); i++ {
+		if v >= l.layers[i+1].Below {
+			return l.layers[i].Store
+		}
+	}
+	return l.layers[len(l.layers)-1].Store
+}
+
+func (l *layered) Get(ctx context.Context, key string, buf []byte) ([]byte, error) {
+	return l.route(key).Get(ctx, key, buf)
+}
+
+func (l *layered) GetRange(ctx context.Context, key string, off, length int64) ([]byte, error) {
+	return l.route(key).GetRange(ctx, key, off, length)
+}
+
+func (l *layered) Stat(ctx context.Context, key string) (store.ObjectInfo, error) {
+	return l.route(key).Stat(ctx, key)
+}
+
+// cloneMarkerKey is the marker an ancestor keeps for a clone.
+func cloneMarkerKey(cloneID string) string { return "clones/" + cloneID + ".json" }
+
+// maxVersion is the highest object version a manifest names.
+func maxVersion(m Manifest) uint64 {
+	var top uint64
+	for _, k := range m.Chunks {
+		if v, ok := objectVersion(k); ok {
+			top = max(top, v)
+		}
+	}
+	for _, ovs := range m.Overlays {
+		for _, o := range ovs {
+			if v, ok := objectVersion(o.Log); ok {
+				top = max(top, v)
+			}
+		}
+	}
+	return top
+}
+
+// SeedClone prepares a clone of the recovery point m of the volume at
+// parentPrefix: it returns the clone's ancestors (the parent, then m's own
+// ancestors) and writes, first, a marker into every ancestor (ancestors
+// maps each ancestor prefix to its store), then the clone's first
+// manifest into the clone's store. Opening a tier over the clone's store,
+// Layered over the ancestors, then serves the snapshot's content.
+func SeedClone(ctx context.Context, m Manifest, parentPrefix, cloneID string, ancestors func(prefix string) (store.Store, error), clone store.Store) ([]Parent, error) {
+	parents := append([]Parent{{Prefix: parentPrefix, Below: maxVersion(m) + 1}}, m.Parents...)
+	seed := m
+	seed.Format, seed.Parents, seed.Sequence = manifestV3, parents, 1
+	seed.Checksum = seed.sum()
+	b, _ := json.MarshalIndent(seed, "", " ")
+	for _, p := range parents {
+		s, err := ancestors(p.Prefix)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Put(ctx, cloneMarkerKey(cloneID), b, store.PutOptions{}); err != nil {
+			return nil, fmt.Errorf("mark the clone in %s: %w", p.Prefix, err)
+		}
+	}
+	if err := clone.Put(ctx, manifestKey(seed.Sequence), b, store.PutOptions{IfAbsent: true}); err != nil {
+		return nil, fmt.Errorf("clone's first manifest: %w", err)
+	}
+	return parents, nil
+}
+
+// cloneRoots adds to keep every object the clones of the volume in s
+// still read (their markers).
+func cloneRoots(ctx context.Context, s store.Store, keep map[string]bool) error {
+	var keys []string
+	if err := s.List(ctx, "clones/", func(o store.ObjectInfo) error { keys = append(keys, o.Key); return nil }); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		b, err := s.Get(ctx, k, nil)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		var m Manifest
+		if err := json.Unmarshal(b, &m); err != nil {
+			return fmt.Errorf("clone marker %s: %w", k, err)
+		}
+		manifestKeys(m, keep)
+	}
+	return nil
+}
+
+// CloneRoots returns every object key the clones of the volume in s still
+// read, for deleting a volume that has clones.
+func CloneRoots(ctx context.Context, s store.Store) (map[string]bool, error) {
+	keep := map[string]bool{}
+	return keep, cloneRoots(ctx, s, keep)
+}
+
+// UnmarkClone removes a clone's marker from an ancestor.
+func UnmarkClone(ctx context.Context, ancestor store.Store, cloneID string) error {
+	return ancestor.Delete(ctx, cloneMarkerKey(cloneID))
+}
