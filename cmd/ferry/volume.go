@@ -20,6 +20,7 @@ func cmdVolume() *cli.Command {
 			cmdVolumeRelease(),
 			cmdVolumeAdopt(),
 			cmdVolumeSnapshot(),
+			cmdVolumeClone(),
 		},
 	}
 }

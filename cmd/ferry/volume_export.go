@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-io/ferry/backends/s3"
+	"github.com/ferry-io/ferry/backends/store"
 	"github.com/ferry-io/ferry/backends/tier"
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/internal/progress"
@@ -59,8 +60,11 @@ A local volume (not in an S3 store) is copied from its NBD URL instead:
 			if err != nil {
 				return err
 			}
-			st, err := s3.New(s3.Config{Endpoint: loc.Store.Endpoint, Bucket: loc.Store.Bucket, Prefix: loc.Prefix,
-				Region: loc.Store.Region, AccessKey: ak, SecretKey: sk})
+			open := func(prefix string) (store.Store, error) {
+				return s3.New(s3.Config{Endpoint: loc.Store.Endpoint, Bucket: loc.Store.Bucket, Prefix: prefix,
+					Region: loc.Store.Region, AccessKey: ak, SecretKey: sk})
+			}
+			st, err := open(loc.Prefix)
 			if err != nil {
 				return err
 			}
@@ -68,6 +72,16 @@ A local volume (not in an S3 store) is copied from its NBD URL instead:
 			if err != nil {
 				return fmt.Errorf("no recovery point of %s in S3 yet (run ferry volume checkpoint %s): %w", name, name, err)
 			}
+			// A clone reads its ancestors' objects from their prefixes.
+			var layers []tier.Layer
+			for _, p := range m.Parents {
+				ps, err := open(loc.Store.Prefix + p.Prefix)
+				if err != nil {
+					return err
+				}
+				layers = append(layers, tier.Layer{Store: ps, Below: p.Below})
+			}
+			st = tier.Layered(st, layers)
 			f, err := os.OpenFile(c.String("to"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 			if err != nil {
 				return err

@@ -22,4 +22,5 @@
 //	GET    /v1/volumes/{name}/snapshots          list snapshots
 //	POST   /v1/volumes/{name}/snapshots          create {"name":...}
 //	DELETE /v1/volumes/{name}/snapshots/{snap}   remove
+//	POST   /v1/clones                  a volume from a snapshot {"source":"vol@snap", "name":...}
 package api

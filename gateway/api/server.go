@@ -61,6 +61,7 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("GET /v1/volumes/{name}/snapshots", h.snapshots)
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", h.createSnapshot)
 	mux.HandleFunc("DELETE /v1/volumes/{name}/snapshots/{snap}", h.removeSnapshot)
+	mux.HandleFunc("POST /v1/clones", h.clone)
 	return mux
 }
 
@@ -280,4 +281,17 @@ func (h *handler) removeSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) clone(w http.ResponseWriter, r *http.Request) {
+	var req wire.CloneRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	in, err := h.m.Clone(r.Context(), req.Source, req.Name)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, h.volumes(r, in)[0])
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ferry-io/ferry/backends/local"
+	"github.com/ferry-io/ferry/backends/tier"
 )
 
 // catalogVersion is the on-disk catalog format version
@@ -28,6 +29,9 @@ type Record struct {
 	// Store and ChunkSize are set for S3-backed ("tier") volumes.
 	Store     string    `json:"store,omitempty"`
 	ChunkSize int64     `json:"chunk_size,omitempty"`
+	// Parents, for a clone, are its ancestors in the same store, nearest
+	// first (docs/FORMAT.md, "Clones").
+	Parents []tier.Parent `json:"parents,omitempty"`
 	Created   time.Time `json:"created"`
 	// Access is the volume's access control, for every protocol; nil
 	// admits any client (and iSCSI logins use the gateway's default CHAP).

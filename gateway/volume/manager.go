@@ -748,7 +748,10 @@ func tierf(in Info, f func(*TierInfo) float64) float64 {
 }
 
 // deleteObjects removes a removed volume's objects from its store in the
-// background; what it misses stays as unreferenced garbage.
+// background; what it misses stays as unreferenced garbage. Objects its
+// clones still read stay, with a tombstone (removed.json) so that the
+// last clone's removal deletes them. A removed clone is unmarked in its
+// ancestors (docs/FORMAT.md, "Clones").
 func (m *Manager) deleteObjects(rec *Record) {
 	sc, ok := m.stores[rec.Store]
 	if !ok {
@@ -758,22 +761,74 @@ func (m *Manager) deleteObjects(rec *Record) {
 	if err != nil {
 		return
 	}
+	ancestors := make([]store.Store, 0, len(rec.Parents))
+	for _, p := range rec.Parents {
+		if as, _, err := m.objectStore(sc, p.Prefix); err == nil {
+			ancestors = append(ancestors, as)
+		}
+	}
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
-		var keys []string
-		if err := s.List(ctx, "", func(o store.ObjectInfo) error { keys = append(keys, o.Key); return nil }); err != nil {
-			m.log.Warn("listing a removed volume's objects failed; they stay in the store", attrVolume, rec.Name, "err", err)
-			return
+		if n, err := m.deleteVolumeObjects(ctx, s); err != nil {
+			m.log.Warn("deleting a removed volume's objects failed; the rest stay in the store", attrVolume, rec.Name, "err", err)
+		} else {
+			m.log.Info("removed volume's objects deleted from its store", attrVolume, rec.Name, "objects", n)
 		}
-		for _, k := range keys {
-			if err := s.Delete(ctx, k); err != nil {
-				m.log.Warn("deleting a removed volume's objects failed; the rest stay in the store", attrVolume, rec.Name, "err", err)
-				return
+		for _, as := range ancestors {
+			if err := tier.UnmarkClone(ctx, as, rec.ID); err != nil {
+				m.log.Warn("unmarking a removed clone in its ancestor failed; the ancestor keeps what it read", attrVolume, rec.Name, "err", err)
+				continue
+			}
+			// A removed ancestor whose last clone this was goes now.
+			if _, err := as.Stat(ctx, removedKey); err == nil {
+				if _, err := m.deleteVolumeObjects(ctx, as); err != nil {
+					m.log.Warn("deleting a removed ancestor's last objects failed", attrVolume, rec.Name, "err", err)
+				}
 			}
 		}
-		m.log.Info("removed volume's objects deleted from its store", attrVolume, rec.Name, "objects", len(keys))
 	}()
+}
+
+// removedKey marks a removed volume whose clones still read some of its
+// objects.
+const removedKey = "removed.json"
+
+// deleteVolumeObjects deletes a volume's objects but for what its clones
+// read (and their markers, with a tombstone), and returns how many it
+// deleted.
+func (m *Manager) deleteVolumeObjects(ctx context.Context, s store.Store) (int, error) {
+	keep, err := tier.CloneRoots(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	clones := 0
+	var keys []string
+	if err := s.List(ctx, "", func(o store.ObjectInfo) error {
+		switch {
+		case strings.HasPrefix(o.Key, "clones/"):
+			clones++
+		case !keep[o.Key] && o.Key != removedKey:
+			keys = append(keys, o.Key)
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	if clones > 0 {
+		if err := s.Put(ctx, removedKey, []byte(`{"format":"ferry-removed/1"}`), store.PutOptions{}); err != nil {
+			return 0, err
+		}
+	}
+	for i, k := range keys {
+		if err := s.Delete(ctx, k); err != nil {
+			return i, err
+		}
+	}
+	if clones == 0 {
+		s.Delete(ctx, removedKey)
+	}
+	return len(keys), nil
 }

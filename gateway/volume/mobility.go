@@ -82,6 +82,9 @@ type tierOpen struct {
 	// takeover: take a released or expired lease (adopt); steal: also a
 	// live one (adopt --steal).
 	takeover, steal bool
+	// minGeneration is the lowest generation a new lease may take (a
+	// clone's versions must start above its parent's).
+	minGeneration uint64
 }
 
 // heldElsewhere is the fence of a volume whose lease another gateway
@@ -113,7 +116,7 @@ func (m *Manager) volumeStore(ctx context.Context, rec *Record, how tierOpen) (s
 		return s, nil, nil
 	}
 	l, err := lease.Acquire(ctx, sw, m.holder, lease.Options{TTL: m.cfg.LeaseTTL, Takeover: how.takeover, Steal: how.steal,
-		Logger: m.log.With(attrVolume, rec.Name)})
+		MinGeneration: how.minGeneration, Logger: m.log.With(attrVolume, rec.Name)})
 	var held *lease.HeldError
 	switch {
 	case err == nil:
@@ -304,13 +307,19 @@ func looksLikeID(s string) bool {
 	return len(s) == 36 && strings.Count(s, "-") == 4 || len(s) == 16 && strings.Trim(s, "0123456789abcdef") == ""
 }
 
+// bucketVolume is a volume a store holds, and, for a clone, its ancestors.
+type bucketVolume struct {
+	BucketVolume
+	parents []tier.Parent
+}
+
 // bucketVolume reads one volume's description and state from a store.
-func (m *Manager) bucketVolume(ctx context.Context, sc *StoreConfig, id string) (BucketVolume, error) {
+func (m *Manager) bucketVolume(ctx context.Context, sc *StoreConfig, id string) (bucketVolume, error) {
 	s, _, err := m.objectStore(sc, "volumes/"+id+"/")
 	if err != nil {
-		return BucketVolume{}, err
+		return bucketVolume{}, err
 	}
-	bv := BucketVolume{ID: id}
+	bv := bucketVolume{BucketVolume: BucketVolume{ID: id}}
 	b, err := s.Get(ctx, volumeObjectKey, nil)
 	switch {
 	case err == nil:
@@ -325,7 +334,7 @@ func (m *Manager) bucketVolume(ctx context.Context, sc *StoreConfig, id string) 
 	switch {
 	case err == nil:
 		bv.RecoveryPoint, bv.RecoveryPointCreated = mf.Sequence, mf.Created
-		bv.Size, bv.ChunkSize = max(bv.Size, mf.Size), mf.ChunkSize
+		bv.Size, bv.ChunkSize, bv.parents = max(bv.Size, mf.Size), mf.ChunkSize, mf.Parents
 	case !errors.Is(err, store.ErrNotFound):
 		return bv, err
 	}
@@ -379,7 +388,7 @@ func (m *Manager) StoreVolumes(ctx context.Context, storeName string) ([]BucketV
 		if err != nil {
 			return nil, fmt.Errorf("volume %s of store %q: %w", id, storeName, err)
 		}
-		out = append(out, bv)
+		out = append(out, bv.BucketVolume)
 	}
 	slices.SortFunc(out, func(a, b BucketVolume) int { return strings.Compare(a.Name+a.ID, b.Name+b.ID) })
 	return out, nil
@@ -483,7 +492,7 @@ func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (AdoptResponse, I
 		return fail(err)
 	}
 	rec := &Record{ID: id, Name: name, Size: bv.Size, Backend: "tier", Store: req.Store, ChunkSize: bv.ChunkSize,
-		Created: bv.Created, Path: filepath.Join(dir, "tier-"+id)}
+		Created: bv.Created, Path: filepath.Join(dir, "tier-"+id), Parents: bv.parents}
 	if rec.Created.IsZero() {
 		rec.Created = time.Now().UTC().Truncate(time.Second)
 	}
@@ -529,6 +538,7 @@ func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (AdoptResponse, I
 	}
 	resp := AdoptResponse{RecoveryPoint: bv.RecoveryPoint, RecoveryPointCreated: bv.RecoveryPointCreated,
 		AgeSeconds: time.Since(bv.RecoveryPointCreated).Seconds(), Generation: l.Generation(), Previous: bv.Lease}
+
 	m.log.Info("volume adopted", attrVolume, name, "id", id, "store", req.Store, "from_recovery_point", bv.RecoveryPoint,
 		"age", time.Since(bv.RecoveryPointCreated).Round(time.Second).String(), "generation", l.Generation(), "first_own_point", mf.Sequence)
 	return resp, in, nil

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/ferry-io/ferry/backends/lease"
+	"github.com/ferry-io/ferry/backends/store"
 	"github.com/ferry-io/ferry/backends/tier"
 	"github.com/ferry-io/ferry/gateway/api/wire"
 )
@@ -202,4 +206,101 @@ func (m *Manager) snapshotExportsLocked(v *vol) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// Clone makes a writable volume from a snapshot at once, sharing the
+// snapshot's objects (docs/FORMAT.md, "Clones"): nothing is copied. The
+// clone and its parent change independently; the parent and the snapshot
+// may be removed while the clone lives.
+func (m *Manager) Clone(ctx context.Context, source, name string) (Info, error) {
+	fail := func(err error) (Info, error) { return Info{}, fmt.Errorf("clone %s as %q: %w", source, name, err) }
+	volName, snap, isSnap := splitExport(source)
+	if !isSnap {
+		return fail(fmt.Errorf("give the source as VOLUME@SNAPSHOT (ferry volume snapshot ls %s): %w", source, ErrInvalid))
+	}
+	if err := ValidateName(name); err != nil {
+		return fail(err)
+	}
+	v, _, err := m.snapshotTier(volName)
+	if err != nil {
+		return fail(err)
+	}
+	m.mu.Lock()
+	_, exists := m.vols[name]
+	sc := m.stores[v.rec.Store]
+	m.mu.Unlock()
+	if exists {
+		return fail(ErrExists)
+	}
+	parentStore, _, err := m.objectStore(sc, volumePrefix(v.rec))
+	if err != nil {
+		return fail(err)
+	}
+	mf, err := tier.ReadSnapshot(ctx, parentStore, snap)
+	if errors.Is(err, tier.ErrNoSnapshot) {
+		return fail(fmt.Errorf("no snapshot %s@%s (ferry volume snapshot ls %s): %w", volName, snap, volName, ErrNotFound))
+	}
+	if err != nil {
+		return fail(err)
+	}
+	dir, err := m.pickPoolDir()
+	if err != nil {
+		return fail(err)
+	}
+	id := newID()
+	rec := &Record{ID: id, Name: name, Size: mf.Size, Backend: "tier", Store: v.rec.Store, ChunkSize: mf.ChunkSize,
+		Created: time.Now().UTC().Truncate(time.Second), Path: filepath.Join(dir, "tier-"+id), Access: v.rec.Access}
+	cloneStore, _, err := m.objectStore(sc, volumePrefix(rec))
+	if err != nil {
+		return fail(err)
+	}
+	ancestors := func(prefix string) (store.Store, error) {
+		s, _, err := m.objectStore(sc, prefix)
+		return s, err
+	}
+	if rec.Parents, err = tier.SeedClone(ctx, mf, volumePrefix(v.rec), id, ancestors, cloneStore); err != nil {
+		return fail(err)
+	}
+	undoMarks := func() {
+		for _, p := range rec.Parents {
+			if as, err := ancestors(p.Prefix); err == nil {
+				tier.UnmarkClone(context.WithoutCancel(ctx), as, id)
+			}
+		}
+	}
+	// The snapshot kept the objects until the markers were written; had it
+	// gone meanwhile, a collection may have run without either.
+	if _, err := tier.ReadSnapshot(ctx, parentStore, snap); err != nil {
+		undoMarks()
+		return fail(fmt.Errorf("the snapshot went away while it was cloned: %w", err))
+	}
+	td, err := m.openTier(ctx, rec, tierOpen{minGeneration: rec.Parents[0].Below>>lease.GenerationShift + 1})
+	if err != nil {
+		undoMarks()
+		os.RemoveAll(rec.Path)
+		return fail(err)
+	}
+	if s, _, err := m.volumeStoreFor(rec, m.leaseOf(id)); err == nil {
+		m.putVolumeObject(ctx, s, rec)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.vols[name]; ok {
+		td.Close()
+		undoMarks()
+		os.RemoveAll(rec.Path)
+		return fail(ErrExists)
+	}
+	m.cat.Volumes = append(m.cat.Volumes, rec)
+	if err := m.commit(); err != nil {
+		m.cat.Volumes = m.cat.Volumes[:len(m.cat.Volumes)-1]
+		td.Close()
+		undoMarks()
+		os.RemoveAll(rec.Path)
+		return fail(err)
+	}
+	nv := &vol{rec: rec, dev: td, clients: map[*Attachment]Client{}, revoked: make(chan struct{}), snaps: map[string]*tier.SnapshotDevice{}}
+	m.vols[name] = nv
+	m.log.Info("volume cloned", attrVolume, name, "from", source, "id", id)
+	return m.infoLocked(ctx, nv), nil
 }

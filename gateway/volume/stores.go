@@ -199,8 +199,23 @@ func (m *Manager) openTier(ctx context.Context, rec *Record, how tierOpen) (*tie
 	if err != nil {
 		return nil, err
 	}
+	if len(rec.Parents) > 0 {
+		m.mu.Lock()
+		sc := m.stores[rec.Store]
+		m.mu.Unlock()
+		layers := make([]tier.Layer, len(rec.Parents))
+		for i, p := range rec.Parents {
+			ps, _, err := m.objectStore(sc, p.Prefix)
+			if err != nil {
+				m.dropLease(rec.ID)
+				return nil, err
+			}
+			layers[i] = tier.Layer{Store: ps, Below: p.Below}
+		}
+		s = tier.Layered(s, layers)
+	}
 	td, err := tier.Open(ctx, tier.Config{
-		Dir: rec.Path, Store: s, Size: rec.Size, ChunkSize: rec.ChunkSize, Fence: fence,
+		Dir: rec.Path, Store: s, Size: rec.Size, ChunkSize: rec.ChunkSize, Fence: fence, Parents: rec.Parents,
 		Budget: m.budget, Metrics: m.tierMetrics, FetchTimeout: m.cfg.FetchTimeout, DirtyWait: m.cfg.DirtyWait,
 		Readahead: m.cfg.Readahead, Logger: m.log.With(attrVolume, rec.Name),
 	})

@@ -429,3 +429,98 @@ print("prefix", j)
 		t.Errorf("a removed snapshot is still exported:\n%s", out)
 	}
 }
+
+// A clone is writable at once, shares its parent's data, changes
+// independently, and keeps reading everything after its snapshot and its
+// parent are removed and garbage collected, also from a lost cache; the
+// image is checked against one built independently with qemu-io.
+func TestCloneOutlivesParent(t *testing.T) {
+	qemuIO := testutil.RequireTool(t, "qemu-io")
+	srv := s3Env(t, "ferry-clone")
+	g := startGateway(t, "--checkpoint-interval", "1h")
+	g.mustCLI("store", "add", "cloud", "--endpoint", srv.Endpoint, "--bucket", "ferry-clone")
+	g.mustCLI("volume", "create", "vm1", "--size", "64M", "--store", "cloud")
+	parentWrites := []string{"-c", "write -P 0x11 0 16M", "-c", "write -P 0x12 20M 4k", "-c", "write -P 0x13 30M 300k"}
+	run(t, time.Minute, qemuIO, append(append([]string{"-f", "raw"}, parentWrites...), "-c", "flush", g.uri("vm1"))...)
+	g.mustCLI("volume", "snapshot", "create", "vm1", "s1")
+	out := g.mustCLI("volume", "clone", "vm1@s1", "c1")
+	if !strings.Contains(out, "cloned vm1@s1 as c1") {
+		t.Errorf("clone output:\n%s", out)
+	}
+	cloneWrites := []string{"-c", "write -P 0x21 8M 1M", "-c", "write -P 0x22 40M 4M"}
+	run(t, time.Minute, qemuIO, append(append([]string{"-f", "raw"}, cloneWrites...), "-c", "flush", g.uri("c1"))...)
+	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "write -P 0x31 0 16M", "-c", "flush", g.uri("vm1"))
+
+	// The expected image, built independently.
+	want := filepath.Join(t.TempDir(), "want.img")
+	run(t, time.Minute, testutil.RequireTool(t, "qemu-img"), "create", "-f", "raw", want, "64M")
+	run(t, time.Minute, qemuIO, append(append(append([]string{"-f", "raw"}, parentWrites...), cloneWrites...), want)...)
+	compare := func(what string) {
+		t.Helper()
+		got := filepath.Join(t.TempDir(), "got.img")
+		run(t, 5*time.Minute, testutil.RequireTool(t, "nbdcopy"), g.uri("c1"), got)
+		if out, err := runErr(time.Minute, "cmp", want, got); err != nil {
+			t.Fatalf("clone %s: %v\n%s", what, err, out)
+		}
+	}
+	compare("at once")
+	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "read -P 0x31 0 16M", "-c", "read -P 0x12 20M 4k", g.uri("vm1"))
+
+	// Bad input.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"volume", "clone", "vm1@nope", "c2"}, "no snapshot vm1@nope"},
+		{[]string{"volume", "clone", "vm1", "c2"}, "VOLUME@SNAPSHOT"},
+		{[]string{"volume", "clone", "vm1@s1", "c1"}, "already exists"},
+		{[]string{"volume", "clone", "vm1@s1", "Bad_Name"}, "a-z, 0-9"},
+	} {
+		if r := g.cli(c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("ferry %v: exit %d %q, want %q", c.args, r.code, r.stderr, c.want)
+		}
+	}
+
+	// The snapshot and the parent go; the clone collects; its cache is lost.
+	g.mustCLI("volume", "snapshot", "rm", "vm1", "s1")
+	g.mustCLI("volume", "checkpoint", "vm1")
+	parentID := g.info("vm1").ID
+	g.mustCLI("volume", "rm", "vm1")
+	for range 4 {
+		run(t, time.Minute, qemuIO, "-f", "raw", "-c", "write -P 0x22 40M 4M", "-c", "flush", g.uri("c1"))
+		g.mustCLI("volume", "checkpoint", "c1")
+	}
+	id := g.info("c1").ID
+	if err := g.stop(); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(g.data, "pool", "tier-"+id))
+	// The removed parent left only what the clone reads, with a tombstone.
+	parentDir := filepath.Join(srv.Dir, "ferry-clone", "volumes", parentID)
+	if _, err := os.Stat(filepath.Join(parentDir, "removed.json")); err != nil {
+		t.Errorf("removed parent has no tombstone: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(parentDir, "manifests")); err == nil {
+		if ents, _ := os.ReadDir(filepath.Join(parentDir, "manifests")); len(ents) > 0 {
+			t.Errorf("removed parent kept %d manifests", len(ents))
+		}
+	}
+	g.start()
+	compare("after its snapshot and parent were removed and collected, from a lost cache")
+	g.exportAndCompare("c1")
+	// The last clone's removal takes the removed parent's leftovers along.
+	g.mustCLI("volume", "rm", "c1")
+	if err := g.stop(); err != nil { // waits for the background deletes
+		t.Fatal(err)
+	}
+	var left []string
+	filepath.Walk(filepath.Join(srv.Dir, "ferry-clone", "volumes"), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		t.Errorf("objects left after the parent and its last clone were removed: %v", left)
+	}
+}

@@ -251,3 +251,10 @@ func (c *Client) Snapshots(ctx context.Context, vol string) ([]wire.Snapshot, er
 func (c *Client) RemoveSnapshot(ctx context.Context, vol, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol)+"/snapshots/"+url.PathEscape(name), nil, nil)
 }
+
+// Clone makes a volume from a snapshot (source VOLUME@SNAPSHOT).
+func (c *Client) Clone(ctx context.Context, source, name string) (wire.VolumeInfo, error) {
+	var out wire.VolumeInfo
+	err := c.do(ctx, http.MethodPost, "/v1/clones", wire.CloneRequest{Source: source, Name: name}, &out)
+	return out, err
+}

@@ -424,3 +424,10 @@ type Snapshot struct {
 type SnapshotRequest struct {
 	Name string `json:"name"`
 }
+
+// CloneRequest is the body of POST /v1/clones.
+type CloneRequest struct {
+	// Source is VOLUME@SNAPSHOT.
+	Source string `json:"source"`
+	Name   string `json:"name"`
+}
