@@ -27,12 +27,12 @@ type Record struct {
 	Backend string `json:"backend"`        // "local" or "tier"
 	Path    string `json:"path,omitempty"` // local: the volume file; tier: the cache directory
 	// Store and ChunkSize are set for S3-backed ("tier") volumes.
-	Store     string    `json:"store,omitempty"`
-	ChunkSize int64     `json:"chunk_size,omitempty"`
+	Store     string `json:"store,omitempty"`
+	ChunkSize int64  `json:"chunk_size,omitempty"`
 	// Parents, for a clone, are its ancestors in the same store, nearest
 	// first (docs/FORMAT.md, "Clones").
 	Parents []tier.Parent `json:"parents,omitempty"`
-	Created   time.Time `json:"created"`
+	Created time.Time     `json:"created"`
 	// Access is the volume's access control, for every protocol; nil
 	// admits any client (and iSCSI logins use the gateway's default CHAP).
 	Access *Access `json:"access,omitempty"`
