@@ -177,6 +177,7 @@ func TestMoveReleaseAdopt(t *testing.T) {
 		t.Fatalf("store volumes on B: %+v", listed)
 	}
 
+	naaA, _ := lunIDs(t, a, "vm1")
 	a.mustCLI("volume", "release", "vm1")
 	if r := a.cli("volume", "info", "vm1"); r.code == 0 {
 		t.Error("a released volume is still listed on A")
@@ -191,6 +192,9 @@ func TestMoveReleaseAdopt(t *testing.T) {
 	}
 	if in := b.info("vm1"); in.ID != id {
 		t.Errorf("adopted volume has id %s, want %s", in.ID, id)
+	}
+	if naaB, _ := lunIDs(t, b, "vm1"); naaB != naaA {
+		t.Errorf("the moved volume's NAA identifier changed: %s on A, %s on B", naaA, naaB)
 	}
 	run(t, 10*time.Minute, fio, fioPattern(b.uri("vm1"), true)...)
 	if r := b.cli("volume", "adopt", "cloud", "vm1"); r.code == 0 || !strings.Contains(r.stderr, "serves it already") {
