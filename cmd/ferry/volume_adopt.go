@@ -69,6 +69,9 @@ loses what it had not uploaded.
 			}
 			if r.Previous != nil && r.Previous.State != "released" {
 				fmt.Printf("took the writer lease from %s (it was %s); writes after the recovery point below are lost\n", orHolder(r.Previous), r.Previous.State)
+				if r.Previous.State == "held" {
+					fmt.Fprintf(os.Stderr, "warning: %s still renewed the lease: if it is alive, it is fenced now (its writes fail) and loses what it had not uploaded\n", orHolder(r.Previous))
+				}
 			}
 			fmt.Printf("adopted %s (%s) at recovery point %d of %s (%s old), writer generation %d\n", r.Volume.Name,
 				formatSize(r.Volume.Size), r.RecoveryPoint, r.RecoveryPointCreated.Local().Format("2006-01-02 15:04:05"),

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -276,9 +278,9 @@ func TestStealFencesTheOldWriter(t *testing.T) {
 		}
 	}()
 	time.Sleep(500 * time.Millisecond)
-	out := b.mustCLI("volume", "adopt", "cloud", "vm1", "--steal")
-	if !strings.Contains(out, "took the writer lease from") {
-		t.Errorf("adopt --steal output:\n%s", out)
+	r := b.cli("volume", "adopt", "cloud", "vm1", "--steal")
+	if r.code != 0 || !strings.Contains(r.stdout, "took the writer lease from") || !strings.Contains(r.stderr, "fenced now") {
+		t.Errorf("adopt --steal: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	// A notices at its next renewal.
 	deadline := time.Now().Add(20 * time.Second)
@@ -298,6 +300,15 @@ func TestStealFencesTheOldWriter(t *testing.T) {
 	}
 	if r := a.cli("volume", "checkpoint", "vm1"); r.code == 0 {
 		t.Error("A published a recovery point after losing the lease")
+	}
+	resp, err := http.Get("http://" + a.apiAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), "ferry_volume_writes_fenced 1") {
+		t.Errorf("/metrics on A does not count the fenced volume")
 	}
 	close(stop)
 	<-writerDone
