@@ -341,7 +341,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 		m.mu.Unlock()
 		td, err := m.openTier(ctx, rec, tierOpen{})
 		if err == nil {
-			if s, _, serr := m.volumeStoreFor(rec, m.leaseOf(rec.ID)); serr == nil {
+			if s, serr := m.volumeStoreFor(rec, m.leaseOf(rec.ID)); serr == nil {
 				m.putVolumeObject(ctx, s, rec)
 			}
 		}
@@ -510,23 +510,8 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 		m.mu.Unlock()
 		return fmt.Errorf("remove volume %q: %w", name, ErrNotFound)
 	}
-	if n := len(v.clients); n > 0 && !force {
-		m.mu.Unlock()
-		return fmt.Errorf("remove volume %q: %d client(s) connected (use --force to disconnect them): %w", name, n, ErrBusy)
-	}
-	v.removing = true
-	v.drained = make(chan struct{})
-	if len(v.clients) == 0 {
-		close(v.drained)
-	}
-	close(v.revoked)
-	m.mu.Unlock()
-
-	select {
-	case <-v.drained:
-	case <-time.After(m.cfg.ForceTimeout):
-		m.log.Warn("clients did not disconnect in time; closing the volume under them", attrVolume, name)
-	case <-ctx.Done():
+	if err := m.evictLocked(ctx, v, force); err != nil {
+		return fmt.Errorf("remove volume %q: %w", name, err)
 	}
 
 	m.mu.Lock()
@@ -565,6 +550,31 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 		}
 	}
 	m.log.Info("volume removed", attrVolume, name, "forced", force)
+	return nil
+}
+
+// evictLocked, called with m.mu held, refuses new clients of v and, when
+// it has clients, fails with ErrBusy unless force, which revokes their
+// attachments and waits (up to ForceTimeout) for them to go. It returns
+// with m.mu released.
+func (m *Manager) evictLocked(ctx context.Context, v *vol, force bool) error {
+	if n := len(v.clients); n > 0 && !force {
+		m.mu.Unlock()
+		return fmt.Errorf("%d client(s) connected (use --force to disconnect them): %w", n, ErrBusy)
+	}
+	v.removing = true
+	v.drained = make(chan struct{})
+	if len(v.clients) == 0 {
+		close(v.drained)
+	}
+	close(v.revoked)
+	m.mu.Unlock()
+	select {
+	case <-v.drained:
+	case <-time.After(m.cfg.ForceTimeout):
+		m.log.Warn("clients did not disconnect in time; going on under them", attrVolume, v.rec.Name)
+	case <-ctx.Done():
+	}
 	return nil
 }
 

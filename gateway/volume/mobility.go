@@ -98,13 +98,7 @@ func (h heldElsewhere) Generation() uint64 { return 0 }
 // when the store has conditional puts: taken (or taken over, as how
 // allows) now, and kept in m.leases until the volume closes.
 func (m *Manager) volumeStore(ctx context.Context, rec *Record, how tierOpen) (store.Store, tier.Fence, error) {
-	m.mu.Lock()
-	sc, ok := m.stores[rec.Store]
-	m.mu.Unlock()
-	if !ok {
-		return nil, nil, fmt.Errorf("store %q is not configured", rec.Store)
-	}
-	s, _, err := m.objectStore(sc, volumePrefix(rec))
+	s, sc, err := m.rawVolumeStore(rec)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -251,22 +245,8 @@ func (m *Manager) Release(ctx context.Context, name string, force bool) (tier.Ma
 		m.mu.Unlock()
 		return tier.Manifest{}, fmt.Errorf("release volume %q: this gateway does not hold its writer lease (%v): %w", name, l.Writable(), ErrBusy)
 	}
-	if n := len(v.clients); n > 0 && !force {
-		m.mu.Unlock()
-		return tier.Manifest{}, fmt.Errorf("release volume %q: %d client(s) connected (use --force to disconnect them): %w", name, n, ErrBusy)
-	}
-	v.removing = true // no new clients
-	v.drained = make(chan struct{})
-	if len(v.clients) == 0 {
-		close(v.drained)
-	}
-	close(v.revoked)
-	m.mu.Unlock()
-	select {
-	case <-v.drained:
-	case <-time.After(m.cfg.ForceTimeout):
-		m.log.Warn("clients did not disconnect in time; releasing the volume under them", attrVolume, name)
-	case <-ctx.Done():
+	if err := m.evictLocked(ctx, v, force); err != nil {
+		return tier.Manifest{}, fmt.Errorf("release volume %q: %w", name, err)
 	}
 	undo := func(err error) (tier.Manifest, error) {
 		m.mu.Lock()
@@ -533,7 +513,7 @@ func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (AdoptResponse, I
 	}
 	in := m.infoLocked(ctx, v)
 	m.mu.Unlock()
-	if s, _, err := m.volumeStoreFor(rec, l); err == nil {
+	if s, err := m.volumeStoreFor(rec, l); err == nil {
 		m.putVolumeObject(ctx, s, rec)
 	}
 	resp := AdoptResponse{RecoveryPoint: bv.RecoveryPoint, RecoveryPointCreated: bv.RecoveryPointCreated,
@@ -544,9 +524,20 @@ func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (AdoptResponse, I
 	return resp, in, nil
 }
 
-// volumeStoreFor is a volume's store fenced by its lease, for writes
-// outside the tier (volume.json).
-func (m *Manager) volumeStoreFor(rec *Record, l *lease.Lease) (store.Store, *lease.Lease, error) {
+// volumeStoreFor is a volume's store, fenced by its lease when it has one
+// (l), for writes outside the tier (volume.json, snapshot removal) and
+// reads of its objects.
+func (m *Manager) volumeStoreFor(rec *Record, l *lease.Lease) (store.Store, error) {
+	s, _, err := m.rawVolumeStore(rec)
+	if err != nil || l == nil {
+		return s, err
+	}
+	return lease.Fenced(s, l), nil
+}
+
+// rawVolumeStore is a volume's store (retries and metrics, no fence) and
+// its store's configuration.
+func (m *Manager) rawVolumeStore(rec *Record) (store.Store, *StoreConfig, error) {
 	m.mu.Lock()
 	sc, ok := m.stores[rec.Store]
 	m.mu.Unlock()
@@ -554,13 +545,7 @@ func (m *Manager) volumeStoreFor(rec *Record, l *lease.Lease) (store.Store, *lea
 		return nil, nil, fmt.Errorf("store %q is not configured", rec.Store)
 	}
 	s, _, err := m.objectStore(sc, volumePrefix(rec))
-	if err != nil {
-		return nil, nil, err
-	}
-	if l != nil {
-		s = lease.Fenced(s, l)
-	}
-	return s, l, nil
+	return s, sc, err
 }
 
 func orID(li *LeaseInfo) string {

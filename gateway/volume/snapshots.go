@@ -111,7 +111,7 @@ func (m *Manager) RemoveSnapshot(ctx context.Context, vol, name string) error {
 		}
 	}
 	m.mu.Unlock()
-	s, _, err := m.volumeStoreFor(v.rec, m.leaseOf(v.rec.ID))
+	s, err := m.volumeStoreFor(v.rec, m.leaseOf(v.rec.ID))
 	if err != nil {
 		return err
 	}
@@ -166,7 +166,7 @@ func (m *Manager) attachSnapshot(ctx context.Context, name string, client Client
 		return nil, fmt.Errorf("attach %q: %w", name, err)
 	}
 	if sd == nil {
-		s, _, err := m.volumeStoreFor(v.rec, nil)
+		s, err := m.volumeStoreFor(v.rec, nil)
 		if err != nil {
 			return nil, fmt.Errorf("attach %q: %w", name, err)
 		}
@@ -280,7 +280,7 @@ func (m *Manager) Clone(ctx context.Context, source, name string) (Info, error) 
 		os.RemoveAll(rec.Path)
 		return fail(err)
 	}
-	if s, _, err := m.volumeStoreFor(rec, m.leaseOf(id)); err == nil {
+	if s, err := m.volumeStoreFor(rec, m.leaseOf(id)); err == nil {
 		m.putVolumeObject(ctx, s, rec)
 	}
 	m.mu.Lock()
