@@ -120,16 +120,8 @@ func (d *Device) Snapshots(ctx context.Context) ([]SnapshotInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	live := map[string]bool{}
 	d.mu.Lock()
-	for idx, seq := range d.objects.base {
-		live[chunkKey(idx, seq)] = true
-	}
-	for _, ovs := range d.objects.overlays {
-		for _, o := range ovs {
-			live[logKey(o.log)] = true
-		}
-	}
+	live := d.objects.keys()
 	d.mu.Unlock()
 	sizes := map[string]int64{}
 	for _, p := range []string{"chunks/", "logs/"} {

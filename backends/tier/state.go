@@ -159,6 +159,20 @@ func (m *objectMap) indexes() []int64 {
 	return out
 }
 
+// keys returns the key of every object the map names.
+func (m *objectMap) keys() map[string]bool {
+	keys := make(map[string]bool, len(m.base))
+	for idx, seq := range m.base {
+		keys[chunkKey(idx, seq)] = true
+	}
+	for _, ovs := range m.overlays {
+		for _, o := range ovs {
+			keys[logKey(o.log)] = true
+		}
+	}
+	return keys
+}
+
 // baseKey is chunk idx's base object key, or "" for zeroes.
 func (m *objectMap) baseKey(idx int64) string {
 	if seq, ok := m.base[idx]; ok {

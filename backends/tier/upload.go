@@ -407,15 +407,7 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 	for seq := range d.inflight {
 		bound = min(bound, seq)
 	}
-	keep := map[string]bool{}
-	for idx, seq := range d.objects.base {
-		keep[chunkKey(idx, seq)] = true
-	}
-	for _, ovs := range d.objects.overlays {
-		for _, o := range ovs {
-			keep[logKey(o.log)] = true
-		}
-	}
+	keep := d.objects.keys()
 	d.mu.Unlock()
 	var manifests []string
 	if err := d.cfg.Store.List(ctx, "manifests/", func(o store.ObjectInfo) error {
