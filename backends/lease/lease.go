@@ -151,6 +151,9 @@ type Lease struct {
 	tag   string
 	state State
 	why   error
+	// fresh: Acquire created or took over the lease, so its generation
+	// is new: nothing in the store is numbered in it yet.
+	fresh bool
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -181,7 +184,7 @@ func Acquire(ctx context.Context, sw store.Swapper, h Holder, opts Options) (*Le
 	case err != nil:
 		return nil, fmt.Errorf("read writer lease: %w", err)
 	case cur.Holder == h.ID && !cur.Released:
-		next.Generation = cur.Generation // this gateway, restarted
+		next.Generation = cur.Generation // this gateway, restarted: not fresh
 	case opts.Steal, opts.Takeover && !cur.Live(now):
 		next.Generation = max(cur.Generation+1, opts.MinGeneration)
 	default:
@@ -196,6 +199,7 @@ func Acquire(ctx context.Context, sw store.Swapper, h Holder, opts Options) (*Le
 		}
 		return nil, fmt.Errorf("take writer lease: %w", err)
 	}
+	l.fresh = tag == "" || cur.Holder != h.ID || cur.Released
 	if tag != "" && cur.Holder != h.ID {
 		log.Warn("took over the volume's writer lease", "generation", next.Generation, "from", cur.HolderName,
 			"released", cur.Released, "expired", !cur.Live(now))
@@ -322,6 +326,11 @@ func (l *Lease) Generation() uint64 {
 	return l.rec.Generation
 }
 
+// Fresh reports whether this gateway created or took over the lease (its
+// generation is new) rather than renewing its own after a restart (it may
+// have numbered objects in that generation before).
+func (l *Lease) Fresh() bool { return l.fresh }
+
 // State reports the lease's state.
 func (l *Lease) State() State {
 	l.mu.Lock()
@@ -382,6 +391,8 @@ type Fence interface {
 	Writable() error
 	// Generation is the writer generation (see GenerationShift).
 	Generation() uint64
+	// Fresh: nothing in the store is numbered in the generation yet.
+	Fresh() bool
 }
 
 var _ Fence = (*Lease)(nil)

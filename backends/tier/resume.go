@@ -14,9 +14,9 @@ import (
 // resume starts a cache that has no meta.json from what the store holds
 // (docs/FORMAT.md, "A cache started over an existing volume"):
 //
-//   - under a writer lease, the versions start at the lease's generation
-//     (Open), so only the newest recovery point is read: a manifest listing
-//     and one get, whatever the volume's size;
+//   - under a writer lease of a new generation (an adoption), the versions
+//     start at the generation (Open), so only the newest recovery point is
+//     read: a manifest listing and one get, whatever the volume's size;
 //
 //   - the object map is the newest valid manifest's, so the volume reads as
 //     of that recovery point and garbage collection keeps what it names;
@@ -29,9 +29,11 @@ import (
 // and the journal are written, durably, before it returns.
 func resume(ctx context.Context, cfg Config, log *slog.Logger) (meta, error) {
 	var top versionsSeen
-	if cfg.Fence != nil && cfg.Fence.Generation() > 0 {
-		// Every earlier writer numbered below this generation: nothing
-		// to scan (Open starts the sequences at the generation).
+	if cfg.Fence != nil && cfg.Fence.Generation() > 0 && cfg.Fence.Fresh() {
+		// A new generation: every earlier writer numbered below it, so
+		// nothing to scan (Open starts the sequences at the generation).
+		// A gateway that renewed its own lease after losing its cache
+		// may have numbered objects in it already, and scans.
 	} else {
 		var err error
 		if top, err = highestVersions(ctx, cfg.Store); err != nil {

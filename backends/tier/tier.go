@@ -300,6 +300,7 @@ func (d *Device) chunkSize() int64 { return d.cfg.ChunkSize }
 type Fence interface {
 	Writable() error
 	Generation() uint64
+	Fresh() bool
 }
 
 // writable says whether the writer lease lets this gateway write.

@@ -93,6 +93,7 @@ type heldElsewhere struct{ err error }
 
 func (h heldElsewhere) Writable() error    { return h.err }
 func (h heldElsewhere) Generation() uint64 { return 0 }
+func (h heldElsewhere) Fresh() bool        { return false }
 
 // volumeStore opens a volume's store, decorated with its writer lease
 // when the store has conditional puts: taken (or taken over, as how
