@@ -421,6 +421,10 @@ func (d *Device) readahead(first, last int64) {
 	d.raRun += int(last + 1 - d.raNext)
 	d.raNext = last + 1
 	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return
+	}
 	var want []int64
 	for idx := last + 1; idx <= last+d.readaheadChunks(); idx++ {
 		_, cached := d.chunks[idx]
@@ -433,10 +437,14 @@ func (d *Device) readahead(first, last int64) {
 			want = append(want, idx)
 		}
 	}
+	// Close waits for the fetches (added under mu, before it closes), so
+	// none caches a chunk or takes budget after Close returns.
+	d.wg.Add(len(want))
 	d.mu.Unlock()
 	for _, idx := range want {
 		d.raBusy[idx] = struct{}{}
 		go func() {
+			defer d.wg.Done()
 			c, _, err := d.lookupMode(d.bg, idx, lookupAhead)
 			if err != nil && d.bg.Err() == nil {
 				d.log.Debug("readahead failed", "chunk", idx, "err", err)
