@@ -114,12 +114,25 @@ func TestReclaimOnlyWhenWorthIt(t *testing.T) {
 	s := store.NewMem()
 	d := fillAndReopen(t, 16, Config{Store: s, CacheBytes: 1 << 20, Uploaders: 1})
 	m := make(model, 16*testChunk)
+	// The 16 small writes must share one log object: hold uploads until
+	// all are written (on a slow machine the uploader took the first few
+	// into a log object of their own, which then stayed fully live).
+	s.SetFail(func(op, key string) error {
+		if op == "put" {
+			return store.ErrUnavailable
+		}
+		return nil
+	})
 	for i := range 16 {
 		copy(m[i*testChunk:], pattern(testChunk, byte(i)))
 		m.write(t, d, pattern(8192, byte(100+i)), int64(i)*testChunk)
 	}
+	s.SetFail(nil)
 	if _, err := d.Checkpoint(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if logs := len(storeKeysWith(t, s, "logs/")); logs != 1 {
+		t.Fatalf("the small writes went into %d log objects, want 1", logs)
 	}
 	overlaid := func() int {
 		d.mu.Lock()
@@ -151,4 +164,14 @@ func TestReclaimOnlyWhenWorthIt(t *testing.T) {
 		t.Fatalf("14 of 16 rewritten: %d chunks keep overlays, want 0", got)
 	}
 	m.check(t, d, s)
+}
+
+// storeKeysWith lists the keys in s under prefix.
+func storeKeysWith(t *testing.T, s store.Store, prefix string) []string {
+	t.Helper()
+	var keys []string
+	if err := s.List(context.Background(), prefix, func(o store.ObjectInfo) error { keys = append(keys, o.Key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return keys
 }
