@@ -55,6 +55,7 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("POST /v1/stores", h.addStore)
 	mux.HandleFunc("GET /v1/stores/{name}", h.storeInfo)
 	mux.HandleFunc("DELETE /v1/stores/{name}", h.removeStore)
+	registerAttachments(mux, h)
 	return mux
 }
 
