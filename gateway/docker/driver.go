@@ -45,6 +45,7 @@ type Driver struct {
 
 	stopRenew chan struct{}
 	renewDone chan struct{}
+	closeOnce sync.Once
 }
 
 // VolumeInfo is one volume as Docker sees it (Get and List).
@@ -91,8 +92,10 @@ func NewDriver(ctx context.Context, cfg Config) (*Driver, error) {
 // Close stops renewing attachments. Mounted volumes stay mounted: a
 // stopped plugin must not pull storage from under running containers.
 func (d *Driver) Close() {
-	close(d.stopRenew)
-	<-d.renewDone
+	d.closeOnce.Do(func() {
+		close(d.stopRenew)
+		<-d.renewDone
+	})
 }
 
 func (d *Driver) save() error {
