@@ -121,7 +121,12 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 
 // fail replies with err as Docker shows it.
 func (h *apiHandler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	h.log.Warn("plugin request failed", "path", r.URL.Path, "err", err)
+	if errors.Is(err, ErrNoVolume) {
+		// Docker asks Get before every Create: not news.
+		h.log.Debug("plugin request failed", "path", r.URL.Path, "err", err)
+	} else {
+		h.log.Warn("plugin request failed", "path", r.URL.Path, "err", err)
+	}
 	reply(w, http.StatusInternalServerError, errResponse{Err: err.Error()})
 }
 

@@ -184,8 +184,8 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 	return d.save()
 }
 
-// lookup finds a volume, adopting a gateway volume of that name that
-// another host created (global scope: Docker may ask before Create).
+// lookup finds a volume for Mount, adopting a gateway volume of that name
+// (made on another host) should Docker mount one it never created here.
 func (d *Driver) lookup(ctx context.Context, name string) (*volumeState, error) {
 	if v, ok := d.st.Volumes[name]; ok {
 		return v, nil
@@ -386,9 +386,11 @@ func (d *Driver) Path(ctx context.Context, name string) (string, error) {
 func (d *Driver) Get(ctx context.Context, name string) (VolumeInfo, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	v, err := d.lookup(ctx, name)
-	if err != nil {
-		return VolumeInfo{}, err
+	// Only what this host knows: Docker asks Get before Create and skips
+	// Create (and its options) for a volume Get finds.
+	v, ok := d.st.Volumes[name]
+	if !ok {
+		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrNoVolume, name)
 	}
 	vi := VolumeInfo{Name: name, CreatedAt: v.Created.Format(time.RFC3339)}
 	if v.Attachment != nil {
@@ -427,7 +429,7 @@ func (d *Driver) Get(ctx context.Context, name string) (VolumeInfo, error) {
 		}
 	}
 	if l, err := d.cfg.Gateway.Attachments(ctx, v.Gateway); err == nil {
-		var holders []string
+		holders := []string{}
 		for _, a := range l {
 			holders = append(holders, a.Host)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -233,6 +234,11 @@ func TestDriverNeverReformats(t *testing.T) {
 	before := sum()
 	d := newTestDriver(t, gw, fa, t.TempDir(), "hostA")
 	defer d.Close()
+	// Docker asks Get first and skips Create, options and all, for a
+	// volume Get finds: Get must not adopt.
+	if _, err := d.Get(ctx, "pre-ext4"); !errors.Is(err, ErrNoVolume) {
+		t.Fatalf("Get of a gateway volume this host never created: %v", err)
+	}
 	if err := d.Create(ctx, "pre-ext4", map[string]string{"fstype": "xfs", "size": "400M"}); err == nil || !strings.Contains(err.Error(), "size") {
 		t.Fatalf("adopting with another size: %v", err)
 	}

@@ -35,6 +35,6 @@ type Attachment struct {
 // after a gateway start covers a renewal interval with margin.
 const (
 	DefaultAttachTTL = 20 * time.Second
-	AttachRenew      = 4 * time.Second
-	AttachGrace      = 10 * time.Second
+	AttachRenew      = 2 * time.Second
+	AttachGrace      = 6 * time.Second
 )
