@@ -67,6 +67,9 @@ fstype (ext4, default, or xfs), readonly (true or false).`,
 				&cli.StringFlag{Name: "nbd", Required: true, Usage: "the volume's NBD URL"},
 				&cli.StringFlag{Name: "dir", Required: true, Usage: "mount the FUSE file system here"},
 				&cli.BoolFlag{Name: "read-only"},
+				&cli.StringFlag{Name: "gateway", Usage: "renew the volume's attachment at this admin API"},
+				&cli.StringFlag{Name: "volume", Usage: "the gateway volume's name"},
+				&cli.StringFlag{Name: "host-id", Usage: "this host's name in the attachment"},
 				&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}},
 			},
 			Action: runFUSEServe,
@@ -104,6 +107,7 @@ func runDockerPlugin(c *cli.Context) error {
 		Root:          filepath.Join(state, "fuse"),
 		LogDir:        filepath.Join(state, "logs"),
 		HelperCommand: []string{self, "docker-plugin", "fuse-serve"},
+		GatewayAddr:   c.String("gateway"),
 		Logger:        log,
 	}
 	attacher, why, err := docker.PickAttacher(c.String("attach"), fuse)
@@ -147,8 +151,15 @@ func runFUSEServe(c *cli.Context) error {
 	defer stop()
 	// Its plugin may die: a closed stdout must not kill the data path.
 	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
+	// The kernel's OOM killer should pick almost anything before the
+	// data path of mounted volumes.
+	os.WriteFile("/proc/self/oom_score_adj", []byte("-900"), 0)
 	ready := os.NewFile(3, "ready")
-	err = docker.ServeFUSE(ctx, docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, Logger: log})
+	cfg := docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, Logger: log}
+	if c.String("gateway") != "" {
+		cfg.Lease = &docker.Lease{Gateway: client.New(c.String("gateway")), Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodFUSE, ReadOnly: c.Bool("read-only")}
+	}
+	err = docker.ServeFUSE(ctx, cfg)
 	if err != nil {
 		log.Error("fuse-serve", "err", err)
 	}

@@ -43,6 +43,9 @@ type AttachSpec struct {
 	Gateway  string
 	NBDURL   string
 	ReadOnly bool
+	// HostID names this host in the gateway's attachments, which the
+	// data path renews while it runs.
+	HostID string
 }
 
 // Attacher makes gateway volumes local block devices by one method. The
@@ -92,8 +95,11 @@ type FUSEAttacher struct {
 	// LogDir receives one log file per helper.
 	LogDir string
 	// HelperCommand runs ServeFUSE; it gets --nbd URL --dir DIR
-	// [--read-only] appended.
+	// [--read-only] and, with GatewayAddr, --gateway ADDR --volume NAME
+	// --host-id ID (to renew the attachment) appended.
 	HelperCommand []string
+	// GatewayAddr is the gateway's admin API, for the helpers' renewals.
+	GatewayAddr string
 	Logger        *slog.Logger
 }
 
@@ -139,6 +145,9 @@ func (f *FUSEAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachment
 	args := append(append([]string(nil), f.HelperCommand[1:]...), "--nbd", spec.NBDURL, "--dir", dir)
 	if spec.ReadOnly {
 		args = append(args, "--read-only")
+	}
+	if f.GatewayAddr != "" && spec.HostID != "" {
+		args = append(args, "--gateway", f.GatewayAddr, "--volume", spec.Gateway, "--host-id", spec.HostID)
 	}
 	cmd := exec.Command(f.HelperCommand[0], args...)
 	cmd.Stdout, cmd.Stderr = logf, logf

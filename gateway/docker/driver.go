@@ -221,6 +221,12 @@ func (d *Driver) Mount(ctx context.Context, name, id string) (string, error) {
 		return "", err
 	}
 	mp := d.mountpoint(name)
+	if v.Attachment != nil && v.Broken == "" {
+		if err := d.cfg.Attacher.Healthy(ctx, v.Attachment); err != nil {
+			v.Broken = err.Error()
+			d.log.Error("mounted volume lost its data path; containers using it get I/O errors until they stop", "volume", name, "err", err)
+		}
+	}
 	if v.Attachment != nil {
 		if v.Broken != "" {
 			return "", fmt.Errorf("volume %s is broken on this host (%s): stop the containers using it (mount IDs %s) so it can be attached afresh", name, v.Broken, strings.Join(v.mountIDs(), ", "))
@@ -256,7 +262,7 @@ func (d *Driver) attach(ctx context.Context, name string, v *volumeState) (err e
 			d.cfg.Gateway.Detach(context.WithoutCancel(ctx), v.Gateway, d.cfg.HostID)
 		}
 	}()
-	a, err := d.cfg.Attacher.Attach(ctx, AttachSpec{Gateway: v.Gateway, NBDURL: in.Attach.NBD.URL, ReadOnly: v.ReadOnly})
+	a, err := d.cfg.Attacher.Attach(ctx, AttachSpec{Gateway: v.Gateway, NBDURL: in.Attach.NBD.URL, ReadOnly: v.ReadOnly, HostID: d.cfg.HostID})
 	if err != nil {
 		return fmt.Errorf("attach %s: %w", name, err)
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/ferry-io/ferry/gateway/api/client"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/docker/internal/nbdclient"
 )
 
@@ -29,8 +31,42 @@ type FUSEConfig struct {
 	// ReadOnly refuses writes.
 	ReadOnly bool
 	// Ready receives one line once the file is served; may be nil.
-	Ready  io.WriteCloser
+	Ready io.WriteCloser
+	// Lease, when set, is renewed at the gateway for as long as the file
+	// is served, so that a volume stays held while its data path lives,
+	// whether or not the plugin does.
+	Lease  *Lease
 	Logger *slog.Logger
+}
+
+// Lease names a gateway attachment to renew.
+type Lease struct {
+	Gateway  *client.Client
+	Volume   string
+	Host     string
+	Protocol string
+	ReadOnly bool
+}
+
+// renew renews the lease every wire.AttachRenew until ctx ends.
+func (l *Lease) renew(ctx context.Context, log *slog.Logger) {
+	t := time.NewTicker(wire.AttachRenew)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, wire.AttachRenew)
+		_, err := l.Gateway.Attach(rctx, l.Volume, l.Host, wire.AttachRequest{Protocol: l.Protocol, ReadOnly: l.ReadOnly, Reclaim: true})
+		cancel()
+		if errors.Is(err, wire.ErrBusy) {
+			log.Error("another host holds this volume's attachment while this host serves it", "volume", l.Volume, "err", err)
+		} else if err != nil && ctx.Err() == nil {
+			log.Warn("renew attachment", "volume", l.Volume, "err", err)
+		}
+	}
 }
 
 // ServeFUSE presents the export as Dir/disk until ctx ends, then unmounts.
@@ -74,6 +110,11 @@ func ServeFUSE(ctx context.Context, cfg FUSEConfig) error {
 	}
 	served := make(chan struct{})
 	go func() { srv.Wait(); close(served) }()
+	if cfg.Lease != nil {
+		lctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go cfg.Lease.renew(lctx, log)
+	}
 	select {
 	case <-ctx.Done():
 	case <-served:

@@ -323,6 +323,9 @@ func attachments(t *testing.T, g *gateway, vol string) []string {
 	return hosts
 }
 
+// wireAttachTTL is wire.DefaultAttachTTL (the plugin asks for no other).
+const wireAttachTTL = 20 * time.Second
+
 func flushCount(t *testing.T, g *gateway) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + g.apiAddr + "/metrics")
@@ -652,6 +655,15 @@ func TestDockerPlugin(t *testing.T) {
 		if left := leftovers(t, filepath.Join(dir, "state-b")); len(left) > 0 {
 			t.Errorf("the refused mount left: %v", left)
 		}
+		// The holder's plugin dead for longer than a lease: the data path
+		// (the FUSE helper) still renews it, so B is still refused.
+		pa.kill9()
+		time.Sleep(wireAttachTTL + 3*time.Second)
+		_, r = pb.call("/VolumeDriver.Mount", []byte(`{"Name":"v3","ID":"b1"}`))
+		if e, _ := r["Err"].(string); !strings.Contains(e, `"host-a"`) {
+			t.Fatalf("host B mount while host A's plugin is dead and its container runs: %v", r)
+		}
+		pa.start()
 		e.docker("rm", "-f", holder)
 		// Once A let go, B may.
 		_, r = pb.call("/VolumeDriver.Mount", []byte(`{"Name":"v3","ID":"b1"}`))
@@ -663,6 +675,37 @@ func TestDockerPlugin(t *testing.T) {
 		}
 		pb.call("/VolumeDriver.Remove", []byte(`{"Name":"v3"}`)) // adopted by B: forgotten
 		e.docker("volume", "rm", "v3")
+	})
+
+	t.Run("helper-kill9", func(t *testing.T) {
+		e.t = t
+		// The data path itself dies (its process killed): the containers
+		// holding the volume get I/O errors; new mounts are refused until
+		// they stop; then it is cleaned up and attaches afresh.
+		e.docker("volume", "create", "-d", driver, "-o", "size=64M", "v4")
+		holder := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "v4:/data", e.image, "sh", "-c", "echo kept > /data/k; sync; sleep 600"))
+		e.docker("exec", holder, "sh", "-c", "for i in $(seq 100); do [ -f /data/k ] && break; sleep 0.1; done; sync")
+		pids := helperPIDs(stateA)
+		if len(pids) != 1 {
+			t.Fatalf("helpers recorded: %v", pids)
+		}
+		syscall.Kill(pids[0], syscall.SIGKILL)
+		out, err := e.dockerErr("exec", holder, "sh", "-c", "dd if=/dev/zero of=/data/z bs=4k count=16 conv=fsync")
+		if err == nil {
+			t.Errorf("an fsync after the data path died succeeded:\n%s", out)
+		}
+		out, err = e.dockerErr("run", "--rm", "--network", "none", "-v", "v4:/data", e.image, "true")
+		if err == nil || !strings.Contains(out, "broken") {
+			t.Errorf("mounting a volume whose data path died: %v %s", err, out)
+		}
+		e.docker("rm", "-f", holder)
+		if left := leftovers(t, dir); len(left) > 0 {
+			t.Fatalf("after the container left:\n%s", strings.Join(left, "\n"))
+		}
+		if out := e.docker("run", "--rm", "--network", "none", "-v", "v4:/data", e.image, "cat", "/data/k"); out != "kept\n" {
+			t.Errorf("after re-attaching: %q", out)
+		}
+		e.docker("volume", "rm", "v4")
 	})
 
 	t.Run("bad-input", func(t *testing.T) {
