@@ -100,7 +100,7 @@ type FUSEAttacher struct {
 	HelperCommand []string
 	// GatewayAddr is the gateway's admin API, for the helpers' renewals.
 	GatewayAddr string
-	Logger        *slog.Logger
+	Logger      *slog.Logger
 }
 
 var _ Attacher = (*FUSEAttacher)(nil)
