@@ -24,6 +24,7 @@ func dockerPluginFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "mount-root", Usage: "mount volumes at `DIR`/NAME (default STATE-DIR/mounts)", EnvVars: []string{"FERRY_DOCKER_MOUNT_ROOT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "attach", Usage: "how volumes become block devices here: auto or fuse (nbd and iscsi: not available yet)", Value: "auto", EnvVars: []string{"FERRY_DOCKER_ATTACH"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "host-id", Usage: "name this host to the gateway's attachments (default: the host name)", EnvVars: []string{"FERRY_DOCKER_HOST_ID"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stale-check", Usage: "drop mount counts Docker never undid (a container stopped while the plugin was down) once no container has used the volume for this long; 0 never", Value: docker.DefaultStaleCheck, EnvVars: []string{"FERRY_DOCKER_STALE_CHECK"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Usage: "text (key=value lines) or json (one JSON object a line)", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"}}),
 	}
@@ -118,6 +119,10 @@ func runDockerPlugin(c *cli.Context) error {
 		return err
 	}
 	log.Info("attach method", "method", attacher.Method(), "why", why)
+	staleCheck := c.Duration("stale-check")
+	if staleCheck == 0 {
+		staleCheck = -1 // never
+	}
 	unlock, err := docker.LockStateDir(state)
 	if err != nil {
 		return err
@@ -126,12 +131,13 @@ func runDockerPlugin(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	d, err := docker.NewDriver(ctx, docker.Config{
-		Gateway:   client.New(c.String("gateway")),
-		StateDir:  state,
-		MountRoot: mountRoot,
-		HostID:    hostID,
-		Attacher:  attacher,
-		Logger:    log,
+		Gateway:    client.New(c.String("gateway")),
+		StateDir:   state,
+		MountRoot:  mountRoot,
+		HostID:     hostID,
+		Attacher:   attacher,
+		StaleCheck: staleCheck,
+		Logger:     log,
 	})
 	if err != nil {
 		return err

@@ -29,7 +29,11 @@ type Config struct {
 	HostID string
 	// Attacher attaches volumes (a FUSEAttacher for now).
 	Attacher Attacher
-	Logger   *slog.Logger
+	// StaleCheck is how long a mounted volume must be unused by any
+	// container before leftover mount counts are dropped (see
+	// sweepStale); 0 means DefaultStaleCheck, negative never.
+	StaleCheck time.Duration
+	Logger     *slog.Logger
 }
 
 // Driver implements the Docker volume plugin's operations. One mutex
@@ -42,6 +46,8 @@ type Driver struct {
 
 	mu sync.Mutex
 	st *stateFile
+	// unused records since when a mounted volume was seen unused.
+	unused map[string]time.Time
 
 	stopRenew chan struct{}
 	renewDone chan struct{}
@@ -66,13 +72,16 @@ func NewDriver(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.StaleCheck == 0 {
+		cfg.StaleCheck = DefaultStaleCheck
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.MountRoot, 0o755); err != nil {
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, log: cfg.Logger, path: filepath.Join(cfg.StateDir, "state.json"), stopRenew: make(chan struct{}), renewDone: make(chan struct{})}
+	d := &Driver{cfg: cfg, log: cfg.Logger, path: filepath.Join(cfg.StateDir, "state.json"), stopRenew: make(chan struct{}), renewDone: make(chan struct{}), unused: map[string]time.Time{}}
 	st, err := loadState(d.path)
 	if err != nil {
 		return nil, err
@@ -221,6 +230,7 @@ func (d *Driver) Mount(ctx context.Context, name, id string) (string, error) {
 		return "", err
 	}
 	mp := d.mountpoint(name)
+	delete(d.unused, name) // a container is starting: restart the stale-check period
 	if v.Attachment != nil && v.Broken == "" {
 		if err := d.cfg.Attacher.Healthy(ctx, v.Attachment); err != nil {
 			v.Broken = err.Error()
@@ -461,7 +471,8 @@ func (d *Driver) List(ctx context.Context) []VolumeInfo {
 	return out
 }
 
-// renewLoop renews the gateway attachments of attached volumes.
+// renewLoop renews the gateway attachments of attached volumes, and
+// sweeps stale mount counts.
 func (d *Driver) renewLoop() {
 	defer close(d.renewDone)
 	t := time.NewTicker(wire.AttachRenew)
@@ -485,6 +496,9 @@ func (d *Driver) renewLoop() {
 			if err != nil {
 				d.log.Error("renew gateway attachment", "gateway_volume", v.Gateway, "err", err)
 			}
+		}
+		if d.cfg.StaleCheck > 0 {
+			d.sweepStale(time.Now())
 		}
 		d.mu.Unlock()
 	}

@@ -12,7 +12,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -100,7 +102,7 @@ func needRoot(t *testing.T) {
 
 func newTestDriver(t *testing.T, gw *client.Client, fa *fileAttacher, state, host string) *Driver {
 	t.Helper()
-	d, err := NewDriver(context.Background(), Config{Gateway: gw, StateDir: state, MountRoot: filepath.Join(state, "mounts"), HostID: host, Attacher: fa})
+	d, err := NewDriver(context.Background(), Config{Gateway: gw, StateDir: state, MountRoot: filepath.Join(state, "mounts"), HostID: host, Attacher: fa, StaleCheck: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,5 +330,68 @@ func TestProtocol(t *testing.T) {
 	}
 	if code, out := call("/VolumeDriver.Remove", []byte(`{"Name": "Proto_1"}`)); code != 200 || out["Err"] != "" {
 		t.Fatalf("remove: %d %v", code, out)
+	}
+}
+
+// Counts whose Unmount never came (the plugin was down when the container
+// stopped) are dropped once nothing has used the volume for the period;
+// a bind mount of the volume (what a container holds) keeps them.
+func TestSweepStaleCounts(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	gw := testGateway(t)
+	fa := &fileAttacher{dir: t.TempDir(), attached: map[string]int{}}
+	d := newTestDriver(t, gw, fa, t.TempDir(), "hostA")
+	defer d.Close()
+	d.cfg.StaleCheck = time.Minute
+	if err := d.Create(ctx, "stale1", map[string]string{"size": "32M"}); err != nil {
+		t.Fatal(err)
+	}
+	mp, err := d.Mount(ctx, "stale1", "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A "container": the volume bind-mounted elsewhere.
+	ctr := t.TempDir()
+	if err := syscall.Mount(mp, ctr, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	d.mu.Lock()
+	d.sweepStale(now)
+	d.sweepStale(now.Add(2 * time.Minute))
+	d.mu.Unlock()
+	if !isMounted(t, mp) {
+		t.Fatal("dropped the counts of a volume in use")
+	}
+	syscall.Unmount(ctr, 0)
+	d.mu.Lock()
+	d.sweepStale(now.Add(3 * time.Minute))
+	d.sweepStale(now.Add(3*time.Minute + 30*time.Second))
+	d.mu.Unlock()
+	if !isMounted(t, mp) {
+		t.Fatal("dropped counts before the period passed")
+	}
+	// A Mount restarts the period.
+	if _, err := d.Mount(ctx, "stale1", "B"); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.sweepStale(now.Add(4*time.Minute + 30*time.Second))
+	d.mu.Unlock()
+	if !isMounted(t, mp) {
+		t.Fatal("a Mount did not restart the period")
+	}
+	d.mu.Lock()
+	d.sweepStale(now.Add(6 * time.Minute))
+	d.mu.Unlock()
+	if isMounted(t, mp) || fa.count("stale1") != 0 {
+		t.Fatalf("unused volume still mounted=%v attached=%d", isMounted(t, mp), fa.count("stale1"))
+	}
+	if p, _ := d.Path(ctx, "stale1"); p != "" {
+		t.Fatalf("Path after the sweep: %q", p)
+	}
+	if err := d.Remove(ctx, "stale1"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -43,6 +43,7 @@ type pluginProc struct {
 	stateDir string
 	hostID   string
 	apiAddr  string
+	extra    []string
 	cmd      *exec.Cmd
 	logs     *syncBuffer
 	exited   chan struct{}
@@ -172,17 +173,17 @@ func (e *dockerEnv) docker(args ...string) string {
 }
 
 // startPlugin starts `ferry docker-plugin` for the gateway.
-func startPlugin(t *testing.T, driver, stateDir, hostID, apiAddr string) *pluginProc {
+func startPlugin(t *testing.T, driver, stateDir, hostID, apiAddr string, extra ...string) *pluginProc {
 	t.Helper()
-	p := &pluginProc{t: t, driver: driver, socket: "/run/docker/plugins/" + driver + ".sock", stateDir: stateDir, hostID: hostID, apiAddr: apiAddr}
+	p := &pluginProc{t: t, driver: driver, socket: "/run/docker/plugins/" + driver + ".sock", stateDir: stateDir, hostID: hostID, apiAddr: apiAddr, extra: extra}
 	p.start()
 	return p
 }
 
 func (p *pluginProc) start() {
 	p.t.Helper()
-	p.cmd = exec.Command(ferryBin, "docker-plugin", "--gateway", p.apiAddr, "--socket", p.socket,
-		"--state-dir", p.stateDir, "--host-id", p.hostID, "--attach", "auto")
+	args := []string{"docker-plugin", "--gateway", p.apiAddr, "--socket", p.socket, "--state-dir", p.stateDir, "--host-id", p.hostID, "--attach", "auto"}
+	p.cmd = exec.Command(ferryBin, append(args, p.extra...)...)
 	if p.logs == nil {
 		p.logs = &syncBuffer{}
 	}
@@ -358,7 +359,9 @@ func TestDockerPlugin(t *testing.T) {
 	e.g = g
 	driver := fmt.Sprintf("ferry-test-%d", os.Getpid())
 	stateA := filepath.Join(dir, "state-a")
-	pa := startPlugin(t, driver, stateA, "host-a", g.apiAddr)
+	// A short stale-check period: every step below also proves the sweep
+	// never pulls a volume from a running container.
+	pa := startPlugin(t, driver, stateA, "host-a", g.apiAddr, "--stale-check", "3s")
 	var pb *pluginProc
 	defer func() {
 		// Containers first (their unmounts reach the plugin), then
@@ -706,6 +709,36 @@ func TestDockerPlugin(t *testing.T) {
 			t.Errorf("after re-attaching: %q", out)
 		}
 		e.docker("volume", "rm", "v4")
+	})
+
+	t.Run("unmount-missed-while-plugin-down", func(t *testing.T) {
+		e.t = t
+		// A container stops while the plugin is dead: Docker's Unmount
+		// fails and is never repeated. The restarted plugin sees that no
+		// container uses the volume and detaches it after the period.
+		e.docker("volume", "create", "-d", driver, "-o", "size=64M", "v5")
+		c := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "v5:/data", e.image, "sleep", "600"))
+		pa.kill9()
+		out, err := e.dockerErr("rm", "-f", c)
+		t.Logf("docker rm -f with the plugin down: %v %s", err, strings.TrimSpace(out))
+		pa.start()
+		deadline := time.Now().Add(60 * time.Second)
+		for len(leftovers(t, dir)) > 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("still attached 60s after the restart:\n%s", strings.Join(leftovers(t, dir), "\n"))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if !strings.Contains(pa.logs.String(), "dropping its leftover mount counts") {
+			t.Errorf("detached without saying why:\n%s", tail(pa.logs.String(), 10))
+		}
+		if l := attachments(t, g, "v5"); len(l) != 0 {
+			t.Errorf("gateway still lists attachments: %v", l)
+		}
+		if out, err := e.dockerErr("rm", "-f", c); err != nil && !strings.Contains(out, "No such container") {
+			t.Logf("second rm: %v %s", err, out)
+		}
+		e.docker("volume", "rm", "v5")
 	})
 
 	t.Run("bad-input", func(t *testing.T) {
