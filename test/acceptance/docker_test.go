@@ -764,3 +764,26 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "ls")
 	})
 }
+
+// The kernel attach methods are refused plainly until they exist.
+func TestDockerPluginAttachNotYet(t *testing.T) {
+	dir := t.TempDir()
+	for _, m := range []string{"nbd", "iscsi", "floppy"} {
+		cmd := exec.Command(ferryBin, "docker-plugin", "--attach", m, "--state-dir", dir, "--socket", filepath.Join(dir, "p.sock"))
+		out, err := cmd.CombinedOutput()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 2 {
+			t.Errorf("--attach %s: %v, want exit 2\n%s", m, err, out)
+		}
+		want := "not available yet"
+		if m == "floppy" {
+			want = "use auto or fuse"
+		}
+		if !strings.Contains(string(out), want) {
+			t.Errorf("--attach %s: %s", m, out)
+		}
+	}
+	if exists(filepath.Join(dir, "p.sock")) {
+		t.Error("a refused start left a socket")
+	}
+}

@@ -469,9 +469,15 @@ func (c *Client) readReplies(conn net.Conn) error {
 				return err
 			}
 		}
+		// Close (or a refused reconnect) may have failed r meanwhile: only
+		// the one who takes it out of pending answers it.
 		c.mu.Lock()
+		_, still := c.pending[handle]
 		delete(c.pending, handle)
 		c.mu.Unlock()
+		if !still {
+			continue
+		}
 		if errno != 0 {
 			r.done <- fmt.Errorf("%s at %d+%d: %w", cmdName(r.cmd), r.off, r.length, Errno(errno))
 		} else {

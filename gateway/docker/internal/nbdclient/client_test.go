@@ -304,3 +304,39 @@ func TestStallWhileServerDown(t *testing.T) {
 		t.Fatalf("after Close: %v", err)
 	}
 }
+
+// Close with requests in flight returns, and so does every request.
+func TestCloseWithRequestsInFlight(t *testing.T) {
+	ctx := context.Background()
+	addr := startServer(t, map[string]device.Device{"v": mem.New(16 << 20)})
+	for round := 0; round < 20; round++ {
+		c, err := Dial(ctx, "nbd://"+addr+"/v", Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for i := 0; i < 16; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, 256<<10)
+				for j := 0; j < 20; j++ {
+					if err := c.ReadAt(ctx, buf, int64(i)<<20); err != nil {
+						if !errors.Is(err, ErrClosed) {
+							t.Errorf("read: %v", err)
+						}
+						return
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round) * time.Millisecond)
+		closed := make(chan struct{})
+		go func() { c.Close(); wg.Wait(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close or a request hung")
+		}
+	}
+}
