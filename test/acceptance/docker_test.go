@@ -632,6 +632,13 @@ func TestDockerPlugin(t *testing.T) {
 		if out := e.docker("run", "--rm", "--network", "none", "-v", "pre:/data", e.image, "cat", "/data/hello"); out != "precious\n" {
 			t.Fatalf("existing data: %q", out)
 		}
+		// Read-only: the data is there, writes are refused.
+		e.docker("volume", "rm", "pre")
+		e.docker("volume", "create", "-d", driver, "-o", "readonly=true", "pre")
+		out, err = e.dockerErr("run", "--rm", "--network", "none", "-v", "pre:/data", e.image, "sh", "-c", "cat /data/hello; touch /data/new")
+		if err == nil || !strings.Contains(out, "precious") || !strings.Contains(out, "Read-only file system") {
+			t.Errorf("readonly=true: %v %q", err, out)
+		}
 		// And xfs where asked, on an empty volume.
 		e.docker("volume", "create", "-d", driver, "-o", "fstype=xfs", "-o", "size=320M", "vx")
 		if out := e.docker("run", "--rm", "--network", "none", "-v", "vx:/data", e.image, "sh", "-c", "echo x > /data/x; grep ' /data ' /proc/mounts"); !strings.Contains(out, " xfs ") {
