@@ -794,3 +794,35 @@ func TestDockerPluginAttachNotYet(t *testing.T) {
 		t.Error("a refused start left a socket")
 	}
 }
+
+// `ferry volume detach` lists a volume's holders, and breaks their leases
+// only with --force.
+func TestVolumeDetachCLI(t *testing.T) {
+	g := startGateway(t)
+	g.mustCLI("volume", "create", "held", "--size", "16M")
+	req, _ := http.NewRequest(http.MethodPut, "http://"+g.apiAddr+"/v1/volumes/held/attachments/docker-3", strings.NewReader(`{"protocol":"fuse","reclaim":true}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode/100 != 2 {
+		t.Fatalf("attach: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	r := g.cli("volume", "detach", "held")
+	if r.code == 0 || !strings.Contains(r.stdout, "host docker-3") || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("without --force: %+v", r)
+	}
+	if l := attachments(t, g, "held"); len(l) != 1 {
+		t.Fatalf("listing broke the lease: %v", l)
+	}
+	if r := g.cli("volume", "detach", "held", "--host", "other", "--force"); r.code == 0 {
+		t.Fatalf("--host of a non-holder: %+v", r)
+	}
+	if out := g.mustCLI("volume", "detach", "held", "--force"); !strings.Contains(out, "broke host docker-3") {
+		t.Fatalf("--force: %q", out)
+	}
+	if l := attachments(t, g, "held"); len(l) != 0 {
+		t.Fatalf("after --force: %v", l)
+	}
+	if out := g.mustCLI("volume", "detach", "held"); !strings.Contains(out, "not attached") {
+		t.Fatalf("after: %q", out)
+	}
+}
