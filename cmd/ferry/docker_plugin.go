@@ -91,7 +91,12 @@ func runDockerPlugin(c *cli.Context) error {
 	if mountRoot == "" {
 		mountRoot = filepath.Join(state, "mounts")
 	}
-	if mountRoot, err = filepath.Abs(mountRoot); err != nil {
+	// Real paths: reconciling compares them with /proc/self/mountinfo,
+	// which shows no symlinks.
+	if state, err = realDir(state); err != nil {
+		return err
+	}
+	if mountRoot, err = realDir(mountRoot); err != nil {
 		return err
 	}
 	hostID := c.String("host-id")
@@ -145,6 +150,18 @@ func runDockerPlugin(c *cli.Context) error {
 	defer d.Close()
 	log.Info("ferry docker-plugin ready", "gateway", c.String("gateway"), "host_id", hostID, "state_dir", state, "mount_root", mountRoot)
 	return docker.Serve(ctx, c.String("socket"), docker.Handler(d, log), log)
+}
+
+// realDir creates dir and returns its absolute path without symlinks.
+func realDir(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(abs)
 }
 
 func runFUSEServe(c *cli.Context) error {

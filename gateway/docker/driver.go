@@ -81,6 +81,10 @@ func NewDriver(ctx context.Context, cfg Config) (*Driver, error) {
 	if err := os.MkdirAll(cfg.MountRoot, 0o755); err != nil {
 		return nil, err
 	}
+	// mountinfo shows real paths: compare like with like.
+	if real, err := filepath.EvalSymlinks(cfg.MountRoot); err == nil {
+		cfg.MountRoot = real
+	}
 	d := &Driver{cfg: cfg, log: cfg.Logger, path: filepath.Join(cfg.StateDir, "state.json"), stopRenew: make(chan struct{}), renewDone: make(chan struct{}), unused: map[string]time.Time{}}
 	st, err := loadState(d.path)
 	if err != nil {
