@@ -14,6 +14,9 @@
 //   - attach.go: the Attacher seam (one per attach method) and the FUSE
 //     attacher; fuse.go: the FUSE file that serves a volume over NBD
 //     (internal/nbdclient), run in a helper process per volume.
+//   - stale.go: dropping mount counts whose Unmount never came (the
+//     plugin was down when a container stopped) once no mount namespace
+//     holds the volume; lock.go: one plugin per state directory.
 //   - names.go, options.go: Docker names to gateway names, -o options.
 //
 // The plugin talks to the gateway only through gateway/api/client; it
