@@ -748,6 +748,25 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "rm", "v5")
 	})
 
+	t.Run("s3-store", func(t *testing.T) {
+		e.t = t
+		srv := s3Env(t, "ferry-docker")
+		g.mustCLI("store", "add", "dockercloud", "--endpoint", srv.Endpoint, "--bucket", "ferry-docker")
+		if out, err := e.dockerErr("volume", "create", "-d", driver, "-o", "store=nope", "vbad"); err == nil || !strings.Contains(out, "nope") {
+			t.Errorf("unknown store: %v %s", err, out)
+		}
+		e.docker("volume", "create", "-d", driver, "-o", "store=dockercloud", "-o", "size=256M", "vs3")
+		if st := e.volStatus("vs3"); st["store"] != "dockercloud" || st["size"] != "256 MiB" {
+			t.Errorf("inspect: %v", st)
+		}
+		e.docker("run", "--rm", "--network", "none", "-v", "vs3:/data", e.image, "sh", "-c", "echo in-s3 > /data/f")
+		if out := e.docker("run", "--rm", "--network", "none", "-v", "vs3:/data", e.image, "cat", "/data/f"); out != "in-s3\n" {
+			t.Errorf("read back: %q", out)
+		}
+		g.mustCLI("volume", "checkpoint", "vs3")
+		e.docker("volume", "rm", "vs3")
+	})
+
 	t.Run("bad-input", func(t *testing.T) {
 		e.t = t
 		for _, tc := range []struct {
