@@ -67,26 +67,30 @@ func (f *fileAttacher) count(gw string) int {
 	return f.attached[gw]
 }
 
-var (
-	gwOnce sync.Once
-	gwURL  string
-)
+// gwURL is one in-process gateway API for the package's tests (its
+// attachment grace after start is waited out once), run by TestMain.
+var gwURL string
 
-// testGateway is one in-process gateway API for the package's tests,
-// started once: its attachment grace after start is waited out once.
-func testGateway(t *testing.T) *client.Client {
-	gwOnce.Do(func() {
-		dir, _ := os.MkdirTemp("", "ferry-docker-test-")
-		reg := prometheus.NewRegistry()
-		m, err := volume.Open(context.Background(), volume.Config{DataDir: dir, Registerer: reg})
-		if err != nil {
-			panic(err)
-		}
-		srv := httptest.NewServer(api.Handler(api.Config{Manager: m, Gatherer: reg, Gateway: api.Gateway{Listeners: []wire.Listener{{Protocol: wire.ListenerNBD, Address: "127.0.0.1:1"}}}}))
-		gwURL = srv.URL
-	})
-	return client.New(gwURL)
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ferry-docker-test-")
+	if err != nil {
+		panic(err)
+	}
+	reg := prometheus.NewRegistry()
+	vm, err := volume.Open(context.Background(), volume.Config{DataDir: dir, Registerer: reg})
+	if err != nil {
+		panic(err)
+	}
+	srv := httptest.NewServer(api.Handler(api.Config{Manager: vm, Gatherer: reg, Gateway: api.Gateway{Listeners: []wire.Listener{{Protocol: wire.ListenerNBD, Address: "127.0.0.1:1"}}}}))
+	gwURL = srv.URL
+	code := m.Run()
+	srv.Close()
+	vm.Close(context.Background())
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
+
+func testGateway(t *testing.T) *client.Client { return client.New(gwURL) }
 
 func needRoot(t *testing.T) {
 	t.Helper()
