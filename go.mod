@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/gostor/gotgt v0.2.2
+	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/minio/minio-go/v7 v7.4.1
 	github.com/pojntfx/go-nbd v0.3.2
 	github.com/prometheus/client_golang v1.25.0

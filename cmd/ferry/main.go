@@ -29,6 +29,7 @@ func newApp() *cli.App {
 			cmdVolume(),
 			cmdPool(),
 			cmdStore(),
+			cmdDockerPlugin(),
 			cmdVersion(),
 			cmdCompletion(),
 		},

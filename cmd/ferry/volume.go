@@ -15,6 +15,7 @@ func cmdVolume() *cli.Command {
 			cmdVolumeResize(),
 			cmdVolumeUpdate(),
 			cmdVolumeRm(),
+			cmdVolumeDetach(),
 			cmdVolumeCheckpoint(),
 			cmdVolumeExport(),
 			cmdVolumeRelease(),

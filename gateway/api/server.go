@@ -62,6 +62,7 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", h.createSnapshot)
 	mux.HandleFunc("DELETE /v1/volumes/{name}/snapshots/{snap}", h.removeSnapshot)
 	mux.HandleFunc("POST /v1/clones", h.clone)
+	registerAttachments(mux, h)
 	return mux
 }
 

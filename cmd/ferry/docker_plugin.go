@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+
+	"github.com/ferry-io/ferry/gateway/api/client"
+	"github.com/ferry-io/ferry/gateway/docker"
+)
+
+func dockerPluginFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "read flags from this YAML `FILE` (keys named like the flags)", EnvVars: []string{"FERRY_DOCKER_CONFIG"}},
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "gateway", Usage: "the gateway's admin API `ADDR` (host:port or URL)", Value: "127.0.0.1:9809", EnvVars: []string{"FERRY_GATEWAY"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "socket", Usage: "serve the plugin protocol on this unix socket `PATH`; Docker finds /run/docker/plugins/NAME.sock as driver NAME", Value: "/run/docker/plugins/ferry.sock", EnvVars: []string{"FERRY_DOCKER_SOCKET"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "state-dir", Usage: "keep the state file, FUSE mount points and helper logs in `DIR`", Value: "/var/lib/ferry-docker", EnvVars: []string{"FERRY_DOCKER_STATE_DIR"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "mount-root", Usage: "mount volumes at `DIR`/NAME (default STATE-DIR/mounts)", EnvVars: []string{"FERRY_DOCKER_MOUNT_ROOT"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "attach", Usage: "how volumes become block devices here: auto or fuse (nbd and iscsi: not available yet)", Value: "auto", EnvVars: []string{"FERRY_DOCKER_ATTACH"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "host-id", Usage: "name this host to the gateway's attachments (default: the host name)", EnvVars: []string{"FERRY_DOCKER_HOST_ID"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stale-check", Usage: "drop mount counts Docker never undid (a container stopped while the plugin was down) once no container has used the volume for this long; 0 never", Value: docker.DefaultStaleCheck, EnvVars: []string{"FERRY_DOCKER_STALE_CHECK"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Usage: "text (key=value lines) or json (one JSON object a line)", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"}}),
+	}
+}
+
+func cmdDockerPlugin() *cli.Command {
+	flags := dockerPluginFlags()
+	return &cli.Command{
+		Name:  "docker-plugin",
+		Usage: "run the Docker volume plugin (docker volume create -d ferry)",
+		Description: `Runs Ferry's Docker volume plugin on this Docker host, talking to a
+gateway's admin API (--gateway). Docker finds it by its socket: the default
+/run/docker/plugins/ferry.sock makes the driver "ferry". Volumes are
+attached with FUSE + a loop device (--attach auto picks it and says so),
+formatted on first use only when empty, and mounted under --mount-root.
+Stopping or killing the plugin leaves mounted volumes working; the next
+start reconciles its state with what is mounted. See docs/DOCKER.md.
+
+   ferry docker-plugin --gateway 10.0.0.5:9809
+   docker volume create -d ferry -o size=20G pgdata
+   docker run -v pgdata:/var/lib/postgresql/data postgres
+
+Options (-o): size (default 10G), store (an S3 store on the gateway),
+fstype (ext4, default, or xfs), readonly (true or false).`,
+		Flags: flags,
+		Before: func(c *cli.Context) error {
+			if c.String("config") == "" {
+				return nil
+			}
+			if err := checkConfigFile(c.String("config"), flags); err != nil {
+				return err
+			}
+			return altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config"))(c)
+		},
+		Action: runDockerPlugin,
+		Subcommands: []*cli.Command{{
+			Name:   "fuse-serve",
+			Usage:  "serve one volume as a FUSE file (started by the plugin, one per attached volume)",
+			Hidden: true,
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "nbd", Required: true, Usage: "the volume's NBD URL"},
+				&cli.StringFlag{Name: "dir", Required: true, Usage: "mount the FUSE file system here"},
+				&cli.BoolFlag{Name: "read-only"},
+				&cli.StringFlag{Name: "gateway", Usage: "renew the volume's attachment at this admin API"},
+				&cli.StringFlag{Name: "volume", Usage: "the gateway volume's name"},
+				&cli.StringFlag{Name: "host-id", Usage: "this host's name in the attachment"},
+				&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}},
+			},
+			Action: runFUSEServe,
+		}},
+	}
+}
+
+func runDockerPlugin(c *cli.Context) error {
+	log, err := newLogger(c.String("log-level"), c.String("log-format"))
+	if err != nil {
+		return usagef(c, "%v", err)
+	}
+	state, err := filepath.Abs(c.String("state-dir"))
+	if err != nil {
+		return err
+	}
+	mountRoot := c.String("mount-root")
+	if mountRoot == "" {
+		mountRoot = filepath.Join(state, "mounts")
+	}
+	// Real paths: reconciling compares them with /proc/self/mountinfo,
+	// which shows no symlinks.
+	if state, err = realDir(state); err != nil {
+		return err
+	}
+	if mountRoot, err = realDir(mountRoot); err != nil {
+		return err
+	}
+	hostID := c.String("host-id")
+	if hostID == "" {
+		if hostID, err = os.Hostname(); err != nil {
+			return fmt.Errorf("--host-id not given and no host name: %w", err)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	fuse := &docker.FUSEAttacher{
+		Root:          filepath.Join(state, "fuse"),
+		LogDir:        filepath.Join(state, "logs"),
+		HelperCommand: []string{self, "docker-plugin", "fuse-serve"},
+		GatewayAddr:   c.String("gateway"),
+		Logger:        log,
+	}
+	attacher, why, err := docker.PickAttacher(c.String("attach"), fuse)
+	if err != nil {
+		if m := c.String("attach"); m != docker.MethodAuto && m != docker.MethodFUSE {
+			return usagef(c, "%v", err)
+		}
+		return err
+	}
+	log.Info("attach method", "method", attacher.Method(), "why", why)
+	staleCheck := c.Duration("stale-check")
+	if staleCheck == 0 {
+		staleCheck = -1 // never
+	}
+	unlock, err := docker.LockStateDir(state)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	d, err := docker.NewDriver(ctx, docker.Config{
+		Gateway:    client.New(c.String("gateway")),
+		StateDir:   state,
+		MountRoot:  mountRoot,
+		HostID:     hostID,
+		Attacher:   attacher,
+		StaleCheck: staleCheck,
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	log.Info("ferry docker-plugin ready", "gateway", c.String("gateway"), "host_id", hostID, "state_dir", state, "mount_root", mountRoot)
+	return docker.Serve(ctx, c.String("socket"), docker.Handler(d, log), log)
+}
+
+// realDir creates dir and returns its absolute path without symlinks.
+func realDir(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(abs)
+}
+
+func runFUSEServe(c *cli.Context) error {
+	log, err := newLogger(c.String("log-level"), "text")
+	if err != nil {
+		return err
+	}
+	log = log.With("nbd", c.String("nbd"))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	// Its plugin may die: a closed stdout must not kill the data path.
+	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
+	// The kernel's OOM killer should pick almost anything before the
+	// data path of mounted volumes.
+	os.WriteFile("/proc/self/oom_score_adj", []byte("-900"), 0)
+	ready := os.NewFile(3, "ready")
+	cfg := docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, Logger: log}
+	if c.String("gateway") != "" {
+		cfg.Lease = &docker.Lease{Gateway: client.New(c.String("gateway")), Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodFUSE, ReadOnly: c.Bool("read-only")}
+	}
+	err = docker.ServeFUSE(ctx, cfg)
+	if err != nil {
+		log.Error("fuse-serve", "err", err)
+	}
+	return err
+}

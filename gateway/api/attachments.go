@@ -1,0 +1,148 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ferry-io/ferry/gateway/api/wire"
+)
+
+// attachments records which hosts hold which volumes (Docker plugins,
+// later ferry-kvm), as leases in memory: a holder renews its lease every
+// wire.AttachRenew, a crashed host's lease lapses after its TTL, and for
+// wire.AttachGrace after the gateway starts only reclaims are accepted,
+// so the leases a restart forgot are re-asserted before anyone else can
+// take a volume. Nothing is written to disk: the holders are the record.
+//
+// Leases are keyed by volume ID, so a volume removed and created again
+// under its name starts free.
+type attachments struct {
+	started time.Time
+	now     func() time.Time
+
+	mu     sync.Mutex
+	leases map[string]map[string]wire.Attachment // volume ID -> host -> lease
+}
+
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,254}$`)
+
+// registerAttachments adds the attachment routes to mux.
+func registerAttachments(mux *http.ServeMux, h *handler) {
+	a := &attachments{started: time.Now(), now: time.Now, leases: map[string]map[string]wire.Attachment{}}
+	mux.HandleFunc("GET /v1/volumes/{name}/attachments", func(w http.ResponseWriter, r *http.Request) {
+		in, err := h.m.Info(r.Context(), r.PathValue("name"))
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, a.list(in.ID))
+	})
+	mux.HandleFunc("PUT /v1/volumes/{name}/attachments/{host}", func(w http.ResponseWriter, r *http.Request) {
+		var req wire.AttachRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		host := r.PathValue("host")
+		if !hostRE.MatchString(host) {
+			writeJSON(w, http.StatusBadRequest, wire.ErrorResponse{Error: fmt.Sprintf("bad host name %q", host), Code: wire.CodeInvalid})
+			return
+		}
+		in, err := h.m.Info(r.Context(), r.PathValue("name"))
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		lease, status, msg := a.acquire(in.ID, in.Name, host, req)
+		if msg != "" {
+			writeJSON(w, status, wire.ErrorResponse{Error: msg, Code: wire.CodeBusy})
+			return
+		}
+		writeJSON(w, status, lease)
+	})
+	mux.HandleFunc("DELETE /v1/volumes/{name}/attachments/{host}", func(w http.ResponseWriter, r *http.Request) {
+		in, err := h.m.Info(r.Context(), r.PathValue("name"))
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		a.release(in.ID, r.PathValue("host"))
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
+// live returns the unexpired leases of a volume; called with mu held.
+func (a *attachments) live(id string) map[string]wire.Attachment {
+	now := a.now()
+	m := a.leases[id]
+	for host, l := range m {
+		if now.After(l.Expires) {
+			delete(m, host)
+		}
+	}
+	return m
+}
+
+func (a *attachments) list(id string) []wire.Attachment {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := []wire.Attachment{}
+	for _, l := range a.live(id) {
+		out = append(out, l)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Host < out[j].Host })
+	return out
+}
+
+// acquire grants or renews host's lease, or says (status, message) why not.
+func (a *attachments) acquire(id, name, host string, req wire.AttachRequest) (wire.Attachment, int, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	ttl := wire.DefaultAttachTTL
+	if req.TTLSeconds > 0 {
+		ttl = time.Duration(min(req.TTLSeconds, 3600)) * time.Second
+	}
+	m := a.live(id)
+	for other, l := range m {
+		if other == host || (l.ReadOnly && req.ReadOnly) {
+			continue
+		}
+		mode := "read-write"
+		if l.ReadOnly {
+			mode = "read-only"
+		}
+		return wire.Attachment{}, http.StatusConflict, fmt.Sprintf("volume %s is attached %s on host %q (over %s, since %s); it can be attached elsewhere once that host detaches it, or when its lease lapses (%s from now unless that host renews it)",
+			name, mode, other, l.Protocol, l.Since.UTC().Format(time.RFC3339), l.Expires.Sub(now).Round(time.Second))
+	}
+	old, renew := m[host]
+	if !renew && !req.Reclaim && now.Sub(a.started) < wire.AttachGrace {
+		return wire.Attachment{}, http.StatusServiceUnavailable, fmt.Sprintf("the gateway started %s ago and accepts only reclaimed attachments for %s, while hosts re-assert theirs; retry shortly",
+			now.Sub(a.started).Round(time.Second), wire.AttachGrace)
+	}
+	l := wire.Attachment{Host: host, Protocol: req.Protocol, ReadOnly: req.ReadOnly, Since: now, Expires: now.Add(ttl)}
+	if renew {
+		l.Since = old.Since
+	}
+	if m == nil {
+		m = map[string]wire.Attachment{}
+		a.leases[id] = m
+	}
+	m[host] = l
+	if renew {
+		return l, http.StatusOK, ""
+	}
+	return l, http.StatusCreated, ""
+}
+
+func (a *attachments) release(id, host string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.leases[id], host)
+	if len(a.leases[id]) == 0 {
+		delete(a.leases, id)
+	}
+}

@@ -1,0 +1,275 @@
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/ferry-io/ferry/gateway/api/client"
+	"github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/gateway/docker/internal/nbdclient"
+)
+
+// DiskFile is the name of the one file a volume's FUSE file system holds.
+const DiskFile = "disk"
+
+// FUSEConfig configures ServeFUSE.
+type FUSEConfig struct {
+	// NBDURL is the volume's export, nbd://HOST:PORT/NAME.
+	NBDURL string
+	// Dir is the (existing, empty) directory to mount on.
+	Dir string
+	// ReadOnly refuses writes.
+	ReadOnly bool
+	// Ready receives one line once the file is served; may be nil.
+	Ready io.WriteCloser
+	// Lease, when set, is renewed at the gateway for as long as the file
+	// is served, so that a volume stays held while its data path lives,
+	// whether or not the plugin does.
+	Lease  *Lease
+	Logger *slog.Logger
+}
+
+// Lease names a gateway attachment to renew.
+type Lease struct {
+	Gateway  *client.Client
+	Volume   string
+	Host     string
+	Protocol string
+	ReadOnly bool
+}
+
+// renew renews the lease every wire.AttachRenew until ctx ends.
+func (l *Lease) renew(ctx context.Context, log *slog.Logger) {
+	t := time.NewTicker(wire.AttachRenew)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, wire.AttachRenew)
+		_, err := l.Gateway.Attach(rctx, l.Volume, l.Host, wire.AttachRequest{Protocol: l.Protocol, ReadOnly: l.ReadOnly, Reclaim: true})
+		cancel()
+		if errors.Is(err, wire.ErrBusy) {
+			log.Error("another host holds this volume's attachment while this host serves it", "volume", l.Volume, "err", err)
+		} else if err != nil && ctx.Err() == nil {
+			log.Warn("renew attachment", "volume", l.Volume, "err", err)
+		}
+	}
+}
+
+// ServeFUSE presents the export as Dir/disk until ctx ends, then unmounts.
+// It is what `ferry docker-plugin fuse-serve` runs: a process of its own
+// per attached volume, so that the data path outlives a plugin crash.
+func ServeFUSE(ctx context.Context, cfg FUSEConfig) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	nc, err := nbdclient.Dial(dctx, cfg.NBDURL, nbdclient.Config{Logger: log})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", cfg.NBDURL, err)
+	}
+	defer nc.Close()
+	// A FUSE mount left by a dead server of ours answers ENOTCONN; clear it.
+	if _, err := os.Stat(cfg.Dir); errors.Is(err, syscall.ENOTCONN) {
+		syscall.Unmount(cfg.Dir, syscall.MNT_DETACH)
+	}
+	file := &diskNode{c: nc, ro: cfg.ReadOnly, log: log}
+	rootNode := &diskRoot{file: file}
+	srv, err := fs.Mount(cfg.Dir, rootNode, &fs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName:        "ferry:" + cfg.NBDURL,
+			Name:          "ferry",
+			DirectMount:   true,
+			MaxWrite:      1 << 20,
+			MaxBackground: 64,
+			DisableXAttrs: true,
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("mount FUSE on %s: %w", cfg.Dir, err)
+	}
+	log.Info("serving volume file", "file", filepath.Join(cfg.Dir, DiskFile), "nbd", cfg.NBDURL, "size", nc.Size())
+	if cfg.Ready != nil {
+		fmt.Fprintln(cfg.Ready, "ready")
+		cfg.Ready.Close()
+	}
+	served := make(chan struct{})
+	go func() { srv.Wait(); close(served) }()
+	if cfg.Lease != nil {
+		lctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go cfg.Lease.renew(lctx, log)
+	}
+	select {
+	case <-ctx.Done():
+	case <-served:
+		return errors.New("FUSE mount went away")
+	}
+	// The plugin detached the loop device first; a busy mount means
+	// someone still holds the file, so detach lazily rather than hang.
+	if err := srv.Unmount(); err != nil {
+		log.Warn("unmount FUSE; detaching lazily", "dir", cfg.Dir, "err", err)
+		syscall.Unmount(cfg.Dir, syscall.MNT_DETACH)
+	}
+	<-served
+	if err := nc.Flush(context.Background()); err != nil {
+		return fmt.Errorf("final flush: %w", err)
+	}
+	return nil
+}
+
+// diskRoot is the FUSE root directory: one file, DiskFile.
+type diskRoot struct {
+	fs.Inode
+	file *diskNode
+}
+
+var _ fs.NodeOnAdder = (*diskRoot)(nil)
+
+func (r *diskRoot) OnAdd(ctx context.Context) {
+	ch := r.NewPersistentInode(ctx, r.file, fs.StableAttr{Mode: syscall.S_IFREG, Ino: 2})
+	r.AddChild(DiskFile, ch, false)
+}
+
+// diskNode is the volume as a file: reads, writes, fsync and fallocate go
+// to the gateway over NBD.
+type diskNode struct {
+	fs.Inode
+	c   *nbdclient.Client
+	ro  bool
+	log *slog.Logger
+}
+
+var (
+	_ fs.NodeOpener    = (*diskNode)(nil)
+	_ fs.NodeReader    = (*diskNode)(nil)
+	_ fs.NodeWriter    = (*diskNode)(nil)
+	_ fs.NodeFsyncer   = (*diskNode)(nil)
+	_ fs.NodeFlusher   = (*diskNode)(nil)
+	_ fs.NodeGetattrer = (*diskNode)(nil)
+	_ fs.NodeSetattrer = (*diskNode)(nil)
+	_ fs.NodeAllocater = (*diskNode)(nil)
+)
+
+func (n *diskNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if n.ro && flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	// No page cache in FUSE: every read and write reaches the gateway,
+	// and an fsync finds nothing hidden above it.
+	return nil, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (n *diskNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = 0o600
+	if n.ro {
+		out.Mode = 0o400
+	}
+	out.Size = uint64(n.c.Size())
+	out.Blocks = (out.Size + 511) / 512
+	out.Blksize = 4096
+	out.Nlink = 1
+	return 0
+}
+
+func (n *diskNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if sz, ok := in.GetSize(); ok && int64(sz) != n.c.Size() {
+		return syscall.EPERM // the size is the gateway's to change
+	}
+	return n.Getattr(ctx, f, out)
+}
+
+func (n *diskNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	size := n.c.Size()
+	if off >= size {
+		return fuse.ReadResultData(nil), 0
+	}
+	if off+int64(len(dest)) > size {
+		dest = dest[:size-off]
+	}
+	if err := n.c.ReadAt(context.WithoutCancel(ctx), dest, off); err != nil {
+		return nil, n.errno("read", off, len(dest), err)
+	}
+	return fuse.ReadResultData(dest), 0
+}
+
+func (n *diskNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if n.ro {
+		return 0, syscall.EROFS
+	}
+	if off+int64(len(data)) > n.c.Size() {
+		return 0, syscall.EFBIG
+	}
+	if err := n.c.WriteAt(context.WithoutCancel(ctx), data, off); err != nil {
+		return 0, n.errno("write", off, len(data), err)
+	}
+	return uint32(len(data)), 0
+}
+
+// Fsync is the durability point: the loop device turns a flush from the
+// file system in the container into an fsync of this file, and this into
+// NBD FLUSH.
+func (n *diskNode) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
+	if err := n.c.Flush(context.WithoutCancel(ctx)); err != nil {
+		return n.errno("flush", 0, 0, err)
+	}
+	return 0
+}
+
+// Flush (close of a descriptor) needs nothing: writes are on the gateway.
+func (n *diskNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { return 0 }
+
+const (
+	fallocKeepSize  = 0x01
+	fallocPunchHole = 0x02
+	fallocZeroRange = 0x10
+)
+
+// Allocate maps the fallocate calls a loop device makes for discard and
+// write-zeroes onto NBD WRITE_ZEROES (which may trim on the gateway and
+// guarantees zeroes, as punching a hole must).
+func (n *diskNode) Allocate(ctx context.Context, f fs.FileHandle, off uint64, size uint64, mode uint32) syscall.Errno {
+	if n.ro {
+		return syscall.EROFS
+	}
+	if int64(off+size) > n.c.Size() {
+		if mode&fallocKeepSize == 0 {
+			return syscall.EFBIG
+		}
+		size = uint64(max(n.c.Size()-int64(off), 0))
+	}
+	switch {
+	case mode&(fallocPunchHole|fallocZeroRange) != 0:
+		if err := n.c.WriteZeroes(context.WithoutCancel(ctx), int64(off), int64(size)); err != nil {
+			return n.errno("write zeroes", int64(off), int(size), err)
+		}
+		return 0
+	case mode&^fallocKeepSize == 0:
+		return 0 // allocating is the gateway's business; nothing to do
+	}
+	return syscall.EOPNOTSUPP
+}
+
+func (n *diskNode) errno(op string, off int64, length int, err error) syscall.Errno {
+	n.log.Error("volume I/O failed", "op", op, "off", off, "len", length, "err", err)
+	var e nbdclient.Errno
+	if errors.As(err, &e) && e != 0 {
+		return syscall.Errno(e)
+	}
+	return syscall.EIO
+}
