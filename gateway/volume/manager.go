@@ -93,6 +93,8 @@ type Manager struct {
 	probeMu sync.Mutex             // guards probes only; never held with mu
 	probes  map[string]probeResult // by store name
 
+	closing   chan struct{}           // closed by Close: background retries end
+	closed    bool                    // under mu
 	holder    lease.Holder            // this gateway in writer leases
 	leases    map[string]*lease.Lease // under mu: writer leases held, by volume id
 	elsewhere map[string]error        // under mu: volumes whose lease another gateway holds, by id
@@ -148,6 +150,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		vols:    map[string]*vol{},
 		stores:  map[string]*StoreConfig{},
 		leases:  map[string]*lease.Lease{},
+		closing: make(chan struct{}),
 	}
 	m.elsewhere = map[string]error{}
 	holder, err := loadIdentity(cfg.DataDir)
@@ -176,10 +179,18 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("open volume %q: %w", rec.Name, err)
 		}
 		v := &vol{rec: rec, dev: dev, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
-		m.loadSnapshotNames(ctx, v)
 		m.vols[rec.Name] = v
 	}
 	m.removeOrphans()
+	// Snapshot names load in the background: a store that does not answer
+	// must not hold up the start.
+	for _, v := range m.vols {
+		m.bg.Add(1)
+		go func() {
+			defer m.bg.Done()
+			m.loadSnapshotNames(context.WithoutCancel(ctx), v)
+		}()
+	}
 	if cfg.Registerer != nil {
 		m.registerMetrics(cfg.Registerer)
 	}
@@ -665,6 +676,12 @@ func (m *Manager) FlushAll(ctx context.Context) error {
 
 // Close flushes and closes every volume.
 func (m *Manager) Close(ctx context.Context) error {
+	m.mu.Lock()
+	if !m.closed {
+		m.closed = true
+		close(m.closing)
+	}
+	m.mu.Unlock()
 	if m.stopBG != nil {
 		m.stopBG()
 		m.bg.Wait()

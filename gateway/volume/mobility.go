@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferry-io/ferry/backends/device"
@@ -87,6 +88,10 @@ type tierOpen struct {
 	minGeneration uint64
 }
 
+// fresh reports whether the volume is new here (a clone): its lease must
+// be taken now.
+func (h tierOpen) fresh() bool { return h.minGeneration > 0 }
+
 // heldElsewhere is the fence of a volume whose lease another gateway
 // holds: it opens, but refuses every write.
 type heldElsewhere struct{ err error }
@@ -110,8 +115,11 @@ func (m *Manager) volumeStore(ctx context.Context, rec *Record, how tierOpen) (s
 		}
 		return s, nil, nil
 	}
-	l, err := lease.Acquire(ctx, sw, m.holder, lease.Options{TTL: m.cfg.LeaseTTL, Takeover: how.takeover, Steal: how.steal,
-		MinGeneration: how.minGeneration, Logger: m.log.With(attrVolume, rec.Name)})
+	opts := lease.Options{TTL: m.cfg.LeaseTTL, Takeover: how.takeover, Steal: how.steal,
+		MinGeneration: how.minGeneration, Logger: m.log.With(attrVolume, rec.Name)}
+	actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	l, err := lease.Acquire(actx, sw, m.holder, opts)
+	cancel()
 	var held *lease.HeldError
 	switch {
 	case err == nil:
@@ -131,8 +139,87 @@ func (m *Manager) volumeStore(ctx context.Context, rec *Record, how tierOpen) (s
 		return lease.Fenced(s, f), f, nil
 	case errors.As(err, &held):
 		return nil, nil, fmt.Errorf("%w: %w", err, ErrBusy)
+	case !how.takeover && !how.steal && !how.fresh():
+		// The store does not answer as the gateway starts: serve what the
+		// cache holds, read-only, and take the lease when it answers.
+		// (Its versions are numbered in the generation this gateway held
+		// before, which the renewal keeps.)
+		f := &lateLease{err: fmt.Errorf("%w: writer lease not taken yet: %w", device.ErrReadOnly, err)}
+		m.log.Warn("could not take the volume's writer lease (store unreachable?); serving it read-only until it is taken",
+			attrVolume, rec.Name, "err", err)
+		m.mu.Lock()
+		m.elsewhere[rec.ID] = f.err
+		m.mu.Unlock()
+		m.bg.Add(1)
+		go func() {
+			defer m.bg.Done()
+			m.acquireLate(rec, sw, opts, f)
+		}()
+		return lease.Fenced(s, f), f, nil
 	default:
 		return nil, nil, err
+	}
+}
+
+// lateLease is the fence of a volume whose lease could not be taken when
+// it opened: read-only until acquireLate takes it, then the lease's.
+type lateLease struct {
+	mu  sync.Mutex
+	l   *lease.Lease
+	err error
+}
+
+func (f *lateLease) Writable() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.l != nil {
+		return f.l.Writable()
+	}
+	return f.err
+}
+
+func (f *lateLease) Generation() uint64 { return 0 } // read at open only: the cache keeps its numbering
+func (f *lateLease) Fresh() bool        { return false }
+
+// acquireLate retries taking a volume's lease until it succeeds, another
+// gateway turns out to hold it, or the manager closes.
+func (m *Manager) acquireLate(rec *Record, sw store.Swapper, opts lease.Options, f *lateLease) {
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		select {
+		case <-m.closing:
+			return
+		case <-time.After(wait):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		l, err := lease.Acquire(ctx, sw, m.holder, opts)
+		cancel()
+		var held *lease.HeldError
+		switch {
+		case err == nil:
+			m.mu.Lock()
+			if _, open := m.vols[rec.Name]; !open || m.closed {
+				m.mu.Unlock()
+				l.Close()
+				return
+			}
+			m.leases[rec.ID] = l
+			delete(m.elsewhere, rec.ID)
+			f.mu.Lock()
+			f.l = l
+			f.mu.Unlock()
+			m.mu.Unlock()
+			m.log.Info("writer lease taken; the volume takes writes again", attrVolume, rec.Name, "generation", l.Generation())
+			return
+		case errors.As(err, &held):
+			f.mu.Lock()
+			f.err = fmt.Errorf("%w: %w", device.ErrReadOnly, err)
+			f.mu.Unlock()
+			m.mu.Lock()
+			m.elsewhere[rec.ID] = err
+			m.mu.Unlock()
+			m.log.Error("volume is written by another gateway now; serving it read-only here", attrVolume, rec.Name, "err", err)
+			return
+		}
 	}
 }
 
@@ -195,12 +282,10 @@ func leaseInfo(r lease.Record, state string, why error) *LeaseInfo {
 func (m *Manager) leaseViewLocked(rec *Record) *LeaseInfo {
 	if err := m.elsewhere[rec.ID]; err != nil {
 		var held *lease.HeldError
-		errors.As(err, &held)
-		li := &LeaseInfo{State: "lost", Error: err.Error()}
-		if held != nil {
-			li = leaseInfo(held.Record, "lost", err)
+		if errors.As(err, &held) {
+			return leaseInfo(held.Record, "lost", err)
 		}
-		return li
+		return &LeaseInfo{State: "pending", Error: err.Error()}
 	}
 	l := m.leases[rec.ID]
 	if l == nil {

@@ -127,8 +127,8 @@ func (m *Manager) RemoveSnapshot(ctx context.Context, vol, name string) error {
 	return nil
 }
 
-// loadSnapshotNames fills v.snaps at open, so exports list snapshots
-// without asking the store each time.
+// loadSnapshotNames fills v.snaps after open, so exports list snapshots
+// without asking the store each time. It gives up when the manager closes.
 func (m *Manager) loadSnapshotNames(ctx context.Context, v *vol) {
 	td, ok := v.dev.(*tier.Device)
 	if !ok {
@@ -136,14 +136,27 @@ func (m *Manager) loadSnapshotNames(ctx context.Context, v *vol) {
 	}
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	go func() {
+		select {
+		case <-m.closing:
+			cancel()
+		case <-lctx.Done():
+		}
+	}()
 	list, err := td.SnapshotNames(lctx)
 	if err != nil {
-		m.log.Warn("could not list the volume's snapshots; they are listed once created or listed again", attrVolume, v.rec.Name, "err", err)
+		m.log.Warn("could not list the volume's snapshots; they are listed again by ferry volume snapshot ls", attrVolume, v.rec.Name, "err", err)
 		return
 	}
-	v.snaps = map[string]*tier.SnapshotDevice{}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v.snaps == nil {
+		v.snaps = map[string]*tier.SnapshotDevice{}
+	}
 	for _, n := range list {
-		v.snaps[n] = nil
+		if _, ok := v.snaps[n]; !ok {
+			v.snaps[n] = nil
+		}
 	}
 }
 
