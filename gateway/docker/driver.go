@@ -142,7 +142,15 @@ func (d *Driver) Create(ctx context.Context, name string, opts map[string]string
 		}
 	}
 	v := &volumeState{Gateway: gw, FSType: o.FSType, ReadOnly: o.ReadOnly, Created: time.Now().UTC(), Mounts: map[string]int{}}
-	_, err = d.cfg.Gateway.Create(ctx, wire.CreateRequest{Name: gw, Size: o.Size, Store: o.Store})
+	if o.From != "" {
+		// A clone shares the snapshot's data: nothing is copied.
+		_, err = d.cfg.Gateway.Clone(ctx, o.From, gw)
+		if errors.Is(err, wire.ErrExists) {
+			return fmt.Errorf("gateway volume %s exists; a clone needs a new volume: choose another name", gw)
+		}
+	} else {
+		_, err = d.cfg.Gateway.Create(ctx, wire.CreateRequest{Name: gw, Size: o.Size, Store: o.Store})
+	}
 	switch {
 	case errors.Is(err, wire.ErrExists):
 		// Another host created it (global scope), or `ferry volume create`

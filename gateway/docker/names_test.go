@@ -75,6 +75,9 @@ func TestParseOptions(t *testing.T) {
 	if err != nil || o.Size != 1<<30 || !o.SizeSet || o.Store != "cloud" || o.FSType != "xfs" || !o.ReadOnly {
 		t.Fatalf("all set: %+v %v", o, err)
 	}
+	if o, err := ParseOptions(map[string]string{"from": "db@nightly"}); err != nil || o.From != "db@nightly" {
+		t.Fatalf("from: %+v %v", o, err)
+	}
 	for _, tc := range []struct {
 		opts map[string]string
 		want string
@@ -87,6 +90,8 @@ func TestParseOptions(t *testing.T) {
 		{map[string]string{"readonly": "maybe"}, "true or false"},
 		{map[string]string{"store": ""}, "store is empty"},
 		{map[string]string{"fstype": "xfs", "size": "100M"}, "300M"},
+		{map[string]string{"from": "vm1"}, "VOLUME@SNAPSHOT"},
+		{map[string]string{"from": "vm1@s", "size": "1G"}, "leave out size and store"},
 	} {
 		_, err := ParseOptions(tc.opts)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -23,9 +23,12 @@ type Options struct {
 	FSType string
 	// ReadOnly mounts the file system read-only.
 	ReadOnly bool
+	// From, VOLUME@SNAPSHOT, makes the volume a clone of that gateway
+	// snapshot (size and store are the snapshot's).
+	From string
 }
 
-var optionHelp = "size (e.g. 10G), store (an S3 store on the gateway), fstype (ext4 or xfs), readonly (true or false)"
+var optionHelp = "size (e.g. 10G), store (an S3 store on the gateway), fstype (ext4 or xfs), readonly (true or false), from (VOLUME@SNAPSHOT: a clone)"
 
 // ParseOptions checks Docker's -o options; unknown keys and bad values are
 // errors that say what is accepted.
@@ -63,6 +66,12 @@ func ParseOptions(opts map[string]string) (Options, error) {
 			default:
 				return o, fmt.Errorf("option fstype=%q: use ext4 or xfs", v)
 			}
+		case "from":
+			vol, snap, ok := strings.Cut(v, "@")
+			if !ok || vol == "" || snap == "" {
+				return o, fmt.Errorf("option from=%q: give a gateway snapshot as VOLUME@SNAPSHOT (ferry volume snapshot ls VOLUME)", v)
+			}
+			o.From = v
 		case "readonly":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
@@ -72,6 +81,9 @@ func ParseOptions(opts map[string]string) (Options, error) {
 		default:
 			return o, fmt.Errorf("unknown option %q: the ferry driver takes %s", k, optionHelp)
 		}
+	}
+	if o.From != "" && (o.SizeSet || o.Store != "") {
+		return o, fmt.Errorf("option from= takes the snapshot's size and store: leave out size and store")
 	}
 	if o.FSType == "xfs" && o.Size < 300<<20 {
 		return o, fmt.Errorf("option fstype=xfs needs size of at least 300M (mkfs.xfs refuses smaller)")

@@ -764,6 +764,17 @@ func TestDockerPlugin(t *testing.T) {
 			t.Errorf("read back: %q", out)
 		}
 		g.mustCLI("volume", "checkpoint", "vs3")
+		// -o from= makes a clone of a gateway snapshot: the file is there.
+		g.mustCLI("volume", "snapshot", "create", "vs3", "s1")
+		e.docker("volume", "create", "-d", driver, "-o", "from=vs3@s1", "vclone")
+		e.docker("run", "--rm", "--network", "none", "-v", "vs3:/data", e.image, "sh", "-c", "echo changed > /data/f")
+		if out := e.docker("run", "--rm", "--network", "none", "-v", "vclone:/data", e.image, "cat", "/data/f"); out != "in-s3\n" {
+			t.Errorf("clone reads %q, want the snapshot's in-s3", out)
+		}
+		if out, err := e.dockerErr("volume", "create", "-d", driver, "-o", "from=vs3@nope", "vbad2"); err == nil || !strings.Contains(out, "no snapshot") {
+			t.Errorf("clone of a missing snapshot: %v %s", err, out)
+		}
+		e.docker("volume", "rm", "vclone")
 		e.docker("volume", "rm", "vs3")
 	})
 
