@@ -73,6 +73,14 @@ client with its protocol, address, iSCSI initiator name and since when.
 					}
 				}
 			}
+			for _, at := range in.Attachments {
+				mode := "read-write"
+				if at.ReadOnly {
+					mode = "read-only"
+				}
+				fmt.Printf("held by:      host %s (%s, %s) since %s, lease until %s\n", at.Host, at.Protocol, mode,
+					at.Since.Local().Format("2006-01-02 15:04:05"), at.Expires.Local().Format("15:04:05"))
+			}
 			if len(in.Connections) == 0 {
 				fmt.Printf("clients:      none\n")
 				return nil

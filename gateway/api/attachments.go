@@ -33,6 +33,7 @@ var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,254}$`)
 // registerAttachments adds the attachment routes to mux.
 func registerAttachments(mux *http.ServeMux, h *handler) {
 	a := &attachments{started: time.Now(), now: time.Now, leases: map[string]map[string]wire.Attachment{}}
+	h.att = a
 	mux.HandleFunc("GET /v1/volumes/{name}/attachments", func(w http.ResponseWriter, r *http.Request) {
 		in, err := h.m.Info(r.Context(), r.PathValue("name"))
 		if err != nil {

@@ -70,6 +70,7 @@ type handler struct {
 	m   *volume.Manager
 	log *slog.Logger
 	gw  Gateway
+	att *attachments // hosts holding volumes (attachments.go)
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {

@@ -836,6 +836,9 @@ func TestVolumeDetachCLI(t *testing.T) {
 		t.Fatalf("attach: %v %v", err, resp)
 	}
 	resp.Body.Close()
+	if info := g.mustCLI("volume", "info", "held"); !strings.Contains(info, "held by:      host docker-3 (fuse, read-write)") {
+		t.Errorf("volume info does not show the attachment:\n%s", info)
+	}
 	r := g.cli("volume", "detach", "held")
 	if r.code == 0 || !strings.Contains(r.stdout, "host docker-3") || !strings.Contains(r.stderr, "--force") {
 		t.Fatalf("without --force: %+v", r)

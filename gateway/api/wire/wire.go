@@ -112,6 +112,9 @@ type Volume struct {
 type VolumeInfo struct {
 	Volume
 	Attach AttachInfo `json:"attach"`
+	// Attachments are the hosts that hold the volume (Docker plugins):
+	// see PUT /v1/volumes/{name}/attachments/{host}.
+	Attachments []Attachment `json:"attachments,omitempty"`
 }
 
 // AttachInfo says how clients reach a volume over each protocol served.
