@@ -87,6 +87,10 @@ func (d *Device) Hydrate(rate int64) {
 	}()
 }
 
+// hydrateFetchers is how many chunks hydration fetches at once (as many
+// as the uploaders send, which a store serves well).
+const hydrateFetchers = 4
+
 func (d *Device) hydrate(ctx context.Context, order []int64, rate int64) {
 	set := func(f func(*HydrationStats)) {
 		d.hyd.mu.Lock()
@@ -96,60 +100,115 @@ func (d *Device) hydrate(ctx context.Context, order []int64, rate int64) {
 		}
 		d.hyd.mu.Unlock()
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		ended    HydrationState // why it stopped early, if it did
+		failures int
+		fetched  int64
+	)
+	stop := func(st HydrationState, err error) {
+		mu.Lock()
+		if ended == "" {
+			ended = st
+			if err != nil {
+				set(func(s *HydrationStats) { s.Err = err.Error() })
+			}
+		}
+		mu.Unlock()
+		cancel()
+	}
 	start := time.Now()
-	var fetched int64
-	failures := 0
-	for _, idx := range order {
-		n := min(d.chunkSize(), d.Size()-idx*d.chunkSize())
-		if n <= 0 {
-			continue
-		}
-		if b := d.cfg.Budget; b.Used()+d.chunkSize() > b.Limit() {
-			d.mu.Lock()
-			_, cached := d.chunks[idx]
-			d.mu.Unlock()
-			if !cached {
-				set(func(s *HydrationStats) { s.State = HydrationCacheFull })
-				d.log.Info("hydration stopped: the cache is full", "cached", d.hydDone(), "of", d.hydTotal())
-				return
-			}
-		}
-		for {
-			_, _, err := d.lookupMode(ctx, idx, lookupAhead)
-			if err == nil || ctx.Err() != nil {
-				break
-			}
-			if errors.Is(err, errNoRoomAhead) {
-				set(func(s *HydrationStats) { s.State = HydrationCacheFull })
-				return
-			}
-			if failures++; failures > 20 {
-				set(func(s *HydrationStats) { s.State, s.Err = HydrationStopped, err.Error() })
-				d.log.Warn("hydration stopped: fetches keep failing; reads still fetch what they need", "err", err)
-				return
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
-		if ctx.Err() != nil {
-			set(func(s *HydrationStats) { s.State = HydrationStopped })
-			return
-		}
-		set(func(s *HydrationStats) { s.Done += n })
-		if rate > 0 {
-			fetched += n
-			if wait := time.Duration(float64(fetched)/float64(rate)*float64(time.Second)) - time.Since(start); wait > 0 {
-				select {
-				case <-ctx.Done():
-				case <-time.After(wait):
+	next := make(chan int64)
+	var wg sync.WaitGroup
+	for range hydrateFetchers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for idx := range next {
+				n := min(d.chunkSize(), d.Size()-idx*d.chunkSize())
+				if n <= 0 {
+					continue
+				}
+				if b := d.cfg.Budget; b.Used()+d.chunkSize() > b.Limit() {
+					d.mu.Lock()
+					_, cached := d.chunks[idx]
+					d.mu.Unlock()
+					if !cached {
+						stop(HydrationCacheFull, nil)
+						return
+					}
+				}
+				for {
+					_, _, err := d.lookupMode(ctx, idx, lookupAhead)
+					if err == nil || ctx.Err() != nil {
+						break
+					}
+					if errors.Is(err, errNoRoomAhead) {
+						stop(HydrationCacheFull, nil)
+						return
+					}
+					mu.Lock()
+					failures++
+					many := failures > 20
+					mu.Unlock()
+					if many {
+						stop(HydrationStopped, err)
+						return
+					}
+					select {
+					case <-ctx.Done():
+					case <-time.After(time.Second):
+					}
+				}
+				if ctx.Err() != nil {
+					return
+				}
+				set(func(s *HydrationStats) { s.Done += n })
+				if rate > 0 {
+					mu.Lock()
+					fetched += n
+					wait := time.Duration(float64(fetched)/float64(rate)*float64(time.Second)) - time.Since(start)
+					mu.Unlock()
+					if wait > 0 {
+						select {
+						case <-ctx.Done():
+						case <-time.After(wait):
+						}
+					}
 				}
 			}
+		}()
+	}
+feed:
+	for _, idx := range order {
+		select {
+		case next <- idx:
+		case <-ctx.Done():
+			break feed
 		}
 	}
-	set(func(s *HydrationStats) { s.State = HydrationDone })
-	d.log.Info("hydration done: the volume's data is cached", "bytes", d.hydTotal(), "seconds", time.Since(start).Round(time.Millisecond).Seconds())
+	close(next)
+	wg.Wait()
+	mu.Lock()
+	st := ended
+	mu.Unlock()
+	switch {
+	case st == "" && d.bg.Err() != nil:
+		st = HydrationStopped // the device closed
+	case st == "":
+		st = HydrationDone
+	}
+	set(func(s *HydrationStats) { s.State = st })
+	switch st {
+	case HydrationDone:
+		d.log.Info("hydration done: the volume's data is cached", "bytes", d.hydTotal(), "seconds", time.Since(start).Round(time.Millisecond).Seconds())
+	case HydrationCacheFull:
+		d.log.Info("hydration stopped: the cache is full", "cached", d.hydDone(), "of", d.hydTotal())
+	case HydrationStopped:
+		d.log.Warn("hydration stopped; reads still fetch what they need", "err", d.Hydration().Err)
+	}
 }
 
 func (d *Device) hydDone() int64  { return d.Hydration().Done }
