@@ -230,6 +230,9 @@ func TestDriverNeverReformats(t *testing.T) {
 	if _, err := gw.CreateVolume(ctx, "pre-ext4", 64<<20, nil); err != nil {
 		t.Fatal(err)
 	}
+	// The gateway outlives the test (TestMain): leave it as found, so the
+	// test runs again under -count.
+	t.Cleanup(func() { gw.RemoveVolume(context.Background(), "pre-ext4", true) })
 	img := filepath.Join(fa.dir, "pre-ext4.img")
 	os.WriteFile(img, nil, 0o600)
 	os.Truncate(img, 64<<20)
