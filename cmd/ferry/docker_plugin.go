@@ -48,17 +48,10 @@ start reconciles its state with what is mounted. See docs/DOCKER.md.
    docker run -v pgdata:/var/lib/postgresql/data postgres
 
 Options (-o): size (default 10G), store (an S3 store on the gateway),
-fstype (ext4, default, or xfs), readonly (true or false).`,
-		Flags: flags,
-		Before: func(c *cli.Context) error {
-			if c.String("config") == "" {
-				return nil
-			}
-			if err := checkConfigFile(c.String("config"), flags); err != nil {
-				return err
-			}
-			return altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config"))(c)
-		},
+fstype (ext4, default, or xfs), readonly (true or false), from
+(VOLUME@SNAPSHOT: a clone of a gateway snapshot).`,
+		Flags:  flags,
+		Before: configFile(flags),
 		Action: runDockerPlugin,
 		Subcommands: []*cli.Command{{
 			Name:   "fuse-serve",

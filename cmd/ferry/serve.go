@@ -94,17 +94,23 @@ in-flight requests finish, every volume is flushed, listeners close.
    ferry serve
    ferry serve --data /srv/ferry --nbd-listen 0.0.0.0:10809 --iscsi-listen 0.0.0.0:3260
    FERRY_DATA=/srv/ferry ferry serve --config /etc/ferry/ferry.yaml --log-format json`,
-		Flags: flags,
-		Before: func(c *cli.Context) error {
-			if c.String("config") == "" {
-				return nil
-			}
-			if err := checkConfigFile(c.String("config"), flags); err != nil {
-				return err
-			}
-			return altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config"))(c)
-		},
+		Flags:  flags,
+		Before: configFile(flags),
 		Action: runServe,
+	}
+}
+
+// configFile is the Before of a command whose flags may come from the YAML
+// file named by --config: the file is checked (checkConfigFile), then read.
+func configFile(flags []cli.Flag) cli.BeforeFunc {
+	return func(c *cli.Context) error {
+		if c.String("config") == "" {
+			return nil
+		}
+		if err := checkConfigFile(c.String("config"), flags); err != nil {
+			return err
+		}
+		return altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config"))(c)
 	}
 }
 
