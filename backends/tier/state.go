@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 
-	"github.com/ferry-io/ferry/backends/local"
+	"github.com/ferry-io/ferry/internal/atomicfile"
 )
 
 // The local cache directory of one volume:
@@ -32,43 +32,6 @@ type meta struct {
 	// does not cost a meta.json write.
 	NextSeq  uint64 `json:"next_seq"`
 	Manifest uint64 `json:"manifest"`
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	return writeFileAtomicFunc(path, func(w *bufio.Writer) error {
-		_, err := w.Write(data)
-		return err
-	})
-}
-
-// writeFileAtomicFunc replaces path, durably, with what fill writes.
-func writeFileAtomicFunc(path string, fill func(*bufio.Writer) error) error {
-	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename there is nothing to remove
-	w := bufio.NewWriterSize(f, 64<<10)
-	err = fill(w)
-	if err == nil {
-		err = w.Flush()
-	}
-	if err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return local.SyncDir(filepath.Dir(path))
 }
 
 func loadMeta(dir string) (meta, bool, error) {
@@ -91,7 +54,7 @@ func loadMeta(dir string) (meta, bool, error) {
 
 func (m meta) save(dir string) error {
 	b, _ := json.Marshal(m)
-	return writeFileAtomic(filepath.Join(dir, "meta.json"), b)
+	return atomicfile.WriteFile(filepath.Join(dir, "meta.json"), b)
 }
 
 // objectMap is where each stored chunk lives: its newest base object
@@ -360,7 +323,7 @@ func parseOverlay(f [][]byte, chunkSize int64) (overlay, bool) {
 
 // rewriteObjects compacts the journal to one line per object, streaming.
 func rewriteObjects(dir string, objs *objectMap) error {
-	return writeFileAtomicFunc(filepath.Join(dir, "objects.log"), func(w *bufio.Writer) error {
+	return atomicfile.WriteFunc(filepath.Join(dir, "objects.log"), func(w *bufio.Writer) error {
 		var line []byte
 		for idx, seq := range objs.base {
 			line = appendPut(line[:0], idx, seq)

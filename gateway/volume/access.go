@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/ferry-io/ferry/internal/atomicfile"
 )
 
 // Access is a volume's access control, the same whichever protocol serves
@@ -269,7 +271,7 @@ func (m *Manager) SavePR(ctx context.Context, name string, state []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("save reservations of %q: %w", name, err)
 	}
-	if err := writeFileAtomic(path, state); err != nil {
+	if err := atomicfile.WriteFile(path, state); err != nil {
 		return fmt.Errorf("save reservations of %q: %w", name, err)
 	}
 	return nil

@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
-	"github.com/ferry-io/ferry/backends/local"
 	"github.com/ferry-io/ferry/backends/tier"
+	"github.com/ferry-io/ferry/internal/atomicfile"
 )
 
 // catalogVersion is the on-disk catalog format version
@@ -80,33 +79,8 @@ func saveCatalog(path string, c *catalogFile) error {
 	if err != nil {
 		return fmt.Errorf("encode catalog: %w", err)
 	}
-	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n')); err != nil {
 		return fmt.Errorf("save catalog: %w", err)
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path with data (mode 0600): a temporary file in
-// the same directory, fsync, rename, fsync the directory.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".catalog-*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	return local.SyncDir(path)
 }

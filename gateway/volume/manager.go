@@ -247,7 +247,7 @@ func (m *Manager) removeOrphans() {
 			}
 		}
 	}
-	tmps, _ := filepath.Glob(filepath.Join(m.cfg.DataDir, ".catalog-*.tmp"))
+	tmps, _ := filepath.Glob(filepath.Join(m.cfg.DataDir, ".*.tmp")) // torn atomicfile writes
 	for _, f := range tmps {
 		os.Remove(f)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/ferry-io/ferry/backends/store"
 	"github.com/ferry-io/ferry/backends/tier"
 	"github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/atomicfile"
 )
 
 // Volumes that move between gateways sharing a bucket (docs/FORMAT.md,
@@ -69,7 +70,7 @@ func loadIdentity(dataDir string) (lease.Holder, error) {
 	host, _ := os.Hostname()
 	id.ID, id.Name = newID(), host
 	b, _ = json.MarshalIndent(id, "", "  ")
-	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n')); err != nil {
 		return lease.Holder{}, fmt.Errorf("gateway identity: %w", err)
 	}
 	return lease.Holder{ID: id.ID, Name: id.Name}, nil

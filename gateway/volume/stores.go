@@ -16,6 +16,7 @@ import (
 	"github.com/ferry-io/ferry/backends/s3"
 	"github.com/ferry-io/ferry/backends/store"
 	"github.com/ferry-io/ferry/backends/tier"
+	"github.com/ferry-io/ferry/internal/atomicfile"
 )
 
 type storesFile struct {
@@ -55,7 +56,7 @@ func (m *Manager) saveStoresLocked() error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(m.storesPath(), b)
+	return atomicfile.WriteFile(m.storesPath(), b)
 }
 
 // objectStore opens the store sc scoped to prefix (relative to the
