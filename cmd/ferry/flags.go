@@ -1,13 +1,17 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-io/ferry/gateway/api/client"
+	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/internal/size"
 )
 
@@ -20,7 +24,57 @@ func apiFlags() []cli.Flag {
 			Value:   "127.0.0.1:9809",
 			EnvVars: []string{"FERRY_API"},
 		},
+		&cli.StringFlag{
+			Name:    "token-file",
+			Usage:   "file holding the gateway's API token (its DATA/api-token, or a copy)",
+			EnvVars: []string{"FERRY_TOKEN_FILE"},
+			Action:  func(c *cli.Context, _ string) error { _, err := apiOptions(c); return err },
+		},
+		&cli.StringFlag{
+			Name:    "token",
+			Usage:   "the gateway's API token (prefer --token-file or FERRY_TOKEN: a flag shows in ps)",
+			EnvVars: []string{"FERRY_TOKEN"},
+			Action:  func(c *cli.Context, _ string) error { _, err := apiOptions(c); return err },
+		},
+		&cli.StringFlag{
+			Name:    "api-ca",
+			Usage:   "PEM certificate authority for an https:// --api (default: the system's)",
+			EnvVars: []string{"FERRY_API_CA"},
+			Action:  func(c *cli.Context, _ string) error { _, err := apiOptions(c); return err },
+		},
 	}
+}
+
+// apiOptions turns the API flags into client options; the flags' actions
+// call it first, so a bad token or CA file is reported before any request.
+func apiOptions(c *cli.Context) ([]client.Option, error) {
+	var opts []client.Option
+	switch {
+	case c.String("token") != "":
+		t, err := wire.ParseToken([]byte(c.String("token")))
+		if err != nil {
+			return nil, fmt.Errorf("--token: %w", err)
+		}
+		opts = append(opts, client.WithToken(t))
+	case c.String("token-file") != "":
+		t, err := client.ReadTokenFile(c.String("token-file"))
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		opts = append(opts, client.WithToken(t))
+	}
+	if ca := c.String("api-ca"); ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("--api-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--api-ca %s holds no PEM certificate", ca)
+		}
+		opts = append(opts, client.WithTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	}
+	return opts, nil
 }
 
 func jsonFlag() cli.Flag {
@@ -28,7 +82,8 @@ func jsonFlag() cli.Flag {
 }
 
 func apiClient(c *cli.Context) *client.Client {
-	return client.New(c.String("api"))
+	opts, _ := apiOptions(c) // checked by the flags' actions
+	return client.New(c.String("api"), opts...)
 }
 
 // The CLI's size syntax and display; see package size.

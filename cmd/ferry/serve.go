@@ -43,6 +43,7 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Usage: "text (key=value lines) or json (one JSON object a line)", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Usage: "how long a clean shutdown waits for in-flight requests", Value: 30 * time.Second, EnvVars: []string{"FERRY_SHUTDOWN_TIMEOUT"}}),
 	}
+	flags = append(flags, apiSecurityFlags()...)
 	for _, ext := range serveExtensions {
 		flags = append(flags, ext.flags...)
 	}
@@ -284,6 +285,14 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 	defer lock.Close()
+	allLoopback := true
+	for _, p := range planned {
+		allLoopback = allLoopback && isLoopback(p.addr)
+	}
+	apiSec, err := planAPISecurity(c, dataDir, allLoopback, log)
+	if err != nil {
+		return err
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -330,7 +339,7 @@ func runServe(c *cli.Context) error {
 			return abort(fmt.Errorf("%s listen on %q (--%s): %w", p.name, p.addr, p.flag, err))
 		}
 		lo := isLoopback(p.addr)
-		prot := "loopback only; no API token"
+		prot := apiSec.summary
 		if p.ext != nil {
 			fe, err := p.ext.frontend(c, mgr, log, reg)
 			if err != nil {
@@ -338,8 +347,6 @@ func runServe(c *cli.Context) error {
 			}
 			fronts = append(fronts, running{p.name, fe, p.l})
 			prot = p.ext.protection(c, lo)
-		} else if !lo {
-			prot = "none: anyone who reaches it can manage every volume (the API has no token yet; keep it on loopback or a trusted network)"
 		}
 		gw.Listeners = append(gw.Listeners, wire.Listener{Protocol: p.protocol, Address: p.l.Addr().String(), Loopback: lo, Protection: prot})
 		level := slog.LevelInfo
@@ -358,10 +365,14 @@ func runServe(c *cli.Context) error {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		handler = mux
 	}
-	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := &http.Server{Handler: apiSec.wrap(handler), ReadHeaderTimeout: 10 * time.Second, TLSConfig: apiSec.tls}
 	errc := make(chan error, 1+len(fronts))
 	go func() {
-		if err := httpSrv.Serve(planned[0].l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := httpSrv.Serve
+		if apiSec.tls != nil {
+			serve = func(l net.Listener) error { return httpSrv.ServeTLS(l, "", "") }
+		}
+		if err := serve(planned[0].l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("API server: %w", err)
 		}
 	}()

@@ -3,6 +3,7 @@ package acceptance
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -180,8 +182,14 @@ func (g *gateway) start() {
 	go func() { g.waitErr = g.cmd.Wait(); close(g.exited) }()
 	g.t.Cleanup(g.stopQuietly)
 	deadline := time.Now().Add(20 * time.Second)
+	health, hc := "http://"+g.apiAddr+"/healthz", http.DefaultClient
+	if slices.Contains(g.extra, "--api-tls-cert") {
+		// Only a liveness probe: the TLS test checks the certificate.
+		health = "https://" + g.apiAddr + "/healthz"
+		hc = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	}
 	for {
-		resp, err := http.Get("http://" + g.apiAddr + "/healthz")
+		resp, err := hc.Get(health)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -253,8 +261,14 @@ type cliResult struct {
 // cli runs `ferry ARGS --api ADDR` against this gateway.
 func (g *gateway) cli(args ...string) cliResult {
 	g.t.Helper()
+	return g.cliEnv(nil, args...)
+}
+
+// cliEnv is cli with extra environment variables (FERRY_TOKEN=...).
+func (g *gateway) cliEnv(env []string, args ...string) cliResult {
+	g.t.Helper()
 	cmd := exec.Command(ferryBin, args...)
-	cmd.Env = append(os.Environ(), "FERRY_API="+g.apiAddr)
+	cmd.Env = append(append(os.Environ(), "FERRY_API="+g.apiAddr), env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()

@@ -8,11 +8,13 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -21,17 +23,40 @@ import (
 
 // Client talks to a gateway's admin API.
 type Client struct {
-	base string
-	hc   *http.Client
+	base  string
+	hc    *http.Client
+	token string
 }
 
-// New returns a client for the API at addr ("host:port" or a URL).
-func New(addr string) *Client {
+// Option configures a Client.
+type Option func(*Client)
+
+// WithToken sends token as the API's bearer token (see the gateway's
+// api-token file).
+func WithToken(token string) Option {
+	return func(c *Client) { c.token = token }
+}
+
+// WithTLS uses cfg for https:// API addresses (e.g. a RootCAs pool
+// holding the gateway's certificate authority).
+func WithTLS(cfg *tls.Config) Option {
+	return func(c *Client) {
+		c.hc.Transport = &http.Transport{TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment}
+	}
+}
+
+// New returns a client for the API at addr ("host:port", or a URL:
+// http://... or https://...).
+func New(addr string, opts ...Option) *Client {
 	base := addr
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
-	return &Client{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 60 * time.Second}}
+	c := &Client{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 60 * time.Second}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // APIError is an error reply from the gateway. It unwraps to the wire
@@ -59,6 +84,8 @@ func (e *APIError) Unwrap() error {
 		return wire.ErrBusy
 	case http.StatusForbidden:
 		return wire.ErrDenied
+	case http.StatusUnauthorized:
+		return wire.ErrUnauthenticated
 	}
 	return nil
 }
@@ -78,6 +105,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -257,4 +287,18 @@ func (c *Client) Clone(ctx context.Context, source, name string) (wire.VolumeInf
 	var out wire.VolumeInfo
 	err := c.do(ctx, http.MethodPost, "/v1/clones", wire.CloneRequest{Source: source, Name: name}, &out)
 	return out, err
+}
+
+// ReadTokenFile reads an API token from a file (the gateway's api-token
+// file, or a copy of it).
+func ReadTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("API token file: %w", err)
+	}
+	t, err := wire.ParseToken(b)
+	if err != nil {
+		return "", fmt.Errorf("API token file %s: %w", path, err)
+	}
+	return t, nil
 }

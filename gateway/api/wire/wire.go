@@ -7,6 +7,8 @@ package wire
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -23,6 +25,9 @@ var (
 	ErrInvalid = errors.New("invalid argument")
 	// ErrDenied: the volume's access rules do not admit this client.
 	ErrDenied = errors.New("access denied")
+	// ErrUnauthenticated: the API needs a bearer token and the request
+	// carried none, or a wrong one.
+	ErrUnauthenticated = errors.New("API token missing or wrong")
 )
 
 // Error codes of ErrorResponse, one per sentinel.
@@ -32,6 +37,8 @@ const (
 	CodeBusy     = "busy"
 	CodeInvalid  = "invalid"
 	CodeDenied   = "denied"
+	// CodeUnauthenticated comes with HTTP 401.
+	CodeUnauthenticated = "unauthenticated"
 )
 
 var codes = []struct {
@@ -40,6 +47,7 @@ var codes = []struct {
 }{
 	{CodeNotFound, ErrNotFound}, {CodeExists, ErrExists}, {CodeBusy, ErrBusy},
 	{CodeInvalid, ErrInvalid}, {CodeDenied, ErrDenied},
+	{CodeUnauthenticated, ErrUnauthenticated},
 }
 
 // CodeOf returns the code of the sentinel err wraps, or "".
@@ -60,6 +68,25 @@ func ErrOf(code string) error {
 		}
 	}
 	return nil
+}
+
+// MinTokenLen is the shortest API token accepted.
+const MinTokenLen = 20
+
+// ParseToken checks an API token read from a file or the environment: one
+// line of at least MinTokenLen printable ASCII characters without spaces.
+// Surrounding white space (a final newline) is dropped.
+func ParseToken(b []byte) (string, error) {
+	t := strings.TrimSpace(string(b))
+	if len(t) < MinTokenLen {
+		return "", fmt.Errorf("the API token is %d characters; at least %d are needed", len(t), MinTokenLen)
+	}
+	for _, r := range t {
+		if r <= ' ' || r > '~' {
+			return "", errors.New("the API token must be printable ASCII without spaces")
+		}
+	}
+	return t, nil
 }
 
 // ErrorResponse is the body of every error reply.
