@@ -75,6 +75,9 @@ type serveExtension struct {
 	frontend func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error)
 	// protection says what guards the frontend's listener.
 	protection func(c *cli.Context, loopback bool) string
+	// check, when set, refuses a configuration before anything listens
+	// (e.g. a listener off loopback without the protection it needs).
+	check func(c *cli.Context, loopback bool) error
 }
 
 // serveExtensions is filled by the init functions of the serve_*.go files.
@@ -219,6 +222,11 @@ func planListeners(c *cli.Context) ([]*plannedListener, error) {
 	for _, p := range ps {
 		if err := checkListenAddr(p.addr); err != nil {
 			return nil, fmt.Errorf("--%s %q: %w", p.flag, p.addr, err)
+		}
+		if p.ext != nil && p.ext.check != nil {
+			if err := p.ext.check(c, isLoopback(p.addr)); err != nil {
+				return nil, err
+			}
 		}
 		if _, port, _ := net.SplitHostPort(p.addr); port != "0" {
 			if other, ok := seen[p.addr]; ok {

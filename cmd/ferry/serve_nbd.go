@@ -1,7 +1,11 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"log/slog"
+	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
@@ -12,22 +16,109 @@ import (
 	"github.com/ferry-io/ferry/gateway/volume"
 )
 
+// NBD TLS modes (--nbd-tls).
+const (
+	nbdTLSAuto    = "auto"
+	nbdTLSRequire = "require"
+	nbdTLSAllow   = "allow"
+	nbdTLSOff     = "off"
+)
+
 func init() {
 	serveExtensions = append(serveExtensions, serveExtension{
 		name:     "NBD",
 		protocol: wire.ListenerNBD,
 		flags: []cli.Flag{
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-listen", Usage: "NBD listen address (empty to disable)", Value: "127.0.0.1:10809", EnvVars: []string{"FERRY_NBD_LISTEN"}}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls", Value: nbdTLSAuto, EnvVars: []string{"FERRY_NBD_TLS"},
+				Usage: "NBD TLS (NBD_OPT_STARTTLS): require, allow (clients choose), off; auto is require off loopback, allow on loopback when a certificate is given, off otherwise"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-cert", EnvVars: []string{"FERRY_NBD_TLS_CERT"}, Usage: "PEM certificate (chain) of the NBD server; with --nbd-tls-key"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-key", EnvVars: []string{"FERRY_NBD_TLS_KEY"}, Usage: "PEM private key of --nbd-tls-cert"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-ca", EnvVars: []string{"FERRY_NBD_TLS_CA"},
+				Usage: "PEM certificate authority: NBD clients must then present a certificate it signed (its common name is the client's TLS identity)"}),
 		},
 		listenFlag: "nbd-listen",
 		frontend: func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error) {
-			return nbd.NewServer(mgr, nbd.Config{Logger: log, Registerer: reg}), nil
+			cfg, _, err := nbdTLS(c, isLoopback(c.String("nbd-listen")))
+			if err != nil {
+				return nil, err
+			}
+			cfg.Logger, cfg.Registerer = log, reg
+			return nbd.NewServer(mgr, cfg), nil
 		},
 		protection: func(c *cli.Context, loopback bool) string {
-			if loopback {
-				return "loopback only; volumes' address allow-lists; volumes with CHAP or an initiator list only to allowed addresses"
-			}
-			return "volumes' address allow-lists only (no NBD TLS yet): a volume without rules is open to anyone who reaches this address; volumes with CHAP or an initiator list only to allowed addresses"
+			_, summary, _ := nbdTLS(c, loopback)
+			return summary
+		},
+		check: func(c *cli.Context, loopback bool) error {
+			_, _, err := nbdTLS(c, loopback)
+			return err
 		},
 	})
+}
+
+// nbdTLS reads the NBD TLS flags into the server's config and says what
+// protects the listener.
+func nbdTLS(c *cli.Context, loopback bool) (nbd.Config, string, error) {
+	var cfg nbd.Config
+	mode := c.String("nbd-tls")
+	cert, key, ca := c.String("nbd-tls-cert"), c.String("nbd-tls-key"), c.String("nbd-tls-ca")
+	switch mode {
+	case nbdTLSAuto:
+		switch {
+		case !loopback:
+			mode = nbdTLSRequire
+		case cert != "":
+			mode = nbdTLSAllow
+		default:
+			mode = nbdTLSOff
+		}
+	case nbdTLSRequire, nbdTLSAllow, nbdTLSOff:
+	default:
+		return cfg, "", fmt.Errorf("--nbd-tls %q: use require, allow, off or auto", mode)
+	}
+	if (cert == "") != (key == "") {
+		return cfg, "", fmt.Errorf("--nbd-tls-cert and --nbd-tls-key go together: give both or neither")
+	}
+	if mode != nbdTLSOff && cert == "" {
+		why := "--nbd-tls " + mode
+		if c.String("nbd-tls") == nbdTLSAuto {
+			why = "NBD listens off loopback (" + c.String("nbd-listen") + "), so it requires TLS by default, and"
+		}
+		return cfg, "", fmt.Errorf("%s needs a certificate: give --nbd-tls-cert and --nbd-tls-key (and --nbd-tls-ca to require client certificates), or --nbd-tls off to serve NBD in the clear on a trusted network", why)
+	}
+	summary := "volumes' address allow-lists; volumes with CHAP or an initiator list only to allowed addresses"
+	if loopback {
+		summary = "loopback only; " + summary
+	}
+	if mode == nbdTLSOff {
+		if !loopback {
+			summary = "no TLS (--nbd-tls off): " + summary + "; a volume without rules is open to anyone who reaches this address"
+		}
+		return cfg, summary, nil
+	}
+	kp, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return cfg, "", fmt.Errorf("--nbd-tls-cert/--nbd-tls-key: %w", err)
+	}
+	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
+	cfg.RequireTLS = mode == nbdTLSRequire
+	tlsSummary := "TLS required"
+	if mode == nbdTLSAllow {
+		tlsSummary = "TLS offered (clients may also connect in the clear)"
+	}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return cfg, "", fmt.Errorf("--nbd-tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return cfg, "", fmt.Errorf("--nbd-tls-ca %s holds no PEM certificate", ca)
+		}
+		cfg.TLS.ClientCAs = pool
+		cfg.TLS.ClientAuth = tls.RequireAndVerifyClientCert
+		tlsSummary += " with client certificates"
+	}
+	return cfg, tlsSummary + "; " + summary, nil
 }

@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,9 +32,14 @@ const (
 
 // conn is one client connection.
 type conn struct {
-	s      *Server
-	nc     net.Conn
+	s  *Server
+	nc net.Conn // the socket: deadlines and Close
+	// rw carries the protocol: nc, or the TLS session over it after
+	// NBD_OPT_STARTTLS. br reads from it.
+	rw     net.Conn
 	br     *bufio.Reader
+	tls    *tls.Conn // set by STARTTLS
+	tlsID  string    // the client certificate's subject common name
 	remote string
 	log    *slog.Logger
 
@@ -71,6 +77,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		s:      s,
 		nc:     nc,
+		rw:     nc,
 		br:     bufio.NewReaderSize(nc, ioBufferSize),
 		remote: remote,
 		log:    s.log.With("remote", remote),
@@ -148,7 +155,7 @@ func (c *conn) Serve(parent context.Context) {
 	}
 	c.dev = att.Dev
 	c.sem = semaphore.NewWeighted(c.s.cfg.MaxInflightBytes)
-	c.bw = bufio.NewWriterSize(c.nc, ioBufferSize)
+	c.bw = bufio.NewWriterSize(c.rw, ioBufferSize)
 	c.transmit()
 	c.wmu.Lock()
 	werr := c.werr
@@ -165,6 +172,9 @@ func (c *conn) Serve(parent context.Context) {
 // sends for a moment, so closing with unread requests in the socket does
 // not reset the connection and destroy replies the client has yet to read.
 func (c *conn) linger() {
+	if c.tls != nil {
+		c.tls.CloseWrite() // close_notify; the socket stays open for reading
+	}
 	tc, ok := c.nc.(*net.TCPConn)
 	if !ok || tc.CloseWrite() != nil {
 		return
@@ -637,7 +647,7 @@ func (c *conn) send(req request, hdr, prefix, data []byte) {
 		// instead of through a copy into the buffered writer.
 		if err = c.bw.Flush(); err == nil {
 			bufs := net.Buffers{hdr, prefix, data}
-			_, err = bufs.WriteTo(c.nc)
+			_, err = bufs.WriteTo(c.rw)
 		}
 	} else {
 		c.bw.Write(hdr)

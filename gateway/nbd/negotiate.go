@@ -1,7 +1,9 @@
 package nbd
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,7 +23,7 @@ func (c *conn) handshake(ctx context.Context) (*volume.Attachment, error) {
 	binary.BigEndian.PutUint64(hello[0:8], magicNBD)
 	binary.BigEndian.PutUint64(hello[8:16], magicOption)
 	binary.BigEndian.PutUint16(hello[16:18], flagFixedNewstyle|flagNoZeroes)
-	if _, err := c.nc.Write(hello[:]); err != nil {
+	if _, err := c.rw.Write(hello[:]); err != nil {
 		return nil, err
 	}
 	var cf [4]byte
@@ -70,6 +72,13 @@ func (c *conn) handshake(ctx context.Context) (*volume.Attachment, error) {
 // option handles one option. It returns an attachment when the client has
 // entered transmission, an error when the connection must close.
 func (c *conn) option(ctx context.Context, opt uint32, data []byte) (*volume.Attachment, error) {
+	if c.s.cfg.RequireTLS && c.tls == nil && opt != optStartTLS && opt != optAbort {
+		if opt == optExportName {
+			// No reply can refuse NBD_OPT_EXPORT_NAME: close.
+			return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME before STARTTLS on a server that requires TLS")
+		}
+		return nil, c.optReply(opt, repErrTLSReqd, []byte("this server requires TLS: negotiate NBD_OPT_STARTTLS first"))
+	}
 	switch opt {
 	case optExportName:
 		att, err := c.s.exports.Attach(ctx, string(data), c.client())
@@ -84,7 +93,7 @@ func (c *conn) option(ctx context.Context, opt uint32, data []byte) (*volume.Att
 		if !c.noZeroes {
 			reply = reply[:134]
 		}
-		if _, err := c.nc.Write(reply); err != nil {
+		if _, err := c.rw.Write(reply); err != nil {
 			att.Detach()
 			return nil, err
 		}
@@ -112,7 +121,7 @@ func (c *conn) option(ctx context.Context, opt uint32, data []byte) (*volume.Att
 		return nil, c.optReply(opt, repAck, nil)
 
 	case optStartTLS:
-		return nil, c.optReply(opt, repErrUnsup, []byte("TLS is not supported; use a trusted network or a tunnel"))
+		return nil, c.startTLS(opt, data)
 
 	case optStructuredReply:
 		if len(data) != 0 {
@@ -222,7 +231,40 @@ func (c *conn) infoOrGo(ctx context.Context, opt uint32, data []byte) (*volume.A
 
 // client describes this connection to the volume manager.
 func (c *conn) client() volume.Client {
-	return volume.Client{Protocol: volume.ProtoNBD, Remote: c.remote}
+	return volume.Client{Protocol: volume.ProtoNBD, Remote: c.remote, TLSIdentity: c.tlsID}
+}
+
+// startTLS handles NBD_OPT_STARTTLS: acknowledge, then run a TLS server
+// handshake on the socket; option haggling goes on inside the session.
+func (c *conn) startTLS(opt uint32, data []byte) error {
+	switch {
+	case c.s.cfg.TLS == nil:
+		return c.optReply(opt, repErrUnsup, []byte("TLS is not configured on this server"))
+	case c.tls != nil:
+		return c.optReply(opt, repErrInvalid, []byte("TLS is already negotiated"))
+	case len(data) != 0:
+		return c.optReply(opt, repErrInvalid, []byte("NBD_OPT_STARTTLS takes no data"))
+	}
+	if err := c.optReply(opt, repAck, nil); err != nil {
+		return err
+	}
+	if c.br.Buffered() != 0 {
+		// The client must wait for the reply before its TLS hello;
+		// plaintext read ahead would be injected into the session.
+		return fmt.Errorf("client sent data after NBD_OPT_STARTTLS before its reply")
+	}
+	tc := tls.Server(c.nc, c.s.cfg.TLS)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.tls, c.rw, c.br = tc, tc, bufio.NewReaderSize(tc, ioBufferSize)
+	// Negotiated state from before TLS is void (the protocol says so).
+	c.structured, c.metaAlloc, c.metaExport = false, false, ""
+	if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+		c.tlsID = certs[0].Subject.CommonName
+	}
+	c.log = c.log.With("tls_identity", c.tlsID)
+	return nil
 }
 
 func (c *conn) exportError(opt uint32, name string, err error) error {
@@ -300,7 +342,7 @@ func (c *conn) optReply(opt, typ uint32, data []byte) error {
 	binary.BigEndian.PutUint32(b[8:12], opt)
 	binary.BigEndian.PutUint32(b[12:16], typ)
 	binary.BigEndian.PutUint32(b[16:20], uint32(len(data)))
-	_, err := c.nc.Write(append(b, data...))
+	_, err := c.rw.Write(append(b, data...))
 	return err
 }
 

@@ -10,6 +10,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"time"
@@ -22,6 +23,14 @@ import (
 
 // Config tunes a Server. The zero value is usable.
 type Config struct {
+	// TLS, when set, lets clients upgrade with NBD_OPT_STARTTLS. Its
+	// ClientAuth decides whether clients must present certificates; a
+	// verified certificate's subject common name is the client's TLS
+	// identity, which volumes' access rules can name.
+	TLS *tls.Config
+	// RequireTLS refuses every option but STARTTLS and ABORT before TLS
+	// (NBD_REP_ERR_TLS_REQD): the server's "forced TLS" mode.
+	RequireTLS bool
 	// Logger receives connection-level events; nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the server's metrics; nil registers nothing.

@@ -33,9 +33,16 @@ type testServer struct {
 
 func startServer(t *testing.T, devs map[string]device.Device) *testServer {
 	t.Helper()
+	return startServerConfig(t, devs, Config{})
+}
+
+// startServerConfig is startServer with a config (TLS, ...).
+func startServerConfig(t *testing.T, devs map[string]device.Device, cfg Config) *testServer {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	exp := volume.NewStaticExports(devs)
-	srv := NewServer(exp, Config{Registerer: reg, HandshakeTimeout: 5 * time.Second})
+	cfg.Registerer, cfg.HandshakeTimeout = reg, 5*time.Second
+	srv := NewServer(exp, cfg)
 	l := ftu.Listen(t)
 	ts := &testServer{srv: srv, addr: l.Addr().String(), reg: reg, exp: exp, done: make(chan error, 1)}
 	go func() { ts.done <- srv.Serve(context.Background(), l) }()

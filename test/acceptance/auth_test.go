@@ -105,7 +105,7 @@ func TestAPIToken(t *testing.T) {
 // loopback is refused before anything listens.
 func TestAPIAuthNoneRefusedOffLoopback(t *testing.T) {
 	cmd := exec.Command(ferryBin, "serve", "--data", t.TempDir(), "--api-listen", "127.0.0.1:0",
-		"--nbd-listen", "0.0.0.0:0", "--iscsi-listen", "", "--api-auth", "none")
+		"--nbd-listen", "0.0.0.0:0", "--nbd-tls", "off", "--iscsi-listen", "", "--api-auth", "none")
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "--api-auth-insecure") {
 		t.Fatalf("serve --api-auth none off loopback: err %v, output:\n%s", err, out)
@@ -119,14 +119,16 @@ func TestAPIAuthNoneRefusedOffLoopback(t *testing.T) {
 // CLI trusts it with --api-ca and refuses it without.
 func TestAPITLS(t *testing.T) {
 	dir := t.TempDir()
-	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeSelfSigned(t, cert, key)
+	ca, cert, key := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	pki := newTestPKI(t)
+	pki.writeCA(ca)
+	pki.issue(t, "127.0.0.1", true, cert, key)
 	g := startGateway(t, "--api-tls-cert", cert, "--api-tls-key", key, "--api-auth", "token")
 	env := []string{"FERRY_API=https://" + g.apiAddr, "FERRY_TOKEN_FILE=" + filepath.Join(g.data, "api-token")}
 	if r := g.cliEnv(env, "volume", "ls"); r.code == 0 || !strings.Contains(r.stderr, "certificate") {
 		t.Fatalf("volume ls over https without --api-ca: exit %d, stderr %q", r.code, r.stderr)
 	}
-	if r := g.cliEnv(append(env, "FERRY_API_CA="+cert), "volume", "create", "v1", "--size", "1G"); r.code != 0 {
+	if r := g.cliEnv(append(env, "FERRY_API_CA="+ca), "volume", "create", "v1", "--size", "1G"); r.code != 0 {
 		t.Fatalf("volume create over https with --api-ca: exit %d: %s", r.code, r.stderr)
 	}
 	if r := g.cliEnv(append(env, "FERRY_API_CA="+key), "volume", "ls"); r.code == 0 || !strings.Contains(r.stderr, "no PEM certificate") {
@@ -134,20 +136,59 @@ func TestAPITLS(t *testing.T) {
 	}
 }
 
-// writeSelfSigned writes a self-signed certificate for 127.0.0.1.
-func writeSelfSigned(t *testing.T, certPath, keyPath string) {
+// testPKI is a certificate authority for TLS tests.
+type testPKI struct {
+	t    *testing.T
+	key  *ecdsa.PrivateKey
+	cert *x509.Certificate
+	der  []byte
+}
+
+func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ferry test"},
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ferry test CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return &testPKI{t: t, key: k, cert: c, der: der}
+}
+
+func (p *testPKI) writeCA(path string) {
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.der}), 0o600); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// issue writes a certificate and key signed by the CA: a server's for the
+// IP address name, or a client's with name as its common name.
+func (p *testPKI) issue(t *testing.T, name string, server bool, certPath, keyPath string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, BasicConstraintsValid: true,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if server {
+		tmpl.IPAddresses = []net.IP{net.ParseIP(name)}
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &k.PublicKey, p.key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -112,6 +112,9 @@ type Client struct {
 	Remote string `json:"remote"`
 	// Initiator is an iSCSI client's initiator name.
 	Initiator string `json:"initiator,omitempty"`
+	// TLSIdentity is an NBD client's verified TLS certificate's subject
+	// common name.
+	TLSIdentity string `json:"tls_identity,omitempty"`
 	// Export is what the client opened when it is not the volume itself:
 	// a snapshot, VOLUME@SNAPSHOT.
 	Export string `json:"export,omitempty"`
