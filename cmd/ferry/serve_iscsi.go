@@ -35,17 +35,23 @@ func init() {
 			if err := def.Validate(); err != nil {
 				return nil, fmt.Errorf("gateway default iSCSI CHAP (--iscsi-chap-*): %w", err)
 			}
+			needCHAP := !isLoopback(c.String("iscsi-listen"))
 			return iscsi.NewServer(mgr, iscsi.Config{
 				Logger: log, Registerer: reg, BaseIQN: c.String("iscsi-base-iqn"),
-				Access:       func(ctx context.Context, vol string) (iscsi.Access, error) { return volumeAccess(ctx, mgr, vol, def) },
+				Access: func(ctx context.Context, vol string) (iscsi.Access, error) {
+					return volumeAccess(ctx, mgr, vol, def, needCHAP)
+				},
 				Reservations: mgr,
 			}), nil
 		},
 		protection: func(c *cli.Context, loopback bool) string {
 			s := "volumes' CHAP, initiator and address allow-lists"
-			if c.String("iscsi-chap-user") != "" {
+			switch {
+			case c.String("iscsi-chap-user") != "":
 				s += "; gateway default CHAP for volumes without their own"
-			} else {
+			case !loopback:
+				s += "; CHAP required: volumes without CHAP are refused unless they opt out (--iscsi-without-chap)"
+			default:
 				s += "; a volume without rules is open to any initiator that reaches this address"
 			}
 			if loopback {
@@ -57,14 +63,21 @@ func init() {
 }
 
 // volumeAccess is a volume's iSCSI access rules: its own CHAP settings,
-// or the gateway default when it has none, and its allow-list.
-func volumeAccess(ctx context.Context, mgr *volume.Manager, vol string, def volume.Access) (iscsi.Access, error) {
+// or the gateway default when it has none, and its allow-list. needCHAP
+// (a listener off loopback) refuses a volume that ends up without CHAP,
+// unless it opted out.
+func volumeAccess(ctx context.Context, mgr interface {
+	Access(context.Context, string) (volume.Access, error)
+}, vol string, def volume.Access, needCHAP bool) (iscsi.Access, error) {
 	a, err := mgr.Access(ctx, vol)
 	if err != nil {
 		return iscsi.Access{}, err
 	}
 	if a.CHAPUser == "" {
 		a.CHAPUser, a.CHAPSecret, a.MutualUser, a.MutualSecret = def.CHAPUser, def.CHAPSecret, def.MutualUser, def.MutualSecret
+	}
+	if needCHAP && a.CHAPUser == "" && !a.ISCSIWithoutCHAP {
+		return iscsi.Access{}, fmt.Errorf("volume %s has no CHAP, which iSCSI off loopback requires (give it --chap-user/--chap-secret, start ferry serve with --iscsi-chap-user, or opt it out with ferry volume update %s --iscsi-without-chap): %w", vol, vol, volume.ErrDenied)
 	}
 	return iscsi.Access{
 		CHAPUser: a.CHAPUser, CHAPSecret: a.CHAPSecret,

@@ -17,6 +17,7 @@ func accessFlags() []cli.Flag {
 		&cli.StringFlag{Name: "mutual-chap-user", Usage: "user name the target answers mutual CHAP with"},
 		&cli.StringFlag{Name: "mutual-chap-secret", Usage: "mutual CHAP secret, 12-255 characters, different from --chap-secret (prefer FERRY_MUTUAL_CHAP_SECRET)", EnvVars: []string{"FERRY_MUTUAL_CHAP_SECRET"}},
 		&cli.StringSliceFlag{Name: "allow-initiator", Usage: "iSCSI initiator IQN allowed to log in (repeat; default: any)"},
+		&cli.BoolFlag{Name: "iscsi-without-chap", Usage: "serve over iSCSI without CHAP even when the iSCSI listener is off loopback, where CHAP is otherwise required (=false to undo)"},
 	}
 }
 
@@ -27,6 +28,10 @@ const accessHelp = `Access control belongs to the volume and holds on every prot
    --chap-user/...    iSCSI: initiators must log in with CHAP (secrets of
                       12-255 characters; mutual CHAP optional).
    --allow-initiator  iSCSI: only these initiator names log in.
+
+An iSCSI listener off loopback requires CHAP: a volume without CHAP of its
+own and without the gateway's default CHAP (ferry serve --iscsi-chap-user)
+is refused there unless it has --iscsi-without-chap.
 
 NBD cannot check CHAP or initiator names, so a volume with either is not
 served over NBD at all unless --allow-address admits the client. A volume
@@ -47,6 +52,10 @@ func accessUpdate(c *cli.Context) *wire.AccessUpdate {
 	}
 	u.CHAPUser, u.CHAPSecret = str("chap-user"), str("chap-secret")
 	u.MutualUser, u.MutualSecret = str("mutual-chap-user"), str("mutual-chap-secret")
+	if c.IsSet("iscsi-without-chap") {
+		v := c.Bool("iscsi-without-chap")
+		u.ISCSIWithoutCHAP = &v
+	}
 	if c.Command.Name == "update" {
 		u.ClearCHAP, u.ClearAllow = c.Bool("clear-chap"), c.Bool("clear-allow")
 	}

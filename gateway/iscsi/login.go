@@ -181,6 +181,9 @@ func (c *conn) loginFirst(ctx context.Context, keys kv, acc *Access) error {
 		return &loginError{loginNotFound, "no such target"}
 	}
 	a, err := c.s.access(ctx, vol)
+	if errors.Is(err, volume.ErrDenied) {
+		return &loginError{loginForbidden, err.Error()}
+	}
 	if err != nil {
 		return &loginError{loginNotFound, "no such target"}
 	}

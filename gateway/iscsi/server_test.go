@@ -3,6 +3,7 @@ package iscsi
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -121,6 +122,33 @@ func TestCHAP(t *testing.T) {
 	}
 	if _, err := runTool(t, "iscsi-inq", ts.url("v")); err == nil {
 		t.Fatal("no CHAP accepted where CHAP is required")
+	}
+}
+
+// An access rule that refuses a volume outright (volume.ErrDenied: e.g.
+// no CHAP on a listener off loopback) refuses the login as an
+// authorization failure, with its reason, and hides the target from
+// discovery.
+func TestAccessDeniedLogin(t *testing.T) {
+	ts := startServer(t, Config{Access: func(_ context.Context, vol string) (Access, error) {
+		if vol == "closed" {
+			return Access{}, fmt.Errorf("volume closed needs CHAP: %w", volume.ErrDenied)
+		}
+		return Access{}, nil
+	}}, map[string]device.Device{"closed": newMem(t, 1<<20), "open": newMem(t, 1<<20)})
+	out, err := runTool(t, "iscsi-inq", ts.url("closed"))
+	if err == nil {
+		t.Fatalf("login to a refused volume succeeded:\n%s", out)
+	}
+	if !strings.Contains(strings.ToLower(out), "authoriz") && !strings.Contains(out, "0202") && !strings.Contains(strings.ToLower(out), "forbidden") {
+		t.Errorf("iscsi-inq does not name an authorization failure: %s", out)
+	}
+	if out, err := runTool(t, "iscsi-inq", ts.url("open")); err != nil {
+		t.Fatalf("login to an open volume: %v\n%s", err, out)
+	}
+	out, _ = runTool(t, "iscsi-ls", "-s", "iscsi://"+ts.addr)
+	if strings.Contains(out, ts.s.TargetName("closed")) || !strings.Contains(out, ts.s.TargetName("open")) {
+		t.Errorf("discovery should list open and hide closed:\n%s", out)
 	}
 }
 

@@ -36,14 +36,18 @@ type Access struct {
 	// AllowAddresses are client address prefixes ("192.0.2.0/24",
 	// "2001:db8::/32"; a lone address is stored as a /32 or /128).
 	AllowAddresses []string `json:"allow_addresses,omitempty"`
+	// ISCSIWithoutCHAP opts the volume out of the CHAP an iSCSI listener
+	// off loopback requires.
+	ISCSIWithoutCHAP bool `json:"iscsi_without_chap,omitempty"`
 }
 
 func (a *Access) view() *AccessView {
-	if a.empty() {
+	if a.empty() && (a == nil || !a.ISCSIWithoutCHAP) {
 		return nil
 	}
 	return &AccessView{CHAPUser: a.CHAPUser, MutualUser: a.MutualUser,
-		AllowInitiators: slices.Clone(a.AllowInitiators), AllowAddresses: slices.Clone(a.AllowAddresses)}
+		AllowInitiators: slices.Clone(a.AllowInitiators), AllowAddresses: slices.Clone(a.AllowAddresses),
+		ISCSIWithoutCHAP: a.ISCSIWithoutCHAP}
 }
 
 func (a *Access) empty() bool {
@@ -126,6 +130,9 @@ func applyAccess(u *AccessUpdate, old *Access) (*Access, error) {
 	set(&a.CHAPSecret, u.CHAPSecret)
 	set(&a.MutualUser, u.MutualUser)
 	set(&a.MutualSecret, u.MutualSecret)
+	if u.ISCSIWithoutCHAP != nil {
+		a.ISCSIWithoutCHAP = *u.ISCSIWithoutCHAP
+	}
 	for _, iqn := range u.AllowInitiators {
 		iqn = strings.ToLower(strings.TrimSpace(iqn))
 		if !slices.Contains(a.AllowInitiators, iqn) {

@@ -173,6 +173,9 @@ type AccessView struct {
 	MutualUser      string   `json:"mutual_chap_user,omitempty"`
 	AllowInitiators []string `json:"allow_initiators,omitempty"`
 	AllowAddresses  []string `json:"allow_addresses,omitempty"`
+	// ISCSIWithoutCHAP: served over iSCSI without CHAP even when the
+	// iSCSI listener is off loopback (where CHAP is otherwise required).
+	ISCSIWithoutCHAP bool `json:"iscsi_without_chap,omitempty"`
 }
 
 // AccessUpdate changes a volume's access control. Nil fields are left as
@@ -187,12 +190,15 @@ type AccessUpdate struct {
 	AllowAddresses  []string `json:"allow_addresses,omitempty"`
 	ClearCHAP       bool     `json:"clear_chap,omitempty"`
 	ClearAllow      bool     `json:"clear_allow,omitempty"`
+	// ISCSIWithoutCHAP sets or clears the volume's opt-out of the CHAP
+	// that an iSCSI listener off loopback requires.
+	ISCSIWithoutCHAP *bool `json:"iscsi_without_chap,omitempty"`
 }
 
 // Empty reports whether u changes nothing.
 func (u *AccessUpdate) Empty() bool {
 	return u == nil || (u.CHAPUser == nil && u.CHAPSecret == nil && u.MutualUser == nil &&
-		u.MutualSecret == nil && len(u.AllowInitiators) == 0 && len(u.AllowAddresses) == 0 && !u.ClearCHAP && !u.ClearAllow)
+		u.MutualSecret == nil && len(u.AllowInitiators) == 0 && len(u.AllowAddresses) == 0 && !u.ClearCHAP && !u.ClearAllow && u.ISCSIWithoutCHAP == nil)
 }
 
 // TierInfo is an S3-backed volume's cache and recovery-point state.
