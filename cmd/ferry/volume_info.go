@@ -117,8 +117,14 @@ func describeAccess(a *wire.AccessView) string {
 	if len(a.AllowInitiators) > 0 {
 		parts = append(parts, "iSCSI initiators "+strings.Join(a.AllowInitiators, ", "))
 	}
-	if len(a.AllowAddresses) == 0 && (a.CHAPUser != "" || len(a.AllowInitiators) > 0) {
-		parts = append(parts, "not served over NBD (no address allow-list)")
+	if len(a.AllowTLSIdentities) > 0 {
+		parts = append(parts, "NBD client certificates "+strings.Join(a.AllowTLSIdentities, ", "))
+	}
+	if len(a.AllowAddresses) == 0 && len(a.AllowTLSIdentities) == 0 && (a.CHAPUser != "" || len(a.AllowInitiators) > 0) {
+		parts = append(parts, "not served over NBD (no address or certificate allow-list)")
+	}
+	if a.ISCSIWithoutCHAP {
+		parts = append(parts, "iSCSI without CHAP even off loopback")
 	}
 	return strings.Join(parts, "; ")
 }

@@ -17,6 +17,7 @@ func accessFlags() []cli.Flag {
 		&cli.StringFlag{Name: "mutual-chap-user", Usage: "user name the target answers mutual CHAP with"},
 		&cli.StringFlag{Name: "mutual-chap-secret", Usage: "mutual CHAP secret, 12-255 characters, different from --chap-secret (prefer FERRY_MUTUAL_CHAP_SECRET)", EnvVars: []string{"FERRY_MUTUAL_CHAP_SECRET"}},
 		&cli.StringSliceFlag{Name: "allow-initiator", Usage: "iSCSI initiator IQN allowed to log in (repeat; default: any)"},
+		&cli.StringSliceFlag{Name: "allow-tls-identity", Usage: "NBD client certificate common name allowed in (repeat; needs ferry serve --nbd-tls-ca)"},
 		&cli.BoolFlag{Name: "iscsi-without-chap", Usage: "serve over iSCSI without CHAP even when the iSCSI listener is off loopback, where CHAP is otherwise required (=false to undo)"},
 	}
 }
@@ -28,6 +29,9 @@ const accessHelp = `Access control belongs to the volume and holds on every prot
    --chap-user/...    iSCSI: initiators must log in with CHAP (secrets of
                       12-255 characters; mutual CHAP optional).
    --allow-initiator  iSCSI: only these initiator names log in.
+   --allow-tls-identity  NBD: only clients with a certificate of this
+                      common name (ferry serve --nbd-tls-ca verifies them);
+                      admits NBD clients to a CHAP-protected volume.
 
 An iSCSI listener off loopback requires CHAP: a volume without CHAP of its
 own and without the gateway's default CHAP (ferry serve --iscsi-chap-user)
@@ -42,7 +46,8 @@ never shown or logged.`
 
 // accessUpdate builds an AccessUpdate from accessFlags; nil when none is set.
 func accessUpdate(c *cli.Context) *wire.AccessUpdate {
-	u := &wire.AccessUpdate{AllowInitiators: c.StringSlice("allow-initiator"), AllowAddresses: c.StringSlice("allow-address")}
+	u := &wire.AccessUpdate{AllowInitiators: c.StringSlice("allow-initiator"), AllowAddresses: c.StringSlice("allow-address"),
+		AllowTLSIdentities: c.StringSlice("allow-tls-identity")}
 	str := func(name string) *string {
 		if !c.IsSet(name) {
 			return nil

@@ -36,6 +36,9 @@ type Access struct {
 	// AllowAddresses are client address prefixes ("192.0.2.0/24",
 	// "2001:db8::/32"; a lone address is stored as a /32 or /128).
 	AllowAddresses []string `json:"allow_addresses,omitempty"`
+	// AllowTLSIdentities are the NBD client certificate common names
+	// admitted (ferry serve --nbd-tls-ca verifies the certificates).
+	AllowTLSIdentities []string `json:"allow_tls_identities,omitempty"`
 	// ISCSIWithoutCHAP opts the volume out of the CHAP an iSCSI listener
 	// off loopback requires.
 	ISCSIWithoutCHAP bool `json:"iscsi_without_chap,omitempty"`
@@ -47,11 +50,11 @@ func (a *Access) view() *AccessView {
 	}
 	return &AccessView{CHAPUser: a.CHAPUser, MutualUser: a.MutualUser,
 		AllowInitiators: slices.Clone(a.AllowInitiators), AllowAddresses: slices.Clone(a.AllowAddresses),
-		ISCSIWithoutCHAP: a.ISCSIWithoutCHAP}
+		AllowTLSIdentities: slices.Clone(a.AllowTLSIdentities), ISCSIWithoutCHAP: a.ISCSIWithoutCHAP}
 }
 
 func (a *Access) empty() bool {
-	return a == nil || (a.CHAPUser == "" && len(a.AllowInitiators) == 0 && len(a.AllowAddresses) == 0)
+	return a == nil || (a.CHAPUser == "" && len(a.AllowInitiators) == 0 && len(a.AllowAddresses) == 0 && len(a.AllowTLSIdentities) == 0)
 }
 
 // admit checks the rules every protocol shares; the iSCSI frontend checks
@@ -60,15 +63,31 @@ func (a *Access) admit(c Client) error {
 	if a.empty() {
 		return nil
 	}
-	if len(a.AllowAddresses) > 0 {
-		if !addressAllowed(a.AllowAddresses, c.Remote) {
-			return fmt.Errorf("client address %s is not on the volume's address allow-list: %w", c.Remote, ErrDenied)
+	if len(a.AllowAddresses) > 0 && !addressAllowed(a.AllowAddresses, c.Remote) {
+		return fmt.Errorf("client address %s is not on the volume's address allow-list: %w", c.Remote, ErrDenied)
+	}
+	iscsiRules := a.CHAPUser != "" || len(a.AllowInitiators) > 0
+	if c.Protocol == ProtoISCSI {
+		if len(a.AllowTLSIdentities) > 0 && !iscsiRules && len(a.AllowAddresses) == 0 {
+			return fmt.Errorf("the volume admits NBD clients by TLS certificate, which iSCSI cannot check; "+
+				"give it CHAP (--chap-user/--chap-secret) or an initiator allow-list for iSCSI: %w", ErrDenied)
+		}
+		return nil // the iSCSI frontend checks CHAP and the initiator list
+	}
+	if len(a.AllowTLSIdentities) > 0 {
+		if c.TLSIdentity == "" || !slices.Contains(a.AllowTLSIdentities, c.TLSIdentity) {
+			who := "no client certificate"
+			if c.TLSIdentity != "" {
+				who = fmt.Sprintf("TLS identity %q", c.TLSIdentity)
+			}
+			return fmt.Errorf("%s is not on the volume's TLS identity allow-list (ferry serve --nbd-tls-ca makes clients present certificates): %w", who, ErrDenied)
 		}
 		return nil
 	}
-	if c.Protocol != ProtoISCSI {
+	if iscsiRules && len(a.AllowAddresses) == 0 {
 		return fmt.Errorf("the volume is protected by iSCSI CHAP or an initiator allow-list, which %s cannot check; "+
-			"admit %s clients by address with `ferry volume update NAME --allow-address CIDR`: %w", strings.ToUpper(c.Protocol), strings.ToUpper(c.Protocol), ErrDenied)
+			"admit %s clients by address (--allow-address CIDR) or by client certificate (--allow-tls-identity NAME) with `ferry volume update`: %w",
+			strings.ToUpper(c.Protocol), strings.ToUpper(c.Protocol), ErrDenied)
 	}
 	return nil
 }
@@ -119,7 +138,12 @@ func applyAccess(u *AccessUpdate, old *Access) (*Access, error) {
 		a.CHAPUser, a.CHAPSecret, a.MutualUser, a.MutualSecret = "", "", "", ""
 	}
 	if u.ClearAllow {
-		a.AllowInitiators, a.AllowAddresses = nil, nil
+		a.AllowInitiators, a.AllowAddresses, a.AllowTLSIdentities = nil, nil, nil
+	}
+	for _, id := range u.AllowTLSIdentities {
+		if !slices.Contains(a.AllowTLSIdentities, id) {
+			a.AllowTLSIdentities = append(a.AllowTLSIdentities, id)
+		}
 	}
 	set := func(dst *string, src *string) {
 		if src != nil {
@@ -180,6 +204,11 @@ func (a *Access) Validate() error {
 	}
 	if a.MutualSecret != "" && a.MutualSecret == a.CHAPSecret {
 		return bad("the mutual CHAP secret must differ from the CHAP secret (RFC 7143 §12.1.3)")
+	}
+	for _, id := range a.AllowTLSIdentities {
+		if id == "" || len(id) > 64 || strings.ContainsFunc(id, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+			return bad("TLS identity %q is not a certificate common name (1 to 64 printable characters)", id)
+		}
 	}
 	for _, iqn := range a.AllowInitiators {
 		if !initiatorRE.MatchString(iqn) {

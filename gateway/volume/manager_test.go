@@ -182,6 +182,11 @@ func TestAccessAppliesToEveryProtocol(t *testing.T) {
 	m.Create(ctx, "open", 1<<20, volume.CreateOptions{})
 	m.Create(ctx, "chap", 1<<20, volume.CreateOptions{Access: &volume.AccessUpdate{CHAPUser: ptr("alice"), CHAPSecret: ptr("0123456789ab")}})
 	m.Create(ctx, "addr", 1<<20, volume.CreateOptions{Access: &volume.AccessUpdate{AllowAddresses: []string{"127.0.0.2", "10.1.0.0/16", "::1"}}})
+	m.Create(ctx, "cert", 1<<20, volume.CreateOptions{Access: &volume.AccessUpdate{AllowTLSIdentities: []string{"host-a"}}})
+	m.Create(ctx, "chapcert", 1<<20, volume.CreateOptions{Access: &volume.AccessUpdate{CHAPUser: ptr("alice"), CHAPSecret: ptr("0123456789ab"), AllowTLSIdentities: []string{"host-a"}}})
+	tlsClient := func(id string) volume.Client {
+		return volume.Client{Protocol: volume.ProtoNBD, Remote: "127.0.0.1:7", TLSIdentity: id}
+	}
 	iscsi := func(remote string) volume.Client {
 		return volume.Client{Protocol: volume.ProtoISCSI, Remote: remote, Initiator: "iqn.2026-11.io.example:h"}
 	}
@@ -200,6 +205,13 @@ func TestAccessAppliesToEveryProtocol(t *testing.T) {
 		{"addr", nbdClient("[::ffff:10.1.2.3]:9"), true},
 		{"addr", nbdClient("[::1]:9"), true},
 		{"addr", nbdClient("[::2]:9"), false},
+		{"cert", tlsClient("host-a"), true},
+		{"cert", tlsClient("host-b"), false},
+		{"cert", nbdClient("127.0.0.1:1"), false},
+		{"cert", iscsi("127.0.0.1:1"), false}, // iSCSI cannot show a certificate
+		{"chapcert", tlsClient("host-a"), true},
+		{"chapcert", nbdClient("127.0.0.1:1"), false},
+		{"chapcert", iscsi("127.0.0.1:1"), true}, // CHAP is the iSCSI frontend's check
 	}
 	for _, c := range cases {
 		a, err := m.Attach(ctx, c.vol, c.client)

@@ -103,6 +103,18 @@ func TestNBDTLSClientCertificates(t *testing.T) {
 	if out, err := qemuIOTLS(g, client1, "v1", "write -P 0x11 0 4k", "read -P 0x11 0 4k"); err != nil || strings.Contains(out, "failed") {
 		t.Fatalf("qemu-io with a client certificate: %v\n%s", err, out)
 	}
+	// The volume's TLS identity allow-list: client1 is refused until named.
+	g.mustCLI("volume", "update", "v1", "--allow-tls-identity", "client2")
+	if out, err := qemuIOTLS(g, client1, "v1", "read 0 4k"); err == nil {
+		t.Fatalf("client1 served though only client2 is allowed:\n%s", out)
+	}
+	g.mustCLI("volume", "update", "v1", "--allow-tls-identity", "client1")
+	if out, err := qemuIOTLS(g, client1, "v1", "read -P 0x11 0 4k"); err != nil || strings.Contains(out, "failed") {
+		t.Fatalf("client1 refused though allowed: %v\n%s", err, out)
+	}
+	if info := g.mustCLI("volume", "info", "v1"); !strings.Contains(info, "NBD client certificates client2, client1") {
+		t.Errorf("volume info does not show the certificate allow-list:\n%s", info)
+	}
 	// Hold a connection and look at it in volume info.
 	sh := testutil.Nbdsh(t, "-c", "h.set_uri_allow_local_file(True)",
 		"-c", fmt.Sprintf("h.connect_uri(%q)", "nbds://"+g.nbdAddr+"/v1?tls-certificates="+client1), "-c", "import time; time.sleep(30)")

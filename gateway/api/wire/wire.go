@@ -173,6 +173,8 @@ type AccessView struct {
 	MutualUser      string   `json:"mutual_chap_user,omitempty"`
 	AllowInitiators []string `json:"allow_initiators,omitempty"`
 	AllowAddresses  []string `json:"allow_addresses,omitempty"`
+	// AllowTLSIdentities are the NBD client certificate names admitted.
+	AllowTLSIdentities []string `json:"allow_tls_identities,omitempty"`
 	// ISCSIWithoutCHAP: served over iSCSI without CHAP even when the
 	// iSCSI listener is off loopback (where CHAP is otherwise required).
 	ISCSIWithoutCHAP bool `json:"iscsi_without_chap,omitempty"`
@@ -190,6 +192,9 @@ type AccessUpdate struct {
 	AllowAddresses  []string `json:"allow_addresses,omitempty"`
 	ClearCHAP       bool     `json:"clear_chap,omitempty"`
 	ClearAllow      bool     `json:"clear_allow,omitempty"`
+	// AllowTLSIdentities adds NBD client certificate names (ClearAllow
+	// clears them with the other lists).
+	AllowTLSIdentities []string `json:"allow_tls_identities,omitempty"`
 	// ISCSIWithoutCHAP sets or clears the volume's opt-out of the CHAP
 	// that an iSCSI listener off loopback requires.
 	ISCSIWithoutCHAP *bool `json:"iscsi_without_chap,omitempty"`
@@ -198,7 +203,7 @@ type AccessUpdate struct {
 // Empty reports whether u changes nothing.
 func (u *AccessUpdate) Empty() bool {
 	return u == nil || (u.CHAPUser == nil && u.CHAPSecret == nil && u.MutualUser == nil &&
-		u.MutualSecret == nil && len(u.AllowInitiators) == 0 && len(u.AllowAddresses) == 0 && !u.ClearCHAP && !u.ClearAllow && u.ISCSIWithoutCHAP == nil)
+		u.MutualSecret == nil && len(u.AllowInitiators) == 0 && len(u.AllowAddresses) == 0 && !u.ClearCHAP && !u.ClearAllow && u.ISCSIWithoutCHAP == nil && len(u.AllowTLSIdentities) == 0)
 }
 
 // TierInfo is an S3-backed volume's cache and recovery-point state.
