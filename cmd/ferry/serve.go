@@ -28,6 +28,7 @@ import (
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
 	"github.com/ferry-io/ferry/internal/buildinfo"
+	"github.com/ferry-io/ferry/internal/sdnotify"
 )
 
 // serveFlags are ferry serve's flags; each may also come from FERRY_* env
@@ -392,8 +393,12 @@ func runServe(c *cli.Context) error {
 		}()
 	}
 	logEffectiveFlags(c, log)
+	names := mgr.Names(ctx)
 	log.Info("ferry gateway running", "version", gw.Build.Version, "commit", gw.Build.Commit, "data", dataDir,
-		"volumes", strings.Join(mgr.Names(ctx), ","))
+		"volumes", strings.Join(names, ","))
+	if _, err := sdnotify.Ready(fmt.Sprintf("serving %d volumes", len(names))); err != nil {
+		log.Warn("could not tell systemd the gateway is ready", "err", err)
+	}
 
 	var runErr error
 	select {
@@ -403,6 +408,7 @@ func runServe(c *cli.Context) error {
 		log.Error("server failed; shutting down", "err", runErr)
 	}
 
+	sdnotify.Stopping("draining requests and flushing volumes")
 	sctx, cancel := context.WithTimeout(context.Background(), c.Duration("shutdown-timeout"))
 	defer cancel()
 	for _, r := range fronts {

@@ -127,6 +127,7 @@ type gateway struct {
 	iscsiAddr string
 	apiAddr   string
 	extra     []string
+	env       []string // added to the gateway's environment
 	cmd       *exec.Cmd
 	logs      *syncBuffer
 	exited    chan struct{}
@@ -173,6 +174,7 @@ func (g *gateway) start() {
 	g.t.Helper()
 	args := append([]string{"serve", "--data", g.data, "--nbd-listen", g.nbdAddr, "--api-listen", g.apiAddr, "--iscsi-listen", g.iscsiAddr}, g.extra...)
 	g.cmd = exec.Command(ferryBin, args...)
+	g.cmd.Env = append(os.Environ(), g.env...)
 	g.logs = &syncBuffer{}
 	g.cmd.Stdout, g.cmd.Stderr = g.logs, g.logs
 	if err := g.cmd.Start(); err != nil {
