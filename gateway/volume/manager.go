@@ -107,9 +107,15 @@ type vol struct {
 	revoked  chan struct{}
 	removing bool
 	drained  chan struct{} // closed when a removing volume has no clients
+	// sn is the volume's snapshot capability (snapshots.go).
+	sn snapshotter
 	// snaps are the volume's snapshots, by name, with their export's
 	// device once a client opened it (snapshots.go).
-	snaps map[string]*tier.SnapshotDevice
+	snaps map[string]device.Device
+}
+
+func newVol(rec *Record, dev device.Device, sn snapshotter) *vol {
+	return &vol{rec: rec, dev: dev, sn: sn, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
 }
 
 var _ Exports = (*Manager)(nil)
@@ -173,13 +179,12 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	m.cat = cat
 	for _, rec := range cat.Volumes {
-		dev, err := m.openDevice(ctx, rec)
+		dev, sn, err := m.openDevice(ctx, rec)
 		if err != nil {
 			m.closeAll()
 			return nil, fmt.Errorf("open volume %q: %w", rec.Name, err)
 		}
-		v := &vol{rec: rec, dev: dev, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
-		m.vols[rec.Name] = v
+		m.vols[rec.Name] = newVol(rec, dev, sn)
 	}
 	m.removeOrphans()
 	// Snapshot names load in the background: a store that does not answer
@@ -204,12 +209,13 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, error) {
+// openDevice opens a volume's device and its snapshot capability.
+func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, snapshotter, error) {
 	switch rec.Backend {
 	case "local":
 		d, err := local.Open(rec.Path)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		// A resize that crashed before its catalog update left the file
 		// at the new size; the catalog is the truth.
@@ -218,14 +224,18 @@ func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, e
 				attrVolume, rec.Name, "file_size", d.Size(), "size", rec.Size)
 			if err := d.Resize(ctx, rec.Size); err != nil {
 				d.Close()
-				return nil, err
+				return nil, nil, err
 			}
 		}
-		return d, nil
+		return d, m.localSnapshotter(rec, d), nil
 	case "tier":
-		return m.openTier(ctx, rec, tierOpen{})
+		td, err := m.openTier(ctx, rec, tierOpen{})
+		if err != nil {
+			return nil, nil, err
+		}
+		return td, m.tierSnapshotter(rec, td), nil
 	default:
-		return nil, fmt.Errorf("unknown backend %q", rec.Backend)
+		return nil, nil, fmt.Errorf("unknown backend %q", rec.Backend)
 	}
 }
 
@@ -336,6 +346,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 	}
 	rec := &Record{ID: newID(), Name: name, Size: size, Backend: "local", Created: time.Now().UTC().Truncate(time.Second), Access: access}
 	var dev device.Device
+	var sn snapshotter
 	if opts.Store != "" {
 		if _, ok := m.stores[opts.Store]; !ok {
 			return Info{}, fmt.Errorf("create volume %q: no store named %q (see ferry store ls): %w", name, opts.Store, ErrInvalid)
@@ -376,14 +387,14 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 			dropTier()
 			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 		}
-		dev = td
+		dev, sn = td, m.tierSnapshotter(rec, td)
 	} else {
 		rec.Path = filepath.Join(dir, "vol-"+rec.ID+".img")
 		ld, err := local.Create(rec.Path, size)
 		if err != nil {
 			return Info{}, fmt.Errorf("create volume %q: %w", name, tooLarge(err, dir, size))
 		}
-		dev = ld
+		dev, sn = ld, m.localSnapshotter(rec, ld)
 	}
 	m.cat.Volumes = append(m.cat.Volumes, rec)
 	if err := m.commit(); err != nil {
@@ -392,7 +403,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 		os.RemoveAll(rec.Path)
 		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 	}
-	v := &vol{rec: rec, dev: dev, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
+	v := newVol(rec, dev, sn)
 	m.vols[name] = v
 	m.log.Info("volume created", attrVolume, name, "size", size, "path", rec.Path)
 	return m.infoLocked(ctx, v), nil
@@ -537,8 +548,10 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 		return fmt.Errorf("remove volume %q: %w", name, err)
 	}
 	delete(m.vols, name)
+	closeSnapshotsLocked(v)
 	v.dev.Close()
 	os.Remove(m.prPath(v.rec))
+	v.sn.Drop(ctx)
 	if v.rec.Backend == "tier" {
 		l, other := m.leases[v.rec.ID], m.elsewhere[v.rec.ID]
 		delete(m.leases, v.rec.ID)
@@ -695,6 +708,7 @@ func (m *Manager) Close(ctx context.Context) error {
 
 func (m *Manager) closeAll() {
 	for _, v := range m.vols {
+		closeSnapshotsLocked(v)
 		v.dev.Close()
 	}
 	m.vols = map[string]*vol{}
