@@ -73,7 +73,7 @@ type Config struct {
 
 // Manager owns the catalog and the open devices. It is safe for
 // concurrent use. Lock order: Manager.mu, then a device's own locks
-// (probeMu is never held with another lock).
+// (probeMu and reflinkMu are never held with another lock).
 type Manager struct {
 	cfg     Config
 	log     *slog.Logger
@@ -92,6 +92,9 @@ type Manager struct {
 
 	probeMu sync.Mutex             // guards probes only; never held with mu
 	probes  map[string]probeResult // by store name
+
+	reflinkMu sync.Mutex       // guards reflink only; never held with another lock
+	reflink   map[string]error // by pool directory: nil where files can share blocks
 
 	closing   chan struct{}           // closed by Close: background retries end
 	closed    bool                    // under mu
@@ -157,6 +160,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		stores:  map[string]*StoreConfig{},
 		leases:  map[string]*lease.Lease{},
 		closing: make(chan struct{}),
+		reflink: map[string]error{},
 	}
 	m.elsewhere = map[string]error{}
 	holder, err := loadIdentity(cfg.DataDir)
@@ -187,6 +191,13 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		m.vols[rec.Name] = newVol(rec, dev, sn)
 	}
 	m.removeOrphans()
+	// Whether each pool directory can share blocks (local snapshots and
+	// clones need it) is found once, and logged.
+	for _, d := range cfg.PoolDirs {
+		if err := m.reflinkIn(d); err != nil {
+			m.log.Info("local pool directory cannot share blocks between files: its volumes have no snapshots or clones", "dir", d, "fs", local.FSName(d), "err", err)
+		}
+	}
 	// Snapshot names load in the background: a store that does not answer
 	// must not hold up the start.
 	for _, v := range m.vols {
@@ -243,10 +254,14 @@ func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, s
 // create that crashed before its catalog update, or a remove that crashed
 // after it.
 func (m *Manager) removeOrphans() {
-	known := map[string]bool{}
+	known, ids := map[string]bool{}, map[string]bool{}
 	for _, r := range m.cat.Volumes {
 		known[r.Path] = true
+		if r.Backend == "local" {
+			ids[r.ID] = true
+		}
 	}
+	m.removeSnapshotOrphans(ids)
 	for _, dir := range m.cfg.PoolDirs {
 		files, _ := filepath.Glob(filepath.Join(dir, "vol-*.img"))
 		caches, _ := filepath.Glob(filepath.Join(dir, "tier-*"))
@@ -649,7 +664,11 @@ func (m *Manager) Pool(ctx context.Context) PoolInfo {
 		if err != nil {
 			continue
 		}
-		p.Dirs = append(p.Dirs, PoolDir{Path: d, Total: total, Free: free})
+		pd := PoolDir{Path: d, Total: total, Free: free, FS: local.FSName(d)}
+		if err := m.reflinkIn(d); err == nil {
+			pd.Reflink = true
+		}
+		p.Dirs = append(p.Dirs, pd)
 	}
 	p.Cache = m.Cache()
 	for _, in := range m.Volumes(ctx) {
