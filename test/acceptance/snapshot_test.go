@@ -2,7 +2,9 @@ package acceptance
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -282,7 +284,10 @@ func TestLocalSnapshotUnderLoad(t *testing.T) {
 	g.compareExport("vm1@s2", quiet, "right after it was taken")
 	g.qemuIOWrite("vm1", "write -P 0x77 1M 30M")
 	g.compareExport("vm1@s2", quiet, "after the volume changed")
-	if out, err := runErr(time.Minute, testutil.RequireTool(t, "qemu-img"), "compare", "-f", "raw", "-F", "raw", quiet, g.uri("vm1")); err == nil {
+	qemuImg := testutil.RequireTool(t, "qemu-img")
+	run(t, 5*time.Minute, qemuImg, "compare", "-f", "raw", "-F", "raw", quiet, g.uri("vm1@s2"))
+	run(t, 5*time.Minute, qemuImg, "compare", "-f", "raw", "-F", "raw", quiet, "iscsi://"+g.iscsiAddr+"/iqn.2026-11.io.ferry:vm1:s2/0")
+	if out, err := runErr(time.Minute, qemuImg, "compare", "-f", "raw", "-F", "raw", quiet, g.uri("vm1")); err == nil {
 		t.Errorf("the volume still equals its snapshot after a write:\n%s", out)
 	}
 
@@ -412,4 +417,145 @@ func TestLocalSnapshotRefusedOnExt4(t *testing.T) {
 	if out, err := runErr(time.Minute, testutil.RequireTool(t, "nbdinfo"), g.uri("vm1@s1")); err == nil {
 		t.Errorf("a refused snapshot is exported:\n%s", out)
 	}
+}
+
+// TestKill9DuringLocalSnapshots kills the gateway while snapshots and
+// clones of a local volume on XFS are being taken and removed: after the
+// restart every acknowledged snapshot and clone is there and reads what
+// the volume held, every acknowledged removal is gone, and nothing is
+// left that no catalog entry or snapshot names (temporary files, orphan
+// volume files).
+func TestKill9DuringLocalSnapshots(t *testing.T) {
+	cycles := crashCycles(t, 5)
+	qemuIO := testutil.RequireTool(t, "qemu-io")
+	g, _ := xfsGateway(t)
+	g.mustCLI("volume", "create", "vm1", "--size", "16M")
+	g.qemuIOWrite("vm1", "write -P 0x11 0 8M")
+	id := g.info("vm1").ID
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
+	snaps, clones := map[string]bool{}, map[string]bool{} // acknowledged: name -> exists
+	n := 0
+	for c := 0; c < cycles; c++ {
+		type result struct {
+			kind, name string
+			exists, ok bool
+		}
+		results := make(chan result, 1000)
+		stop := make(chan struct{})
+		go func() {
+			defer close(results)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n++
+				s := fmt.Sprintf("s%d", n)
+				r := g.cli("volume", "snapshot", "create", "vm1", s)
+				results <- result{"snapshot", s, true, r.code == 0}
+				if r.code != 0 {
+					return
+				}
+				if n%2 == 0 {
+					cl := fmt.Sprintf("c%d", n)
+					r := g.cli("volume", "clone", "vm1@"+s, cl)
+					results <- result{"clone", cl, true, r.code == 0}
+					if r.code != 0 {
+						return
+					}
+				}
+				if n%3 == 0 {
+					r := g.cli("volume", "snapshot", "rm", "vm1", s)
+					results <- result{"snapshot", s, false, r.code == 0}
+					if r.code != 0 {
+						return
+					}
+				}
+			}
+		}()
+		time.Sleep(time.Duration(100+rng.IntN(600)) * time.Millisecond)
+		g.kill9()
+		close(stop)
+		uncertain := map[string]bool{}
+		for r := range results {
+			m := snaps
+			if r.kind == "clone" {
+				m = clones
+			}
+			if r.ok {
+				m[r.name] = r.exists
+			} else {
+				uncertain[r.name] = true
+			}
+		}
+		g.start()
+		var list []struct {
+			Name string `json:"name"`
+			Size int64  `json:"size"`
+		}
+		if err := json.Unmarshal([]byte(g.mustCLI("volume", "snapshot", "ls", "vm1", "--json")), &list); err != nil {
+			t.Fatal(err)
+		}
+		haveSnap := map[string]bool{}
+		for _, s := range list {
+			haveSnap[s.Name] = true
+			if s.Size != 16<<20 {
+				t.Errorf("cycle %d: snapshot %s size %d", c, s.Name, s.Size)
+			}
+		}
+		var vols []volumeInfo
+		if err := json.Unmarshal([]byte(g.mustCLI("volume", "ls", "--json")), &vols); err != nil {
+			t.Fatal(err)
+		}
+		haveVol := map[string]bool{}
+		for _, v := range vols {
+			haveVol[v.Name] = true
+		}
+		check := func(kind string, want, have map[string]bool) string {
+			newest, newestN := "", 0
+			for name, exists := range want {
+				if uncertain[name] {
+					continue
+				}
+				if have[name] != exists {
+					t.Fatalf("cycle %d: %s %s exists=%v after restart, but its last acknowledged operation left exists=%v", c, kind, name, have[name], exists)
+				}
+				var k int
+				fmt.Sscan(name[1:], &k)
+				if exists && k > newestN {
+					newest, newestN = name, k
+				}
+			}
+			for name := range uncertain {
+				if name[0] == kind[0] {
+					want[name] = have[name]
+				}
+			}
+			return newest
+		}
+		if s := check("snapshot", snaps, haveSnap); s != "" {
+			run(t, time.Minute, qemuIO, "-r", "-f", "raw", "-c", "read -P 0x11 0 8M", "-c", "read -P 0 8M 8M", g.uri("vm1@"+s))
+		}
+		if cl := check("clone", clones, haveVol); cl != "" {
+			run(t, time.Minute, qemuIO, "-r", "-f", "raw", "-c", "read -P 0x11 0 8M", "-c", "read -P 0 8M 8M", g.uri(cl))
+		}
+		files, _ := filepath.Glob(filepath.Join(g.data, "pool", "vol-*.img"))
+		if len(files) != len(vols) {
+			t.Fatalf("cycle %d: %d volume files for %d volumes: orphans left behind", c, len(files), len(vols))
+		}
+		imgs, _ := filepath.Glob(filepath.Join(g.data, "pool", "snapshots", id, "*.img"))
+		if len(imgs) != len(list) {
+			t.Fatalf("cycle %d: %d snapshot files for %d snapshots", c, len(imgs), len(list))
+		}
+		for _, dir := range []string{filepath.Join(g.data, "pool"), filepath.Join(g.data, "pool", "snapshots", id)} {
+			if tmps, _ := filepath.Glob(filepath.Join(dir, ".*.tmp")); len(tmps) > 0 {
+				t.Fatalf("cycle %d: temporary files left after the restart: %v", c, tmps)
+			}
+		}
+	}
+	if len(snaps) == 0 {
+		t.Fatal("no snapshot completed")
+	}
+	t.Logf("%d kill -9 cycles; %d snapshots and %d clones acknowledged", cycles, len(snaps), len(clones))
 }
