@@ -7,6 +7,10 @@
 // pwrite straight on the file, so they are safe for concurrent use and add
 // no copy; Resize takes the write side of a RWMutex that every other
 // operation holds for reading.
+//
+// Snapshots and clones are reflinks (reflink.go, snapshot.go): files that
+// share the volume's blocks until either is written. A snapshot is opened
+// with OpenReadOnly.
 package local
 
 import (
@@ -29,10 +33,16 @@ type Device struct {
 	path   string
 	size   int64
 	closed bool
+	// readOnly: opened with OpenReadOnly (a snapshot); every write fails
+	// with ErrReadOnly.
+	readOnly bool
 }
 
-var _ device.Device = (*Device)(nil)
-var _ device.Statter = (*Device)(nil)
+var (
+	_ device.Device   = (*Device)(nil)
+	_ device.Statter  = (*Device)(nil)
+	_ device.ReadOnly = (*Device)(nil)
+)
 
 // Create makes a new sparse file of size bytes at path. It fails if the
 // file exists. The file and its directory entry are synced before it
@@ -91,6 +101,26 @@ func Open(path string) (*Device, error) {
 	}
 	return newDevice(f, path, st.Size()), nil
 }
+
+// OpenReadOnly opens an existing file as a device that refuses every
+// write with ErrReadOnly (device.ReadOnly): a snapshot's export.
+func OpenReadOnly(path string) (*Device, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	d := newDevice(f, path, st.Size())
+	d.readOnly = true
+	return d, nil
+}
+
+// ReadOnly implements device.ReadOnly.
+func (d *Device) ReadOnly() bool { return d.readOnly }
 
 func newDevice(f *os.File, path string, size int64) *Device {
 	return &Device{f: f, fd: int(f.Fd()), path: path, size: size}
@@ -188,6 +218,9 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) error {
 		return err
 	}
 	defer d.mu.RUnlock()
+	if d.readOnly {
+		return fmt.Errorf("local write: %w", device.ErrReadOnly)
+	}
 	for len(p) > 0 {
 		n, err := unix.Pwrite(d.fd, p, off)
 		if err != nil {
@@ -235,6 +268,9 @@ func (d *Device) zero(ctx context.Context, op string, off, length int64, punch b
 		return err
 	}
 	defer d.mu.RUnlock()
+	if d.readOnly {
+		return fmt.Errorf("local %s: %w", op, device.ErrReadOnly)
+	}
 	if length == 0 {
 		return nil
 	}
@@ -320,6 +356,9 @@ func (d *Device) Resize(ctx context.Context, size int64) error {
 	defer d.mu.Unlock()
 	if d.closed {
 		return fmt.Errorf("local resize: %w", device.ErrClosed)
+	}
+	if d.readOnly {
+		return fmt.Errorf("local resize: %w", device.ErrReadOnly)
 	}
 	if err := d.f.Truncate(size); err != nil {
 		return fmt.Errorf("local resize to %d: %w", size, mapErrno(err))

@@ -6,6 +6,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/ferry-io/ferry/gateway/api/wire"
 )
 
 func cmdPool() *cli.Command {
@@ -29,9 +31,9 @@ func cmdPool() *cli.Command {
 				fmt.Printf("provisioned:  %s\n", formatSize(p.Provisioned))
 				fmt.Printf("allocated:    %s\n", formatSize(p.Allocated))
 				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "\nLOCAL DIR\tSIZE\tFREE")
+				fmt.Fprintln(w, "\nLOCAL DIR\tSIZE\tFREE\tFS\tSNAPSHOTS")
 				for _, d := range p.Dirs {
-					fmt.Fprintf(w, "%s\t%s\t%s\n", d.Path, formatSize(d.Total), formatSize(d.Free))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", d.Path, formatSize(d.Total), formatSize(d.Free), d.FS, poolSnapshots(d))
 				}
 				if err := w.Flush(); err != nil {
 					return err
@@ -40,6 +42,15 @@ func cmdPool() *cli.Command {
 			},
 		}},
 	}
+}
+
+// poolSnapshots says whether local volumes in pool directory d can have
+// snapshots and clones.
+func poolSnapshots(d wire.PoolDir) string {
+	if d.Reflink {
+		return "yes (reflink)"
+	}
+	return "no (" + d.FS + " cannot share blocks: use XFS or btrfs)"
 }
 
 // printTierPool shows the S3 side of the pool: the cache of S3-backed

@@ -66,7 +66,7 @@ func printStatus(out io.Writer, st wire.Status) error {
 	p := st.Pool
 	fmt.Fprintf(out, "\npool:      %d volume(s), %s provisioned, %s allocated\n", p.Volumes, formatSize(p.Provisioned), formatSize(p.Allocated))
 	for _, d := range p.Dirs {
-		fmt.Fprintf(out, "           %s: %s free of %s\n", d.Path, formatSize(d.Free), formatSize(d.Total))
+		fmt.Fprintf(out, "           %s: %s free of %s, %s, snapshots: %s\n", d.Path, formatSize(d.Free), formatSize(d.Total), d.FS, poolSnapshots(d))
 	}
 	fmt.Fprintf(out, "cache:     %s of %s used, %s dirty (not yet in S3)\n", formatSize(p.Cache.Used), formatSize(p.Cache.Budget), formatSize(p.Cache.Dirty))
 

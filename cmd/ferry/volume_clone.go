@@ -11,10 +11,12 @@ func cmdVolumeClone() *cli.Command {
 		Name:      "clone",
 		Usage:     "make a writable volume from a snapshot, at once and without copying",
 		UsageText: "ferry volume clone VOLUME@SNAPSHOT NEW [--json]",
-		Description: `The clone shares the snapshot's data in the bucket: nothing is copied,
-and it is served at once. The clone and its parent change independently;
-the snapshot and the parent volume can be removed while the clone lives
-(what the clone reads stays in the bucket). S3-backed volumes only, so far.
+		Description: `The clone shares the snapshot's data: nothing is copied, and it is
+served at once. The clone and its parent change independently; the
+snapshot and the parent volume can be removed while the clone lives. A
+clone of an S3-backed volume reads the snapshot's objects in the bucket;
+a clone of a local volume is a reflink of the snapshot's file in the same
+pool directory (XFS or btrfs).
 
    ferry volume snapshot create db nightly
    ferry volume clone db@nightly db-test`,

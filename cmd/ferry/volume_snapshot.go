@@ -17,7 +17,11 @@ func cmdVolumeSnapshot() *cli.Command {
 volume is flushed first) and is readable as a read-only export named
 VOLUME@SNAPSHOT: nbd://HOST:10809/vm1@before, or the iSCSI target
 BASE:vm1:before. It shares the volume's data; only what later writes
-replace is kept for it. S3-backed volumes only, so far.
+replace is kept for it. An S3-backed volume's snapshot is a recovery
+point kept by name; a local volume's is a reflink of its file, so its
+pool must be on a file system that shares blocks between files (XFS with
+reflink, the mkfs.xfs default, or btrfs: see ferry pool info). ONLY IT
+KEEPS in ls is what removing the snapshot would free.
 
    ferry volume snapshot create vm1 before-upgrade
    ferry volume snapshot ls vm1
@@ -41,7 +45,11 @@ replace is kept for it. S3-backed volumes only, so far.
 					if c.Bool("json") {
 						return printJSON(sn)
 					}
-					fmt.Printf("snapshot %s created (recovery point %d); read it as %s\n", sn.Export, sn.RecoveryPoint, sn.Export)
+					if sn.RecoveryPoint != 0 {
+						fmt.Printf("snapshot %s created (recovery point %d); read it as %s\n", sn.Export, sn.RecoveryPoint, sn.Export)
+					} else {
+						fmt.Printf("snapshot %s created; read it as %s\n", sn.Export, sn.Export)
+					}
 					return nil
 				},
 			},

@@ -73,7 +73,7 @@ type Config struct {
 
 // Manager owns the catalog and the open devices. It is safe for
 // concurrent use. Lock order: Manager.mu, then a device's own locks
-// (probeMu is never held with another lock).
+// (probeMu and reflinkMu are never held with another lock).
 type Manager struct {
 	cfg     Config
 	log     *slog.Logger
@@ -93,6 +93,9 @@ type Manager struct {
 	probeMu sync.Mutex             // guards probes only; never held with mu
 	probes  map[string]probeResult // by store name
 
+	reflinkMu sync.Mutex       // guards reflink only; never held with another lock
+	reflink   map[string]error // by pool directory: nil where files can share blocks
+
 	closing   chan struct{}           // closed by Close: background retries end
 	closed    bool                    // under mu
 	holder    lease.Holder            // this gateway in writer leases
@@ -107,9 +110,15 @@ type vol struct {
 	revoked  chan struct{}
 	removing bool
 	drained  chan struct{} // closed when a removing volume has no clients
+	// sn is the volume's snapshot capability (snapshots.go).
+	sn snapshotter
 	// snaps are the volume's snapshots, by name, with their export's
 	// device once a client opened it (snapshots.go).
-	snaps map[string]*tier.SnapshotDevice
+	snaps map[string]device.Device
+}
+
+func newVol(rec *Record, dev device.Device, sn snapshotter) *vol {
+	return &vol{rec: rec, dev: dev, sn: sn, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
 }
 
 var _ Exports = (*Manager)(nil)
@@ -151,6 +160,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		stores:  map[string]*StoreConfig{},
 		leases:  map[string]*lease.Lease{},
 		closing: make(chan struct{}),
+		reflink: map[string]error{},
 	}
 	m.elsewhere = map[string]error{}
 	holder, err := loadIdentity(cfg.DataDir)
@@ -173,15 +183,21 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	m.cat = cat
 	for _, rec := range cat.Volumes {
-		dev, err := m.openDevice(ctx, rec)
+		dev, sn, err := m.openDevice(ctx, rec)
 		if err != nil {
 			m.closeAll()
 			return nil, fmt.Errorf("open volume %q: %w", rec.Name, err)
 		}
-		v := &vol{rec: rec, dev: dev, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
-		m.vols[rec.Name] = v
+		m.vols[rec.Name] = newVol(rec, dev, sn)
 	}
 	m.removeOrphans()
+	// Whether each pool directory can share blocks (local snapshots and
+	// clones need it) is found once, and logged.
+	for _, d := range cfg.PoolDirs {
+		if err := m.reflinkIn(d); err != nil {
+			m.log.Info("local pool directory cannot share blocks between files: its volumes have no snapshots or clones", "dir", d, "fs", local.FSName(d), "err", err)
+		}
+	}
 	// Snapshot names load in the background: a store that does not answer
 	// must not hold up the start.
 	for _, v := range m.vols {
@@ -204,12 +220,13 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, error) {
+// openDevice opens a volume's device and its snapshot capability.
+func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, snapshotter, error) {
 	switch rec.Backend {
 	case "local":
 		d, err := local.Open(rec.Path)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		// A resize that crashed before its catalog update left the file
 		// at the new size; the catalog is the truth.
@@ -218,14 +235,18 @@ func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, e
 				attrVolume, rec.Name, "file_size", d.Size(), "size", rec.Size)
 			if err := d.Resize(ctx, rec.Size); err != nil {
 				d.Close()
-				return nil, err
+				return nil, nil, err
 			}
 		}
-		return d, nil
+		return d, m.localSnapshotter(rec, d), nil
 	case "tier":
-		return m.openTier(ctx, rec, tierOpen{})
+		td, err := m.openTier(ctx, rec, tierOpen{})
+		if err != nil {
+			return nil, nil, err
+		}
+		return td, m.tierSnapshotter(rec, td), nil
 	default:
-		return nil, fmt.Errorf("unknown backend %q", rec.Backend)
+		return nil, nil, fmt.Errorf("unknown backend %q", rec.Backend)
 	}
 }
 
@@ -233,10 +254,14 @@ func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, e
 // create that crashed before its catalog update, or a remove that crashed
 // after it.
 func (m *Manager) removeOrphans() {
-	known := map[string]bool{}
+	known, ids := map[string]bool{}, map[string]bool{}
 	for _, r := range m.cat.Volumes {
 		known[r.Path] = true
+		if r.Backend == "local" {
+			ids[r.ID] = true
+		}
 	}
+	m.removeSnapshotOrphans(ids)
 	for _, dir := range m.cfg.PoolDirs {
 		files, _ := filepath.Glob(filepath.Join(dir, "vol-*.img"))
 		caches, _ := filepath.Glob(filepath.Join(dir, "tier-*"))
@@ -336,6 +361,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 	}
 	rec := &Record{ID: newID(), Name: name, Size: size, Backend: "local", Created: time.Now().UTC().Truncate(time.Second), Access: access}
 	var dev device.Device
+	var sn snapshotter
 	if opts.Store != "" {
 		if _, ok := m.stores[opts.Store]; !ok {
 			return Info{}, fmt.Errorf("create volume %q: no store named %q (see ferry store ls): %w", name, opts.Store, ErrInvalid)
@@ -376,14 +402,14 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 			dropTier()
 			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 		}
-		dev = td
+		dev, sn = td, m.tierSnapshotter(rec, td)
 	} else {
 		rec.Path = filepath.Join(dir, "vol-"+rec.ID+".img")
 		ld, err := local.Create(rec.Path, size)
 		if err != nil {
 			return Info{}, fmt.Errorf("create volume %q: %w", name, tooLarge(err, dir, size))
 		}
-		dev = ld
+		dev, sn = ld, m.localSnapshotter(rec, ld)
 	}
 	m.cat.Volumes = append(m.cat.Volumes, rec)
 	if err := m.commit(); err != nil {
@@ -392,7 +418,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 		os.RemoveAll(rec.Path)
 		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 	}
-	v := &vol{rec: rec, dev: dev, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
+	v := newVol(rec, dev, sn)
 	m.vols[name] = v
 	m.log.Info("volume created", attrVolume, name, "size", size, "path", rec.Path)
 	return m.infoLocked(ctx, v), nil
@@ -537,8 +563,10 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 		return fmt.Errorf("remove volume %q: %w", name, err)
 	}
 	delete(m.vols, name)
+	closeSnapshotsLocked(v)
 	v.dev.Close()
 	os.Remove(m.prPath(v.rec))
+	v.sn.Drop(ctx)
 	if v.rec.Backend == "tier" {
 		l, other := m.leases[v.rec.ID], m.elsewhere[v.rec.ID]
 		delete(m.leases, v.rec.ID)
@@ -636,7 +664,11 @@ func (m *Manager) Pool(ctx context.Context) PoolInfo {
 		if err != nil {
 			continue
 		}
-		p.Dirs = append(p.Dirs, PoolDir{Path: d, Total: total, Free: free})
+		pd := PoolDir{Path: d, Total: total, Free: free, FS: local.FSName(d)}
+		if err := m.reflinkIn(d); err == nil {
+			pd.Reflink = true
+		}
+		p.Dirs = append(p.Dirs, pd)
 	}
 	p.Cache = m.Cache()
 	for _, in := range m.Volumes(ctx) {
@@ -695,6 +727,7 @@ func (m *Manager) Close(ctx context.Context) error {
 
 func (m *Manager) closeAll() {
 	for _, v := range m.vols {
+		closeSnapshotsLocked(v)
 		v.dev.Close()
 	}
 	m.vols = map[string]*vol{}

@@ -361,6 +361,7 @@ func (m *Manager) Release(ctx context.Context, name string, force bool) (tier.Ma
 	}
 	delete(m.vols, name)
 	delete(m.leases, v.rec.ID)
+	closeSnapshotsLocked(v)
 	v.dev.Close()
 	os.Remove(m.prPath(v.rec))
 	os.RemoveAll(v.rec.Path)
@@ -593,7 +594,7 @@ func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (AdoptResponse, I
 		m.mu.Unlock()
 		return cleanup(err)
 	}
-	v := &vol{rec: rec, dev: td, clients: map[*Attachment]Client{}, revoked: make(chan struct{})}
+	v := newVol(rec, td, m.tierSnapshotter(rec, td))
 	m.vols[name] = v
 	if req.Hydrate != "none" {
 		td.Hydrate(req.HydrateRate)

@@ -33,3 +33,7 @@ func ValidateSize(size int64) error {
 // MaxSize is the largest volume size: 8 EiB less one 512-byte sector
 // (2^63 - 512), the largest multiple of 512 an int64 offset can address.
 const MaxSize = 1<<63 - 512
+
+// snapshotNameRE: snapshot names, the part after '@' in an export name
+// and after the last ':' of a snapshot's iSCSI target.
+var snapshotNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)

@@ -4,23 +4,61 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/ferry-io/ferry/backends/lease"
-	"github.com/ferry-io/ferry/backends/store"
-	"github.com/ferry-io/ferry/backends/tier"
+	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/gateway/api/wire"
 )
 
 // Snapshot describes one snapshot (wire.Snapshot).
 type Snapshot = wire.Snapshot
 
-// Snapshots of volumes, served read-only as VOLUME@SNAPSHOT. Only
-// S3-backed volumes have them so far (docs/ARCHITECTURE.md).
+// Snapshots of volumes, served read-only as VOLUME@SNAPSHOT, and clones
+// made from them. What a snapshot is depends on where the volume's bytes
+// live, so the manager reaches it through one capability, snapshotter:
+// S3-backed volumes keep snapshots as named recovery points
+// (tierSnapshots, tier_snapshots.go), local volumes as reflinked copies of
+// their file (localSnapshots, local_snapshots.go). docs/ARCHITECTURE.md
+// describes both.
+
+// snapshotter is a volume's snapshot and clone capability. Its methods are
+// called without m.mu held; errors wrap ErrExists, ErrNotFound and
+// ErrInvalid where one applies.
+type snapshotter interface {
+	// Create keeps, as the snapshot name (already validated), every write
+	// acknowledged before the call.
+	Create(ctx context.Context, name string) (Snapshot, error)
+	// List returns the snapshots sorted by name, with what only each
+	// keeps alive.
+	List(ctx context.Context) ([]Snapshot, error)
+	// Names lists the snapshots' names only (read as the gateway starts).
+	Names(ctx context.Context) ([]string, error)
+	// Remove forgets the snapshot name; the caller has checked that no
+	// client reads it.
+	Remove(ctx context.Context, name string) error
+	// Open returns a read-only device (device.ReadOnly) over the snapshot.
+	Open(ctx context.Context, name string) (device.Device, error)
+	// Clone makes a new volume's data from the snapshot name. rec has the
+	// new volume's ID, Name, Created and Access; Clone fills in the rest
+	// (Backend, Path, Size, ...). It returns the new volume's device and
+	// snapshotter, and undo, which deletes what Clone made when the
+	// catalog does not take the volume (after the device is closed).
+	Clone(ctx context.Context, name string, rec *Record) (device.Device, snapshotter, func(), error)
+	// Drop removes what the volume's snapshots keep outside the volume
+	// itself, once the catalog has forgotten the volume.
+	Drop(ctx context.Context)
+}
+
+// ValidateSnapshotName reports whether name may name a snapshot: the
+// same rules for every backend.
+func ValidateSnapshotName(name string) error {
+	if !snapshotNameRE.MatchString(name) {
+		return fmt.Errorf("snapshot name %q: use 1-63 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit: %w", name, ErrInvalid)
+	}
+	return nil
+}
 
 // splitExport splits VOLUME@SNAPSHOT.
 func splitExport(name string) (vol, snap string, isSnap bool) {
@@ -28,78 +66,75 @@ func splitExport(name string) (vol, snap string, isSnap bool) {
 	return
 }
 
-// snapshotTier returns the volume's tier device, or why it has none.
-func (m *Manager) snapshotTier(vol string) (*vol, *tier.Device, error) {
+// snapshotVol returns the volume named vol, with its snapshotter.
+func (m *Manager) snapshotVol(vol string) (*vol, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	v, ok := m.vols[vol]
 	if !ok || v.removing {
-		return nil, nil, fmt.Errorf("volume %q: %w", vol, ErrNotFound)
+		return nil, fmt.Errorf("volume %q: %w", vol, ErrNotFound)
 	}
-	td, ok := v.dev.(*tier.Device)
-	if !ok {
-		return nil, nil, fmt.Errorf("volume %q is local: snapshots are for S3-backed volumes so far: %w", vol, ErrInvalid)
-	}
-	return v, td, nil
+	return v, nil
 }
 
-// CreateSnapshot publishes a recovery point holding every write
-// acknowledged before the call and keeps it as the volume's snapshot.
-func (m *Manager) CreateSnapshot(ctx context.Context, vol, name string) (Snapshot, error) {
-	v, td, err := m.snapshotTier(vol)
-	if err != nil {
-		return Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", vol, name, err)
-	}
-	if err := tier.ValidSnapshotName(name); err != nil {
-		return Snapshot{}, fmt.Errorf("%w: %w", err, ErrInvalid)
-	}
-	mf, err := td.Snapshot(ctx, name)
-	if errors.Is(err, tier.ErrSnapshotExists) {
-		return Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", vol, name, ErrExists)
-	}
-	if err != nil {
-		return Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", vol, name, err)
-	}
-	m.mu.Lock()
+// knowSnapshotsLocked records names as v's snapshots (their devices are
+// opened on first attach).
+func knowSnapshotsLocked(v *vol, names ...string) {
 	if v.snaps == nil {
-		v.snaps = map[string]*tier.SnapshotDevice{}
+		v.snaps = map[string]device.Device{}
 	}
-	v.snaps[name] = nil // opened on first attach
+	for _, n := range names {
+		if _, ok := v.snaps[n]; !ok {
+			v.snaps[n] = nil
+		}
+	}
+}
+
+// CreateSnapshot keeps every write acknowledged before the call as the
+// volume's snapshot name.
+func (m *Manager) CreateSnapshot(ctx context.Context, vol, name string) (Snapshot, error) {
+	v, err := m.snapshotVol(vol)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", vol, name, err)
+	}
+	if err := ValidateSnapshotName(name); err != nil {
+		return Snapshot{}, err
+	}
+	sn, err := v.sn.Create(ctx, name)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", vol, name, err)
+	}
+	sn.Name, sn.Volume, sn.Export = name, vol, vol+"@"+name
+	m.mu.Lock()
+	knowSnapshotsLocked(v, name)
 	m.mu.Unlock()
-	m.log.Info("snapshot created", attrVolume, vol, "snapshot", name, "recovery_point", mf.Sequence)
-	return Snapshot{Name: name, Volume: vol, Export: vol + "@" + name, Created: mf.Created, Size: mf.Size, RecoveryPoint: mf.Sequence}, nil
+	m.log.Info("snapshot created", attrVolume, vol, "snapshot", name, "recovery_point", sn.RecoveryPoint)
+	return sn, nil
 }
 
 // ListSnapshots lists a volume's snapshots with what only each keeps.
 func (m *Manager) ListSnapshots(ctx context.Context, vol string) ([]Snapshot, error) {
-	v, td, err := m.snapshotTier(vol)
+	v, err := m.snapshotVol(vol)
 	if err != nil {
 		return nil, err
 	}
-	list, err := td.Snapshots(ctx)
+	list, err := v.sn.List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("snapshots of %q: %w", vol, err)
 	}
-	out := make([]Snapshot, 0, len(list))
 	m.mu.Lock()
-	if v.snaps == nil {
-		v.snaps = map[string]*tier.SnapshotDevice{}
+	defer m.mu.Unlock()
+	for i := range list {
+		list[i].Volume, list[i].Export = vol, vol+"@"+list[i].Name
+		knowSnapshotsLocked(v, list[i].Name)
 	}
-	for _, sn := range list {
-		if _, ok := v.snaps[sn.Name]; !ok {
-			v.snaps[sn.Name] = nil
-		}
-		out = append(out, Snapshot{Name: sn.Name, Volume: vol, Export: vol + "@" + sn.Name, Created: sn.Manifest.Created,
-			Size: sn.Manifest.Size, RecoveryPoint: sn.Manifest.Sequence, ExclusiveBytes: sn.Exclusive})
-	}
-	m.mu.Unlock()
-	return out, nil
+	return list, nil
 }
 
-// RemoveSnapshot forgets a snapshot; what only it kept is deleted at the
-// next recovery point. Refused while a client reads its export.
+// RemoveSnapshot forgets a snapshot. Refused while a client reads its
+// export.
 func (m *Manager) RemoveSnapshot(ctx context.Context, vol, name string) error {
-	v, _, err := m.snapshotTier(vol)
+	v, err := m.snapshotVol(vol)
 	if err != nil {
 		return fmt.Errorf("remove snapshot %s@%s: %w", vol, name, err)
 	}
@@ -111,16 +146,13 @@ func (m *Manager) RemoveSnapshot(ctx context.Context, vol, name string) error {
 		}
 	}
 	m.mu.Unlock()
-	s, err := m.volumeStoreFor(v.rec, m.leaseOf(v.rec.ID))
-	if err != nil {
-		return err
-	}
-	if err := tier.RemoveSnapshot(ctx, s, name); errors.Is(err, tier.ErrNoSnapshot) {
-		return fmt.Errorf("remove snapshot %s@%s: %w", vol, name, ErrNotFound)
-	} else if err != nil {
+	if err := v.sn.Remove(ctx, name); err != nil {
 		return fmt.Errorf("remove snapshot %s@%s: %w", vol, name, err)
 	}
 	m.mu.Lock()
+	if d := v.snaps[name]; d != nil {
+		d.Close()
+	}
 	delete(v.snaps, name)
 	m.mu.Unlock()
 	m.log.Info("snapshot removed", attrVolume, vol, "snapshot", name)
@@ -128,12 +160,9 @@ func (m *Manager) RemoveSnapshot(ctx context.Context, vol, name string) error {
 }
 
 // loadSnapshotNames fills v.snaps after open, so exports list snapshots
-// without asking the store each time. It gives up when the manager closes.
+// without asking the backend each time. It gives up when the manager
+// closes.
 func (m *Manager) loadSnapshotNames(ctx context.Context, v *vol) {
-	td, ok := v.dev.(*tier.Device)
-	if !ok {
-		return
-	}
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	go func() {
@@ -143,21 +172,14 @@ func (m *Manager) loadSnapshotNames(ctx context.Context, v *vol) {
 		case <-lctx.Done():
 		}
 	}()
-	list, err := td.SnapshotNames(lctx)
+	list, err := v.sn.Names(lctx)
 	if err != nil {
 		m.log.Warn("could not list the volume's snapshots; they are listed again by ferry volume snapshot ls", attrVolume, v.rec.Name, "err", err)
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if v.snaps == nil {
-		v.snaps = map[string]*tier.SnapshotDevice{}
-	}
-	for _, n := range list {
-		if _, ok := v.snaps[n]; !ok {
-			v.snaps[n] = nil
-		}
-	}
+	knowSnapshotsLocked(v, list...)
 }
 
 // attachSnapshot attaches the read-only export VOLUME@SNAPSHOT.
@@ -165,7 +187,7 @@ func (m *Manager) attachSnapshot(ctx context.Context, name string, client Client
 	volName, snap, _ := splitExport(name)
 	m.mu.Lock()
 	v, ok := m.vols[volName]
-	var sd *tier.SnapshotDevice
+	var sd device.Device
 	known := false
 	if ok && !v.removing {
 		sd, known = v.snaps[snap]
@@ -178,26 +200,28 @@ func (m *Manager) attachSnapshot(ctx context.Context, name string, client Client
 		m.log.Warn("client refused by the volume's access rules", attrVolume, name, "protocol", client.Protocol, attrClient, client.Remote, "err", err)
 		return nil, fmt.Errorf("attach %q: %w", name, err)
 	}
+	opened := false
 	if sd == nil {
-		s, err := m.volumeStoreFor(v.rec, nil)
+		d, err := v.sn.Open(ctx, snap)
 		if err != nil {
 			return nil, fmt.Errorf("attach %q: %w", name, err)
 		}
-		mf, err := tier.ReadSnapshot(ctx, s, snap)
-		if errors.Is(err, tier.ErrNoSnapshot) {
-			return nil, fmt.Errorf("attach %q: %w", name, ErrNotFound)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("attach %q: %w", name, err)
-		}
-		if sd, err = tier.OpenSnapshot(s, mf); err != nil {
-			return nil, fmt.Errorf("attach %q: %w", name, err)
-		}
+		sd, opened = d, true
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, still := v.snaps[snap]; !still || v.removing {
+		if opened {
+			sd.Close()
+		}
 		return nil, fmt.Errorf("attach %q: %w", name, ErrNotFound)
+	}
+	if cur := v.snaps[snap]; cur != nil && cur != sd {
+		// Another client opened it meanwhile: share that one.
+		if opened {
+			sd.Close()
+		}
+		sd = cur
 	}
 	v.snaps[snap] = sd
 	if client.Since.IsZero() {
@@ -211,7 +235,7 @@ func (m *Manager) attachSnapshot(ctx context.Context, name string, client Client
 	return a, nil
 }
 
-// snapshotExports lists VOLUME@SNAPSHOT for the volumes in names.
+// snapshotExportsLocked lists VOLUME@SNAPSHOT for v's snapshots.
 func (m *Manager) snapshotExportsLocked(v *vol) []string {
 	out := make([]string, 0, len(v.snaps))
 	for n := range v.snaps {
@@ -221,10 +245,20 @@ func (m *Manager) snapshotExportsLocked(v *vol) []string {
 	return out
 }
 
+// closeSnapshotsLocked closes v's opened snapshot devices.
+func closeSnapshotsLocked(v *vol) {
+	for n, d := range v.snaps {
+		if d != nil {
+			d.Close()
+			v.snaps[n] = nil
+		}
+	}
+}
+
 // Clone makes a writable volume from a snapshot at once, sharing the
-// snapshot's objects (docs/FORMAT.md, "Clones"): nothing is copied. The
-// clone and its parent change independently; the parent and the snapshot
-// may be removed while the clone lives.
+// snapshot's data: nothing is copied. The clone and its parent change
+// independently; the parent and the snapshot may be removed while the
+// clone lives.
 func (m *Manager) Clone(ctx context.Context, source, name string) (Info, error) {
 	fail := func(err error) (Info, error) { return Info{}, fmt.Errorf("clone %s as %q: %w", source, name, err) }
 	volName, snap, isSnap := splitExport(source)
@@ -234,86 +268,41 @@ func (m *Manager) Clone(ctx context.Context, source, name string) (Info, error) 
 	if err := ValidateName(name); err != nil {
 		return fail(err)
 	}
-	v, _, err := m.snapshotTier(volName)
+	v, err := m.snapshotVol(volName)
 	if err != nil {
 		return fail(err)
 	}
 	m.mu.Lock()
 	_, exists := m.vols[name]
-	sc := m.stores[v.rec.Store]
 	m.mu.Unlock()
 	if exists {
 		return fail(ErrExists)
 	}
-	parentStore, _, err := m.objectStore(sc, volumePrefix(v.rec))
-	if err != nil {
-		return fail(err)
-	}
-	mf, err := tier.ReadSnapshot(ctx, parentStore, snap)
-	if errors.Is(err, tier.ErrNoSnapshot) {
-		return fail(fmt.Errorf("no snapshot %s@%s (ferry volume snapshot ls %s): %w", volName, snap, volName, ErrNotFound))
+	rec := &Record{ID: newID(), Name: name, Created: time.Now().UTC().Truncate(time.Second), Access: v.rec.Access}
+	dev, sn, undo, err := v.sn.Clone(ctx, snap, rec)
+	if errors.Is(err, ErrNotFound) {
+		return fail(fmt.Errorf("no snapshot %s@%s (ferry volume snapshot ls %s): %w", volName, snap, volName, err))
 	}
 	if err != nil {
 		return fail(err)
-	}
-	dir, err := m.pickPoolDir()
-	if err != nil {
-		return fail(err)
-	}
-	id := newID()
-	rec := &Record{ID: id, Name: name, Size: mf.Size, Backend: "tier", Store: v.rec.Store, ChunkSize: mf.ChunkSize,
-		Created: time.Now().UTC().Truncate(time.Second), Path: filepath.Join(dir, "tier-"+id), Access: v.rec.Access}
-	cloneStore, _, err := m.objectStore(sc, volumePrefix(rec))
-	if err != nil {
-		return fail(err)
-	}
-	ancestors := func(prefix string) (store.Store, error) {
-		s, _, err := m.objectStore(sc, prefix)
-		return s, err
-	}
-	if rec.Parents, err = tier.SeedClone(ctx, mf, volumePrefix(v.rec), id, ancestors, cloneStore); err != nil {
-		return fail(err)
-	}
-	undoMarks := func() {
-		for _, p := range rec.Parents {
-			if as, err := ancestors(p.Prefix); err == nil {
-				tier.UnmarkClone(context.WithoutCancel(ctx), as, id)
-			}
-		}
-	}
-	// The snapshot kept the objects until the markers were written; had it
-	// gone meanwhile, a collection may have run without either.
-	if _, err := tier.ReadSnapshot(ctx, parentStore, snap); err != nil {
-		undoMarks()
-		return fail(fmt.Errorf("the snapshot went away while it was cloned: %w", err))
-	}
-	td, err := m.openTier(ctx, rec, tierOpen{minGeneration: rec.Parents[0].Below>>lease.GenerationShift + 1})
-	if err != nil {
-		undoMarks()
-		os.RemoveAll(rec.Path)
-		return fail(err)
-	}
-	if s, err := m.volumeStoreFor(rec, m.leaseOf(id)); err == nil {
-		m.putVolumeObject(ctx, s, rec)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.vols[name]; ok {
-		td.Close()
-		undoMarks()
-		os.RemoveAll(rec.Path)
+		dev.Close()
+		undo()
 		return fail(ErrExists)
 	}
 	m.cat.Volumes = append(m.cat.Volumes, rec)
 	if err := m.commit(); err != nil {
 		m.cat.Volumes = m.cat.Volumes[:len(m.cat.Volumes)-1]
-		td.Close()
-		undoMarks()
-		os.RemoveAll(rec.Path)
+		dev.Close()
+		undo()
 		return fail(err)
 	}
-	nv := &vol{rec: rec, dev: td, clients: map[*Attachment]Client{}, revoked: make(chan struct{}), snaps: map[string]*tier.SnapshotDevice{}}
+	nv := newVol(rec, dev, sn)
+	nv.snaps = map[string]device.Device{}
 	m.vols[name] = nv
-	m.log.Info("volume cloned", attrVolume, name, "from", source, "id", id)
+	m.log.Info("volume cloned", attrVolume, name, "from", source, "id", rec.ID)
 	return m.infoLocked(ctx, nv), nil
 }

@@ -1,10 +1,8 @@
 package acceptance
 
 import (
-	"bufio"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -340,105 +338,24 @@ func TestSnapshotUnderLoad(t *testing.T) {
 	g := startGateway(t, "--checkpoint-interval", "1h")
 	g.mustCLI("store", "add", "cloud", "--endpoint", srv.Endpoint, "--bucket", "ferry-snap")
 	g.mustCLI("volume", "create", "vm1", "--size", "64M", "--store", "cloud")
-	// Block k (4 KiB) gets byte k%251+1, in order, each write flushed and
-	// then reported: every flush point is a prefix of blocks.
-	const blocks = 3000
-	writer := testutil.Nbdsh(t, "-u", g.uri("vm1"), "-c", fmt.Sprintf(`
-import sys
-for k in range(%d):
-    h.pwrite(bytes([k %% 251 + 1]) * 4096, k * 4096)
-    h.flush()
-    print(k, flush=True)
-`, blocks))
-	stdout, err := writer.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := writer.Start(); err != nil {
-		t.Fatal(err)
-	}
-	acked := make(chan int, blocks)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var k int
-			fmt.Sscan(sc.Text(), &k)
-			acked <- k
-		}
-		close(acked)
-	}()
-	last := -1
-	for last < 300 {
-		last = <-acked
-	}
-	for more := true; more; { // the newest acknowledgement so far
-		select {
-		case k := <-acked:
-			last = k
-		default:
-			more = false
-		}
-	}
-	g.mustCLI("volume", "snapshot", "create", "vm1", "s1")
-	for range acked { // let the writer finish
-	}
-	if err := writer.Wait(); err != nil {
-		t.Fatalf("writer: %v", err)
-	}
-
-	check := fmt.Sprintf(`
-data = h.pread(%d * 4096, 0)
-j = 0
-while j < %d and data[j*4096:(j+1)*4096] == bytes([j %% 251 + 1]) * 4096:
-    j += 1
-assert data[j*4096:] == bytes(len(data) - j*4096), "not a flush point: block %%d onwards is not all zeroes" %% j
-assert j > %d, "snapshot misses acknowledged writes: %%d blocks" %% j
-assert h.is_read_only()
-try:
-    h.pwrite(b"x" * 512, 0)
-    raise SystemExit("write to a snapshot succeeded")
-except nbd.Error as e:
-    pass
-print("prefix", j)
-`, blocks+16, blocks, last)
-	out, err := testutil.Nbdsh(t, "-u", g.uri("vm1@s1"), "-c", check).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "prefix") {
-		t.Fatalf("snapshot export: %v\n%s", err, out)
-	}
+	check := snapshotUnderLoad(t, g.uri("vm1"), 3000, func() {
+		g.mustCLI("volume", "snapshot", "create", "vm1", "s1")
+	})
+	checkFlushPoint(t, g.uri("vm1@s1"), check, "snapshot export")
 	// The same through iSCSI: the target BASE:vm1:s1, read-only.
-	qemuIO := testutil.RequireTool(t, "qemu-io")
-	iurl := "iscsi://" + g.iscsiAddr + "/iqn.2026-11.io.ferry:vm1:s1/0"
-	run(t, time.Minute, qemuIO, "-r", "-f", "raw", "-c", "read -P 1 0 4k", iurl)
-	if out, _ := runErr(time.Minute, qemuIO, "-f", "raw", "-c", "write -P 9 0 4k", iurl); !strings.Contains(out, "failed") {
-		t.Errorf("write to the snapshot's iSCSI target:\n%s", out)
-	}
+	g.checkSnapshotISCSI("vm1", "s1")
 	// Overwrite, publish recovery points (each collects): the snapshot
 	// still reads the same, and keeps what the overwrite replaced.
-	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "write -P 0xee 0 16M", "-c", "flush", g.uri("vm1"))
+	g.qemuIOWrite("vm1", "write -P 0xee 0 16M")
 	for range 4 {
 		g.mustCLI("volume", "checkpoint", "vm1")
 	}
-	if out, err := testutil.Nbdsh(t, "-u", g.uri("vm1@s1"), "-c", check).CombinedOutput(); err != nil {
-		t.Fatalf("snapshot after overwrites and collection: %v\n%s", err, out)
-	}
+	checkFlushPoint(t, g.uri("vm1@s1"), check, "snapshot after overwrites and collection")
 	ls := g.mustCLI("volume", "snapshot", "ls", "vm1")
 	if !strings.Contains(ls, "vm1@s1") || strings.Contains(ls, " 0 B\n") {
 		t.Errorf("snapshot ls:\n%s", ls)
 	}
-	// Bad input: each a clear error.
-	for _, c := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"volume", "snapshot", "create", "vm1", "s1"}, "already exists"},
-		{[]string{"volume", "snapshot", "create", "vm1", "Bad/Name"}, "snapshot name"},
-		{[]string{"volume", "snapshot", "create", "ghost", "s2"}, "no such volume"},
-		{[]string{"volume", "snapshot", "rm", "vm1", "nope"}, "no such volume"},
-	} {
-		if r := g.cli(c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
-			t.Errorf("ferry %v: exit %d %q, want %q", c.args, r.code, r.stderr, c.want)
-		}
-	}
+	g.snapshotBadInput("vm1", "s1")
 	g.mustCLI("volume", "snapshot", "rm", "vm1", "s1")
 	if out, err := runErr(time.Minute, testutil.RequireTool(t, "nbdinfo"), g.uri("vm1@s1")); err == nil {
 		t.Errorf("a removed snapshot is still exported:\n%s", out)
@@ -455,46 +372,22 @@ func TestCloneOutlivesParent(t *testing.T) {
 	g := startGateway(t, "--checkpoint-interval", "1h")
 	g.mustCLI("store", "add", "cloud", "--endpoint", srv.Endpoint, "--bucket", "ferry-clone")
 	g.mustCLI("volume", "create", "vm1", "--size", "64M", "--store", "cloud")
-	parentWrites := []string{"-c", "write -P 0x11 0 16M", "-c", "write -P 0x12 20M 4k", "-c", "write -P 0x13 30M 300k"}
-	run(t, time.Minute, qemuIO, append(append([]string{"-f", "raw"}, parentWrites...), "-c", "flush", g.uri("vm1"))...)
+	parentWrites := []string{"write -P 0x11 0 16M", "write -P 0x12 20M 4k", "write -P 0x13 30M 300k"}
+	g.qemuIOWrite("vm1", parentWrites...)
 	g.mustCLI("volume", "snapshot", "create", "vm1", "s1")
 	out := g.mustCLI("volume", "clone", "vm1@s1", "c1")
 	if !strings.Contains(out, "cloned vm1@s1 as c1") {
 		t.Errorf("clone output:\n%s", out)
 	}
-	cloneWrites := []string{"-c", "write -P 0x21 8M 1M", "-c", "write -P 0x22 40M 4M"}
-	run(t, time.Minute, qemuIO, append(append([]string{"-f", "raw"}, cloneWrites...), "-c", "flush", g.uri("c1"))...)
-	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "write -P 0x31 0 16M", "-c", "flush", g.uri("vm1"))
+	cloneWrites := []string{"write -P 0x21 8M 1M", "write -P 0x22 40M 4M"}
+	g.qemuIOWrite("c1", cloneWrites...)
+	g.qemuIOWrite("vm1", "write -P 0x31 0 16M")
 
 	// The expected image, built independently.
-	want := filepath.Join(t.TempDir(), "want.img")
-	run(t, time.Minute, testutil.RequireTool(t, "qemu-img"), "create", "-f", "raw", want, "64M")
-	run(t, time.Minute, qemuIO, append(append(append([]string{"-f", "raw"}, parentWrites...), cloneWrites...), want)...)
-	compare := func(what string) {
-		t.Helper()
-		got := filepath.Join(t.TempDir(), "got.img")
-		run(t, 5*time.Minute, testutil.RequireTool(t, "nbdcopy"), g.uri("c1"), got)
-		if out, err := runErr(time.Minute, "cmp", want, got); err != nil {
-			t.Fatalf("clone %s: %v\n%s", what, err, out)
-		}
-	}
-	compare("at once")
+	want := expectedImage(t, "64M", append(parentWrites, cloneWrites...)...)
+	g.compareExport("c1", want, "at once")
 	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "read -P 0x31 0 16M", "-c", "read -P 0x12 20M 4k", g.uri("vm1"))
-
-	// Bad input.
-	for _, c := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"volume", "clone", "vm1@nope", "c2"}, "no snapshot vm1@nope"},
-		{[]string{"volume", "clone", "vm1", "c2"}, "VOLUME@SNAPSHOT"},
-		{[]string{"volume", "clone", "vm1@s1", "c1"}, "already exists"},
-		{[]string{"volume", "clone", "vm1@s1", "Bad_Name"}, "a-z, 0-9"},
-	} {
-		if r := g.cli(c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
-			t.Errorf("ferry %v: exit %d %q, want %q", c.args, r.code, r.stderr, c.want)
-		}
-	}
+	g.cloneBadInput("vm1", "s1", "c1")
 
 	// The snapshot and the parent go; the clone collects; its cache is lost.
 	g.mustCLI("volume", "snapshot", "rm", "vm1", "s1")
@@ -521,7 +414,7 @@ func TestCloneOutlivesParent(t *testing.T) {
 		}
 	}
 	g.start()
-	compare("after its snapshot and parent were removed and collected, from a lost cache")
+	g.compareExport("c1", want, "after its snapshot and parent were removed and collected, from a lost cache")
 	g.exportAndCompare("c1")
 	// The last clone's removal takes the removed parent's leftovers along.
 	g.mustCLI("volume", "rm", "c1")

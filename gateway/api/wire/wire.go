@@ -310,6 +310,11 @@ type PoolDir struct {
 	Path  string `json:"path"`
 	Total int64  `json:"total"`
 	Free  int64  `json:"free"`
+	// FS is the file system the directory is on ("xfs", "ext4", ...).
+	FS string `json:"fs,omitempty"`
+	// Reflink: files there can share blocks, so local volumes there have
+	// snapshots and clones.
+	Reflink bool `json:"reflink"`
 }
 
 // PoolInfo describes the local pool.
@@ -458,9 +463,12 @@ type Snapshot struct {
 	Export  string    `json:"export"`
 	Created time.Time `json:"created"`
 	Size    int64     `json:"size"`
-	// RecoveryPoint is the recovery point the snapshot keeps.
-	RecoveryPoint uint64 `json:"recovery_point"`
-	// ExclusiveBytes is what only this snapshot keeps alive in the store.
+	// RecoveryPoint is the recovery point the snapshot keeps (S3-backed
+	// volumes only).
+	RecoveryPoint uint64 `json:"recovery_point,omitempty"`
+	// ExclusiveBytes is what only this snapshot keeps alive: objects in
+	// the store (S3-backed volumes), or blocks its file shares with no
+	// other file (local volumes); removing it frees them.
 	ExclusiveBytes int64 `json:"exclusive_bytes"`
 }
 
