@@ -142,7 +142,12 @@ func runDockerPlugin(c *cli.Context) error {
 		DeadTimeout:   c.Duration("nbd-dead-timeout"),
 		Logger:        log,
 	}
-	attacher, why, err := docker.PickAttacher(c.String("attach"), nbd, fuse)
+	iscsi := &docker.ISCSIAttacher{
+		CHAPUser:   c.String("iscsi-chap-user"),
+		CHAPSecret: c.String("iscsi-chap-secret"),
+		Logger:     log,
+	}
+	attacher, why, err := docker.PickAttacher(c.String("attach"), nbd, iscsi, fuse)
 	if err != nil {
 		switch c.String("attach") {
 		case docker.MethodAuto, docker.MethodFUSE, docker.MethodNBD, docker.MethodISCSI:
