@@ -51,8 +51,9 @@ type nbdDevice struct {
 type nbdKernel interface {
 	// Connect configures a free device to use conn and returns its index.
 	Connect(ctx context.Context, conn net.Conn, dev nbdDevice) (int, error)
-	// Reconfigure gives device index conn in place of its dead socket.
-	Reconfigure(ctx context.Context, index int, conn net.Conn) error
+	// Reconfigure gives device index conn in place of its dead socket;
+	// backend repeats the identifier given at Connect.
+	Reconfigure(ctx context.Context, index int, backend string, conn net.Conn) error
 	// Disconnect disconnects device index.
 	Disconnect(ctx context.Context, index int) error
 	// Connected reports whether device index is configured.
@@ -118,8 +119,8 @@ func (k *netlinkKernel) Connect(ctx context.Context, conn net.Conn, dev nbdDevic
 	return index, err
 }
 
-func (k *netlinkKernel) Reconfigure(ctx context.Context, index int, conn net.Conn) error {
-	return withFD(conn, func(fd int) error { return k.c.Reconfigure(ctx, index, fd) })
+func (k *netlinkKernel) Reconfigure(ctx context.Context, index int, backend string, conn net.Conn) error {
+	return withFD(conn, func(fd int) error { return k.c.Reconfigure(ctx, index, backend, fd) })
 }
 
 func (k *netlinkKernel) Disconnect(ctx context.Context, index int) error {
@@ -393,7 +394,7 @@ func (kp *keeper) reconnect(ctx context.Context, why string) {
 		conn, _, _, err := dialExport(ctx, kp.cfg.NBDURL)
 		if err == nil {
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err = kp.k.Reconfigure(rctx, kp.index, conn)
+			err = kp.k.Reconfigure(rctx, kp.index, kp.cfg.Backend, conn)
 			cancel()
 			if err == nil {
 				kp.conn.Close()

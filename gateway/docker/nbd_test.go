@@ -26,7 +26,8 @@ import (
 // fails it shuts it down, marks the link dead and multicasts LINK_DEAD
 // (unless quiet: a lost event), and requests wait for a Reconfigure and
 // are then resent (the kernel requeues them). A Reconfigure while the link
-// is alive is dropped and reported as success, as the kernel does.
+// is alive is dropped and reported as success, as the kernel does, and one
+// that does not repeat the backend identifier is refused.
 type fakeKernel struct {
 	index  int
 	quiet  bool
@@ -59,11 +60,14 @@ func (k *fakeKernel) Connect(ctx context.Context, conn net.Conn, dev nbdDevice) 
 	return k.index, nil
 }
 
-func (k *fakeKernel) Reconfigure(ctx context.Context, index int, conn net.Conn) error {
+func (k *fakeKernel) Reconfigure(ctx context.Context, index int, backend string, conn net.Conn) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if index != k.index || !k.connected {
 		return errors.New("not configured")
+	}
+	if k.dev.Backend != "" && backend != k.dev.Backend {
+		return errors.New("must specify backend") // nbd_genl_reconfigure, 5.15+
 	}
 	if !k.dead {
 		k.dropped++

@@ -86,9 +86,10 @@ func (c *Conn) Connect(ctx context.Context, cfg Config) (int, error) {
 	return 0, errors.New("nbd connect: no reply naming the device")
 }
 
-// Reconfigure gives device index the sockets fds in place of dead ones.
-func (c *Conn) Reconfigure(ctx context.Context, index int, fds ...int) error {
-	b, err := EncodeReconfigure(index, fds...)
+// Reconfigure gives device index the sockets fds in place of dead ones;
+// backend is the identifier given at Connect ("" if none).
+func (c *Conn) Reconfigure(ctx context.Context, index int, backend string, fds ...int) error {
+	b, err := EncodeReconfigure(index, backend, fds...)
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,8 @@
 //     timeout, new I/O waits that long for a Reconfigure before failing.
 //   - Reconfigure replaces a socket the kernel marked dead; when none is
 //     dead the kernel drops the new socket and still reports success, so
-//     call it only after LINK_DEAD.
+//     call it only after LINK_DEAD. It must repeat the backend identifier
+//     given at Connect, if any.
 //   - Status reports a device as connected while it has a configuration,
 //     whether or not its link is alive.
 //
@@ -160,10 +161,15 @@ func EncodeConnect(c Config) ([]byte, error) {
 }
 
 // EncodeReconfigure encodes a RECONFIGURE request giving device index
-// the sockets fds in place of dead ones.
-func EncodeReconfigure(index int, fds ...int) ([]byte, error) {
+// the sockets fds in place of dead ones. A device connected with a
+// backend identifier is reconfigured only by a request naming the same
+// one (5.15+: -EINVAL "must specify backend" otherwise).
+func EncodeReconfigure(index int, backend string, fds ...int) ([]byte, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(AttrIndex, uint32(index))
+	if backend != "" {
+		ae.String(AttrBackendIdentifier, backend)
+	}
 	encodeSockets(ae, fds)
 	return ae.Encode()
 }

@@ -93,12 +93,20 @@ func TestEncodeConnect(t *testing.T) {
 }
 
 func TestEncodeReconfigureDisconnectStatus(t *testing.T) {
-	b, err := EncodeReconfigure(5, 11)
+	b, err := EncodeReconfigure(5, "", 11)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := cat(nla(1, u32(5)), nla(7|nested, nla(1|nested, nla(1, u32(11))))); !bytes.Equal(b, want) {
 		t.Fatalf("reconfigure\n got %x\nwant %x", b, want)
+	}
+	// A device connected with a backend identifier needs it repeated.
+	b, err = EncodeReconfigure(5, "ferry:v", 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := cat(nla(1, u32(5)), nla(10, []byte("ferry:v\x00")), nla(7|nested, nla(1|nested, nla(1, u32(11))))); !bytes.Equal(b, want) {
+		t.Fatalf("reconfigure with backend\n got %x\nwant %x", b, want)
 	}
 	b, _ = EncodeIndex(12)
 	if want := nla(1, u32(12)); !bytes.Equal(b, want) {
