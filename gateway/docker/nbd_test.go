@@ -8,9 +8,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -393,5 +398,38 @@ func TestKeeperReadOnlyAndRefused(t *testing.T) {
 	err := KeepNBD(context.Background(), NBDKeepConfig{NBDURL: "nbd://" + g.addr + "/nope", kernel: k2})
 	if err == nil || k2.connected {
 		t.Fatalf("unknown export: %v, connected %v", err, k2.connected)
+	}
+}
+
+// A helper names itself ready on fd 3, runs in a session of its own, and
+// is stopped by SIGTERM; one that exits without a word is an error that
+// names its log.
+func TestStartHelper(t *testing.T) {
+	dir := t.TempDir()
+	h, line, err := startHelper(context.Background(), []string{"sh", "-c"}, []string{`echo "started $$" >&2; echo "ready 7" >&3; trap 'exit 0' TERM; while :; do sleep 0.05; done`}, filepath.Join(dir, "logs", "v.log"), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line != "ready 7" {
+		t.Fatalf("line %q", line)
+	}
+	a := &Attachment{HelperPID: h.pid, HelperStart: h.start}
+	if !helperAlive(a) {
+		t.Fatal("helper not alive")
+	}
+	if sid, _ := unix.Getsid(h.pid); sid != h.pid {
+		t.Errorf("helper in session %d, not its own", sid)
+	}
+	stopHelperProcess(a, nil, "test helper")
+	if helperAlive(a) {
+		t.Fatal("helper still alive after stop")
+	}
+	logb, _ := os.ReadFile(filepath.Join(dir, "logs", "v.log"))
+	if !strings.Contains(string(logb), fmt.Sprintf("started %d", h.pid)) {
+		t.Fatalf("log: %q", logb)
+	}
+	_, _, err = startHelper(context.Background(), []string{"sh", "-c", "exit 3"}, nil, filepath.Join(dir, "logs", "w.log"), 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "w.log") {
+		t.Fatalf("a helper that exited: %v", err)
 	}
 }

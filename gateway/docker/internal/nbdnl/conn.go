@@ -167,6 +167,9 @@ func (c *Conn) WatchLinkDead() (*Watcher, error) {
 // whose link died. An error other than ctx's may mean events were lost
 // (the socket's buffer overflowed): the caller should check its devices.
 func (w *Watcher) Next(ctx context.Context) ([]int, error) {
+	if err := w.c.SetReadDeadline(time.Time{}); err != nil {
+		return nil, err
+	}
 	stop := context.AfterFunc(ctx, func() { w.c.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	for {
