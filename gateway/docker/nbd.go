@@ -322,7 +322,9 @@ func (kp *keeper) run(ctx context.Context) error {
 			// The event may be late, for a socket already replaced: act
 			// only once the current socket is shut down too.
 			if contains(dead, kp.index) && kp.waitShut(ctx, time.Second) {
-				kp.reconnect(ctx, "link dead")
+				if err := kp.reconnect(ctx, "link dead"); err != nil {
+					return err
+				}
 				shutBefore = false
 			}
 			if kp.cfg.eventDone != nil {
@@ -347,7 +349,9 @@ func (kp *keeper) run(ctx context.Context) error {
 			// the link dead, and the event was lost.
 			shut := socketShut(kp.conn)
 			if shut && shutBefore {
-				kp.reconnect(ctx, "socket shut down (no link-dead event seen)")
+				if err := kp.reconnect(ctx, "socket shut down (no link-dead event seen)"); err != nil {
+					return err
+				}
 				shut = false
 			}
 			shutBefore = shut
@@ -384,8 +388,9 @@ func (kp *keeper) waitShut(ctx context.Context, d time.Duration) bool {
 
 // reconnect redials with backoff until the gateway answers and the kernel
 // takes the new socket, or ctx ends. It logs the loss and the recovery
-// once each.
-func (kp *keeper) reconnect(ctx context.Context, why string) {
+// once each. A device no longer configured (disconnected meanwhile) ends
+// it with ErrNBDGone.
+func (kp *keeper) reconnect(ctx context.Context, why string) error {
 	start := time.Now()
 	kp.log.Warn("nbd link to the gateway lost; reconnecting (I/O waits)", "why", why, "dead_timeout", kp.cfg.DeadTimeout)
 	backoff := kp.cfg.minBackoff
@@ -400,9 +405,16 @@ func (kp *keeper) reconnect(ctx context.Context, why string) {
 				kp.conn.Close()
 				kp.conn = conn
 				kp.log.Info("nbd link restored", "attempts", attempt, "down_for", time.Since(start).Round(time.Millisecond))
-				return
+				return nil
 			}
 			conn.Close()
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ok, cerr := kp.k.Connected(cctx, kp.index)
+		cancel()
+		if cerr == nil && !ok {
+			kp.log.Error("nbd device is no longer connected; keeper exiting", "err", err)
+			return ErrNBDGone
 		}
 		if errors.Is(err, nbdclient.ErrRefused) && !errors.Is(last, nbdclient.ErrRefused) {
 			kp.log.Error("the gateway refuses the export (volume removed?); still trying", "err", err)
@@ -411,7 +423,7 @@ func (kp *keeper) reconnect(ctx context.Context, why string) {
 		kp.log.Debug("nbd redial", "attempt", attempt, "err", err)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, kp.cfg.maxBackoff)

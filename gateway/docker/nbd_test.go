@@ -385,6 +385,38 @@ func TestKeeperExitsWhenDeviceGone(t *testing.T) {
 	}
 }
 
+// A device disconnected while its link is down (the gateway away) ends
+// the keeper rather than leave it redialing for nothing.
+func TestKeeperExitsWhenDeviceGoneWhileReconnecting(t *testing.T) {
+	g := startGateway(t, map[string]device.Device{"v": mem.New(1 << 20)})
+	k := newFakeKernel(3, false)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- KeepNBD(ctx, NBDKeepConfig{NBDURL: "nbd://" + g.addr + "/v", kernel: k, checkEvery: time.Hour, minBackoff: 5 * time.Millisecond, maxBackoff: 20 * time.Millisecond, Ready: pw})
+	}()
+	io.ReadFull(pr, make([]byte, 8))
+	g.stop()
+	errc := make(chan error, 1)
+	go func() { errc <- k.write(pattern(512, 1), 0) }() // meets the dead link
+	k.mu.Lock()
+	for !k.dead {
+		k.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+		k.mu.Lock()
+	}
+	k.mu.Unlock()
+	k.Disconnect(ctx, 3)
+	if err := <-done; !errors.Is(err, ErrNBDGone) {
+		t.Fatalf("keeper returned %v, want ErrNBDGone", err)
+	}
+	if err := <-errc; err == nil {
+		t.Fatal("a write to a disconnected device succeeded")
+	}
+}
+
 // A read-only volume's device is connected read-only; an unknown export
 // is refused before any device is configured.
 func TestKeeperReadOnlyAndRefused(t *testing.T) {
