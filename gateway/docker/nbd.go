@@ -457,9 +457,17 @@ type NBDAttacher struct {
 	// Timeout, DeadTimeout: 0 means DefaultNBDTimeout, DefaultNBDDeadTimeout.
 	Timeout, DeadTimeout time.Duration
 	Logger               *slog.Logger
+
+	// For tests: where sysfs is ("" for /sys), and how a device is
+	// disconnected (nil: netlink).
+	sysRoot    string
+	disconnect func(ctx context.Context, index int) error
 }
 
-var _ Attacher = (*NBDAttacher)(nil)
+var (
+	_ Candidate = (*NBDAttacher)(nil)
+	_ Sweeper   = (*NBDAttacher)(nil)
+)
 
 // Method implements Attacher.
 func (n *NBDAttacher) Method() string { return MethodNBD }
@@ -695,4 +703,54 @@ func stopHelperProcess(a *Attachment, log *slog.Logger, what string) error {
 		}
 	}
 	return nil
+}
+
+// Sweep implements Sweeper: an nbd device connected to one of the
+// plugin's volumes (its backend file says "ferry:GATEWAY-NAME") that no
+// recorded attachment holds was left by a crash between attaching and
+// saving the state; it is disconnected, and its keeper, finding it gone,
+// exits (and stops renewing the volume's gateway attachment).
+func (n *NBDAttacher) Sweep(ctx context.Context, known map[string]bool, keep []*Attachment) error {
+	root := n.sysRoot
+	if root == "" {
+		root = "/sys"
+	}
+	files, err := filepath.Glob(filepath.Join(root, "block", "nbd*", "backend"))
+	if err != nil || len(files) == 0 {
+		return err
+	}
+	kept := map[int]bool{}
+	for _, a := range keep {
+		if a.Method == MethodNBD && a.NBDIndex != nil {
+			kept[*a.NBDIndex] = true
+		}
+	}
+	disconnect := n.disconnect
+	var errs []error
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // disconnected meanwhile
+		}
+		gw, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "ferry:")
+		index, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(filepath.Dir(f)), "nbd"))
+		if !ok || err != nil || !known[gw] || kept[index] {
+			continue
+		}
+		if disconnect == nil {
+			c, err := nbdnl.Dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			disconnect = c.Disconnect
+		}
+		if n.Logger != nil {
+			n.Logger.Warn("disconnecting an nbd device of this plugin's that its state does not record (a crash while attaching)", "device", fmt.Sprintf("/dev/nbd%d", index), "gateway_volume", gw)
+		}
+		if err := disconnect(ctx, index); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -463,5 +464,33 @@ func TestStartHelper(t *testing.T) {
 	_, _, err = startHelper(context.Background(), []string{"sh", "-c", "exit 3"}, nil, filepath.Join(dir, "logs", "w.log"), 10*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "w.log") {
 		t.Fatalf("a helper that exited: %v", err)
+	}
+}
+
+// At start, an nbd device of one of the plugin's volumes that no recorded
+// attachment holds is disconnected; devices of other volumes (another
+// plugin's), of other backends and the recorded ones are left alone.
+func TestNBDSweep(t *testing.T) {
+	root := t.TempDir()
+	for dev, backend := range map[string]string{"nbd0": "ferry:a", "nbd1": "ferry:b", "nbd2": "ferry:other", "nbd3": "rbd:pool/img", "nbd12": "ferry:c"} {
+		os.MkdirAll(filepath.Join(root, "block", dev), 0o755)
+		if err := os.WriteFile(filepath.Join(root, "block", dev, "backend"), []byte(backend+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.MkdirAll(filepath.Join(root, "block", "nbd4"), 0o755) // not connected: no backend file
+	var got []int
+	n := &NBDAttacher{sysRoot: root, disconnect: func(ctx context.Context, index int) error {
+		got = append(got, index)
+		return nil
+	}}
+	zero := 0
+	keep := []*Attachment{{Method: MethodNBD, NBDIndex: &zero}, {Method: MethodFUSE}}
+	if err := n.Sweep(context.Background(), map[string]bool{"a": true, "b": true, "c": true}, keep); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, []int{1, 12}) {
+		t.Fatalf("disconnected %v, want [1 12]", got)
 	}
 }
