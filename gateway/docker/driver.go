@@ -110,7 +110,7 @@ func NewDriver(ctx context.Context, cfg Config) (*Driver, error) {
 				keep = append(keep, v.Attachment)
 			}
 		}
-		if err := s.Sweep(ctx, known, keep); err != nil {
+		if err := s.Sweep(ctx, cfg.HostID, known, keep); err != nil {
 			d.log.Warn("take down leftover attachments", "err", err)
 		}
 	}

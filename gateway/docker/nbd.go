@@ -490,14 +490,16 @@ func (n *NBDAttacher) Available() error {
 	return c.Close()
 }
 
-// nbdBackend names a gateway volume's device in /sys/block/nbdN/backend.
-func nbdBackend(gateway string) string { return "ferry:" + gateway }
+// nbdBackend names a gateway volume's device attached for host in
+// /sys/block/nbdN/backend: ferry:HOST:GATEWAY-NAME (the host ID keeps two
+// plugins on one host, as in the acceptance tests, apart).
+func nbdBackend(host, gateway string) string { return "ferry:" + host + ":" + gateway }
 
 // Attach implements Attacher: it starts the volume's keeper and waits for
 // it to name the device.
 func (n *NBDAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachment, error) {
 	timeout, dead := n.timeouts()
-	args := []string{"--nbd", spec.NBDURL, "--backend", nbdBackend(spec.Gateway), "--timeout", timeout.String(), "--dead-timeout", dead.String()}
+	args := []string{"--nbd", spec.NBDURL, "--backend", nbdBackend(spec.HostID, spec.Gateway), "--timeout", timeout.String(), "--dead-timeout", dead.String()}
 	if spec.ReadOnly {
 		args = append(args, "--read-only")
 	}
@@ -513,7 +515,7 @@ func (n *NBDAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachment,
 		h.kill()
 		return nil, fmt.Errorf("nbd keeper for %s said %q, not ready INDEX", spec.Gateway, line)
 	}
-	a := &Attachment{Method: MethodNBD, NBDURL: spec.NBDURL, Device: fmt.Sprintf("/dev/nbd%d", index), NBDIndex: &index, NBDBackend: nbdBackend(spec.Gateway), HelperPID: h.pid, HelperStart: h.start}
+	a := &Attachment{Method: MethodNBD, NBDURL: spec.NBDURL, Device: fmt.Sprintf("/dev/nbd%d", index), NBDIndex: &index, NBDBackend: nbdBackend(spec.HostID, spec.Gateway), HelperPID: h.pid, HelperStart: h.start}
 	// A device the kernel made just now (past nbds_max) may take a moment
 	// to show in /dev.
 	for i := 0; ; i++ {
@@ -706,11 +708,12 @@ func stopHelperProcess(a *Attachment, log *slog.Logger, what string) error {
 }
 
 // Sweep implements Sweeper: an nbd device connected to one of the
-// plugin's volumes (its backend file says "ferry:GATEWAY-NAME") that no
-// recorded attachment holds was left by a crash between attaching and
-// saving the state; it is disconnected, and its keeper, finding it gone,
-// exits (and stops renewing the volume's gateway attachment).
-func (n *NBDAttacher) Sweep(ctx context.Context, known map[string]bool, keep []*Attachment) error {
+// plugin's volumes for this host (its backend file says
+// "ferry:HOST:GATEWAY-NAME") that no recorded attachment holds was left by
+// a crash between attaching and saving the state; it is disconnected, and
+// its keeper, finding it gone, exits (and stops renewing the volume's
+// gateway attachment).
+func (n *NBDAttacher) Sweep(ctx context.Context, host string, known map[string]bool, keep []*Attachment) error {
 	root := n.sysRoot
 	if root == "" {
 		root = "/sys"
@@ -732,7 +735,7 @@ func (n *NBDAttacher) Sweep(ctx context.Context, known map[string]bool, keep []*
 		if err != nil {
 			continue // disconnected meanwhile
 		}
-		gw, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "ferry:")
+		gw, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "ferry:"+host+":")
 		index, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(filepath.Dir(f)), "nbd"))
 		if !ok || err != nil || !known[gw] || kept[index] {
 			continue

@@ -468,11 +468,19 @@ func TestStartHelper(t *testing.T) {
 }
 
 // At start, an nbd device of one of the plugin's volumes that no recorded
-// attachment holds is disconnected; devices of other volumes (another
-// plugin's), of other backends and the recorded ones are left alone.
+// attachment holds is disconnected; devices of other volumes, of another
+// plugin (host ID) on this host, of other backends, and the recorded ones
+// are left alone.
 func TestNBDSweep(t *testing.T) {
 	root := t.TempDir()
-	for dev, backend := range map[string]string{"nbd0": "ferry:a", "nbd1": "ferry:b", "nbd2": "ferry:other", "nbd3": "rbd:pool/img", "nbd12": "ferry:c"} {
+	for dev, backend := range map[string]string{
+		"nbd0":  "ferry:h1:a",     // recorded
+		"nbd1":  "ferry:h1:b",     // left by a crash
+		"nbd2":  "ferry:h1:other", // not one of this plugin's volumes
+		"nbd3":  "rbd:pool/img",
+		"nbd5":  "ferry:h2:b", // another plugin on this host
+		"nbd12": "ferry:h1:c", // left by a crash
+	} {
 		os.MkdirAll(filepath.Join(root, "block", dev), 0o755)
 		if err := os.WriteFile(filepath.Join(root, "block", dev, "backend"), []byte(backend+"\n"), 0o644); err != nil {
 			t.Fatal(err)
@@ -486,7 +494,7 @@ func TestNBDSweep(t *testing.T) {
 	}}
 	zero := 0
 	keep := []*Attachment{{Method: MethodNBD, NBDIndex: &zero}, {Method: MethodFUSE}}
-	if err := n.Sweep(context.Background(), map[string]bool{"a": true, "b": true, "c": true}, keep); err != nil {
+	if err := n.Sweep(context.Background(), "h1", map[string]bool{"a": true, "b": true, "c": true}, keep); err != nil {
 		t.Fatal(err)
 	}
 	slices.Sort(got)
