@@ -472,6 +472,13 @@ var (
 // Method implements Attacher.
 func (n *NBDAttacher) Method() string { return MethodNBD }
 
+func (n *NBDAttacher) log() *slog.Logger {
+	if n.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return n.Logger
+}
+
 // Available loads the nbd module when it is not, and checks that its
 // netlink family answers; it needs root.
 func (n *NBDAttacher) Available() error {
@@ -564,7 +571,7 @@ func (a *Attachment) nbdOurs() bool {
 // stops; a device still connected after (the keeper was gone) is
 // disconnected here.
 func (n *NBDAttacher) Detach(ctx context.Context, a *Attachment) error {
-	if err := stopHelperProcess(a, n.Logger, "nbd keeper"); err != nil {
+	if err := stopHelperProcess(a, n.log(), "nbd keeper"); err != nil {
 		return err
 	}
 	if a.NBDIndex == nil {
@@ -581,7 +588,7 @@ func (n *NBDAttacher) Detach(ctx context.Context, a *Attachment) error {
 	}
 	for _, d := range ds {
 		if d.Index == *a.NBDIndex && d.Connected && a.nbdOurs() {
-			n.Logger.Info("nbd device still connected after its keeper stopped; disconnecting", "device", a.Device)
+			n.log().Info("nbd device still connected after its keeper stopped; disconnecting", "device", a.Device)
 			return c.Disconnect(ctx, *a.NBDIndex)
 		}
 	}
@@ -748,9 +755,7 @@ func (n *NBDAttacher) Sweep(ctx context.Context, host string, known map[string]b
 			defer c.Close()
 			disconnect = c.Disconnect
 		}
-		if n.Logger != nil {
-			n.Logger.Warn("disconnecting an nbd device of this plugin's that its state does not record (a crash while attaching)", "device", fmt.Sprintf("/dev/nbd%d", index), "gateway_volume", gw)
-		}
+		n.log().Warn("disconnecting an nbd device of this plugin's that its state does not record (a crash while attaching)", "device", fmt.Sprintf("/dev/nbd%d", index), "gateway_volume", gw)
 		if err := disconnect(ctx, index); err != nil {
 			errs = append(errs, err)
 		}
