@@ -16,7 +16,7 @@ import (
 )
 
 func dockerPluginFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "config", Usage: "read flags from this YAML `FILE` (keys named like the flags)", EnvVars: []string{"FERRY_DOCKER_CONFIG"}},
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "gateway", Usage: "the gateway's admin API `ADDR` (host:port or URL)", Value: "127.0.0.1:9809", EnvVars: []string{"FERRY_GATEWAY"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "socket", Usage: "serve the plugin protocol on this unix socket `PATH`; Docker finds /run/docker/plugins/NAME.sock as driver NAME", Value: "/run/docker/plugins/ferry.sock", EnvVars: []string{"FERRY_DOCKER_SOCKET"}}),
@@ -33,7 +33,37 @@ func dockerPluginFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-chap-secret", Usage: "iscsi method: CHAP secret for volumes that require CHAP (prefer the environment or the config file to the command line)", EnvVars: []string{"FERRY_ISCSI_CHAP_SECRET"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Usage: "text (key=value lines) or json (one JSON object a line)", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"}}),
+	}, configurableTokenFlags()...)
+}
+
+// configurableTokenFlags are tokenFlags that the config file may set too.
+func configurableTokenFlags() []cli.Flag {
+	var out []cli.Flag
+	for _, f := range tokenFlags() {
+		out = append(out, altsrc.NewStringFlag(f.(*cli.StringFlag)))
 	}
+	return out
+}
+
+// gatewayClient is the admin API client of the plugin and its helpers.
+// The plugin hands its token (and CA) to the helpers it starts through
+// their environment, which only they and root can read, never their
+// command line.
+func gatewayClient(c *cli.Context, forHelpers bool) (*client.Client, error) {
+	opts, err := apiOptions(c)
+	if err != nil {
+		return nil, err
+	}
+	if forHelpers {
+		t, _ := apiToken(c)
+		if t != "" {
+			os.Setenv("FERRY_TOKEN", t)
+		}
+		if ca := c.String("api-ca"); ca != "" {
+			os.Setenv("FERRY_API_CA", ca)
+		}
+	}
+	return client.New(c.String("gateway"), opts...), nil
 }
 
 func cmdDockerPlugin() *cli.Command {
@@ -66,7 +96,7 @@ fstype (ext4, default, or xfs), readonly (true or false), from
 			Name:   "fuse-serve",
 			Usage:  "serve one volume as a FUSE file (started by the plugin, one per attached volume)",
 			Hidden: true,
-			Flags: []cli.Flag{
+			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "nbd", Required: true, Usage: "the volume's NBD URL"},
 				&cli.StringFlag{Name: "dir", Required: true, Usage: "mount the FUSE file system here"},
 				&cli.BoolFlag{Name: "read-only"},
@@ -74,13 +104,13 @@ fstype (ext4, default, or xfs), readonly (true or false), from
 				&cli.StringFlag{Name: "volume", Usage: "the gateway volume's name"},
 				&cli.StringFlag{Name: "host-id", Usage: "this host's name in the attachment"},
 				&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}},
-			},
+			}, tokenFlags()...),
 			Action: runFUSEServe,
 		}, {
 			Name:   "nbd-keep",
 			Usage:  "connect one volume's kernel NBD device and keep it connected (started by the plugin, one per attached volume)",
 			Hidden: true,
-			Flags: []cli.Flag{
+			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "nbd", Required: true, Usage: "the volume's NBD URL"},
 				&cli.StringFlag{Name: "backend", Usage: "the device's backend identifier"},
 				&cli.DurationFlag{Name: "timeout", Value: docker.DefaultNBDTimeout},
@@ -90,7 +120,7 @@ fstype (ext4, default, or xfs), readonly (true or false), from
 				&cli.StringFlag{Name: "volume", Usage: "the gateway volume's name"},
 				&cli.StringFlag{Name: "host-id", Usage: "this host's name in the attachment"},
 				&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}},
-			},
+			}, tokenFlags()...),
 			Action: runNBDKeep,
 		}},
 	}
@@ -167,8 +197,12 @@ func runDockerPlugin(c *cli.Context) error {
 	defer unlock()
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	gw, err := gatewayClient(c, true)
+	if err != nil {
+		return err
+	}
 	d, err := docker.NewDriver(ctx, docker.Config{
-		Gateway:    client.New(c.String("gateway")),
+		Gateway:    gw,
 		StateDir:   state,
 		MountRoot:  mountRoot,
 		HostID:     hostID,
@@ -213,7 +247,11 @@ func runFUSEServe(c *cli.Context) error {
 	ready := os.NewFile(3, "ready")
 	cfg := docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, Logger: log}
 	if c.String("gateway") != "" {
-		cfg.Lease = &docker.Lease{Gateway: client.New(c.String("gateway")), Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodFUSE, ReadOnly: c.Bool("read-only")}
+		gw, err := gatewayClient(c, false)
+		if err != nil {
+			return err
+		}
+		cfg.Lease = &docker.Lease{Gateway: gw, Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodFUSE, ReadOnly: c.Bool("read-only")}
 	}
 	err = docker.ServeFUSE(ctx, cfg)
 	if err != nil {
@@ -243,7 +281,11 @@ func runNBDKeep(c *cli.Context) error {
 		Logger:      log,
 	}
 	if c.String("gateway") != "" {
-		cfg.Lease = &docker.Lease{Gateway: client.New(c.String("gateway")), Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodNBD, ReadOnly: c.Bool("read-only")}
+		gw, err := gatewayClient(c, false)
+		if err != nil {
+			return err
+		}
+		cfg.Lease = &docker.Lease{Gateway: gw, Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodNBD, ReadOnly: c.Bool("read-only")}
 	}
 	err = docker.KeepNBD(ctx, cfg)
 	if err != nil {

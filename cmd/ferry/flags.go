@@ -17,13 +17,20 @@ import (
 
 // apiFlags are the flags of every command that talks to a running gateway.
 func apiFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{
 			Name:    "api",
 			Usage:   "address of the gateway's admin API",
 			Value:   "127.0.0.1:9809",
 			EnvVars: []string{"FERRY_API"},
 		},
+	}, tokenFlags()...)
+}
+
+// tokenFlags are how a client of the admin API authenticates and trusts
+// it: the CLI's commands, the Docker plugin and its helpers share them.
+func tokenFlags() []cli.Flag {
+	return []cli.Flag{
 		&cli.StringFlag{
 			Name:    "token-file",
 			Usage:   "file holding the gateway's API token (its DATA/api-token, or a copy)",
@@ -45,22 +52,34 @@ func apiFlags() []cli.Flag {
 	}
 }
 
-// apiOptions turns the API flags into client options; the flags' actions
-// call it first, so a bad token or CA file is reported before any request.
-func apiOptions(c *cli.Context) ([]client.Option, error) {
-	var opts []client.Option
+// apiToken reads the token flags: "" when none is given.
+func apiToken(c *cli.Context) (string, error) {
 	switch {
 	case c.String("token") != "":
 		t, err := wire.ParseToken([]byte(c.String("token")))
 		if err != nil {
-			return nil, fmt.Errorf("--token: %w", err)
+			return "", fmt.Errorf("--token: %w", err)
 		}
-		opts = append(opts, client.WithToken(t))
+		return t, nil
 	case c.String("token-file") != "":
 		t, err := client.ReadTokenFile(c.String("token-file"))
 		if err != nil {
-			return nil, fmt.Errorf("--token-file: %w", err)
+			return "", fmt.Errorf("--token-file: %w", err)
 		}
+		return t, nil
+	}
+	return "", nil
+}
+
+// apiOptions turns the token flags into client options; the flags' actions
+// call it first, so a bad token or CA file is reported before any request.
+func apiOptions(c *cli.Context) ([]client.Option, error) {
+	var opts []client.Option
+	t, err := apiToken(c)
+	if err != nil {
+		return nil, err
+	}
+	if t != "" {
 		opts = append(opts, client.WithToken(t))
 	}
 	if ca := c.String("api-ca"); ca != "" {

@@ -308,7 +308,7 @@ func (e *dockerEnv) volStatus(name string) map[string]any {
 // attachments lists the hosts the gateway says hold a volume.
 func attachments(t *testing.T, g *gateway, vol string) []string {
 	t.Helper()
-	resp, err := http.Get("http://" + g.apiAddr + "/v1/volumes/" + vol + "/attachments")
+	resp, err := g.get("/v1/volumes/" + vol + "/attachments")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +329,7 @@ const wireAttachTTL = 20 * time.Second
 
 func flushCount(t *testing.T, g *gateway) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + g.apiAddr + "/metrics")
+	resp, err := g.get("/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,14 +354,17 @@ func TestDockerPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := startGateway(t)
+	// The API needs its token, as on a gateway off loopback: the plugin
+	// and the helpers it starts must carry it.
+	g := startGateway(t, "--api-auth", "token")
+	g.useToken()
 	e := startDocker(t, dir)
 	e.g = g
 	driver := fmt.Sprintf("ferry-test-%d", os.Getpid())
 	stateA := filepath.Join(dir, "state-a")
 	// A short stale-check period: every step below also proves the sweep
 	// never pulls a volume from a running container.
-	pa := startPlugin(t, driver, stateA, "host-a", g.apiAddr, "--stale-check", "3s")
+	pa := startPlugin(t, driver, stateA, "host-a", g.apiAddr, "--stale-check", "3s", "--token-file", g.tokenFile())
 	var pb *pluginProc
 	defer func() {
 		// Containers first (their unmounts reach the plugin), then
@@ -654,7 +657,7 @@ func TestDockerPlugin(t *testing.T) {
 		// Host B: another plugin (state, host id, socket) on the same
 		// gateway. One dockerd cannot hold two volumes named v3, so this
 		// speaks the plugin protocol to it directly, as B's dockerd would.
-		pb = startPlugin(t, driver+"-b", filepath.Join(dir, "state-b"), "host-b", g.apiAddr)
+		pb = startPlugin(t, driver+"-b", filepath.Join(dir, "state-b"), "host-b", g.apiAddr, "--token-file", g.tokenFile())
 		if _, r := pb.call("/VolumeDriver.Create", []byte(`{"Name":"v3"}`)); r["Err"] != "" {
 			t.Fatalf("host B create: %v", r)
 		}

@@ -128,6 +128,7 @@ type gateway struct {
 	apiAddr   string
 	extra     []string
 	env       []string // added to the gateway's environment
+	token     string   // sent by cli and get when set (useToken)
 	cmd       *exec.Cmd
 	logs      *syncBuffer
 	exited    chan struct{}
@@ -251,6 +252,31 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// useToken makes cli and get send the gateway's API token (a gateway
+// started with --api-auth token).
+func (g *gateway) useToken() {
+	g.t.Helper()
+	b, err := os.ReadFile(g.tokenFile())
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.token = strings.TrimSpace(string(b))
+}
+
+func (g *gateway) tokenFile() string { return filepath.Join(g.data, "api-token") }
+
+// get GETs an API path, with the token when useToken was called.
+func (g *gateway) get(path string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+g.apiAddr+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if g.token != "" {
+		req.Header.Set("Authorization", "Bearer "+g.token)
+	}
+	return http.DefaultClient.Do(req)
+}
+
 // uri is the NBD URI of a volume.
 func (g *gateway) uri(vol string) string { return "nbd://" + g.nbdAddr + "/" + vol }
 
@@ -270,7 +296,11 @@ func (g *gateway) cli(args ...string) cliResult {
 func (g *gateway) cliEnv(env []string, args ...string) cliResult {
 	g.t.Helper()
 	cmd := exec.Command(ferryBin, args...)
-	cmd.Env = append(append(os.Environ(), "FERRY_API="+g.apiAddr), env...)
+	cmd.Env = append(os.Environ(), "FERRY_API="+g.apiAddr)
+	if g.token != "" {
+		cmd.Env = append(cmd.Env, "FERRY_TOKEN="+g.token)
+	}
+	cmd.Env = append(cmd.Env, env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
