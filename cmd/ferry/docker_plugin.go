@@ -65,6 +65,7 @@ fstype (ext4, default, or xfs), readonly (true or false), from
 				&cli.StringFlag{Name: "volume", Usage: "the gateway volume's name"},
 				&cli.StringFlag{Name: "host-id", Usage: "this host's name in the attachment"},
 				&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}},
+				&cli.StringFlag{Name: "pprof", EnvVars: []string{"FERRY_FUSE_PPROF"}, Usage: "serve Go profiles on this address (127.0.0.1:0 picks a port, logged)"},
 			},
 			Action: runFUSEServe,
 		}},
@@ -171,7 +172,7 @@ func runFUSEServe(c *cli.Context) error {
 	// data path of mounted volumes.
 	os.WriteFile("/proc/self/oom_score_adj", []byte("-900"), 0)
 	ready := os.NewFile(3, "ready")
-	cfg := docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, Logger: log}
+	cfg := docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, PprofAddr: c.String("pprof"), Logger: log}
 	if c.String("gateway") != "" {
 		cfg.Lease = &docker.Lease{Gateway: client.New(c.String("gateway")), Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodFUSE, ReadOnly: c.Bool("read-only")}
 	}

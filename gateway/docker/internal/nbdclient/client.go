@@ -13,14 +13,17 @@
 //   - Durability follows NBD: a write is durable once a Flush that started
 //     after it returned has returned. Because a gateway that crashed may
 //     have lost writes it acknowledged but had not flushed, the client keeps
-//     those writes (up to ReplayLimit bytes; past it, it flushes on its own
-//     to bound the copy) and replays them on the new connection before
+//     those writes (past ReplayLimit bytes it starts a flush of its own,
+//     and past twice that writes wait for it, to bound the copy) and
+//     replays them on the new connection before
 //     anything else, so a later Flush covers them again.
 //
-// Lock order: Client.mu only; no other lock is held while taking it.
+// Lock order: Client.mu and Client.wmu are never held together.
 package nbdclient
 
 import (
+	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -29,6 +32,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -89,8 +93,9 @@ type Config struct {
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Logger receives reconnects; nil discards.
 	Logger *slog.Logger
-	// ReplayLimit bounds the bytes of acknowledged, unflushed writes kept
-	// for replay; 0 means 64 MiB.
+	// ReplayLimit is the bytes of acknowledged, unflushed writes kept for
+	// replay past which the client starts a flush of its own; writes wait
+	// for it only past twice this. 0 means 64 MiB.
 	ReplayLimit int64
 	// MaxBackoff caps the wait between redials; 0 means 2 s.
 	MaxBackoff time.Duration
@@ -101,12 +106,18 @@ type request struct {
 	handle uint64
 	off    uint64
 	length uint32
-	data   []byte // write payload, or read buffer
+	data   []byte // write payload (the client's own copy), or read buffer
 	done   chan error
 	seq    uint64 // order among acknowledged writes (replay list)
+	pooled bool   // data came from the buffer pool (see getBuf)
 }
 
 // Client is one NBD export, safe for concurrent use.
+//
+// Requests are sent by flat combining: the caller that finds nobody
+// sending writes everything queued (one writev for many requests under
+// load), so no goroutine hand-off sits on the request path; replies are
+// read by one goroutine per connection through a buffered reader.
 type Client struct {
 	addr, export string
 	cfg          Config
@@ -120,11 +131,18 @@ type Client struct {
 	conn       net.Conn   // nil while reconnecting
 	gen        int        // connection generation
 	pending    map[uint64]*request
+	outq       []*request // pending requests not yet written to conn, in order
+	spareq     []*request // the other half of outq's double buffer
+	sending    bool       // a caller is writing outq to conn
+	wmu        sync.Mutex // serialises writes to conn; guards iov and hdrs
+	iov        net.Buffers
+	hdrs       []byte
 	next       uint64
 	replay     []*request // acknowledged writes not yet covered by a flush, by seq
 	replayN    int64
+	replaying  bool          // reconnect is resending replay's buffers: keep them out of the pool
+	autoFlush  chan struct{} // non-nil while a flush started for ReplayLimit runs; closed when it ends
 	wseq       uint64
-	writeMu    sync.Mutex // serialises writes to conn (taken without mu)
 	closed     bool
 	fatal      error
 	wg         sync.WaitGroup
@@ -272,14 +290,25 @@ func negotiate(conn net.Conn, export string) (int64, uint16, error) {
 }
 
 // ReadAt reads len(p) bytes at off.
+//
+// With a ctx that cannot be cancelled (ctx.Done() == nil, as from
+// context.WithoutCancel) the server's data lands in p itself; otherwise in
+// a buffer of the client's, copied to p, because an abandoned request
+// still completes on the wire after ReadAt returned.
 func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
+	direct := ctx.Done() == nil
 	for len(p) > 0 {
 		n := min(len(p), MaxRequest)
-		buf := make([]byte, n) // the server's data lands here even if ctx ends first
-		if err := c.do(ctx, cmdRead, uint64(off), uint32(n), buf); err != nil {
+		buf := p[:n]
+		if !direct {
+			buf = make([]byte, n)
+		}
+		if err := c.do(ctx, cmdRead, uint64(off), uint32(n), buf, false); err != nil {
 			return err
 		}
-		copy(p, buf)
+		if !direct {
+			copy(p, buf)
+		}
 		p, off = p[n:], off+int64(n)
 	}
 	return nil
@@ -290,7 +319,9 @@ func (c *Client) WriteAt(ctx context.Context, p []byte, off int64) error {
 	for len(p) > 0 {
 		n := min(len(p), MaxRequest)
 		// A copy: the request may be replayed after the caller's buffer is reused.
-		if err := c.do(ctx, cmdWrite, uint64(off), uint32(n), append([]byte(nil), p[:n]...)); err != nil {
+		buf := getBuf(n)
+		copy(buf, p[:n])
+		if err := c.do(ctx, cmdWrite, uint64(off), uint32(n), buf, true); err != nil {
 			return err
 		}
 		p, off = p[n:], off+int64(n)
@@ -306,7 +337,7 @@ func (c *Client) Flush(ctx context.Context) error {
 	c.mu.Lock()
 	covered := c.wseq
 	c.mu.Unlock()
-	if err := c.do(ctx, cmdFlush, 0, 0, nil); err != nil {
+	if err := c.do(ctx, cmdFlush, 0, 0, nil, false); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -316,14 +347,22 @@ func (c *Client) Flush(ctx context.Context) error {
 }
 
 // dropReplay forgets the acknowledged writes up to seq, which a flush
-// covered. Called with mu held.
+// covered, and recycles their buffers unless a reconnect is resending
+// them. Called with mu held.
 func (c *Client) dropReplay(seq uint64) {
 	i := 0
 	for i < len(c.replay) && c.replay[i].seq <= seq {
-		c.replayN -= int64(len(c.replay[i].data))
+		r := c.replay[i]
+		c.replayN -= int64(len(r.data))
+		if r.pooled && !c.replaying {
+			putBuf(r.data)
+		}
+		r.data = nil
 		i++
 	}
-	c.replay = append([]*request(nil), c.replay[i:]...)
+	if i > 0 {
+		c.replay = append([]*request(nil), c.replay[i:]...)
+	}
 }
 
 // Trim tells the server the range is unused (contents undefined after).
@@ -353,7 +392,7 @@ func (c *Client) WriteZeroes(ctx context.Context, off, length int64) error {
 func (c *Client) ranged(ctx context.Context, cmd uint16, off, length int64) error {
 	for length > 0 {
 		n := min(length, 1<<30)
-		if err := c.do(ctx, cmd, uint64(off), uint32(n), nil); err != nil {
+		if err := c.do(ctx, cmd, uint64(off), uint32(n), nil, false); err != nil {
 			return err
 		}
 		off, length = off+n, length-n
@@ -364,8 +403,8 @@ func (c *Client) ranged(ctx context.Context, cmd uint16, off, length int64) erro
 // do queues one request, sends it when a connection is up and waits for
 // its reply. ctx bounds the wait; an abandoned request still completes on
 // the wire (its buffers are the client's own).
-func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, data []byte) error {
-	r := &request{cmd: cmd, off: off, length: length, data: data, done: make(chan error, 1)}
+func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, data []byte, pooled bool) error {
+	r := &request{cmd: cmd, off: off, length: length, data: data, pooled: pooled, done: make(chan error, 1)}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -379,24 +418,15 @@ func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, 
 	c.next++
 	r.handle = c.next
 	c.pending[r.handle] = r
-	conn, gen := c.conn, c.gen
-	c.mu.Unlock()
-	if conn != nil {
-		c.send(conn, gen, r)
+	if c.conn != nil {
+		c.outq = append(c.outq, r)
+		c.sendQueued()
 	}
+	c.mu.Unlock()
 	select {
 	case err := <-r.done:
 		if err == nil && cmd == cmdWrite {
-			c.mu.Lock()
-			c.wseq++
-			r.seq = c.wseq
-			c.replay = append(c.replay, r)
-			c.replayN += int64(len(r.data))
-			over := c.replayN > c.cfg.ReplayLimit
-			c.mu.Unlock()
-			if over {
-				return c.Flush(ctx)
-			}
+			return c.acknowledged(ctx, r)
 		}
 		return err
 	case <-ctx.Done():
@@ -404,30 +434,129 @@ func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, 
 	}
 }
 
-// send writes r to conn unless the connection changed; a failed write
-// leaves r pending for the reconnect to resend.
-func (c *Client) send(conn net.Conn, gen int, r *request) {
-	b := make([]byte, 28, 28+len(r.data))
-	binary.BigEndian.PutUint32(b[0:], magicRequest)
-	binary.BigEndian.PutUint16(b[4:], 0)
-	binary.BigEndian.PutUint16(b[6:], r.cmd)
-	binary.BigEndian.PutUint64(b[8:], r.handle)
-	binary.BigEndian.PutUint64(b[16:], r.off)
-	binary.BigEndian.PutUint32(b[24:], r.length)
-	if r.cmd == cmdWrite {
-		b = append(b, r.data...)
-	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
+// acknowledged keeps a completed write for replay. Past ReplayLimit bytes
+// it starts a flush (one at a time) without waiting for it; past twice
+// that, the write waits for the flush, which bounds the memory held.
+func (c *Client) acknowledged(ctx context.Context, r *request) error {
 	c.mu.Lock()
-	stale := c.gen != gen || c.conn != conn
+	c.wseq++
+	r.seq = c.wseq
+	c.replay = append(c.replay, r)
+	c.replayN += int64(len(r.data))
+	if c.replayN <= c.cfg.ReplayLimit {
+		c.mu.Unlock()
+		return nil
+	}
+	ch := c.autoFlush
+	if ch == nil && c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	if ch == nil {
+		ch = make(chan struct{})
+		c.autoFlush = ch
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			err := c.Flush(context.Background())
+			if err != nil && !errors.Is(err, ErrClosed) {
+				c.log.Warn("flush for the replay limit", "export", c.export, "err", err)
+			}
+			c.mu.Lock()
+			c.autoFlush = nil
+			c.mu.Unlock()
+			close(ch)
+		}()
+	}
+	wait := c.replayN > 2*c.cfg.ReplayLimit
 	c.mu.Unlock()
-	if stale {
-		return // the reconnect resends it
+	if !wait {
+		return nil
 	}
-	if _, err := conn.Write(b); err != nil {
-		conn.Close() // the read loop notices and reconnects
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
+}
+
+// maxCombine bounds how many batches one caller writes for others before
+// it hands the rest to a goroutine of its own.
+const maxCombine = 8
+
+// sendQueued writes outq to conn unless another caller is doing so (it
+// then takes these too). Called with mu held; releases it while writing.
+// A failed write closes the connection; its requests stay pending for the
+// reconnect to resend. One sender at a time (c.sending) also means a
+// request's buffer is never written by two senders at once.
+func (c *Client) sendQueued() {
+	if c.sending {
+		return
+	}
+	c.sending = true
+	for rounds := 0; len(c.outq) > 0 && c.conn != nil && !c.closed; rounds++ {
+		if rounds == maxCombine {
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				c.mu.Lock()
+				c.sending = false
+				c.sendQueued()
+				c.mu.Unlock()
+			}()
+			return
+		}
+		q, conn := c.outq, c.conn
+		c.outq = c.spareq[:0]
+		c.mu.Unlock()
+		c.wmu.Lock()
+		err := c.writeRequests(conn, q)
+		c.wmu.Unlock()
+		if err != nil {
+			conn.Close() // the read loop notices and reconnects
+		}
+		c.mu.Lock()
+		clear(q)
+		c.spareq = q[:0]
+	}
+	c.sending = false
+}
+
+// writeRequests writes q in one writev. Called with wmu held, which
+// guards c.iov and c.hdrs.
+func (c *Client) writeRequests(conn net.Conn, q []*request) error {
+	hdrs := c.hdrs[:0]
+	for _, r := range q {
+		hdrs = appendHeader(hdrs, r.cmd, r.handle, r.off, r.length)
+	}
+	c.hdrs = hdrs
+	iov := c.iov[:0]
+	start := 0
+	for i, r := range q {
+		if r.cmd != cmdWrite {
+			continue
+		}
+		iov = append(iov, hdrs[start:(i+1)*28], r.data)
+		start = (i + 1) * 28
+	}
+	if start < len(hdrs) {
+		iov = append(iov, hdrs[start:])
+	}
+	bufs := iov // WriteTo consumes it
+	_, err := bufs.WriteTo(conn)
+	clear(iov)
+	c.iov = iov[:0]
+	return err
+}
+
+func appendHeader(b []byte, cmd uint16, handle, off uint64, length uint32) []byte {
+	b = binary.BigEndian.AppendUint32(b, magicRequest)
+	b = binary.BigEndian.AppendUint16(b, 0)
+	b = binary.BigEndian.AppendUint16(b, cmd)
+	b = binary.BigEndian.AppendUint64(b, handle)
+	b = binary.BigEndian.AppendUint64(b, off)
+	return binary.BigEndian.AppendUint32(b, length)
 }
 
 // readLoop reads replies from conn until it fails, then reconnects.
@@ -442,15 +571,17 @@ func (c *Client) readLoop(conn net.Conn, gen int) {
 	}
 	c.conn = nil
 	c.gen++
+	c.outq = c.outq[:0] // all of it is pending: the reconnect resends it
 	c.mu.Unlock()
 	c.log.Warn("nbd connection lost; reconnecting", "addr", c.addr, "export", c.export, "err", err)
 	c.reconnect()
 }
 
 func (c *Client) readReplies(conn net.Conn) error {
+	br := bufio.NewReaderSize(conn, 64<<10)
 	var h [16]byte
 	for {
-		if _, err := io.ReadFull(conn, h[:]); err != nil {
+		if _, err := io.ReadFull(br, h[:]); err != nil {
 			return err
 		}
 		if binary.BigEndian.Uint32(h[0:]) != magicReply {
@@ -458,25 +589,28 @@ func (c *Client) readReplies(conn net.Conn) error {
 		}
 		errno := binary.BigEndian.Uint32(h[4:])
 		handle := binary.BigEndian.Uint64(h[8:])
+		// Only the one who takes r out of pending answers it: Close (or
+		// a refused reconnect) may have failed it already. A read's data
+		// goes into its buffer only after it is taken out, so that no
+		// one fails it (and its caller reuses the buffer) meanwhile.
 		c.mu.Lock()
 		r := c.pending[handle]
+		delete(c.pending, handle)
 		c.mu.Unlock()
 		if r == nil {
 			return fmt.Errorf("reply for unknown handle %d", handle)
 		}
 		if r.cmd == cmdRead && errno == 0 {
-			if _, err := io.ReadFull(conn, r.data); err != nil {
+			if _, err := io.ReadFull(br, r.data); err != nil {
+				c.mu.Lock()
+				if c.closed {
+					r.done <- ErrClosed
+				} else {
+					c.pending[handle] = r // resent after the reconnect
+				}
+				c.mu.Unlock()
 				return err
 			}
-		}
-		// Close (or a refused reconnect) may have failed r meanwhile: only
-		// the one who takes it out of pending answers it.
-		c.mu.Lock()
-		_, still := c.pending[handle]
-		delete(c.pending, handle)
-		c.mu.Unlock()
-		if !still {
-			continue
 		}
 		if errno != 0 {
 			r.done <- fmt.Errorf("%s at %d+%d: %w", cmdName(r.cmd), r.off, r.length, Errno(errno))
@@ -528,23 +662,27 @@ func (c *Client) reconnect() {
 		}
 		if err == nil {
 			c.mu.Lock()
+			if c.closed {
+				c.mu.Unlock()
+				conn.Close()
+				return
+			}
 			c.conn = conn
 			c.gen++
 			gen := c.gen
 			c.reconnects++
-			var resend []*request
+			resend := make([]*request, 0, len(c.pending))
 			for _, r := range c.pending {
 				resend = append(resend, r)
 			}
+			slices.SortFunc(resend, func(a, b *request) int { return cmp.Compare(a.handle, b.handle) })
+			c.outq = append(c.outq[:0], resend...)
 			c.cond.Broadcast()
-			c.mu.Unlock()
-			sortByHandle(resend)
-			c.log.Info("nbd connection restored", "addr", c.addr, "export", c.export, "attempt", attempt, "resent", len(resend))
 			c.wg.Add(1)
 			go c.readLoop(conn, gen)
-			for _, r := range resend {
-				c.send(conn, gen, r)
-			}
+			c.sendQueued()
+			c.mu.Unlock()
+			c.log.Info("nbd connection restored", "addr", c.addr, "export", c.export, "attempt", attempt, "resent", len(resend))
 			return
 		}
 		if errors.Is(err, ErrRefused) {
@@ -576,15 +714,25 @@ func (c *Client) reconnect() {
 func (c *Client) replayWrites(conn net.Conn) error {
 	c.mu.Lock()
 	replay := append([]*request(nil), c.replay...)
+	datas := make([][]byte, len(replay))
+	for i, r := range replay {
+		datas[i] = r.data // a racing Flush may drop r (and nil r.data) meanwhile
+	}
 	upto := c.wseq
+	c.replaying = len(replay) > 0
 	c.mu.Unlock()
 	if len(replay) == 0 {
 		return nil
 	}
+	defer func() {
+		c.mu.Lock()
+		c.replaying = false
+		c.mu.Unlock()
+	}()
 	conn.SetDeadline(time.Now().Add(60 * time.Second))
 	defer conn.SetDeadline(time.Time{})
 	for i, r := range replay {
-		if err := syncRequest(conn, cmdWrite, uint64(i), r.off, r.data); err != nil {
+		if err := syncRequest(conn, cmdWrite, uint64(i), r.off, datas[i]); err != nil {
 			return fmt.Errorf("replay write: %w", err)
 		}
 	}
@@ -593,6 +741,7 @@ func (c *Client) replayWrites(conn net.Conn) error {
 			return fmt.Errorf("replay flush: %w", err)
 		}
 		c.mu.Lock()
+		c.replaying = false
 		c.dropReplay(upto)
 		c.mu.Unlock()
 	}
@@ -601,12 +750,7 @@ func (c *Client) replayWrites(conn net.Conn) error {
 
 // syncRequest sends one request and reads its reply (no read payload).
 func syncRequest(conn net.Conn, cmd uint16, handle, off uint64, data []byte) error {
-	b := make([]byte, 28, 28+len(data))
-	binary.BigEndian.PutUint32(b[0:], magicRequest)
-	binary.BigEndian.PutUint16(b[6:], cmd)
-	binary.BigEndian.PutUint64(b[8:], handle)
-	binary.BigEndian.PutUint64(b[16:], off)
-	binary.BigEndian.PutUint32(b[24:], uint32(len(data)))
+	b := appendHeader(make([]byte, 0, 28+len(data)), cmd, handle, off, uint32(len(data)))
 	b = append(b, data...)
 	if _, err := conn.Write(b); err != nil {
 		return err
@@ -624,14 +768,6 @@ func syncRequest(conn net.Conn, cmd uint16, handle, off uint64, data []byte) err
 	return nil
 }
 
-func sortByHandle(rs []*request) {
-	for i := 1; i < len(rs); i++ {
-		for j := i; j > 0 && rs[j].handle < rs[j-1].handle; j-- {
-			rs[j], rs[j-1] = rs[j-1], rs[j]
-		}
-	}
-}
-
 // Close ends the connection (sending NBD_CMD_DISC) and fails what is
 // still pending with ErrClosed.
 func (c *Client) Close() error {
@@ -647,17 +783,50 @@ func (c *Client) Close() error {
 		delete(c.pending, h)
 		r.done <- ErrClosed
 	}
+	c.outq = c.outq[:0]
 	c.mu.Unlock()
 	if conn != nil {
-		c.writeMu.Lock()
-		b := make([]byte, 28)
-		binary.BigEndian.PutUint32(b[0:], magicRequest)
-		binary.BigEndian.PutUint16(b[6:], cmdDisc)
+		// A sender blocked on a server that stopped reading gives up
+		// within a second; then the disconnect goes out whole.
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
-		conn.Write(b)
-		c.writeMu.Unlock()
+		c.wmu.Lock()
+		conn.Write(appendHeader(nil, cmdDisc, 0, 0, 0))
+		c.wmu.Unlock()
 		conn.Close()
 	}
 	c.wg.Wait()
 	return nil
+}
+
+// Write buffers come from pools by power-of-two size (4 KiB to
+// MaxRequest) and go back once a flush covered them, so a steady stream
+// of writes allocates nothing.
+var bufPools [12]sync.Pool
+
+func bufClass(n int) int {
+	c := 0
+	for size := 4096; size < n; size <<= 1 {
+		c++
+	}
+	return c
+}
+
+func getBuf(n int) []byte {
+	c := bufClass(n)
+	if c >= len(bufPools) {
+		return make([]byte, n)
+	}
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
+		return (*p)[:n]
+	}
+	return make([]byte, n, 4096<<c)
+}
+
+func putBuf(b []byte) {
+	c := bufClass(cap(b))
+	if c >= len(bufPools) || cap(b) != 4096<<c {
+		return
+	}
+	b = b[:cap(b)]
+	bufPools[c].Put(&b)
 }
