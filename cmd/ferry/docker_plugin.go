@@ -66,6 +66,8 @@ fstype (ext4, default, or xfs), readonly (true or false), from
 				&cli.StringFlag{Name: "host-id", Usage: "this host's name in the attachment"},
 				&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}},
 				&cli.StringFlag{Name: "pprof", EnvVars: []string{"FERRY_FUSE_PPROF"}, Usage: "serve Go profiles on this address (127.0.0.1:0 picks a port, logged)"},
+				&cli.IntFlag{Name: "nbd-conns", EnvVars: []string{"FERRY_FUSE_NBD_CONNS"}, Usage: "NBD connections when the gateway allows multi-conn (0: 4)"},
+				&cli.StringFlag{Name: "replay-limit", EnvVars: []string{"FERRY_FUSE_REPLAY_LIMIT"}, Usage: "unflushed written bytes kept for replay after a gateway crash before flushing on its own (0: 64M)"},
 			},
 			Action: runFUSEServe,
 		}},
@@ -173,6 +175,14 @@ func runFUSEServe(c *cli.Context) error {
 	os.WriteFile("/proc/self/oom_score_adj", []byte("-900"), 0)
 	ready := os.NewFile(3, "ready")
 	cfg := docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, PprofAddr: c.String("pprof"), Logger: log}
+	cfg.NBD.Conns = c.Int("nbd-conns")
+	if s := c.String("replay-limit"); s != "" {
+		n, err := parseSize(s)
+		if err != nil {
+			return fmt.Errorf("--replay-limit: %w", err)
+		}
+		cfg.NBD.ReplayLimit = n
+	}
 	if c.String("gateway") != "" {
 		cfg.Lease = &docker.Lease{Gateway: client.New(c.String("gateway")), Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodFUSE, ReadOnly: c.Bool("read-only")}
 	}

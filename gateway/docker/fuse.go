@@ -43,7 +43,10 @@ type FUSEConfig struct {
 	// address (host:port; port 0 picks one, which is logged), to profile
 	// the data path under load.
 	PprofAddr string
-	Logger    *slog.Logger
+	// NBD tunes the NBD client (connections, replay limit); its zero
+	// value takes nbdclient's defaults.
+	NBD    nbdclient.Config
+	Logger *slog.Logger
 }
 
 // servePprof serves net/http/pprof on addr until ctx ends.
@@ -103,7 +106,9 @@ func ServeFUSE(ctx context.Context, cfg FUSEConfig) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	nc, err := nbdclient.Dial(dctx, cfg.NBDURL, nbdclient.Config{Logger: log})
+	ncfg := cfg.NBD
+	ncfg.Logger = log
+	nc, err := nbdclient.Dial(dctx, cfg.NBDURL, ncfg)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", cfg.NBDURL, err)

@@ -65,6 +65,7 @@ const (
 	cmdWriteZeroes = 6
 
 	tfSendFlush  = 1 << 2
+	tfMultiConn  = 1 << 8
 	tfSendTrim   = 1 << 5
 	tfSendZeroes = 1 << 6
 
@@ -99,6 +100,10 @@ type Config struct {
 	ReplayLimit int64
 	// MaxBackoff caps the wait between redials; 0 means 2 s.
 	MaxBackoff time.Duration
+	// Conns is how many connections to open when the server allows
+	// multi-conn (a flush on one covers writes completed on all); 0
+	// means 4, like nbdfuse. Requests go to them in turn.
+	Conns int
 }
 
 type request struct {
@@ -114,10 +119,15 @@ type request struct {
 
 // Client is one NBD export, safe for concurrent use.
 //
-// Requests are sent by flat combining: the caller that finds nobody
-// sending writes everything queued (one writev for many requests under
+// It talks to the server over a session of one or more connections
+// (Config.Conns, when the server allows multi-conn). Requests are sent by
+// flat combining: the caller that finds nobody sending on its connection
+// writes everything queued there (one writev for many requests under
 // load), so no goroutine hand-off sits on the request path; replies are
-// read by one goroutine per connection through a buffered reader.
+// read by one goroutine per connection through a buffered reader. When any
+// connection of a session fails, the whole session is closed and, once
+// all its readers have stopped, a new one is dialled: the replay of
+// unflushed writes then runs alone, before any other request.
 type Client struct {
 	addr, export string
 	cfg          Config
@@ -127,17 +137,11 @@ type Client struct {
 	flags uint16
 
 	mu         sync.Mutex
-	cond       *sync.Cond // signalled when conn changes or closed
-	conn       net.Conn   // nil while reconnecting
-	gen        int        // connection generation
+	cond       *sync.Cond // signalled when the session changes or the client closes
+	sess       *session   // nil while reconnecting
 	pending    map[uint64]*request
-	outq       []*request // pending requests not yet written to conn, in order
-	spareq     []*request // the other half of outq's double buffer
-	sending    bool       // a caller is writing outq to conn
-	wmu        sync.Mutex // serialises writes to conn; guards iov and hdrs
-	iov        net.Buffers
-	hdrs       []byte
 	next       uint64
+	rr         int        // the connection the next request goes to
 	replay     []*request // acknowledged writes not yet covered by a flush, by seq
 	replayN    int64
 	replaying  bool          // reconnect is resending replay's buffers: keep them out of the pool
@@ -147,6 +151,26 @@ type Client struct {
 	fatal      error
 	wg         sync.WaitGroup
 	reconnects int
+}
+
+// session is one set of connections; it lives until one of them fails.
+type session struct {
+	conns   []*conn
+	readers sync.WaitGroup // its read loops
+	dead    bool           // torn down (under Client.mu)
+}
+
+// conn is one connection of a session. outq, spareq and sending are
+// guarded by Client.mu; wmu serialises writes to nc and guards iov and hdrs.
+type conn struct {
+	sess    *session
+	nc      net.Conn
+	outq    []*request // pending requests not yet written, in order
+	spareq  []*request // the other half of outq's double buffer
+	sending bool       // a caller is writing outq to nc
+	wmu     sync.Mutex
+	iov     net.Buffers
+	hdrs    []byte
 }
 
 // Reconnects says how often a lost connection was restored.
@@ -187,20 +211,62 @@ func Dial(ctx context.Context, rawURL string, cfg Config) (*Client, error) {
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 2 * time.Second
 	}
+	if cfg.Conns <= 0 {
+		cfg.Conns = 4
+	}
 	c := &Client{addr: addr, export: export, cfg: cfg, log: cfg.Logger, pending: map[uint64]*request{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.cond = sync.NewCond(&c.mu)
-	conn, size, flags, err := c.handshake(ctx)
+	nc, size, flags, err := c.handshake(ctx)
 	if err != nil {
 		return nil, err
 	}
 	c.size, c.flags = size, flags
-	c.conn = conn
-	c.wg.Add(1)
-	go c.readLoop(conn, 0)
+	s, err := c.dialSession(ctx, nc)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.start(s)
+	c.mu.Unlock()
 	return c, nil
+}
+
+// dialSession opens the session's further connections next to first
+// (only if the server allows multi-conn).
+func (c *Client) dialSession(ctx context.Context, first net.Conn) (*session, error) {
+	s := &session{}
+	s.conns = append(s.conns, &conn{sess: s, nc: first})
+	if c.flags&tfMultiConn == 0 {
+		return s, nil
+	}
+	for len(s.conns) < c.cfg.Conns {
+		nc, size, _, err := c.handshake(ctx)
+		if err == nil && size != c.size {
+			nc.Close()
+			err = fmt.Errorf("%w: export size changed from %d to %d", ErrRefused, c.size, size)
+		}
+		if err != nil {
+			for _, cn := range s.conns {
+				cn.nc.Close()
+			}
+			return nil, err
+		}
+		s.conns = append(s.conns, &conn{sess: s, nc: nc})
+	}
+	return s, nil
+}
+
+// start makes s the session and starts its read loops. Called with mu held.
+func (c *Client) start(s *session) {
+	c.sess = s
+	for _, cn := range s.conns {
+		s.readers.Add(1)
+		c.wg.Add(1)
+		go c.readLoop(cn)
+	}
 }
 
 // Size is the export's size in bytes.
@@ -418,9 +484,11 @@ func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, 
 	c.next++
 	r.handle = c.next
 	c.pending[r.handle] = r
-	if c.conn != nil {
-		c.outq = append(c.outq, r)
-		c.sendQueued()
+	if s := c.sess; s != nil {
+		cn := s.conns[c.rr%len(s.conns)]
+		c.rr++
+		cn.outq = append(cn.outq, r)
+		c.sendQueued(cn)
 	}
 	c.mu.Unlock()
 	select {
@@ -485,53 +553,54 @@ func (c *Client) acknowledged(ctx context.Context, r *request) error {
 // it hands the rest to a goroutine of its own.
 const maxCombine = 8
 
-// sendQueued writes outq to conn unless another caller is doing so (it
+// sendQueued writes cn's queue unless another caller is doing so (it
 // then takes these too). Called with mu held; releases it while writing.
 // A failed write closes the connection; its requests stay pending for the
-// reconnect to resend. One sender at a time (c.sending) also means a
-// request's buffer is never written by two senders at once.
-func (c *Client) sendQueued() {
-	if c.sending {
+// reconnect to resend. One sender per connection at a time (cn.sending)
+// also means a request's buffer is never written by two senders at once:
+// a request is resent only on a later session, after its readers stopped,
+// and a sender of the old session that still holds it writes it first.
+func (c *Client) sendQueued(cn *conn) {
+	if cn.sending {
 		return
 	}
-	c.sending = true
-	for rounds := 0; len(c.outq) > 0 && c.conn != nil && !c.closed; rounds++ {
+	cn.sending = true
+	for rounds := 0; len(cn.outq) > 0 && !cn.sess.dead && !c.closed; rounds++ {
 		if rounds == maxCombine {
 			c.wg.Add(1)
 			go func() {
 				defer c.wg.Done()
 				c.mu.Lock()
-				c.sending = false
-				c.sendQueued()
+				cn.sending = false
+				c.sendQueued(cn)
 				c.mu.Unlock()
 			}()
 			return
 		}
-		q, conn := c.outq, c.conn
-		c.outq = c.spareq[:0]
+		q := cn.outq
+		cn.outq = cn.spareq[:0]
 		c.mu.Unlock()
-		c.wmu.Lock()
-		err := c.writeRequests(conn, q)
-		c.wmu.Unlock()
+		cn.wmu.Lock()
+		err := cn.writeRequests(q)
+		cn.wmu.Unlock()
 		if err != nil {
-			conn.Close() // the read loop notices and reconnects
+			cn.nc.Close() // its read loop notices and the session ends
 		}
 		c.mu.Lock()
 		clear(q)
-		c.spareq = q[:0]
+		cn.spareq = q[:0]
 	}
-	c.sending = false
+	cn.sending = false
 }
 
-// writeRequests writes q in one writev. Called with wmu held, which
-// guards c.iov and c.hdrs.
-func (c *Client) writeRequests(conn net.Conn, q []*request) error {
-	hdrs := c.hdrs[:0]
+// writeRequests writes q in one writev. Called with wmu held.
+func (cn *conn) writeRequests(q []*request) error {
+	hdrs := cn.hdrs[:0]
 	for _, r := range q {
 		hdrs = appendHeader(hdrs, r.cmd, r.handle, r.off, r.length)
 	}
-	c.hdrs = hdrs
-	iov := c.iov[:0]
+	cn.hdrs = hdrs
+	iov := cn.iov[:0]
 	start := 0
 	for i, r := range q {
 		if r.cmd != cmdWrite {
@@ -544,9 +613,9 @@ func (c *Client) writeRequests(conn net.Conn, q []*request) error {
 		iov = append(iov, hdrs[start:])
 	}
 	bufs := iov // WriteTo consumes it
-	_, err := bufs.WriteTo(conn)
+	_, err := bufs.WriteTo(cn.nc)
 	clear(iov)
-	c.iov = iov[:0]
+	cn.iov = iov[:0]
 	return err
 }
 
@@ -559,22 +628,34 @@ func appendHeader(b []byte, cmd uint16, handle, off uint64, length uint32) []byt
 	return binary.BigEndian.AppendUint32(b, length)
 }
 
-// readLoop reads replies from conn until it fails, then reconnects.
-func (c *Client) readLoop(conn net.Conn, gen int) {
+// readLoop reads replies from cn until it fails; then it ends cn's
+// session, and the first to do so starts the reconnect.
+func (c *Client) readLoop(cn *conn) {
 	defer c.wg.Done()
-	err := c.readReplies(conn)
-	conn.Close()
+	err := c.readReplies(cn.nc)
+	cn.nc.Close()
 	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return
+	s := cn.sess
+	first := !s.dead && !c.closed
+	if first {
+		s.dead = true
+		c.sess = nil
+		for _, o := range s.conns {
+			o.nc.Close()
+			o.outq = o.outq[:0] // all of it is pending: the reconnect resends it
+		}
+		c.wg.Add(1)
 	}
-	c.conn = nil
-	c.gen++
-	c.outq = c.outq[:0] // all of it is pending: the reconnect resends it
 	c.mu.Unlock()
-	c.log.Warn("nbd connection lost; reconnecting", "addr", c.addr, "export", c.export, "err", err)
-	c.reconnect()
+	s.readers.Done()
+	if first {
+		c.log.Warn("nbd connection lost; reconnecting", "addr", c.addr, "export", c.export, "err", err)
+		go func() {
+			defer c.wg.Done()
+			s.readers.Wait() // no old reader still fills or answers a request
+			c.reconnect()
+		}()
+	}
 }
 
 func (c *Client) readReplies(conn net.Conn) error {
@@ -649,38 +730,45 @@ func (c *Client) reconnect() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		conn, size, _, err := c.handshake(ctx)
-		cancel()
+		nc, size, _, err := c.handshake(ctx)
 		if err == nil && size != c.size {
-			conn.Close()
+			nc.Close()
 			err = fmt.Errorf("%w: export size changed from %d to %d", ErrRefused, c.size, size)
 		}
 		if err == nil {
-			if err = c.replayWrites(conn); err != nil {
-				conn.Close()
+			if err = c.replayWrites(nc); err != nil {
+				nc.Close()
 			}
 		}
+		var s *session
+		if err == nil {
+			s, err = c.dialSession(ctx, nc)
+		}
+		cancel()
 		if err == nil {
 			c.mu.Lock()
 			if c.closed {
 				c.mu.Unlock()
-				conn.Close()
+				for _, cn := range s.conns {
+					cn.nc.Close()
+				}
 				return
 			}
-			c.conn = conn
-			c.gen++
-			gen := c.gen
 			c.reconnects++
 			resend := make([]*request, 0, len(c.pending))
 			for _, r := range c.pending {
 				resend = append(resend, r)
 			}
 			slices.SortFunc(resend, func(a, b *request) int { return cmp.Compare(a.handle, b.handle) })
-			c.outq = append(c.outq[:0], resend...)
+			for i, r := range resend {
+				cn := s.conns[i%len(s.conns)]
+				cn.outq = append(cn.outq, r)
+			}
 			c.cond.Broadcast()
-			c.wg.Add(1)
-			go c.readLoop(conn, gen)
-			c.sendQueued()
+			c.start(s)
+			for _, cn := range s.conns {
+				c.sendQueued(cn)
+			}
 			c.mu.Unlock()
 			c.log.Info("nbd connection restored", "addr", c.addr, "export", c.export, "attempt", attempt, "resent", len(resend))
 			return
@@ -777,22 +865,28 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
-	conn := c.conn
+	s := c.sess
 	c.cond.Broadcast()
 	for h, r := range c.pending {
 		delete(c.pending, h)
 		r.done <- ErrClosed
 	}
-	c.outq = c.outq[:0]
+	if s != nil {
+		for _, cn := range s.conns {
+			cn.outq = cn.outq[:0]
+		}
+	}
 	c.mu.Unlock()
-	if conn != nil {
-		// A sender blocked on a server that stopped reading gives up
-		// within a second; then the disconnect goes out whole.
-		conn.SetWriteDeadline(time.Now().Add(time.Second))
-		c.wmu.Lock()
-		conn.Write(appendHeader(nil, cmdDisc, 0, 0, 0))
-		c.wmu.Unlock()
-		conn.Close()
+	if s != nil {
+		for _, cn := range s.conns {
+			// A sender blocked on a server that stopped reading gives
+			// up within a second; then the disconnect goes out whole.
+			cn.nc.SetWriteDeadline(time.Now().Add(time.Second))
+			cn.wmu.Lock()
+			cn.nc.Write(appendHeader(nil, cmdDisc, 0, 0, 0))
+			cn.wmu.Unlock()
+			cn.nc.Close()
+		}
 	}
 	c.wg.Wait()
 	return nil
