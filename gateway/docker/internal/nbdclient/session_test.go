@@ -3,7 +3,6 @@ package nbdclient
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"sync"
 	"testing"
 
@@ -144,7 +143,7 @@ func TestReadWithAndWithoutCancel(t *testing.T) {
 	for name, rctx := range map[string]context.Context{"cancellable": cctx, "not cancellable": context.WithoutCancel(cctx)} {
 		got := make([]byte, len(want))
 		if err := c.ReadAt(rctx, got, 11); err != nil || !bytes.Equal(got, want) {
-			t.Error(fmt.Sprintf("%s: read back differs (%v)", name, err))
+			t.Errorf("%s: read back differs (%v)", name, err)
 		}
 	}
 }
