@@ -1,7 +1,7 @@
 // Package nbdclient is a small pure-Go NBD client for the Docker plugin's
 // FUSE data path: fixed newstyle handshake, NBD_OPT_GO, simple replies,
 // READ, WRITE, FLUSH, TRIM and WRITE_ZEROES with many requests in flight on
-// one connection.
+// one connection, or on several when the server allows multi-conn.
 //
 // Contract:
 //   - ReadAt/WriteAt never return short; a request past the export's size
