@@ -104,6 +104,9 @@ fstype (ext4, default, or xfs), readonly (true or false), from
 				&cli.StringFlag{Name: "volume", Usage: "the gateway volume's name"},
 				&cli.StringFlag{Name: "host-id", Usage: "this host's name in the attachment"},
 				&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}},
+				&cli.StringFlag{Name: "pprof", EnvVars: []string{"FERRY_FUSE_PPROF"}, Usage: "serve Go profiles on this address (127.0.0.1:0 picks a port, logged)"},
+				&cli.IntFlag{Name: "nbd-conns", EnvVars: []string{"FERRY_FUSE_NBD_CONNS"}, Usage: "NBD connections when the gateway allows multi-conn (0: 4)"},
+				&cli.StringFlag{Name: "replay-limit", EnvVars: []string{"FERRY_FUSE_REPLAY_LIMIT"}, Usage: "unflushed written bytes kept for replay after a gateway crash before flushing on its own (0: 64M)"},
 			}, tokenFlags()...),
 			Action: runFUSEServe,
 		}, {
@@ -245,7 +248,15 @@ func runFUSEServe(c *cli.Context) error {
 	// data path of mounted volumes.
 	os.WriteFile("/proc/self/oom_score_adj", []byte("-900"), 0)
 	ready := os.NewFile(3, "ready")
-	cfg := docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, Logger: log}
+	cfg := docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, PprofAddr: c.String("pprof"), Logger: log}
+	cfg.NBD.Conns = c.Int("nbd-conns")
+	if s := c.String("replay-limit"); s != "" {
+		n, err := parseSize(s)
+		if err != nil {
+			return fmt.Errorf("--replay-limit: %w", err)
+		}
+		cfg.NBD.ReplayLimit = n
+	}
 	if c.String("gateway") != "" {
 		gw, err := gatewayClient(c, false)
 		if err != nil {

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -35,8 +38,33 @@ type FUSEConfig struct {
 	// Lease, when set, is renewed at the gateway for as long as the file
 	// is served, so that a volume stays held while its data path lives,
 	// whether or not the plugin does.
-	Lease  *Lease
+	Lease *Lease
+	// PprofAddr, when set, serves Go profiles (net/http/pprof) on this
+	// address (host:port; port 0 picks one, which is logged), to profile
+	// the data path under load.
+	PprofAddr string
+	// NBD tunes the NBD client (connections, replay limit); its zero
+	// value takes nbdclient's defaults.
+	NBD    nbdclient.Config
 	Logger *slog.Logger
+}
+
+// servePprof serves net/http/pprof on addr until ctx ends.
+func servePprof(ctx context.Context, addr string, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("pprof listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { <-ctx.Done(); srv.Close() }()
+	go srv.Serve(ln)
+	log.Info("serving Go profiles", "addr", ln.Addr().String())
+	return nil
 }
 
 // Lease names a gateway attachment to renew.
@@ -78,12 +106,21 @@ func ServeFUSE(ctx context.Context, cfg FUSEConfig) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	nc, err := nbdclient.Dial(dctx, cfg.NBDURL, nbdclient.Config{Logger: log})
+	ncfg := cfg.NBD
+	ncfg.Logger = log
+	nc, err := nbdclient.Dial(dctx, cfg.NBDURL, ncfg)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", cfg.NBDURL, err)
 	}
 	defer nc.Close()
+	if cfg.PprofAddr != "" {
+		pctx, stop := context.WithCancel(ctx)
+		defer stop()
+		if err := servePprof(pctx, cfg.PprofAddr, log); err != nil {
+			return err
+		}
+	}
 	// A FUSE mount left by a dead server of ours answers ENOTCONN; clear it.
 	if _, err := os.Stat(cfg.Dir); errors.Is(err, syscall.ENOTCONN) {
 		syscall.Unmount(cfg.Dir, syscall.MNT_DETACH)
@@ -92,12 +129,13 @@ func ServeFUSE(ctx context.Context, cfg FUSEConfig) error {
 	rootNode := &diskRoot{file: file}
 	srv, err := fs.Mount(cfg.Dir, rootNode, &fs.Options{
 		MountOptions: fuse.MountOptions{
-			FsName:        "ferry:" + cfg.NBDURL,
-			Name:          "ferry",
-			DirectMount:   true,
-			MaxWrite:      1 << 20,
-			MaxBackground: 64,
-			DisableXAttrs: true,
+			FsName:            "ferry:" + cfg.NBDURL,
+			Name:              "ferry",
+			DirectMount:       true,
+			MaxWrite:          1 << 20,
+			MaxBackground:     64,
+			DisableXAttrs:     true,
+			ExtraCapabilities: fuse.CAP_ASYNC_DIO,
 		},
 	})
 	if err != nil {

@@ -1,7 +1,7 @@
 // Package nbdclient is a small pure-Go NBD client for the Docker plugin's
 // FUSE data path: fixed newstyle handshake, NBD_OPT_GO, simple replies,
 // READ, WRITE, FLUSH, TRIM and WRITE_ZEROES with many requests in flight on
-// one connection.
+// one connection, or on several when the server allows multi-conn.
 //
 // Contract:
 //   - ReadAt/WriteAt never return short; a request past the export's size
@@ -13,14 +13,17 @@
 //   - Durability follows NBD: a write is durable once a Flush that started
 //     after it returned has returned. Because a gateway that crashed may
 //     have lost writes it acknowledged but had not flushed, the client keeps
-//     those writes (up to ReplayLimit bytes; past it, it flushes on its own
-//     to bound the copy) and replays them on the new connection before
+//     those writes (past ReplayLimit bytes it starts a flush of its own,
+//     and past twice that writes wait for it, to bound the copy) and
+//     replays them on the new connection before
 //     anything else, so a later Flush covers them again.
 //
-// Lock order: Client.mu only; no other lock is held while taking it.
+// Lock order: Client.mu and Client.wmu are never held together.
 package nbdclient
 
 import (
+	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -29,6 +32,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -61,6 +65,7 @@ const (
 	cmdWriteZeroes = 6
 
 	tfSendFlush  = 1 << 2
+	tfMultiConn  = 1 << 8
 	tfSendTrim   = 1 << 5
 	tfSendZeroes = 1 << 6
 
@@ -89,11 +94,16 @@ type Config struct {
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Logger receives reconnects; nil discards.
 	Logger *slog.Logger
-	// ReplayLimit bounds the bytes of acknowledged, unflushed writes kept
-	// for replay; 0 means 64 MiB.
+	// ReplayLimit is the bytes of acknowledged, unflushed writes kept for
+	// replay past which the client starts a flush of its own; writes wait
+	// for it only past twice this. 0 means 64 MiB.
 	ReplayLimit int64
 	// MaxBackoff caps the wait between redials; 0 means 2 s.
 	MaxBackoff time.Duration
+	// Conns is how many connections to open when the server allows
+	// multi-conn (a flush on one covers writes completed on all); 0
+	// means 4, like nbdfuse. Requests go to them in turn.
+	Conns int
 }
 
 type request struct {
@@ -101,12 +111,23 @@ type request struct {
 	handle uint64
 	off    uint64
 	length uint32
-	data   []byte // write payload, or read buffer
+	data   []byte // write payload (the client's own copy), or read buffer
 	done   chan error
 	seq    uint64 // order among acknowledged writes (replay list)
+	pooled bool   // data came from the buffer pool (see getBuf)
 }
 
 // Client is one NBD export, safe for concurrent use.
+//
+// It talks to the server over a session of one or more connections
+// (Config.Conns, when the server allows multi-conn). Requests are sent by
+// flat combining: the caller that finds nobody sending on its connection
+// writes everything queued there (one writev for many requests under
+// load), so no goroutine hand-off sits on the request path; replies are
+// read by one goroutine per connection through a buffered reader. When any
+// connection of a session fails, the whole session is closed and, once
+// all its readers have stopped, a new one is dialled: the replay of
+// unflushed writes then runs alone, before any other request.
 type Client struct {
 	addr, export string
 	cfg          Config
@@ -116,19 +137,40 @@ type Client struct {
 	flags uint16
 
 	mu         sync.Mutex
-	cond       *sync.Cond // signalled when conn changes or closed
-	conn       net.Conn   // nil while reconnecting
-	gen        int        // connection generation
+	cond       *sync.Cond // signalled when the session changes or the client closes
+	sess       *session   // nil while reconnecting
 	pending    map[uint64]*request
 	next       uint64
+	rr         int        // the connection the next request goes to
 	replay     []*request // acknowledged writes not yet covered by a flush, by seq
 	replayN    int64
+	replaying  bool          // reconnect is resending replay's buffers: keep them out of the pool
+	autoFlush  chan struct{} // non-nil while a flush started for ReplayLimit runs; closed when it ends
 	wseq       uint64
-	writeMu    sync.Mutex // serialises writes to conn (taken without mu)
 	closed     bool
 	fatal      error
 	wg         sync.WaitGroup
 	reconnects int
+}
+
+// session is one set of connections; it lives until one of them fails.
+type session struct {
+	conns   []*conn
+	readers sync.WaitGroup // its read loops
+	dead    bool           // torn down (under Client.mu)
+}
+
+// conn is one connection of a session. outq, spareq and sending are
+// guarded by Client.mu; wmu serialises writes to nc and guards iov and hdrs.
+type conn struct {
+	sess    *session
+	nc      net.Conn
+	outq    []*request // pending requests not yet written, in order
+	spareq  []*request // the other half of outq's double buffer
+	sending bool       // a caller is writing outq to nc
+	wmu     sync.Mutex
+	iov     net.Buffers
+	hdrs    []byte
 }
 
 // Reconnects says how often a lost connection was restored.
@@ -169,20 +211,62 @@ func Dial(ctx context.Context, rawURL string, cfg Config) (*Client, error) {
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 2 * time.Second
 	}
+	if cfg.Conns <= 0 {
+		cfg.Conns = 4
+	}
 	c := &Client{addr: addr, export: export, cfg: cfg, log: cfg.Logger, pending: map[uint64]*request{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.cond = sync.NewCond(&c.mu)
-	conn, size, flags, err := c.handshake(ctx)
+	nc, size, flags, err := c.handshake(ctx)
 	if err != nil {
 		return nil, err
 	}
 	c.size, c.flags = size, flags
-	c.conn = conn
-	c.wg.Add(1)
-	go c.readLoop(conn, 0)
+	s, err := c.dialSession(ctx, nc)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.start(s)
+	c.mu.Unlock()
 	return c, nil
+}
+
+// dialSession opens the session's further connections next to first
+// (only if the server allows multi-conn).
+func (c *Client) dialSession(ctx context.Context, first net.Conn) (*session, error) {
+	s := &session{}
+	s.conns = append(s.conns, &conn{sess: s, nc: first})
+	if c.flags&tfMultiConn == 0 {
+		return s, nil
+	}
+	for len(s.conns) < c.cfg.Conns {
+		nc, size, _, err := c.handshake(ctx)
+		if err == nil && size != c.size {
+			nc.Close()
+			err = fmt.Errorf("%w: export size changed from %d to %d", ErrRefused, c.size, size)
+		}
+		if err != nil {
+			for _, cn := range s.conns {
+				cn.nc.Close()
+			}
+			return nil, err
+		}
+		s.conns = append(s.conns, &conn{sess: s, nc: nc})
+	}
+	return s, nil
+}
+
+// start makes s the session and starts its read loops. Called with mu held.
+func (c *Client) start(s *session) {
+	c.sess = s
+	for _, cn := range s.conns {
+		s.readers.Add(1)
+		c.wg.Add(1)
+		go c.readLoop(cn)
+	}
 }
 
 // Size is the export's size in bytes.
@@ -281,14 +365,25 @@ func negotiate(conn net.Conn, export string) (int64, uint16, error) {
 }
 
 // ReadAt reads len(p) bytes at off.
+//
+// With a ctx that cannot be cancelled (ctx.Done() == nil, as from
+// context.WithoutCancel) the server's data lands in p itself; otherwise in
+// a buffer of the client's, copied to p, because an abandoned request
+// still completes on the wire after ReadAt returned.
 func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
+	direct := ctx.Done() == nil
 	for len(p) > 0 {
 		n := min(len(p), MaxRequest)
-		buf := make([]byte, n) // the server's data lands here even if ctx ends first
-		if err := c.do(ctx, cmdRead, uint64(off), uint32(n), buf); err != nil {
+		buf := p[:n]
+		if !direct {
+			buf = make([]byte, n)
+		}
+		if err := c.do(ctx, cmdRead, uint64(off), uint32(n), buf, false); err != nil {
 			return err
 		}
-		copy(p, buf)
+		if !direct {
+			copy(p, buf)
+		}
 		p, off = p[n:], off+int64(n)
 	}
 	return nil
@@ -299,7 +394,9 @@ func (c *Client) WriteAt(ctx context.Context, p []byte, off int64) error {
 	for len(p) > 0 {
 		n := min(len(p), MaxRequest)
 		// A copy: the request may be replayed after the caller's buffer is reused.
-		if err := c.do(ctx, cmdWrite, uint64(off), uint32(n), append([]byte(nil), p[:n]...)); err != nil {
+		buf := getBuf(n)
+		copy(buf, p[:n])
+		if err := c.do(ctx, cmdWrite, uint64(off), uint32(n), buf, true); err != nil {
 			return err
 		}
 		p, off = p[n:], off+int64(n)
@@ -315,7 +412,7 @@ func (c *Client) Flush(ctx context.Context) error {
 	c.mu.Lock()
 	covered := c.wseq
 	c.mu.Unlock()
-	if err := c.do(ctx, cmdFlush, 0, 0, nil); err != nil {
+	if err := c.do(ctx, cmdFlush, 0, 0, nil, false); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -325,14 +422,22 @@ func (c *Client) Flush(ctx context.Context) error {
 }
 
 // dropReplay forgets the acknowledged writes up to seq, which a flush
-// covered. Called with mu held.
+// covered, and recycles their buffers unless a reconnect is resending
+// them. Called with mu held.
 func (c *Client) dropReplay(seq uint64) {
 	i := 0
 	for i < len(c.replay) && c.replay[i].seq <= seq {
-		c.replayN -= int64(len(c.replay[i].data))
+		r := c.replay[i]
+		c.replayN -= int64(len(r.data))
+		if r.pooled && !c.replaying {
+			putBuf(r.data)
+		}
+		r.data = nil
 		i++
 	}
-	c.replay = append([]*request(nil), c.replay[i:]...)
+	if i > 0 {
+		c.replay = append([]*request(nil), c.replay[i:]...)
+	}
 }
 
 // Trim tells the server the range is unused (contents undefined after).
@@ -362,7 +467,7 @@ func (c *Client) WriteZeroes(ctx context.Context, off, length int64) error {
 func (c *Client) ranged(ctx context.Context, cmd uint16, off, length int64) error {
 	for length > 0 {
 		n := min(length, 1<<30)
-		if err := c.do(ctx, cmd, uint64(off), uint32(n), nil); err != nil {
+		if err := c.do(ctx, cmd, uint64(off), uint32(n), nil, false); err != nil {
 			return err
 		}
 		off, length = off+n, length-n
@@ -373,8 +478,8 @@ func (c *Client) ranged(ctx context.Context, cmd uint16, off, length int64) erro
 // do queues one request, sends it when a connection is up and waits for
 // its reply. ctx bounds the wait; an abandoned request still completes on
 // the wire (its buffers are the client's own).
-func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, data []byte) error {
-	r := &request{cmd: cmd, off: off, length: length, data: data, done: make(chan error, 1)}
+func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, data []byte, pooled bool) error {
+	r := &request{cmd: cmd, off: off, length: length, data: data, pooled: pooled, done: make(chan error, 1)}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -388,24 +493,17 @@ func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, 
 	c.next++
 	r.handle = c.next
 	c.pending[r.handle] = r
-	conn, gen := c.conn, c.gen
-	c.mu.Unlock()
-	if conn != nil {
-		c.send(conn, gen, r)
+	if s := c.sess; s != nil {
+		cn := s.conns[c.rr%len(s.conns)]
+		c.rr++
+		cn.outq = append(cn.outq, r)
+		c.sendQueued(cn)
 	}
+	c.mu.Unlock()
 	select {
 	case err := <-r.done:
 		if err == nil && cmd == cmdWrite {
-			c.mu.Lock()
-			c.wseq++
-			r.seq = c.wseq
-			c.replay = append(c.replay, r)
-			c.replayN += int64(len(r.data))
-			over := c.replayN > c.cfg.ReplayLimit
-			c.mu.Unlock()
-			if over {
-				return c.Flush(ctx)
-			}
+			return c.acknowledged(ctx, r)
 		}
 		return err
 	case <-ctx.Done():
@@ -413,53 +511,167 @@ func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, 
 	}
 }
 
-// send writes r to conn unless the connection changed; a failed write
-// leaves r pending for the reconnect to resend.
-func (c *Client) send(conn net.Conn, gen int, r *request) {
-	b := make([]byte, 28, 28+len(r.data))
-	binary.BigEndian.PutUint32(b[0:], magicRequest)
-	binary.BigEndian.PutUint16(b[4:], 0)
-	binary.BigEndian.PutUint16(b[6:], r.cmd)
-	binary.BigEndian.PutUint64(b[8:], r.handle)
-	binary.BigEndian.PutUint64(b[16:], r.off)
-	binary.BigEndian.PutUint32(b[24:], r.length)
-	if r.cmd == cmdWrite {
-		b = append(b, r.data...)
-	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
+// acknowledged keeps a completed write for replay. Past ReplayLimit bytes
+// it starts a flush (one at a time) without waiting for it; past twice
+// that, the write waits for the flush, which bounds the memory held.
+func (c *Client) acknowledged(ctx context.Context, r *request) error {
 	c.mu.Lock()
-	stale := c.gen != gen || c.conn != conn
-	c.mu.Unlock()
-	if stale {
-		return // the reconnect resends it
+	c.wseq++
+	r.seq = c.wseq
+	c.replay = append(c.replay, r)
+	c.replayN += int64(len(r.data))
+	if c.replayN <= c.cfg.ReplayLimit {
+		c.mu.Unlock()
+		return nil
 	}
-	if _, err := conn.Write(b); err != nil {
-		conn.Close() // the read loop notices and reconnects
+	ch := c.autoFlush
+	if ch == nil && c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	if ch == nil {
+		ch = make(chan struct{})
+		c.autoFlush = ch
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			err := c.Flush(context.Background())
+			if err != nil && !errors.Is(err, ErrClosed) {
+				c.log.Warn("flush for the replay limit", "export", c.export, "err", err)
+			}
+			c.mu.Lock()
+			c.autoFlush = nil
+			c.mu.Unlock()
+			close(ch)
+		}()
+	}
+	wait := c.replayN > 2*c.cfg.ReplayLimit
+	c.mu.Unlock()
+	if !wait {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
-// readLoop reads replies from conn until it fails, then reconnects.
-func (c *Client) readLoop(conn net.Conn, gen int) {
-	defer c.wg.Done()
-	err := c.readReplies(conn)
-	conn.Close()
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+// maxCombine bounds how many batches one caller writes for others before
+// it hands the rest to a goroutine of its own.
+const maxCombine = 8
+
+// sendQueued writes cn's queue unless another caller is doing so (it
+// then takes these too). Called with mu held; releases it while writing.
+// A failed write closes the connection; its requests stay pending for the
+// reconnect to resend. One sender per connection at a time (cn.sending)
+// also means a request's buffer is never written by two senders at once:
+// a request is resent only on a later session, after its readers stopped,
+// and a sender of the old session that still holds it writes it first.
+func (c *Client) sendQueued(cn *conn) {
+	if cn.sending {
 		return
 	}
-	c.conn = nil
-	c.gen++
+	cn.sending = true
+	for rounds := 0; len(cn.outq) > 0 && !cn.sess.dead && !c.closed; rounds++ {
+		if rounds == maxCombine {
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				c.mu.Lock()
+				cn.sending = false
+				c.sendQueued(cn)
+				c.mu.Unlock()
+			}()
+			return
+		}
+		q := cn.outq
+		cn.outq = cn.spareq[:0]
+		c.mu.Unlock()
+		cn.wmu.Lock()
+		err := cn.writeRequests(q)
+		cn.wmu.Unlock()
+		if err != nil {
+			cn.nc.Close() // its read loop notices and the session ends
+		}
+		c.mu.Lock()
+		clear(q)
+		cn.spareq = q[:0]
+	}
+	cn.sending = false
+}
+
+// writeRequests writes q in one writev. Called with wmu held.
+func (cn *conn) writeRequests(q []*request) error {
+	hdrs := cn.hdrs[:0]
+	for _, r := range q {
+		hdrs = appendHeader(hdrs, r.cmd, r.handle, r.off, r.length)
+	}
+	cn.hdrs = hdrs
+	iov := cn.iov[:0]
+	start := 0
+	for i, r := range q {
+		if r.cmd != cmdWrite {
+			continue
+		}
+		iov = append(iov, hdrs[start:(i+1)*28], r.data)
+		start = (i + 1) * 28
+	}
+	if start < len(hdrs) {
+		iov = append(iov, hdrs[start:])
+	}
+	bufs := iov // WriteTo consumes it
+	_, err := bufs.WriteTo(cn.nc)
+	clear(iov)
+	cn.iov = iov[:0]
+	return err
+}
+
+func appendHeader(b []byte, cmd uint16, handle, off uint64, length uint32) []byte {
+	b = binary.BigEndian.AppendUint32(b, magicRequest)
+	b = binary.BigEndian.AppendUint16(b, 0)
+	b = binary.BigEndian.AppendUint16(b, cmd)
+	b = binary.BigEndian.AppendUint64(b, handle)
+	b = binary.BigEndian.AppendUint64(b, off)
+	return binary.BigEndian.AppendUint32(b, length)
+}
+
+// readLoop reads replies from cn until it fails; then it ends cn's
+// session, and the first to do so starts the reconnect.
+func (c *Client) readLoop(cn *conn) {
+	defer c.wg.Done()
+	err := c.readReplies(cn.nc)
+	cn.nc.Close()
+	c.mu.Lock()
+	s := cn.sess
+	first := !s.dead && !c.closed
+	if first {
+		s.dead = true
+		c.sess = nil
+		for _, o := range s.conns {
+			o.nc.Close()
+			o.outq = o.outq[:0] // all of it is pending: the reconnect resends it
+		}
+		c.wg.Add(1)
+	}
 	c.mu.Unlock()
-	c.log.Warn("nbd connection lost; reconnecting", "addr", c.addr, "export", c.export, "err", err)
-	c.reconnect()
+	s.readers.Done()
+	if first {
+		c.log.Warn("nbd connection lost; reconnecting", "addr", c.addr, "export", c.export, "err", err)
+		go func() {
+			defer c.wg.Done()
+			s.readers.Wait() // no old reader still fills or answers a request
+			c.reconnect()
+		}()
+	}
 }
 
 func (c *Client) readReplies(conn net.Conn) error {
+	br := bufio.NewReaderSize(conn, 64<<10)
 	var h [16]byte
 	for {
-		if _, err := io.ReadFull(conn, h[:]); err != nil {
+		if _, err := io.ReadFull(br, h[:]); err != nil {
 			return err
 		}
 		if binary.BigEndian.Uint32(h[0:]) != magicReply {
@@ -467,25 +679,28 @@ func (c *Client) readReplies(conn net.Conn) error {
 		}
 		errno := binary.BigEndian.Uint32(h[4:])
 		handle := binary.BigEndian.Uint64(h[8:])
+		// Only the one who takes r out of pending answers it: Close (or
+		// a refused reconnect) may have failed it already. A read's data
+		// goes into its buffer only after it is taken out, so that no
+		// one fails it (and its caller reuses the buffer) meanwhile.
 		c.mu.Lock()
 		r := c.pending[handle]
+		delete(c.pending, handle)
 		c.mu.Unlock()
 		if r == nil {
 			return fmt.Errorf("reply for unknown handle %d", handle)
 		}
 		if r.cmd == cmdRead && errno == 0 {
-			if _, err := io.ReadFull(conn, r.data); err != nil {
+			if _, err := io.ReadFull(br, r.data); err != nil {
+				c.mu.Lock()
+				if c.closed {
+					r.done <- ErrClosed
+				} else {
+					c.pending[handle] = r // resent after the reconnect
+				}
+				c.mu.Unlock()
 				return err
 			}
-		}
-		// Close (or a refused reconnect) may have failed r meanwhile: only
-		// the one who takes it out of pending answers it.
-		c.mu.Lock()
-		_, still := c.pending[handle]
-		delete(c.pending, handle)
-		c.mu.Unlock()
-		if !still {
-			continue
 		}
 		if errno != 0 {
 			r.done <- fmt.Errorf("%s at %d+%d: %w", cmdName(r.cmd), r.off, r.length, Errno(errno))
@@ -524,36 +739,47 @@ func (c *Client) reconnect() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		conn, size, _, err := c.handshake(ctx)
-		cancel()
+		nc, size, _, err := c.handshake(ctx)
 		if err == nil && size != c.size {
-			conn.Close()
+			nc.Close()
 			err = fmt.Errorf("%w: export size changed from %d to %d", ErrRefused, c.size, size)
 		}
 		if err == nil {
-			if err = c.replayWrites(conn); err != nil {
-				conn.Close()
+			if err = c.replayWrites(nc); err != nil {
+				nc.Close()
 			}
 		}
+		var s *session
+		if err == nil {
+			s, err = c.dialSession(ctx, nc)
+		}
+		cancel()
 		if err == nil {
 			c.mu.Lock()
-			c.conn = conn
-			c.gen++
-			gen := c.gen
+			if c.closed {
+				c.mu.Unlock()
+				for _, cn := range s.conns {
+					cn.nc.Close()
+				}
+				return
+			}
 			c.reconnects++
-			var resend []*request
+			resend := make([]*request, 0, len(c.pending))
 			for _, r := range c.pending {
 				resend = append(resend, r)
 			}
-			c.cond.Broadcast()
-			c.mu.Unlock()
-			sortByHandle(resend)
-			c.log.Info("nbd connection restored", "addr", c.addr, "export", c.export, "attempt", attempt, "resent", len(resend))
-			c.wg.Add(1)
-			go c.readLoop(conn, gen)
-			for _, r := range resend {
-				c.send(conn, gen, r)
+			slices.SortFunc(resend, func(a, b *request) int { return cmp.Compare(a.handle, b.handle) })
+			for i, r := range resend {
+				cn := s.conns[i%len(s.conns)]
+				cn.outq = append(cn.outq, r)
 			}
+			c.cond.Broadcast()
+			c.start(s)
+			for _, cn := range s.conns {
+				c.sendQueued(cn)
+			}
+			c.mu.Unlock()
+			c.log.Info("nbd connection restored", "addr", c.addr, "export", c.export, "attempt", attempt, "resent", len(resend))
 			return
 		}
 		if errors.Is(err, ErrRefused) {
@@ -585,15 +811,25 @@ func (c *Client) reconnect() {
 func (c *Client) replayWrites(conn net.Conn) error {
 	c.mu.Lock()
 	replay := append([]*request(nil), c.replay...)
+	datas := make([][]byte, len(replay))
+	for i, r := range replay {
+		datas[i] = r.data // a racing Flush may drop r (and nil r.data) meanwhile
+	}
 	upto := c.wseq
+	c.replaying = len(replay) > 0
 	c.mu.Unlock()
 	if len(replay) == 0 {
 		return nil
 	}
+	defer func() {
+		c.mu.Lock()
+		c.replaying = false
+		c.mu.Unlock()
+	}()
 	conn.SetDeadline(time.Now().Add(60 * time.Second))
 	defer conn.SetDeadline(time.Time{})
 	for i, r := range replay {
-		if err := syncRequest(conn, cmdWrite, uint64(i), r.off, r.data); err != nil {
+		if err := syncRequest(conn, cmdWrite, uint64(i), r.off, datas[i]); err != nil {
 			return fmt.Errorf("replay write: %w", err)
 		}
 	}
@@ -602,6 +838,7 @@ func (c *Client) replayWrites(conn net.Conn) error {
 			return fmt.Errorf("replay flush: %w", err)
 		}
 		c.mu.Lock()
+		c.replaying = false
 		c.dropReplay(upto)
 		c.mu.Unlock()
 	}
@@ -610,12 +847,7 @@ func (c *Client) replayWrites(conn net.Conn) error {
 
 // syncRequest sends one request and reads its reply (no read payload).
 func syncRequest(conn net.Conn, cmd uint16, handle, off uint64, data []byte) error {
-	b := make([]byte, 28, 28+len(data))
-	binary.BigEndian.PutUint32(b[0:], magicRequest)
-	binary.BigEndian.PutUint16(b[6:], cmd)
-	binary.BigEndian.PutUint64(b[8:], handle)
-	binary.BigEndian.PutUint64(b[16:], off)
-	binary.BigEndian.PutUint32(b[24:], uint32(len(data)))
+	b := appendHeader(make([]byte, 0, 28+len(data)), cmd, handle, off, uint32(len(data)))
 	b = append(b, data...)
 	if _, err := conn.Write(b); err != nil {
 		return err
@@ -633,14 +865,6 @@ func syncRequest(conn net.Conn, cmd uint16, handle, off uint64, data []byte) err
 	return nil
 }
 
-func sortByHandle(rs []*request) {
-	for i := 1; i < len(rs); i++ {
-		for j := i; j > 0 && rs[j].handle < rs[j-1].handle; j-- {
-			rs[j], rs[j-1] = rs[j-1], rs[j]
-		}
-	}
-}
-
 // Close ends the connection (sending NBD_CMD_DISC) and fails what is
 // still pending with ErrClosed.
 func (c *Client) Close() error {
@@ -650,23 +874,62 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
-	conn := c.conn
+	s := c.sess
 	c.cond.Broadcast()
 	for h, r := range c.pending {
 		delete(c.pending, h)
 		r.done <- ErrClosed
 	}
+	if s != nil {
+		for _, cn := range s.conns {
+			cn.outq = cn.outq[:0]
+		}
+	}
 	c.mu.Unlock()
-	if conn != nil {
-		c.writeMu.Lock()
-		b := make([]byte, 28)
-		binary.BigEndian.PutUint32(b[0:], magicRequest)
-		binary.BigEndian.PutUint16(b[6:], cmdDisc)
-		conn.SetWriteDeadline(time.Now().Add(time.Second))
-		conn.Write(b)
-		c.writeMu.Unlock()
-		conn.Close()
+	if s != nil {
+		for _, cn := range s.conns {
+			// A sender blocked on a server that stopped reading gives
+			// up within a second; then the disconnect goes out whole.
+			cn.nc.SetWriteDeadline(time.Now().Add(time.Second))
+			cn.wmu.Lock()
+			cn.nc.Write(appendHeader(nil, cmdDisc, 0, 0, 0))
+			cn.wmu.Unlock()
+			cn.nc.Close()
+		}
 	}
 	c.wg.Wait()
 	return nil
+}
+
+// Write buffers come from pools by power-of-two size (4 KiB to
+// MaxRequest) and go back once a flush covered them, so a steady stream
+// of writes allocates nothing.
+var bufPools [12]sync.Pool
+
+func bufClass(n int) int {
+	c := 0
+	for size := 4096; size < n; size <<= 1 {
+		c++
+	}
+	return c
+}
+
+func getBuf(n int) []byte {
+	c := bufClass(n)
+	if c >= len(bufPools) {
+		return make([]byte, n)
+	}
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
+		return (*p)[:n]
+	}
+	return make([]byte, n, 4096<<c)
+}
+
+func putBuf(b []byte) {
+	c := bufClass(cap(b))
+	if c >= len(bufPools) || cap(b) != 4096<<c {
+		return
+	}
+	b = b[:cap(b)]
+	bufPools[c].Put(&b)
 }
