@@ -200,6 +200,18 @@ func (m *Manager) openTier(ctx context.Context, rec *Record, how tierOpen) (*tie
 	if err != nil {
 		return nil, err
 	}
+	// The volume may move to another store while it serves (migrate.go):
+	// its tier uploads through a switch, and checks a fence that can
+	// change lease.
+	vs := &volSwitch{sw: store.NewSwitch(s)}
+	if fence != nil {
+		vs.fence = newSwitchFence(fence)
+		fence = vs.fence
+	}
+	s = vs.sw
+	m.mu.Lock()
+	m.switches[rec.ID] = vs
+	m.mu.Unlock()
 	if len(rec.Parents) > 0 {
 		m.mu.Lock()
 		sc := m.stores[rec.Store]
