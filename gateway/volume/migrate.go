@@ -407,12 +407,14 @@ func (m *Manager) releaseSource(ctx context.Context, rec *Record, src *StoreConf
 		}
 	}
 	if g.rec.DeleteSource {
-		n, err := m.deleteVolumeObjects(ctx, lease.Fenced(s, sl))
+		// The lease goes with the rest: stop renewing it first (this
+		// gateway holds it until it expires, so nobody else writes).
+		sl.Close()
+		n, err := m.deleteVolumeObjects(ctx, s)
 		if err != nil {
 			return fmt.Errorf("delete the old store's objects: %w", err)
 		}
 		m.log.Info("volume's objects deleted from its old store", attrVolume, rec.Name, "store", src.Name, "objects", n)
-		sl.Close()
 		return nil
 	}
 	return sl.Release(ctx)
@@ -437,11 +439,13 @@ func (m *Manager) abandonMigration(rec *Record, dst *StoreConfig, dl *lease.Leas
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	ds, _, err := m.objectStore(dst, volumePrefix(rec))
-	if err == nil && dl != nil {
-		_, err = m.deleteVolumeObjects(ctx, lease.Fenced(ds, dl))
-	}
 	if dl != nil {
+		// The lease goes with the copy: stop renewing it first (this
+		// gateway holds it until it expires, so nobody else writes).
 		dl.Close()
+		if err == nil {
+			_, err = m.deleteVolumeObjects(ctx, ds)
+		}
 	}
 	if err != nil {
 		m.log.Warn("deleting the partial copy in the destination failed; it stays there, with this gateway's expired lease", attrVolume, rec.Name, "store", dst.Name, "err", err)
