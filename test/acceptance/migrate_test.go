@@ -58,7 +58,7 @@ func fioRegion(uri string, verifyOnly bool, off, size string) []string {
 			args[i] = "--size=" + size
 		}
 	}
-	return append(args, "--offset="+off, "--name=region")
+	return append(args, "--offset="+off)
 }
 
 // Bring it home: a volume in the cloud bucket moves to the bucket at home
