@@ -182,6 +182,11 @@ func (m *Manager) RemoveStore(ctx context.Context, name string) error {
 	if n := m.storeViewLocked(sc).Volumes; n > 0 {
 		return fmt.Errorf("store %q holds %d volume(s); remove them first: %w", name, n, ErrBusy)
 	}
+	for _, r := range m.cat.Volumes {
+		if mr := r.Migration; mr != nil && (mr.From == name || mr.To == name) {
+			return fmt.Errorf("store %q: volume %q is moving from %q to %q; let it finish or cancel it first: %w", name, r.Name, mr.From, mr.To, ErrBusy)
+		}
+	}
 	delete(m.stores, name)
 	if err := m.saveStoresLocked(); err != nil {
 		m.stores[name] = sc
