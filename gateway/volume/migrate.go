@@ -399,6 +399,8 @@ func (m *Manager) releaseSource(ctx context.Context, rec *Record, src *StoreConf
 		cancel()
 		var held *lease.HeldError
 		switch {
+		case errors.As(err, &held) && held.Record.Holder == m.holder.ID && held.Record.Released:
+			return nil // released before a restart
 		case errors.As(err, &held):
 			m.log.Warn("the volume's old store is written by another gateway now; leaving it alone", attrVolume, rec.Name, "store", src.Name, "err", err)
 			return nil

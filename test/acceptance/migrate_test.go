@@ -144,12 +144,12 @@ func TestMigrateWhileServing(t *testing.T) {
 // was (what was copied is not copied again) and completes it.
 func TestMigrateResumesAfterKill9(t *testing.T) {
 	fio := testutil.RequireTool(t, "fio")
-	_, home, g := twoStores(t)
+	cloud, home, g := twoStores(t)
 	g.mustCLI("volume", "create", "vm1", "--size", "1G", "--store", "cloud")
 	id := g.info("vm1").ID
 	run(t, 10*time.Minute, fio, fioRegion(g.uri("vm1"), false, "0", "512M")...)
 	g.mustCLI("volume", "checkpoint", "vm1")
-	out := g.mustCLI("volume", "migrate", "vm1", "--to-store", "home", "--rate", "16M")
+	out := g.mustCLI("volume", "migrate", "vm1", "--to-store", "home", "--rate", "16M", "--delete-source")
 	if !strings.Contains(out, "migrating vm1 from store cloud to home") {
 		t.Errorf("migrate output:\n%s", out)
 	}
@@ -197,6 +197,17 @@ func TestMigrateResumesAfterKill9(t *testing.T) {
 	run(t, 10*time.Minute, fio, fioRegion(g.uri("vm1"), true, "0", "512M")...)
 	g.exportAndCompare("vm1")
 	g.rebuildAndCompare(home, "ferry-home", "", "vm1")
+	// --delete-source: nothing of the volume is left in the cloud.
+	var left []string
+	filepath.Walk(filepath.Join(cloud.Dir, "ferry-cloud", "volumes", id), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		t.Errorf("--delete-source left %d objects in the cloud: %v", len(left), left[:min(5, len(left))])
+	}
 	// A restart after the move serves from home, with no move left over.
 	if err := g.stop(); err != nil {
 		t.Fatal(err)
