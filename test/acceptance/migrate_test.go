@@ -24,6 +24,7 @@ type migrationView struct {
 		DoneBytes   int64   `json:"done_bytes"`
 		CopiedBytes int64   `json:"copied_bytes"`
 		Percent     float64 `json:"percent"`
+		Passes      int     `json:"passes"`
 		Error       string  `json:"error"`
 	} `json:"migration"`
 }
@@ -93,6 +94,7 @@ func TestMigrateWhileServing(t *testing.T) {
 	if mv.Store != "home" || mv.Migration == nil || mv.Migration.State != "done" || mv.Migration.TotalBytes < 1<<30 {
 		t.Fatalf("volume after the move: %+v %+v", mv, mv.Migration)
 	}
+	t.Logf("move: %+v", *mv.Migration)
 	if info := g.mustCLI("volume", "info", "vm1"); !strings.Contains(info, "store:        home") || !strings.Contains(info, "migration:    done, cloud → home") {
 		t.Errorf("volume info after the move:\n%s", info)
 	}
@@ -191,6 +193,7 @@ func TestMigrateResumesAfterKill9(t *testing.T) {
 	if mv.Migration.State != "done" || mv.Store != "home" {
 		t.Fatalf("resumed move: store %s, %+v", mv.Store, mv.Migration)
 	}
+	t.Logf("resumed move: %+v", *mv.Migration)
 	if mv.Migration.CopiedBytes >= mv.Migration.TotalBytes {
 		t.Errorf("the resumed move copied everything again: %d of %d", mv.Migration.CopiedBytes, mv.Migration.TotalBytes)
 	}
