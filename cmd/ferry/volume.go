@@ -20,6 +20,7 @@ func cmdVolume() *cli.Command {
 			cmdVolumeExport(),
 			cmdVolumeRelease(),
 			cmdVolumeAdopt(),
+			cmdVolumeMigrate(),
 			cmdVolumeSnapshot(),
 			cmdVolumeClone(),
 		},

@@ -64,6 +64,9 @@ client with its protocol, address, iSCSI initiator name and since when.
 					}
 					fmt.Println()
 				}
+				if mi := t.Migration; mi != nil {
+					fmt.Printf("migration:    %s\n", describeMigration(mi))
+				}
 				if l := t.Lease; l != nil {
 					switch l.State {
 					case "held":

@@ -58,6 +58,8 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("GET /v1/stores/{name}/volumes", h.storeVolumes)
 	mux.HandleFunc("POST /v1/volumes/{name}/release", h.release)
 	mux.HandleFunc("POST /v1/adopt", h.adopt)
+	mux.HandleFunc("POST /v1/volumes/{name}/migrate", h.migrate)
+	mux.HandleFunc("DELETE /v1/volumes/{name}/migrate", h.cancelMigration)
 	mux.HandleFunc("GET /v1/volumes/{name}/snapshots", h.snapshots)
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", h.createSnapshot)
 	mux.HandleFunc("DELETE /v1/volumes/{name}/snapshots/{snap}", h.removeSnapshot)
@@ -239,6 +241,28 @@ func (h *handler) release(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: len(mf.Chunks)})
+}
+
+func (h *handler) migrate(w http.ResponseWriter, r *http.Request) {
+	var req wire.MigrateRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	in, err := h.m.Migrate(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, h.volumes(r, in)[0])
+}
+
+func (h *handler) cancelMigration(w http.ResponseWriter, r *http.Request) {
+	in, err := h.m.CancelMigration(r.Context(), r.PathValue("name"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, h.volumes(r, in)[0])
 }
 
 func (h *handler) adopt(w http.ResponseWriter, r *http.Request) {

@@ -35,6 +35,9 @@ type Record struct {
 	// Access is the volume's access control, for every protocol; nil
 	// admits any client (and iSCSI logins use the gateway's default CHAP).
 	Access *Access `json:"access,omitempty"`
+	// Migration is the volume's move to another store while it runs
+	// (migrate.go): resumed when the gateway starts.
+	Migration *MigrationRecord `json:"migration,omitempty"`
 	// LegacyISCSI is where a version 1 catalog kept Access.
 	LegacyISCSI *Access `json:"iscsi,omitempty"`
 }

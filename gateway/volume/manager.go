@@ -96,11 +96,13 @@ type Manager struct {
 	reflinkMu sync.Mutex       // guards reflink only; never held with another lock
 	reflink   map[string]error // by pool directory: nil where files can share blocks
 
-	closing   chan struct{}           // closed by Close: background retries end
-	closed    bool                    // under mu
-	holder    lease.Holder            // this gateway in writer leases
-	leases    map[string]*lease.Lease // under mu: writer leases held, by volume id
-	elsewhere map[string]error        // under mu: volumes whose lease another gateway holds, by id
+	closing    chan struct{}           // closed by Close: background retries end
+	closed     bool                    // under mu
+	holder     lease.Holder            // this gateway in writer leases
+	leases     map[string]*lease.Lease // under mu: writer leases held, by volume id
+	elsewhere  map[string]error        // under mu: volumes whose lease another gateway holds, by id
+	switches   map[string]*volSwitch   // under mu: how each open S3-backed volume changes stores, by id (migrate.go)
+	migrations map[string]*migration   // under mu: moves to another store, running or ended, by volume id
 }
 
 type vol struct {
@@ -163,6 +165,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		reflink: map[string]error{},
 	}
 	m.elsewhere = map[string]error{}
+	m.switches, m.migrations = map[string]*volSwitch{}, map[string]*migration{}
 	holder, err := loadIdentity(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -210,6 +213,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Registerer != nil {
 		m.registerMetrics(cfg.Registerer)
 	}
+	m.resumeMigrations()
 	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.stopBG = cancel
 	m.bg.Add(1)
@@ -490,6 +494,7 @@ func (m *Manager) infoLocked(ctx context.Context, v *vol) Info {
 		in.Tier = tierInfo(v.rec, td)
 		in.Tier.Lease = m.leaseViewLocked(v.rec)
 		in.Tier.Hydration = hydrationInfo(td)
+		in.Tier.Migration = m.migrationInfoLocked(v.rec)
 	}
 	for _, c := range v.clients {
 		in.Connections = append(in.Connections, c)
@@ -546,6 +551,10 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	if !ok || v.removing {
 		m.mu.Unlock()
 		return fmt.Errorf("remove volume %q: %w", name, ErrNotFound)
+	}
+	if err := m.migratingLocked(v.rec); err != nil {
+		m.mu.Unlock()
+		return fmt.Errorf("remove volume %q: %w", name, err)
 	}
 	if err := m.evictLocked(ctx, v, force); err != nil {
 		return fmt.Errorf("remove volume %q: %w", name, err)
@@ -757,6 +766,16 @@ func (m *Manager) registerMetrics(reg prometheus.Registerer) {
 			})
 		})
 	}
+	mig := func(f func(*MigrationInfo) float64) func() float64 {
+		return sum(func(in Info) float64 {
+			return tierf(in, func(t *TierInfo) float64 {
+				if mi := t.Migration; mi == nil || mi.State == "done" || mi.State == "failed" || mi.State == "cancelled" {
+					return 0 // only moves that run count
+				}
+				return f(t.Migration)
+			})
+		})
+	}
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_volume_count", Help: "Number of volumes."},
 			sum(func(Info) float64 { return 1 })),
@@ -787,6 +806,14 @@ func (m *Manager) registerMetrics(reg prometheus.Registerer) {
 			hyd(func(h *HydrationInfo) int64 { return h.DoneBytes })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_hydration_total_bytes", Help: "Bytes adopted volumes hydrate into the cache in all."},
 			hyd(func(h *HydrationInfo) int64 { return h.TotalBytes })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_migrations_running", Help: "Volumes moving to another store (ferry volume migrate)."},
+			mig(func(*MigrationInfo) float64 { return 1 })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_migration_done_bytes", Help: "Bytes of moving volumes' objects their destination store holds."},
+			mig(func(mi *MigrationInfo) float64 { return float64(mi.DoneBytes) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_migration_total_bytes", Help: "Bytes of moving volumes' objects in their source store."},
+			mig(func(mi *MigrationInfo) float64 { return float64(mi.TotalBytes) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_migration_bytes_per_second", Help: "Copy rate of moving volumes."},
+			mig(func(mi *MigrationInfo) float64 { return mi.BytesPerSec })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_rpo_seconds", Help: "Age of the oldest newest-recovery-point over S3-backed volumes."},
 			func() float64 {
 				var worst float64

@@ -331,6 +331,10 @@ func (m *Manager) Release(ctx context.Context, name string, force bool) (tier.Ma
 	case l.Writable() != nil:
 		m.mu.Unlock()
 		return tier.Manifest{}, fmt.Errorf("release volume %q: this gateway does not hold its writer lease (%v): %w", name, l.Writable(), ErrBusy)
+	case m.migratingLocked(v.rec) != nil:
+		err := m.migratingLocked(v.rec)
+		m.mu.Unlock()
+		return tier.Manifest{}, fmt.Errorf("release volume %q: %w", name, err)
 	}
 	if err := m.evictLocked(ctx, v, force); err != nil {
 		return tier.Manifest{}, fmt.Errorf("release volume %q: %w", name, err)

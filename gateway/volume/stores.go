@@ -182,6 +182,11 @@ func (m *Manager) RemoveStore(ctx context.Context, name string) error {
 	if n := m.storeViewLocked(sc).Volumes; n > 0 {
 		return fmt.Errorf("store %q holds %d volume(s); remove them first: %w", name, n, ErrBusy)
 	}
+	for _, r := range m.cat.Volumes {
+		if mr := r.Migration; mr != nil && (mr.From == name || mr.To == name) {
+			return fmt.Errorf("store %q: volume %q is moving from %q to %q; let it finish or cancel it first: %w", name, r.Name, mr.From, mr.To, ErrBusy)
+		}
+	}
 	delete(m.stores, name)
 	if err := m.saveStoresLocked(); err != nil {
 		m.stores[name] = sc
@@ -200,6 +205,18 @@ func (m *Manager) openTier(ctx context.Context, rec *Record, how tierOpen) (*tie
 	if err != nil {
 		return nil, err
 	}
+	// The volume may move to another store while it serves (migrate.go):
+	// its tier uploads through a switch, and checks a fence that can
+	// change lease.
+	vs := &volSwitch{sw: store.NewSwitch(s)}
+	if fence != nil {
+		vs.fence = newSwitchFence(fence)
+		fence = vs.fence
+	}
+	s = vs.sw
+	m.mu.Lock()
+	m.switches[rec.ID] = vs
+	m.mu.Unlock()
 	if len(rec.Parents) > 0 {
 		m.mu.Lock()
 		sc := m.stores[rec.Store]

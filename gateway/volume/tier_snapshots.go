@@ -28,9 +28,20 @@ func (m *Manager) tierSnapshotter(rec *Record, td *tier.Device) snapshotter {
 	return &tierSnapshots{m: m, rec: rec, td: td}
 }
 
+// moving refuses changes to the volume's snapshots while it moves to
+// another store: the move copies them once (migrate.go).
+func (s *tierSnapshots) moving() error {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	return s.m.migratingLocked(s.rec)
+}
+
 // Create implements snapshotter: a recovery point holding every write
 // acknowledged before the call (the tier flushes first).
 func (s *tierSnapshots) Create(ctx context.Context, name string) (Snapshot, error) {
+	if err := s.moving(); err != nil {
+		return Snapshot{}, err
+	}
 	mf, err := s.td.Snapshot(ctx, name)
 	if errors.Is(err, tier.ErrSnapshotExists) {
 		return Snapshot{}, ErrExists
@@ -61,6 +72,9 @@ func (s *tierSnapshots) Names(ctx context.Context) ([]string, error) { return s.
 // Remove implements snapshotter: what only the snapshot kept is deleted
 // at the next recovery point.
 func (s *tierSnapshots) Remove(ctx context.Context, name string) error {
+	if err := s.moving(); err != nil {
+		return err
+	}
 	st, err := s.m.volumeStoreFor(s.rec, s.m.leaseOf(s.rec.ID))
 	if err != nil {
 		return err
@@ -97,6 +111,9 @@ func (s *tierSnapshots) Drop(context.Context) {}
 // snapshot's objects, and markers in its ancestors keep them from
 // collection; nothing is copied.
 func (s *tierSnapshots) Clone(ctx context.Context, name string, rec *Record) (device.Device, snapshotter, func(), error) {
+	if err := s.moving(); err != nil {
+		return nil, nil, nil, err
+	}
 	m := s.m
 	m.mu.Lock()
 	sc := m.stores[s.rec.Store]

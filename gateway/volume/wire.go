@@ -19,6 +19,8 @@ type (
 	StoreView      = wire.StoreView
 	StoreHealth    = wire.StoreHealth
 	ExportLocation = wire.ExportLocation
+	MigrateRequest = wire.MigrateRequest
+	MigrationInfo  = wire.MigrationInfo
 )
 
 // Sentinel errors callers branch on; the API carries them as codes.

@@ -256,6 +256,21 @@ func (c *Client) Release(ctx context.Context, name string, force bool) (wire.Che
 	return out, err
 }
 
+// Migrate starts moving a volume to another store while it serves; its
+// progress is in the volume's info (Tier.Migration).
+func (c *Client) Migrate(ctx context.Context, name string, req wire.MigrateRequest) (wire.VolumeInfo, error) {
+	var out wire.VolumeInfo
+	err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/migrate", req, &out)
+	return out, err
+}
+
+// CancelMigration stops a volume's move before it switched stores.
+func (c *Client) CancelMigration(ctx context.Context, name string) (wire.VolumeInfo, error) {
+	var out wire.VolumeInfo
+	err := c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(name)+"/migrate", nil, &out)
+	return out, err
+}
+
 // Adopt serves a volume a store holds on this gateway.
 func (c *Client) Adopt(ctx context.Context, req wire.AdoptRequest) (wire.AdoptResponse, error) {
 	var out wire.AdoptResponse

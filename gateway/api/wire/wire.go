@@ -223,6 +223,45 @@ type TierInfo struct {
 	// Hydration is the background fill of the cache after an adoption;
 	// nil when none ran.
 	Hydration *HydrationInfo `json:"hydration,omitempty"`
+	// Migration is the volume's move to another store (ferry volume
+	// migrate): running, or how the last one ended; nil when none ran.
+	Migration *MigrationInfo `json:"migration,omitempty"`
+}
+
+// MigrateRequest is the body of POST /v1/volumes/{name}/migrate.
+type MigrateRequest struct {
+	// ToStore is the store the volume moves to.
+	ToStore string `json:"to_store"`
+	// Rate bounds the copy, in bytes a second (0: no bound).
+	Rate int64 `json:"rate,omitempty"`
+	// DeleteSource deletes the volume's objects in its old store once it
+	// switched (default: they stay, with the writer lease released).
+	DeleteSource bool `json:"delete_source,omitempty"`
+}
+
+// MigrationInfo is a move of a volume to another store.
+type MigrationInfo struct {
+	// State is "starting" (taking the destination's writer lease),
+	// "copying" (the volume serves and uploads to From while its objects
+	// are copied), "switching" (uploads held: the last copy and the
+	// switch), "finishing" (switched: releasing the old store), "done",
+	// "failed" (the volume stays on From; Error says why) or "cancelled".
+	State        string `json:"state"`
+	From         string `json:"from"`
+	To           string `json:"to"`
+	DeleteSource bool   `json:"delete_source,omitempty"`
+	// TotalBytes is the volume's objects in From at the latest pass;
+	// DoneBytes what of them To holds.
+	TotalBytes  int64     `json:"total_bytes"`
+	DoneBytes   int64     `json:"done_bytes"`
+	CopiedBytes int64     `json:"copied_bytes"`
+	Percent     float64   `json:"percent"`
+	BytesPerSec float64   `json:"bytes_per_second"`
+	ETASeconds  float64   `json:"eta_seconds,omitempty"`
+	Passes      int       `json:"passes"`
+	Started     time.Time `json:"started,omitzero"`
+	Ended       time.Time `json:"ended,omitzero"`
+	Error       string    `json:"error,omitempty"`
 }
 
 // HydrationInfo is a hydration's progress.

@@ -1,0 +1,301 @@
+package tier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferry-io/ferry/backends/store"
+)
+
+// Moving a volume to another store while it serves (docs/S3.md, "Moving
+// a volume to another store"): a Copier copies the volume's objects from
+// the store it uses to another, in passes, while the device goes on
+// uploading to the first; Migrate then holds the device's uploads (not its
+// clients' I/O: the write-back cache absorbs it), copies what they added
+// since the last pass, and switches the device's store to the other one.
+//
+// A pass copies every object under the volume's prefix that the other
+// store lacks, of the kinds a recovery point, a snapshot or the cache's
+// map can name (chunks/, logs/, manifests/, snapshots/): a superset of what
+// the volume needs, since collection deletes what no root names at its
+// next recovery point on the new store. Objects are immutable and never
+// reuse a key, so a key the other store holds with the same size is the
+// same object: a pass after an interruption copies only what is missing.
+
+// CopyState is where a Copier stands.
+type CopyState string
+
+const (
+	CopyIdle      CopyState = ""          // not started
+	CopyCopying   CopyState = "copying"   // passes running while the volume uploads to its store
+	CopySwitching CopyState = "switching" // uploads held: the last pass and the switch
+	CopyDone      CopyState = "done"      // switched
+	CopyFailed    CopyState = "failed"    // stopped; the volume stays on its store
+)
+
+// CopyStats reports a Copier's progress.
+type CopyStats struct {
+	State CopyState
+	// Total is the bytes of the volume's objects found in the source at
+	// the latest pass; Done is how many of them the destination holds.
+	Total, Done int64
+	// Copied is the bytes this Copier copied; Rate is Copied a second.
+	Copied  int64
+	Rate    float64
+	Passes  int
+	Started time.Time
+	Err     string
+}
+
+// Copier copies a volume's objects from one store to another. Its
+// methods are safe for concurrent use.
+type Copier struct {
+	// From and To are the volume's prefix in both stores. To should be
+	// fenced by the volume's writer lease there.
+	From, To store.Store
+	// Rate bounds the copy, bytes a second (0: none).
+	Rate int64
+	// Workers is how many objects are copied at once (default 4).
+	Workers int
+
+	mu    sync.Mutex
+	stats CopyStats
+	start time.Time // of the rate bound's accounting
+	paced int64     // bytes counted against Rate since start
+}
+
+// Migration tuning: the passes before the switch end when one copied at
+// most switchBytes (or after maxPasses): the last pass, with uploads held,
+// then has little to copy.
+const (
+	switchBytes = 64 << 20
+	maxPasses   = 8
+)
+
+// copyPrefixes are the kinds of objects a volume needs in its store.
+var copyPrefixes = []string{"chunks/", "logs/", "manifests/", "snapshots/"}
+
+// Stats reports the copy's progress.
+func (c *Copier) Stats() CopyStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.stats
+	if el := time.Since(s.Started).Seconds(); el > 0 && !s.Started.IsZero() {
+		s.Rate = float64(s.Copied) / el
+	}
+	return s
+}
+
+func (c *Copier) set(f func(*CopyStats)) {
+	c.mu.Lock()
+	f(&c.stats)
+	c.mu.Unlock()
+}
+
+// list returns the size of every object of the volume in s, by key.
+func list(ctx context.Context, s store.Store) (map[string]int64, error) {
+	out := map[string]int64{}
+	for _, p := range copyPrefixes {
+		if err := s.List(ctx, p, func(o store.ObjectInfo) error {
+			out[o.Key] = o.Size
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("list %s: %w", p, err)
+		}
+	}
+	return out, nil
+}
+
+// Pass copies every object of the volume From holds and To lacks, and
+// returns the bytes it copied.
+func (c *Copier) Pass(ctx context.Context) (int64, error) {
+	c.mu.Lock()
+	if c.stats.Started.IsZero() {
+		c.stats.Started, c.start = time.Now(), time.Now()
+	}
+	c.mu.Unlock()
+	have, err := list(ctx, c.To)
+	if err != nil {
+		return 0, fmt.Errorf("destination: %w", err)
+	}
+	src, err := list(ctx, c.From)
+	if err != nil {
+		return 0, fmt.Errorf("source: %w", err)
+	}
+	var todo []string
+	var total, done int64
+	for k, n := range src {
+		total += n
+		if m, ok := have[k]; ok && m == n {
+			done += n
+			continue
+		}
+		todo = append(todo, k)
+	}
+	c.set(func(s *CopyStats) { s.Total, s.Done = total, done; s.Passes++ })
+	// Manifests and snapshots last: in every pass, what they name is
+	// copied before them.
+	sortForCopy(todo)
+	workers := c.Workers
+	if workers <= 0 {
+		workers = 4
+	}
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		first  error
+		copied int64
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	next := make(chan string)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range next {
+				n, err := c.copyOne(ctx, k)
+				mu.Lock()
+				if err != nil && first == nil {
+					first = err
+					cancel()
+				}
+				copied += n
+				mu.Unlock()
+			}
+		}()
+	}
+	var meta []string
+feed:
+	for _, k := range todo {
+		if !isData(k) {
+			meta = append(meta, k)
+			continue
+		}
+		select {
+		case next <- k:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if first == nil && ctx.Err() == nil {
+		for _, k := range meta {
+			n, err := c.copyOne(ctx, k)
+			if err != nil {
+				first = err
+				break
+			}
+			copied += n
+		}
+	}
+	if first == nil {
+		first = ctx.Err()
+	}
+	return copied, first
+}
+
+func isData(k string) bool { return strings.HasPrefix(k, "chunks/") || strings.HasPrefix(k, "logs/") }
+
+func sortForCopy(keys []string) {
+	// Data first (any order), then manifests and snapshots.
+	i := 0
+	for j, k := range keys {
+		if isData(k) {
+			keys[i], keys[j] = keys[j], keys[i]
+			i++
+		}
+	}
+}
+
+// copyOne copies one object; one deleted from From meanwhile (collection:
+// nothing names it) is skipped.
+func (c *Copier) copyOne(ctx context.Context, key string) (int64, error) {
+	b, err := c.From.Get(ctx, key, nil)
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", key, err)
+	}
+	opts := store.PutOptions{}
+	if !isData(key) {
+		// A manifest is written once (docs/FORMAT.md, rule 2); one the
+		// destination has with another size is not ours to replace.
+		opts.IfAbsent = true
+	}
+	if err := c.To.Put(ctx, key, b, opts); err != nil && !(opts.IfAbsent && errors.Is(err, store.ErrExists)) {
+		return 0, fmt.Errorf("write %s: %w", key, err)
+	}
+	n := int64(len(b))
+	c.set(func(s *CopyStats) { s.Done += n; s.Copied += n })
+	return n, c.pace(ctx, n)
+}
+
+// pace waits as long as the rate bound asks after n more bytes.
+func (c *Copier) pace(ctx context.Context, n int64) error {
+	if c.Rate <= 0 {
+		return nil
+	}
+	c.mu.Lock()
+	c.paced += n
+	wait := time.Duration(float64(c.paced)/float64(c.Rate)*float64(time.Second)) - time.Since(c.start)
+	c.mu.Unlock()
+	if wait <= 0 {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(wait):
+		return nil
+	}
+}
+
+// Migrate moves the volume whose uploads go through sw from c.From to
+// c.To: passes while it keeps uploading to c.From, until one copies
+// little; then it holds sw's changes, copies the rest, calls commit (which
+// records the switch durably: from then on the volume's store is c.To),
+// and resumes sw's changes on to (c.To, fenced by the volume's lease
+// there). On any error before commit succeeds, sw goes on with its old
+// target and the volume is as it was. The caller publishes a recovery
+// point on the new store next (Device.Checkpoint).
+func (c *Copier) Migrate(ctx context.Context, sw *store.Switch, to store.Store, commit func(context.Context) error) error {
+	c.set(func(s *CopyStats) { s.State, s.Err = CopyCopying, "" })
+	fail := func(err error) error {
+		c.set(func(s *CopyStats) { s.State, s.Err = CopyFailed, err.Error() })
+		return err
+	}
+	for pass := 0; ; pass++ {
+		n, err := c.Pass(ctx)
+		if err != nil {
+			return fail(fmt.Errorf("copy: %w", err))
+		}
+		if n <= switchBytes || pass+1 >= maxPasses {
+			break
+		}
+	}
+	c.set(func(s *CopyStats) { s.State = CopySwitching })
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	err := sw.Hold(hctx)
+	cancel()
+	if err != nil {
+		return fail(fmt.Errorf("hold uploads for the switch: %w", err))
+	}
+	if _, err := c.Pass(ctx); err != nil {
+		sw.Resume(nil)
+		return fail(fmt.Errorf("copy with uploads held: %w", err))
+	}
+	if err := commit(ctx); err != nil {
+		sw.Resume(nil)
+		return fail(fmt.Errorf("switch: %w", err))
+	}
+	sw.Resume(to)
+	c.set(func(s *CopyStats) { s.State = CopyDone })
+	return nil
+}
