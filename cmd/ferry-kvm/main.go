@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -31,7 +32,7 @@ func newApp() *cli.App {
 }
 
 func main() {
-	if err := newApp().Run(os.Args); err != nil {
+	if err := newApp().Run(nameLast(os.Args)); err != nil {
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
 			fmt.Fprintln(os.Stderr, "ferry-kvm:", err)
@@ -55,4 +56,30 @@ func newLogger(level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+// nameLast lets `ferry-kvm vm CMD NAME --flag ...` work (urfave/cli stops
+// parsing flags at the first argument): a NAME right after the vm
+// subcommand moves to the end.
+func nameLast(args []string) []string {
+	out := append([]string(nil), args...)
+	for i := 1; i < len(out); i++ {
+		if out[i] != "vm" {
+			continue
+		}
+		// Skip vm's own flags (--api ADDR) to the subcommand.
+		j := i + 1
+		for j < len(out) && strings.HasPrefix(out[j], "-") {
+			if !strings.Contains(out[j], "=") {
+				j++
+			}
+			j++
+		}
+		if j+2 < len(out) && !strings.HasPrefix(out[j+1], "-") && strings.HasPrefix(out[j+2], "-") {
+			name := out[j+1]
+			out = append(append(out[:j+1:j+1], out[j+2:]...), name)
+		}
+		break
+	}
+	return out
 }
