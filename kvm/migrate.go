@@ -44,6 +44,11 @@ func (h LeaseHandoff) Handoff(ctx context.Context, volume, from, to string) erro
 	return nil
 }
 
+// DefaultMigrationBandwidth caps a migration stream not given a
+// bandwidth: 10 GiB/s, in effect unthrottled (QEMU's own default is
+// 32 MiB/s).
+const DefaultMigrationBandwidth = 10 << 30
+
 func syscallKill(pid int) { syscall.Kill(pid, syscall.SIGKILL) }
 
 // migrationStatus is the part of query-migrate ferry-kvm reads.
@@ -147,10 +152,13 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 		fail(err)
 		return
 	}
-	params := map[string]any{"downtime-limit": 300}
-	if req.MaxBandwidth > 0 {
-		params["max-bandwidth"] = req.MaxBandwidth
+	// Parameters persist in QEMU: set the cap every time (an earlier
+	// throttled attempt must not slow this one).
+	bw := req.MaxBandwidth
+	if bw <= 0 {
+		bw = DefaultMigrationBandwidth
 	}
+	params := map[string]any{"downtime-limit": 300, "max-bandwidth": bw}
 	if err := v.exec(ctx, "migrate-set-parameters", params, nil); err != nil {
 		fail(err)
 		return

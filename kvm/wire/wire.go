@@ -128,7 +128,8 @@ type StopRequest struct {
 type MigrateRequest struct {
 	// To is the destination ferry-kvm's API address.
 	To string `json:"to"`
-	// MaxBandwidth caps the migration stream in bytes/s (0: QEMU's default).
+	// MaxBandwidth caps the migration stream in bytes/s (0: 10 GiB/s,
+	// kvm.DefaultMigrationBandwidth).
 	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
 }
 

@@ -422,7 +422,7 @@ func TestKVMSurvivesDaemonKillAndMigrates(t *testing.T) {
 	if in.State != wire.StateRunning || in.PID != pid || in.Migration == nil || in.Migration.Status != "failed" {
 		t.Fatalf("after the failed migration: %+v", in)
 	}
-	n = a.waitCounterPast("c1", a.waitCounterPast("c1", n, time.Minute)+3, time.Minute)
+	a.waitCounterPast("c1", a.waitCounterPast("c1", n, time.Minute)+3, time.Minute)
 
 	// The real migration.
 	out := a.mustVM("migrate", "c1", "--to", b.addr)
