@@ -1,6 +1,7 @@
 package kvm
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -55,12 +56,13 @@ func Handler(m *Manager, g prometheus.Gatherer, log *slog.Logger) http.Handler {
 		if n <= 0 {
 			n = 64 << 10
 		}
-		if _, err := m.get(r.PathValue("name")); err != nil {
+		var buf bytes.Buffer
+		if err := m.Log(r.PathValue("name"), n, &buf); err != nil {
 			reply(w, log, 0, nil, err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
-		m.Log(r.PathValue("name"), n, w)
+		w.Write(buf.Bytes())
 	})
 	mux.HandleFunc("GET /v1/vms/{name}/console", func(w http.ResponseWriter, r *http.Request) {
 		console(w, r, m, log)

@@ -228,6 +228,19 @@ func (m *Manager) get(name string) (*VM, error) {
 	return v, nil
 }
 
+// keepLog moves a migrated VM's serial logs to STATE/migrated/NAME, where
+// `vm log` on this host still finds the output from before the migration.
+func (m *Manager) keepLog(name, dir string) {
+	dst := filepath.Join(m.cfg.StateDir, "migrated", name)
+	os.RemoveAll(dst)
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return
+	}
+	for _, f := range []string{"serial.log.1", "serial.log", "stderr.log"} {
+		os.Rename(filepath.Join(dir, f), filepath.Join(dst, f))
+	}
+}
+
 func (m *Manager) forget(name string) {
 	m.mu.Lock()
 	v := m.vms[name]
@@ -587,11 +600,23 @@ func (m *Manager) Remove(ctx context.Context, name string, keepDisks bool) error
 // Log writes the last max bytes of the VM's serial output to w.
 func (m *Manager) Log(name string, max int64, w io.Writer) error {
 	v, err := m.get(name)
-	if err != nil {
+	var me *migratedError
+	var dir string
+	switch {
+	case errors.As(err, &me):
+		dir = filepath.Join(m.cfg.StateDir, "migrated", name)
+	case err != nil:
 		return err
+	default:
+		dir = v.dir
+		// A VM migrated away a moment ago: its logs may have moved already.
+		kept := filepath.Join(m.cfg.StateDir, "migrated", name)
+		if _, err := os.Stat(filepath.Join(dir, "serial.log")); err != nil {
+			dir = kept
+		}
 	}
-	old := tailBytes(filepath.Join(v.dir, "serial.log.1"), max)
-	cur := tailBytes(filepath.Join(v.dir, "serial.log"), max)
+	old := tailBytes(filepath.Join(dir, "serial.log.1"), max)
+	cur := tailBytes(filepath.Join(dir, "serial.log"), max)
 	all := append(old, cur...)
 	if int64(len(all)) > max {
 		all = all[int64(len(all))-max:]

@@ -220,6 +220,9 @@ func (v *VM) qemuGone(conn *qmp.Conn, exited chan struct{}) {
 		v.mu.Unlock()
 		close(exited)
 		v.m.qemuExits.WithLabelValues(reason).Inc()
+		if reason == "migrated" {
+			v.m.keepLog(name, v.dir)
+		}
 		v.m.forget(name)
 		return
 	case v.rec.State == wire.StateIncoming:

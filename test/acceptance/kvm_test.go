@@ -73,12 +73,13 @@ type kvmd struct {
 	cmd    *exec.Cmd
 	logs   *syncBuffer
 	exited chan struct{}
+	extra  []string
 }
 
-func startKVMD(t *testing.T, gw *gateway, hostID string) *kvmd {
+func startKVMD(t *testing.T, gw *gateway, hostID string, extra ...string) *kvmd {
 	t.Helper()
 	bin, _ := requireKVM(t)
-	d := &kvmd{t: t, bin: bin, gw: gw, hostID: hostID, state: t.TempDir(), addr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)), logs: &syncBuffer{}}
+	d := &kvmd{t: t, bin: bin, gw: gw, hostID: hostID, state: t.TempDir(), addr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)), logs: &syncBuffer{}, extra: extra}
 	d.start()
 	t.Cleanup(func() {
 		if d.cmd != nil {
@@ -107,7 +108,7 @@ func startKVMD(t *testing.T, gw *gateway, hostID string) *kvmd {
 
 func (d *kvmd) start() {
 	d.t.Helper()
-	d.cmd = exec.Command(d.bin, "serve", "--listen", d.addr, "--state", d.state, "--host-id", d.hostID, "--stop-timeout", "3s", "--reconnect-delay", "60s")
+	d.cmd = exec.Command(d.bin, append([]string{"serve", "--listen", d.addr, "--state", d.state, "--host-id", d.hostID, "--stop-timeout", "3s", "--reconnect-delay", "60s"}, d.extra...)...)
 	d.cmd.Env = append(os.Environ(), "FERRY_KVM_GATEWAY="+d.gw.apiAddr)
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
@@ -256,6 +257,10 @@ func TestKVMCreateStartMarkerStop(t *testing.T) {
 		if r.code == 0 || !strings.Contains(r.stderr, c.want) {
 			t.Fatalf("vm %v: exit %d, stderr %q; want an error saying %q", c.args[:3], r.code, r.stderr, c.want)
 		}
+	}
+	noQEMU := startKVMD(t, g, "host-c", "--qemu", "/nonexistent/qemu-system-x86_64")
+	if r := noQEMU.vm(append([]string{"create", "q1", "--disk", "m-root"}, guestArgs(image, "marker")...)...); r.code == 0 || !strings.Contains(r.stderr, "QEMU is missing") {
+		t.Fatalf("create without QEMU: exit %d, stderr %q", r.code, r.stderr)
 	}
 
 	a.mustVM(append([]string{"create", "m1", "--disk", "m-root", "--cpus", "1"}, guestArgs(image, "marker", "ferry.token=tok-4711")...)...)
@@ -494,7 +499,22 @@ func TestKVMGatewayKill9UnderGuestWrites(t *testing.T) {
 	if in := a.info("f1"); in.State != wire.StateRunning {
 		t.Fatalf("vm after the gateway restart: %s %s", in.State, in.LastError)
 	}
-	a.mustVM("stop", "f1", "--force")
+	// A QEMU that dies on its own is seen and reported.
+	pid := a.info("f1").PID
+	syscall.Kill(pid, syscall.SIGKILL)
+	deadline := time.Now().Add(30 * time.Second)
+	for a.info("f1").State != wire.StateCrashed {
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU killed: vm state %s, want crashed", a.info("f1").State)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if in := a.info("f1"); !strings.Contains(in.LastError, "QEMU exited on its own") {
+		t.Fatalf("crashed VM's error: %q", in.LastError)
+	}
+	if m := httpGet(t, "http://"+a.addr+"/metrics"); !strings.Contains(m, `ferry_kvm_qemu_exits_total{reason="crashed"} 1`) {
+		t.Fatalf("metrics do not count the crash:\n%s", m)
+	}
 	img := volumeImage(t, g, "f-root")
 	// The guest did not unmount: replay the journal only, then check.
 	if out, err := exec.Command("e2fsck", "-E", "journal_only", "-y", img).CombinedOutput(); err != nil {
