@@ -177,7 +177,12 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 		}
 		v.mu.Lock()
 		if mg := v.rec.Migration; mg != nil {
-			mg.Status = st.Status
+			// The end states are published once handled (fail,
+			// finishMigration): whoever follows sees them only when the VM
+			// is settled.
+			if st.Status != "completed" && st.Status != "failed" && st.Status != "cancelled" {
+				mg.Status = st.Status
+			}
 			mg.TransferredBytes, mg.RemainingBytes, mg.TotalBytes = st.RAM.Transferred, st.RAM.Remaining, st.RAM.Total
 			mg.DirtyPagesRate, mg.MbpsRate = st.RAM.DirtyPagesRate, st.RAM.Mbps
 			mg.DowntimeMS, mg.TotalMS = st.Downtime, st.TotalTime
