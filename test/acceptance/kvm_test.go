@@ -456,6 +456,29 @@ func TestKVMSurvivesDaemonKillAndMigrates(t *testing.T) {
 	// destination's.
 	checkConsecutive(t, "source then destination console", counters(srcLog+b.serial("c1")))
 
+	// The serial console streams the guest's output; Ctrl-] leaves.
+	con := exec.Command(b.bin, "vm", "console", "c1")
+	con.Env = append(os.Environ(), "FERRY_KVM_API="+b.addr)
+	stdin, err := con.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conOut := &syncBuffer{}
+	con.Stdout, con.Stderr = conOut, conOut
+	if err := con.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !counterRE.MatchString(conOut.String()); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			con.Process.Kill()
+			t.Fatalf("vm console showed no counter in 30 s:\n%s", conOut)
+		}
+	}
+	stdin.Write([]byte{0x1d})
+	if err := con.Wait(); err != nil || !strings.Contains(conOut.String(), "left the console") {
+		t.Fatalf("vm console after Ctrl-]: %v\n%s", err, tail(conOut.String(), 5))
+	}
+
 	b.mustVM("stop", "c1", "--force")
 	final := counters(b.serial("c1"))
 	lastPrinted := final[len(final)-1]
