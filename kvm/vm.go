@@ -245,10 +245,11 @@ func (v *VM) qemuGone(conn *qmp.Conn, exited chan struct{}) {
 	v.leaseHeld = false
 	disks := v.rec.Spec.Disks
 	v.mu.Unlock()
-	close(exited)
+	// Detach before telling waiters: a stopped VM's volumes are free.
 	if held {
 		v.m.detachAll(context.Background(), name, disks)
 	}
+	close(exited)
 }
 
 // exec runs a QMP command on the VM's QEMU.

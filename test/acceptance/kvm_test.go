@@ -263,7 +263,7 @@ func TestKVMCreateStartMarkerStop(t *testing.T) {
 		t.Fatalf("create without QEMU: exit %d, stderr %q", r.code, r.stderr)
 	}
 
-	a.mustVM(append([]string{"create", "m1", "--disk", "m-root", "--cpus", "1"}, guestArgs(image, "marker", "ferry.token=tok-4711")...)...)
+	a.mustVM(append([]string{"create", "m1", "--disk", "m-root", "--cpus", "1", "--autostart"}, guestArgs(image, "marker", "ferry.token=tok-4711")...)...)
 	if r := a.vm(append([]string{"create", "m1", "--disk", "new:other:64M"}, guestArgs(image, "marker")...)...); r.code == 0 || !strings.Contains(r.stderr, "exists already") {
 		t.Fatalf("duplicate name: exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -298,6 +298,14 @@ func TestKVMCreateStartMarkerStop(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "tok-4711" {
 		t.Fatalf("marker on the volume: %q, %v", out, err)
 	}
+	// An autostart VM starts with the daemon.
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	<-a.exited
+	a.start()
+	if in := a.info("m1"); in.State != wire.StateRunning || in.PID == 0 {
+		t.Fatalf("autostart VM after the daemon's restart: state %s pid %d", in.State, in.PID)
+	}
+	a.mustVM("stop", "m1", "--force")
 	// Stopped, the volume is free: the other daemon can have it now.
 	b.mustVM(append([]string{"create", "m2", "--disk", "m-root"}, guestArgs(image, "marker")...)...)
 	a.mustVM("rm", "m1", "--keep-disks")
