@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+	"golang.org/x/sys/unix"
+	"gopkg.in/yaml.v3"
+
+	gwclient "github.com/ferry-io/ferry/gateway/api/client"
+	gwire "github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/kvm"
+)
+
+func serveFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "read flags from this YAML `FILE` (keys named like the flags)", EnvVars: []string{"FERRY_KVM_CONFIG"}},
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "gateway", Usage: "the Ferry gateway's admin API `ADDR` (host:port or URL)", Value: "127.0.0.1:9809", EnvVars: []string{"FERRY_KVM_GATEWAY"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "gateway-token-file", Usage: "read the gateway API's bearer token from `FILE`", EnvVars: []string{"FERRY_KVM_GATEWAY_TOKEN_FILE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Usage: "serve ferry-kvm's API, /healthz and /metrics on `ADDR`", Value: "127.0.0.1:9810", EnvVars: []string{"FERRY_KVM_LISTEN"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "state", Usage: "keep VM state files, QMP sockets and serial logs in `DIR`", Value: "./ferry-kvm-data", EnvVars: []string{"FERRY_KVM_STATE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "host-id", Usage: "name this host to the gateway; VM disks are attached as HOSTID:VM (default: the host name)", EnvVars: []string{"FERRY_KVM_HOST_ID"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "qemu", Usage: "the QEMU `BINARY`", Value: "qemu-system-x86_64", EnvVars: []string{"FERRY_KVM_QEMU"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "migration-address", Usage: "incoming live migrations listen on this `HOST` (default: --listen's host)", EnvVars: []string{"FERRY_KVM_MIGRATION_ADDRESS"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "reconnect-delay", Usage: "QEMU's NBD reconnect-delay: guest I/O waits this long for a restarted gateway before it fails", Value: 60 * time.Second, EnvVars: []string{"FERRY_KVM_RECONNECT_DELAY"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stop-timeout", Usage: "how long `vm stop` waits for an ACPI powerdown before it quits QEMU", Value: 60 * time.Second, EnvVars: []string{"FERRY_KVM_STOP_TIMEOUT"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Usage: "text or json", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"}}),
+	}
+}
+
+func cmdServe() *cli.Command {
+	flags := serveFlags()
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the ferry-kvm daemon",
+		Description: `Runs VMs under QEMU with their disks on a Ferry gateway's volumes, and
+serves the API the vm commands use. VMs keep running when the daemon
+stops or dies; the next start finds them again. See docs/KVM.md.
+
+   ferry-kvm serve --gateway 127.0.0.1:9809 --listen 127.0.0.1:9810 --state /var/lib/ferry-kvm`,
+		Flags:  flags,
+		Before: configFile(flags),
+		Action: runServe,
+	}
+}
+
+// configFile loads --config (YAML, keys named like the flags) and refuses
+// unknown keys.
+func configFile(flags []cli.Flag) cli.BeforeFunc {
+	return func(c *cli.Context) error {
+		path := c.String("config")
+		if path == "" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("config file: %w", err)
+		}
+		var keys map[string]any
+		if err := yaml.Unmarshal(b, &keys); err != nil {
+			return fmt.Errorf("config file %s is not a YAML mapping of flag names to values: %w", path, err)
+		}
+		known := map[string]bool{}
+		for _, f := range flags {
+			for _, n := range f.Names() {
+				known[n] = n != "config"
+			}
+		}
+		for k := range keys {
+			if !known[k] {
+				return fmt.Errorf("config file %s: unknown key %q (keys are ferry-kvm serve's flag names)", path, k)
+			}
+		}
+		return altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config"))(c)
+	}
+}
+
+func runServe(c *cli.Context) error {
+	log, err := newLogger(c.String("log-level"), c.String("log-format"))
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	state, err := filepath.Abs(c.String("state"))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(state, 0o755); err != nil {
+		return fmt.Errorf("--state: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(state, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return fmt.Errorf("--state %s is used by another ferry-kvm (%w)", state, err)
+	}
+	hostID := c.String("host-id")
+	if hostID == "" {
+		if hostID, err = os.Hostname(); err != nil {
+			return fmt.Errorf("--host-id not given and no host name: %w", err)
+		}
+	}
+	var opts []gwclient.Option
+	if f := c.String("gateway-token-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("--gateway-token-file: %w", err)
+		}
+		tok, err := gwire.ParseToken(b)
+		if err != nil {
+			return fmt.Errorf("--gateway-token-file %s: %w", f, err)
+		}
+		opts = append(opts, gwclient.WithToken(tok))
+	}
+	listen := c.String("listen")
+	migAddr := c.String("migration-address")
+	if migAddr == "" {
+		if h, _, err := net.SplitHostPort(listen); err == nil && h != "" && h != "0.0.0.0" && h != "::" {
+			migAddr = h
+		} else {
+			migAddr = "127.0.0.1"
+		}
+	}
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", listen, err)
+	}
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := kvm.New(ctx, kvm.Config{
+		Gateway:        gwclient.New(c.String("gateway"), opts...),
+		StateDir:       state,
+		HostID:         hostID,
+		QEMU:           c.String("qemu"),
+		MigrationAddr:  migAddr,
+		ReconnectDelay: c.Duration("reconnect-delay"),
+		StopTimeout:    c.Duration("stop-timeout"),
+		Logger:         log,
+		Registerer:     reg,
+	})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	go m.Run(ctx)
+	srv := &http.Server{Handler: kvm.Handler(m, reg, log), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	log.Info("ferry-kvm ready", "listen", l.Addr().String(), "gateway", c.String("gateway"), "host_id", hostID, "state", state)
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("ferry-kvm stopped; VMs keep running")
+	return nil
+}

@@ -1,0 +1,79 @@
+package kvm
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-io/ferry/kvm/wire"
+)
+
+func TestQEMUArgsDisks(t *testing.T) {
+	spec := wire.VMSpec{Name: "vm1", CPUs: 2, MemoryMiB: 256, Net: "tap:tap0", Kernel: "/k", Initrd: "/i", Append: "console=ttyS0"}
+	d, err := parseNBDURL("vol1", "nbd://127.0.0.1:10809/vol1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args, err := qemuArgs(spec, "/state/vm1", []nbdDisk{d}, 45*time.Second, wire.AccelTCG, "tcp:127.0.0.1:4444")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Join(args, " ")
+	for _, want := range []string{"-accel tcg", "-m 256M", "-smp 2", "-incoming tcp:127.0.0.1:4444", "ifname=tap0", "-kernel /k", "-initrd /i", "-append console=ttyS0", "unix:/state/vm1/qmp.sock"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("args lack %q:\n%s", want, line)
+		}
+	}
+	var bd map[string]any
+	for i, a := range args {
+		if a == "-blockdev" {
+			if err := json.Unmarshal([]byte(args[i+1]), &bd); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if bd["driver"] != "nbd" || bd["export"] != "vol1" || bd["reconnect-delay"] != float64(45) || bd["discard"] != "unmap" {
+		t.Fatalf("blockdev: %v", bd)
+	}
+	if c := bd["cache"].(map[string]any); c["direct"] != true {
+		t.Fatalf("blockdev cache: %v (want direct: cache=none)", c)
+	}
+	if srv := bd["server"].(map[string]any); srv["host"] != "127.0.0.1" || srv["port"] != "10809" {
+		t.Fatalf("blockdev server: %v", srv)
+	}
+}
+
+func TestQEMUArgsRefuseBadNet(t *testing.T) {
+	if _, err := qemuArgs(wire.VMSpec{Name: "x", CPUs: 1, MemoryMiB: 1, Net: "wifi"}, "/s", nil, time.Second, wire.AccelTCG, ""); err == nil {
+		t.Fatal("bad --net accepted")
+	}
+	for n, ok := range map[string]bool{"user": true, "none": true, "tap:t0": true, "bridge:br0": true, "tap:": false, "x": false} {
+		if validNet(n) != ok {
+			t.Errorf("validNet(%q) = %v", n, !ok)
+		}
+	}
+}
+
+func TestParseNBDURL(t *testing.T) {
+	if _, err := parseNBDURL("v", "iscsi://x/y"); err == nil {
+		t.Fatal("non-NBD URL accepted")
+	}
+	d, err := parseNBDURL("v", "nbd://[::1]:10810/v")
+	if err != nil || d.Host != "::1" || d.Port != "10810" || d.Export != "v" || d.url() != "nbd://[::1]:10810/v" {
+		t.Fatalf("%+v %v", d, err)
+	}
+}
+
+func TestTransitions(t *testing.T) {
+	m := &Manager{log: discardLogger()}
+	v := &VM{m: m, dir: t.TempDir(), rec: record{Spec: wire.VMSpec{Name: "v"}, State: wire.StateStopped}}
+	if err := v.transition(wire.StateRunning, "skip"); err == nil {
+		t.Fatal("stopped -> running allowed without starting")
+	}
+	for _, s := range []string{wire.StateStarting, wire.StateRunning, wire.StateMigrating, wire.StateRunning, wire.StateStopping, wire.StateStopped} {
+		if err := v.transition(s, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,151 @@
+// Package wire holds the request and reply types of ferry-kvm's HTTP API
+// (the daemon that runs QEMU VMs on Ferry volumes). It imports only the
+// standard library and the gateway's wire package, whose sentinel errors
+// and error body it shares: a ferry-kvm error reply is a
+// gateway wire.ErrorResponse, and package client maps its code back to
+// gateway wire.ErrNotFound, ErrExists, ErrBusy, ErrInvalid.
+package wire
+
+import "time"
+
+// VM states. A VM moves between them only in kvm.VM.transition.
+const (
+	StateStopped   = "stopped"   // no QEMU process
+	StateStarting  = "starting"  // QEMU launched, not yet running
+	StateRunning   = "running"   // QEMU runs the guest
+	StateStopping  = "stopping"  // powerdown asked, waiting for QEMU to exit
+	StateMigrating = "migrating" // running here, live migration in progress
+	StateIncoming  = "incoming"  // QEMU waits for a migration from another host
+	StateCrashed   = "crashed"   // QEMU exited on its own
+)
+
+// Network modes of VMSpec.Net: "user", "tap:IF", "bridge:BR", "none".
+
+// Accelerators.
+const (
+	AccelAuto = "auto"
+	AccelKVM  = "kvm"
+	AccelTCG  = "tcg"
+)
+
+// Disk is one VM disk: a Ferry volume QEMU attaches itself over NBD.
+type Disk struct {
+	Volume string `json:"volume"`
+	// Created says ferry-kvm created the volume (--disk new:...).
+	Created bool `json:"created,omitempty"`
+}
+
+// VMSpec is what a VM is made of; it travels with a migration.
+type VMSpec struct {
+	Name      string `json:"name"`
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int64  `json:"memory_mib"`
+	Disks     []Disk `json:"disks"`
+	CDROM     string `json:"cdrom,omitempty"`
+	Kernel    string `json:"kernel,omitempty"`
+	Initrd    string `json:"initrd,omitempty"`
+	Append    string `json:"append,omitempty"`
+	Net       string `json:"net"`
+	Accel     string `json:"accel"`
+	Autostart bool   `json:"autostart,omitempty"`
+}
+
+// NewDisk asks CreateRequest to create a volume for a disk.
+type NewDisk struct {
+	Name  string `json:"name"`
+	Size  int64  `json:"size"`
+	Store string `json:"store,omitempty"`
+}
+
+// CreateRequest is the body of POST /v1/vms. Disks names existing
+// volumes; NewDisks are created on the gateway first (and appended).
+type CreateRequest struct {
+	VMSpec
+	NewDisks []NewDisk `json:"new_disks,omitempty"`
+}
+
+// DiskInfo is a disk as VMInfo shows it.
+type DiskInfo struct {
+	Volume string `json:"volume"`
+	Device string `json:"device"` // QEMU device id
+	// Attach says how QEMU reaches it, e.g. "nbd nbd://127.0.0.1:10809/vol (reconnect-delay 60s, cache=none, discard=unmap)".
+	Attach string `json:"attach"`
+	// Holder is the gateway attachment's host name ("HOSTID:VM").
+	Holder  string `json:"holder"`
+	Created bool   `json:"created,omitempty"`
+}
+
+// Migration reports a VM's last or current live migration.
+type Migration struct {
+	To     string `json:"to"`
+	Status string `json:"status"` // setup, active, pre-switchover, device, completed, failed, cancelled
+	Error  string `json:"error,omitempty"`
+	// RAM figures from QEMU's query-migrate.
+	TransferredBytes int64   `json:"transferred_bytes"`
+	RemainingBytes   int64   `json:"remaining_bytes"`
+	TotalBytes       int64   `json:"total_bytes"`
+	DirtyPagesRate   int64   `json:"dirty_pages_rate"` // pages/s
+	MbpsRate         float64 `json:"mbps"`
+	// DowntimeMS is QEMU's measured downtime (guest paused), including the
+	// attachment hand-over; TotalMS the whole migration.
+	DowntimeMS int64     `json:"downtime_ms,omitempty"`
+	TotalMS    int64     `json:"total_ms,omitempty"`
+	Started    time.Time `json:"started"`
+	Finished   time.Time `json:"finished,omitzero"`
+}
+
+// Done says the migration ended (either way).
+func (m *Migration) Done() bool {
+	return m.Status == "completed" || m.Status == "failed" || m.Status == "cancelled"
+}
+
+// VMInfo is a VM as the API shows it.
+type VMInfo struct {
+	VMSpec
+	State string `json:"state"`
+	PID   int    `json:"pid,omitempty"`
+	// Started is when QEMU started running the guest here.
+	Started       time.Time  `json:"started,omitzero"`
+	UptimeSeconds float64    `json:"uptime_seconds,omitempty"`
+	Disks         []DiskInfo `json:"disk_info"`
+	// LastError explains a crashed or failed state (QEMU's last stderr
+	// lines).
+	LastError string     `json:"last_error,omitempty"`
+	Migration *Migration `json:"migration,omitempty"`
+	Host      string     `json:"host"` // the ferry-kvm host id
+}
+
+// StopRequest is the body of POST /v1/vms/{name}/stop.
+type StopRequest struct {
+	// Force quits QEMU at once instead of an ACPI powerdown.
+	Force bool `json:"force,omitempty"`
+	// TimeoutSeconds bounds the wait for the guest to power off before
+	// QEMU is quit; 0 means the daemon's default.
+	TimeoutSeconds int `json:"timeout_seconds,omitempty"`
+}
+
+// MigrateRequest is the body of POST /v1/vms/{name}/migrate.
+type MigrateRequest struct {
+	// To is the destination ferry-kvm's API address.
+	To string `json:"to"`
+	// MaxBandwidth caps the migration stream in bytes/s (0: 10 GiB/s,
+	// kvm.DefaultMigrationBandwidth).
+	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
+}
+
+// IncomingRequest is the body of POST /v1/incoming: the source asks the
+// destination to start QEMU waiting for the VM.
+type IncomingRequest struct {
+	Spec VMSpec `json:"spec"`
+	// SourceHost is the source's host id (for the destination's records).
+	SourceHost string `json:"source_host"`
+}
+
+// IncomingReply answers POST /v1/incoming.
+type IncomingReply struct {
+	// URI is where the source sends the migration stream (tcp:HOST:PORT).
+	URI string `json:"uri"`
+	// Holder is the attachment host name the destination will hold the
+	// VM's volumes under.
+	Holder string `json:"holder"`
+}

@@ -1,0 +1,557 @@
+package acceptance
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferry-io/ferry/internal/testutil"
+	"github.com/ferry-io/ferry/kvm/wire"
+)
+
+// ferry-kvm tests: real QEMU (TCG), a real gateway, and the tiny guest
+// scripts/kvm-guest-image builds (busybox /init whose behaviour the kernel
+// command line picks: ferry.mode=marker|counter|files).
+
+var (
+	kvmOnce  sync.Once
+	kvmBin   string
+	kvmImage string
+	kvmErr   error
+)
+
+// requireKVM builds ferry-kvm and the guest image once per run.
+func requireKVM(t *testing.T) (bin, image string) {
+	t.Helper()
+	testutil.RequireTool(t, "qemu-system-x86_64")
+	testutil.RequireTool(t, "nbdcopy")
+	testutil.RequireTool(t, "debugfs")
+	testutil.RequireTool(t, "mkfs.ext4")
+	kvmOnce.Do(func() {
+		bin := filepath.Join(filepath.Dir(ferryBin), "ferry-kvm")
+		out, err := exec.Command("go", "build", "-o", bin, "github.com/ferry-io/ferry/cmd/ferry-kvm").CombinedOutput()
+		if err != nil {
+			kvmErr = fmt.Errorf("build ferry-kvm: %v\n%s", err, out)
+			return
+		}
+		kvmBin = bin
+		var stderr bytes.Buffer
+		cmd := exec.Command("../../scripts/kvm-guest-image")
+		cmd.Stderr = &stderr
+		img, err := cmd.Output()
+		if err != nil {
+			kvmErr = fmt.Errorf("scripts/kvm-guest-image: %v\n%s", err, stderr.String())
+			return
+		}
+		kvmImage = strings.TrimSpace(string(img))
+	})
+	if kvmErr != nil {
+		t.Fatal(kvmErr)
+	}
+	return kvmBin, kvmImage
+}
+
+// kvmd is one `ferry-kvm serve`.
+type kvmd struct {
+	t      *testing.T
+	bin    string
+	addr   string
+	state  string
+	hostID string
+	gw     *gateway
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan struct{}
+	extra  []string
+}
+
+func startKVMD(t *testing.T, gw *gateway, hostID string, extra ...string) *kvmd {
+	t.Helper()
+	bin, _ := requireKVM(t)
+	d := &kvmd{t: t, bin: bin, gw: gw, hostID: hostID, state: t.TempDir(), addr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)), logs: &syncBuffer{}, extra: extra}
+	d.start()
+	t.Cleanup(func() {
+		if d.cmd != nil {
+			select {
+			case <-d.exited:
+			default:
+				d.cmd.Process.Signal(syscall.SIGTERM)
+				<-d.exited
+			}
+		}
+		// The VMs outlive the daemon by design: end the QEMUs this test
+		// started, by their pid files.
+		pids, _ := filepath.Glob(filepath.Join(d.state, "vms", "*", "qemu.pid"))
+		for _, p := range pids {
+			b, _ := os.ReadFile(p)
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		if t.Failed() {
+			t.Logf("ferry-kvm %s log:\n%s", hostID, tail(d.logs.String(), 80))
+		}
+	})
+	return d
+}
+
+func (d *kvmd) start() {
+	d.t.Helper()
+	d.cmd = exec.Command(d.bin, append([]string{"serve", "--listen", d.addr, "--state", d.state, "--host-id", d.hostID, "--stop-timeout", "3s", "--reconnect-delay", "60s"}, d.extra...)...)
+	d.cmd.Env = append(os.Environ(), "FERRY_KVM_GATEWAY="+d.gw.apiAddr)
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	d.exited = make(chan struct{})
+	go func() { d.cmd.Wait(); close(d.exited) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if resp, err := http.Get("http://" + d.addr + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		select {
+		case <-d.exited:
+			d.t.Fatalf("ferry-kvm exited at start:\n%s", d.logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("ferry-kvm not healthy after 30s:\n%s", d.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (d *kvmd) kill9() {
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.exited
+}
+
+// vm runs `ferry-kvm vm ARGS` against this daemon.
+func (d *kvmd) vm(args ...string) cliResult {
+	d.t.Helper()
+	cmd := exec.Command(d.bin, append([]string{"vm"}, args...)...)
+	cmd.Env = append(os.Environ(), "FERRY_KVM_API="+d.addr)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		d.t.Fatalf("run ferry-kvm vm %v: %v", args, err)
+	}
+	return cliResult{o.String(), e.String(), code}
+}
+
+func (d *kvmd) mustVM(args ...string) string {
+	d.t.Helper()
+	r := d.vm(args...)
+	if r.code != 0 {
+		d.t.Fatalf("ferry-kvm vm %v: exit %d\nstdout: %s\nstderr: %s", args, r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+func (d *kvmd) info(name string) wire.VMInfo {
+	d.t.Helper()
+	var in wire.VMInfo
+	if err := json.Unmarshal([]byte(d.mustVM("info", name, "--json")), &in); err != nil {
+		d.t.Fatal(err)
+	}
+	return in
+}
+
+func (d *kvmd) serial(name string) string {
+	d.t.Helper()
+	return d.mustVM("log", name, "--bytes", "4000000")
+}
+
+// waitSerial waits until the VM's serial log matches re and returns the
+// last match's first group (or the whole match).
+func (d *kvmd) waitSerial(name string, re *regexp.Regexp, timeout time.Duration) string {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s := d.serial(name)
+		if m := re.FindAllStringSubmatch(s, -1); len(m) > 0 {
+			last := m[len(m)-1]
+			return last[len(last)-1]
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("vm %s: no %q on the serial console within %s:\n%s", name, re, timeout, tail(s, 30))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// guestArgs are the create flags that boot the test guest in mode.
+func guestArgs(image, mode string, extra ...string) []string {
+	return []string{"--memory", "192M", "--accel", "tcg", "--net", "none",
+		"--kernel", filepath.Join(image, "vmlinuz"), "--initrd", filepath.Join(image, "initrd"),
+		"--append", strings.TrimSpace("console=ttyS0 quiet panic=-1 ferry.mode=" + mode + " " + strings.Join(extra, " "))}
+}
+
+// ext4Volume creates a volume holding an empty ext4 file system.
+func ext4Volume(t *testing.T, g *gateway, name string) {
+	t.Helper()
+	g.mustCLI("volume", "create", name, "--size", "64M")
+	img := filepath.Join(t.TempDir(), "fs.img")
+	if out, err := exec.Command("truncate", "-s", "64M", img).CombinedOutput(); err != nil {
+		t.Fatalf("truncate: %v %s", err, out)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v %s", err, out)
+	}
+	if out, err := exec.Command("nbdcopy", img, g.uri(name)).CombinedOutput(); err != nil {
+		t.Fatalf("nbdcopy: %v %s", err, out)
+	}
+}
+
+// volumeImage copies a volume to a file through NBD.
+func volumeImage(t *testing.T, g *gateway, name string) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), name+".img")
+	if out, err := exec.Command("nbdcopy", g.uri(name), img).CombinedOutput(); err != nil {
+		t.Fatalf("nbdcopy %s: %v %s", name, err, out)
+	}
+	return img
+}
+
+const bootTimeout = 4 * time.Minute
+
+// TestKVMCreateStartMarkerStop: a VM boots from its kernel, writes a
+// marker file to its Ferry disk (ext4), is stopped, and the marker is on
+// the volume. Around it: bad input is refused clearly, a second daemon
+// cannot take the running VM's volume, metrics and info say what runs.
+func TestKVMCreateStartMarkerStop(t *testing.T) {
+	_, image := requireKVM(t)
+	g := startGateway(t)
+	a := startKVMD(t, g, "host-a")
+	b := startKVMD(t, g, "host-b")
+	ext4Volume(t, g, "m-root")
+
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{append([]string{"create", "bad1", "--disk", "no-such-vol"}, guestArgs(image, "marker")...), "no volume no-such-vol"},
+		{append([]string{"create", "bad2", "--disk", "m-root", "--memory", "100T"}, guestArgs(image, "marker")[2:]...), "more than this host has"},
+		{append([]string{"create", "bad3", "--disk", "new:m-root:1G"}, guestArgs(image, "marker")...), "exists already"},
+	} {
+		r := a.vm(c.args...)
+		if r.code == 0 || !strings.Contains(r.stderr, c.want) {
+			t.Fatalf("vm %v: exit %d, stderr %q; want an error saying %q", c.args[:3], r.code, r.stderr, c.want)
+		}
+	}
+	noQEMU := startKVMD(t, g, "host-c", "--qemu", "/nonexistent/qemu-system-x86_64")
+	if r := noQEMU.vm(append([]string{"create", "q1", "--disk", "m-root"}, guestArgs(image, "marker")...)...); r.code == 0 || !strings.Contains(r.stderr, "QEMU is missing") {
+		t.Fatalf("create without QEMU: exit %d, stderr %q", r.code, r.stderr)
+	}
+
+	a.mustVM(append([]string{"create", "m1", "--disk", "m-root", "--cpus", "1", "--autostart"}, guestArgs(image, "marker", "ferry.token=tok-4711")...)...)
+	if r := a.vm(append([]string{"create", "m1", "--disk", "new:other:64M"}, guestArgs(image, "marker")...)...); r.code == 0 || !strings.Contains(r.stderr, "exists already") {
+		t.Fatalf("duplicate name: exit %d, stderr %q", r.code, r.stderr)
+	}
+	a.mustVM("start", "m1")
+	a.waitSerial("m1", regexp.MustCompile(`FERRY-KVM: marker (tok-4711)`), bootTimeout)
+
+	in := a.info("m1")
+	if in.State != wire.StateRunning || in.PID == 0 || len(in.Disks) != 1 || !strings.Contains(in.Disks[0].Attach, "nbd://"+g.nbdAddr+"/m-root") || in.Disks[0].Holder != "host-a:m1" {
+		t.Fatalf("vm info: %+v", in)
+	}
+	// The gateway's attachment names the VM, and another daemon's VM
+	// cannot have the volume.
+	atts := g.mustCLI("volume", "info", "m-root")
+	if !strings.Contains(atts, "host-a:m1") {
+		t.Fatalf("volume info does not show the VM's attachment:\n%s", atts)
+	}
+	r := b.vm(append([]string{"create", "m2", "--disk", "m-root"}, guestArgs(image, "marker")...)...)
+	if r.code == 0 || !strings.Contains(r.stderr, "in use") || !strings.Contains(r.stderr, "host-a:m1") {
+		t.Fatalf("second VM on the same volume: exit %d, stderr %q; want refused, naming host-a:m1", r.code, r.stderr)
+	}
+	metrics := httpGet(t, "http://"+a.addr+"/metrics")
+	if !strings.Contains(metrics, `ferry_kvm_vms{state="running"} 1`) {
+		t.Fatalf("metrics do not count the running VM:\n%s", metrics)
+	}
+
+	a.mustVM("stop", "m1", "--timeout", "3s")
+	if in := a.info("m1"); in.State != wire.StateStopped {
+		t.Fatalf("after stop: state %s", in.State)
+	}
+	img := volumeImage(t, g, "m-root")
+	out, err := exec.Command("debugfs", "-R", "cat /marker", img).Output()
+	if err != nil || strings.TrimSpace(string(out)) != "tok-4711" {
+		t.Fatalf("marker on the volume: %q, %v", out, err)
+	}
+	// An autostart VM starts with the daemon.
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	<-a.exited
+	a.start()
+	if in := a.info("m1"); in.State != wire.StateRunning || in.PID == 0 {
+		t.Fatalf("autostart VM after the daemon's restart: state %s pid %d", in.State, in.PID)
+	}
+	a.mustVM("stop", "m1", "--force")
+	// Stopped, the volume is free: the other daemon can have it now.
+	b.mustVM(append([]string{"create", "m2", "--disk", "m-root"}, guestArgs(image, "marker")...)...)
+	a.mustVM("rm", "m1", "--keep-disks")
+	if r := a.vm("info", "m1"); r.code == 0 {
+		t.Fatalf("vm info after rm succeeded: %s", r.stdout)
+	}
+	g.info("m-root") // kept
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	return b.String()
+}
+
+var counterRE = regexp.MustCompile(`FERRY-KVM: counter (\d+)`)
+
+// counters returns the counter values printed in s, in order.
+func counters(s string) []int {
+	var out []int
+	for _, m := range counterRE.FindAllStringSubmatch(s, -1) {
+		n, _ := strconv.Atoi(m[1])
+		out = append(out, n)
+	}
+	return out
+}
+
+// waitCounterPast waits until the VM printed a counter above n.
+func (d *kvmd) waitCounterPast(name string, n int, timeout time.Duration) int {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		c := counters(d.serial(name))
+		if len(c) > 0 && c[len(c)-1] > n {
+			return c[len(c)-1]
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("vm %s: counter did not pass %d within %s:\n%s", name, n, timeout, tail(d.serial(name), 20))
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+// checkConsecutive fails unless cs counts 1, 2, 3, ... without a gap or
+// a restart.
+func checkConsecutive(t *testing.T, what string, cs []int) {
+	t.Helper()
+	if len(cs) == 0 || cs[0] != 1 {
+		t.Fatalf("%s: counter does not start at 1: %v", what, cs[:min(len(cs), 10)])
+	}
+	for i := 1; i < len(cs); i++ {
+		if cs[i] != cs[i-1]+1 {
+			t.Fatalf("%s: counter goes %d -> %d (gap or restart)", what, cs[i-1], cs[i])
+		}
+	}
+}
+
+// TestKVMSurvivesDaemonKillAndMigrates: a guest counts (write + fsync to
+// its disk every 100 ms, printed on the console). ferry-kvm is killed -9
+// and restarted: the VM never stops and is found again. A migration whose
+// destination QEMU is killed half-way fails and the VM runs on at the
+// source. A second migration moves it: the count continues on the
+// destination without a gap or restart, the source QEMU is gone, the
+// attachment names the destination, and the disk holds the latest value.
+func TestKVMSurvivesDaemonKillAndMigrates(t *testing.T) {
+	_, image := requireKVM(t)
+	g := startGateway(t)
+	a := startKVMD(t, g, "host-a")
+	b := startKVMD(t, g, "host-b")
+	a.mustVM(append([]string{"create", "c1", "--disk", "new:c-root:64M"}, guestArgs(image, "counter")...)...)
+	a.mustVM("start", "c1")
+	pid := a.info("c1").PID
+	n := a.waitCounterPast("c1", 5, bootTimeout)
+
+	// kill -9 the daemon; the guest keeps counting; a new daemon adopts it.
+	a.kill9()
+	time.Sleep(time.Second)
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("QEMU pid %d gone after ferry-kvm was killed: %v", pid, err)
+	}
+	a.start()
+	in := a.info("c1")
+	if in.State != wire.StateRunning || in.PID != pid {
+		t.Fatalf("after the daemon's restart: state %s pid %d, want running pid %d", in.State, in.PID, pid)
+	}
+	if ls := a.mustVM("ls"); !regexp.MustCompile(`c1\s+running\s+` + strconv.Itoa(pid)).MatchString(ls) {
+		t.Fatalf("vm ls after restart:\n%s", ls)
+	}
+	n = a.waitCounterPast("c1", n+5, time.Minute)
+
+	// A migration whose destination dies half-way.
+	done := make(chan cliResult, 1)
+	go func() { done <- a.vm("migrate", "c1", "--to", b.addr, "--bandwidth", "1M") }()
+	deadline := time.Now().Add(time.Minute)
+	var dpid int
+	for dpid == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the destination never showed the incoming VM")
+		}
+		var vms []wire.VMInfo
+		json.Unmarshal([]byte(b.mustVM("ls", "--json")), &vms)
+		for _, v := range vms {
+			if v.Name == "c1" && v.State == wire.StateIncoming && v.PID != 0 {
+				dpid = v.PID
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Let some RAM cross, then kill the destination's QEMU.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if m := a.info("c1").Migration; m != nil && m.TransferredBytes > 1<<20 {
+			break
+		}
+	}
+	syscall.Kill(dpid, syscall.SIGKILL)
+	r := <-done
+	if r.code == 0 || !strings.Contains(r.stderr, "failed") {
+		t.Fatalf("migrate with the destination killed: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	}
+	in = a.info("c1")
+	if in.State != wire.StateRunning || in.PID != pid || in.Migration == nil || in.Migration.Status != "failed" {
+		t.Fatalf("after the failed migration: %+v", in)
+	}
+	a.waitCounterPast("c1", a.waitCounterPast("c1", n, time.Minute)+3, time.Minute)
+
+	// The real migration.
+	out := a.mustVM("migrate", "c1", "--to", b.addr)
+	m := regexp.MustCompile(`downtime (\d+) ms, total (\d+) ms`).FindStringSubmatch(out)
+	if m == nil || !strings.Contains(out, "transferred") {
+		t.Fatalf("vm migrate output lacks progress or downtime:\n%s", out)
+	}
+	t.Logf("migration: downtime %s ms, total %s ms", m[1], m[2])
+	srcLog := a.serial("c1")
+	if err := syscall.Kill(pid, 0); err == nil {
+		time.Sleep(3 * time.Second)
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Fatalf("source QEMU pid %d still runs after the migration", pid)
+		}
+	}
+	in = b.info("c1")
+	if in.State != wire.StateRunning || in.Disks[0].Holder != "host-b:c1" {
+		t.Fatalf("destination after migration: %+v", in)
+	}
+	if atts := g.mustCLI("volume", "info", "c-root"); !strings.Contains(atts, "host-b:c1") || strings.Contains(atts, "host-a:c1") {
+		t.Fatalf("the attachment did not move to the destination:\n%s", atts)
+	}
+	last := counters(srcLog)
+	b.waitCounterPast("c1", last[len(last)-1]+10, time.Minute)
+	// The serial stream is the source's output followed by the
+	// destination's.
+	checkConsecutive(t, "source then destination console", counters(srcLog+b.serial("c1")))
+
+	// The serial console streams the guest's output; Ctrl-] leaves.
+	con := exec.Command(b.bin, "vm", "console", "c1")
+	con.Env = append(os.Environ(), "FERRY_KVM_API="+b.addr)
+	stdin, err := con.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conOut := &syncBuffer{}
+	con.Stdout, con.Stderr = conOut, conOut
+	if err := con.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !counterRE.MatchString(conOut.String()); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			con.Process.Kill()
+			t.Fatalf("vm console showed no counter in 30 s:\n%s", conOut)
+		}
+	}
+	stdin.Write([]byte{0x1d})
+	if err := con.Wait(); err != nil || !strings.Contains(conOut.String(), "left the console") {
+		t.Fatalf("vm console after Ctrl-]: %v\n%s", err, tail(conOut.String(), 5))
+	}
+
+	b.mustVM("stop", "c1", "--force")
+	final := counters(b.serial("c1"))
+	lastPrinted := final[len(final)-1]
+	img := volumeImage(t, g, "c-root")
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64)
+	f.ReadAt(buf, 1<<20)
+	got, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(string(bytes.TrimRight(buf, " \n\x00")), "counter ")))
+	if got != lastPrinted && got != lastPrinted+1 {
+		t.Fatalf("disk holds counter %d (%q); the console's last was %d", got, buf, lastPrinted)
+	}
+}
+
+// TestKVMGatewayKill9UnderGuestWrites: the gateway is killed -9 and
+// restarted while the guest rewrites and fsyncs files on ext4; QEMU's NBD
+// reconnect-delay turns the outage into a stall: the guest reports no I/O
+// error and the file system checks clean afterwards.
+func TestKVMGatewayKill9UnderGuestWrites(t *testing.T) {
+	_, image := requireKVM(t)
+	testutil.RequireTool(t, "e2fsck")
+	g := startGateway(t)
+	a := startKVMD(t, g, "host-a")
+	ext4Volume(t, g, "f-root")
+	a.mustVM(append([]string{"create", "f1", "--disk", "f-root"}, guestArgs(image, "files")...)...)
+	a.mustVM("start", "f1")
+	filesRE := regexp.MustCompile(`FERRY-KVM: files (\d+)`)
+	n, _ := strconv.Atoi(a.waitSerial("f1", filesRE, bootTimeout))
+
+	g.kill9()
+	time.Sleep(3 * time.Second)
+	g.start()
+	a.waitSerial("f1", regexp.MustCompile(fmt.Sprintf(`FERRY-KVM: files (%d)\b`, n+20)), 2*time.Minute)
+	s := a.serial("f1")
+	if strings.Contains(s, "io-error") || strings.Contains(s, "I/O error") || strings.Contains(s, "EXT4-fs error") {
+		t.Fatalf("the guest saw I/O errors across the gateway restart:\n%s", tail(s, 40))
+	}
+	if in := a.info("f1"); in.State != wire.StateRunning {
+		t.Fatalf("vm after the gateway restart: %s %s", in.State, in.LastError)
+	}
+	// A QEMU that dies on its own is seen and reported.
+	pid := a.info("f1").PID
+	syscall.Kill(pid, syscall.SIGKILL)
+	deadline := time.Now().Add(30 * time.Second)
+	for a.info("f1").State != wire.StateCrashed {
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU killed: vm state %s, want crashed", a.info("f1").State)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if in := a.info("f1"); !strings.Contains(in.LastError, "QEMU exited on its own") {
+		t.Fatalf("crashed VM's error: %q", in.LastError)
+	}
+	if m := httpGet(t, "http://"+a.addr+"/metrics"); !strings.Contains(m, `ferry_kvm_qemu_exits_total{reason="crashed"} 1`) {
+		t.Fatalf("metrics do not count the crash:\n%s", m)
+	}
+	img := volumeImage(t, g, "f-root")
+	// The guest did not unmount: replay the journal only, then check.
+	if out, err := exec.Command("e2fsck", "-E", "journal_only", "-y", img).CombinedOutput(); err != nil {
+		t.Logf("e2fsck journal replay: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck after the gateway restart: %v\n%s", err, out)
+	}
+}
