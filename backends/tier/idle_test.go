@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ferry-io/ferry/backends/store"
 )
@@ -68,4 +69,51 @@ func TestIdleVolumeUploadsNothing(t *testing.T) {
 		t.Fatalf("an idle volume uploaded %d bytes in %d puts over 8 recovery point intervals", n, s.puts.Load())
 	}
 	m.check(t, d, s)
+}
+
+// After a restart, the time of the last recovery point (the RPO that
+// `ferry volume info` shows) is read back from the store, not forgotten,
+// even when the store is down at start-up.
+func TestLastCheckpointReadBack(t *testing.T) {
+	ctx := context.Background()
+	s := store.NewMem()
+	dir := t.TempDir()
+	d := openTest(t, dir, s, 1<<20)
+	if err := d.WriteAt(ctx, pattern(4096, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now().Add(-time.Second)
+	mf, err := d.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now().Add(time.Second)
+	d.Close()
+
+	var lists atomic.Int64
+	s.SetFail(func(op, key string) error {
+		if op == "list" {
+			lists.Add(1)
+		}
+		return store.ErrUnavailable
+	})
+	d = openTest(t, dir, s, 1<<20)
+	defer d.Close()
+	for lists.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := d.TierStats().LastCheckpoint; !got.IsZero() {
+		t.Fatalf("last recovery point %v known while the store is down", got)
+	}
+	s.SetFail(nil)
+	deadline := time.Now().Add(20 * time.Second)
+	for d.TierStats().LastCheckpoint.IsZero() {
+		if time.Now().After(deadline) {
+			t.Fatal("the last recovery point was not read back from the store after a restart")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := d.TierStats().LastCheckpoint; got.Before(before) || got.After(after) {
+		t.Fatalf("last recovery point read back as %v; manifest %d was published at %v", got, mf.Sequence, mf.Created)
+	}
 }

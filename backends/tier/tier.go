@@ -288,6 +288,8 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		d.wg.Add(1)
 		go d.uploader(uctx)
 	}
+	d.wg.Add(1)
+	go d.recallLastCheckpoint(uctx)
 	if pending {
 		d.kick()
 	}

@@ -493,6 +493,46 @@ func (d *Device) dirtyCount() int {
 	return n
 }
 
+// recallLastCheckpoint reads back when the newest recovery point in the
+// store was published, so TierStats (the RPO `ferry volume info` shows)
+// does not forget it across a restart. Opening a volume never waits for
+// the store: this runs in the background and retries (every few seconds,
+// up to a minute apart) until the store answers or the volume closes. The
+// time is the newest manifest's Last-Modified in the listing, which is
+// when it was published; reading the manifest itself could cost
+// megabytes for a large volume.
+func (d *Device) recallLastCheckpoint(ctx context.Context) {
+	defer d.wg.Done()
+	backoff := 2 * time.Second
+	for {
+		var newest store.ObjectInfo
+		err := d.cfg.Store.List(ctx, "manifests/", func(o store.ObjectInfo) error {
+			if strings.HasSuffix(o.Key, ".json") && o.Key > newest.Key {
+				newest = o
+			}
+			return nil
+		})
+		if err == nil {
+			d.mu.Lock()
+			if d.lastCkpt.IsZero() && !newest.Modified.IsZero() {
+				d.lastCkpt = newest.Modified.UTC()
+			}
+			d.mu.Unlock()
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		d.log.Debug("reading the last recovery point's time failed; will retry", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Minute)
+	}
+}
+
 // LatestManifest reads the newest valid manifest in s.
 func LatestManifest(ctx context.Context, s store.Store) (Manifest, error) {
 	var keys []string
