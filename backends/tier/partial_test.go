@@ -15,20 +15,24 @@ import (
 	"github.com/ferry-io/ferry/backends/store"
 )
 
-// countingStore counts the reads that reach a store.
+// countingStore counts the reads that reach a store, and their bytes.
 type countingStore struct {
 	store.Store
-	gets atomic.Int64
+	gets, bytes atomic.Int64
 }
 
 func (s *countingStore) Get(ctx context.Context, key string, buf []byte) ([]byte, error) {
 	s.gets.Add(1)
-	return s.Store.Get(ctx, key, buf)
+	b, err := s.Store.Get(ctx, key, buf)
+	s.bytes.Add(int64(len(b)))
+	return b, err
 }
 
 func (s *countingStore) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
 	s.gets.Add(1)
-	return s.Store.GetRange(ctx, key, off, n)
+	b, err := s.Store.GetRange(ctx, key, off, n)
+	s.bytes.Add(int64(len(b)))
+	return b, err
 }
 
 // model is what a volume should read as.
