@@ -449,14 +449,45 @@ func (d *Device) complete(ctx context.Context, c *chunk) error {
 	return nil
 }
 
-// Compaction limits: a chunk with more than maxOverlays overlays, or with
-// any while the volume holds more than overlayCap, is rewritten whole at
-// its next upload. They bound the object map's memory (about 24 bytes an
-// overlay) and the requests a cold read of one chunk costs.
-const maxOverlays = 64
+// Compaction limits. A partial chunk is rewritten whole at its next
+// upload (instead of adding overlays) when
+//
+//   - its overlays would come from more than maxChunkLogs log objects: a
+//     read of the chunk costs one request per log object it meets, plus
+//     one for the base, so this bounds the requests of any read;
+//   - it would have more than maxOverlays overlays (memory of one chunk);
+//   - the volume holds overlayCap overlays or more and the chunk has
+//     some (memory of the volume: about 24 bytes an overlay, so 6 MiB for
+//     the 262,144 any volume may hold, 24 MiB per TiB above 64 GiB).
+//
+// Until issue #16 the per-chunk limit was 64 overlays, ranges rather than
+// log objects: random 4 KiB writes put a few hundred separate ranges into
+// a 4 MiB chunk before it uploads, so almost every such upload became a
+// whole-chunk rewrite, 4 MiB for a few hundred KiB written (3.9 bytes
+// uploaded per byte written, TestRandomWritesFourTimesCacheAmplification).
+// Ranges from one upload sit together in one log object, so they cost one
+// request; what a read pays for is the number of uploads, which
+// maxChunkLogs bounds.
+const (
+	maxChunkLogs = 16
+	maxOverlays  = 1024
+)
 
 func (d *Device) overlayCap() int {
-	return max(1<<16, int(4*d.meta.Size/d.chunkSize()))
+	return max(1<<18, int(4*d.meta.Size/d.chunkSize()))
+}
+
+// chunkLogs is how many log objects overlays ovs come from. One upload's
+// overlays of a chunk are consecutive and name one log object no other
+// upload names, so that is the number of runs.
+func chunkLogs(ovs []overlay) int {
+	n := 0
+	for i, o := range ovs {
+		if i == 0 || o.log != ovs[i-1].log {
+			n++
+		}
+	}
+	return n
 }
 
 // compactLocked reports whether partial chunk c should upload whole
@@ -466,8 +497,12 @@ func (d *Device) compactLocked(c *chunk) bool {
 	if n >= d.chunkSize()/2 {
 		return true // mostly rewritten: whole is cheaper than overlays
 	}
-	have := len(d.objects.overlays[c.idx])
-	return have+ranges > maxOverlays || (have > 0 && d.objects.n >= d.overlayCap())
+	ovs := d.objects.overlays[c.idx]
+	have := len(ovs)
+	if have+ranges > maxOverlays || (have > 0 && d.objects.n >= d.overlayCap()) {
+		return true
+	}
+	return have > 0 && chunkLogs(ovs)+1 > maxChunkLogs
 }
 
 // logMax bounds the bytes of one log object.
@@ -559,7 +594,7 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 		if err := d.cfg.Store.Put(ctx, logKey(seq), body, store.PutOptions{}); err != nil {
 			return err
 		}
-		d.cfg.Metrics.upload(len(body))
+		d.cfg.Metrics.upload(UploadLog, len(body))
 	}
 	for _, p := range pieces {
 		p.c.mu.Lock()
@@ -652,7 +687,7 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	}
 	clear(data[at:])
 	c.mu.Unlock()
-	seq, newKey, err := d.putVersion(ctx, c.idx, data)
+	seq, newKey, err := d.putVersion(ctx, c.idx, data, UploadCompaction)
 	if err != nil {
 		return err
 	}

@@ -101,7 +101,7 @@ func (d *Device) rewriteStored(ctx context.Context, idx int64) error {
 		return err
 	}
 	defer putBuf(data, cs)
-	seq, newKey, err := d.putVersion(ctx, idx, data)
+	seq, newKey, err := d.putVersion(ctx, idx, data, UploadReclaim)
 	if err != nil {
 		return err
 	}

@@ -143,7 +143,7 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 	if err != nil {
 		return err
 	}
-	seq, key, err := d.putVersion(ctx, c.idx, data)
+	seq, key, err := d.putVersion(ctx, c.idx, data, UploadChunk)
 	if err != nil {
 		return err
 	}
@@ -181,7 +181,7 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 // putVersion uploads data as a new version of chunk idx. The version
 // stays in flight (spared by collect) until the caller settles it, once
 // it is journaled or abandoned.
-func (d *Device) putVersion(ctx context.Context, idx int64, data []byte) (uint64, string, error) {
+func (d *Device) putVersion(ctx context.Context, idx int64, data []byte, reason string) (uint64, string, error) {
 	seq, err := d.allocSeq()
 	if err != nil {
 		return 0, "", err
@@ -192,7 +192,7 @@ func (d *Device) putVersion(ctx context.Context, idx int64, data []byte) (uint64
 		d.settle(seq)
 		return 0, "", err
 	}
-	d.cfg.Metrics.upload(len(body))
+	d.cfg.Metrics.upload(reason, len(body))
 	return seq, key, nil
 }
 
@@ -371,6 +371,7 @@ func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, err
 		d.changed.Store(true)
 		return Manifest{}, fmt.Errorf("checkpoint: publish manifest %d: %w", m.Sequence, err)
 	}
+	d.cfg.Metrics.upload(UploadManifest, len(b))
 	if snapshot != "" {
 		if err := d.cfg.Store.Put(ctx, snapshotKey(snapshot), b, store.PutOptions{IfAbsent: true}); err != nil {
 			if errors.Is(err, store.ErrExists) {
@@ -378,6 +379,7 @@ func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, err
 			}
 			return Manifest{}, fmt.Errorf("snapshot %q: %w", snapshot, err)
 		}
+		d.cfg.Metrics.upload(UploadManifest, len(b))
 	}
 	d.mu.Lock()
 	d.lastCkpt = m.Created
