@@ -292,7 +292,7 @@ func (d *Device) newPartial(idx int64) (*chunk, error) {
 		os.Remove(mpath)
 		return nil, fmt.Errorf("chunk %d: %w", idx, err)
 	}
-	c := &chunk{idx: idx, dev: dev, dirty: true, ext: &extents{}, mapf: f}
+	c := &chunk{idx: idx, dev: dev, dirty: true, ext: &extents{}, since: &extents{}, mapf: f}
 	c.lastUse.Store(time.Now().UnixNano())
 	d.mu.Lock()
 	d.chunks[idx] = c
@@ -339,7 +339,7 @@ func (d *Device) openDirty(idx int64) (*chunk, error) {
 		dev.Close()
 		return nil, err
 	}
-	c.full, c.ext = false, ext
+	c.full, c.ext, c.since = false, ext, &extents{r: ext.spans()}
 	c.charge.Store(ext.covered())
 	return c, nil
 }
@@ -348,6 +348,9 @@ func (d *Device) openDirty(idx int64) (*chunk, error) {
 // c.mu is held.
 func (c *chunk) track(off, n int64) error {
 	c.ext.add(off, n)
+	if c.since != nil {
+		c.since.add(off, n)
+	}
 	if _, err := fmt.Fprintf(c.mapf, "%d %d\n", off, n); err != nil {
 		return fmt.Errorf("chunk %d map: %w", c.idx, err)
 	}
@@ -493,7 +496,7 @@ func chunkLogs(ovs []overlay) int {
 // compactLocked reports whether partial chunk c should upload whole
 // rather than as overlays; d.mu is held.
 func (d *Device) compactLocked(c *chunk) bool {
-	n, ranges := c.ext.size()
+	n, ranges := c.since.size() // what a log upload would send
 	if n >= d.chunkSize()/2 {
 		return true // mostly rewritten: whole is cheaper than overlays
 	}
@@ -547,12 +550,21 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 	}()
 	slices.SortFunc(batch, func(a, b *chunk) int { return cmp.Compare(a.idx, b.idx) })
 	type piece struct {
-		c   *chunk
-		ver uint64
-		ovs []overlay
+		c    *chunk
+		ver  uint64
+		ovs  []overlay
+		prev *extents // c.since when the upload took the chunk's writes
 	}
 	var pieces []piece
 	var body []byte
+	ok := false
+	defer func() { // after the chunks' locks below are released
+		if !ok {
+			for _, p := range pieces {
+				p.c.restoreSince(p.prev)
+			}
+		}
+	}()
 	for _, c := range batch {
 		c.mu.Lock()
 		if c.gone || !c.dirty || c.mapf == nil {
@@ -568,19 +580,25 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 			c.mu.Unlock()
 			continue
 		}
-		p := piece{c: c, ver: c.ver.Load()}
+		p := piece{c: c, ver: c.ver.Load(), prev: c.since}
 		c.written.Store(0)
-		for _, s := range c.ext.spans() {
+		c.since = &extents{}
+		pieces = append(pieces, p)
+		// Only the writes no earlier upload sent: a chunk written during
+		// its last upload keeps all its writes in the cache (ext), but
+		// the store has those that upload took. Resending them was 3
+		// bytes uploaded per byte written under constant small writes
+		// when uploads were slow.
+		for _, s := range p.prev.spans() {
 			at := len(body)
 			body = append(body, make([]byte, s.end-s.off)...)
 			if err := c.dev.ReadAt(ctx, body[at:], s.off); err != nil {
 				c.mu.Unlock()
 				return fmt.Errorf("chunk %d: %w", c.idx, err)
 			}
-			p.ovs = append(p.ovs, overlay{logOff: uint32(at), off: uint32(s.off), length: uint32(s.end - s.off)})
+			pieces[len(pieces)-1].ovs = append(pieces[len(pieces)-1].ovs, overlay{logOff: uint32(at), off: uint32(s.off), length: uint32(s.end - s.off)})
 		}
 		c.mu.Unlock()
-		pieces = append(pieces, p)
 	}
 	if len(pieces) == 0 {
 		return nil
@@ -618,6 +636,7 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 		}
 	}
 	delete(d.inflight, seq)
+	ok = true
 	for _, p := range pieces {
 		c := p.c
 		if c.gone {
@@ -631,12 +650,27 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 	return nil
 }
 
+// restoreSince puts back the writes an upload took (prev) and failed to
+// store, so the chunk's next upload sends them again.
+func (c *chunk) restoreSince(prev *extents) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if prev == nil || c.since == nil {
+		return
+	}
+	for _, s := range prev.spans() {
+		c.since.add(s.off, s.end-s.off)
+	}
+}
+
 // dropUploadedLocked drops partial chunk c from the cache once the store
 // holds all of it, unless it was written since version ver; c.mu and d.mu
 // are held.
 func (d *Device) dropUploadedLocked(c *chunk, ver uint64) {
 	if c.ver.Load() != ver || d.chunks[c.idx] != c {
-		return // written meanwhile: stays dirty, uploads again
+		// Written meanwhile: stays dirty, and its next upload sends what
+		// was written since this one took its writes (c.since).
+		return
 	}
 	c.gone, c.dirty = true, false
 	delete(d.chunks, c.idx)
@@ -674,6 +708,14 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	}
 	ver := c.ver.Load()
 	c.written.Store(0)
+	prev := c.since
+	c.since = &extents{}
+	ok := false
+	defer func() { // after c.mu is released below
+		if !ok {
+			c.restoreSince(prev)
+		}
+	}()
 	at := stored // zero what neither the store nor the writes fill
 	for _, s := range c.ext.spans() {
 		if s.off > at {
@@ -708,6 +750,7 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	if err := d.journalPutLocked(c.idx, seq); err != nil {
 		return err
 	}
+	ok = true
 	d.dropUploadedLocked(c, ver)
 	return nil
 }

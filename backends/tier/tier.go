@@ -94,8 +94,14 @@ type chunk struct {
 	// ext and mapf track the writes of a chunk cached partially (and of
 	// one completed since, until it uploads): ext in memory, mapf in
 	// dirty/I.map. Set at creation or under mu.
-	ext     *extents
-	mapf    *os.File
+	ext  *extents
+	mapf *os.File
+	// since, of a partial chunk, holds the writes no upload has taken
+	// yet: what its next log upload sends (ext less what uploads in
+	// flight or done sent). ext keeps them all: they are the bytes the
+	// file holds, for reads, the budget and the map. Set at creation or
+	// under mu (exclusively to swap it).
+	since   *extents
 	charge  atomic.Int64 // bytes of the cache budget the chunk holds
 	ver     atomic.Uint64
 	lastUse atomic.Int64

@@ -3,6 +3,9 @@ package tier
 import (
 	"context"
 	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -68,4 +71,52 @@ func TestRandomWritesFourTimesCacheAmplification(t *testing.T) {
 	if amp > 1.5 {
 		t.Errorf("%.2f bytes uploaded per byte written, want at most 1.5", amp)
 	}
+}
+
+// hookStore runs onPut before each put of a key with the prefix, and
+// counts the bytes put under it.
+type hookStore struct {
+	store.Store
+	prefix string
+	onPut  func()
+	bytes  atomic.Int64
+}
+
+func (s *hookStore) Put(ctx context.Context, key string, b []byte, o store.PutOptions) error {
+	if strings.HasPrefix(key, s.prefix) {
+		s.bytes.Add(int64(len(b)))
+		if f := s.onPut; f != nil {
+			f()
+		}
+	}
+	return s.Store.Put(ctx, key, b, o)
+}
+
+// A partial chunk written while its writes upload keeps them all cached,
+// but its next upload sends only what was written since: the store has
+// the rest.
+func TestWrittenDuringLogUploadResendsNothing(t *testing.T) {
+	ctx := context.Background()
+	hs := &hookStore{Store: store.NewMem(), prefix: "logs/"}
+	d := fillAndReopen(t, 2, Config{Store: hs, CacheBytes: 1 << 20, Uploaders: 1})
+	m := make(model, 2*testChunk)
+	for i := range 2 {
+		copy(m[i*testChunk:], pattern(testChunk, byte(i)))
+	}
+	var once sync.Once
+	hs.onPut = func() {
+		once.Do(func() { m.write(t, d, pattern(4096, 9), 16384) }) // during the first log upload
+	}
+	m.write(t, d, pattern(4096, 7), 0)
+	if err := d.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitClean(t, d)
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := hs.bytes.Load(); n != 8192 {
+		t.Fatalf("two 4 KiB writes uploaded %d bytes of log objects, want 8192", n)
+	}
+	m.check(t, d, hs)
 }
