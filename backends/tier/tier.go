@@ -417,11 +417,12 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 // lately or when no stream memory is free. It never waits for cache space
 // held by dirty chunks.
 //
-// Going on to the next chunk is not enough: a random reader does that by
-// chance (3 reads in 256 over 1 GiB of 4 MiB chunks), and each time it
-// fetched a chunk whole and eight more ahead (issue #16: 355 bytes
-// downloaded per byte read). A sequential reader has read about a chunk
-// in the stream's window when it moves on; a random one a few KiB.
+// Going on to the next chunk is not enough to start a stream: a random
+// reader does that by chance (3 reads in 256 over 1 GiB of 4 MiB chunks),
+// and each time it fetched a chunk whole and eight more ahead (issue #16:
+// 355 bytes downloaded per byte read). A sequential reader has read about
+// a chunk in the stream's window when it moves on; a random one a few
+// KiB.
 func (d *Device) readahead(first, last, n int64) {
 	if d.cfg.Readahead < 0 {
 		return
@@ -436,8 +437,10 @@ func (d *Device) readahead(first, last, n int64) {
 	if last+1 <= d.raNext {
 		return // more of chunks the stream has read
 	}
-	if d.raRead < d.chunkSize()/2 {
-		// Landed on the next chunk without reading the last: random.
+	if d.raRun == 0 && d.raRead < d.chunkSize()/2 {
+		// Landed on the next chunk without reading the last: random. (A
+		// stream once established keeps going: reads in flight together
+		// complete out of order.)
 		d.raRun, d.raNext, d.raRead = 0, last+1, n
 		return
 	}
