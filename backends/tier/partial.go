@@ -518,20 +518,32 @@ func (d *Device) gather(c *chunk) []*chunk {
 	defer d.mu.Unlock()
 	batch := []*chunk{c}
 	total := c.charge.Load()
-	idleSince := time.Now().Add(-uploadDelay).UnixNano()
+	now := time.Now()
+	// The chunks with the most writes not yet uploaded first: fewer,
+	// larger uploads per chunk (see partialDelay).
+	type cand struct {
+		c *chunk
+		n int64
+	}
+	var cands []cand
 	for _, o := range d.chunks {
-		if o == c || !o.dirty || o.uploading || o.full || total+o.charge.Load() > logMax {
-			continue
-		}
-		if d.pressure == 0 && o.written.Load() < d.chunkSize() && o.lastUse.Load() > idleSince {
+		if o == c || !o.dirty || o.uploading || o.full || o.since == nil || !d.dueLocked(o, now) {
 			continue
 		}
 		if d.compactLocked(o) {
 			continue
 		}
-		o.uploading = true
-		batch = append(batch, o)
-		total += o.charge.Load()
+		n, _ := o.since.size()
+		cands = append(cands, cand{o, n})
+	}
+	slices.SortFunc(cands, func(a, b cand) int { return cmp.Compare(b.n, a.n) })
+	for _, o := range cands {
+		if total+o.c.charge.Load() > logMax {
+			continue
+		}
+		o.c.uploading = true
+		batch = append(batch, o.c)
+		total += o.c.charge.Load()
 	}
 	return batch
 }

@@ -81,16 +81,49 @@ func (d *Device) uploader(ctx context.Context) {
 // one version per chunk for idleness and recovery points).
 const uploadDelay = 200 * time.Millisecond
 
+// partialDelay is how long a partial chunk holding less than
+// partialBatch of writes not yet uploaded must go unwritten before it
+// uploads (without cache pressure or a recovery point). Each upload of a
+// partial chunk adds a log object to what a read of it meets, and after
+// maxChunkLogs of them it is rewritten whole: a chunk uploaded after
+// every few writes (on a slow machine, random writes over many chunks
+// leave each idle for uploadDelay between two writes) cost a 4 MiB
+// rewrite per 16 small uploads. Holding small partial chunks until they
+// gather partialBatch, the cache fills, or the volume rests keeps each
+// log upload of a chunk large.
+const partialDelay = 5 * time.Second
+
+// partialBatch is how much a partial chunk's log upload should carry:
+// with maxChunkLogs uploads between whole rewrites, a rewrite then costs
+// at most half a byte per byte written.
+func (d *Device) partialBatch() int64 { return d.chunkSize() / 8 }
+
+// dueLocked reports whether dirty chunk c may upload now, without cache
+// pressure; d.mu is held.
+func (d *Device) dueLocked(c *chunk, now time.Time) bool {
+	if d.pressure > 0 || c.written.Load() >= d.chunkSize() {
+		return true
+	}
+	last := c.lastUse.Load()
+	if c.full || c.since == nil {
+		return last <= now.Add(-uploadDelay).UnixNano()
+	}
+	if n, _ := c.since.size(); n >= d.partialBatch() {
+		return last <= now.Add(-uploadDelay).UnixNano()
+	}
+	return last <= now.Add(-partialDelay).UnixNano()
+}
+
 // nextDirty picks a dirty chunk no other uploader holds, least recently
 // written first, once it has been idle for uploadDelay (at once when
 // writers wait for cache space).
 func (d *Device) nextDirty() *chunk {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	idleSince := time.Now().Add(-uploadDelay).UnixNano()
+	now := time.Now()
 	var pick *chunk
 	for _, c := range d.chunks {
-		if !c.dirty || c.uploading || (d.pressure == 0 && c.written.Load() < d.chunkSize() && c.lastUse.Load() > idleSince) {
+		if !c.dirty || c.uploading || !d.dueLocked(c, now) {
 			continue
 		}
 		if pick == nil || c.lastUse.Load() < pick.lastUse.Load() {

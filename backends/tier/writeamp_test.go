@@ -103,6 +103,9 @@ func TestWrittenDuringLogUploadResendsNothing(t *testing.T) {
 	for i := range 2 {
 		copy(m[i*testChunk:], pattern(testChunk, byte(i)))
 	}
+	d.mu.Lock()
+	d.pressure++ // upload at once: a partial chunk this small otherwise waits partialDelay
+	d.mu.Unlock()
 	var once sync.Once
 	hs.onPut = func() {
 		once.Do(func() { m.write(t, d, pattern(4096, 9), 16384) }) // during the first log upload
