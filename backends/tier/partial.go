@@ -594,7 +594,9 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 		}
 		p := piece{c: c, ver: c.ver.Load(), prev: c.since}
 		c.written.Store(0)
+		d.mu.Lock() // dueLocked and compactLocked read c.since under d.mu
 		c.since = &extents{}
+		d.mu.Unlock()
 		pieces = append(pieces, p)
 		// Only the writes no earlier upload sent: a chunk written during
 		// its last upload keeps all its writes in the cache (ext), but
@@ -721,7 +723,9 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	ver := c.ver.Load()
 	c.written.Store(0)
 	prev := c.since
+	d.mu.Lock() // dueLocked and compactLocked read c.since under d.mu
 	c.since = &extents{}
+	d.mu.Unlock()
 	ok := false
 	defer func() { // after c.mu is released below
 		if !ok {

@@ -99,8 +99,8 @@ type chunk struct {
 	// since, of a partial chunk, holds the writes no upload has taken
 	// yet: what its next log upload sends (ext less what uploads in
 	// flight or done sent). ext keeps them all: they are the bytes the
-	// file holds, for reads, the budget and the map. Set at creation or
-	// under mu (exclusively to swap it).
+	// file holds, for reads, the budget and the map. Set at creation, or
+	// swapped under mu (exclusively) and d.mu.
 	since   *extents
 	charge  atomic.Int64 // bytes of the cache budget the chunk holds
 	ver     atomic.Uint64
