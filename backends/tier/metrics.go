@@ -7,7 +7,20 @@ import "github.com/prometheus/client_golang/prometheus"
 type Metrics struct {
 	hits, misses, prefetches prometheus.Counter
 	uploads, uploadBytes     prometheus.Counter
+	// reasonBytes splits uploadBytes (and counts manifests, which it
+	// does not) by why they were uploaded: see the Upload* reasons.
+	reasonBytes *prometheus.CounterVec
 }
+
+// Why bytes were uploaded (the reason label of
+// ferry_upload_reason_bytes_total).
+const (
+	UploadChunk      = "chunk"       // a dirty chunk, whole
+	UploadLog        = "log"         // small writes of partial chunks, as a log object
+	UploadCompaction = "compaction"  // a partial chunk merged with the store's copy, whole
+	UploadReclaim    = "reclamation" // a stored chunk rewritten to free a mostly dead log object
+	UploadManifest   = "manifest"    // a recovery point (and snapshot) manifest
+)
 
 // NewMetrics makes the tier's counters and registers them with reg (which
 // may be nil).
@@ -21,9 +34,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		prefetches:  c("ferry_cache_readahead_total", "Chunks fetched ahead of a sequential reader."),
 		uploads:     c("ferry_upload_chunks_total", "Chunk versions uploaded to stores."),
 		uploadBytes: c("ferry_upload_bytes_total", "Bytes of chunk versions uploaded to stores."),
+		reasonBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_upload_reason_bytes_total",
+			Help: "Bytes uploaded to stores by S3-backed volumes, by reason: chunk, log, compaction, reclamation, manifest.",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{UploadChunk, UploadLog, UploadCompaction, UploadReclaim, UploadManifest} {
+		m.reasonBytes.WithLabelValues(r) // exported at 0 before the first upload
 	}
 	if reg != nil {
-		reg.MustRegister(m.hits, m.misses, m.prefetches, m.uploads, m.uploadBytes)
+		reg.MustRegister(m.hits, m.misses, m.prefetches, m.uploads, m.uploadBytes, m.reasonBytes)
 	}
 	return m
 }
@@ -52,9 +72,17 @@ func (m *Metrics) prefetch() {
 	}
 }
 
-func (m *Metrics) upload(n int) {
-	if m != nil {
+// upload counts an object of n bytes uploaded for reason; manifests
+// count only under their reason.
+func (m *Metrics) upload(reason string, n int) {
+	if m == nil {
+		return
+	}
+	if reason != UploadManifest {
 		inc(m.uploads, 1)
 		inc(m.uploadBytes, float64(n))
+	}
+	if m.reasonBytes != nil {
+		m.reasonBytes.WithLabelValues(reason).Add(float64(n))
 	}
 }

@@ -292,7 +292,7 @@ func (d *Device) newPartial(idx int64) (*chunk, error) {
 		os.Remove(mpath)
 		return nil, fmt.Errorf("chunk %d: %w", idx, err)
 	}
-	c := &chunk{idx: idx, dev: dev, dirty: true, ext: &extents{}, mapf: f}
+	c := &chunk{idx: idx, dev: dev, dirty: true, ext: &extents{}, since: &extents{}, mapf: f}
 	c.lastUse.Store(time.Now().UnixNano())
 	d.mu.Lock()
 	d.chunks[idx] = c
@@ -339,7 +339,7 @@ func (d *Device) openDirty(idx int64) (*chunk, error) {
 		dev.Close()
 		return nil, err
 	}
-	c.full, c.ext = false, ext
+	c.full, c.ext, c.since = false, ext, &extents{r: ext.spans()}
 	c.charge.Store(ext.covered())
 	return c, nil
 }
@@ -348,6 +348,9 @@ func (d *Device) openDirty(idx int64) (*chunk, error) {
 // c.mu is held.
 func (c *chunk) track(off, n int64) error {
 	c.ext.add(off, n)
+	if c.since != nil {
+		c.since.add(off, n)
+	}
 	if _, err := fmt.Fprintf(c.mapf, "%d %d\n", off, n); err != nil {
 		return fmt.Errorf("chunk %d map: %w", c.idx, err)
 	}
@@ -449,25 +452,60 @@ func (d *Device) complete(ctx context.Context, c *chunk) error {
 	return nil
 }
 
-// Compaction limits: a chunk with more than maxOverlays overlays, or with
-// any while the volume holds more than overlayCap, is rewritten whole at
-// its next upload. They bound the object map's memory (about 24 bytes an
-// overlay) and the requests a cold read of one chunk costs.
-const maxOverlays = 64
+// Compaction limits. A partial chunk is rewritten whole at its next
+// upload (instead of adding overlays) when
+//
+//   - its overlays would come from more than maxChunkLogs log objects: a
+//     read of the chunk costs one request per log object it meets, plus
+//     one for the base, so this bounds the requests of any read;
+//   - it would have more than maxOverlays overlays (memory of one chunk);
+//   - the volume holds overlayCap overlays or more and the chunk has
+//     some (memory of the volume: about 24 bytes an overlay, so 6 MiB for
+//     the 262,144 any volume may hold, 24 MiB per TiB above 64 GiB).
+//
+// Until issue #16 the per-chunk limit was 64 overlays, ranges rather than
+// log objects: random 4 KiB writes put a few hundred separate ranges into
+// a 4 MiB chunk before it uploads, so almost every such upload became a
+// whole-chunk rewrite, 4 MiB for a few hundred KiB written (3.9 bytes
+// uploaded per byte written, TestRandomWritesFourTimesCacheAmplification).
+// Ranges from one upload sit together in one log object, so they cost one
+// request; what a read pays for is the number of uploads, which
+// maxChunkLogs bounds.
+const (
+	maxChunkLogs = 16
+	maxOverlays  = 1024
+)
 
 func (d *Device) overlayCap() int {
-	return max(1<<16, int(4*d.meta.Size/d.chunkSize()))
+	return max(1<<18, int(4*d.meta.Size/d.chunkSize()))
+}
+
+// chunkLogs is how many log objects overlays ovs come from. One upload's
+// overlays of a chunk are consecutive and name one log object no other
+// upload names, so that is the number of runs.
+func chunkLogs(ovs []overlay) int {
+	n := 0
+	for i, o := range ovs {
+		if i == 0 || o.log != ovs[i-1].log {
+			n++
+		}
+	}
+	return n
 }
 
 // compactLocked reports whether partial chunk c should upload whole
 // rather than as overlays; d.mu is held.
 func (d *Device) compactLocked(c *chunk) bool {
-	n, ranges := c.ext.size()
+	n, ranges := c.since.size() // what a log upload would send
 	if n >= d.chunkSize()/2 {
 		return true // mostly rewritten: whole is cheaper than overlays
 	}
-	have := len(d.objects.overlays[c.idx])
-	return have+ranges > maxOverlays || (have > 0 && d.objects.n >= d.overlayCap())
+	ovs := d.objects.overlays[c.idx]
+	have := len(ovs)
+	if have+ranges > maxOverlays || (have > 0 && d.objects.n >= d.overlayCap()) {
+		return true
+	}
+	return have > 0 && chunkLogs(ovs)+1 > maxChunkLogs
 }
 
 // logMax bounds the bytes of one log object.
@@ -480,20 +518,32 @@ func (d *Device) gather(c *chunk) []*chunk {
 	defer d.mu.Unlock()
 	batch := []*chunk{c}
 	total := c.charge.Load()
-	idleSince := time.Now().Add(-uploadDelay).UnixNano()
+	now := time.Now()
+	// The chunks with the most writes not yet uploaded first: fewer,
+	// larger uploads per chunk (see partialDelay).
+	type cand struct {
+		c *chunk
+		n int64
+	}
+	var cands []cand
 	for _, o := range d.chunks {
-		if o == c || !o.dirty || o.uploading || o.full || total+o.charge.Load() > logMax {
-			continue
-		}
-		if d.pressure == 0 && o.written.Load() < d.chunkSize() && o.lastUse.Load() > idleSince {
+		if o == c || !o.dirty || o.uploading || o.full || o.since == nil || !d.dueLocked(o, now) {
 			continue
 		}
 		if d.compactLocked(o) {
 			continue
 		}
-		o.uploading = true
-		batch = append(batch, o)
-		total += o.charge.Load()
+		n, _ := o.since.size()
+		cands = append(cands, cand{o, n})
+	}
+	slices.SortFunc(cands, func(a, b cand) int { return cmp.Compare(b.n, a.n) })
+	for _, o := range cands {
+		if total+o.c.charge.Load() > logMax {
+			continue
+		}
+		o.c.uploading = true
+		batch = append(batch, o.c)
+		total += o.c.charge.Load()
 	}
 	return batch
 }
@@ -512,12 +562,21 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 	}()
 	slices.SortFunc(batch, func(a, b *chunk) int { return cmp.Compare(a.idx, b.idx) })
 	type piece struct {
-		c   *chunk
-		ver uint64
-		ovs []overlay
+		c    *chunk
+		ver  uint64
+		ovs  []overlay
+		prev *extents // c.since when the upload took the chunk's writes
 	}
 	var pieces []piece
 	var body []byte
+	ok := false
+	defer func() { // after the chunks' locks below are released
+		if !ok {
+			for _, p := range pieces {
+				p.c.restoreSince(p.prev)
+			}
+		}
+	}()
 	for _, c := range batch {
 		c.mu.Lock()
 		if c.gone || !c.dirty || c.mapf == nil {
@@ -533,19 +592,27 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 			c.mu.Unlock()
 			continue
 		}
-		p := piece{c: c, ver: c.ver.Load()}
+		p := piece{c: c, ver: c.ver.Load(), prev: c.since}
 		c.written.Store(0)
-		for _, s := range c.ext.spans() {
+		d.mu.Lock() // dueLocked and compactLocked read c.since under d.mu
+		c.since = &extents{}
+		d.mu.Unlock()
+		pieces = append(pieces, p)
+		// Only the writes no earlier upload sent: a chunk written during
+		// its last upload keeps all its writes in the cache (ext), but
+		// the store has those that upload took. Resending them was 3
+		// bytes uploaded per byte written under constant small writes
+		// when uploads were slow.
+		for _, s := range p.prev.spans() {
 			at := len(body)
 			body = append(body, make([]byte, s.end-s.off)...)
 			if err := c.dev.ReadAt(ctx, body[at:], s.off); err != nil {
 				c.mu.Unlock()
 				return fmt.Errorf("chunk %d: %w", c.idx, err)
 			}
-			p.ovs = append(p.ovs, overlay{logOff: uint32(at), off: uint32(s.off), length: uint32(s.end - s.off)})
+			pieces[len(pieces)-1].ovs = append(pieces[len(pieces)-1].ovs, overlay{logOff: uint32(at), off: uint32(s.off), length: uint32(s.end - s.off)})
 		}
 		c.mu.Unlock()
-		pieces = append(pieces, p)
 	}
 	if len(pieces) == 0 {
 		return nil
@@ -559,7 +626,7 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 		if err := d.cfg.Store.Put(ctx, logKey(seq), body, store.PutOptions{}); err != nil {
 			return err
 		}
-		d.cfg.Metrics.upload(len(body))
+		d.cfg.Metrics.upload(UploadLog, len(body))
 	}
 	for _, p := range pieces {
 		p.c.mu.Lock()
@@ -583,6 +650,7 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 		}
 	}
 	delete(d.inflight, seq)
+	ok = true
 	for _, p := range pieces {
 		c := p.c
 		if c.gone {
@@ -596,12 +664,27 @@ func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
 	return nil
 }
 
+// restoreSince puts back the writes an upload took (prev) and failed to
+// store, so the chunk's next upload sends them again.
+func (c *chunk) restoreSince(prev *extents) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if prev == nil || c.since == nil {
+		return
+	}
+	for _, s := range prev.spans() {
+		c.since.add(s.off, s.end-s.off)
+	}
+}
+
 // dropUploadedLocked drops partial chunk c from the cache once the store
 // holds all of it, unless it was written since version ver; c.mu and d.mu
 // are held.
 func (d *Device) dropUploadedLocked(c *chunk, ver uint64) {
 	if c.ver.Load() != ver || d.chunks[c.idx] != c {
-		return // written meanwhile: stays dirty, uploads again
+		// Written meanwhile: stays dirty, and its next upload sends what
+		// was written since this one took its writes (c.since).
+		return
 	}
 	c.gone, c.dirty = true, false
 	delete(d.chunks, c.idx)
@@ -639,6 +722,16 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	}
 	ver := c.ver.Load()
 	c.written.Store(0)
+	prev := c.since
+	d.mu.Lock() // dueLocked and compactLocked read c.since under d.mu
+	c.since = &extents{}
+	d.mu.Unlock()
+	ok := false
+	defer func() { // after c.mu is released below
+		if !ok {
+			c.restoreSince(prev)
+		}
+	}()
 	at := stored // zero what neither the store nor the writes fill
 	for _, s := range c.ext.spans() {
 		if s.off > at {
@@ -652,7 +745,7 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	}
 	clear(data[at:])
 	c.mu.Unlock()
-	seq, newKey, err := d.putVersion(ctx, c.idx, data)
+	seq, newKey, err := d.putVersion(ctx, c.idx, data, UploadCompaction)
 	if err != nil {
 		return err
 	}
@@ -673,6 +766,7 @@ func (d *Device) uploadCompact(ctx context.Context, c *chunk) error {
 	if err := d.journalPutLocked(c.idx, seq); err != nil {
 		return err
 	}
+	ok = true
 	d.dropUploadedLocked(c, ver)
 	return nil
 }

@@ -15,20 +15,24 @@ import (
 	"github.com/ferry-io/ferry/backends/store"
 )
 
-// countingStore counts the reads that reach a store.
+// countingStore counts the reads that reach a store, and their bytes.
 type countingStore struct {
 	store.Store
-	gets atomic.Int64
+	gets, bytes atomic.Int64
 }
 
 func (s *countingStore) Get(ctx context.Context, key string, buf []byte) ([]byte, error) {
 	s.gets.Add(1)
-	return s.Store.Get(ctx, key, buf)
+	b, err := s.Store.Get(ctx, key, buf)
+	s.bytes.Add(int64(len(b)))
+	return b, err
 }
 
 func (s *countingStore) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
 	s.gets.Add(1)
-	return s.Store.GetRange(ctx, key, off, n)
+	b, err := s.Store.GetRange(ctx, key, off, n)
+	s.bytes.Add(int64(len(b)))
+	return b, err
 }
 
 // model is what a volume should read as.
@@ -179,7 +183,7 @@ func TestPartialChunkAfterCrash(t *testing.T) {
 // are collected.
 func TestCompaction(t *testing.T) {
 	ctx := context.Background()
-	s := store.NewMem()
+	s := &countingStore{Store: store.NewMem()}
 	d := fillAndReopen(t, 2, Config{Store: s, CacheBytes: 1 << 20})
 	m := make(model, 2*testChunk)
 	for i := range 2 {
@@ -187,23 +191,36 @@ func TestCompaction(t *testing.T) {
 	}
 	compactions := 0
 	base := d.objects.base[0]
-	for i := range 3 * maxOverlays {
+	for i := range 3 * maxChunkLogs {
 		m.write(t, d, pattern(700, byte(i)), int64(i*997)%(testChunk-700))
 		if _, err := d.Checkpoint(ctx); err != nil {
 			t.Fatal(err)
 		}
 		d.mu.Lock()
-		n, b := len(d.objects.overlays[0]), d.objects.base[0]
+		logs, b := chunkLogs(d.objects.overlays[0]), d.objects.base[0]
 		d.mu.Unlock()
-		if n > maxOverlays {
-			t.Fatalf("chunk 0 has %d overlays", n)
+		if logs > maxChunkLogs {
+			t.Fatalf("chunk 0 has overlays in %d log objects", logs)
 		}
 		if b != base {
 			compactions, base = compactions+1, b
 		}
 	}
 	if compactions < 2 {
-		t.Fatalf("%d compactions in %d writes", compactions, 3*maxOverlays)
+		t.Fatalf("%d compactions in %d writes", compactions, 3*maxChunkLogs)
+	}
+	// A read of any range of the chunk costs at most a request per log
+	// object and one for the base.
+	gets := s.gets.Load()
+	got := make([]byte, testChunk)
+	d.mu.Lock()
+	d.missed = ghosts{} // read through, not from the cache
+	d.mu.Unlock()
+	if err := d.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.gets.Load() - gets; n > maxChunkLogs+1 {
+		t.Fatalf("a read of the chunk took %d requests", n)
 	}
 	m.check(t, d, s)
 	for range keepManifests {

@@ -16,7 +16,21 @@ import (
 // over more data than the cache holds would otherwise fetch a chunk per
 // read and evict what it fetched before reading it again. A chunk read
 // through twice within a while, or read by a sequential reader, is
-// fetched and cached as before.
+// fetched and cached as before, subject to the admission credit below.
+//
+// Admission credit. A chunk read through twice lately is admitted (fetched
+// whole into the cache) at once while the cache has room for it. When it
+// has not, admitting it evicts another chunk, and under random reads over
+// more than the cache holds every chunk is read twice lately: admitting
+// each would fetch 4 MiB per few KiB read and evict it before it is read
+// again (issue #16: 355 bytes downloaded per byte read). So an admission
+// that evicts spends a chunk's worth of credit, and only bytes read
+// through earn credit, one for one (capped at admitCreditMax chunks).
+// Bytes fetched to admit chunks therefore never exceed the bytes read
+// through, plus the cap: downloads stay within about twice the bytes read
+// however large the working set, while a working set that fits the cache
+// still fills it (the cache evicts, then admits, at the pace its misses
+// pay for).
 
 // ghosts remembers recently read-through chunks, oldest out first.
 type ghosts struct {
@@ -61,7 +75,7 @@ func (d *Device) readThrough(ctx context.Context, idx, coff int64, buf []byte, s
 	for attempt := 0; ; attempt++ {
 		d.mu.Lock()
 		_, cached := d.chunks[idx]
-		if cached || !d.objects.stored(idx) || d.missed.seen(idx, d.ghostCount()) {
+		if cached || !d.objects.stored(idx) || d.missed.seen(idx, d.ghostCount()) && d.admitLocked() {
 			// A cache hit (the common case) copies nothing here.
 			d.mu.Unlock()
 			return false, nil
@@ -79,8 +93,30 @@ func (d *Device) readThrough(ctx context.Context, idx, coff int64, buf []byte, s
 			return true, fmt.Errorf("chunk %d: %w", idx, err)
 		}
 		d.cfg.Metrics.miss()
+		d.mu.Lock()
+		d.credit = min(d.credit+int64(len(buf)), admitCreditMax*d.chunkSize())
+		d.mu.Unlock()
 		return true, nil
 	}
+}
+
+// admitCreditMax caps the admission credit, in chunks: what a burst of
+// admissions may fetch beyond the bytes read through.
+const admitCreditMax = 4
+
+// admitLocked reports whether a chunk read through twice lately may now
+// be fetched into the cache: at once while the cache has room for it,
+// else for a chunk's worth of admission credit; d.mu is held.
+func (d *Device) admitLocked() bool {
+	cs := d.chunkSize()
+	if b := d.cfg.Budget; b.Used()+cs <= b.Limit() {
+		return true
+	}
+	if d.credit >= cs {
+		d.credit -= cs
+		return true
+	}
+	return false
 }
 
 // ghostCount is how many read-through chunks are remembered: twice what

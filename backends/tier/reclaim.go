@@ -101,7 +101,7 @@ func (d *Device) rewriteStored(ctx context.Context, idx int64) error {
 		return err
 	}
 	defer putBuf(data, cs)
-	seq, newKey, err := d.putVersion(ctx, idx, data)
+	seq, newKey, err := d.putVersion(ctx, idx, data, UploadReclaim)
 	if err != nil {
 		return err
 	}
@@ -119,6 +119,9 @@ func (d *Device) rewriteStored(ctx context.Context, idx int64) error {
 		d.mu.Lock()
 		return nil
 	}
-	d.changed.Store(true)
+	// Not a change of the volume's content: an idle volume must not
+	// publish a recovery point (and reclaim again after it, interval
+	// after interval, each rewrite freeing more log objects) only for
+	// this. The next recovery point, after the next write, names it.
 	return d.journalPutLocked(idx, seq)
 }

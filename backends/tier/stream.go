@@ -47,7 +47,7 @@ type stream struct {
 func (d *Device) sequential(idx int64) bool {
 	d.raMu.Lock()
 	defer d.raMu.Unlock()
-	return d.inStreamLocked(idx)
+	return d.inStreamLocked(idx) && (d.raRun > 0 || d.raRead >= d.chunkSize()/2)
 }
 
 // inStreamLocked reports whether chunk idx belongs to the sequential

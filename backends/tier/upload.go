@@ -81,16 +81,49 @@ func (d *Device) uploader(ctx context.Context) {
 // one version per chunk for idleness and recovery points).
 const uploadDelay = 200 * time.Millisecond
 
+// partialDelay is how long a partial chunk holding less than
+// partialBatch of writes not yet uploaded must go unwritten before it
+// uploads (without cache pressure or a recovery point). Each upload of a
+// partial chunk adds a log object to what a read of it meets, and after
+// maxChunkLogs of them it is rewritten whole: a chunk uploaded after
+// every few writes (on a slow machine, random writes over many chunks
+// leave each idle for uploadDelay between two writes) cost a 4 MiB
+// rewrite per 16 small uploads. Holding small partial chunks until they
+// gather partialBatch, the cache fills, or the volume rests keeps each
+// log upload of a chunk large.
+const partialDelay = 5 * time.Second
+
+// partialBatch is how much a partial chunk's log upload should carry:
+// with maxChunkLogs uploads between whole rewrites, a rewrite then costs
+// at most half a byte per byte written.
+func (d *Device) partialBatch() int64 { return d.chunkSize() / 8 }
+
+// dueLocked reports whether dirty chunk c may upload now, without cache
+// pressure; d.mu is held.
+func (d *Device) dueLocked(c *chunk, now time.Time) bool {
+	if d.pressure > 0 || c.written.Load() >= d.chunkSize() {
+		return true
+	}
+	last := c.lastUse.Load()
+	if c.full || c.since == nil {
+		return last <= now.Add(-uploadDelay).UnixNano()
+	}
+	if n, _ := c.since.size(); n >= d.partialBatch() {
+		return last <= now.Add(-uploadDelay).UnixNano()
+	}
+	return last <= now.Add(-partialDelay).UnixNano()
+}
+
 // nextDirty picks a dirty chunk no other uploader holds, least recently
 // written first, once it has been idle for uploadDelay (at once when
 // writers wait for cache space).
 func (d *Device) nextDirty() *chunk {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	idleSince := time.Now().Add(-uploadDelay).UnixNano()
+	now := time.Now()
 	var pick *chunk
 	for _, c := range d.chunks {
-		if !c.dirty || c.uploading || (d.pressure == 0 && c.written.Load() < d.chunkSize() && c.lastUse.Load() > idleSince) {
+		if !c.dirty || c.uploading || !d.dueLocked(c, now) {
 			continue
 		}
 		if pick == nil || c.lastUse.Load() < pick.lastUse.Load() {
@@ -143,7 +176,7 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 	if err != nil {
 		return err
 	}
-	seq, key, err := d.putVersion(ctx, c.idx, data)
+	seq, key, err := d.putVersion(ctx, c.idx, data, UploadChunk)
 	if err != nil {
 		return err
 	}
@@ -181,7 +214,7 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 // putVersion uploads data as a new version of chunk idx. The version
 // stays in flight (spared by collect) until the caller settles it, once
 // it is journaled or abandoned.
-func (d *Device) putVersion(ctx context.Context, idx int64, data []byte) (uint64, string, error) {
+func (d *Device) putVersion(ctx context.Context, idx int64, data []byte, reason string) (uint64, string, error) {
 	seq, err := d.allocSeq()
 	if err != nil {
 		return 0, "", err
@@ -192,7 +225,7 @@ func (d *Device) putVersion(ctx context.Context, idx int64, data []byte) (uint64
 		d.settle(seq)
 		return 0, "", err
 	}
-	d.cfg.Metrics.upload(len(body))
+	d.cfg.Metrics.upload(reason, len(body))
 	return seq, key, nil
 }
 
@@ -371,6 +404,7 @@ func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, err
 		d.changed.Store(true)
 		return Manifest{}, fmt.Errorf("checkpoint: publish manifest %d: %w", m.Sequence, err)
 	}
+	d.cfg.Metrics.upload(UploadManifest, len(b))
 	if snapshot != "" {
 		if err := d.cfg.Store.Put(ctx, snapshotKey(snapshot), b, store.PutOptions{IfAbsent: true}); err != nil {
 			if errors.Is(err, store.ErrExists) {
@@ -378,6 +412,7 @@ func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, err
 			}
 			return Manifest{}, fmt.Errorf("snapshot %q: %w", snapshot, err)
 		}
+		d.cfg.Metrics.upload(UploadManifest, len(b))
 	}
 	d.mu.Lock()
 	d.lastCkpt = m.Created
@@ -491,6 +526,46 @@ func (d *Device) dirtyCount() int {
 		}
 	}
 	return n
+}
+
+// recallLastCheckpoint reads back when the newest recovery point in the
+// store was published, so TierStats (the RPO `ferry volume info` shows)
+// does not forget it across a restart. Opening a volume never waits for
+// the store: this runs in the background and retries (every few seconds,
+// up to a minute apart) until the store answers or the volume closes. The
+// time is the newest manifest's Last-Modified in the listing, which is
+// when it was published; reading the manifest itself could cost
+// megabytes for a large volume.
+func (d *Device) recallLastCheckpoint(ctx context.Context) {
+	defer d.wg.Done()
+	backoff := 2 * time.Second
+	for {
+		var newest store.ObjectInfo
+		err := d.cfg.Store.List(ctx, "manifests/", func(o store.ObjectInfo) error {
+			if strings.HasSuffix(o.Key, ".json") && o.Key > newest.Key {
+				newest = o
+			}
+			return nil
+		})
+		if err == nil {
+			d.mu.Lock()
+			if d.lastCkpt.IsZero() && !newest.Modified.IsZero() {
+				d.lastCkpt = newest.Modified.UTC()
+			}
+			d.mu.Unlock()
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		d.log.Debug("reading the last recovery point's time failed; will retry", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Minute)
+	}
 }
 
 // LatestManifest reads the newest valid manifest in s.

@@ -230,6 +230,19 @@ func TestS3Outage(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
+	// The restart did not forget the last recovery point: once the store
+	// answers, its age is read back from the bucket.
+	deadline = time.Now().Add(90 * time.Second)
+	for {
+		info := g.mustCLI("volume", "info", "o")
+		if strings.Contains(info, "recovery:     last point") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the last recovery point was not read back after a restart:\n%s", info)
+		}
+		time.Sleep(time.Second)
+	}
 	g.mustCLI("volume", "checkpoint", "o")
 	g.exportAndCompare("o")
 }

@@ -4,6 +4,10 @@
 //
 //	s3raw -endpoint http://127.0.0.1:7070 -bucket b -size 4194304 -count 256 -concurrency 4 put
 //	s3raw ... get
+//	s3raw ... -range 4096 -requests 20000 -concurrency 32 get
+//
+// With -range, get reads that many bytes at a random aligned offset of a
+// random object per request (a ranged GetObject), -requests times.
 //
 // Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. It
 // prints MiB/s on one line.
@@ -19,6 +23,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	mrand "math/rand/v2"
 	"net/url"
 	"os"
 	"time"
@@ -36,18 +41,20 @@ func main() {
 	conc := flag.Int("concurrency", 4, "requests in flight")
 	crc := flag.Bool("crc32c", false, "put as backends/s3 does (unsigned body, CRC32C header) and check it on get")
 	keys := flag.String("keys", "raw/%08d", "object key format, given the object's number")
+	rng := flag.Int64("range", 0, "get: bytes per ranged request at a random aligned offset (0: whole objects)")
+	requests := flag.Int("requests", 0, "get with -range: how many ranged requests")
 	flag.Parse()
 	if flag.NArg() != 1 || (flag.Arg(0) != "put" && flag.Arg(0) != "get") {
 		fmt.Fprintln(os.Stderr, "usage: s3raw [flags] put|get")
 		os.Exit(2)
 	}
-	if err := run(context.Background(), *endpoint, *bucket, *keys, *size, *count, *conc, *crc, flag.Arg(0)); err != nil {
+	if err := run(context.Background(), *endpoint, *bucket, *keys, *size, *count, *conc, *crc, flag.Arg(0), *rng, *requests); err != nil {
 		fmt.Fprintln(os.Stderr, "s3raw:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, endpoint, bucket, keys string, size int64, count, conc int, crc bool, op string) error {
+func run(ctx context.Context, endpoint, bucket, keys string, size int64, count, conc int, crc bool, op string, rng int64, requests int) error {
 	u, err := url.Parse(endpoint)
 	if err != nil {
 		return err
@@ -69,6 +76,9 @@ func run(ctx context.Context, endpoint, bucket, keys string, size int64, count, 
 		sum := crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli))
 		po.DisableContentSha256 = true
 		po.UserMetadata = map[string]string{"x-amz-checksum-crc32c": base64.StdEncoding.EncodeToString(binary.BigEndian.AppendUint32(nil, sum))}
+	}
+	if op == "get" && rng > 0 {
+		return ranged(ctx, c, bucket, keys, size, count, conc, rng, requests)
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(conc)
@@ -97,5 +107,39 @@ func run(ctx context.Context, endpoint, bucket, keys string, size int64, count, 
 	}
 	secs := time.Since(start).Seconds()
 	fmt.Printf("%.1f\n", float64(size)*float64(count)/(1<<20)/secs)
+	return nil
+}
+
+// ranged reads requests random aligned ranges of rng bytes of the count
+// objects, conc at a time, and prints MiB/s.
+func ranged(ctx context.Context, c *minio.Client, bucket, keys string, size int64, count, conc int, rng int64, requests int) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(conc)
+	start := time.Now()
+	for range requests {
+		key := fmt.Sprintf(keys, mrand.IntN(count))
+		off := mrand.Int64N(size/rng) * rng
+		g.Go(func() error {
+			var opts minio.GetObjectOptions
+			if err := opts.SetRange(off, off+rng-1); err != nil {
+				return err
+			}
+			o, err := c.GetObject(gctx, bucket, key, opts)
+			if err != nil {
+				return err
+			}
+			defer o.Close()
+			n, err := io.Copy(io.Discard, o)
+			if err == nil && n != rng {
+				err = fmt.Errorf("%s at %d: %d bytes, want %d", key, off, n, rng)
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	secs := time.Since(start).Seconds()
+	fmt.Printf("%.1f\n", float64(rng)*float64(requests)/(1<<20)/secs)
 	return nil
 }
