@@ -22,9 +22,15 @@ func dockerPluginFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "socket", Usage: "serve the plugin protocol on this unix socket `PATH`; Docker finds /run/docker/plugins/NAME.sock as driver NAME", Value: "/run/docker/plugins/ferry.sock", EnvVars: []string{"FERRY_DOCKER_SOCKET"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "state-dir", Usage: "keep the state file, FUSE mount points and helper logs in `DIR`", Value: "/var/lib/ferry-docker", EnvVars: []string{"FERRY_DOCKER_STATE_DIR"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "mount-root", Usage: "mount volumes at `DIR`/NAME (default STATE-DIR/mounts)", EnvVars: []string{"FERRY_DOCKER_MOUNT_ROOT"}}),
-		altsrc.NewStringFlag(&cli.StringFlag{Name: "attach", Usage: "how volumes become block devices here: auto or fuse (nbd and iscsi: not available yet)", Value: "auto", EnvVars: []string{"FERRY_DOCKER_ATTACH"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "attach", Usage: "how volumes become block devices here: nbd (kernel NBD client, reconnects), iscsi (open-iscsi), fuse (FUSE + loop device), or auto (the first of these that works)", Value: "auto", EnvVars: []string{"FERRY_DOCKER_ATTACH"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "host-id", Usage: "name this host to the gateway's attachments (default: the host name)", EnvVars: []string{"FERRY_DOCKER_HOST_ID"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stale-check", Usage: "drop mount counts Docker never undid (a container stopped while the plugin was down) once no container has used the volume for this long; 0 never", Value: docker.DefaultStaleCheck, EnvVars: []string{"FERRY_DOCKER_STALE_CHECK"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "nbd-timeout", Usage: "nbd method: the kernel's I/O timeout; a request unanswered this long marks the link dead and is retried on the next connection", Value: docker.DefaultNBDTimeout, EnvVars: []string{"FERRY_NBD_TIMEOUT"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "nbd-dead-timeout", Usage: "nbd method: how long I/O waits for a lost gateway connection to come back before it fails", Value: docker.DefaultNBDDeadTimeout, EnvVars: []string{"FERRY_NBD_DEAD_TIMEOUT"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-address", Usage: "dial the gateway's NBD listener at `HOST:PORT` instead of the address it reports (NAT)", EnvVars: []string{"FERRY_NBD_ADDRESS"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-portal", Usage: "log in at this iSCSI portal `HOST:PORT` instead of the one the gateway reports (NAT)", EnvVars: []string{"FERRY_ISCSI_PORTAL"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-chap-user", Usage: "iscsi method: CHAP user for volumes that require CHAP (default: the volume's CHAP user)", EnvVars: []string{"FERRY_ISCSI_CHAP_USER"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-chap-secret", Usage: "iscsi method: CHAP secret for volumes that require CHAP (prefer the environment or the config file to the command line)", EnvVars: []string{"FERRY_ISCSI_CHAP_SECRET"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Usage: "text (key=value lines) or json (one JSON object a line)", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"}}),
 	}
@@ -38,8 +44,11 @@ func cmdDockerPlugin() *cli.Command {
 		Description: `Runs Ferry's Docker volume plugin on this Docker host, talking to a
 gateway's admin API (--gateway). Docker finds it by its socket: the default
 /run/docker/plugins/ferry.sock makes the driver "ferry". Volumes are
-attached with FUSE + a loop device (--attach auto picks it and says so),
-formatted on first use only when empty, and mounted under --mount-root.
+attached as block devices by the kernel's NBD client (nbd: a keeper
+process per volume reconnects it when the gateway restarts), by open-iscsi
+(iscsi), or by FUSE + a loop device (fuse); --attach auto picks the first
+that works here and says why. They are formatted on first use only when
+empty, and mounted under --mount-root.
 Stopping or killing the plugin leaves mounted volumes working; the next
 start reconciles its state with what is mounted. See docs/DOCKER.md.
 
@@ -67,6 +76,22 @@ fstype (ext4, default, or xfs), readonly (true or false), from
 				&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}},
 			},
 			Action: runFUSEServe,
+		}, {
+			Name:   "nbd-keep",
+			Usage:  "connect one volume's kernel NBD device and keep it connected (started by the plugin, one per attached volume)",
+			Hidden: true,
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "nbd", Required: true, Usage: "the volume's NBD URL"},
+				&cli.StringFlag{Name: "backend", Usage: "the device's backend identifier"},
+				&cli.DurationFlag{Name: "timeout", Value: docker.DefaultNBDTimeout},
+				&cli.DurationFlag{Name: "dead-timeout", Value: docker.DefaultNBDDeadTimeout},
+				&cli.BoolFlag{Name: "read-only"},
+				&cli.StringFlag{Name: "gateway", Usage: "renew the volume's attachment at this admin API"},
+				&cli.StringFlag{Name: "volume", Usage: "the gateway volume's name"},
+				&cli.StringFlag{Name: "host-id", Usage: "this host's name in the attachment"},
+				&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}},
+			},
+			Action: runNBDKeep,
 		}},
 	}
 }
@@ -109,12 +134,26 @@ func runDockerPlugin(c *cli.Context) error {
 		GatewayAddr:   c.String("gateway"),
 		Logger:        log,
 	}
-	attacher, why, err := docker.PickAttacher(c.String("attach"), fuse)
+	nbd := &docker.NBDAttacher{
+		LogDir:        filepath.Join(state, "logs"),
+		KeeperCommand: []string{self, "docker-plugin", "nbd-keep"},
+		GatewayAddr:   c.String("gateway"),
+		Timeout:       c.Duration("nbd-timeout"),
+		DeadTimeout:   c.Duration("nbd-dead-timeout"),
+		Logger:        log,
+	}
+	iscsi := &docker.ISCSIAttacher{
+		CHAPUser:   c.String("iscsi-chap-user"),
+		CHAPSecret: c.String("iscsi-chap-secret"),
+		Logger:     log,
+	}
+	attacher, why, err := docker.PickAttacher(c.String("attach"), nbd, iscsi, fuse)
 	if err != nil {
-		if m := c.String("attach"); m != docker.MethodAuto && m != docker.MethodFUSE {
-			return usagef(c, "%v", err)
+		switch c.String("attach") {
+		case docker.MethodAuto, docker.MethodFUSE, docker.MethodNBD, docker.MethodISCSI:
+			return err
 		}
-		return err
+		return usagef(c, "%v", err)
 	}
 	log.Info("attach method", "method", attacher.Method(), "why", why)
 	staleCheck := c.Duration("stale-check")
@@ -134,6 +173,7 @@ func runDockerPlugin(c *cli.Context) error {
 		MountRoot:  mountRoot,
 		HostID:     hostID,
 		Attacher:   attacher,
+		Endpoints:  docker.Endpoints{API: c.String("gateway"), NBD: c.String("nbd-address"), ISCSI: c.String("iscsi-portal")},
 		StaleCheck: staleCheck,
 		Logger:     log,
 	})
@@ -178,6 +218,36 @@ func runFUSEServe(c *cli.Context) error {
 	err = docker.ServeFUSE(ctx, cfg)
 	if err != nil {
 		log.Error("fuse-serve", "err", err)
+	}
+	return err
+}
+
+func runNBDKeep(c *cli.Context) error {
+	log, err := newLogger(c.String("log-level"), "text")
+	if err != nil {
+		return err
+	}
+	log = log.With("nbd", c.String("nbd"))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	// Its plugin may die: a closed stdout must not kill the keeper.
+	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
+	os.WriteFile("/proc/self/oom_score_adj", []byte("-900"), 0)
+	cfg := docker.NBDKeepConfig{
+		NBDURL:      c.String("nbd"),
+		ReadOnly:    c.Bool("read-only"),
+		Timeout:     c.Duration("timeout"),
+		DeadTimeout: c.Duration("dead-timeout"),
+		Backend:     c.String("backend"),
+		Ready:       os.NewFile(3, "ready"),
+		Logger:      log,
+	}
+	if c.String("gateway") != "" {
+		cfg.Lease = &docker.Lease{Gateway: client.New(c.String("gateway")), Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodNBD, ReadOnly: c.Bool("read-only")}
+	}
+	err = docker.KeepNBD(ctx, cfg)
+	if err != nil {
+		log.Error("nbd-keep", "err", err)
 	}
 	return err
 }

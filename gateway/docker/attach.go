@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,23 +28,37 @@ const (
 // as the state file records it.
 type Attachment struct {
 	Method string `json:"method"`
-	// Device is the block device the file system lives on (/dev/loopN).
+	// Device is the block device the file system lives on (/dev/loopN,
+	// /dev/nbdN, /dev/sdX).
 	Device string `json:"device"`
 	// NBDURL is the export the data path uses.
 	NBDURL string `json:"nbd_url,omitempty"`
 	// FUSE method: the FUSE mount point (holding DiskFile) and the helper
 	// process serving it, named by pid and start time.
-	FUSEDir     string `json:"fuse_dir,omitempty"`
+	FUSEDir string `json:"fuse_dir,omitempty"`
+	// The helper (FUSE) or keeper (nbd) process, by pid and start time.
 	HelperPID   int    `json:"helper_pid,omitempty"`
 	HelperStart uint64 `json:"helper_start,omitempty"`
+	// NBD method: the device's index (/dev/nbdN) and backend identifier.
+	NBDIndex   *int   `json:"nbd_index,omitempty"`
+	NBDBackend string `json:"nbd_backend,omitempty"`
+	// iSCSI method: the node (target at portal) logged in to.
+	ISCSITarget string `json:"iscsi_target,omitempty"`
+	ISCSIPortal string `json:"iscsi_portal,omitempty"`
 }
 
 // AttachSpec is what an Attacher needs to attach a volume.
 type AttachSpec struct {
 	// Gateway is the gateway volume's name.
-	Gateway  string
-	NBDURL   string
-	ReadOnly bool
+	Gateway string
+	// NBDURL is the export (nbd, fuse methods), as this host reaches it.
+	NBDURL string
+	// ISCSITarget, ISCSIPortal and CHAPUser name the iSCSI target (iscsi
+	// method); CHAPUser is set when the volume requires CHAP.
+	ISCSITarget string
+	ISCSIPortal string
+	CHAPUser    string
+	ReadOnly    bool
 	// HostID names this host in the gateway's attachments, which the
 	// data path renews while it runs.
 	HostID string
@@ -62,26 +78,116 @@ type Attacher interface {
 	Healthy(ctx context.Context, a *Attachment) error
 }
 
-// PickAttacher returns the attacher for method; "auto" picks the first
-// that works on this host and says why.
-func PickAttacher(method string, fuse *FUSEAttacher) (Attacher, string, error) {
-	switch method {
-	case MethodFUSE:
-		if err := fuse.Available(); err != nil {
-			return nil, "", err
+// Candidate is an attach method PickAttacher can choose: an Attacher
+// that can say whether it works on this host.
+type Candidate interface {
+	Attacher
+	// Available returns why the method cannot work here, or nil.
+	Available() error
+}
+
+// PickAttacher returns the candidate for method; "auto" picks the first
+// candidate that works on this host (pass them in order of preference:
+// nbd, iscsi, fuse) and says why.
+func PickAttacher(method string, candidates ...Candidate) (Attacher, string, error) {
+	if method == MethodAuto || method == "" {
+		var why []string
+		for _, c := range candidates {
+			err := c.Available()
+			if err == nil {
+				reason := c.Method() + " (auto: works here)"
+				if len(why) > 0 {
+					reason = c.Method() + " (auto: " + strings.Join(why, "; ") + ")"
+				}
+				return c, reason, nil
+			}
+			why = append(why, fmt.Sprintf("%s: %v", c.Method(), err))
 		}
-		return fuse, "fuse (asked for)", nil
-	case MethodAuto, "":
-		// nbd and iscsi come first once they exist; for now fuse is the
-		// only method, and needs /dev/fuse and loop devices.
-		if err := fuse.Available(); err != nil {
-			return nil, "", fmt.Errorf("--attach auto: no attach method works here: fuse: %w", err)
-		}
-		return fuse, "fuse (auto: the kernel nbd and iscsi attach methods are not available yet)", nil
-	case MethodNBD, MethodISCSI:
-		return nil, "", fmt.Errorf("--attach %s is not available yet; use --attach fuse (or auto)", method)
+		return nil, "", fmt.Errorf("--attach auto: no attach method works here: %s", strings.Join(why, "; "))
 	}
-	return nil, "", fmt.Errorf("--attach %q: use auto or fuse (nbd and iscsi are not available yet)", method)
+	var names []string
+	for _, c := range candidates {
+		names = append(names, c.Method())
+		if c.Method() == method {
+			if err := c.Available(); err != nil {
+				return nil, "", fmt.Errorf("--attach %s: %w", method, err)
+			}
+			return c, method + " (asked for)", nil
+		}
+	}
+	return nil, "", fmt.Errorf("--attach %q: use auto, %s", method, strings.Join(names, ", "))
+}
+
+// Endpoints says how this host reaches the gateway's data listeners. The
+// gateway reports them as bound (nbd://127.0.0.1:10809/NAME, portal
+// 127.0.0.1:3260), which is right only on its own host.
+type Endpoints struct {
+	// API is the admin API address the plugin uses (host:port or URL).
+	API string
+	// NBD and ISCSI, when set, replace the reported HOST:PORT outright
+	// (NAT, a load balancer).
+	NBD, ISCSI string
+}
+
+// Reachable returns the address (HOST:PORT) the gateway reported for a
+// listener as this host must dial it: a loopback or wildcard host is
+// replaced by the API address's host, keeping the port, unless the API is
+// on loopback too. A loopback address on another machine is never right.
+func Reachable(reported, api string) string {
+	host, port, err := net.SplitHostPort(reported)
+	if err != nil {
+		return reported
+	}
+	if !loopbackOrAny(host) {
+		return reported
+	}
+	if strings.Contains(api, "://") {
+		if u, err := url.Parse(api); err == nil {
+			api = u.Host
+		}
+	}
+	apiHost, _, err := net.SplitHostPort(api)
+	if err != nil {
+		apiHost = strings.Trim(api, "[]")
+	}
+	if apiHost == "" || loopbackOrAny(apiHost) {
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			return net.JoinHostPort("127.0.0.1", port)
+		}
+		return reported
+	}
+	return net.JoinHostPort(apiHost, port)
+}
+
+func loopbackOrAny(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+}
+
+// NBDURL returns the export URL to dial for the one the gateway reported.
+func (e Endpoints) NBDURL(reported string) (string, error) {
+	u, err := url.Parse(reported)
+	if err != nil || u.Scheme != "nbd" || u.Host == "" {
+		return "", fmt.Errorf("the gateway reported %q, not an nbd://HOST:PORT/NAME URL", reported)
+	}
+	if e.NBD != "" {
+		u.Host = e.NBD
+	} else {
+		u.Host = Reachable(u.Host, e.API)
+	}
+	return u.String(), nil
+}
+
+// ISCSIPortal returns the portal to log in at for the one the gateway
+// reported.
+func (e Endpoints) ISCSIPortal(reported string) string {
+	if e.ISCSI != "" {
+		return e.ISCSI
+	}
+	return Reachable(reported, e.API)
 }
 
 // FUSEAttacher serves each volume as a file in a FUSE file system of its
@@ -232,17 +338,7 @@ func helperAlive(a *Attachment) bool {
 // waits for it; a helper that does not go is killed and its mount
 // detached.
 func (f *FUSEAttacher) stopHelper(a *Attachment) error {
-	if helperAlive(a) {
-		syscall.Kill(a.HelperPID, syscall.SIGTERM)
-		deadline := time.Now().Add(60 * time.Second)
-		for helperAlive(a) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if helperAlive(a) {
-			syscall.Kill(a.HelperPID, syscall.SIGKILL)
-			f.Logger.Warn("FUSE helper did not stop within 60s of SIGTERM; killed", "pid", a.HelperPID)
-		}
-	}
+	stopHelperProcess(a, f.Logger, "FUSE helper")
 	if a.FUSEDir != "" {
 		return unmount(a.FUSEDir)
 	}

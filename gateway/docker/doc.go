@@ -11,9 +11,12 @@
 //     atomically after every change and reconciled at start
 //     (reconcile.go) with /proc/self/mountinfo and the loop devices.
 //   - volume.go: one type per volume with its mount counts per Mount ID.
-//   - attach.go: the Attacher seam (one per attach method) and the FUSE
+//   - attach.go: the Attacher seam (one per attach method), picking one,
+//     the gateway's addresses as this host reaches them, and the FUSE
 //     attacher; fuse.go: the FUSE file that serves a volume over NBD
 //     (internal/nbdclient), run in a helper process per volume.
+//   - nbd.go: the kernel NBD client (internal/nbdnl, generic netlink) with
+//     a keeper process per volume that reconnects it; iscsi.go: open-iscsi.
 //   - stale.go: dropping mount counts whose Unmount never came (the
 //     plugin was down when a container stopped) once no mount namespace
 //     holds the volume; lock.go: one plugin per state directory.
@@ -25,6 +28,7 @@
 // Contract with Docker: Mount returns once the file system is mounted;
 // Unmount of the last Mount ID unmounts and detaches; Remove of a volume
 // in use is refused; a restart of the plugin keeps mounted volumes
-// mounted (their data path runs in the helper processes). Durability: an
-// fsync in a container reaches the gateway as NBD FLUSH before it returns.
+// mounted (their data path runs in helper processes or the kernel).
+// Durability: an fsync in a container reaches the gateway as a flush (NBD
+// FLUSH, SCSI SYNCHRONIZE CACHE) before it returns.
 package docker

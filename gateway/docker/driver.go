@@ -27,8 +27,11 @@ type Config struct {
 	MountRoot string
 	// HostID names this host to the gateway's attachments.
 	HostID string
-	// Attacher attaches volumes (a FUSEAttacher for now).
+	// Attacher attaches volumes (FUSEAttacher, NBDAttacher, ISCSIAttacher).
 	Attacher Attacher
+	// Endpoints says how this host reaches the gateway's NBD and iSCSI
+	// listeners.
+	Endpoints Endpoints
 	// StaleCheck is how long a mounted volume must be unused by any
 	// container before leftover mount counts are dropped (see
 	// sweepStale); 0 means DefaultStaleCheck, negative never.
@@ -273,8 +276,23 @@ func (d *Driver) attach(ctx context.Context, name string, v *volumeState) (err e
 	if err != nil {
 		return fmt.Errorf("gateway volume %s: %w", v.Gateway, err)
 	}
-	if in.Attach.NBD == nil {
-		return fmt.Errorf("the gateway serves no NBD listener, which the %s attach method needs", d.cfg.Attacher.Method())
+	spec := AttachSpec{Gateway: v.Gateway, ReadOnly: v.ReadOnly, HostID: d.cfg.HostID}
+	if d.cfg.Attacher.Method() == MethodISCSI {
+		if in.Attach.ISCSI == nil {
+			return fmt.Errorf("the gateway serves no iSCSI listener, which the iscsi attach method needs")
+		}
+		spec.ISCSITarget = in.Attach.ISCSI.Target
+		spec.ISCSIPortal = d.cfg.Endpoints.ISCSIPortal(in.Attach.ISCSI.Portal)
+		if in.Access != nil {
+			spec.CHAPUser = in.Access.CHAPUser
+		}
+	} else {
+		if in.Attach.NBD == nil {
+			return fmt.Errorf("the gateway serves no NBD listener, which the %s attach method needs", d.cfg.Attacher.Method())
+		}
+		if spec.NBDURL, err = d.cfg.Endpoints.NBDURL(in.Attach.NBD.URL); err != nil {
+			return err
+		}
 	}
 	if err := d.takeAttachment(ctx, v, false); err != nil {
 		return err
@@ -284,7 +302,7 @@ func (d *Driver) attach(ctx context.Context, name string, v *volumeState) (err e
 			d.cfg.Gateway.Detach(context.WithoutCancel(ctx), v.Gateway, d.cfg.HostID)
 		}
 	}()
-	a, err := d.cfg.Attacher.Attach(ctx, AttachSpec{Gateway: v.Gateway, NBDURL: in.Attach.NBD.URL, ReadOnly: v.ReadOnly, HostID: d.cfg.HostID})
+	a, err := d.cfg.Attacher.Attach(ctx, spec)
 	if err != nil {
 		return fmt.Errorf("attach %s: %w", name, err)
 	}

@@ -208,6 +208,15 @@ func (c *Client) handshake(ctx context.Context) (net.Conn, int64, uint16, error)
 	return conn, size, flags, nil
 }
 
+// Negotiate does the fixed newstyle handshake for export on a fresh
+// connection (NBD_OPT_GO) and returns the export's size and transmission
+// flags; the connection is then in the transmission phase, ready to be
+// handed to another NBD client (the kernel's). A refused export wraps
+// ErrRefused.
+func Negotiate(conn net.Conn, export string) (size int64, flags uint16, err error) {
+	return negotiate(conn, export)
+}
+
 func negotiate(conn net.Conn, export string) (int64, uint16, error) {
 	var hello [18]byte
 	if _, err := io.ReadFull(conn, hello[:]); err != nil {

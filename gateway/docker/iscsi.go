@@ -1,0 +1,330 @@
+package docker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultISCSIReplacementTimeout is how long the initiator queues I/O for
+// a lost session before failing it (node.session.timeo.replacement_timeout):
+// long enough for a gateway restart.
+const DefaultISCSIReplacementTimeout = 120 * time.Second
+
+// iscsiadm exit codes (open-iscsi include/iscsi_err.h).
+const (
+	iscsiErrSessExists = 15 // ISCSI_ERR_SESS_EXISTS: already logged in
+	iscsiErrNoObjs     = 21 // ISCSI_ERR_NO_OBJS_FOUND: no such record or session
+)
+
+// iscsiadmAbstractSocket is iscsid's control socket (abstract namespace).
+const iscsiadmAbstractSocket = "@ISCSIADM_ABSTRACT_NAMESPACE"
+
+// ISCSIAttacher attaches volumes with open-iscsi: a node record per
+// volume at the portal the gateway reports (made reachable: see
+// Endpoints), logged in manually, with a replacement timeout that rides
+// out gateway restarts. The kernel and iscsid reconnect the session; no
+// process of Ferry's is in the data path.
+type ISCSIAttacher struct {
+	// CHAPUser and CHAPSecret log in to volumes that require CHAP;
+	// CHAPUser defaults to the volume's CHAP user.
+	CHAPUser, CHAPSecret string
+	// ReplacementTimeout: 0 means DefaultISCSIReplacementTimeout.
+	ReplacementTimeout time.Duration
+	Logger             *slog.Logger
+
+	// sysRoot is where sysfs is ("" for /sys), for tests.
+	sysRoot string
+}
+
+var _ Candidate = (*ISCSIAttacher)(nil)
+
+// Method implements Attacher.
+func (s *ISCSIAttacher) Method() string { return MethodISCSI }
+
+// Available reports whether iscsiadm, iscsid and the iscsi_tcp module are
+// there; it needs root.
+func (s *ISCSIAttacher) Available() error {
+	if os.Geteuid() != 0 {
+		return errors.New("open-iscsi needs root")
+	}
+	if _, err := exec.LookPath("iscsiadm"); err != nil {
+		return fmt.Errorf("iscsiadm (open-iscsi) not found: %w", err)
+	}
+	c, err := net.DialTimeout("unix", iscsiadmAbstractSocket, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("iscsid is not running (systemctl start iscsid): %w", err)
+	}
+	c.Close()
+	if _, err := os.Stat("/sys/module/iscsi_tcp"); err != nil {
+		if _, err := run(context.Background(), "modprobe", "iscsi_tcp"); err != nil {
+			return fmt.Errorf("no iscsi_tcp module: %w", err)
+		}
+	}
+	return nil
+}
+
+// iscsiadm runs iscsiadm; an exit code in ok counts as success. Values
+// after a "node.session.auth.password" name are left out of errors.
+func iscsiadm(ctx context.Context, ok []int, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "iscsiadm", args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		for _, c := range ok {
+			if ee.ExitCode() == c {
+				return out.String(), nil
+			}
+		}
+	}
+	if err != nil {
+		return out.String(), fmt.Errorf("iscsiadm %s: %w: %s", strings.Join(redact(args), " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// redact replaces secrets in iscsiadm arguments.
+func redact(args []string) []string {
+	out := append([]string(nil), args...)
+	for i := 0; i+2 < len(out); i++ {
+		if out[i] == "-n" && strings.HasPrefix(out[i+1], "node.session.auth.password") && out[i+2] == "-v" && i+3 < len(out) {
+			out[i+3] = "REDACTED"
+		}
+	}
+	return out
+}
+
+// Attach implements Attacher.
+func (s *ISCSIAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachment, error) {
+	if spec.ISCSITarget == "" || spec.ISCSIPortal == "" {
+		return nil, errors.New("no iSCSI target or portal for the volume")
+	}
+	if spec.CHAPUser != "" && s.CHAPSecret == "" {
+		return nil, fmt.Errorf("volume %s requires CHAP (user %q) and no secret was given: set --iscsi-chap-secret or FERRY_ISCSI_CHAP_SECRET", spec.Gateway, spec.CHAPUser)
+	}
+	node := []string{"-m", "node", "-T", spec.ISCSITarget, "-p", spec.ISCSIPortal}
+	set := func(name, value string) error {
+		_, err := iscsiadm(ctx, nil, append(append([]string(nil), node...), "-o", "update", "-n", name, "-v", value)...)
+		return err
+	}
+	a := &Attachment{Method: MethodISCSI, ISCSITarget: spec.ISCSITarget, ISCSIPortal: spec.ISCSIPortal}
+	fail := func(err error) (*Attachment, error) {
+		s.Detach(context.WithoutCancel(ctx), a)
+		return nil, fmt.Errorf("iscsi %s at %s: %w", spec.ISCSITarget, spec.ISCSIPortal, err)
+	}
+	// The portal is the one given, never what discovery returns (the
+	// target's own address, loopback on the gateway's host).
+	if _, err := iscsiadm(ctx, nil, append(append([]string(nil), node...), "-o", "new")...); err != nil {
+		return nil, fmt.Errorf("iscsi %s at %s: %w", spec.ISCSITarget, spec.ISCSIPortal, err)
+	}
+	rt := s.ReplacementTimeout
+	if rt == 0 {
+		rt = DefaultISCSIReplacementTimeout
+	}
+	// Manual: a reboot does not log in again behind the plugin's back.
+	if err := set("node.startup", "manual"); err != nil {
+		return fail(err)
+	}
+	if err := set("node.session.timeo.replacement_timeout", strconv.Itoa(int(rt/time.Second))); err != nil {
+		return fail(err)
+	}
+	if spec.CHAPUser != "" {
+		user := s.CHAPUser
+		if user == "" {
+			user = spec.CHAPUser
+		}
+		for _, kv := range [][2]string{{"node.session.auth.authmethod", "CHAP"}, {"node.session.auth.username", user}, {"node.session.auth.password", s.CHAPSecret}} {
+			if err := set(kv[0], kv[1]); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if _, err := iscsiadm(ctx, []int{iscsiErrSessExists}, append(append([]string(nil), node...), "--login")...); err != nil {
+		return fail(err)
+	}
+	dev, err := s.waitDevice(ctx, spec.ISCSITarget, spec.ISCSIPortal, 30*time.Second)
+	if err != nil {
+		return fail(err)
+	}
+	a.Device = dev
+	if spec.ReadOnly {
+		if _, err := run(ctx, "blockdev", "--setro", dev); err != nil {
+			return fail(err)
+		}
+	}
+	return a, nil
+}
+
+// waitDevice waits for the session's LUN 0 to show as a block device
+// (sysfs, then /dev: devtmpfs makes the node without udev).
+func (s *ISCSIAttacher) waitDevice(ctx context.Context, target, portal string, d time.Duration) (string, error) {
+	deadline := time.Now().Add(d)
+	var last error
+	for {
+		dev, err := s.sessionDevice(ctx, target, portal)
+		if err == nil {
+			if _, err = os.Stat(dev); err == nil {
+				return dev, nil
+			}
+		}
+		last = err
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no block device after %s: %w", d, last)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// errNoSession: no session to the target.
+var errNoSession = errors.New("no iSCSI session")
+
+// sessionDevice finds the session to target (at portal, preferably) and
+// its LUN 0's block device.
+func (s *ISCSIAttacher) sessionDevice(ctx context.Context, target, portal string) (string, error) {
+	out, err := iscsiadm(ctx, []int{iscsiErrNoObjs}, "-m", "session")
+	if err != nil {
+		return "", err
+	}
+	sid, ok := findSession(parseSessions(out), target, portal)
+	if !ok {
+		return "", fmt.Errorf("%w to %s", errNoSession, target)
+	}
+	return sessionDisk(s.sysRoot, sid)
+}
+
+// iscsiSession is one line of `iscsiadm -m session`.
+type iscsiSession struct {
+	SID    int
+	Portal string // HOST:PORT, without the ",TPGT"
+	Target string
+}
+
+// parseSessions parses `iscsiadm -m session`:
+//
+//	tcp: [1] 10.0.2.100:3260,1 iqn.2024-01.io.ferry:v1 (non-flash)
+//	tcp: [2] [fd00::5]:3260,1 iqn.2024-01.io.ferry:v2 (non-flash)
+func parseSessions(out string) []iscsiSession {
+	var ss []iscsiSession
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[1], "[") || !strings.HasSuffix(f[1], "]") {
+			continue
+		}
+		sid, err := strconv.Atoi(strings.Trim(f[1], "[]"))
+		if err != nil {
+			continue
+		}
+		portal := f[2]
+		if i := strings.LastIndexByte(portal, ','); i >= 0 {
+			portal = portal[:i]
+		}
+		ss = append(ss, iscsiSession{SID: sid, Portal: portal, Target: f[3]})
+	}
+	return ss
+}
+
+// findSession picks the session to target, the one at portal if several.
+func findSession(ss []iscsiSession, target, portal string) (int, bool) {
+	sid, found := 0, false
+	for _, s := range ss {
+		if s.Target != target {
+			continue
+		}
+		if samePortal(s.Portal, portal) {
+			return s.SID, true
+		}
+		if !found {
+			sid, found = s.SID, true
+		}
+	}
+	return sid, found
+}
+
+func samePortal(a, b string) bool {
+	ah, ap, err1 := net.SplitHostPort(a)
+	bh, bp, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil {
+		return a == b
+	}
+	if ap != bp {
+		return false
+	}
+	ai, bi := net.ParseIP(ah), net.ParseIP(bh)
+	if ai != nil && bi != nil {
+		return ai.Equal(bi)
+	}
+	return ah == bh
+}
+
+// sessionDisk walks sysfs from session sid to its LUN 0's block device:
+// /sys/class/iscsi_session/sessionN/device/targetH:C:T/H:C:T:0/block/sdX.
+func sessionDisk(sysRoot string, sid int) (string, error) {
+	if sysRoot == "" {
+		sysRoot = "/sys"
+	}
+	dir := filepath.Join(sysRoot, "class/iscsi_session", "session"+strconv.Itoa(sid), "device")
+	if _, err := os.Stat(dir); err != nil {
+		return "", fmt.Errorf("session %d in sysfs: %w", sid, err)
+	}
+	matches, err := filepath.Glob(filepath.Join(dir, "target*", "*:*:*:0", "block", "*"))
+	if err != nil {
+		return "", err
+	}
+	if len(matches) == 0 {
+		return "", fmt.Errorf("session %d has no LUN 0 block device (yet)", sid)
+	}
+	if len(matches) > 1 {
+		return "", fmt.Errorf("session %d has %d LUN 0 block devices: %v", sid, len(matches), matches)
+	}
+	return "/dev/" + filepath.Base(matches[0]), nil
+}
+
+// Detach implements Attacher: log out and delete the node record; what
+// is gone already is fine.
+func (s *ISCSIAttacher) Detach(ctx context.Context, a *Attachment) error {
+	if a.ISCSITarget == "" || a.ISCSIPortal == "" {
+		return nil
+	}
+	node := []string{"-m", "node", "-T", a.ISCSITarget, "-p", a.ISCSIPortal}
+	var errs []error
+	if _, err := iscsiadm(ctx, []int{iscsiErrNoObjs}, append(append([]string(nil), node...), "--logout")...); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := iscsiadm(ctx, []int{iscsiErrNoObjs}, append(append([]string(nil), node...), "-o", "delete")...); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Healthy implements Attacher: the session exists and its LUN 0 is still
+// the recorded device. A session that is reconnecting counts: the
+// initiator queues its I/O for the replacement timeout.
+func (s *ISCSIAttacher) Healthy(ctx context.Context, a *Attachment) error {
+	dev, err := s.sessionDevice(ctx, a.ISCSITarget, a.ISCSIPortal)
+	if err != nil {
+		return err
+	}
+	if dev != a.Device {
+		return fmt.Errorf("the session's disk is %s, not %s", dev, a.Device)
+	}
+	return nil
+}

@@ -1,0 +1,114 @@
+package docker
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestParseSessions(t *testing.T) {
+	out := `tcp: [1] 10.0.2.100:3260,1 iqn.2024-01.io.ferry:v1 (non-flash)
+tcp: [12] [fd00::5]:3260,1 iqn.2024-01.io.ferry:v2 (non-flash)
+tcp: [3] 127.0.0.1:3260,1 iqn.2024-01.io.ferry:v1
+iscsiadm: No active sessions.
+garbage line
+`
+	got := parseSessions(out)
+	want := []iscsiSession{
+		{SID: 1, Portal: "10.0.2.100:3260", Target: "iqn.2024-01.io.ferry:v1"},
+		{SID: 12, Portal: "[fd00::5]:3260", Target: "iqn.2024-01.io.ferry:v2"},
+		{SID: 3, Portal: "127.0.0.1:3260", Target: "iqn.2024-01.io.ferry:v1"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("parseSessions:\n got %+v\nwant %+v", got, want)
+	}
+	for _, c := range []struct {
+		target, portal string
+		sid            int
+		ok             bool
+	}{
+		{"iqn.2024-01.io.ferry:v1", "127.0.0.1:3260", 3, true},  // the portal decides
+		{"iqn.2024-01.io.ferry:v1", "10.0.2.100:3260", 1, true}, //
+		{"iqn.2024-01.io.ferry:v1", "gw.example:3260", 1, true}, // a name iscsiadm resolved: the first
+		{"iqn.2024-01.io.ferry:v2", "[fd00:0::5]:3260", 12, true},
+		{"iqn.2024-01.io.ferry:v3", "10.0.2.100:3260", 0, false},
+	} {
+		sid, ok := findSession(got, c.target, c.portal)
+		if sid != c.sid || ok != c.ok {
+			t.Errorf("findSession(%s, %s) = %d, %v; want %d, %v", c.target, c.portal, sid, ok, c.sid, c.ok)
+		}
+	}
+	if len(parseSessions("iscsiadm: No active sessions.\n")) != 0 {
+		t.Error("sessions parsed from nothing")
+	}
+}
+
+// fakeSysfs lays out sysfs as the kernel does for an iSCSI session:
+// the class link to the session's transport device, whose "device" link
+// is the session, holding the SCSI target and its LUNs.
+func fakeSysfs(t *testing.T, sid, host int, luns map[string]string) string {
+	root := t.TempDir()
+	sess := filepath.Join(root, "devices/platform", "host"+itoa(host), "session"+itoa(sid))
+	mk := func(p string) {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ln := func(target, link string) {
+		mk(filepath.Dir(link))
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk(filepath.Join(sess, "iscsi_session", "session"+itoa(sid)))
+	ln("../../../session"+itoa(sid), filepath.Join(sess, "iscsi_session", "session"+itoa(sid), "device"))
+	ln("../../devices/platform/host"+itoa(host)+"/session"+itoa(sid)+"/iscsi_session/session"+itoa(sid), filepath.Join(root, "class/iscsi_session", "session"+itoa(sid)))
+	tgt := filepath.Join(sess, "target"+itoa(host)+":0:0")
+	for lun, disk := range luns {
+		mk(filepath.Join(tgt, itoa(host)+":0:0:"+lun, "block", disk))
+	}
+	return root
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestSessionDisk(t *testing.T) {
+	root := fakeSysfs(t, 14, 7, map[string]string{"0": "sdc", "1": "sdd"})
+	dev, err := sessionDisk(root, 14)
+	if err != nil || dev != "/dev/sdc" {
+		t.Fatalf("sessionDisk = %q, %v; want /dev/sdc (LUN 0, not 1)", dev, err)
+	}
+	if _, err := sessionDisk(root, 5); err == nil {
+		t.Fatal("a session that does not exist has a disk")
+	}
+	// Logged in, LUN not scanned yet: an error to wait on.
+	root = fakeSysfs(t, 2, 3, nil)
+	if _, err := sessionDisk(root, 2); err == nil || !strings.Contains(err.Error(), "no LUN 0") {
+		t.Fatalf("session without LUNs: %v", err)
+	}
+}
+
+func TestRedactCHAPSecret(t *testing.T) {
+	args := []string{"-m", "node", "-T", "iqn.x:v", "-p", "1.2.3.4:3260", "-o", "update", "-n", "node.session.auth.password", "-v", "s3cret"}
+	got := strings.Join(redact(args), " ")
+	if strings.Contains(got, "s3cret") || !strings.Contains(got, "REDACTED") {
+		t.Fatalf("redacted: %s", got)
+	}
+	if args[len(args)-1] != "s3cret" {
+		t.Fatal("redact changed its argument")
+	}
+}
+
+// A volume that requires CHAP is refused, before iscsiadm runs, when the
+// plugin has no secret; the message says how to give one.
+func TestISCSINeedsCHAPSecret(t *testing.T) {
+	s := &ISCSIAttacher{}
+	_, err := s.Attach(context.Background(), AttachSpec{Gateway: "v1", ISCSITarget: "iqn.x:v1", ISCSIPortal: "10.0.2.100:3260", CHAPUser: "alice"})
+	if err == nil || !strings.Contains(err.Error(), "--iscsi-chap-secret") {
+		t.Fatalf("got %v", err)
+	}
+}
