@@ -86,6 +86,15 @@ type Candidate interface {
 	Available() error
 }
 
+// Sweeper is an attach method that can find what it attached on this
+// host: Sweep takes down what it attached for host (the plugin's host ID)
+// to one of the plugin's volumes (gateway names in known) and no recorded
+// attachment (keep) holds. The driver calls it at start, after
+// reconciling.
+type Sweeper interface {
+	Sweep(ctx context.Context, host string, known map[string]bool, keep []*Attachment) error
+}
+
 // PickAttacher returns the candidate for method; "auto" picks the first
 // candidate that works on this host (pass them in order of preference:
 // nbd, iscsi, fuse) and says why.

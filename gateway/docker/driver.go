@@ -101,6 +101,19 @@ func NewDriver(ctx context.Context, cfg Config) (*Driver, error) {
 	if err := d.reconcile(ctx); err != nil {
 		return nil, err
 	}
+	if s, ok := cfg.Attacher.(Sweeper); ok {
+		known := map[string]bool{}
+		var keep []*Attachment
+		for _, v := range d.st.Volumes {
+			known[v.Gateway] = true
+			if v.Attachment != nil {
+				keep = append(keep, v.Attachment)
+			}
+		}
+		if err := s.Sweep(ctx, cfg.HostID, known, keep); err != nil {
+			d.log.Warn("take down leftover attachments", "err", err)
+		}
+	}
 	go d.renewLoop()
 	return d, nil
 }

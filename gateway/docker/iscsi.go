@@ -166,6 +166,9 @@ func (s *ISCSIAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachmen
 			return fail(err)
 		}
 	}
+	if s.Logger != nil {
+		s.Logger.Info("iscsi session logged in", "target", spec.ISCSITarget, "portal", spec.ISCSIPortal, "device", dev, "chap", spec.CHAPUser != "")
+	}
 	return a, nil
 }
 

@@ -322,7 +322,9 @@ func (kp *keeper) run(ctx context.Context) error {
 			// The event may be late, for a socket already replaced: act
 			// only once the current socket is shut down too.
 			if contains(dead, kp.index) && kp.waitShut(ctx, time.Second) {
-				kp.reconnect(ctx, "link dead")
+				if err := kp.reconnect(ctx, "link dead"); err != nil {
+					return err
+				}
 				shutBefore = false
 			}
 			if kp.cfg.eventDone != nil {
@@ -347,7 +349,9 @@ func (kp *keeper) run(ctx context.Context) error {
 			// the link dead, and the event was lost.
 			shut := socketShut(kp.conn)
 			if shut && shutBefore {
-				kp.reconnect(ctx, "socket shut down (no link-dead event seen)")
+				if err := kp.reconnect(ctx, "socket shut down (no link-dead event seen)"); err != nil {
+					return err
+				}
 				shut = false
 			}
 			shutBefore = shut
@@ -384,8 +388,9 @@ func (kp *keeper) waitShut(ctx context.Context, d time.Duration) bool {
 
 // reconnect redials with backoff until the gateway answers and the kernel
 // takes the new socket, or ctx ends. It logs the loss and the recovery
-// once each.
-func (kp *keeper) reconnect(ctx context.Context, why string) {
+// once each. A device no longer configured (disconnected meanwhile) ends
+// it with ErrNBDGone.
+func (kp *keeper) reconnect(ctx context.Context, why string) error {
 	start := time.Now()
 	kp.log.Warn("nbd link to the gateway lost; reconnecting (I/O waits)", "why", why, "dead_timeout", kp.cfg.DeadTimeout)
 	backoff := kp.cfg.minBackoff
@@ -400,9 +405,16 @@ func (kp *keeper) reconnect(ctx context.Context, why string) {
 				kp.conn.Close()
 				kp.conn = conn
 				kp.log.Info("nbd link restored", "attempts", attempt, "down_for", time.Since(start).Round(time.Millisecond))
-				return
+				return nil
 			}
 			conn.Close()
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ok, cerr := kp.k.Connected(cctx, kp.index)
+		cancel()
+		if cerr == nil && !ok {
+			kp.log.Error("nbd device is no longer connected; keeper exiting", "err", err)
+			return ErrNBDGone
 		}
 		if errors.Is(err, nbdclient.ErrRefused) && !errors.Is(last, nbdclient.ErrRefused) {
 			kp.log.Error("the gateway refuses the export (volume removed?); still trying", "err", err)
@@ -411,7 +423,7 @@ func (kp *keeper) reconnect(ctx context.Context, why string) {
 		kp.log.Debug("nbd redial", "attempt", attempt, "err", err)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, kp.cfg.maxBackoff)
@@ -445,12 +457,27 @@ type NBDAttacher struct {
 	// Timeout, DeadTimeout: 0 means DefaultNBDTimeout, DefaultNBDDeadTimeout.
 	Timeout, DeadTimeout time.Duration
 	Logger               *slog.Logger
+
+	// For tests: where sysfs is ("" for /sys), and how a device is
+	// disconnected (nil: netlink).
+	sysRoot    string
+	disconnect func(ctx context.Context, index int) error
 }
 
-var _ Attacher = (*NBDAttacher)(nil)
+var (
+	_ Candidate = (*NBDAttacher)(nil)
+	_ Sweeper   = (*NBDAttacher)(nil)
+)
 
 // Method implements Attacher.
 func (n *NBDAttacher) Method() string { return MethodNBD }
+
+func (n *NBDAttacher) log() *slog.Logger {
+	if n.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return n.Logger
+}
 
 // Available loads the nbd module when it is not, and checks that its
 // netlink family answers; it needs root.
@@ -470,14 +497,16 @@ func (n *NBDAttacher) Available() error {
 	return c.Close()
 }
 
-// nbdBackend names a gateway volume's device in /sys/block/nbdN/backend.
-func nbdBackend(gateway string) string { return "ferry:" + gateway }
+// nbdBackend names a gateway volume's device attached for host in
+// /sys/block/nbdN/backend: ferry:HOST:GATEWAY-NAME (the host ID keeps two
+// plugins on one host, as in the acceptance tests, apart).
+func nbdBackend(host, gateway string) string { return "ferry:" + host + ":" + gateway }
 
 // Attach implements Attacher: it starts the volume's keeper and waits for
 // it to name the device.
 func (n *NBDAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachment, error) {
 	timeout, dead := n.timeouts()
-	args := []string{"--nbd", spec.NBDURL, "--backend", nbdBackend(spec.Gateway), "--timeout", timeout.String(), "--dead-timeout", dead.String()}
+	args := []string{"--nbd", spec.NBDURL, "--backend", nbdBackend(spec.HostID, spec.Gateway), "--timeout", timeout.String(), "--dead-timeout", dead.String()}
 	if spec.ReadOnly {
 		args = append(args, "--read-only")
 	}
@@ -493,7 +522,7 @@ func (n *NBDAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachment,
 		h.kill()
 		return nil, fmt.Errorf("nbd keeper for %s said %q, not ready INDEX", spec.Gateway, line)
 	}
-	a := &Attachment{Method: MethodNBD, NBDURL: spec.NBDURL, Device: fmt.Sprintf("/dev/nbd%d", index), NBDIndex: &index, NBDBackend: nbdBackend(spec.Gateway), HelperPID: h.pid, HelperStart: h.start}
+	a := &Attachment{Method: MethodNBD, NBDURL: spec.NBDURL, Device: fmt.Sprintf("/dev/nbd%d", index), NBDIndex: &index, NBDBackend: nbdBackend(spec.HostID, spec.Gateway), HelperPID: h.pid, HelperStart: h.start}
 	// A device the kernel made just now (past nbds_max) may take a moment
 	// to show in /dev.
 	for i := 0; ; i++ {
@@ -542,7 +571,7 @@ func (a *Attachment) nbdOurs() bool {
 // stops; a device still connected after (the keeper was gone) is
 // disconnected here.
 func (n *NBDAttacher) Detach(ctx context.Context, a *Attachment) error {
-	if err := stopHelperProcess(a, n.Logger, "nbd keeper"); err != nil {
+	if err := stopHelperProcess(a, n.log(), "nbd keeper"); err != nil {
 		return err
 	}
 	if a.NBDIndex == nil {
@@ -559,7 +588,7 @@ func (n *NBDAttacher) Detach(ctx context.Context, a *Attachment) error {
 	}
 	for _, d := range ds {
 		if d.Index == *a.NBDIndex && d.Connected && a.nbdOurs() {
-			n.Logger.Info("nbd device still connected after its keeper stopped; disconnecting", "device", a.Device)
+			n.log().Info("nbd device still connected after its keeper stopped; disconnecting", "device", a.Device)
 			return c.Disconnect(ctx, *a.NBDIndex)
 		}
 	}
@@ -683,4 +712,53 @@ func stopHelperProcess(a *Attachment, log *slog.Logger, what string) error {
 		}
 	}
 	return nil
+}
+
+// Sweep implements Sweeper: an nbd device connected to one of the
+// plugin's volumes for this host (its backend file says
+// "ferry:HOST:GATEWAY-NAME") that no recorded attachment holds was left by
+// a crash between attaching and saving the state; it is disconnected, and
+// its keeper, finding it gone, exits (and stops renewing the volume's
+// gateway attachment).
+func (n *NBDAttacher) Sweep(ctx context.Context, host string, known map[string]bool, keep []*Attachment) error {
+	root := n.sysRoot
+	if root == "" {
+		root = "/sys"
+	}
+	files, err := filepath.Glob(filepath.Join(root, "block", "nbd*", "backend"))
+	if err != nil || len(files) == 0 {
+		return err
+	}
+	kept := map[int]bool{}
+	for _, a := range keep {
+		if a.Method == MethodNBD && a.NBDIndex != nil {
+			kept[*a.NBDIndex] = true
+		}
+	}
+	disconnect := n.disconnect
+	var errs []error
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // disconnected meanwhile
+		}
+		gw, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "ferry:"+host+":")
+		index, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(filepath.Dir(f)), "nbd"))
+		if !ok || err != nil || !known[gw] || kept[index] {
+			continue
+		}
+		if disconnect == nil {
+			c, err := nbdnl.Dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			disconnect = c.Disconnect
+		}
+		n.log().Warn("disconnecting an nbd device of this plugin's that its state does not record (a crash while attaching)", "device", fmt.Sprintf("/dev/nbd%d", index), "gateway_volume", gw)
+		if err := disconnect(ctx, index); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -385,6 +386,38 @@ func TestKeeperExitsWhenDeviceGone(t *testing.T) {
 	}
 }
 
+// A device disconnected while its link is down (the gateway away) ends
+// the keeper rather than leave it redialing for nothing.
+func TestKeeperExitsWhenDeviceGoneWhileReconnecting(t *testing.T) {
+	g := startGateway(t, map[string]device.Device{"v": mem.New(1 << 20)})
+	k := newFakeKernel(3, false)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- KeepNBD(ctx, NBDKeepConfig{NBDURL: "nbd://" + g.addr + "/v", kernel: k, checkEvery: time.Hour, minBackoff: 5 * time.Millisecond, maxBackoff: 20 * time.Millisecond, Ready: pw})
+	}()
+	io.ReadFull(pr, make([]byte, 8))
+	g.stop()
+	errc := make(chan error, 1)
+	go func() { errc <- k.write(pattern(512, 1), 0) }() // meets the dead link
+	k.mu.Lock()
+	for !k.dead {
+		k.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+		k.mu.Lock()
+	}
+	k.mu.Unlock()
+	k.Disconnect(ctx, 3)
+	if err := <-done; !errors.Is(err, ErrNBDGone) {
+		t.Fatalf("keeper returned %v, want ErrNBDGone", err)
+	}
+	if err := <-errc; err == nil {
+		t.Fatal("a write to a disconnected device succeeded")
+	}
+}
+
 // A read-only volume's device is connected read-only; an unknown export
 // is refused before any device is configured.
 func TestKeeperReadOnlyAndRefused(t *testing.T) {
@@ -431,5 +464,41 @@ func TestStartHelper(t *testing.T) {
 	_, _, err = startHelper(context.Background(), []string{"sh", "-c", "exit 3"}, nil, filepath.Join(dir, "logs", "w.log"), 10*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "w.log") {
 		t.Fatalf("a helper that exited: %v", err)
+	}
+}
+
+// At start, an nbd device of one of the plugin's volumes that no recorded
+// attachment holds is disconnected; devices of other volumes, of another
+// plugin (host ID) on this host, of other backends, and the recorded ones
+// are left alone.
+func TestNBDSweep(t *testing.T) {
+	root := t.TempDir()
+	for dev, backend := range map[string]string{
+		"nbd0":  "ferry:h1:a",     // recorded
+		"nbd1":  "ferry:h1:b",     // left by a crash
+		"nbd2":  "ferry:h1:other", // not one of this plugin's volumes
+		"nbd3":  "rbd:pool/img",
+		"nbd5":  "ferry:h2:b", // another plugin on this host
+		"nbd12": "ferry:h1:c", // left by a crash
+	} {
+		os.MkdirAll(filepath.Join(root, "block", dev), 0o755)
+		if err := os.WriteFile(filepath.Join(root, "block", dev, "backend"), []byte(backend+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.MkdirAll(filepath.Join(root, "block", "nbd4"), 0o755) // not connected: no backend file
+	var got []int
+	n := &NBDAttacher{sysRoot: root, disconnect: func(ctx context.Context, index int) error {
+		got = append(got, index)
+		return nil
+	}}
+	zero := 0
+	keep := []*Attachment{{Method: MethodNBD, NBDIndex: &zero}, {Method: MethodFUSE}}
+	if err := n.Sweep(context.Background(), "h1", map[string]bool{"a": true, "b": true, "c": true}, keep); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, []int{1, 12}) {
+		t.Fatalf("disconnected %v, want [1 12]", got)
 	}
 }
