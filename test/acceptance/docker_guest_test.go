@@ -43,7 +43,8 @@ func gatewayPorts(t *testing.T, g *gateway) []int {
 
 // TestGuestSmoke boots the kernel-initiator test guest: it loads nbd and
 // iscsi_tcp, runs iscsid, runs the ferry binary built for this test, and
-// reaches the host's gateway through the forwarded API port.
+// reaches the host's gateway through the forwarded API port, and reads a
+// line the host sends on its control port.
 func TestGuestSmoke(t *testing.T) {
 	img := guest.Require(t)
 	g := startGateway(t)
@@ -61,11 +62,21 @@ done
 pidof iscsid >/dev/null && iscsiadm --version >/dev/null && say "iscsid running"
 say "ferry $(ferry version | head -1)"
 curl -sSf http://%s:%d/healthz >/dev/null && say "gateway healthz ok"
+say "listening"
+read -r line </dev/ttyS1 && say "got $line"
 `, guest.HostAddr, ports[0]),
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var seen []string
+	m, err := vm.Expect(ctx, "listening", func(m string) error { seen = append(seen, m); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen = append(seen, m)
+	if err := vm.Send("ping from the host"); err != nil {
+		t.Fatal(err)
+	}
 	for {
 		m, err := vm.Next(ctx)
 		if err != nil {
@@ -78,7 +89,8 @@ curl -sSf http://%s:%d/healthz >/dev/null && say "gateway healthz ok"
 		t.Fatalf("guest: exit %d, %v", rc, err)
 	}
 	all := strings.Join(seen, "\n")
-	for _, want := range []string{"ready", "loaded nbd", "loaded iscsi_tcp", "device /dev/nbd0", "iscsid running", "ferry ferry", "gateway healthz ok"} {
+	t.Logf("guest markers:\n%s", all)
+	for _, want := range []string{"ready", "loaded nbd", "loaded iscsi_tcp", "device /dev/nbd0", "iscsid running", "ferry ferry", "gateway healthz ok", "got ping from the host"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("guest never said %q; it said:\n%s", want, all)
 		}
@@ -99,6 +111,7 @@ say() { echo "FERRY-GUEST: $*"; }
 dump() {
 	echo "--- plugin log"; tail -n 80 /var/log/ferry-plugin.log
 	for f in /var/lib/ferry-docker/logs/*.log; do [ -e "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done
+	echo "--- iscsid"; grep -v "Poll was woken" /var/log/iscsid.log | tail -n 120
 	echo "--- dmesg"; dmesg | tail -n 80
 }
 fail() { dump; say "error $*"; exit 1; }
@@ -196,15 +209,22 @@ func TestDockerPluginGuest(t *testing.T) {
 	}
 	cycles := guestCycles(t)
 	for _, method := range []string{"nbd", "iscsi"} {
-		t.Run(method, func(t *testing.T) { guestKill9Writes(t, img, method, cycles) })
+		t.Run(method, func(t *testing.T) {
+			t.Parallel() // one guest per CPU: TCG runs a guest's CPU in one host thread
+			guestKill9Writes(t, img, method, cycles)
+		})
 	}
 }
 
 func guestKill9Writes(t *testing.T, img guest.Image, method string, cycles int) {
 	g := startGateway(t)
 	ports := gatewayPorts(t, g)
-	script := strings.NewReplacer("@GATEWAY@", fmt.Sprintf("%s:%d", guest.HostAddr, ports[0]), "@METHOD@", method).Replace(guestWriterScript)
-	vm := guest.Boot(t, guest.Config{Image: img, Files: []guest.File{guestFerry(t)}, Forward: ports, Script: script})
+	host, cfg := guest.HostAddr, guest.Config{Image: img, Files: []guest.File{guestFerry(t)}, Forward: ports}
+	if os.Getenv("FERRY_GUEST_DIRECT") == "1" {
+		host, cfg = guest.DirectHostAddr, guest.Config{Image: img, Files: []guest.File{guestFerry(t)}, Direct: true}
+	}
+	cfg.Script = strings.NewReplacer("@GATEWAY@", fmt.Sprintf("%s:%d", host, ports[0]), "@METHOD@", method).Replace(guestWriterScript)
+	vm := guest.Boot(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 
@@ -236,8 +256,9 @@ func guestKill9Writes(t *testing.T, img guest.Image, method string, cycles int) 
 		follow(what, func(string) bool { return len(synced) >= want })
 	}
 	start := time.Now()
-	follow("guest start", func(m string) bool { return strings.HasPrefix(m, "ready") })
-	t.Logf("guest ready after %v", time.Since(start).Round(100*time.Millisecond))
+	var ready string
+	follow("guest start", func(m string) bool { ready = m; return strings.HasPrefix(m, "ready") })
+	t.Logf("guest %s, %v after the start of QEMU", ready, time.Since(start).Round(100*time.Millisecond))
 	follow("plugin create and mount", func(m string) bool { return m == "writing" })
 	t.Logf("volume mounted over %s after %v", method, time.Since(start).Round(100*time.Millisecond))
 	progress("before the first kill", 5)

@@ -21,6 +21,10 @@ import (
 // HostAddr:PORT reaches 127.0.0.1:PORT for every port in Config.Forward.
 const HostAddr = "10.0.2.100"
 
+// DirectHostAddr is where the guest reaches the host's loopback with
+// Config.Direct: QEMU user networking's own host address.
+const DirectHostAddr = "10.0.2.2"
+
 // Marker starts every line the guest prints for the host to react to:
 // "FERRY-GUEST: TEXT" anywhere in a console line is the marker TEXT.
 const Marker = "FERRY-GUEST: "
@@ -37,8 +41,16 @@ type Config struct {
 	// Files are added to the guest's root (e.g. /usr/local/bin/ferry).
 	Files []File
 	// Forward lists host loopback ports the guest reaches at HostAddr with
-	// the same port number, one socat per guest connection.
+	// the same port number, one socat per guest connection; the guest
+	// reaches nothing else (restrict=on). QEMU accepts the guest's
+	// connection before socat dials the host, so a connection to a port
+	// nobody listens on is accepted and then closed.
 	Forward []int
+	// Direct instead lets the guest reach every host loopback port at
+	// DirectHostAddr, through QEMU's own NAT, with no socat: a connection to
+	// a port nobody listens on is refused (RST) as on a real network. The
+	// guest is not restricted then.
+	Direct bool
 	// MemoryMiB defaults to 1024, CPUs to 1.
 	MemoryMiB int
 	CPUs      int
@@ -85,6 +97,9 @@ func Start(cfg Config) (*Guest, error) {
 	}
 	g := &Guest{ctlPath: filepath.Join(cfg.Dir, "ctl.sock"), changed: make(chan struct{}), done: make(chan struct{})}
 	netdev := "user,id=n0,restrict=on,net=10.0.2.0/24"
+	if cfg.Direct {
+		netdev = "user,id=n0,net=10.0.2.0/24,host=" + DirectHostAddr
+	}
 	for _, p := range cfg.Forward {
 		logf := filepath.Join(cfg.Dir, fmt.Sprintf("socat-%d.log", p))
 		// libslirp splits the command like a shell (g_shell_parse_argv);
@@ -289,7 +304,12 @@ func (g *Guest) Wait(ctx context.Context) (int, error) {
 	lines := strings.Split(g.console.String(), "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
 		if j := strings.Index(lines[i], exit); j >= 0 {
-			return strconv.Atoi(strings.TrimSpace(lines[i][j+len(exit):]))
+			// "exit RC (up SECONDS s)"
+			f := strings.Fields(lines[i][j+len(exit):])
+			if len(f) == 0 {
+				break
+			}
+			return strconv.Atoi(f[0])
 		}
 	}
 	return -1, errors.New("guest powered off without reporting an exit status")
@@ -321,6 +341,11 @@ func Boot(t testing.TB, cfg Config) *Guest {
 		g.Kill()
 		if t.Failed() {
 			t.Logf("guest console (%s):\n%s", filepath.Join(cfg.Dir, "console.log"), tail(g.Console(), 150))
+			logs, _ := filepath.Glob(filepath.Join(cfg.Dir, "socat-*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				t.Logf("%s:\n%s", filepath.Base(l), tail(string(b), 40))
+			}
 		}
 	})
 	return g
