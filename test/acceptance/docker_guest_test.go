@@ -326,3 +326,44 @@ func guestKill9Writes(t *testing.T, img guest.Image, method string, cycles int) 
 	t.Logf("%s: %d files synced across %d gateway kills; all present with their SHA-256, e2fsck clean (%v in all)",
 		method, len(synced), cycles*len(restartPauses), time.Since(start).Round(time.Second))
 }
+
+// TestDockerKernelTestsInGuest runs gateway/docker's tests that need the
+// kernel's NBD client (TestKernel*: the keeper against an in-process
+// gateway restarted under a write) in the guest, as root, with
+// FERRY_TEST_REQUIRE_KERNEL_NBD=1 so that they fail instead of skipping.
+func TestDockerKernelTestsInGuest(t *testing.T) {
+	img := guest.Require(t)
+	testutil.RequireTool(t, "go")
+	bin := filepath.Join(t.TempDir(), "docker.test")
+	run(t, 10*time.Minute, "go", "test", "-c", "-o", bin, "github.com/ferry-io/ferry/gateway/docker")
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := guest.Boot(t, guest.Config{
+		Image: img,
+		Files: []guest.File{{Path: "/usr/local/bin/docker.test", Mode: 0o755, Data: b}},
+		Script: `#!/bin/sh
+cd /tmp
+FERRY_TEST_REQUIRE_KERNEL_NBD=1 docker.test -test.run '^TestKernel' -test.v -test.timeout 10m
+rc=$?
+[ $rc = 0 ] || dmesg | tail -n 60
+exit $rc
+`,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	rc, err := vm.Wait(ctx)
+	if err != nil || rc != 0 {
+		t.Fatalf("gateway/docker's kernel tests in the guest: exit %d, %v", rc, err)
+	}
+	out := vm.Console()
+	if !strings.Contains(out, "--- PASS: TestKernel") || strings.Contains(out, "--- SKIP") || strings.Contains(out, "no tests to run") {
+		t.Fatalf("the kernel tests did not all run and pass:\n%s", out)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "--- PASS: TestKernel") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
+}
