@@ -66,7 +66,7 @@ say "listening"
 read -r line </dev/ttyS1 && say "got $line"
 `, guest.HostAddr, ports[0]),
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	var seen []string
 	m, err := vm.Expect(ctx, "listening", func(m string) error { seen = append(seen, m); return nil })
