@@ -1,0 +1,369 @@
+package acceptance
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-io/ferry/internal/testutil"
+	"github.com/ferry-io/ferry/test/guest"
+)
+
+// guestFerry is the ferry binary as a file for the guest's root.
+func guestFerry(t *testing.T) guest.File {
+	t.Helper()
+	b, err := os.ReadFile(ferryBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return guest.File{Path: "/usr/local/bin/ferry", Mode: 0o755, Data: b}
+}
+
+// gatewayPorts are the gateway's API, NBD and iSCSI ports, which a guest
+// reaches at guest.HostAddr under the same numbers.
+func gatewayPorts(t *testing.T, g *gateway) []int {
+	t.Helper()
+	var ports []int
+	for _, a := range []string{g.apiAddr, g.nbdAddr, g.iscsiAddr} {
+		i := strings.LastIndexByte(a, ':')
+		p, err := strconv.Atoi(a[i+1:])
+		if err != nil {
+			t.Fatalf("port of %s: %v", a, err)
+		}
+		ports = append(ports, p)
+	}
+	return ports
+}
+
+// TestGuestSmoke boots the kernel-initiator test guest: it loads nbd and
+// iscsi_tcp, runs iscsid, runs the ferry binary built for this test, and
+// reaches the host's gateway through the forwarded API port, and reads a
+// line the host sends on its control port.
+func TestGuestSmoke(t *testing.T) {
+	img := guest.Require(t)
+	g := startGateway(t)
+	ports := gatewayPorts(t, g)
+	vm := guest.Boot(t, guest.Config{
+		Image:   img,
+		Files:   []guest.File{guestFerry(t)},
+		Forward: ports,
+		Script: fmt.Sprintf(`#!/bin/sh
+say() { echo "FERRY-GUEST: $*"; }
+for m in nbd iscsi_tcp; do
+	modprobe "$m" && grep -q "^$m " /proc/modules && say "loaded $m"
+done
+[ -b /dev/nbd0 ] && say "device /dev/nbd0"
+pidof iscsid >/dev/null && iscsiadm --version >/dev/null && say "iscsid running"
+say "ferry $(ferry version | head -1)"
+curl -sSf http://%s:%d/healthz >/dev/null && say "gateway healthz ok"
+say "listening"
+read -r line </dev/ttyS1 && say "got $line"
+`, guest.HostAddr, ports[0]),
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	var seen []string
+	m, err := vm.Expect(ctx, "listening", func(m string) error { seen = append(seen, m); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen = append(seen, m)
+	if err := vm.Send("ping from the host"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := vm.Next(ctx)
+		if err != nil {
+			break
+		}
+		seen = append(seen, m)
+	}
+	rc, err := vm.Wait(ctx)
+	if err != nil || rc != 0 {
+		t.Fatalf("guest: exit %d, %v", rc, err)
+	}
+	all := strings.Join(seen, "\n")
+	t.Logf("guest markers:\n%s", all)
+	for _, want := range []string{"ready", "loaded nbd", "loaded iscsi_tcp", "device /dev/nbd0", "iscsid running", "ferry ferry", "gateway healthz ok", "got ping from the host"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("guest never said %q; it said:\n%s", want, all)
+		}
+	}
+}
+
+// guestWriterScript runs `ferry docker-plugin --attach @METHOD@` in the
+// guest, creates and mounts volume v1 through the plugin's socket as
+// Docker would, bind-mounts it as Docker does for a container, and
+// writes through that numbered 64 KiB files of random bytes until the
+// host sends "stop" on the control port: each file written with fsync,
+// its SHA-256 appended to MANIFEST, MANIFEST and the directory fsynced,
+// then "synced fN SUM" printed. Any failed write or sync prints "error"
+// and ends the script. Then it unmounts through the plugin and checks
+// that nothing of the volume is left attached in the guest.
+const guestWriterScript = `#!/bin/sh
+say() { echo "FERRY-GUEST: $*"; }
+dump() {
+	echo "--- plugin log"; tail -n 80 /var/log/ferry-plugin.log
+	for f in /var/lib/ferry-docker/logs/*.log; do [ -e "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done
+	echo "--- iscsid"; grep -v "Poll was woken" /var/log/iscsid.log | tail -n 120
+	echo "--- dmesg"; dmesg | tail -n 80
+}
+fail() { dump; say "error $*"; exit 1; }
+call() { curl -sS --max-time 600 --unix-socket /run/ferry.sock -H 'Content-Type: application/json' -d "$2" "http://plugin$1"; }
+ok() { case "$1" in *'"Err":"'[!\"]*|'') return 1;; esac; }
+
+stty -F /dev/ttyS1 raw -echo 2>/dev/null
+ferry docker-plugin --gateway @GATEWAY@ --attach @METHOD@ --socket /run/ferry.sock \
+	--state-dir /var/lib/ferry-docker --mount-root /mnt/ferry --host-id guest1 >/var/log/ferry-plugin.log 2>&1 &
+plugin=$!
+i=0
+until call /Plugin.Activate '{}' >/dev/null 2>&1; do
+	i=$((i+1)); [ $i -lt 1200 ] || fail "plugin not answering after 120 s"
+	kill -0 $plugin 2>/dev/null || fail "plugin exited"
+	sleep 0.1
+done
+say "plugin up"
+r=$(call /VolumeDriver.Create '{"Name":"v1","Opts":{"size":"1G"}}'); ok "$r" || fail "create: $r"
+r=$(call /VolumeDriver.Mount '{"Name":"v1","ID":"m1"}'); ok "$r" || fail "mount: $r"
+mp=$(echo "$r" | sed -n 's/.*"Mountpoint":"\([^"]*\)".*/\1/p')
+grep -q " $mp ext4 " /proc/mounts || fail "mount: $mp is not an ext4 mount: $r"
+say "mounted $mp on $(grep " $mp " /proc/mounts | cut -d' ' -f1)"
+# As Docker does for a container: a bind mount of the mount point (the
+# plugin's stale-count sweep looks for one), written through.
+mkdir -p /container && mount --bind "$mp" /container || fail "bind mount"
+d=/container/data
+mkdir -p "$d" && sync "$d" /container || fail "mkdir data"
+
+# The host says "stop" on the control port.
+rm -f /run/stop
+(read -r line </dev/ttyS1; touch /run/stop) &
+say "writing"
+n=0
+while [ ! -e /run/stop ]; do
+	n=$((n+1))
+	f=$d/f$n
+	dd if=/dev/urandom of="$f" bs=64k count=1 conv=fsync status=none || fail "write f$n: dd exit $?"
+	sum=$(sha256sum "$f" | cut -d' ' -f1) || fail "read back f$n"
+	echo "$sum  f$n" >>"$d/MANIFEST" || fail "append MANIFEST for f$n"
+	sync "$d/MANIFEST" "$d" || fail "sync MANIFEST and data after f$n"
+	say "synced f$n $sum"
+done
+say "stopped after $n"
+umount /container || fail "umount the bind mount"
+r=$(call /VolumeDriver.Unmount '{"Name":"v1","ID":"m1"}'); ok "$r" || fail "unmount: $r"
+grep -q " $mp " /proc/mounts && fail "still mounted after Unmount"
+say "unmounted"
+left=""
+for p in /sys/block/nbd*/pid; do [ -e "$p" ] && left="$left $p"; done
+s=$(iscsiadm -m session 2>/dev/null) && left="$left iscsi:$s"
+[ -z "$left" ] || fail "still attached after Unmount:$left"
+say "detached"
+kill $plugin
+wait $plugin
+dmesg | grep -iE 'nbd|iscsi|connection|I/O error|EXT4-fs' | tail -n 40
+`
+
+// restartPauses are how long the gateway stays dead in one cycle of
+// TestDockerPluginGuest: a short restart and one past what a client might
+// wait for without noticing.
+var restartPauses = []time.Duration{2 * time.Second, 15 * time.Second}
+
+// guestCycles is how many times TestDockerPluginGuest runs restartPauses
+// per method: 1, or $FERRY_GUEST_CYCLES (the long mode).
+func guestCycles(t *testing.T) int {
+	s := os.Getenv("FERRY_GUEST_CYCLES")
+	if s == "" {
+		return 1
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		t.Fatalf("FERRY_GUEST_CYCLES=%q: want a positive number", s)
+	}
+	return n
+}
+
+// TestDockerPluginGuest runs `ferry docker-plugin --attach nbd` and
+// `--attach iscsi` in a QEMU guest (the kernel's NBD client and open-iscsi
+// are not on the host) against a real gateway on the host: a volume made
+// and mounted through the plugin's socket, a writer fsyncing numbered
+// files while the gateway is killed -9 and restarted 2 s and 15 s later
+// (same data, same ports); no write may fail and writing must resume after
+// each restart. After Unmount the host reads the volume over NBD: e2fsck
+// finds it clean and every file the guest reported synced has its bytes.
+func TestDockerPluginGuest(t *testing.T) {
+	img := guest.Require(t)
+	for _, tool := range []string{"nbdcopy", "e2fsck", "mount", "umount"} {
+		testutil.RequireTool(t, tool)
+	}
+	if os.Geteuid() != 0 || !exists("/dev/loop-control") {
+		if os.Getenv(testutil.RequireEnv) == "1" {
+			t.Fatal("checking the guest's file system needs root and loop devices (mount -o loop)")
+		}
+		t.Skip("checking the guest's file system needs root and loop devices (mount -o loop)")
+	}
+	cycles := guestCycles(t)
+	for _, method := range []string{"nbd", "iscsi"} {
+		t.Run(method, func(t *testing.T) {
+			t.Parallel() // one guest per CPU: TCG runs a guest's CPU in one host thread
+			guestKill9Writes(t, img, method, cycles)
+		})
+	}
+}
+
+func guestKill9Writes(t *testing.T, img guest.Image, method string, cycles int) {
+	g := startGateway(t)
+	ports := gatewayPorts(t, g)
+	host, cfg := guest.HostAddr, guest.Config{Image: img, Files: []guest.File{guestFerry(t)}, Forward: ports}
+	if os.Getenv("FERRY_GUEST_DIRECT") == "1" {
+		host, cfg = guest.DirectHostAddr, guest.Config{Image: img, Files: []guest.File{guestFerry(t)}, Direct: true}
+	}
+	cfg.Script = strings.NewReplacer("@GATEWAY@", fmt.Sprintf("%s:%d", host, ports[0]), "@METHOD@", method).Replace(guestWriterScript)
+	vm := guest.Boot(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+
+	synced := map[string]string{} // file name → SHA-256, as the guest reported
+	// follow reads markers until done says stop: it records synced
+	// files and fails the test on an error marker.
+	follow := func(what string, done func(m string) bool) {
+		t.Helper()
+		for {
+			m, err := vm.Next(ctx)
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			if strings.HasPrefix(m, "error") {
+				t.Fatalf("%s: the guest reported %q", what, m)
+			}
+			if f := strings.Fields(m); len(f) == 3 && f[0] == "synced" {
+				synced[f[1]] = f[2]
+			}
+			if done(m) {
+				return
+			}
+		}
+	}
+	// progress waits for n more files synced.
+	progress := func(what string, n int) {
+		t.Helper()
+		want := len(synced) + n
+		follow(what, func(string) bool { return len(synced) >= want })
+	}
+	start := time.Now()
+	var ready string
+	follow("guest start", func(m string) bool { ready = m; return strings.HasPrefix(m, "ready") })
+	t.Logf("guest %s, %v after the start of QEMU", ready, time.Since(start).Round(100*time.Millisecond))
+	follow("plugin create and mount", func(m string) bool { return m == "writing" })
+	t.Logf("volume mounted over %s after %v", method, time.Since(start).Round(100*time.Millisecond))
+	progress("before the first kill", 5)
+	for c := 0; c < cycles; c++ {
+		for _, pause := range restartPauses {
+			atKill := len(synced)
+			g.kill9()
+			time.Sleep(pause)
+			g.start()
+			restarted := time.Now()
+			progress(fmt.Sprintf("cycle %d: after a restart %v after the kill", c+1, pause), 5)
+			t.Logf("cycle %d: gateway dead %v: %d files synced before the kill, writing resumed %v after the restart",
+				c+1, pause, atKill, time.Since(restarted).Round(100*time.Millisecond))
+		}
+	}
+	if err := vm.Send("stop"); err != nil {
+		t.Fatal(err)
+	}
+	follow("stop, unmount and detach", func(m string) bool { return m == "detached" })
+	if rc, err := vm.Wait(ctx); err != nil || rc != 0 {
+		t.Fatalf("guest: exit %d, %v", rc, err)
+	}
+	if l := attachments(t, g, "v1"); len(l) != 0 {
+		t.Errorf("gateway still lists attachments of v1 after Unmount: %v", l)
+	}
+
+	// The host's view: the volume's bytes over NBD, checked offline.
+	dir := t.TempDir()
+	image := filepath.Join(dir, "v1.img")
+	run(t, 5*time.Minute, "nbdcopy", g.uri("v1"), image)
+	if out, err := runErr(5*time.Minute, "e2fsck", "-fn", image); err != nil {
+		t.Fatalf("e2fsck -fn of the volume after the guest's writes: %v\n%s", err, out)
+	}
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	run(t, time.Minute, "mount", "-o", "ro,loop", image, mnt)
+	defer run(t, time.Minute, "umount", mnt)
+	for name, sum := range synced {
+		b, err := os.ReadFile(filepath.Join(mnt, "data", name))
+		if err != nil {
+			t.Errorf("synced file %s: %v", name, err)
+			continue
+		}
+		if got := fmt.Sprintf("%x", sha256.Sum256(b)); got != sum || len(b) != 64<<10 {
+			t.Errorf("synced file %s: %d bytes, sha256 %s, want 65536 bytes, %s", name, len(b), got, sum)
+		}
+	}
+	manifest, err := os.ReadFile(filepath.Join(mnt, "data", "MANIFEST"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := 0
+	for _, l := range strings.Split(strings.TrimSpace(string(manifest)), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 2 && synced[f[1]] != "" {
+			if synced[f[1]] != f[0] {
+				t.Errorf("MANIFEST: %s has %s, the guest reported %s", f[1], f[0], synced[f[1]])
+			}
+			listed++
+		}
+	}
+	if listed != len(synced) {
+		t.Errorf("MANIFEST lists %d of the %d files the guest reported synced", listed, len(synced))
+	}
+	t.Logf("%s: %d files synced across %d gateway kills; all present with their SHA-256, e2fsck clean (%v in all)",
+		method, len(synced), cycles*len(restartPauses), time.Since(start).Round(time.Second))
+}
+
+// TestDockerKernelTestsInGuest runs gateway/docker's tests that need the
+// kernel's NBD client (TestKernel*: the keeper against an in-process
+// gateway restarted under a write) in the guest, as root, with
+// FERRY_TEST_REQUIRE_KERNEL_NBD=1 so that they fail instead of skipping.
+func TestDockerKernelTestsInGuest(t *testing.T) {
+	img := guest.Require(t)
+	testutil.RequireTool(t, "go")
+	bin := filepath.Join(t.TempDir(), "docker.test")
+	run(t, 10*time.Minute, "go", "test", "-c", "-o", bin, "github.com/ferry-io/ferry/gateway/docker")
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := guest.Boot(t, guest.Config{
+		Image: img,
+		Files: []guest.File{{Path: "/usr/local/bin/docker.test", Mode: 0o755, Data: b}},
+		Script: `#!/bin/sh
+cd /tmp
+FERRY_TEST_REQUIRE_KERNEL_NBD=1 docker.test -test.run '^TestKernel' -test.v -test.timeout 10m
+rc=$?
+[ $rc = 0 ] || dmesg | tail -n 60
+exit $rc
+`,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	rc, err := vm.Wait(ctx)
+	if err != nil || rc != 0 {
+		t.Fatalf("gateway/docker's kernel tests in the guest: exit %d, %v", rc, err)
+	}
+	out := vm.Console()
+	if !strings.Contains(out, "--- PASS: TestKernel") || strings.Contains(out, "--- SKIP") || strings.Contains(out, "no tests to run") {
+		t.Fatalf("the kernel tests did not all run and pass:\n%s", out)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "--- PASS: TestKernel") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
+}
