@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -234,19 +235,29 @@ func realDir(dir string) (string, error) {
 	return filepath.EvalSymlinks(abs)
 }
 
-func runFUSEServe(c *cli.Context) error {
+// helperStart prepares a data-path helper process (fuse-serve,
+// nbd-keep): its logger, and a context that SIGINT or SIGTERM ends.
+func helperStart(c *cli.Context) (*slog.Logger, context.Context, context.CancelFunc, error) {
 	log, err := newLogger(c.String("log-level"), "text")
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	log = log.With("nbd", c.String("nbd"))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	// Its plugin may die: a closed stdout must not kill the data path.
 	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
 	// The kernel's OOM killer should pick almost anything before the
 	// data path of mounted volumes.
 	os.WriteFile("/proc/self/oom_score_adj", []byte("-900"), 0)
+	return log, ctx, stop, nil
+}
+
+func runFUSEServe(c *cli.Context) error {
+	log, ctx, stop, err := helperStart(c)
+	if err != nil {
+		return err
+	}
+	defer stop()
 	ready := os.NewFile(3, "ready")
 	cfg := docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, PprofAddr: c.String("pprof"), Logger: log}
 	cfg.NBD.Conns = c.Int("nbd-conns")
@@ -257,12 +268,8 @@ func runFUSEServe(c *cli.Context) error {
 		}
 		cfg.NBD.ReplayLimit = n
 	}
-	if c.String("gateway") != "" {
-		gw, err := gatewayClient(c, false)
-		if err != nil {
-			return err
-		}
-		cfg.Lease = &docker.Lease{Gateway: gw, Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodFUSE, ReadOnly: c.Bool("read-only")}
+	if cfg.Lease, err = helperLease(c, docker.MethodFUSE); err != nil {
+		return err
 	}
 	err = docker.ServeFUSE(ctx, cfg)
 	if err != nil {
@@ -271,17 +278,25 @@ func runFUSEServe(c *cli.Context) error {
 	return err
 }
 
+// helperLease is the attachment a data-path helper renews at the gateway
+// (--gateway), or nil without one.
+func helperLease(c *cli.Context, method string) (*docker.Lease, error) {
+	if c.String("gateway") == "" {
+		return nil, nil
+	}
+	gw, err := gatewayClient(c, false)
+	if err != nil {
+		return nil, err
+	}
+	return &docker.Lease{Gateway: gw, Volume: c.String("volume"), Host: c.String("host-id"), Protocol: method, ReadOnly: c.Bool("read-only")}, nil
+}
+
 func runNBDKeep(c *cli.Context) error {
-	log, err := newLogger(c.String("log-level"), "text")
+	log, ctx, stop, err := helperStart(c)
 	if err != nil {
 		return err
 	}
-	log = log.With("nbd", c.String("nbd"))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	// Its plugin may die: a closed stdout must not kill the keeper.
-	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
-	os.WriteFile("/proc/self/oom_score_adj", []byte("-900"), 0)
 	cfg := docker.NBDKeepConfig{
 		NBDURL:      c.String("nbd"),
 		ReadOnly:    c.Bool("read-only"),
@@ -291,12 +306,8 @@ func runNBDKeep(c *cli.Context) error {
 		Ready:       os.NewFile(3, "ready"),
 		Logger:      log,
 	}
-	if c.String("gateway") != "" {
-		gw, err := gatewayClient(c, false)
-		if err != nil {
-			return err
-		}
-		cfg.Lease = &docker.Lease{Gateway: gw, Volume: c.String("volume"), Host: c.String("host-id"), Protocol: docker.MethodNBD, ReadOnly: c.Bool("read-only")}
+	if cfg.Lease, err = helperLease(c, docker.MethodNBD); err != nil {
+		return err
 	}
 	err = docker.KeepNBD(ctx, cfg)
 	if err != nil {
