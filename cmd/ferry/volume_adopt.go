@@ -95,6 +95,40 @@ func orHolder(li *wire.LeaseInfo) string {
 // waitHydration polls the volume until its hydration ends, showing its
 // progress on a terminal.
 func waitHydration(c *cli.Context, name string) error {
+	return pollVolume(c, name, func(in wire.VolumeInfo) (*pollState, error) {
+		var h *wire.HydrationInfo
+		if in.Tier != nil {
+			h = in.Tier.Hydration
+		}
+		if h == nil {
+			return nil, fmt.Errorf("volume %s is not hydrating", name)
+		}
+		st := &pollState{label: "hydrate " + name, done: h.DoneBytes, total: h.TotalBytes}
+		if h.State != "running" {
+			st.finish = func() error {
+				fmt.Printf("hydration %s: %s of %s cached\n", h.State, formatSize(h.DoneBytes), formatSize(h.TotalBytes))
+				if h.State == "stopped" {
+					return fmt.Errorf("hydration of %s stopped: %s", name, h.Error)
+				}
+				return nil
+			}
+		}
+		return st, nil
+	})
+}
+
+// pollState is where a background job on a volume stands.
+type pollState struct {
+	label       string
+	done, total int64
+	// finish, when the job has ended, reports it and returns the
+	// command's result.
+	finish func() error
+}
+
+// pollVolume reads the volume every 200 ms and shows the progress step
+// finds, on a terminal, until the job ends.
+func pollVolume(c *cli.Context, name string, step func(wire.VolumeInfo) (*pollState, error)) error {
 	cl := apiClient(c)
 	var p *progress.Printer
 	for {
@@ -102,24 +136,18 @@ func waitHydration(c *cli.Context, name string) error {
 		if err != nil {
 			return err
 		}
-		var h *wire.HydrationInfo
-		if in.Tier != nil {
-			h = in.Tier.Hydration
-		}
-		if h == nil {
-			return fmt.Errorf("volume %s is not hydrating", name)
+		st, err := step(in)
+		if err != nil {
+			return err
 		}
 		if p == nil {
-			p = progress.ForTerminal(os.Stderr, "hydrate "+name, h.TotalBytes, c.Bool("progress"))
+			p = progress.ForTerminal(os.Stderr, st.label, st.total, c.Bool("progress"))
 		}
-		p.Set(h.DoneBytes)
-		if h.State != "running" {
+		p.SetTotal(st.total)
+		p.Set(st.done)
+		if st.finish != nil {
 			p.Done()
-			fmt.Printf("hydration %s: %s of %s cached\n", h.State, formatSize(h.DoneBytes), formatSize(h.TotalBytes))
-			if h.State == "stopped" {
-				return fmt.Errorf("hydration of %s stopped: %s", name, h.Error)
-			}
-			return nil
+			return st.finish()
 		}
 		select {
 		case <-c.Context.Done():

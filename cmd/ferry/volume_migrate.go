@@ -2,13 +2,11 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-io/ferry/gateway/api/wire"
-	"github.com/ferry-io/ferry/internal/progress"
 )
 
 func cmdVolumeMigrate() *cli.Command {
@@ -118,45 +116,31 @@ func describeMigration(mi *wire.MigrationInfo) string {
 // waitMigration polls the volume until its move ends, showing its
 // progress on a terminal.
 func waitMigration(c *cli.Context, name string) error {
-	cl := apiClient(c)
-	var p *progress.Printer
-	for {
-		in, err := cl.Volume(c.Context, name)
-		if err != nil {
-			return err
-		}
+	return pollVolume(c, name, func(in wire.VolumeInfo) (*pollState, error) {
 		var mi *wire.MigrationInfo
 		if in.Tier != nil {
 			mi = in.Tier.Migration
 		}
 		if mi == nil {
-			return fmt.Errorf("volume %s is not migrating", name)
+			return nil, fmt.Errorf("volume %s is not migrating", name)
 		}
-		if p == nil {
-			p = progress.ForTerminal(os.Stderr, "migrate "+name+" to "+mi.To, mi.TotalBytes, c.Bool("progress"))
-		}
-		p.SetTotal(mi.TotalBytes)
-		p.Set(mi.DoneBytes)
+		st := &pollState{label: "migrate " + name + " to " + mi.To, done: mi.DoneBytes, total: mi.TotalBytes}
 		switch mi.State {
 		case "done", "failed", "cancelled":
-			p.Done()
-			if c.Bool("json") {
-				if err := printJSON(in); err != nil {
-					return err
+			st.finish = func() error {
+				if c.Bool("json") {
+					if err := printJSON(in); err != nil {
+						return err
+					}
+				} else {
+					fmt.Printf("migration of %s: %s\n", name, describeMigration(mi))
 				}
-			} else {
-				fmt.Printf("migration of %s: %s\n", name, describeMigration(mi))
+				if mi.State != "done" {
+					return fmt.Errorf("migration of %s to store %s %s; the volume stays on store %s: %s", name, mi.To, mi.State, mi.From, mi.Error)
+				}
+				return nil
 			}
-			if mi.State != "done" {
-				return fmt.Errorf("migration of %s to store %s %s; the volume stays on store %s: %s", name, mi.To, mi.State, mi.From, mi.Error)
-			}
-			return nil
 		}
-		select {
-		case <-c.Context.Done():
-			p.Done()
-			return c.Context.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		return st, nil
+	})
 }
