@@ -17,10 +17,10 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 	"golang.org/x/sys/unix"
-	"gopkg.in/yaml.v3"
 
 	gwclient "github.com/ferry-io/ferry/gateway/api/client"
 	gwire "github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/cliconf"
 	"github.com/ferry-io/ferry/kvm"
 )
 
@@ -52,44 +52,13 @@ stops or dies; the next start finds them again. See docs/KVM.md.
 
    ferry-kvm serve --gateway 127.0.0.1:9809 --listen 127.0.0.1:9810 --state /var/lib/ferry-kvm`,
 		Flags:  flags,
-		Before: configFile(flags),
+		Before: cliconf.ConfigFile(flags),
 		Action: runServe,
 	}
 }
 
-// configFile loads --config (YAML, keys named like the flags) and refuses
-// unknown keys.
-func configFile(flags []cli.Flag) cli.BeforeFunc {
-	return func(c *cli.Context) error {
-		path := c.String("config")
-		if path == "" {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("config file: %w", err)
-		}
-		var keys map[string]any
-		if err := yaml.Unmarshal(b, &keys); err != nil {
-			return fmt.Errorf("config file %s is not a YAML mapping of flag names to values: %w", path, err)
-		}
-		known := map[string]bool{}
-		for _, f := range flags {
-			for _, n := range f.Names() {
-				known[n] = n != "config"
-			}
-		}
-		for k := range keys {
-			if !known[k] {
-				return fmt.Errorf("config file %s: unknown key %q (keys are ferry-kvm serve's flag names)", path, k)
-			}
-		}
-		return altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config"))(c)
-	}
-}
-
 func runServe(c *cli.Context) error {
-	log, err := newLogger(c.String("log-level"), c.String("log-format"))
+	log, err := cliconf.NewLogger(c.String("log-level"), c.String("log-format"))
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}

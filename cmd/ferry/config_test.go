@@ -4,6 +4,8 @@ import (
 	"os"
 	"regexp"
 	"testing"
+
+	"github.com/ferry-io/ferry/internal/cliconf"
 )
 
 // docs/ferry.yaml is accepted by the config check and names every flag of
@@ -11,7 +13,7 @@ import (
 func TestSampleConfigCoversEveryFlag(t *testing.T) {
 	const sample = "../../docs/ferry.yaml"
 	flags := serveFlags()
-	if err := checkConfigFile(sample, flags); err != nil {
+	if err := cliconf.CheckFile(sample, flags, "ferry serve"); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(sample)

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,12 +21,12 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 	"golang.org/x/sys/unix"
-	"gopkg.in/yaml.v3"
 
 	"github.com/ferry-io/ferry/gateway/api"
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
 	"github.com/ferry-io/ferry/internal/buildinfo"
+	"github.com/ferry-io/ferry/internal/cliconf"
 	"github.com/ferry-io/ferry/internal/sdnotify"
 )
 
@@ -105,76 +104,12 @@ in-flight requests finish, every volume is flushed, listeners close.
 	}
 }
 
-// configFile is the Before of a command whose flags may come from the YAML
-// file named by --config: the file is checked (checkConfigFile), then read.
-func configFile(flags []cli.Flag) cli.BeforeFunc {
-	return func(c *cli.Context) error {
-		if c.String("config") == "" {
-			return nil
-		}
-		if err := checkConfigFile(c.String("config"), flags); err != nil {
-			return err
-		}
-		return altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config"))(c)
-	}
-}
-
-// checkConfigFile refuses a config file that is missing, is not a YAML
-// mapping, or has a key that names no flag (a typo would otherwise be
-// ignored silently).
-func checkConfigFile(path string, flags []cli.Flag) error {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("config file %s does not exist", path)
-	}
-	if err != nil {
-		return fmt.Errorf("config file: %w", err)
-	}
-	var keys map[string]any
-	if err := yaml.Unmarshal(b, &keys); err != nil {
-		return fmt.Errorf("config file %s is not a YAML mapping of flag names to values: %w", path, err)
-	}
-	known := map[string]bool{}
-	for _, f := range flags {
-		for _, n := range f.Names() {
-			known[n] = n != "config"
-		}
-	}
-	var unknown []string
-	for k := range keys {
-		if !known[k] {
-			unknown = append(unknown, k)
-		}
-	}
-	if len(unknown) == 0 {
-		return nil
-	}
-	slices.Sort(unknown)
-	k := unknown[0]
-	msg := fmt.Sprintf("config file %s: unknown key %q", path, k)
-	if alt := strings.ReplaceAll(k, "_", "-"); known[alt] {
-		msg += fmt.Sprintf(" (did you mean %q?)", alt)
-	}
-	if len(unknown) > 1 {
-		msg += fmt.Sprintf(", and %d more: %s", len(unknown)-1, strings.Join(unknown[1:], ", "))
-	}
-	return errors.New(msg + "; keys are the names of ferry serve's flags (ferry serve --help)")
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: use text or json", format)
-}
+// configFile and newLogger are shared with ferry docker-plugin and
+// ferry-kvm (package cliconf).
+var (
+	configFile = cliconf.ConfigFile
+	newLogger  = cliconf.NewLogger
+)
 
 // lockDataDir takes an exclusive lock so two gateways never share a data
 // directory. The lock dies with the process, so kill -9 needs no cleanup.
