@@ -5,7 +5,6 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	gwire "github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/jsonapi"
 	"github.com/ferry-io/ferry/kvm/wire"
 )
 
@@ -42,60 +42,12 @@ func New(addr string) *Client {
 }
 
 // Error is an error reply; it unwraps to the sentinel its code names.
-type Error struct {
-	Status  int
-	Code    string
-	Message string
-}
-
-func (e *Error) Error() string { return e.Message }
-
-// Unwrap maps the reply's code to a sentinel.
-func (e *Error) Unwrap() error {
-	if err := gwire.ErrOf(e.Code); err != nil {
-		return err
-	}
-	if e.Status == http.StatusNotFound {
-		return gwire.ErrNotFound
-	}
-	return nil
-}
+type Error = jsonapi.Error
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach ferry-kvm at %s (is `ferry-kvm serve` running? set --api or FERRY_KVM_API): %w", c.base, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 400 {
-		var e gwire.ErrorResponse
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
-		}
-		return &Error{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
-	}
-	if out != nil {
-		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-			return fmt.Errorf("decode %s %s reply: %w", method, path, err)
-		}
-	}
-	return nil
+	call := jsonapi.Caller{Base: c.base, HC: c.hc, What: "ferry-kvm",
+		Hint: "is `ferry-kvm serve` running? set --api or FERRY_KVM_API"}
+	return call.Do(ctx, method, path, body, out)
 }
 
 func vmPath(name string, rest string) string { return "/v1/vms/" + url.PathEscape(name) + rest }

@@ -6,12 +6,9 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -19,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/jsonapi"
 )
 
 // Client talks to a gateway's admin API.
@@ -59,75 +57,15 @@ func New(addr string, opts ...Option) *Client {
 	return c
 }
 
-// APIError is an error reply from the gateway. It unwraps to the wire
-// sentinel its code names (or, from a gateway that sends no code, the one
-// its status implies), so callers can use errors.Is.
-type APIError struct {
-	Status  int
-	Code    string
-	Message string
-}
-
-func (e *APIError) Error() string { return e.Message }
-
-// Unwrap maps the reply back to a sentinel.
-func (e *APIError) Unwrap() error {
-	if err := wire.ErrOf(e.Code); err != nil {
-		return err
-	}
-	switch e.Status {
-	case http.StatusBadRequest:
-		return wire.ErrInvalid
-	case http.StatusNotFound:
-		return wire.ErrNotFound
-	case http.StatusConflict:
-		return wire.ErrBusy
-	case http.StatusForbidden:
-		return wire.ErrDenied
-	case http.StatusUnauthorized:
-		return wire.ErrUnauthenticated
-	}
-	return nil
-}
+// APIError is an error reply. It unwraps to the wire sentinel its code
+// names (or, from a gateway that sends no code, the one its status
+// implies), so callers can use errors.Is.
+type APIError = jsonapi.Error
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the gateway API at %s (is `ferry serve` running? set --api or FERRY_API): %w", c.base, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 400 {
-		var e wire.ErrorResponse
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
-		}
-		return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
-	}
-	if out != nil {
-		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-			return fmt.Errorf("decode %s %s reply: %w", method, path, err)
-		}
-	}
-	return nil
+	call := jsonapi.Caller{Base: c.base, HC: c.hc, Token: c.token, What: "the gateway API",
+		Hint: "is `ferry serve` running? set --api or FERRY_API"}
+	return call.Do(ctx, method, path, body, out)
 }
 
 // CreateVolume creates a volume; access may be nil.
