@@ -184,28 +184,34 @@ func (g *gateway) start() {
 	g.exited = make(chan struct{})
 	go func() { g.waitErr = g.cmd.Wait(); close(g.exited) }()
 	g.t.Cleanup(g.stopQuietly)
-	deadline := time.Now().Add(20 * time.Second)
 	health, hc := "http://"+g.apiAddr+"/healthz", http.DefaultClient
 	if slices.Contains(g.extra, "--api-tls-cert") {
 		// Only a liveness probe: the TLS test checks the certificate.
 		health = "https://" + g.apiAddr + "/healthz"
 		hc = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	}
+	waitHealthy(g.t, "ferry serve", hc, health, 20*time.Second, g.exited, g.logs)
+}
+
+// waitHealthy waits until url answers 200, failing the test when the
+// process (exited closes when it ends) dies first or within does not do.
+func waitHealthy(t *testing.T, what string, hc *http.Client, url string, within time.Duration, exited <-chan struct{}, logs *syncBuffer) {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	for {
-		resp, err := hc.Get(health)
-		if err == nil {
+		if resp, err := hc.Get(url); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
 				return
 			}
 		}
 		select {
-		case <-g.exited:
-			g.t.Fatalf("ferry serve exited during start-up: %v\n%s", g.waitErr, g.logs)
+		case <-exited:
+			t.Fatalf("%s exited during start-up:\n%s", what, logs)
 		default:
 		}
 		if time.Now().After(deadline) {
-			g.t.Fatalf("ferry serve not healthy after 20s\n%s", g.logs)
+			t.Fatalf("%s not healthy after %v:\n%s", what, within, logs)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -301,6 +307,13 @@ func (g *gateway) cliEnv(env []string, args ...string) cliResult {
 		cmd.Env = append(cmd.Env, "FERRY_TOKEN="+g.token)
 	}
 	cmd.Env = append(cmd.Env, env...)
+	return runCLI(g.t, cmd)
+}
+
+// runCLI runs a CLI command and returns its output and exit code; only a
+// failure to run it at all fails the test.
+func runCLI(t *testing.T, cmd *exec.Cmd) cliResult {
+	t.Helper()
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
@@ -308,7 +321,7 @@ func (g *gateway) cliEnv(env []string, args ...string) cliResult {
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	} else if err != nil {
-		g.t.Fatalf("run ferry %v: %v", args, err)
+		t.Fatalf("run %v: %v", cmd.Args, err)
 	}
 	return cliResult{o.String(), e.String(), code}
 }

@@ -116,24 +116,7 @@ func (d *kvmd) start() {
 	}
 	d.exited = make(chan struct{})
 	go func() { d.cmd.Wait(); close(d.exited) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if resp, err := http.Get("http://" + d.addr + "/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		select {
-		case <-d.exited:
-			d.t.Fatalf("ferry-kvm exited at start:\n%s", d.logs)
-		default:
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("ferry-kvm not healthy after 30s:\n%s", d.logs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitHealthy(d.t, "ferry-kvm", http.DefaultClient, "http://"+d.addr+"/healthz", 30*time.Second, d.exited, d.logs)
 }
 
 func (d *kvmd) kill9() {
@@ -146,16 +129,7 @@ func (d *kvmd) vm(args ...string) cliResult {
 	d.t.Helper()
 	cmd := exec.Command(d.bin, append([]string{"vm"}, args...)...)
 	cmd.Env = append(os.Environ(), "FERRY_KVM_API="+d.addr)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		d.t.Fatalf("run ferry-kvm vm %v: %v", args, err)
-	}
-	return cliResult{o.String(), e.String(), code}
+	return runCLI(d.t, cmd)
 }
 
 func (d *kvmd) mustVM(args ...string) string {
