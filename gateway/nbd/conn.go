@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sync/semaphore"
 
@@ -64,6 +65,12 @@ type conn struct {
 	bw     *bufio.Writer
 	queued atomic.Int32 // replies waiting for wmu
 	werr   error        // first reply write error, under wmu
+	// Under wmu: a reply's header and prefix are copied here, and large
+	// replies gathered in wv (backed by wvArr), so that sending a reply
+	// allocates nothing.
+	whdr  []byte
+	wv    net.Buffers
+	wvArr [2][]byte
 
 	dmu      sync.Mutex
 	stopping bool // under dmu: Shutdown asked the reader to stop
@@ -298,8 +305,21 @@ func (c *conn) worker() {
 		}
 	}()
 	var batch []work
-	var owned atomic.Uint64 // generation of the inline request holding the turn, 0 if none
+	// owned is the generation of the inline request holding the turn, 0
+	// if none. One timer per worker, re-armed for each inline request,
+	// hands the turn on when a request runs past the inline budget; it
+	// passes the turn only if it is the one to clear owned, so the turn
+	// is passed once per generation even when a late firing races with
+	// the next request.
+	var owned, armed atomic.Uint64
 	var gen uint64
+	budget := time.AfterFunc(time.Hour, func() {
+		if g := armed.Load(); g != 0 && owned.CompareAndSwap(g, 0) {
+			c.turn <- struct{}{}
+		}
+	})
+	budget.Stop()
+	defer budget.Stop()
 	for {
 		if !hold {
 			<-c.turn
@@ -334,14 +354,11 @@ func (c *conn) worker() {
 		}
 		gen++
 		g := gen
+		armed.Store(g)
 		owned.Store(g)
-		t := time.AfterFunc(c.s.cfg.InlineBudget, func() {
-			if owned.CompareAndSwap(g, 0) {
-				c.turn <- struct{}{}
-			}
-		})
+		budget.Reset(c.s.cfg.InlineBudget)
 		c.handle(req, buf)
-		t.Stop()
+		budget.Stop()
 		hold = owned.CompareAndSwap(g, 0)
 	}
 }
@@ -641,17 +658,21 @@ func (c *conn) send(req request, hdr, prefix, data []byte) {
 	if c.werr != nil {
 		return
 	}
+	// hdr and prefix live on the callers' stacks: copying them here keeps
+	// them there (a slice handed to the writer escapes to the heap).
+	c.whdr = append(append(c.whdr[:0], hdr...), prefix...)
 	var err error
 	if len(data) >= largeReply {
 		// Large read data goes out with one writev from its own buffer
 		// instead of through a copy into the buffered writer.
 		if err = c.bw.Flush(); err == nil {
-			bufs := net.Buffers{hdr, prefix, data}
-			_, err = bufs.WriteTo(c.rw)
+			c.wvArr = [2][]byte{c.whdr, data}
+			c.wv = c.wvArr[:]
+			_, err = c.wv.WriteTo(c.rw)
+			c.wvArr = [2][]byte{}
 		}
 	} else {
-		c.bw.Write(hdr)
-		c.bw.Write(prefix)
+		c.bw.Write(c.whdr)
 		_, err = c.bw.Write(data)
 		if err == nil && last && !req.batched {
 			err = c.bw.Flush()
@@ -666,7 +687,9 @@ func (c *conn) send(req request, hdr, prefix, data []byte) {
 	}
 }
 
-// Buffers come from power-of-two size classes up to maxPayload.
+// Buffers come from power-of-two size classes up to maxPayload. The pools
+// hold a pointer to a buffer's first byte, which (unlike a *[]byte made on
+// each Put) costs no allocation; the class gives the length back.
 var bufPools [26]sync.Pool // classes 9 (512 B) to 25 (maxPayload)
 
 func sizeClass(n int) int {
@@ -681,8 +704,8 @@ func getBuf(n int) []byte {
 		return []byte{}
 	}
 	cl := sizeClass(n)
-	if b, ok := bufPools[cl].Get().(*[]byte); ok {
-		return (*b)[:n]
+	if p, ok := bufPools[cl].Get().(*byte); ok {
+		return unsafe.Slice(p, 1<<cl)[:n]
 	}
 	return make([]byte, n, 1<<cl)
 }
@@ -696,6 +719,5 @@ func putBuf(b []byte) {
 	if cl >= len(bufPools) {
 		return
 	}
-	b = b[:c]
-	bufPools[cl].Put(&b)
+	bufPools[cl].Put(unsafe.SliceData(b))
 }
