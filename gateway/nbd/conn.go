@@ -198,9 +198,10 @@ func (c *conn) linger() {
 //     passes the turn on and executes its request concurrently with the
 //     others, like nbdkit's threads;
 //   - otherwise executes the request itself while keeping the turn, and
-//     goes straight back to reading. A request that takes longer than
-//     InlineBudget hands the turn to another worker from a timer, so a slow
-//     request never holds up the ones behind it.
+//     goes straight back to reading. A request that takes longer than one
+//     to two InlineBudgets hands the turn to another worker from a
+//     watchdog timer, so a slow request never holds up the ones behind it
+//     for long.
 //
 // At low queue depth a request then costs no goroutine wake-up at all, and
 // at high depth requests still run concurrently and complete out of order.
@@ -306,16 +307,36 @@ func (c *conn) worker() {
 	}()
 	var batch []work
 	// owned is the generation of the inline request holding the turn, 0
-	// if none. One timer per worker, re-armed for each inline request,
-	// hands the turn on when a request runs past the inline budget; it
-	// passes the turn only if it is the one to clear owned, so the turn
-	// is passed once per generation even when a late firing races with
-	// the next request.
-	var owned, armed atomic.Uint64
+	// if none. Whoever clears it passes the turn, so the turn is passed
+	// once per generation.
+	//
+	// A watchdog timer per worker hands the turn on when one request runs
+	// inline past the budget. Arming a timer for every request would wake
+	// the runtime's poller or another thread each time (two to three
+	// system calls per request at queue depth 1), so the watchdog ticks
+	// once per budget period only while requests run inline and stops when
+	// it finds none: a request seen running at two ticks in a row has run
+	// at least one period, and loses the turn.
+	var owned, last atomic.Uint64
+	var armed atomic.Bool
 	var gen uint64
-	budget := time.AfterFunc(time.Hour, func() {
-		if g := armed.Load(); g != 0 && owned.CompareAndSwap(g, 0) {
+	period := c.s.cfg.InlineBudget
+	var budget *time.Timer
+	budget = time.AfterFunc(time.Hour, func() {
+		g := owned.Load()
+		if g != 0 && last.Swap(g) != g {
+			budget.Reset(period) // a new request since the last tick
+			return
+		}
+		if g != 0 && owned.CompareAndSwap(g, 0) {
 			c.turn <- struct{}{}
+		}
+		last.Store(0)
+		armed.Store(false)
+		// A request that started after the load above found the timer
+		// still armed and did not arm it.
+		if owned.Load() != 0 && armed.CompareAndSwap(false, true) {
+			budget.Reset(period)
 		}
 	})
 	budget.Stop()
@@ -354,11 +375,11 @@ func (c *conn) worker() {
 		}
 		gen++
 		g := gen
-		armed.Store(g)
 		owned.Store(g)
-		budget.Reset(c.s.cfg.InlineBudget)
+		if armed.CompareAndSwap(false, true) {
+			budget.Reset(period)
+		}
 		c.handle(req, buf)
-		budget.Stop()
 		hold = owned.CompareAndSwap(g, 0)
 	}
 }
