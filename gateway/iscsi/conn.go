@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,9 +27,19 @@ type conn struct {
 	remote string
 	br     *bufio.Reader
 
-	wmu    sync.Mutex // guards statSN and writes
+	wmu    sync.Mutex // guards statSN, the fields below and writes
 	statSN uint32
-	wbuf   []byte
+	wbuf   []byte // login responses
+	// Full feature phase: responses go through bw; whoever writes while
+	// no other response waits for wmu flushes, so a burst of completions
+	// costs one write(2). hdrs and wv gather a command's Data-In PDUs
+	// into one writev.
+	bw     *bufio.Writer
+	queued atomic.Int32 // responses waiting for wmu
+	werr   error        // first response write error
+	hdrs   []byte
+	wv     net.Buffers
+	wvArr  [][]byte
 
 	expCmdSN atomic.Uint32
 	itt      uint32
@@ -56,6 +67,7 @@ type conn struct {
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		s: s, nc: nc, remote: nc.RemoteAddr().String(), br: bufio.NewReaderSize(nc, 64<<10),
+		bw:          bufio.NewWriterSize(nc, 64<<10),
 		maxSendData: 8192, maxBurst: 262144, firstBurst: 65536, initialR2T: true, immediateData: true,
 		tasks: map[uint32]*task{}, sem: make(chan struct{}, cmdWindow),
 	}
@@ -177,26 +189,95 @@ func (c *conn) acceptCmdSN(p *pdu) bool {
 // send writes one response PDU, stamping StatSN (advancing it when
 // status is true), ExpCmdSN and MaxCmdSN.
 func (c *conn) send(p *pdu, status bool) error {
+	c.queued.Add(1)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	p.put32(24, c.statSN)
+	last := c.queued.Add(-1) == 0
+	if c.werr != nil {
+		return c.werr
+	}
+	p.setDataLen(len(p.data))
+	c.hdrs = append(c.hdrs[:0], p.h[:]...)
+	c.stamp(c.hdrs, status)
+	c.wvArr = append(c.wvArr[:0], c.hdrs, p.data, zeroPad[:(4-len(p.data)%4)%4])
+	return c.write(len(p.data), last)
+}
+
+// stamp sets a response header's StatSN (advancing it when status is
+// true), ExpCmdSN and MaxCmdSN. The caller holds wmu.
+func (c *conn) stamp(h []byte, status bool) {
+	binary.BigEndian.PutUint32(h[24:], c.statSN)
 	if status {
 		c.statSN++
 	}
 	exp := c.expCmdSN.Load()
-	p.put32(28, exp)
-	p.put32(32, exp+cmdWindow-1)
-	if len(p.data) < 64<<10 {
-		c.wbuf = p.encode(c.wbuf[:0])
-		_, err := c.nc.Write(c.wbuf)
-		return err
+	binary.BigEndian.PutUint32(h[28:], exp)
+	binary.BigEndian.PutUint32(h[32:], exp+cmdWindow-1)
+}
+
+// write sends the buffers gathered in wvArr, holding dataLen bytes of
+// data: small ones through the buffered writer (flushed when last), large
+// ones with one writev from where they are, without copying the data.
+// The caller holds wmu.
+func (c *conn) write(dataLen int, last bool) error {
+	var err error
+	if dataLen < 64<<10 {
+		for _, b := range c.wvArr {
+			c.bw.Write(b)
+		}
+		if last {
+			err = c.bw.Flush()
+		}
+	} else if err = c.bw.Flush(); err == nil {
+		c.wv = c.wvArr
+		_, err = c.wv.WriteTo(c.nc)
 	}
-	// Large Data-In: header, data and padding in one writev, without
-	// copying the data.
-	p.setDataLen(len(p.data))
-	bufs := net.Buffers{p.h[:], p.data, zeroPad[:(4-len(p.data)%4)%4]}
-	_, err := bufs.WriteTo(c.nc)
+	clear(c.wvArr)
+	if err != nil {
+		c.werr = err
+		c.nc.Close()
+	}
 	return err
+}
+
+// sendDataIn sends a command's read data as Data-In PDUs of at most
+// MaxRecvDataSegmentLength each, the last carrying the status (phase
+// collapse), all in one write.
+func (c *conn) sendDataIn(t *task, data []byte, uflags byte, resid uint32) error {
+	c.queued.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	last := c.queued.Add(-1) == 0
+	if c.werr != nil {
+		return c.werr
+	}
+	n := (len(data) + c.maxSendData - 1) / c.maxSendData
+	c.hdrs = slices.Grow(c.hdrs[:0], n*bhsLen)[:n*bhsLen]
+	clear(c.hdrs)
+	c.wvArr = c.wvArr[:0]
+	for i := range n {
+		off := i * c.maxSendData
+		m := min(c.maxSendData, len(data)-off)
+		final := off+m == len(data)
+		h := c.hdrs[i*bhsLen : (i+1)*bhsLen]
+		h[0] = opDataIn
+		if final {
+			h[1] = 0x80 | 0x01 | uflags
+			binary.BigEndian.PutUint32(h[44:], resid)
+		}
+		h[5], h[6], h[7] = byte(m>>16), byte(m>>8), byte(m)
+		copy(h[8:16], t.lun[:])
+		binary.BigEndian.PutUint32(h[16:], t.itt)
+		binary.BigEndian.PutUint32(h[20:], reservedTag)
+		binary.BigEndian.PutUint32(h[36:], uint32(i))
+		binary.BigEndian.PutUint32(h[40:], uint32(off))
+		c.stamp(h, final)
+		c.wvArr = append(c.wvArr, h, data[off:off+m])
+		if pad := (4 - m%4) % 4; pad > 0 {
+			c.wvArr = append(c.wvArr, zeroPad[:pad])
+		}
+	}
+	return c.write(len(data), last)
 }
 
 func (c *conn) reject(bad *pdu, reason byte) {
@@ -322,8 +403,14 @@ func (c *conn) scsiCommand(ctx context.Context, p *pdu) error {
 		c.respond(t, result{status: statusCheck, sense: senseInvalidField})
 		return nil
 	}
-	t.buf = make([]byte, t.edtl)
-	t.got = copy(t.buf, p.data)
+	if len(p.data) == t.edtl {
+		// All the data came as immediate data, in a buffer readPDU made
+		// for this PDU alone: take it as it is.
+		t.buf, t.got = p.data, t.edtl
+	} else {
+		t.buf = make([]byte, t.edtl)
+		t.got = copy(t.buf, p.data)
+	}
 	switch {
 	case t.got == t.edtl:
 		c.run(ctx, t)
@@ -443,26 +530,7 @@ func (c *conn) respond(t *task, res result) {
 		}
 	}
 	if res.status == statusGood && len(data) > 0 {
-		for off := 0; off < len(data); off += c.maxSendData {
-			n := min(c.maxSendData, len(data)-off)
-			last := off+n == len(data)
-			p := &pdu{data: data[off : off+n]}
-			p.h[0] = opDataIn
-			if last {
-				p.h[1] = 0x80 | 0x01 | uflags
-			}
-			copy(p.h[8:16], t.lun[:])
-			p.put32(16, t.itt)
-			p.put32(20, reservedTag)
-			p.put32(36, uint32(off/c.maxSendData))
-			p.put32(40, uint32(off))
-			if last {
-				p.put32(44, resid)
-			}
-			if c.send(p, last) != nil {
-				return
-			}
-		}
+		c.sendDataIn(t, data, uflags, resid)
 		return
 	}
 	p := &pdu{}

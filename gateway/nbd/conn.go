@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sync/semaphore"
 
@@ -64,6 +65,12 @@ type conn struct {
 	bw     *bufio.Writer
 	queued atomic.Int32 // replies waiting for wmu
 	werr   error        // first reply write error, under wmu
+	// Under wmu: a reply's header and prefix are copied here, and large
+	// replies gathered in wv (backed by wvArr), so that sending a reply
+	// allocates nothing.
+	whdr  []byte
+	wv    net.Buffers
+	wvArr [2][]byte
 
 	dmu      sync.Mutex
 	stopping bool // under dmu: Shutdown asked the reader to stop
@@ -191,9 +198,10 @@ func (c *conn) linger() {
 //     passes the turn on and executes its request concurrently with the
 //     others, like nbdkit's threads;
 //   - otherwise executes the request itself while keeping the turn, and
-//     goes straight back to reading. A request that takes longer than
-//     InlineBudget hands the turn to another worker from a timer, so a slow
-//     request never holds up the ones behind it.
+//     goes straight back to reading. A request that takes longer than one
+//     to two InlineBudgets hands the turn to another worker from a
+//     watchdog timer, so a slow request never holds up the ones behind it
+//     for long.
 //
 // At low queue depth a request then costs no goroutine wake-up at all, and
 // at high depth requests still run concurrently and complete out of order.
@@ -298,8 +306,41 @@ func (c *conn) worker() {
 		}
 	}()
 	var batch []work
-	var owned atomic.Uint64 // generation of the inline request holding the turn, 0 if none
+	// owned is the generation of the inline request holding the turn, 0
+	// if none. Whoever clears it passes the turn, so the turn is passed
+	// once per generation.
+	//
+	// A watchdog timer per worker hands the turn on when one request runs
+	// inline past the budget. Arming a timer for every request would wake
+	// the runtime's poller or another thread each time (two to three
+	// system calls per request at queue depth 1), so the watchdog ticks
+	// once per budget period only while requests run inline and stops when
+	// it finds none: a request seen running at two ticks in a row has run
+	// at least one period, and loses the turn.
+	var owned, last atomic.Uint64
+	var armed atomic.Bool
 	var gen uint64
+	period := c.s.cfg.InlineBudget
+	var budget *time.Timer
+	budget = time.AfterFunc(time.Hour, func() {
+		g := owned.Load()
+		if g != 0 && last.Swap(g) != g {
+			budget.Reset(period) // a new request since the last tick
+			return
+		}
+		if g != 0 && owned.CompareAndSwap(g, 0) {
+			c.turn <- struct{}{}
+		}
+		last.Store(0)
+		armed.Store(false)
+		// A request that started after the load above found the timer
+		// still armed and did not arm it.
+		if owned.Load() != 0 && armed.CompareAndSwap(false, true) {
+			budget.Reset(period)
+		}
+	})
+	budget.Stop()
+	defer budget.Stop()
 	for {
 		if !hold {
 			<-c.turn
@@ -335,13 +376,10 @@ func (c *conn) worker() {
 		gen++
 		g := gen
 		owned.Store(g)
-		t := time.AfterFunc(c.s.cfg.InlineBudget, func() {
-			if owned.CompareAndSwap(g, 0) {
-				c.turn <- struct{}{}
-			}
-		})
+		if armed.CompareAndSwap(false, true) {
+			budget.Reset(period)
+		}
 		c.handle(req, buf)
-		t.Stop()
 		hold = owned.CompareAndSwap(g, 0)
 	}
 }
@@ -641,17 +679,21 @@ func (c *conn) send(req request, hdr, prefix, data []byte) {
 	if c.werr != nil {
 		return
 	}
+	// hdr and prefix live on the callers' stacks: copying them here keeps
+	// them there (a slice handed to the writer escapes to the heap).
+	c.whdr = append(append(c.whdr[:0], hdr...), prefix...)
 	var err error
 	if len(data) >= largeReply {
 		// Large read data goes out with one writev from its own buffer
 		// instead of through a copy into the buffered writer.
 		if err = c.bw.Flush(); err == nil {
-			bufs := net.Buffers{hdr, prefix, data}
-			_, err = bufs.WriteTo(c.rw)
+			c.wvArr = [2][]byte{c.whdr, data}
+			c.wv = c.wvArr[:]
+			_, err = c.wv.WriteTo(c.rw)
+			c.wvArr = [2][]byte{}
 		}
 	} else {
-		c.bw.Write(hdr)
-		c.bw.Write(prefix)
+		c.bw.Write(c.whdr)
 		_, err = c.bw.Write(data)
 		if err == nil && last && !req.batched {
 			err = c.bw.Flush()
@@ -666,7 +708,9 @@ func (c *conn) send(req request, hdr, prefix, data []byte) {
 	}
 }
 
-// Buffers come from power-of-two size classes up to maxPayload.
+// Buffers come from power-of-two size classes up to maxPayload. The pools
+// hold a pointer to a buffer's first byte, which (unlike a *[]byte made on
+// each Put) costs no allocation; the class gives the length back.
 var bufPools [26]sync.Pool // classes 9 (512 B) to 25 (maxPayload)
 
 func sizeClass(n int) int {
@@ -681,8 +725,8 @@ func getBuf(n int) []byte {
 		return []byte{}
 	}
 	cl := sizeClass(n)
-	if b, ok := bufPools[cl].Get().(*[]byte); ok {
-		return (*b)[:n]
+	if p, ok := bufPools[cl].Get().(*byte); ok {
+		return unsafe.Slice(p, 1<<cl)[:n]
 	}
 	return make([]byte, n, 1<<cl)
 }
@@ -696,6 +740,5 @@ func putBuf(b []byte) {
 	if cl >= len(bufPools) {
 		return
 	}
-	b = b[:c]
-	bufPools[cl].Put(&b)
+	bufPools[cl].Put(unsafe.SliceData(b))
 }

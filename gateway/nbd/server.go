@@ -43,8 +43,9 @@ type Config struct {
 	// MaxConns bounds concurrent connections; default 1024.
 	MaxConns int
 	// InlineBudget is how long a worker may execute a request while
-	// keeping the reading turn before another worker takes over reading;
-	// default 50µs.
+	// keeping the reading turn before another worker takes over reading
+	// (between one and two budgets: a watchdog checks once per budget);
+	// default 200µs.
 	InlineBudget time.Duration
 	// Workers is the number of requests one connection executes at once;
 	// default 16.
@@ -73,7 +74,7 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 		cfg.MaxInflightBytes = maxPayload
 	}
 	if cfg.InlineBudget <= 0 {
-		cfg.InlineBudget = 50 * time.Microsecond
+		cfg.InlineBudget = 200 * time.Microsecond
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 16

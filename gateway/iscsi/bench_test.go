@@ -1,0 +1,298 @@
+package iscsi
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/backends/local"
+	"github.com/ferry-io/ferry/backends/mem"
+	"github.com/ferry-io/ferry/gateway/volume"
+)
+
+// BenchmarkCommandPath measures the iSCSI command path end to end over a
+// loopback socket: an initiator in the same process (MaxRecvDataSegmentLength
+// 256 KiB, ImmediateData, InitialR2T as QEMU's libiscsi negotiates them)
+// keeps QD READ(10)/WRITE(10) commands in flight against the in-memory
+// device and the local pool's file device. A 4k write carries its data
+// as immediate data; a 1M write takes an R2T for the rest.
+//
+// Besides ns/op (one op = one command) it reports allocs/op and B/op
+// (client included, which allocates nothing per command) and
+// rw-syscalls/op: read(2)/write(2)-family system calls of the whole
+// process per command (/proc/self/io), client included.
+//
+//	go test -run - -bench CommandPath -benchmem -count 6 ./gateway/iscsi | tee new.txt
+func BenchmarkCommandPath(b *testing.B) {
+	for _, devName := range []string{"mem", "local"} {
+		for _, op := range []string{"read", "write"} {
+			for _, w := range []struct {
+				bs, qd int
+			}{{4 << 10, 1}, {4 << 10, 32}, {1 << 20, 1}, {1 << 20, 8}} {
+				name := fmt.Sprintf("%s/%s/bs=%s/qd=%d", devName, op, sizeName(w.bs), w.qd)
+				b.Run(name, func(b *testing.B) {
+					benchCommands(b, benchDevice(b, devName), op == "write", w.bs, w.qd)
+				})
+			}
+		}
+	}
+}
+
+const benchDevSize = 256 << 20
+
+func sizeName(n int) string {
+	if n >= 1<<20 {
+		return strconv.Itoa(n>>20) + "M"
+	}
+	return strconv.Itoa(n>>10) + "k"
+}
+
+func benchDevice(b *testing.B, name string) device.Device {
+	var d device.Device
+	switch name {
+	case "mem":
+		d = mem.New(benchDevSize)
+	case "local":
+		ld, err := local.CreateScratch(filepath.Join(b.TempDir(), "vol"), benchDevSize)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { ld.Close() })
+		d = ld
+	default:
+		b.Fatalf("unknown device %q", name)
+	}
+	p := make([]byte, 1<<20)
+	for off := int64(0); off < benchDevSize; off += int64(len(p)) {
+		if err := d.WriteAt(context.Background(), p, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return d
+}
+
+// benchInitiator is a minimal initiator that allocates nothing per
+// command.
+type benchInitiator struct {
+	b     *testing.B
+	nc    net.Conn
+	br    *bufio.Reader
+	cmdSN uint32
+	itt   uint32
+	h     [bhsLen]byte
+	out   []byte
+	data  []byte // write data, or where read data lands
+	mrdsl int    // the target's MaxRecvDataSegmentLength
+}
+
+func (bi *benchInitiator) login(addr string) {
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		bi.b.Fatal(err)
+	}
+	bi.b.Cleanup(func() { nc.Close() })
+	bi.nc, bi.br = nc, bufio.NewReaderSize(nc, 256<<10)
+	var p pdu
+	p.h[0] = 0x40 | opLogin
+	p.h[1] = 0x80 | 1<<2 | 3 // transit, operational → full feature
+	copy(p.h[8:14], []byte{0x80, 0, 0, 0, 0, 2})
+	var keys kv
+	keys.add("InitiatorName", "iqn.2026-12.io.ferry:bench")
+	keys.add("TargetName", DefaultBaseIQN+":v")
+	keys.add("SessionType", "Normal")
+	keys.add("MaxRecvDataSegmentLength", "262144")
+	keys.add("ImmediateData", "Yes")
+	keys.add("InitialR2T", "Yes")
+	keys.add("MaxBurstLength", "16776192")
+	keys.add("FirstBurstLength", "262144")
+	p.data = keys.encode()
+	if _, err := nc.Write(p.encode(nil)); err != nil {
+		bi.b.Fatal(err)
+	}
+	rsp, err := readPDU(bi.br, 1<<20, nil)
+	if err != nil || rsp.opcode() != opLoginRsp || rsp.h[36] != 0 {
+		bi.b.Fatalf("login: %v %+v", err, rsp)
+	}
+	bi.mrdsl = 8192
+	if v, ok := parseKV(rsp.data).get("MaxRecvDataSegmentLength"); ok {
+		bi.mrdsl, _ = strconv.Atoi(v)
+	}
+}
+
+// send sends a READ(10) or WRITE(10) of len(bi.data) bytes at lba.
+func (bi *benchInitiator) send(write bool, lba uint32, n int) {
+	bi.itt++
+	h := &bi.h
+	*h = [bhsLen]byte{}
+	h[0] = opSCSICmd
+	h[1] = 0x80
+	imm := 0
+	if write {
+		h[1] |= 0x20
+		imm = min(n, bi.mrdsl, 262144)
+	} else {
+		h[1] |= 0x40
+	}
+	h[5], h[6], h[7] = byte(imm>>16), byte(imm>>8), byte(imm)
+	binary.BigEndian.PutUint32(h[16:], bi.itt)
+	binary.BigEndian.PutUint32(h[20:], uint32(n))
+	binary.BigEndian.PutUint32(h[24:], bi.cmdSN)
+	bi.cmdSN++
+	cdb := h[32:48]
+	cdb[0] = 0x28
+	if write {
+		cdb[0] = 0x2a
+	}
+	binary.BigEndian.PutUint32(cdb[2:], lba)
+	binary.BigEndian.PutUint16(cdb[7:], uint16(n/blockSize))
+	bi.out = append(append(bi.out[:0], h[:]...), bi.data[:imm]...)
+	if _, err := bi.nc.Write(bi.out); err != nil {
+		bi.b.Fatalf("send: %v", err)
+	}
+}
+
+// recv reads PDUs until one command's status, answering R2Ts on the way.
+func (bi *benchInitiator) recv() {
+	for {
+		if _, err := io.ReadFull(bi.br, bi.h[:]); err != nil {
+			bi.b.Fatalf("recv: %v", err)
+		}
+		h := &bi.h
+		n := int(h[5])<<16 | int(h[6])<<8 | int(h[7])
+		switch h[0] & 0x3f {
+		case opDataIn:
+			off := int(binary.BigEndian.Uint32(h[40:]))
+			if _, err := io.ReadFull(bi.br, bi.data[off:off+n]); err != nil {
+				bi.b.Fatalf("recv: %v", err)
+			}
+			if pad := (4 - n%4) % 4; pad > 0 {
+				bi.br.Discard(pad)
+			}
+			if h[1]&0x01 != 0 {
+				if h[3] != statusGood {
+					bi.b.Fatalf("read status %#x", h[3])
+				}
+				return
+			}
+		case opR2T:
+			itt, ttt := binary.BigEndian.Uint32(h[16:]), binary.BigEndian.Uint32(h[20:])
+			off, want := int(binary.BigEndian.Uint32(h[40:])), int(binary.BigEndian.Uint32(h[44:]))
+			for sn := uint32(0); want > 0; sn++ {
+				m := min(want, bi.mrdsl)
+				var d [bhsLen]byte
+				d[0] = opDataOut
+				if m == want {
+					d[1] = 0x80
+				}
+				d[5], d[6], d[7] = byte(m>>16), byte(m>>8), byte(m)
+				binary.BigEndian.PutUint32(d[16:], itt)
+				binary.BigEndian.PutUint32(d[20:], ttt)
+				binary.BigEndian.PutUint32(d[36:], sn)
+				binary.BigEndian.PutUint32(d[40:], uint32(off))
+				bi.out = append(append(bi.out[:0], d[:]...), bi.data[off:off+m]...)
+				if _, err := bi.nc.Write(bi.out); err != nil {
+					bi.b.Fatalf("data-out: %v", err)
+				}
+				off, want = off+m, want-m
+			}
+		case opSCSIResp:
+			if h[3] != statusGood {
+				bi.b.Fatalf("status %#x", h[3])
+			}
+			bi.br.Discard((n + 3) &^ 3)
+			return
+		default:
+			bi.b.Fatalf("unexpected PDU opcode %#x", h[0])
+		}
+	}
+}
+
+func benchCommands(b *testing.B, dev device.Device, write bool, bs, qd int) {
+	s := NewServer(volume.NewStaticExports(map[string]device.Device{"v": dev}), Config{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(context.Background(), l) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			b.Errorf("shutdown: %v", err)
+		}
+		<-done
+	}()
+
+	bi := &benchInitiator{b: b, data: make([]byte, bs), out: make([]byte, 0, bhsLen+bs)}
+	bi.login(l.Addr().String())
+	blocks := uint32(benchDevSize / bs)
+	rng := rand.New(rand.NewPCG(1, 2))
+	lba := func() uint32 { return rng.Uint32N(blocks) * uint32(bs/blockSize) }
+
+	// Warm up pools and goroutines.
+	for range qd {
+		bi.send(write, lba(), bs)
+	}
+	for range 4 * qd {
+		bi.recv()
+		bi.send(write, lba(), bs)
+	}
+	for range qd {
+		bi.recv()
+	}
+
+	r0, w0 := procSyscalls(b)
+	b.SetBytes(int64(bs))
+	b.ReportAllocs()
+	b.ResetTimer()
+	inflight := 0
+	for i := 0; i < b.N; i++ {
+		for inflight >= qd {
+			bi.recv()
+			inflight--
+		}
+		bi.send(write, lba(), bs)
+		inflight++
+	}
+	for ; inflight > 0; inflight-- {
+		bi.recv()
+	}
+	b.StopTimer()
+	r1, w1 := procSyscalls(b)
+	b.ReportMetric(float64(r1-r0+w1-w0)/float64(b.N), "rw-syscalls/op")
+}
+
+// procSyscalls returns the read and write system calls this process made
+// (/proc/self/io).
+func procSyscalls(b *testing.B) (r, w int64) {
+	p, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		b.Skipf("no syscall counters: %v", err)
+	}
+	for _, line := range strings.Split(string(p), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "syscr":
+			r = n
+		case "syscw":
+			w = n
+		}
+	}
+	return r, w
+}

@@ -1,0 +1,52 @@
+package nbd
+
+import (
+	"context"
+	"testing"
+
+	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/backends/mem"
+)
+
+// stallDevice blocks reads at offset 0 until release is closed, telling
+// started when one begins.
+type stallDevice struct {
+	device.Device
+	started chan struct{}
+	release chan struct{}
+}
+
+func (d stallDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if off == 0 {
+		d.started <- struct{}{}
+		<-d.release
+	}
+	return d.Device.ReadAt(ctx, p, off)
+}
+
+// TestSlowInlineRequestHandsOffTheTurn: a request that the reading worker
+// executes inline (nothing else was buffered) and that then stalls must
+// not hold up a request sent after it: the inline watchdog passes the
+// reading turn on, so the second request is answered first.
+func TestSlowInlineRequestHandsOffTheTurn(t *testing.T) {
+	for _, workers := range []int{2, 16} {
+		dev := stallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{})}
+		ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers})
+		rc := dialRaw(t, ts.addr)
+		rc.attach("v", false)
+		for round := range 3 {
+			rc.send(cmdRead, 0, 1, 0, 4096, nil)
+			<-dev.started // executing now, with no other request buffered
+			rc.send(cmdRead, 0, 2, 4096, 4096, nil)
+			if r := rc.recv(4096); r.handle != 2 || r.errno != 0 {
+				t.Fatalf("workers %d round %d: first reply %v, want handle 2 while handle 1 stalls", workers, round, r)
+			}
+			dev.release <- struct{}{}
+			if r := rc.recv(4096); r.handle != 1 || r.errno != 0 {
+				t.Fatalf("workers %d round %d: second reply %v, want handle 1", workers, round, r)
+			}
+		}
+		close(dev.release)
+		ts.stop(t)
+	}
+}
