@@ -229,6 +229,17 @@ ferry:
 	if _, err := ParseSeed([]byte("instance-id: i\n"), []byte("#!/bin/sh\necho hi\n")); err == nil {
 		t.Error("a shell-script user-data accepted")
 	}
+	s3, _ := ParseSeed([]byte("instance-id: i-3\n"), []byte("#cloud-config\nferry: {nbd_tls: allow}\n"))
+	if _, err := ApplySeed(p, s3, root); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(p.State, ServeEnvFile)); !strings.Contains(string(b), "\nFERRY_NBD_TLS=allow\n") {
+		t.Errorf("serve.env after nbd_tls: allow: %q", b)
+	}
+	s4, _ := ParseSeed([]byte("instance-id: i-4\n"), []byte("#cloud-config\nferry: {nbd_tls: off}\n"))
+	if _, err := ApplySeed(p, s4, root); err == nil {
+		t.Error("nbd_tls: off accepted")
+	}
 	bad, _ := ParseSeed([]byte("instance-id: i-2\n"), []byte("#cloud-config\nferry: {api_token: short}\n"))
 	if _, err := ApplySeed(p, bad, root); err == nil {
 		t.Error("a 5-character seeded token accepted")

@@ -31,6 +31,8 @@ import (
 //	    nbd_tls_cert: PEM                      (with nbd_tls_key)
 //	    nbd_tls_key: PEM
 //	    network: {interface: eth0, address: 10.0.0.5/24, gateway: 10.0.0.1, dns: [10.0.0.1]}
+//	    nbd_tls: allow                         (require, the default, or allow:
+//	                                            plain NBD too, e.g. to benchmark)
 //
 // A seed is applied once per instance-id; what it sets replaces what
 // first boot would create.
@@ -49,6 +51,7 @@ type SeedFerry struct {
 	NBDTLSCert      string      `yaml:"nbd_tls_cert"`
 	NBDTLSKey       string      `yaml:"nbd_tls_key"`
 	Network         *SeedStatic `yaml:"network"`
+	NBDTLS          string      `yaml:"nbd_tls"`
 }
 
 // SeedStatic is a static network setting in a seed.
@@ -185,6 +188,17 @@ func ApplySeed(p Paths, s Seed, root string) (done []string, err error) {
 			return done, err
 		}
 		done = append(done, "NBD TLS certificate")
+	}
+	switch f.NBDTLS {
+	case "":
+	case "require", "allow":
+		body := "# Set by a NoCloud seed (ferry.nbd_tls).\nFERRY_NBD_TLS=" + f.NBDTLS + "\n"
+		if err := atomicfile.WriteFile(filepath.Join(p.State, ServeEnvFile), []byte(body)); err != nil {
+			return done, err
+		}
+		done = append(done, "NBD TLS "+f.NBDTLS)
+	default:
+		return done, fmt.Errorf("ferry.nbd_tls %q: use require or allow", f.NBDTLS)
 	}
 	if n := f.Network; n != nil {
 		st := StaticNet{Interface: n.Interface}

@@ -37,6 +37,7 @@ const (
 	CertFile      = "nbd.crt"
 	KeyFile       = "nbd.key"
 	ISCSIEnvFile  = "iscsi.env"
+	ServeEnvFile  = "serve.env"
 	NetworkDir    = "network"
 	StaticNetwork = "10-ferry-static.network"
 	SeedIDFile    = "nocloud-instance-id"
