@@ -348,7 +348,7 @@ func (v *vm) shutdown(t *testing.T) {
 // ferry runs the CLI against the appliance's API; token "" runs it
 // without one.
 func (v *vm) ferry(token string, args ...string) (string, error) {
-	cmd := exec.Command(ferryBin, append([]string{"--api", v.api}, args...)...)
+	cmd := exec.Command(ferryBin, append(args, "--api", v.api)...)
 	cmd.Env = slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, "FERRY_") })
 	if token != "" {
 		cmd.Env = append(cmd.Env, "FERRY_TOKEN="+token)
