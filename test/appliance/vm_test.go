@@ -241,6 +241,9 @@ func boot(t *testing.T, d *vmDisks, uefi bool) *vm {
 			t.Fatalf("the appliance was not ready after %s; serial console:\n%s", time.Since(start).Round(time.Second), v.tail(60))
 		case <-tick.C:
 		}
+		if b, _ := os.ReadFile(v.serial); strings.Contains(string(b), "Kernel panic") {
+			t.Fatalf("the appliance's kernel panicked:\n%s", v.tail(30))
+		}
 		if v.readyOnSerial() && v.healthz() == nil {
 			break
 		}
