@@ -8,5 +8,6 @@
 // CHAP, /metrics; then power cuts (kill -9 of QEMU under a flushing write
 // load), an upgrade (a fresh system disk) booted with UEFI.
 //
-// FERRY_APPLIANCE_LONG=1 runs 10 power cuts instead of 2.
+// FERRY_APPLIANCE_LONG=1 runs 10 power cuts instead of 1;
+// FERRY_APPLIANCE_CUTS=N runs N.
 package appliance
