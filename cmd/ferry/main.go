@@ -32,6 +32,7 @@ func newApp() *cli.App {
 			cmdDockerPlugin(),
 			cmdVersion(),
 			cmdCompletion(),
+			cmdConsole(),
 		},
 		EnableBashCompletion: true,
 	}
