@@ -62,8 +62,12 @@ done
 pidof iscsid >/dev/null && iscsiadm --version >/dev/null && say "iscsid running"
 say "ferry $(ferry version | head -1)"
 curl -sSf http://%s:%d/healthz >/dev/null && say "gateway healthz ok"
+# Open the control port before saying so: bytes that reach a serial port
+# nobody holds open are dropped (seen: "got g" of "ping ...").
+exec 3</dev/ttyS1
+stty -F /dev/ttyS1 raw -echo 2>/dev/null
 say "listening"
-read -r line </dev/ttyS1 && say "got $line"
+read -r line <&3 && say "got $line"
 `, guest.HostAddr, ports[0]),
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)

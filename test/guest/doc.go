@@ -18,4 +18,6 @@
 // guest's /init prints "FERRY-GUEST: ready" before the script and
 // "FERRY-GUEST: exit RC" after it (Wait). The host talks to the guest by
 // writing lines to its second serial port (Send; /dev/ttyS1 in the guest).
+// A guest script opens /dev/ttyS1 (exec 3</dev/ttyS1) before it tells the
+// host it listens: what reaches a serial port nobody holds open is lost.
 package guest
