@@ -4,19 +4,14 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
-	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/ferry-io/ferry/internal/benchutil"
+
 	"github.com/ferry-io/ferry/backends/device"
-	"github.com/ferry-io/ferry/backends/local"
-	"github.com/ferry-io/ferry/backends/mem"
 	"github.com/ferry-io/ferry/gateway/volume"
 	ftu "github.com/ferry-io/ferry/internal/testutil"
 )
@@ -39,53 +34,7 @@ import (
 //     go test -run - -bench RequestPath -benchmem -count 6 ./gateway/nbd | tee new.txt
 //     benchstat old.txt new.txt
 func BenchmarkRequestPath(b *testing.B) {
-	for _, devName := range []string{"mem", "local"} {
-		for _, op := range []string{"read", "write"} {
-			for _, w := range []struct {
-				bs, qd int
-			}{{4 << 10, 1}, {4 << 10, 32}, {1 << 20, 1}, {1 << 20, 8}} {
-				name := fmt.Sprintf("%s/%s/bs=%s/qd=%d", devName, op, sizeName(w.bs), w.qd)
-				b.Run(name, func(b *testing.B) {
-					benchRequests(b, benchDevice(b, devName), op == "write", w.bs, w.qd)
-				})
-			}
-		}
-	}
-}
-
-const benchDevSize = 256 << 20
-
-func sizeName(n int) string {
-	if n >= 1<<20 {
-		return strconv.Itoa(n>>20) + "M"
-	}
-	return strconv.Itoa(n>>10) + "k"
-}
-
-func benchDevice(b *testing.B, name string) device.Device {
-	var d device.Device
-	switch name {
-	case "mem":
-		d = mem.New(benchDevSize)
-	case "local":
-		ld, err := local.CreateScratch(filepath.Join(b.TempDir(), "vol"), benchDevSize)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { ld.Close() })
-		d = ld
-	default:
-		b.Fatalf("unknown device %q", name)
-	}
-	// Fill it, so reads hit allocated blocks (in the page cache) and
-	// writes overwrite: the steady state, not first touches.
-	p := make([]byte, 1<<20)
-	for off := int64(0); off < benchDevSize; off += int64(len(p)) {
-		if err := d.WriteAt(context.Background(), p, off); err != nil {
-			b.Fatal(err)
-		}
-	}
-	return d
+	benchutil.Protocol(b, benchRequests)
 }
 
 func benchRequests(b *testing.B, dev device.Device, write bool, bs, qd int) {
@@ -113,7 +62,7 @@ func benchRequests(b *testing.B, dev device.Device, write bool, bs, qd int) {
 	if write {
 		typ = cmdWrite
 	}
-	blocks := uint64(benchDevSize / bs)
+	blocks := uint64(benchutil.DevSize / bs)
 	rng := rand.New(rand.NewPCG(1, 2))
 	msg := make([]byte, requestHeaderSize+bs)
 	if !write {
@@ -174,7 +123,7 @@ func benchRequests(b *testing.B, dev device.Device, write bool, bs, qd int) {
 		recv()
 	}
 
-	r0, w0 := procSyscalls(b)
+	r0, w0 := benchutil.Syscalls(b)
 	b.SetBytes(int64(bs))
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -191,30 +140,7 @@ func benchRequests(b *testing.B, dev device.Device, write bool, bs, qd int) {
 		recv()
 	}
 	b.StopTimer()
-	r1, w1 := procSyscalls(b)
+	r1, w1 := benchutil.Syscalls(b)
 	b.ReportMetric(float64(r1-r0+w1-w0)/float64(b.N), "rw-syscalls/op")
 	rc.send(cmdDisc, 0, 0, 0, 0, nil)
-}
-
-// procSyscalls returns the read and write system calls this process made
-// (/proc/self/io).
-func procSyscalls(b *testing.B) (r, w int64) {
-	p, err := os.ReadFile("/proc/self/io")
-	if err != nil {
-		b.Skipf("no syscall counters: %v", err)
-	}
-	for _, line := range strings.Split(string(p), "\n") {
-		k, v, ok := strings.Cut(line, ": ")
-		if !ok {
-			continue
-		}
-		n, _ := strconv.ParseInt(v, 10, 64)
-		switch k {
-		case "syscr":
-			r = n
-		case "syscw":
-			w = n
-		}
-	}
-	return r, w
 }
