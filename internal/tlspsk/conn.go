@@ -448,7 +448,6 @@ func (c *Conn) readRecordLocked() error {
 				return err
 			}
 		}
-		c.hsBuf = nil
 		return nil
 	default:
 		return alertf(alertUnexpectedMessage, "record of type %d after the handshake", typ)
