@@ -27,6 +27,7 @@ type testClient struct {
 	versions   []uint16
 	sessionID  bool
 	badBinder  bool
+	badFinish  bool
 	earlyData  bool
 	fragment   int // split the ClientHello into records of this many bytes
 	ccs        bool
@@ -209,7 +210,11 @@ func (tc *testClient) handshake(nc net.Conn) error {
 		w = tc.out.seal(w, recordChangeCipherSpec, []byte{1})
 	}
 	tc.out.setSecret(tc.suite, cHS)
-	w = tc.out.seal(w, recordHandshake, handshakeMessage(typeFinished, finishedMAC(cHS, transcript.Sum(nil))))
+	cfin := finishedMAC(cHS, transcript.Sum(nil))
+	if tc.badFinish {
+		cfin[31] ^= 1
+	}
+	w = tc.out.seal(w, recordHandshake, handshakeMessage(typeFinished, cfin))
 	if _, err := nc.Write(w); err != nil {
 		return err
 	}

@@ -241,10 +241,15 @@ func (c *Conn) serverHandshake() error {
 
 	// Application traffic secrets cover the transcript through the server
 	// Finished (§7.1); the client's Finished is checked against it too.
+	// The server writes under its application keys from here on (§2: a
+	// client reads them after our Finished), alerts included.
 	ms := masterSecret(hs)
 	cAP := deriveSecret(ms, "c ap traffic", transcript.Sum(nil))
 	sAP := deriveSecret(ms, "s ap traffic", transcript.Sum(nil))
 	wantFin := finishedMAC(cHS, transcript.Sum(nil))
+	if err := c.out.setSecret(st, sAP); err != nil {
+		return alertf(alertInternalError, "keys: %v", err)
+	}
 
 	if err := c.in.setSecret(st, cHS); err != nil {
 		return alertf(alertInternalError, "keys: %v", err)
@@ -264,9 +269,6 @@ func (c *Conn) serverHandshake() error {
 		return alertf(alertDecryptError, "client Finished does not verify")
 	}
 	if err := c.in.setSecret(st, cAP); err != nil {
-		return alertf(alertInternalError, "keys: %v", err)
-	}
-	if err := c.out.setSecret(st, sAP); err != nil {
 		return alertf(alertInternalError, "keys: %v", err)
 	}
 	c.identity = string(ch.psks[selected].identity)

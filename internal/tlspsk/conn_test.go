@@ -93,6 +93,19 @@ func TestRefused(t *testing.T) {
 	}
 }
 
+// TestBadClientFinished: a client Finished that does not verify gets
+// decrypt_error, under the keys the client reads after our Finished.
+func TestBadClientFinished(t *testing.T) {
+	addr, errc, _ := testServer(t, testKeys)
+	tc := newTestClient(aliceKey, "alice")
+	tc.badFinish = true
+	if err := tc.handshake(dial(t, addr)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := tc.readApp(1)
+	wantAlert(t, err, errc, alertDecryptError)
+}
+
 // TestFragmentsAndKeyUpdate: a ClientHello over many records, early data
 // skipped, a KeyUpdate fragmented over two records, update_requested
 // answered, data flowing on under the new keys.
