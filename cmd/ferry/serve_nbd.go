@@ -111,7 +111,11 @@ func nbdTLS(c *cli.Context, loopback bool) (nbd.Config, string, error) {
 			return cfg, "", fmt.Errorf("--nbd-tls-psk: %w", err)
 		}
 		cfg.PSK = &tlspsk.Config{Key: keys.Lookup}
-		kinds = append(kinds, fmt.Sprintf("PSK (%d identities)", len(keys)))
+		n := fmt.Sprintf("%d identities", len(keys))
+		if len(keys) == 1 {
+			n = "1 identity"
+		}
+		kinds = append(kinds, "PSK ("+n+")")
 	}
 	cfg.RequireTLS = mode == nbdTLSRequire
 	if cert != "" {
@@ -136,9 +140,9 @@ func nbdTLS(c *cli.Context, loopback bool) (nbd.Config, string, error) {
 		}
 		kinds = append([]string{x509Kind}, kinds...)
 	}
-	tlsSummary := "TLS required"
+	tlsSummary := "TLS required: " + strings.Join(kinds, " and ")
 	if mode == nbdTLSAllow {
-		tlsSummary = "TLS offered (clients may also connect in the clear)"
+		tlsSummary = "TLS offered: " + strings.Join(kinds, " and ") + "; clients may also connect in the clear"
 	}
-	return cfg, tlsSummary + " (" + strings.Join(kinds, ", ") + "); " + summary, nil
+	return cfg, tlsSummary + "; " + summary, nil
 }

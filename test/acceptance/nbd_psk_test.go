@@ -95,7 +95,7 @@ func TestNBDTLSPSK(t *testing.T) {
 	}
 	server, clients := pskDirs(t)
 	g := startGateway(t, "--nbd-tls", "require", "--nbd-tls-psk", server)
-	if logs := g.logs.String(); !strings.Contains(logs, "TLS required (PSK (2 identities))") {
+	if logs := g.logs.String(); !strings.Contains(logs, "TLS required: PSK (2 identities)") {
 		t.Errorf("the listening line does not say NBD is protected by PSKs:\n%s", logs)
 	}
 	if strings.Contains(g.logs.String(), fmt.Sprintf("%x", bytes.Repeat([]byte{0x5a}, 4))) {
@@ -211,7 +211,7 @@ func TestNBDTLSCertificateAndPSK(t *testing.T) {
 	cert, key, _, anon, _ := tlsDirs(t)
 	server, clients := pskDirs(t)
 	g := startGateway(t, "--nbd-tls", "require", "--nbd-tls-cert", cert, "--nbd-tls-key", key, "--nbd-tls-psk", server)
-	if logs := g.logs.String(); !strings.Contains(logs, "TLS required (X.509 certificate, PSK (2 identities))") {
+	if logs := g.logs.String(); !strings.Contains(logs, "TLS required: X.509 certificate and PSK (2 identities)") {
 		t.Errorf("the listening line does not name both:\n%s", logs)
 	}
 	g.mustCLI("volume", "create", "v1", "--size", "16M")
@@ -249,6 +249,14 @@ func TestNBDTLSPSKFileChecks(t *testing.T) {
 		if err == nil || !strings.Contains(string(out), c.want) || strings.Contains(string(out), "listening") || strings.Contains(string(out), key[:16]) {
 			t.Errorf("%s: err %v\n%s", c.name, err, out)
 		}
+	}
+	// Client certificates are an X.509 matter: --nbd-tls-ca with only a PSK file is refused.
+	good := filepath.Join(dir, "good.psk")
+	os.WriteFile(good, []byte("alice:"+key+"\n"), 0o600)
+	out, err := exec.Command(ferryBin, "serve", "--data", t.TempDir(), "--api-listen", "127.0.0.1:0",
+		"--nbd-listen", "127.0.0.1:0", "--iscsi-listen", "", "--nbd-tls-psk", good, "--nbd-tls-ca", good).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--nbd-tls-ca needs --nbd-tls-cert") {
+		t.Errorf("--nbd-tls-ca without a certificate: err %v\n%s", err, out)
 	}
 }
 
