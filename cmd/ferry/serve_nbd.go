@@ -91,9 +91,6 @@ func nbdTLS(c *cli.Context, loopback bool) (nbd.Config, string, error) {
 		}
 		return cfg, "", fmt.Errorf("%s needs a certificate or a PSK file: give --nbd-tls-cert and --nbd-tls-key (and --nbd-tls-ca to require client certificates), or --nbd-tls-psk FILE (psktool's identity:hexkey lines), or --nbd-tls off to serve NBD in the clear on a trusted network", why)
 	}
-	if ca != "" && cert == "" {
-		return cfg, "", fmt.Errorf("--nbd-tls-ca needs --nbd-tls-cert and --nbd-tls-key: client certificates are checked in an X.509 TLS session")
-	}
 	summary := "volumes' address allow-lists; volumes with CHAP or an initiator list only to allowed addresses"
 	if loopback {
 		summary = "loopback only; " + summary
@@ -103,6 +100,9 @@ func nbdTLS(c *cli.Context, loopback bool) (nbd.Config, string, error) {
 			summary = "no TLS (--nbd-tls off): " + summary + "; a volume without rules is open to anyone who reaches this address"
 		}
 		return cfg, summary, nil
+	}
+	if ca != "" && cert == "" {
+		return cfg, "", fmt.Errorf("--nbd-tls-ca needs --nbd-tls-cert and --nbd-tls-key: client certificates are checked in an X.509 TLS session")
 	}
 	var kinds []string
 	if psk != "" {

@@ -262,8 +262,9 @@ func TestNBDTLSPSKFileChecks(t *testing.T) {
 
 // TestTLSPSKGnuTLSCli: internal/tlspsk against GnuTLS's own client,
 // gnutls-cli, with the priority strings PSK users write: both suites,
-// both groups, a KeyUpdate each way; psk_ke-only, a wrong key and an
-// unknown user refused with the alert GnuTLS reports.
+// both groups, a KeyUpdate each way; psk_ke-only, a group the server
+// lacks, a wrong key and an unknown user refused with the alert GnuTLS
+// reports.
 func TestTLSPSKGnuTLSCli(t *testing.T) {
 	testutil.RequireTool(t, "gnutls-cli")
 	key := bytes.Repeat([]byte{0xa1}, 32)
@@ -313,6 +314,8 @@ func TestTLSPSKGnuTLSCli(t *testing.T) {
 	}
 	for _, c := range []struct{ user, key, prio, want string }{
 		{"alice", hexkey, "NORMAL:-KX-ALL:+PSK", "Received alert [40]"},
+		// Only a secp384r1 share: no HelloRetryRequest, a clean refusal.
+		{"alice", hexkey, "NORMAL:-KX-ALL:+ECDHE-PSK:-GROUP-ALL:+GROUP-SECP384R1", "Received alert [40]"},
 		{"alice", strings.Repeat("5a", 32), "NORMAL:+ECDHE-PSK", "Received alert [51]"},
 		{"mallory", hexkey, "NORMAL:+ECDHE-PSK", "Received alert [115]"},
 	} {
