@@ -55,3 +55,49 @@ func (c *fuzzConn) RemoteAddr() net.Addr               { return &net.TCPAddr{} }
 func (c *fuzzConn) SetDeadline(t time.Time) error      { return nil }
 func (c *fuzzConn) SetReadDeadline(t time.Time) error  { return nil }
 func (c *fuzzConn) SetWriteDeadline(t time.Time) error { return nil }
+
+// FuzzRecords: after the handshake, whatever records a client sends
+// (sealed with the session's keys, so the fuzzer reaches the content:
+// handshake fragments, KeyUpdates, alerts, padding-only records; or raw,
+// unsealed bytes), Read ends with an error or data, never a panic.
+// Input: chunks of [type][length hi][length lo][content]; a type with the
+// high bit set sends the content unsealed.
+func FuzzRecords(f *testing.F) {
+	f.Add([]byte{recordApplicationData, 0, 5, 'h', 'e', 'l', 'l', 'o'})
+	f.Add([]byte{recordHandshake, 0, 2, typeKeyUpdate, 0, recordHandshake, 0, 3, 0, 1, 1, recordApplicationData, 0, 1, 'x'})
+	f.Add([]byte{recordAlert, 0, 2, 1, 0})
+	f.Add([]byte{0x80 | recordChangeCipherSpec, 0, 6, recordChangeCipherSpec, 3, 3, 0, 1, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		secret := bytes.Repeat([]byte{7}, hashLen)
+		var client halfConn
+		client.setSecret(&suites[0], secret)
+		var stream []byte
+		for len(b) >= 3 {
+			typ, n := b[0], int(b[1])<<8|int(b[2])
+			b = b[3:]
+			n = min(n, len(b))
+			content := b[:n]
+			b = b[n:]
+			if typ&0x80 != 0 {
+				stream = append(stream, content...)
+			} else if n <= maxPlaintext+1 {
+				stream = client.seal(stream, typ, content)
+				if typ == recordHandshake && len(content) >= 5 && content[0] == typeKeyUpdate {
+					client.setSecret(client.suite, nextTrafficSecret(client.secret))
+				}
+			}
+		}
+		c := Server(&fuzzConn{r: bytes.NewReader(stream)}, &Config{Key: testKeys.Lookup})
+		c.hsDone = true
+		c.in.setSecret(&suites[0], secret)
+		c.out.setSecret(&suites[0], secret)
+		buf := make([]byte, 4096)
+		for range 1000 {
+			if _, err := c.Read(buf); err != nil {
+				break
+			}
+		}
+		c.Write([]byte("reply"))
+		c.Close()
+	})
+}
