@@ -22,7 +22,10 @@ type testClient struct {
 	identities []string // offered in order; key is the PSK of the first one the test means
 	key        []byte
 	modes      []byte
-	groups     []uint16 // key shares sent
+	groups     []uint16             // key shares sent
+	supported  []uint16             // supported_groups; default x25519, secp256r1
+	hrr        bool                 // set when the server sent a HelloRetryRequest
+	hrrTweak   func(tc *testClient) // applied before the second hello
 	suites     []uint16
 	versions   []uint16
 	sessionID  bool
@@ -48,14 +51,22 @@ func newTestClient(key []byte, identity string) *testClient {
 }
 
 // hello builds the ClientHello, binders computed with tc.key for every identity.
-func (tc *testClient) hello(privs map[uint16]*ecdh.PrivateKey) []byte {
+func (tc *testClient) hello(privs map[uint16]*ecdh.PrivateKey, prefix []byte) []byte {
 	var exts []byte
 	vs := []byte{byte(2 * len(tc.versions))}
 	for _, v := range tc.versions {
 		vs = append(vs, byte(v>>8), byte(v))
 	}
 	exts = appendExt(exts, extSupportedVersions, vs)
-	exts = appendExt(exts, extSupportedGroups, []byte{0, 4, 0, 0x1d, 0, 0x17})
+	sg := tc.supported
+	if sg == nil {
+		sg = []uint16{groupX25519, groupSecp256r1}
+	}
+	gs := []byte{byte(2 * len(sg) >> 8), byte(2 * len(sg))}
+	for _, g := range sg {
+		gs = append(gs, byte(g>>8), byte(g))
+	}
+	exts = appendExt(exts, extSupportedGroups, gs)
 	if tc.modes != nil {
 		exts = appendExt(exts, extPSKKeyExchangeModes, append([]byte{byte(len(tc.modes))}, tc.modes...))
 	}
@@ -106,8 +117,10 @@ func (tc *testClient) hello(privs map[uint16]*ecdh.PrivateKey) []byte {
 
 	// Fill in the binders (§4.2.11.2).
 	at := len(msg) - bindersLen
-	th := sha256.Sum256(msg[:at-2])
-	binder := finishedMAC(binderKey(earlySecret(tc.key)), th[:])
+	th := sha256.New()
+	th.Write(prefix)
+	th.Write(msg[:at-2])
+	binder := finishedMAC(binderKey(earlySecret(tc.key)), th.Sum(nil))
 	if tc.badBinder {
 		binder[0] ^= 1
 	}
@@ -122,7 +135,7 @@ func (tc *testClient) hello(privs map[uint16]*ecdh.PrivateKey) []byte {
 func (tc *testClient) handshake(nc net.Conn) error {
 	tc.nc, tc.br = nc, bufio.NewReader(nc)
 	privs := map[uint16]*ecdh.PrivateKey{}
-	ch := tc.hello(privs)
+	ch := tc.hello(privs, nil)
 	frag := tc.fragment
 	if frag <= 0 {
 		frag = maxPlaintext
@@ -144,11 +157,31 @@ func (tc *testClient) handshake(nc net.Conn) error {
 		return err
 	}
 	transcript := sha256.New()
-	transcript.Write(ch)
 	sh, err := tc.readHandshake()
 	if err != nil {
 		return err
 	}
+	if len(sh) > 38 && bytes.Equal(sh[6:38], helloRetryRequestRandom[:]) {
+		// HelloRetryRequest: its key_share names the group (a test parser:
+		// the extension is the last one the server writes).
+		tc.hrr = true
+		g := uint16(sh[len(sh)-2])<<8 | uint16(sh[len(sh)-1])
+		tc.groups, tc.earlyData, tc.early = []uint16{g}, false, nil
+		if tc.hrrTweak != nil {
+			tc.hrrTweak(tc)
+		}
+		h1 := sha256.Sum256(ch)
+		prefix := append(append([]byte{typeMessageHash, 0, 0, hashLen}, h1[:]...), sh...)
+		ch = tc.hello(privs, prefix)
+		if _, err := nc.Write(tc.out.seal(nil, recordHandshake, ch)); err != nil {
+			return err
+		}
+		transcript.Write(prefix)
+		if sh, err = tc.readHandshake(); err != nil {
+			return err
+		}
+	}
+	transcript.Write(ch)
 	transcript.Write(sh)
 	// ServerHello: find the suite and the key share (a test parser).
 	r := &reader{b: sh[4:]}

@@ -17,6 +17,7 @@ const (
 	typeEncryptedExtensions = 8
 	typeFinished            = 20
 	typeKeyUpdate           = 24
+	typeMessageHash         = 254
 )
 
 // Extension types (§4.2).
@@ -60,6 +61,7 @@ type clientHello struct {
 	versions     []uint16 // supported_versions
 	pskModes     []byte   // psk_key_exchange_modes; nil if absent
 	keyShares    []keyShare
+	groups       []uint16      // supported_groups
 	psks         []pskIdentity // pre_shared_key; nil if absent
 	// bindersAt is the offset in raw where the binders list begins: the
 	// binders are computed over raw[:bindersAt] (§4.2.11.2).
@@ -181,6 +183,14 @@ func parseClientHello(raw []byte) (*clientHello, error) {
 			ch.pskModes = m.b
 		case extKeyShare:
 			err = ch.parseKeyShares(body)
+		case extSupportedGroups:
+			g := body.vec16()
+			if body.bad || !body.empty() || len(g.b)%2 != 0 {
+				err = errDecode
+			}
+			for !g.empty() {
+				ch.groups = append(ch.groups, uint16(g.u16()))
+			}
 		case extEarlyData:
 			ch.earlyData = true
 		case extPreSharedKey:

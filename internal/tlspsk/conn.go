@@ -2,6 +2,7 @@ package tlspsk
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdh"
 	"crypto/hmac"
@@ -118,70 +119,83 @@ func (c *Conn) fail(err error) {
 }
 
 // serverHandshake is RFC 8446 §2.2's PSK handshake with (EC)DHE, server
-// side, without 0-RTT. Called with inMu and outMu held.
+// side, without 0-RTT, with one HelloRetryRequest (§4.1.4) when the
+// client's first ClientHello has no usable key share. Called with inMu
+// and outMu held.
 func (c *Conn) serverHandshake() error {
-	raw, err := c.readHandshakeMessage(true)
+	raw, ch, err := c.readClientHello(true)
 	if err != nil {
 		return err
 	}
-	if raw[0] != typeClientHello {
-		return alertf(alertUnexpectedMessage, "first handshake message is type %d, not ClientHello", raw[0])
-	}
-	if len(c.hsBuf) != 0 {
-		// §5.1: the ClientHello precedes a key change; nothing may follow it in its record.
-		return alertf(alertUnexpectedMessage, "data after the ClientHello in its record")
-	}
-	ch, err := parseClientHello(raw)
+	st, err := checkClientHello(ch)
 	if err != nil {
 		return err
 	}
-
-	// §4.2.1: TLS 1.3 only.
-	if !slices.Contains(ch.versions, versionTLS13) {
-		return alertf(alertProtocolVersion, "client does not offer TLS 1.3")
+	selected, early, err := c.verifyBinder(ch, raw, nil)
+	if err != nil {
+		return err
 	}
-	if ch.psks == nil {
-		return alertf(alertHandshakeFailure, "client offers no pre-shared key (this server authenticates with PSKs only)")
-	}
-	if ch.pskModes == nil {
-		return alertf(alertMissingExtension, "pre_shared_key without psk_key_exchange_modes") // §4.2.9
-	}
-	if !slices.Contains(ch.pskModes, pskModeDHEKE) {
-		return alertf(alertHandshakeFailure, "client offers only psk_ke; psk_dhe_ke (forward secrecy) is required")
-	}
-	var st *suite
-	for i := range suites {
-		if slices.Contains(ch.cipherSuites, suites[i].id) {
-			st = &suites[i]
-			break
-		}
-	}
-	if st == nil {
-		return alertf(alertHandshakeFailure, "no common cipher suite (TLS_AES_128_GCM_SHA256 or TLS_CHACHA20_POLY1305_SHA256)")
-	}
+	transcript := sha256.New()
 	share, peer, err := pickKeyShare(ch.keyShares)
 	if err != nil {
 		return err
 	}
-
-	// §4.2.11: select the first identity we know, then verify its binder.
-	selected := -1
-	var psk []byte
-	for i, id := range ch.psks {
-		if k, ok := c.cfg.Key(string(id.identity)); ok && len(k) > 0 {
-			selected, psk = i, k
-			break
+	sentCCS := false
+	if peer == nil {
+		// §4.1.4: ask for a share of a group we support. The transcript
+		// starts with message_hash(ClientHello1) (§4.4.1).
+		group, ok := pickGroup(ch.groups)
+		if !ok {
+			return alertf(alertHandshakeFailure, "client supports neither x25519 nor secp256r1")
 		}
+		h1 := sha256.Sum256(raw)
+		prefix := append([]byte{typeMessageHash, 0, 0, hashLen}, h1[:]...)
+		var exts []byte
+		exts = appendExt(exts, extSupportedVersions, []byte{versionTLS13 >> 8, versionTLS13 & 0xff})
+		exts = appendExt(exts, extKeyShare, []byte{byte(group >> 8), byte(group)})
+		hrr := serverHello(helloRetryRequestRandom[:], ch.sessionID, st.id, exts)
+		prefix = append(prefix, hrr...)
+		c.wbuf = c.out.seal(c.wbuf[:0], recordHandshake, hrr)
+		if len(ch.sessionID) > 0 {
+			c.wbuf = c.out.seal(c.wbuf, recordChangeCipherSpec, []byte{1}) // §D.4
+			sentCCS = true
+		}
+		if _, err := c.nc.Write(c.wbuf); err != nil {
+			return fmt.Errorf("tlspsk: write HelloRetryRequest: %w", err)
+		}
+		// The client's 0-RTT records, if any, precede its second hello
+		// and are skipped (§4.2.10).
+		c.earlyData = ch.earlyData
+		raw2, ch2, err := c.readClientHello(false)
+		if err != nil {
+			return err
+		}
+		c.earlyData = false
+		// §4.1.2: the second hello keeps what the first offered, with one
+		// share of the group asked for and without early_data.
+		if ch2.earlyData || !bytes.Equal(ch2.sessionID, ch.sessionID) {
+			return alertf(alertIllegalParameter, "second ClientHello changed what it may not")
+		}
+		if len(ch2.keyShares) != 1 || ch2.keyShares[0].group != group {
+			return alertf(alertIllegalParameter, "second ClientHello lacks the requested key share")
+		}
+		st2, err := checkClientHello(ch2)
+		if err != nil {
+			return err
+		}
+		if st2 != st {
+			return alertf(alertIllegalParameter, "second ClientHello changed the cipher suite")
+		}
+		if selected, early, err = c.verifyBinder(ch2, raw2, prefix); err != nil {
+			return err
+		}
+		if share, peer, err = pickKeyShare(ch2.keyShares); err != nil {
+			return err
+		}
+		transcript.Write(prefix)
+		raw, ch = raw2, ch2
 	}
-	if selected < 0 {
-		return alertf(alertUnknownPSKIdentity, "no offered PSK identity is known (%d offered)", len(ch.psks))
-	}
-	early := earlySecret(psk)
-	truncated := sha256.Sum256(raw[:ch.bindersAt])
-	want := finishedMAC(binderKey(early), truncated[:])
-	if !hmac.Equal(want, ch.psks[selected].binder) {
-		return alertf(alertDecryptError, "PSK binder of identity %q does not verify: wrong key", ch.psks[selected].identity)
-	}
+	transcript.Write(raw)
 
 	// (EC)DHE (§7.4).
 	priv, err := share.GenerateKey(rand.Reader)
@@ -192,9 +206,6 @@ func (c *Conn) serverHandshake() error {
 	if err != nil {
 		return alertf(alertIllegalParameter, "key share: %v", err)
 	}
-
-	transcript := sha256.New()
-	transcript.Write(raw)
 
 	// ServerHello (§4.1.3).
 	var random [32]byte
@@ -207,17 +218,10 @@ func (c *Conn) serverHandshake() error {
 	ks := []byte{byte(groupOf(share) >> 8), byte(groupOf(share)), byte(len(pub) >> 8), byte(len(pub))}
 	exts = appendExt(exts, extKeyShare, append(ks, pub...))
 	exts = appendExt(exts, extPreSharedKey, []byte{byte(selected >> 8), byte(selected)})
-	body := []byte{3, 3}
-	body = append(body, random[:]...)
-	body = append(body, byte(len(ch.sessionID)))
-	body = append(body, ch.sessionID...)
-	body = append(body, byte(st.id>>8), byte(st.id), 0)
-	body = append(body, byte(len(exts)>>8), byte(len(exts)))
-	body = append(body, exts...)
-	sh := handshakeMessage(typeServerHello, body)
+	sh := serverHello(random[:], ch.sessionID, st.id, exts)
 	transcript.Write(sh)
 	c.wbuf = c.out.seal(c.wbuf[:0], recordHandshake, sh)
-	if len(ch.sessionID) > 0 {
+	if len(ch.sessionID) > 0 && !sentCCS {
 		// Middlebox compatibility mode (§D.4): a dummy change_cipher_spec.
 		c.wbuf = c.out.seal(c.wbuf, recordChangeCipherSpec, []byte{1})
 	}
@@ -275,7 +279,99 @@ func (c *Conn) serverHandshake() error {
 	return nil
 }
 
-// pickKeyShare picks x25519, else secp256r1, among the client's shares.
+// readClientHello reads and parses a ClientHello, which must end its
+// record (§5.1: a key change or a HelloRetryRequest follows it).
+func (c *Conn) readClientHello(first bool) ([]byte, *clientHello, error) {
+	raw, err := c.readHandshakeMessage(first)
+	if err != nil {
+		return nil, nil, err
+	}
+	if raw[0] != typeClientHello {
+		return nil, nil, alertf(alertUnexpectedMessage, "handshake message type %d where a ClientHello belongs", raw[0])
+	}
+	if len(c.hsBuf) != 0 {
+		return nil, nil, alertf(alertUnexpectedMessage, "data after the ClientHello in its record")
+	}
+	ch, err := parseClientHello(raw)
+	return raw, ch, err
+}
+
+// checkClientHello checks what this server requires of a ClientHello
+// and picks the cipher suite.
+func checkClientHello(ch *clientHello) (*suite, error) {
+	// §4.2.1: TLS 1.3 only.
+	if !slices.Contains(ch.versions, versionTLS13) {
+		return nil, alertf(alertProtocolVersion, "client does not offer TLS 1.3")
+	}
+	if ch.psks == nil {
+		return nil, alertf(alertHandshakeFailure, "client offers no pre-shared key (this server authenticates with PSKs only)")
+	}
+	if ch.pskModes == nil {
+		return nil, alertf(alertMissingExtension, "pre_shared_key without psk_key_exchange_modes") // §4.2.9
+	}
+	if !slices.Contains(ch.pskModes, pskModeDHEKE) {
+		return nil, alertf(alertHandshakeFailure, "client offers only psk_ke; psk_dhe_ke (forward secrecy) is required")
+	}
+	for i := range suites {
+		if slices.Contains(ch.cipherSuites, suites[i].id) {
+			return &suites[i], nil
+		}
+	}
+	return nil, alertf(alertHandshakeFailure, "no common cipher suite (TLS_AES_128_GCM_SHA256 or TLS_CHACHA20_POLY1305_SHA256)")
+}
+
+// verifyBinder selects the first offered identity the key lookup knows
+// and verifies its binder (§4.2.11.2) over prefix (the transcript before
+// this hello: empty, or message_hash and HelloRetryRequest) and the
+// hello up to its binders. It returns the identity's index and the early
+// secret.
+func (c *Conn) verifyBinder(ch *clientHello, raw, prefix []byte) (int, []byte, error) {
+	for i, id := range ch.psks {
+		psk, ok := c.cfg.Key(string(id.identity))
+		if !ok || len(psk) == 0 {
+			continue
+		}
+		early := earlySecret(psk)
+		h := sha256.New()
+		h.Write(prefix)
+		h.Write(raw[:ch.bindersAt])
+		if !hmac.Equal(finishedMAC(binderKey(early), h.Sum(nil)), id.binder) {
+			return 0, nil, alertf(alertDecryptError, "PSK binder of identity %q does not verify: wrong key", id.identity)
+		}
+		return i, early, nil
+	}
+	return 0, nil, alertf(alertUnknownPSKIdentity, "no offered PSK identity is known (%d offered)", len(ch.psks))
+}
+
+// helloRetryRequestRandom marks a ServerHello as a HelloRetryRequest
+// (§4.1.3): SHA-256 of "HelloRetryRequest".
+var helloRetryRequestRandom = sha256.Sum256([]byte("HelloRetryRequest"))
+
+// serverHello builds a ServerHello (or HelloRetryRequest) message.
+func serverHello(random, sessionID []byte, suiteID uint16, exts []byte) []byte {
+	body := []byte{3, 3}
+	body = append(body, random...)
+	body = append(body, byte(len(sessionID)))
+	body = append(body, sessionID...)
+	body = append(body, byte(suiteID>>8), byte(suiteID), 0)
+	body = append(body, byte(len(exts)>>8), byte(len(exts)))
+	body = append(body, exts...)
+	return handshakeMessage(typeServerHello, body)
+}
+
+// pickGroup picks x25519, else secp256r1, among the client's supported
+// groups, for a HelloRetryRequest.
+func pickGroup(groups []uint16) (uint16, bool) {
+	for _, g := range []uint16{groupX25519, groupSecp256r1} {
+		if slices.Contains(groups, g) {
+			return g, true
+		}
+	}
+	return 0, false
+}
+
+// pickKeyShare picks x25519, else secp256r1, among the client's shares;
+// a nil key without error means neither is there.
 func pickKeyShare(shares []keyShare) (ecdh.Curve, *ecdh.PublicKey, error) {
 	for _, want := range []struct {
 		group uint16
@@ -292,7 +388,7 @@ func pickKeyShare(shares []keyShare) (ecdh.Curve, *ecdh.PublicKey, error) {
 			return want.curve, pub, nil
 		}
 	}
-	return nil, nil, alertf(alertHandshakeFailure, "no x25519 or secp256r1 key share (no HelloRetryRequest is sent)")
+	return nil, nil, nil
 }
 
 func groupOf(c ecdh.Curve) uint16 {
@@ -351,6 +447,10 @@ func (c *Conn) readHandshakeMessage(first bool) ([]byte, error) {
 		if hdr[0] == recordAlert && c.in.aead != nil && !c.hsDone {
 			// A client that failed on our ServerHello alerts in plaintext.
 			return nil, peerAlert(body)
+		}
+		if hdr[0] == recordApplicationData && c.in.aead == nil && c.earlyData && skipped+len(body) <= maxSkippedEarlyData {
+			skipped += len(body) // 0-RTT data before a second ClientHello (§4.2.10)
+			continue
 		}
 		typ, data, err := c.in.open(hdr, body)
 		if err != nil {

@@ -50,6 +50,41 @@ func TestHandshake(t *testing.T) {
 	}
 }
 
+// TestHelloRetryRequest: a client without a usable key share (an empty
+// one here, or secp384r1 only) is asked for one and then served; its 0-RTT
+// records before the second hello are skipped.
+func TestHelloRetryRequest(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		shares    []uint16
+		supported []uint16
+		want      uint16
+	}{
+		{"empty shares", nil, nil, groupX25519},
+		{"secp256r1 only supported", nil, []uint16{0x0018, groupSecp256r1}, groupSecp256r1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			addr, errc, ids := testServer(t, testKeys)
+			tc := newTestClient(aliceKey, "alice")
+			tc.groups, tc.supported, tc.sessionID, tc.ccs, tc.earlyData = c.shares, c.supported, true, true, true
+			tc.early = [][]byte{append([]byte{recordApplicationData, 3, 3, 0, 20}, make([]byte, 20)...)}
+			if err := tc.handshake(dial(t, addr)); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			if !tc.hrr || tc.groups[0] != c.want || <-ids != "alice" {
+				t.Fatalf("HelloRetryRequest %v for group %#x, want %#x", tc.hrr, tc.groups, c.want)
+			}
+			tc.send(recordApplicationData, []byte("ping"))
+			if got, err := tc.readApp(4); err != nil || string(got) != "ping" {
+				t.Fatalf("echo after HelloRetryRequest: %q %v", got, err)
+			}
+		})
+	}
+}
+
 // TestSecondIdentity: the first known identity is selected.
 func TestSecondIdentity(t *testing.T) {
 	addr, errc, ids := testServer(t, testKeys)
@@ -78,7 +113,19 @@ func TestRefused(t *testing.T) {
 		{"unknown identity", func(tc *testClient) { tc.identities = []string{"mallory"} }, alertUnknownPSKIdentity},
 		{"psk_ke only", func(tc *testClient) { tc.modes = []byte{pskModeKE} }, alertHandshakeFailure},
 		{"no psk modes", func(tc *testClient) { tc.modes = nil }, alertMissingExtension},
-		{"no usable key share", func(tc *testClient) { tc.groups = nil }, alertHandshakeFailure},
+		{"no usable group", func(tc *testClient) { tc.groups, tc.supported = nil, []uint16{0x0018} }, alertHandshakeFailure},
+		{"second hello without the share", func(tc *testClient) {
+			tc.groups = nil
+			tc.hrrTweak = func(tc *testClient) { tc.groups = []uint16{groupSecp256r1 + groupX25519 - tc.groups[0]} }
+		}, alertIllegalParameter},
+		{"second hello with a wrong key", func(tc *testClient) {
+			tc.groups = nil
+			tc.hrrTweak = func(tc *testClient) { tc.key = bobKey }
+		}, alertDecryptError},
+		{"second hello with early data", func(tc *testClient) {
+			tc.groups = nil
+			tc.hrrTweak = func(tc *testClient) { tc.earlyData = true }
+		}, alertIllegalParameter},
 		{"TLS 1.2", func(tc *testClient) { tc.versions = []uint16{0x0303} }, alertProtocolVersion},
 		{"no common suite", func(tc *testClient) { tc.suites = []uint16{0x1302} }, alertHandshakeFailure},
 		{"data after ClientHello", func(tc *testClient) { tc.trailing = []byte{1, 0, 0, 0} }, alertUnexpectedMessage},
@@ -186,7 +233,7 @@ func TestRecordErrors(t *testing.T) {
 // every single-byte corruption, is an error or a hello, never a panic.
 func TestClientHelloTruncated(t *testing.T) {
 	tc := newTestClient(aliceKey, "alice")
-	raw := tc.hello(map[uint16]*ecdh.PrivateKey{})
+	raw := tc.hello(map[uint16]*ecdh.PrivateKey{}, nil)
 	if _, err := parseClientHello(raw); err != nil {
 		t.Fatal(err)
 	}

@@ -10,10 +10,12 @@
 //   - PSK with (EC)DHE key exchange only (psk_dhe_ke, RFC 8446 §4.2.9), so
 //     every session has forward secrecy. A client offering only psk_ke is
 //     refused with a handshake_failure alert.
-//   - Key shares x25519 and secp256r1 (§4.2.8). A client that sent no key
-//     share for either is refused with handshake_failure: no
-//     HelloRetryRequest is sent (GnuTLS clients send an x25519 or secp256r1
-//     share in their first ClientHello).
+//   - Key shares x25519 and secp256r1 (§4.2.8). A client whose first
+//     ClientHello has a share for neither but supports one of them gets one
+//     HelloRetryRequest (§4.1.4, no cookie) naming it; its second
+//     ClientHello must carry exactly that share, the same session ID and
+//     cipher suite, no early_data, and a binder over the new transcript. A
+//     client supporting neither group is refused with handshake_failure.
 //   - Cipher suites TLS_AES_128_GCM_SHA256 and TLS_CHACHA20_POLY1305_SHA256,
 //     the server's order. External PSKs are SHA-256 PSKs (GnuTLS's default),
 //     so the SHA-384 suite is not offered.
@@ -32,11 +34,11 @@
 // What it refuses or leaves out: certificates (a ClientHello without
 // pre_shared_key is refused with handshake_failure; callers that also
 // serve certificates route such hellos to crypto/tls, see
-// HasPreSharedKey), TLS 1.2 and older, HelloRetryRequest, 0-RTT early
-// data (never accepted; records the client sends as early data are
-// skipped, §4.2.10), session tickets (none are sent), client
+// PeekClientHello), TLS 1.2 and older, 0-RTT early data (never accepted;
+// records the client sends as early data are skipped, up to 64 KiB,
+// §4.2.10), session tickets (none are sent, so no resumption), client
 // authentication beyond the PSK, and exporters.
 //
 // Errors never panic: every decoder is bounds-checked and fuzzed
-// (FuzzClientHello, FuzzServer).
+// (FuzzClientHello, FuzzServer, FuzzRecords).
 package tlspsk

@@ -16,7 +16,7 @@ import (
 // FuzzClientHello: the ClientHello decoder and the router never panic.
 func FuzzClientHello(f *testing.F) {
 	tc := newTestClient(aliceKey, "alice")
-	f.Add(tc.hello(map[uint16]*ecdh.PrivateKey{}))
+	f.Add(tc.hello(map[uint16]*ecdh.PrivateKey{}, nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if ch, err := parseClientHello(b); err == nil && ch.psks != nil {
 			if ch.bindersAt > len(b) || ch.bindersAt < 0 {
@@ -32,9 +32,13 @@ func FuzzClientHello(f *testing.F) {
 // an error (it has no valid Finished to see), never a panic or a hang.
 func FuzzServer(f *testing.F) {
 	tc := newTestClient(aliceKey, "alice")
-	ch := tc.hello(map[uint16]*ecdh.PrivateKey{})
+	ch := tc.hello(map[uint16]*ecdh.PrivateKey{}, nil)
 	f.Add(tc.out.seal(nil, recordHandshake, ch))
 	f.Add(append(tc.out.seal(nil, recordHandshake, ch), recordChangeCipherSpec, 3, 3, 0, 1, 1, recordApplicationData, 3, 3, 0, 17, 1))
+	// No key share: a HelloRetryRequest, then whatever follows.
+	tc.groups = nil
+	ch = tc.hello(map[uint16]*ecdh.PrivateKey{}, nil)
+	f.Add(append(tc.out.seal(nil, recordHandshake, ch), tc.out.seal(nil, recordHandshake, ch)...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c := Server(&fuzzConn{r: bytes.NewReader(b)}, &Config{Key: testKeys.Lookup})
 		if err := c.Handshake(context.Background()); err == nil {

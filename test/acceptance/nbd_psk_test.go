@@ -262,9 +262,9 @@ func TestNBDTLSPSKFileChecks(t *testing.T) {
 
 // TestTLSPSKGnuTLSCli: internal/tlspsk against GnuTLS's own client,
 // gnutls-cli, with the priority strings PSK users write: both suites,
-// both groups, a KeyUpdate each way; psk_ke-only, a group the server
-// lacks, a wrong key and an unknown user refused with the alert GnuTLS
-// reports.
+// both groups, a HelloRetryRequest, a KeyUpdate each way; psk_ke-only,
+// no group in common, a wrong key and an unknown user refused with the
+// alert GnuTLS reports.
 func TestTLSPSKGnuTLSCli(t *testing.T) {
 	testutil.RequireTool(t, "gnutls-cli")
 	key := bytes.Repeat([]byte{0xa1}, 32)
@@ -306,6 +306,8 @@ func TestTLSPSKGnuTLSCli(t *testing.T) {
 		"NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK",
 		"NORMAL:-KX-ALL:+ECDHE-PSK:-GROUP-ALL:+GROUP-SECP256R1",
 		"NORMAL:-CIPHER-ALL:+CHACHA20-POLY1305:-KX-ALL:+ECDHE-PSK",
+		// A secp384r1 share first: the server asks for secp256r1 with a HelloRetryRequest.
+		"NORMAL:-GROUP-ALL:+GROUP-SECP384R1:+GROUP-SECP256R1:-KX-ALL:+ECDHE-PSK",
 	} {
 		out, err := cli("alice", hexkey, prio, "hello\n^rekey1^\nworld\n^rekey^\nagain\n")
 		if err != nil || !strings.Contains(out, "PSK authentication. Connected as 'alice'") || !strings.Contains(out, "hello\nworld\nagain") {
@@ -314,7 +316,7 @@ func TestTLSPSKGnuTLSCli(t *testing.T) {
 	}
 	for _, c := range []struct{ user, key, prio, want string }{
 		{"alice", hexkey, "NORMAL:-KX-ALL:+PSK", "Received alert [40]"},
-		// Only a secp384r1 share: no HelloRetryRequest, a clean refusal.
+		// Only secp384r1: no group in common, a clean refusal.
 		{"alice", hexkey, "NORMAL:-KX-ALL:+ECDHE-PSK:-GROUP-ALL:+GROUP-SECP384R1", "Received alert [40]"},
 		{"alice", strings.Repeat("5a", 32), "NORMAL:+ECDHE-PSK", "Received alert [51]"},
 		{"mallory", hexkey, "NORMAL:+ECDHE-PSK", "Received alert [115]"},
