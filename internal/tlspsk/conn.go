@@ -491,6 +491,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 	if err := c.Handshake(context.Background()); err != nil {
 		return 0, err
 	}
+	if len(b) == 0 {
+		return 0, nil // after the handshake, as crypto/tls does
+	}
 	c.inMu.Lock()
 	defer c.inMu.Unlock()
 	for len(c.pending) == 0 {
@@ -503,9 +506,6 @@ func (c *Conn) Read(b []byte) (int, error) {
 				c.fail(err)
 			}
 		}
-	}
-	if len(b) == 0 {
-		return 0, nil
 	}
 	n := copy(b, c.pending)
 	c.pending = c.pending[n:]
