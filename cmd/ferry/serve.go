@@ -97,6 +97,7 @@ in-flight requests finish, every volume is flushed, listeners close.
 
    ferry serve
    ferry serve --data /srv/ferry --nbd-listen 0.0.0.0:10809 --iscsi-listen 0.0.0.0:3260
+   psktool -u alice -p /etc/ferry/keys.psk && ferry serve --nbd-listen 0.0.0.0:10809 --nbd-tls-psk /etc/ferry/keys.psk
    FERRY_DATA=/srv/ferry ferry serve --config /etc/ferry/ferry.yaml --log-format json`,
 		Flags:  flags,
 		Before: configFile(flags),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
@@ -14,6 +15,7 @@ import (
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/nbd"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/tlspsk"
 )
 
 // NBD TLS modes (--nbd-tls).
@@ -31,11 +33,13 @@ func init() {
 		flags: []cli.Flag{
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-listen", Usage: "NBD listen address (empty to disable)", Value: "127.0.0.1:10809", EnvVars: []string{"FERRY_NBD_LISTEN"}}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls", Value: nbdTLSAuto, EnvVars: []string{"FERRY_NBD_TLS"},
-				Usage: "NBD TLS (NBD_OPT_STARTTLS): require, allow (clients choose), off; auto is require off loopback, allow on loopback when a certificate is given, off otherwise"}),
+				Usage: "NBD TLS (NBD_OPT_STARTTLS): require, allow (clients choose), off; auto is require off loopback, allow on loopback when a certificate or PSK file is given, off otherwise"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-cert", EnvVars: []string{"FERRY_NBD_TLS_CERT"}, Usage: "PEM certificate (chain) of the NBD server; with --nbd-tls-key"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-key", EnvVars: []string{"FERRY_NBD_TLS_KEY"}, Usage: "PEM private key of --nbd-tls-cert"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-ca", EnvVars: []string{"FERRY_NBD_TLS_CA"},
 				Usage: "PEM certificate authority: NBD clients must then present a certificate it signed (its common name is the client's TLS identity)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-psk", EnvVars: []string{"FERRY_NBD_TLS_PSK"},
+				Usage: "pre-shared keys for NBD TLS 1.3 (identity:hexkey lines, as psktool writes and nbdkit --tls-psk and QEMU tls-creds-psk read; not accessible to others); the identity is the client's TLS identity"}),
 		},
 		listenFlag: "nbd-listen",
 		frontend: func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error) {
@@ -62,13 +66,13 @@ func init() {
 func nbdTLS(c *cli.Context, loopback bool) (nbd.Config, string, error) {
 	var cfg nbd.Config
 	mode := c.String("nbd-tls")
-	cert, key, ca := c.String("nbd-tls-cert"), c.String("nbd-tls-key"), c.String("nbd-tls-ca")
+	cert, key, ca, psk := c.String("nbd-tls-cert"), c.String("nbd-tls-key"), c.String("nbd-tls-ca"), c.String("nbd-tls-psk")
 	switch mode {
 	case nbdTLSAuto:
 		switch {
 		case !loopback:
 			mode = nbdTLSRequire
-		case cert != "":
+		case cert != "" || psk != "":
 			mode = nbdTLSAllow
 		default:
 			mode = nbdTLSOff
@@ -80,12 +84,12 @@ func nbdTLS(c *cli.Context, loopback bool) (nbd.Config, string, error) {
 	if (cert == "") != (key == "") {
 		return cfg, "", fmt.Errorf("--nbd-tls-cert and --nbd-tls-key go together: give both or neither")
 	}
-	if mode != nbdTLSOff && cert == "" {
+	if mode != nbdTLSOff && cert == "" && psk == "" {
 		why := "--nbd-tls " + mode
 		if c.String("nbd-tls") == nbdTLSAuto {
 			why = "NBD listens off loopback (" + c.String("nbd-listen") + "), so it requires TLS by default, and"
 		}
-		return cfg, "", fmt.Errorf("%s needs a certificate: give --nbd-tls-cert and --nbd-tls-key (and --nbd-tls-ca to require client certificates), or --nbd-tls off to serve NBD in the clear on a trusted network", why)
+		return cfg, "", fmt.Errorf("%s needs a certificate or a PSK file: give --nbd-tls-cert and --nbd-tls-key (and --nbd-tls-ca to require client certificates), or --nbd-tls-psk FILE (psktool's identity:hexkey lines), or --nbd-tls off to serve NBD in the clear on a trusted network", why)
 	}
 	summary := "volumes' address allow-lists; volumes with CHAP or an initiator list only to allowed addresses"
 	if loopback {
@@ -97,28 +101,48 @@ func nbdTLS(c *cli.Context, loopback bool) (nbd.Config, string, error) {
 		}
 		return cfg, summary, nil
 	}
-	kp, err := tls.LoadX509KeyPair(cert, key)
-	if err != nil {
-		return cfg, "", fmt.Errorf("--nbd-tls-cert/--nbd-tls-key: %w", err)
+	if ca != "" && cert == "" {
+		return cfg, "", fmt.Errorf("--nbd-tls-ca needs --nbd-tls-cert and --nbd-tls-key: client certificates are checked in an X.509 TLS session")
 	}
-	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
-	cfg.RequireTLS = mode == nbdTLSRequire
-	tlsSummary := "TLS required"
-	if mode == nbdTLSAllow {
-		tlsSummary = "TLS offered (clients may also connect in the clear)"
-	}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
+	var kinds []string
+	if psk != "" {
+		keys, err := tlspsk.ReadKeyFile(psk)
 		if err != nil {
-			return cfg, "", fmt.Errorf("--nbd-tls-ca: %w", err)
+			return cfg, "", fmt.Errorf("--nbd-tls-psk: %w", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return cfg, "", fmt.Errorf("--nbd-tls-ca %s holds no PEM certificate", ca)
+		cfg.PSK = &tlspsk.Config{Key: keys.Lookup}
+		n := fmt.Sprintf("%d identities", len(keys))
+		if len(keys) == 1 {
+			n = "1 identity"
 		}
-		cfg.TLS.ClientCAs = pool
-		cfg.TLS.ClientAuth = tls.RequireAndVerifyClientCert
-		tlsSummary += " with client certificates"
+		kinds = append(kinds, "PSK ("+n+")")
+	}
+	cfg.RequireTLS = mode == nbdTLSRequire
+	if cert != "" {
+		kp, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return cfg, "", fmt.Errorf("--nbd-tls-cert/--nbd-tls-key: %w", err)
+		}
+		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
+		x509Kind := "X.509 certificate"
+		if ca != "" {
+			pem, err := os.ReadFile(ca)
+			if err != nil {
+				return cfg, "", fmt.Errorf("--nbd-tls-ca: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return cfg, "", fmt.Errorf("--nbd-tls-ca %s holds no PEM certificate", ca)
+			}
+			cfg.TLS.ClientCAs = pool
+			cfg.TLS.ClientAuth = tls.RequireAndVerifyClientCert
+			x509Kind += " with client certificates"
+		}
+		kinds = append([]string{x509Kind}, kinds...)
+	}
+	tlsSummary := "TLS required: " + strings.Join(kinds, " and ")
+	if mode == nbdTLSAllow {
+		tlsSummary = "TLS offered: " + strings.Join(kinds, " and ") + "; clients may also connect in the clear"
 	}
 	return cfg, tlsSummary + "; " + summary, nil
 }

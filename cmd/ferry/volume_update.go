@@ -17,7 +17,7 @@ func accessFlags() []cli.Flag {
 		&cli.StringFlag{Name: "mutual-chap-user", Usage: "user name the target answers mutual CHAP with"},
 		&cli.StringFlag{Name: "mutual-chap-secret", Usage: "mutual CHAP secret, 12-255 characters, different from --chap-secret (prefer FERRY_MUTUAL_CHAP_SECRET)", EnvVars: []string{"FERRY_MUTUAL_CHAP_SECRET"}},
 		&cli.StringSliceFlag{Name: "allow-initiator", Usage: "iSCSI initiator IQN allowed to log in (repeat; default: any)"},
-		&cli.StringSliceFlag{Name: "allow-tls-identity", Usage: "NBD client certificate common name allowed in (repeat; needs ferry serve --nbd-tls-ca)"},
+		&cli.StringSliceFlag{Name: "allow-tls-identity", Usage: "NBD TLS identity allowed in: client certificate common name (needs ferry serve --nbd-tls-ca) or PSK identity (ferry serve --nbd-tls-psk); repeat"},
 		&cli.BoolFlag{Name: "iscsi-without-chap", Usage: "serve over iSCSI without CHAP even when the iSCSI listener is off loopback, where CHAP is otherwise required (=false to undo)"},
 	}
 }
@@ -30,7 +30,8 @@ const accessHelp = `Access control belongs to the volume and holds on every prot
                       12-255 characters; mutual CHAP optional).
    --allow-initiator  iSCSI: only these initiator names log in.
    --allow-tls-identity  NBD: only clients with a certificate of this
-                      common name (ferry serve --nbd-tls-ca verifies them);
+                      common name (ferry serve --nbd-tls-ca verifies them)
+                      or this PSK identity (ferry serve --nbd-tls-psk);
                       admits NBD clients to a CHAP-protected volume.
 
 An iSCSI listener off loopback requires CHAP: a volume without CHAP of its

@@ -3,7 +3,6 @@ package nbd
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -39,8 +38,8 @@ type conn struct {
 	// NBD_OPT_STARTTLS. br reads from it.
 	rw     net.Conn
 	br     *bufio.Reader
-	tls    *tls.Conn // set by STARTTLS
-	tlsID  string    // the client certificate's subject common name
+	tls    tlsConn // set by STARTTLS
+	tlsID  string  // the client certificate's subject common name or PSK identity
 	remote string
 	log    *slog.Logger
 

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/tlspsk"
 )
 
 // errAbort ends negotiation without an error worth logging.
@@ -121,7 +123,7 @@ func (c *conn) option(ctx context.Context, opt uint32, data []byte) (*volume.Att
 		return nil, c.optReply(opt, repAck, nil)
 
 	case optStartTLS:
-		return nil, c.startTLS(opt, data)
+		return nil, c.startTLS(ctx, opt, data)
 
 	case optStructuredReply:
 		if len(data) != 0 {
@@ -234,11 +236,19 @@ func (c *conn) client() volume.Client {
 	return volume.Client{Protocol: volume.ProtoNBD, Remote: c.remote, TLSIdentity: c.tlsID}
 }
 
+// tlsConn is a TLS session: crypto/tls's or tlspsk's.
+type tlsConn interface {
+	net.Conn
+	CloseWrite() error
+}
+
 // startTLS handles NBD_OPT_STARTTLS: acknowledge, then run a TLS server
 // handshake on the socket; option haggling goes on inside the session.
-func (c *conn) startTLS(opt uint32, data []byte) error {
+// With both certificates and PSKs configured, the ClientHello decides:
+// one offering a pre-shared key gets the PSK server.
+func (c *conn) startTLS(ctx context.Context, opt uint32, data []byte) error {
 	switch {
-	case c.s.cfg.TLS == nil:
+	case c.s.cfg.TLS == nil && c.s.cfg.PSK == nil:
 		return c.optReply(opt, repErrUnsup, []byte("TLS is not configured on this server"))
 	case c.tls != nil:
 		return c.optReply(opt, repErrInvalid, []byte("TLS is already negotiated"))
@@ -253,17 +263,35 @@ func (c *conn) startTLS(opt uint32, data []byte) error {
 		// plaintext read ahead would be injected into the session.
 		return fmt.Errorf("client sent data after NBD_OPT_STARTTLS before its reply")
 	}
-	tc := tls.Server(c.nc, c.s.cfg.TLS)
-	if err := tc.Handshake(); err != nil {
-		return fmt.Errorf("TLS handshake: %w", err)
+	nc, usePSK := c.nc, c.s.cfg.PSK != nil
+	if c.s.cfg.PSK != nil && c.s.cfg.TLS != nil {
+		var err error
+		if nc, usePSK, err = tlspsk.PeekClientHello(c.nc); err != nil {
+			return err
+		}
+	}
+	var tc tlsConn
+	kind := "x509"
+	if usePSK {
+		pc := tlspsk.Server(nc, c.s.cfg.PSK)
+		if err := pc.Handshake(ctx); err != nil {
+			return fmt.Errorf("TLS-PSK handshake: %w", err)
+		}
+		tc, c.tlsID, kind = pc, pc.Identity(), "psk"
+	} else {
+		xc := tls.Server(nc, c.s.cfg.TLS)
+		if err := xc.HandshakeContext(ctx); err != nil {
+			return fmt.Errorf("TLS handshake: %w", err)
+		}
+		if certs := xc.ConnectionState().PeerCertificates; len(certs) > 0 {
+			c.tlsID = certs[0].Subject.CommonName
+		}
+		tc = xc
 	}
 	c.tls, c.rw, c.br = tc, tc, bufio.NewReaderSize(tc, ioBufferSize)
 	// Negotiated state from before TLS is void (the protocol says so).
 	c.structured, c.metaAlloc, c.metaExport = false, false, ""
-	if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
-		c.tlsID = certs[0].Subject.CommonName
-	}
-	c.log = c.log.With("tls_identity", c.tlsID)
+	c.log = c.log.With("tls", kind, "tls_identity", c.tlsID)
 	return nil
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ferry-io/ferry/gateway/internal/acceptor"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/tlspsk"
 )
 
 // Config tunes a Server. The zero value is usable.
@@ -28,6 +29,11 @@ type Config struct {
 	// verified certificate's subject common name is the client's TLS
 	// identity, which volumes' access rules can name.
 	TLS *tls.Config
+	// PSK, when set, lets clients upgrade with NBD_OPT_STARTTLS to TLS 1.3
+	// with a pre-shared key (internal/tlspsk); the PSK identity is the
+	// client's TLS identity. With TLS set too, a client whose ClientHello
+	// offers a pre-shared key gets the PSK server, any other crypto/tls.
+	PSK *tlspsk.Config
 	// RequireTLS refuses every option but STARTTLS and ABORT before TLS
 	// (NBD_REP_ERR_TLS_REQD): the server's "forced TLS" mode.
 	RequireTLS bool

@@ -11,11 +11,13 @@ import (
 	"encoding/binary"
 	"io"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/mem"
+	"github.com/ferry-io/ferry/internal/tlspsk"
 )
 
 // testTLSConfig is a server config with a self-signed certificate.
@@ -107,4 +109,31 @@ func TestStartTLSAllowed(t *testing.T) {
 	}
 	rc2.startTLS()
 	rc2.attach("v", true) // structured state was reset by STARTTLS; attach negotiates it again
+}
+
+// TestStartTLSCertificateAndPSK: with a certificate and PSKs both
+// configured, a certificate client (no pre_shared_key in its hello) is
+// routed to crypto/tls and served; with PSKs only, it is refused with an
+// alert and the server goes on serving. (PSK clients are tested with
+// GnuTLS through libnbd and QEMU in test/acceptance.)
+func TestStartTLSCertificateAndPSK(t *testing.T) {
+	psk := &tlspsk.Config{Key: tlspsk.Keys{"alice": bytes.Repeat([]byte{1}, 32)}.Lookup}
+	ts := startServerConfig(t, map[string]device.Device{"v": mem.New(1 << 20)}, Config{TLS: testTLSConfig(t), PSK: psk, RequireTLS: true})
+	rc := dialRaw(t, ts.addr)
+	rc.startTLS()
+	rc.attach("v", true)
+
+	ts2 := startServerConfig(t, map[string]device.Device{"v": mem.New(1 << 20)}, Config{PSK: psk, RequireTLS: true})
+	rc2 := dialRaw(t, ts2.addr)
+	if typ, p := rc2.option(optStartTLS, nil); typ[0] != repAck {
+		t.Fatalf("STARTTLS: %#x %q", typ[0], p[0])
+	}
+	err := tls.Client(rc2.c, &tls.Config{InsecureSkipVerify: true}).Handshake()
+	if err == nil || !strings.Contains(err.Error(), "handshake failure") {
+		t.Fatalf("certificate client on a PSK-only server: %v", err)
+	}
+	rc3 := dialRaw(t, ts2.addr)
+	if typ, _ := rc3.option(optList, nil); typ[0] != repErrTLSReqd {
+		t.Errorf("after a refused handshake: %#x, want NBD_REP_ERR_TLS_REQD", typ[0])
+	}
 }

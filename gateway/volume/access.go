@@ -36,8 +36,9 @@ type Access struct {
 	// AllowAddresses are client address prefixes ("192.0.2.0/24",
 	// "2001:db8::/32"; a lone address is stored as a /32 or /128).
 	AllowAddresses []string `json:"allow_addresses,omitempty"`
-	// AllowTLSIdentities are the NBD client certificate common names
-	// admitted (ferry serve --nbd-tls-ca verifies the certificates).
+	// AllowTLSIdentities are the NBD TLS identities admitted: client
+	// certificate common names (ferry serve --nbd-tls-ca verifies the
+	// certificates) or PSK identities (ferry serve --nbd-tls-psk).
 	AllowTLSIdentities []string `json:"allow_tls_identities,omitempty"`
 	// ISCSIWithoutCHAP opts the volume out of the CHAP an iSCSI listener
 	// off loopback requires.
@@ -69,18 +70,18 @@ func (a *Access) admit(c Client) error {
 	iscsiRules := a.CHAPUser != "" || len(a.AllowInitiators) > 0
 	if c.Protocol == ProtoISCSI {
 		if len(a.AllowTLSIdentities) > 0 && !iscsiRules && len(a.AllowAddresses) == 0 {
-			return fmt.Errorf("the volume admits NBD clients by TLS certificate, which iSCSI cannot check; "+
+			return fmt.Errorf("the volume admits NBD clients by TLS identity, which iSCSI cannot check; "+
 				"give it CHAP (--chap-user/--chap-secret) or an initiator allow-list for iSCSI: %w", ErrDenied)
 		}
 		return nil // the iSCSI frontend checks CHAP and the initiator list
 	}
 	if len(a.AllowTLSIdentities) > 0 {
 		if c.TLSIdentity == "" || !slices.Contains(a.AllowTLSIdentities, c.TLSIdentity) {
-			who := "no client certificate"
+			who := "no TLS identity (no client certificate or PSK)"
 			if c.TLSIdentity != "" {
 				who = fmt.Sprintf("TLS identity %q", c.TLSIdentity)
 			}
-			return fmt.Errorf("%s is not on the volume's TLS identity allow-list (ferry serve --nbd-tls-ca makes clients present certificates): %w", who, ErrDenied)
+			return fmt.Errorf("%s is not on the volume's TLS identity allow-list (ferry serve --nbd-tls-ca makes clients present certificates, --nbd-tls-psk authenticates them by pre-shared key): %w", who, ErrDenied)
 		}
 		return nil
 	}
