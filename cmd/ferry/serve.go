@@ -96,7 +96,9 @@ listens where and what protects it. SIGINT or SIGTERM stops it cleanly:
 in-flight requests finish, every volume is flushed, listeners close.
 
    ferry serve
-   ferry serve --data /srv/ferry --nbd-listen 0.0.0.0:10809 --iscsi-listen 0.0.0.0:3260
+   FERRY_ISCSI_CHAP_SECRET=$(cat /etc/ferry/chap-secret) ferry serve --data /srv/ferry \
+       --nbd-listen 0.0.0.0:10809 --nbd-tls-cert /etc/ferry/nbd.crt --nbd-tls-key /etc/ferry/nbd.key \
+       --iscsi-listen 0.0.0.0:3260 --iscsi-chap-user ferry
    psktool -u alice -p /etc/ferry/keys.psk && ferry serve --nbd-listen 0.0.0.0:10809 --nbd-tls-psk /etc/ferry/keys.psk
    FERRY_DATA=/srv/ferry ferry serve --config /etc/ferry/ferry.yaml --log-format json`,
 		Flags:  flags,
