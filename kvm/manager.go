@@ -25,7 +25,9 @@ import (
 )
 
 // Gateway is what ferry-kvm needs of a Ferry gateway's admin API
-// (gateway/api/client.Client implements it).
+// (gateway/api/client.Client implements it). Store, Stores, Release and
+// Adopt serve a live migration between two gateways sharing a bucket:
+// the source's gateway releases each volume, the destination's adopts it.
 type Gateway interface {
 	Volume(ctx context.Context, name string) (gwire.VolumeInfo, error)
 	Create(ctx context.Context, req gwire.CreateRequest) (gwire.VolumeInfo, error)
@@ -33,6 +35,10 @@ type Gateway interface {
 	Attach(ctx context.Context, name, host string, req gwire.AttachRequest) (gwire.Attachment, error)
 	Detach(ctx context.Context, name, host string) error
 	Attachments(ctx context.Context, name string) ([]gwire.Attachment, error)
+	Store(ctx context.Context, name string) (gwire.StoreView, error)
+	Stores(ctx context.Context) ([]gwire.StoreView, error)
+	Release(ctx context.Context, name string, force bool) (gwire.CheckpointResponse, error)
+	Adopt(ctx context.Context, req gwire.AdoptRequest) (gwire.AdoptResponse, error)
 }
 
 var _ Gateway = (*gwclient.Client)(nil)
