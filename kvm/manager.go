@@ -528,7 +528,7 @@ func (m *Manager) Start(ctx context.Context, name string) (wire.VMInfo, error) {
 		return fail(err)
 	}
 	v.rec.Disks = disks
-	if err := v.launchLocked(ctx, ""); err != nil {
+	if err := v.launchLocked(ctx, "", false); err != nil {
 		m.detachAll(ctx, name, v.rec.Spec.Disks)
 		return fail(err)
 	}

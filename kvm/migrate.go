@@ -286,7 +286,7 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 	v.mu.Lock()
 	v.rec.Disks = disks
 	v.saveLocked()
-	err = v.launchLocked(ctx, uri)
+	err = v.launchLocked(ctx, uri, false)
 	if err == nil {
 		err = v.saveLocked()
 	}

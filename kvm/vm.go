@@ -124,9 +124,9 @@ func (v *VM) infoLocked() wire.VMInfo {
 }
 
 // launch starts QEMU for the VM (state starting or incoming) and connects
-// to its QMP socket; called with v.mu held.
-func (v *VM) launchLocked(ctx context.Context, incoming string) error {
-	args, err := qemuArgs(v.rec.Spec, v.dir, v.rec.Disks, v.m.cfg.ReconnectDelay, resolveAccel(v.rec.Spec.Accel), incoming)
+// to its QMP socket; called with v.mu held. paused: see qemuArgs.
+func (v *VM) launchLocked(ctx context.Context, incoming string, paused bool) error {
+	args, err := qemuArgs(v.rec.Spec, v.dir, v.rec.Disks, v.m.cfg.ReconnectDelay, resolveAccel(v.rec.Spec.Accel), incoming, paused)
 	if err != nil {
 		return err
 	}
