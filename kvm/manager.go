@@ -45,8 +45,12 @@ var _ Gateway = (*gwclient.Client)(nil)
 
 // Config configures a Manager.
 type Config struct {
-	Gateway  Gateway
-	StateDir string
+	Gateway Gateway
+	// GatewayAddr is Gateway's API address as other hosts reach it: a
+	// migration to a host on another gateway leaves a volume that cannot
+	// move on this gateway, renewed there by the destination.
+	GatewayAddr string
+	StateDir    string
 	// HostID names this ferry-kvm to the gateway; a VM's disks are held
 	// as "HOSTID:VM".
 	HostID string
@@ -207,7 +211,7 @@ func (m *Manager) load(ctx context.Context, dir string) (*VM, error) {
 	v.rec.State = wire.StateCrashed
 	v.rec.PID, v.rec.PIDStart = 0, 0
 	v.saveLocked()
-	go m.detachAll(context.Background(), v.name(), v.rec.Spec.Disks)
+	go m.detachAll(context.Background(), v.name(), v.rec.Spec.Disks, v.rec.Disks...)
 	return v, nil
 }
 
@@ -470,9 +474,22 @@ func (m *Manager) attach(ctx context.Context, vm string, disks []wire.Disk) erro
 	return nil
 }
 
-func (m *Manager) detachAll(ctx context.Context, vm string, disks []wire.Disk) {
+// gatewayOf is the gateway serving volume vol as served lists it: this
+// host's unless a migration between gateways left it on another.
+func (m *Manager) gatewayOf(served []nbdDisk, vol string) Gateway {
+	for _, d := range served {
+		if d.Volume == vol && d.Gateway != "" {
+			return gwclient.New(d.Gateway)
+		}
+	}
+	return m.cfg.Gateway
+}
+
+// detachAll ends the VM's attachments of disks, each on the gateway that
+// serves it (served: the VM's record.Disks, nil for this host's).
+func (m *Manager) detachAll(ctx context.Context, vm string, disks []wire.Disk, served ...nbdDisk) {
 	for _, d := range disks {
-		if err := m.cfg.Gateway.Detach(ctx, d.Volume, m.holder(vm)); err != nil && !errors.Is(err, gwire.ErrNotFound) {
+		if err := m.gatewayOf(served, d.Volume).Detach(ctx, d.Volume, m.holder(vm)); err != nil && !errors.Is(err, gwire.ErrNotFound) {
 			m.log.Warn("detach", "vm", vm, "volume", d.Volume, "err", err)
 		}
 	}
@@ -586,11 +603,12 @@ func (m *Manager) Remove(ctx context.Context, name string, keepDisks bool) error
 	v.mu.Lock()
 	st := v.rec.State
 	disks := v.rec.Spec.Disks
+	served := v.rec.Disks
 	v.mu.Unlock()
 	if st != wire.StateStopped && st != wire.StateCrashed {
 		return fmt.Errorf("vm %s is %s; stop it first (ferry-kvm vm stop %s): %w", name, st, name, gwire.ErrBusy)
 	}
-	m.detachAll(ctx, name, disks)
+	m.detachAll(ctx, name, disks, served...)
 	if !keepDisks {
 		for _, d := range disks {
 			if err := m.cfg.Gateway.RemoveVolume(ctx, d.Volume, false); err != nil && !errors.Is(err, gwire.ErrNotFound) {
@@ -688,13 +706,14 @@ func (m *Manager) renewOnce(ctx context.Context, v *VM) {
 	v.mu.Lock()
 	held := v.leaseHeld
 	disks := v.rec.Spec.Disks
+	served := v.rec.Disks
 	name := v.name()
 	v.mu.Unlock()
 	if !held {
 		return
 	}
 	for _, d := range disks {
-		if _, err := m.cfg.Gateway.Attach(ctx, d.Volume, m.holder(name), gwire.AttachRequest{Protocol: "nbd", Reclaim: true}); err != nil {
+		if _, err := m.gatewayOf(served, d.Volume).Attach(ctx, d.Volume, m.holder(name), gwire.AttachRequest{Protocol: "nbd", Reclaim: true}); err != nil {
 			m.log.Warn("renew attachment", "vm", name, "volume", d.Volume, "err", err)
 		}
 	}

@@ -19,6 +19,10 @@ type nbdDisk struct {
 	Host   string `json:"host"`
 	Port   string `json:"port"`
 	Export string `json:"export"`
+	// Gateway is the API address of the gateway serving the disk when it
+	// is not this host's (a migration between gateways left it on the
+	// source's); "" is this host's gateway.
+	Gateway string `json:"gateway,omitempty"`
 }
 
 func (d nbdDisk) url() string { return "nbd://" + net.JoinHostPort(d.Host, d.Port) + "/" + d.Export }
