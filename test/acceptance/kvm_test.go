@@ -264,9 +264,17 @@ func TestKVMCreateStartMarkerStop(t *testing.T) {
 		t.Fatalf("metrics do not count the running VM:\n%s", metrics)
 	}
 
-	a.mustVM("stop", "m1", "--timeout", "3s")
+	// The guest powers off on the ACPI power button, well within the
+	// (generous) timeout: QEMU is not quit under it.
+	a.mustVM("stop", "m1", "--timeout", "120s")
 	if in := a.info("m1"); in.State != wire.StateStopped {
 		t.Fatalf("after stop: state %s", in.State)
+	}
+	if s := a.serial("m1"); !strings.Contains(s, "FERRY-KVM: ACPI power button: powering off") {
+		t.Fatalf("the guest did not power off through ACPI:\n%s", tail(s, 10))
+	}
+	if strings.Contains(a.logs.String(), "guest did not power off in time") {
+		t.Fatal("vm stop quit QEMU instead of waiting for the ACPI powerdown")
 	}
 	img := volumeImage(t, g, "m-root")
 	out, err := exec.Command("debugfs", "-R", "cat /marker", img).Output()
