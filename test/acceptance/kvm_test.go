@@ -544,8 +544,44 @@ func TestKVMMigrateBetweenGateways(t *testing.T) {
 	b.waitCounterPast("x1", last[len(last)-1]+10, time.Minute)
 	checkConsecutive(t, "source then destination console", counters(srcLog+b.serial("x1")))
 
-	b.mustVM("stop", "x1", "--force")
-	final := counters(b.serial("x1"))
+	// Back to A while another client reads the volume on gateway B:
+	// B refuses the release, so the volume stays on B; the VM runs on A's
+	// host with its disk on gateway B, and says so.
+	qemuIO := testutil.RequireTool(t, "qemu-io")
+	reader := exec.Command(qemuIO, "-r", "-f", "raw", "-c", "sleep 600000", gb.uri("x-root"))
+	if err := reader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reader.Process.Kill(); reader.Wait() })
+	for deadline := time.Now().Add(30 * time.Second); len(gb.info("x-root").Connections) < 2; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reader did not connect to gateway B: %+v", gb.info("x-root").Connections)
+		}
+	}
+	back := b.mustVM("migrate", "x1", "--to", a.addr)
+	if !strings.Contains(back, "x-root stays on the source's gateway: release failed") {
+		t.Fatalf("migrating back with a client on the volume: output does not say the volume stayed on B:\n%s", back)
+	}
+	t.Logf("migration back, volume left on gateway B: %s", strings.Join(regexp.MustCompile(`(?m)^(migrated|volumes:) .*$`).FindAllString(back, -1), " / "))
+	bLog := b.serial("x1")
+	in = a.info("x1")
+	if in.State != wire.StateRunning || !strings.Contains(in.Disks[0].Attach, "nbd://"+gb.nbdAddr+"/x-root") || !strings.Contains(in.Disks[0].Attach, "not this host's") || !strings.Contains(in.LastError, "release failed") {
+		t.Fatalf("VM back on A with its disk left on gateway B: %+v", in)
+	}
+	if r := ga.cli("volume", "info", "x-root"); r.code == 0 {
+		t.Fatalf("gateway A serves the volume, which should have stayed on B:\n%s", r.stdout)
+	}
+	if atts := gb.mustCLI("volume", "info", "x-root"); !strings.Contains(atts, "host-a:x1") {
+		t.Fatalf("gateway B shows no attachment for the VM on A:\n%s", atts)
+	}
+	last = counters(bLog)
+	a.waitCounterPast("x1", last[len(last)-1]+10, time.Minute)
+	checkConsecutive(t, "A, then B, then A again", counters(srcLog+bLog+a.serial("x1")))
+	reader.Process.Kill()
+	reader.Wait()
+
+	a.mustVM("stop", "x1", "--force")
+	final := counters(a.serial("x1"))
 	lastPrinted := final[len(final)-1]
 	img := volumeImage(t, gb, "x-root")
 	f, err := os.Open(img)
