@@ -30,5 +30,6 @@
 // switches the raw node's file child to the new gateway's export
 // (crossgw.go).
 //
-// Lock order: Manager.mu before VM.mu.
+// Lock order: Manager.mu before VM.mu; VM.hmu (an incoming hand-over
+// between gateways) before VM.mu.
 package kvm

@@ -539,6 +539,12 @@ func (m *Manager) Start(ctx context.Context, name string) (wire.VMInfo, error) {
 	}
 	disks, err := m.resolve(ctx, v.rec.Spec.Disks)
 	if err != nil {
+		for _, d := range v.rec.Disks {
+			if d.Gateway != "" && errors.Is(err, gwire.ErrNotFound) {
+				err = fmt.Errorf("%w (a migration left volume %s on gateway %s: release it there and adopt it on this host's gateway)", err, d.Volume, d.Gateway)
+				break
+			}
+		}
 		return fail(err)
 	}
 	if err := m.attach(ctx, name, v.rec.Spec.Disks); err != nil {
