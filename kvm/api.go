@@ -84,7 +84,22 @@ func Handler(m *Manager, g prometheus.Gatherer, log *slog.Logger) http.Handler {
 		reply(w, log, http.StatusCreated, rep, err)
 	})
 	mux.HandleFunc("POST /v1/incoming/{name}/done", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, log, http.StatusOK, struct{}{}, m.IncomingDone(r.Context(), r.PathValue("name")))
+		var req wire.IncomingDoneRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		reply(w, log, http.StatusOK, struct{}{}, m.IncomingDone(r.Context(), r.PathValue("name"), req))
+	})
+	mux.HandleFunc("POST /v1/incoming/{name}/park", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, log, http.StatusOK, struct{}{}, m.ParkIncoming(r.Context(), r.PathValue("name")))
+	})
+	mux.HandleFunc("POST /v1/incoming/{name}/adopt", func(w http.ResponseWriter, r *http.Request) {
+		var req wire.IncomingAdoptRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		rep, err := m.AdoptIncoming(r.Context(), r.PathValue("name"), req)
+		reply(w, log, http.StatusOK, rep, err)
 	})
 	mux.HandleFunc("DELETE /v1/incoming/{name}", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, log, http.StatusOK, struct{}{}, m.IncomingAbort(r.Context(), r.PathValue("name")))

@@ -2,7 +2,8 @@
 // whose disks are Ferry volumes, which QEMU attaches itself through its
 // NBD block driver (cache=none, discard=unmap, reconnect-delay so a
 // gateway restart is a stall, not an I/O error), and live-migrates them
-// between ferry-kvm hosts on the same gateway.
+// between ferry-kvm hosts on the same gateway or on two gateways sharing
+// an S3 bucket.
 //
 // One VM type owns one QEMU process (started in its own session, so it
 // survives the daemon), its QMP socket and its state file (vm.json under
@@ -22,5 +23,13 @@
 // QEMU switch over. On any failure the lease moves back, the source's
 // guest resumes and the destination's QEMU is quit.
 //
-// Lock order: Manager.mu before VM.mu.
+// A destination on another gateway sharing the bucket opens the source
+// gateway's exports and keeps the guest paused (-S) after the switchover
+// while each volume is released by the source's gateway and adopted by
+// its own; each disk is a raw node over an NBD node, and blockdev-reopen
+// switches the raw node's file child to the new gateway's export
+// (crossgw.go).
+//
+// Lock order: Manager.mu before VM.mu; VM.hmu (an incoming hand-over
+// between gateways) before VM.mu.
 package kvm

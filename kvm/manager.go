@@ -25,7 +25,9 @@ import (
 )
 
 // Gateway is what ferry-kvm needs of a Ferry gateway's admin API
-// (gateway/api/client.Client implements it).
+// (gateway/api/client.Client implements it). Store, Stores, Release and
+// Adopt serve a live migration between two gateways sharing a bucket:
+// the source's gateway releases each volume, the destination's adopts it.
 type Gateway interface {
 	Volume(ctx context.Context, name string) (gwire.VolumeInfo, error)
 	Create(ctx context.Context, req gwire.CreateRequest) (gwire.VolumeInfo, error)
@@ -33,14 +35,22 @@ type Gateway interface {
 	Attach(ctx context.Context, name, host string, req gwire.AttachRequest) (gwire.Attachment, error)
 	Detach(ctx context.Context, name, host string) error
 	Attachments(ctx context.Context, name string) ([]gwire.Attachment, error)
+	Store(ctx context.Context, name string) (gwire.StoreView, error)
+	Stores(ctx context.Context) ([]gwire.StoreView, error)
+	Release(ctx context.Context, name string, force bool) (gwire.CheckpointResponse, error)
+	Adopt(ctx context.Context, req gwire.AdoptRequest) (gwire.AdoptResponse, error)
 }
 
 var _ Gateway = (*gwclient.Client)(nil)
 
 // Config configures a Manager.
 type Config struct {
-	Gateway  Gateway
-	StateDir string
+	Gateway Gateway
+	// GatewayAddr is Gateway's API address as other hosts reach it: a
+	// migration to a host on another gateway leaves a volume that cannot
+	// move on this gateway, renewed there by the destination.
+	GatewayAddr string
+	StateDir    string
 	// HostID names this ferry-kvm to the gateway; a VM's disks are held
 	// as "HOSTID:VM".
 	HostID string
@@ -201,7 +211,7 @@ func (m *Manager) load(ctx context.Context, dir string) (*VM, error) {
 	v.rec.State = wire.StateCrashed
 	v.rec.PID, v.rec.PIDStart = 0, 0
 	v.saveLocked()
-	go m.detachAll(context.Background(), v.name(), v.rec.Spec.Disks)
+	go m.detachAll(context.Background(), v.name(), v.rec.Spec.Disks, v.rec.Disks...)
 	return v, nil
 }
 
@@ -464,9 +474,22 @@ func (m *Manager) attach(ctx context.Context, vm string, disks []wire.Disk) erro
 	return nil
 }
 
-func (m *Manager) detachAll(ctx context.Context, vm string, disks []wire.Disk) {
+// gatewayOf is the gateway serving volume vol as served lists it: this
+// host's unless a migration between gateways left it on another.
+func (m *Manager) gatewayOf(served []nbdDisk, vol string) Gateway {
+	for _, d := range served {
+		if d.Volume == vol && d.Gateway != "" {
+			return gwclient.New(d.Gateway)
+		}
+	}
+	return m.cfg.Gateway
+}
+
+// detachAll ends the VM's attachments of disks, each on the gateway that
+// serves it (served: the VM's record.Disks, nil for this host's).
+func (m *Manager) detachAll(ctx context.Context, vm string, disks []wire.Disk, served ...nbdDisk) {
 	for _, d := range disks {
-		if err := m.cfg.Gateway.Detach(ctx, d.Volume, m.holder(vm)); err != nil && !errors.Is(err, gwire.ErrNotFound) {
+		if err := m.gatewayOf(served, d.Volume).Detach(ctx, d.Volume, m.holder(vm)); err != nil && !errors.Is(err, gwire.ErrNotFound) {
 			m.log.Warn("detach", "vm", vm, "volume", d.Volume, "err", err)
 		}
 	}
@@ -516,13 +539,19 @@ func (m *Manager) Start(ctx context.Context, name string) (wire.VMInfo, error) {
 	}
 	disks, err := m.resolve(ctx, v.rec.Spec.Disks)
 	if err != nil {
+		for _, d := range v.rec.Disks {
+			if d.Gateway != "" && errors.Is(err, gwire.ErrNotFound) {
+				err = fmt.Errorf("%w (a migration left volume %s on gateway %s: release it there and adopt it on this host's gateway)", err, d.Volume, d.Gateway)
+				break
+			}
+		}
 		return fail(err)
 	}
 	if err := m.attach(ctx, name, v.rec.Spec.Disks); err != nil {
 		return fail(err)
 	}
 	v.rec.Disks = disks
-	if err := v.launchLocked(ctx, ""); err != nil {
+	if err := v.launchLocked(ctx, "", false); err != nil {
 		m.detachAll(ctx, name, v.rec.Spec.Disks)
 		return fail(err)
 	}
@@ -580,11 +609,12 @@ func (m *Manager) Remove(ctx context.Context, name string, keepDisks bool) error
 	v.mu.Lock()
 	st := v.rec.State
 	disks := v.rec.Spec.Disks
+	served := v.rec.Disks
 	v.mu.Unlock()
 	if st != wire.StateStopped && st != wire.StateCrashed {
 		return fmt.Errorf("vm %s is %s; stop it first (ferry-kvm vm stop %s): %w", name, st, name, gwire.ErrBusy)
 	}
-	m.detachAll(ctx, name, disks)
+	m.detachAll(ctx, name, disks, served...)
 	if !keepDisks {
 		for _, d := range disks {
 			if err := m.cfg.Gateway.RemoveVolume(ctx, d.Volume, false); err != nil && !errors.Is(err, gwire.ErrNotFound) {
@@ -682,13 +712,14 @@ func (m *Manager) renewOnce(ctx context.Context, v *VM) {
 	v.mu.Lock()
 	held := v.leaseHeld
 	disks := v.rec.Spec.Disks
+	served := v.rec.Disks
 	name := v.name()
 	v.mu.Unlock()
 	if !held {
 		return
 	}
 	for _, d := range disks {
-		if _, err := m.cfg.Gateway.Attach(ctx, d.Volume, m.holder(name), gwire.AttachRequest{Protocol: "nbd", Reclaim: true}); err != nil {
+		if _, err := m.gatewayOf(served, d.Volume).Attach(ctx, d.Volume, m.holder(name), gwire.AttachRequest{Protocol: "nbd", Reclaim: true}); err != nil {
 			m.log.Warn("renew attachment", "vm", name, "volume", d.Volume, "err", err)
 		}
 	}

@@ -18,10 +18,11 @@ import (
 
 // Handoff moves a volume's attachment from one holder to another at a
 // migration's switchover, while the guest is paused, so one holder owns
-// the volume at every instant. LeaseHandoff does it on one gateway; a
-// migration between two gateways sharing a bucket would hand the volume
-// over with a release on the source gateway and an adopt on the
-// destination's (not built yet: this is the seam).
+// the volume at every instant. LeaseHandoff does it on one gateway. A
+// migration between two gateways sharing a bucket uses it too (on the
+// source's gateway, whose exports the destination opened), then, once
+// the source's QEMU is gone, hands the volume itself over: release on
+// the source's gateway, adopt on the destination's (finishCrossGateway).
 type Handoff interface {
 	Handoff(ctx context.Context, volume, from, to string) error
 }
@@ -140,8 +141,12 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 		v.mu.Unlock()
 		go m.renewOnce(ctx, v)
 	}
-	var err error
-	rep, err = dst.Incoming(ctx, wire.IncomingRequest{Spec: spec, SourceHost: m.cfg.HostID})
+	src, err := m.sourceDisks(ctx, spec.Disks)
+	if err != nil {
+		fail(err)
+		return
+	}
+	rep, err = dst.Incoming(ctx, wire.IncomingRequest{Spec: spec, SourceHost: m.cfg.HostID, Disks: src.wire(), SourceGateway: m.cfg.GatewayAddr})
 	if err != nil {
 		fail(fmt.Errorf("destination %s: %w", req.To, err))
 		return
@@ -209,6 +214,10 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 				return
 			}
 		case "completed":
+			if rep.CrossGateway {
+				m.finishCrossGateway(ctx, v, dst, name, st, rep.Holder, src)
+				return
+			}
 			m.finishMigration(ctx, v, dst, name, st)
 			return
 		case "failed", "cancelled":
@@ -222,7 +231,7 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 // QEMU.
 func (m *Manager) finishMigration(ctx context.Context, v *VM, dst *client.Client, name string, st migrationStatus) {
 	log := m.log.With("vm", name)
-	if err := dst.IncomingDone(ctx, name); err != nil {
+	if err := dst.IncomingDone(ctx, name, wire.IncomingDoneRequest{}); err != nil {
 		log.Error("destination did not take the VM over (it runs there regardless)", "err", err)
 	}
 	m.migrations.WithLabelValues("completed").Inc()
@@ -272,8 +281,25 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 	if err := os.MkdirAll(v.dir, 0o755); err != nil {
 		return fail(err)
 	}
-	disks, err := m.resolve(ctx, spec.Disks)
+	cross, err := m.crossGateway(ctx, spec, req.Disks)
 	if err != nil {
+		return fail(err)
+	}
+	var disks []nbdDisk
+	if cross {
+		// Open the source gateway's exports; QEMU keeps them inactive
+		// until the switchover and the guest paused (-S) until the
+		// volumes are this gateway's (IncomingDone).
+		for _, d := range req.Disks {
+			nd, err := parseNBDURL(d.Volume, d.NBDURL)
+			if err != nil {
+				return fail(err)
+			}
+			nd.Gateway = req.SourceGateway
+			disks = append(disks, nd)
+		}
+		v.rec.Cross = &crossIncoming{Source: req.Disks, SourceGateway: req.SourceGateway, Parked: make([]bool, len(req.Disks))}
+	} else if disks, err = m.resolve(ctx, spec.Disks); err != nil {
 		return fail(err)
 	}
 	l, err := net.Listen("tcp", net.JoinHostPort(m.cfg.MigrationAddr, "0"))
@@ -286,7 +312,7 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 	v.mu.Lock()
 	v.rec.Disks = disks
 	v.saveLocked()
-	err = v.launchLocked(ctx, uri)
+	err = v.launchLocked(ctx, uri, cross)
 	if err == nil {
 		err = v.saveLocked()
 	}
@@ -294,25 +320,44 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 	if err != nil {
 		return fail(err)
 	}
-	m.log.Info("waiting for incoming migration", "vm", spec.Name, "from", req.SourceHost, "uri", uri)
-	return wire.IncomingReply{URI: uri, Holder: m.holder(spec.Name)}, nil
+	m.log.Info("waiting for incoming migration", "vm", spec.Name, "from", req.SourceHost, "uri", uri, "cross_gateway", cross)
+	return wire.IncomingReply{URI: uri, Holder: m.holder(spec.Name), CrossGateway: cross}, nil
 }
 
-// IncomingDone makes a migrated VM this host's: it runs here now.
-func (m *Manager) IncomingDone(ctx context.Context, name string) error {
+// IncomingDone makes a migrated VM this host's: it runs here now. After
+// a migration between gateways it first switches each parked disk to the
+// export req names and resumes the guest (doneCross).
+func (m *Manager) IncomingDone(ctx context.Context, name string, req wire.IncomingDoneRequest) error {
 	v, err := m.get(name)
 	if err != nil {
 		return err
 	}
+	v.hmu.Lock()
+	defer v.hmu.Unlock()
+	v.mu.Lock()
+	st, cross := v.rec.State, v.rec.Cross
+	v.mu.Unlock()
+	if st != wire.StateIncoming {
+		return fmt.Errorf("vm %s is %s, not incoming: %w", name, st, gwire.ErrInvalid)
+	}
+	if cross != nil {
+		if err := m.doneCross(ctx, v, cross, req); err != nil {
+			return err
+		}
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.rec.State != wire.StateIncoming {
-		return fmt.Errorf("vm %s is %s, not incoming: %w", name, v.rec.State, gwire.ErrInvalid)
-	}
 	v.rec.Started = time.Now()
 	v.leaseHeld = true
 	go m.renewOnce(context.WithoutCancel(ctx), v)
-	return v.transition(wire.StateRunning, "incoming migration completed")
+	if err := v.transition(wire.StateRunning, "incoming migration completed"); err != nil {
+		return err
+	}
+	if req.Note != "" {
+		v.rec.LastError = req.Note
+		v.saveLocked()
+	}
+	return nil
 }
 
 // IncomingAbort quits an incoming VM's QEMU and forgets it.

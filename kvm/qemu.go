@@ -19,6 +19,10 @@ type nbdDisk struct {
 	Host   string `json:"host"`
 	Port   string `json:"port"`
 	Export string `json:"export"`
+	// Gateway is the API address of the gateway serving the disk when it
+	// is not this host's (a migration between gateways left it on the
+	// source's); "" is this host's gateway.
+	Gateway string `json:"gateway,omitempty"`
 }
 
 func (d nbdDisk) url() string { return "nbd://" + net.JoinHostPort(d.Host, d.Port) + "/" + d.Export }
@@ -37,8 +41,9 @@ func parseNBDURL(vol, s string) (nbdDisk, error) {
 }
 
 // qemuArgs builds QEMU's command line for a VM. incoming, when set, is the
-// -incoming URI of a migration destination.
-func qemuArgs(spec wire.VMSpec, dir string, disks []nbdDisk, reconnect time.Duration, accel, incoming string) ([]string, error) {
+// -incoming URI of a migration destination; paused (-S) keeps the guest
+// stopped until `cont`, also after an incoming migration completed.
+func qemuArgs(spec wire.VMSpec, dir string, disks []nbdDisk, reconnect time.Duration, accel, incoming string, paused bool) ([]string, error) {
 	a := []string{
 		"-name", spec.Name,
 		"-machine", "pc",
@@ -59,23 +64,14 @@ func qemuArgs(spec wire.VMSpec, dir string, disks []nbdDisk, reconnect time.Dura
 		a = append(a, "-accel", "kvm", "-accel", "tcg")
 	}
 	for i, d := range disks {
-		node := fmt.Sprintf("disk%d", i)
-		bd := map[string]any{
-			"driver":    "nbd",
-			"node-name": node,
-			"server":    map[string]any{"type": "inet", "host": d.Host, "port": d.Port},
-			"export":    d.Export,
-			// Requests wait this long for a reconnection before they fail:
-			// a gateway restart is a stall in the guest, not an I/O error.
-			"reconnect-delay": int(reconnect / time.Second),
-			"cache":           map[string]any{"direct": true, "no-flush": false},
-			"discard":         "unmap",
+		for _, bd := range []map[string]any{nbdNode(i, d, reconnect), rawNode(i, nbdNodeName(i))} {
+			b, err := json.Marshal(bd)
+			if err != nil {
+				return nil, err
+			}
+			a = append(a, "-blockdev", string(b))
 		}
-		b, err := json.Marshal(bd)
-		if err != nil {
-			return nil, err
-		}
-		a = append(a, "-blockdev", string(b), "-device", fmt.Sprintf("virtio-blk-pci,drive=%s,id=vd%d,write-cache=on,discard=on", node, i))
+		a = append(a, "-device", fmt.Sprintf("virtio-blk-pci,drive=%s,id=vd%d,write-cache=on,discard=on", diskNodeName(i), i))
 	}
 	if spec.CDROM != "" {
 		a = append(a, "-drive", "file="+spec.CDROM+",media=cdrom,readonly=on,if=ide")
@@ -103,7 +99,43 @@ func qemuArgs(spec wire.VMSpec, dir string, disks []nbdDisk, reconnect time.Dura
 	if incoming != "" {
 		a = append(a, "-incoming", incoming)
 	}
+	if paused {
+		a = append(a, "-S")
+	}
 	return a, nil
+}
+
+// Block nodes: disk i is a raw node "diskI" (the device's drive) whose
+// file child is the NBD node "diskI-nbd". The raw layer lets a migration
+// between two gateways switch the file child to another gateway's export
+// (blockdev-reopen) while the device stays attached; "diskI-hold" is the
+// placeholder child while the volume moves (see Manager.ParkIncoming).
+func diskNodeName(i int) string { return fmt.Sprintf("disk%d", i) }
+func nbdNodeName(i int) string  { return fmt.Sprintf("disk%d-nbd", i) }
+func holdNodeName(i int) string { return fmt.Sprintf("disk%d-hold", i) }
+
+// cacheOpts: cache=none, flushes passed through.
+func cacheOpts() map[string]any { return map[string]any{"direct": true, "no-flush": false} }
+
+// nbdNode is disk i's NBD node, for -blockdev or blockdev-add.
+func nbdNode(i int, d nbdDisk, reconnect time.Duration) map[string]any {
+	return map[string]any{
+		"driver":    "nbd",
+		"node-name": nbdNodeName(i),
+		"server":    map[string]any{"type": "inet", "host": d.Host, "port": d.Port},
+		"export":    d.Export,
+		// Requests wait this long for a reconnection before they fail:
+		// a gateway restart is a stall in the guest, not an I/O error.
+		"reconnect-delay": int(reconnect / time.Second),
+		"cache":           cacheOpts(),
+		"discard":         "unmap",
+	}
+}
+
+// rawNode is disk i's raw node over the node named file, for -blockdev
+// and blockdev-reopen (which resets options it is not given).
+func rawNode(i int, file string) map[string]any {
+	return map[string]any{"driver": "raw", "node-name": diskNodeName(i), "file": file, "cache": cacheOpts(), "discard": "unmap"}
 }
 
 // validNet checks a --net value.

@@ -15,25 +15,36 @@ func TestQEMUArgsDisks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args, err := qemuArgs(spec, "/state/vm1", []nbdDisk{d}, 45*time.Second, wire.AccelTCG, "tcp:127.0.0.1:4444")
+	args, err := qemuArgs(spec, "/state/vm1", []nbdDisk{d}, 45*time.Second, wire.AccelTCG, "tcp:127.0.0.1:4444", true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	line := strings.Join(args, " ")
-	for _, want := range []string{"-accel tcg", "-m 256M", "-smp 2", "-incoming tcp:127.0.0.1:4444", "ifname=tap0", "-kernel /k", "-initrd /i", "-append console=ttyS0", "unix:/state/vm1/qmp.sock"} {
+	for _, want := range []string{"-accel tcg", "-m 256M", "-smp 2", "-incoming tcp:127.0.0.1:4444", " -S", "drive=disk0,id=vd0", "ifname=tap0", "-kernel /k", "-initrd /i", "-append console=ttyS0", "unix:/state/vm1/qmp.sock"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("args lack %q:\n%s", want, line)
 		}
 	}
-	var bd map[string]any
+	// disk0 is a raw node over the NBD node disk0-nbd (so a migration
+	// between gateways can switch the file child).
+	var nodes []map[string]any
 	for i, a := range args {
 		if a == "-blockdev" {
+			var bd map[string]any
 			if err := json.Unmarshal([]byte(args[i+1]), &bd); err != nil {
 				t.Fatal(err)
 			}
+			nodes = append(nodes, bd)
 		}
 	}
-	if bd["driver"] != "nbd" || bd["export"] != "vol1" || bd["reconnect-delay"] != float64(45) || bd["discard"] != "unmap" {
+	if len(nodes) != 2 {
+		t.Fatalf("want 2 block nodes, got %v", nodes)
+	}
+	bd, raw := nodes[0], nodes[1]
+	if raw["driver"] != "raw" || raw["node-name"] != "disk0" || raw["file"] != "disk0-nbd" || raw["discard"] != "unmap" {
+		t.Fatalf("raw node: %v", raw)
+	}
+	if bd["node-name"] != "disk0-nbd" || bd["driver"] != "nbd" || bd["export"] != "vol1" || bd["reconnect-delay"] != float64(45) || bd["discard"] != "unmap" {
 		t.Fatalf("blockdev: %v", bd)
 	}
 	if c := bd["cache"].(map[string]any); c["direct"] != true {
@@ -45,7 +56,7 @@ func TestQEMUArgsDisks(t *testing.T) {
 }
 
 func TestQEMUArgsRefuseBadNet(t *testing.T) {
-	if _, err := qemuArgs(wire.VMSpec{Name: "x", CPUs: 1, MemoryMiB: 1, Net: "wifi"}, "/s", nil, time.Second, wire.AccelTCG, ""); err == nil {
+	if _, err := qemuArgs(wire.VMSpec{Name: "x", CPUs: 1, MemoryMiB: 1, Net: "wifi"}, "/s", nil, time.Second, wire.AccelTCG, "", false); err == nil {
 		t.Fatal("bad --net accepted")
 	}
 	for n, ok := range map[string]bool{"user": true, "none": true, "tap:t0": true, "bridge:br0": true, "tap:": false, "x": false} {

@@ -28,6 +28,8 @@ type record struct {
 	LastError string          `json:"last_error,omitempty"`
 	Disks     []nbdDisk       `json:"disks,omitempty"` // as attached by the running QEMU
 	Migration *wire.Migration `json:"migration,omitempty"`
+	// Cross is an incoming migration from another gateway, until done.
+	Cross *crossIncoming `json:"cross,omitempty"`
 }
 
 // VM is one virtual machine: its QEMU process, QMP connection and state
@@ -35,6 +37,10 @@ type record struct {
 type VM struct {
 	m   *Manager
 	dir string
+
+	// hmu serialises the steps of an incoming migration's hand-over
+	// (park, adopt, done), which run QMP commands; taken before mu.
+	hmu sync.Mutex
 
 	mu   sync.Mutex
 	rec  record
@@ -115,6 +121,9 @@ func (v *VM) infoLocked() wire.VMInfo {
 		di := wire.DiskInfo{Volume: d.Volume, Device: fmt.Sprintf("vd%d (virtio-blk)", i), Holder: v.holder(), Created: d.Created}
 		if i < len(v.rec.Disks) && v.rec.State != wire.StateStopped && v.rec.State != wire.StateCrashed {
 			di.Attach = fmt.Sprintf("qemu nbd %s (reconnect-delay %s, cache=none, discard=unmap)", v.rec.Disks[i].url(), v.m.cfg.ReconnectDelay)
+			if g := v.rec.Disks[i].Gateway; g != "" {
+				di.Attach += " on gateway " + g + ", not this host's"
+			}
 		} else {
 			di.Attach = "not attached"
 		}
@@ -124,9 +133,9 @@ func (v *VM) infoLocked() wire.VMInfo {
 }
 
 // launch starts QEMU for the VM (state starting or incoming) and connects
-// to its QMP socket; called with v.mu held.
-func (v *VM) launchLocked(ctx context.Context, incoming string) error {
-	args, err := qemuArgs(v.rec.Spec, v.dir, v.rec.Disks, v.m.cfg.ReconnectDelay, resolveAccel(v.rec.Spec.Accel), incoming)
+// to its QMP socket; called with v.mu held. paused: see qemuArgs.
+func (v *VM) launchLocked(ctx context.Context, incoming string, paused bool) error {
+	args, err := qemuArgs(v.rec.Spec, v.dir, v.rec.Disks, v.m.cfg.ReconnectDelay, resolveAccel(v.rec.Spec.Accel), incoming, paused)
 	if err != nil {
 		return err
 	}
@@ -244,10 +253,11 @@ func (v *VM) qemuGone(conn *qmp.Conn, exited chan struct{}) {
 	held := v.leaseHeld
 	v.leaseHeld = false
 	disks := v.rec.Spec.Disks
+	served := v.rec.Disks
 	v.mu.Unlock()
 	// Detach before telling waiters: a stopped VM's volumes are free.
 	if held {
-		v.m.detachAll(context.Background(), name, disks)
+		v.m.detachAll(context.Background(), name, disks, served...)
 	}
 	close(exited)
 }

@@ -114,6 +114,7 @@ func runServe(c *cli.Context) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := kvm.New(ctx, kvm.Config{
 		Gateway:        gwclient.New(c.String("gateway"), opts...),
+		GatewayAddr:    c.String("gateway"),
 		StateDir:       state,
 		HostID:         hostID,
 		QEMU:           c.String("qemu"),

@@ -57,6 +57,9 @@ func cmdVMInfo() *cli.Command {
 					fmt.Fprintf(w, ": %s", m.Error)
 				}
 				fmt.Fprintln(w)
+				if m.Handover != "" {
+					fmt.Fprintf(w, "volumes:  %s\n", m.Handover)
+				}
 			}
 			return nil
 		},

@@ -14,12 +14,17 @@ import (
 func cmdVMMigrate() *cli.Command {
 	return &cli.Command{
 		Name:      "migrate",
-		Usage:     "live-migrate a running VM to another ferry-kvm on the same gateway",
+		Usage:     "live-migrate a running VM to another ferry-kvm (same gateway, or another on the same bucket)",
 		ArgsUsage: "NAME",
 		Description: `Starts the VM on the destination waiting for its memory, copies it while
 the guest runs, pauses the guest, moves the disks' gateway attachments to
 the destination and switches over. Prints progress, then the downtime. On
 any failure the VM keeps running here.
+
+When the destination ferry-kvm uses another gateway on the same S3
+bucket, the guest stays paused after the switchover until each volume is
+handed over: released on this host's gateway, adopted on the
+destination's. The downtime printed includes the hand-over.
 
    ferry-kvm vm migrate web --to otherhost:9810`,
 		Flags: []cli.Flag{
@@ -58,6 +63,12 @@ any failure the VM keeps running here.
 				switch m.Status {
 				case "completed":
 					fmt.Fprintf(w, "migrated %s to %s: downtime %d ms, total %d ms\n", name, m.To, m.DowntimeMS, m.TotalMS)
+					if m.Handover != "" {
+						fmt.Fprintf(w, "volumes: %s\n", m.Handover)
+					}
+					if m.Error != "" {
+						return fmt.Errorf("migration of %s: %s", name, m.Error)
+					}
 					return nil
 				case "failed", "cancelled":
 					return fmt.Errorf("migration of %s failed (it runs on here): %s", name, m.Error)

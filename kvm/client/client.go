@@ -132,9 +132,25 @@ func (c *Client) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.I
 }
 
 // IncomingDone tells the destination the migration completed: the VM is
-// its own now.
-func (c *Client) IncomingDone(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodPost, "/v1/incoming/"+url.PathEscape(name)+"/done", struct{}{}, nil)
+// its own now. After a migration between gateways req says where each
+// disk is served; the destination switches to it and resumes the guest.
+func (c *Client) IncomingDone(ctx context.Context, name string, req wire.IncomingDoneRequest) error {
+	return c.do(ctx, http.MethodPost, "/v1/incoming/"+url.PathEscape(name)+"/done", req, nil)
+}
+
+// IncomingPark asks the destination of a migration between gateways to
+// let go of the source gateway's exports (the guest stays paused), so
+// the source's gateway can release the volumes.
+func (c *Client) IncomingPark(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/incoming/"+url.PathEscape(name)+"/park", struct{}{}, nil)
+}
+
+// IncomingAdopt asks the destination's gateway to adopt volumes the
+// source's gateway released.
+func (c *Client) IncomingAdopt(ctx context.Context, name string, req wire.IncomingAdoptRequest) (wire.IncomingAdoptReply, error) {
+	var out wire.IncomingAdoptReply
+	err := c.do(ctx, http.MethodPost, "/v1/incoming/"+url.PathEscape(name)+"/adopt", req, &out)
+	return out, err
 }
 
 // IncomingAbort tells the destination the migration failed: quit its

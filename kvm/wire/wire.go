@@ -88,10 +88,14 @@ type Migration struct {
 	MbpsRate         float64 `json:"mbps"`
 	// DowntimeMS is QEMU's measured downtime (guest paused), including the
 	// attachment hand-over; TotalMS the whole migration.
-	DowntimeMS int64     `json:"downtime_ms,omitempty"`
-	TotalMS    int64     `json:"total_ms,omitempty"`
-	Started    time.Time `json:"started"`
-	Finished   time.Time `json:"finished,omitzero"`
+	DowntimeMS int64 `json:"downtime_ms,omitempty"`
+	// Handover says how the volumes moved in a migration between two
+	// gateways (released on the source's, adopted on the destination's),
+	// or why one stayed on the source's gateway.
+	Handover string    `json:"handover,omitempty"`
+	TotalMS  int64     `json:"total_ms,omitempty"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished,omitzero"`
 }
 
 // Done says the migration ended (either way).
@@ -139,6 +143,72 @@ type IncomingRequest struct {
 	Spec VMSpec `json:"spec"`
 	// SourceHost is the source's host id (for the destination's records).
 	SourceHost string `json:"source_host"`
+	// Disks are the VM's disks as the source's gateway serves them. A
+	// destination whose gateway does not serve them (another gateway on
+	// the same bucket) opens them there and takes them over after the
+	// switchover: park, the source's release, adopt, done. Empty from an
+	// older source: the destination resolves the disks on its gateway.
+	Disks []SourceDisk `json:"disks,omitempty"`
+	// SourceGateway is the source's gateway API address: a disk left on
+	// the source's gateway keeps its attachment renewed there.
+	SourceGateway string `json:"source_gateway,omitempty"`
+}
+
+// StoreRef names an S3 store by where it is: the same on every gateway
+// that added it, whatever name each gave it.
+type StoreRef struct {
+	Endpoint string `json:"endpoint"`
+	Bucket   string `json:"bucket"`
+	Prefix   string `json:"prefix,omitempty"`
+}
+
+// SourceDisk is a disk as the source's gateway serves it.
+type SourceDisk struct {
+	Volume string `json:"volume"`
+	ID     string `json:"id"`
+	Size   int64  `json:"size"`
+	// NBDURL is its export on the source's gateway.
+	NBDURL string `json:"nbd_url"`
+	// Store is the volume's S3 store; nil for a local volume, which
+	// cannot move to another gateway.
+	Store *StoreRef `json:"store,omitempty"`
+}
+
+// IncomingAdoptRequest is the body of POST /v1/incoming/{name}/adopt:
+// the source's gateway released these volumes; the destination's gateway
+// adopts them and the destination attaches them.
+type IncomingAdoptRequest struct {
+	Volumes []string `json:"volumes"`
+}
+
+// IncomingAdoptReply answers POST /v1/incoming/{name}/adopt.
+type IncomingAdoptReply struct {
+	// Adopted maps each volume adopted to its NBD URL on the
+	// destination's gateway.
+	Adopted map[string]string `json:"adopted"`
+	// Errors maps each volume not adopted to why.
+	Errors map[string]string `json:"errors,omitempty"`
+}
+
+// DiskServer is where a disk is served after a migration between
+// gateways.
+type DiskServer struct {
+	Volume string `json:"volume"`
+	NBDURL string `json:"nbd_url"`
+	// Gateway is the API address of the gateway that serves it when it
+	// is not the destination's own ("").
+	Gateway string `json:"gateway,omitempty"`
+}
+
+// IncomingDoneRequest is the body of POST /v1/incoming/{name}/done.
+type IncomingDoneRequest struct {
+	// Disks (a migration between gateways only) say where each disk is
+	// served now: the destination switches its disks there and resumes
+	// the guest.
+	Disks []DiskServer `json:"disks,omitempty"`
+	// Note is kept as the VM's last error on the destination: why a disk
+	// stayed on the source's gateway.
+	Note string `json:"note,omitempty"`
 }
 
 // IncomingReply answers POST /v1/incoming.
@@ -148,4 +218,8 @@ type IncomingReply struct {
 	// Holder is the attachment host name the destination will hold the
 	// VM's volumes under.
 	Holder string `json:"holder"`
+	// CrossGateway: the destination uses another gateway than the
+	// source's; its QEMU opened the source gateway's exports and stays
+	// paused after the switchover until the volumes are handed over.
+	CrossGateway bool `json:"cross_gateway,omitempty"`
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	gwire "github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/internal/testutil"
 	"github.com/ferry-io/ferry/kvm/wire"
 )
@@ -263,9 +264,17 @@ func TestKVMCreateStartMarkerStop(t *testing.T) {
 		t.Fatalf("metrics do not count the running VM:\n%s", metrics)
 	}
 
-	a.mustVM("stop", "m1", "--timeout", "3s")
+	// The guest powers off on the ACPI power button, well within the
+	// (generous) timeout: QEMU is not quit under it.
+	a.mustVM("stop", "m1", "--timeout", "120s")
 	if in := a.info("m1"); in.State != wire.StateStopped {
 		t.Fatalf("after stop: state %s", in.State)
+	}
+	if s := a.serial("m1"); !strings.Contains(s, "FERRY-KVM: ACPI power button: powering off") {
+		t.Fatalf("the guest did not power off through ACPI:\n%s", tail(s, 10))
+	}
+	if strings.Contains(a.logs.String(), "guest did not power off in time") {
+		t.Fatal("vm stop quit QEMU instead of waiting for the ACPI powerdown")
 	}
 	img := volumeImage(t, g, "m-root")
 	out, err := exec.Command("debugfs", "-R", "cat /marker", img).Output()
@@ -475,6 +484,116 @@ func TestKVMSurvivesDaemonKillAndMigrates(t *testing.T) {
 	got, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(string(bytes.TrimRight(buf, " \n\x00")), "counter ")))
 	if got != lastPrinted && got != lastPrinted+1 {
 		t.Fatalf("disk holds counter %d (%q); the console's last was %d", got, buf, lastPrinted)
+	}
+}
+
+// TestKVMMigrateBetweenGateways: two gateways on one S3 bucket, each with
+// its own ferry-kvm. A guest counting on an S3-backed volume (write +
+// fsync every 100 ms) migrates from A's host to B's: the count goes on
+// without a gap or restart, the source QEMU is gone, gateway A released
+// the volume, gateway B holds its writer lease and the destination's
+// attachment, and the disk read from B holds the latest count.
+func TestKVMMigrateBetweenGateways(t *testing.T) {
+	_, image := requireKVM(t)
+	_, ga, gb := twoGateways(t, "ferry-kvm-move")
+	a := startKVMD(t, ga, "host-a")
+	b := startKVMD(t, gb, "host-b")
+	ga.mustCLI("volume", "create", "x-root", "--size", "64M", "--store", "cloud")
+	id := ga.info("x-root").ID
+	a.mustVM(append([]string{"create", "x1", "--disk", "x-root"}, guestArgs(image, "counter")...)...)
+	a.mustVM("start", "x1")
+	pid := a.info("x1").PID
+	a.waitCounterPast("x1", 5, bootTimeout)
+
+	out := a.mustVM("migrate", "x1", "--to", b.addr)
+	m := regexp.MustCompile(`downtime (\d+) ms, total (\d+) ms`).FindStringSubmatch(out)
+	if m == nil || !strings.Contains(out, "released on the source's gateway and adopted on the destination's") {
+		t.Fatalf("vm migrate output lacks the downtime or the hand-over:\n%s", out)
+	}
+	t.Logf("migration between gateways: downtime %s ms (QEMU's plus the release/adopt hand-over), total %s ms", m[1], m[2])
+	if l := regexp.MustCompile(`.*migration between gateways completed.*`).FindString(a.logs.String()); l != "" {
+		t.Log(l)
+	}
+	srcLog := a.serial("x1")
+	if err := syscall.Kill(pid, 0); err == nil {
+		time.Sleep(3 * time.Second)
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Fatalf("source QEMU pid %d still runs after the migration", pid)
+		}
+	}
+	in := b.info("x1")
+	if in.State != wire.StateRunning || in.Disks[0].Holder != "host-b:x1" || !strings.Contains(in.Disks[0].Attach, "nbd://"+gb.nbdAddr+"/x-root") || in.LastError != "" {
+		t.Fatalf("destination after the migration: %+v", in)
+	}
+	// Gateway A let the volume go; B serves it, holds the writer lease
+	// and the destination's attachment.
+	if r := ga.cli("volume", "info", "x-root"); r.code == 0 {
+		t.Fatalf("gateway A still lists the volume after the migration:\n%s", r.stdout)
+	}
+	var vb gwire.VolumeInfo
+	if err := json.Unmarshal([]byte(gb.mustCLI("volume", "info", "x-root", "--json")), &vb); err != nil {
+		t.Fatal(err)
+	}
+	if vb.ID != id || vb.Tier == nil || vb.Tier.Lease == nil || vb.Tier.Lease.State != "held" {
+		t.Fatalf("gateway B's volume: id %s (want %s), tier %+v", vb.ID, id, vb.Tier)
+	}
+	if atts := gb.mustCLI("volume", "info", "x-root"); !strings.Contains(atts, "host-b:x1") {
+		t.Fatalf("gateway B shows no attachment for the destination:\n%s", atts)
+	}
+	last := counters(srcLog)
+	b.waitCounterPast("x1", last[len(last)-1]+10, time.Minute)
+	checkConsecutive(t, "source then destination console", counters(srcLog+b.serial("x1")))
+
+	// Back to A while another client reads the volume on gateway B:
+	// B refuses the release, so the volume stays on B; the VM runs on A's
+	// host with its disk on gateway B, and says so.
+	qemuIO := testutil.RequireTool(t, "qemu-io")
+	reader := exec.Command(qemuIO, "-r", "-f", "raw", "-c", "sleep 600000", gb.uri("x-root"))
+	if err := reader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reader.Process.Kill(); reader.Wait() })
+	for deadline := time.Now().Add(30 * time.Second); len(gb.info("x-root").Connections) < 2; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reader did not connect to gateway B: %+v", gb.info("x-root").Connections)
+		}
+	}
+	back := b.mustVM("migrate", "x1", "--to", a.addr)
+	if !strings.Contains(back, "x-root stays on the source's gateway: release failed") {
+		t.Fatalf("migrating back with a client on the volume: output does not say the volume stayed on B:\n%s", back)
+	}
+	t.Logf("migration back, volume left on gateway B: %s", strings.Join(regexp.MustCompile(`(?m)^(migrated|volumes:) .*$`).FindAllString(back, -1), " / "))
+	bLog := b.serial("x1")
+	in = a.info("x1")
+	if in.State != wire.StateRunning || !strings.Contains(in.Disks[0].Attach, "nbd://"+gb.nbdAddr+"/x-root") || !strings.Contains(in.Disks[0].Attach, "not this host's") || !strings.Contains(in.LastError, "release failed") {
+		t.Fatalf("VM back on A with its disk left on gateway B: %+v", in)
+	}
+	if r := ga.cli("volume", "info", "x-root"); r.code == 0 {
+		t.Fatalf("gateway A serves the volume, which should have stayed on B:\n%s", r.stdout)
+	}
+	if atts := gb.mustCLI("volume", "info", "x-root"); !strings.Contains(atts, "host-a:x1") {
+		t.Fatalf("gateway B shows no attachment for the VM on A:\n%s", atts)
+	}
+	last = counters(bLog)
+	a.waitCounterPast("x1", last[len(last)-1]+10, time.Minute)
+	checkConsecutive(t, "A, then B, then A again", counters(srcLog+bLog+a.serial("x1")))
+	reader.Process.Kill()
+	reader.Wait()
+
+	a.mustVM("stop", "x1", "--force")
+	final := counters(a.serial("x1"))
+	lastPrinted := final[len(final)-1]
+	img := volumeImage(t, gb, "x-root")
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64)
+	f.ReadAt(buf, 1<<20)
+	got, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(string(bytes.TrimRight(buf, " \n\x00")), "counter ")))
+	if got != lastPrinted && got != lastPrinted+1 {
+		t.Fatalf("disk on gateway B holds counter %d (%q); the console's last was %d", got, buf, lastPrinted)
 	}
 }
 
