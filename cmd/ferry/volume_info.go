@@ -81,8 +81,12 @@ client with its protocol, address, iSCSI initiator name and since when.
 				if at.ReadOnly {
 					mode = "read-only"
 				}
-				fmt.Printf("held by:      host %s (%s, %s) since %s, lease until %s\n", at.Host, at.Protocol, mode,
-					at.Since.Local().Format("2006-01-02 15:04:05"), at.Expires.Local().Format("15:04:05"))
+				lease := "lease until " + at.Expires.Local().Format("15:04:05")
+				if at.Connected {
+					lease = "lease expired at " + at.Expires.Local().Format("15:04:05") + ", held while its clients stay connected"
+				}
+				fmt.Printf("held by:      host %s (%s, %s) since %s, %s\n", at.Host, at.Protocol, mode,
+					at.Since.Local().Format("2006-01-02 15:04:05"), lease)
 			}
 			if len(in.Connections) == 0 {
 				fmt.Printf("clients:      none\n")

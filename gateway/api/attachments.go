@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/gateway/volume"
 )
 
 // attachments records which hosts hold which volumes (Docker plugins,
@@ -17,6 +18,12 @@ import (
 // wire.AttachGrace after the gateway starts only reclaims are accepted,
 // so the leases a restart forgot are re-asserted before anyone else can
 // take a volume. Nothing is written to disk: the holders are the record.
+//
+// An expired lease is kept while the volume has client connections open
+// (wire.Attachment.Connected): the holder's manager may be down while
+// what it attached still runs (ferry-kvm restarting under a VM whose
+// QEMU holds its NBD connections). A crashed host's connections close
+// (or TCP keepalive ends them), and then its lease lapses.
 //
 // Leases are keyed by volume ID, so a volume removed and created again
 // under its name starts free.
@@ -40,7 +47,7 @@ func registerAttachments(mux *http.ServeMux, h *handler) {
 			h.fail(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, a.list(in.ID))
+		writeJSON(w, http.StatusOK, a.list(in.ID, openConnections(in)))
 	})
 	mux.HandleFunc("PUT /v1/volumes/{name}/attachments/{host}", func(w http.ResponseWriter, r *http.Request) {
 		var req wire.AttachRequest
@@ -57,7 +64,7 @@ func registerAttachments(mux *http.ServeMux, h *handler) {
 			h.fail(w, r, err)
 			return
 		}
-		lease, status, msg := a.acquire(in.ID, in.Name, host, req)
+		lease, status, msg := a.acquire(in.ID, in.Name, host, req, openConnections(in))
 		if msg != "" {
 			writeJSON(w, status, wire.ErrorResponse{Error: msg, Code: wire.CodeBusy})
 			return
@@ -75,23 +82,48 @@ func registerAttachments(mux *http.ServeMux, h *handler) {
 	})
 }
 
-// live returns the unexpired leases of a volume; called with mu held.
-func (a *attachments) live(id string) map[string]wire.Attachment {
+// openConnections counts the client connections to the volume itself
+// (not to its snapshots' exports).
+func openConnections(in volume.Info) int {
+	n := 0
+	for _, c := range in.Connections {
+		if c.Export == "" {
+			n++
+		}
+	}
+	return n
+}
+
+// live returns the leases of a volume that hold: unexpired ones, and
+// expired ones while the volume has open connections (marked
+// Connected); called with mu held.
+func (a *attachments) live(id string, open int) map[string]wire.Attachment {
 	now := a.now()
 	m := a.leases[id]
 	for host, l := range m {
-		if now.After(l.Expires) {
+		switch {
+		case !now.After(l.Expires):
+			if l.Connected {
+				l.Connected = false
+				m[host] = l
+			}
+		case open > 0:
+			if !l.Connected {
+				l.Connected = true
+				m[host] = l
+			}
+		default:
 			delete(m, host)
 		}
 	}
 	return m
 }
 
-func (a *attachments) list(id string) []wire.Attachment {
+func (a *attachments) list(id string, open int) []wire.Attachment {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := []wire.Attachment{}
-	for _, l := range a.live(id) {
+	for _, l := range a.live(id, open) {
 		out = append(out, l)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Host < out[j].Host })
@@ -99,7 +131,7 @@ func (a *attachments) list(id string) []wire.Attachment {
 }
 
 // acquire grants or renews host's lease, or says (status, message) why not.
-func (a *attachments) acquire(id, name, host string, req wire.AttachRequest) (wire.Attachment, int, string) {
+func (a *attachments) acquire(id, name, host string, req wire.AttachRequest, open int) (wire.Attachment, int, string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
@@ -107,7 +139,7 @@ func (a *attachments) acquire(id, name, host string, req wire.AttachRequest) (wi
 	if req.TTLSeconds > 0 {
 		ttl = time.Duration(min(req.TTLSeconds, 3600)) * time.Second
 	}
-	m := a.live(id)
+	m := a.live(id, open)
 	for other, l := range m {
 		if other == host || (l.ReadOnly && req.ReadOnly) {
 			continue
@@ -115,6 +147,10 @@ func (a *attachments) acquire(id, name, host string, req wire.AttachRequest) (wi
 		mode := "read-write"
 		if l.ReadOnly {
 			mode = "read-only"
+		}
+		if l.Connected {
+			return wire.Attachment{}, http.StatusConflict, fmt.Sprintf("volume %s is attached %s on host %q (over %s, since %s); that host stopped renewing its lease %s ago, but the volume still has %d client connection(s) open, so the lease holds until they close (or `ferry volume detach %s --force`)",
+				name, mode, other, l.Protocol, l.Since.UTC().Format(time.RFC3339), now.Sub(l.Expires).Round(time.Second), open, name)
 		}
 		return wire.Attachment{}, http.StatusConflict, fmt.Sprintf("volume %s is attached %s on host %q (over %s, since %s); it can be attached elsewhere once that host detaches it, or when its lease lapses (%s from now unless that host renews it)",
 			name, mode, other, l.Protocol, l.Since.UTC().Format(time.RFC3339), l.Expires.Sub(now).Round(time.Second))

@@ -36,7 +36,7 @@ func (h *handler) volumes(r *http.Request, infos ...volume.Info) []wire.VolumeIn
 	for i, in := range infos {
 		out[i] = wire.VolumeInfo{Volume: in}
 		if h.att != nil {
-			out[i].Attachments = h.att.list(in.ID)
+			out[i].Attachments = h.att.list(in.ID, openConnections(in))
 		}
 		if l, ok := h.gw.listener(wire.ListenerNBD); ok {
 			out[i].Attach.NBD = &wire.NBDAttach{URL: "nbd://" + reachable(l.Address, r) + "/" + in.Name}

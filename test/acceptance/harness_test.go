@@ -343,7 +343,11 @@ type volumeInfo struct {
 	Size        int64        `json:"size"`
 	Allocated   int64        `json:"allocated"`
 	Connections []clientInfo `json:"connections"`
-	Attach      struct {
+	Attachments []struct {
+		Host      string `json:"host"`
+		Connected bool   `json:"connected"`
+	} `json:"attachments"`
+	Attach struct {
 		NBD *struct {
 			URL string `json:"url"`
 		} `json:"nbd"`

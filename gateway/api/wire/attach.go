@@ -29,6 +29,13 @@ type Attachment struct {
 	ReadOnly bool      `json:"read_only,omitempty"`
 	Since    time.Time `json:"since"`
 	Expires  time.Time `json:"expires"`
+	// Connected is set when the lease has expired but is kept because the
+	// volume still has client connections open: a holder whose manager
+	// is down (a restarting ferry-kvm or Docker plugin) keeps its volume
+	// while what it attached (a running VM, a mounted device) still
+	// reaches it. The lease lapses once the connections close;
+	// `ferry volume detach --force` ends it at once.
+	Connected bool `json:"connected,omitempty"`
 }
 
 // Attachment lease timing: holders renew well within the TTL; the grace
