@@ -23,6 +23,7 @@ import (
 	"github.com/ferry-io/ferry/backends/local"
 	"github.com/ferry-io/ferry/backends/store"
 	"github.com/ferry-io/ferry/backends/tier"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // Log attribute keys.
@@ -78,6 +79,10 @@ type Manager struct {
 	cfg     Config
 	log     *slog.Logger
 	catPath string
+	// fsys holds the catalog: the operating system's file system (the
+	// seam lets catalog_crash_test.go put a crashable one under
+	// loadCatalog and saveCatalog; the Manager itself is not yet on it).
+	fsys vfs.FS
 
 	mu     sync.Mutex
 	cat    *catalogFile
@@ -158,6 +163,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		catPath: filepath.Join(cfg.DataDir, "catalog.json"),
+		fsys:    vfs.OS,
 		vols:    map[string]*vol{},
 		stores:  map[string]*StoreConfig{},
 		leases:  map[string]*lease.Lease{},
@@ -180,7 +186,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.loadStores(); err != nil {
 		return nil, err
 	}
-	cat, err := loadCatalog(m.catPath)
+	cat, err := loadCatalog(m.fsys, m.catPath)
 	if err != nil {
 		return nil, err
 	}
@@ -322,7 +328,7 @@ func statfs(dir string) (total, free int64, err error) {
 
 // commit writes the catalog from the in-memory records.
 func (m *Manager) commit() error {
-	return saveCatalog(m.catPath, m.cat)
+	return saveCatalog(m.fsys, m.catPath, m.cat)
 }
 
 // CreateOptions are a new volume's optional settings.
