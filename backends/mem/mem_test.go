@@ -10,7 +10,7 @@ import (
 
 type crashable struct{ *mem.Device }
 
-func (c crashable) Crash(t *testing.T) device.Device { return c.Device.Crash() }
+func (c crashable) Crash(t *testing.T) device.Device { return crashable{c.Device.Crash()} }
 
 func TestConformance(t *testing.T) {
 	devicetest.Run(t, func(t *testing.T, size int64) device.Device {
