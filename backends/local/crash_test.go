@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/devicetest"
@@ -151,4 +153,38 @@ func TestCreateOnCrashableIsDurable(t *testing.T) {
 	if err := after.(*crashable).ld.ReflinkTo(context.Background(), poolDir+"/snap.img"); !errors.Is(err, local.ErrNoReflink) {
 		t.Fatalf("reflink on a MemFS = %v, want ErrNoReflink", err)
 	}
+}
+
+// TestCrashUnderLoad cuts the power at random moments of a flushing
+// writer's run (devicetest.CrashUnderLoad) and checks every acknowledged
+// epoch after each restart.
+func TestCrashUnderLoad(t *testing.T) {
+	d := newCrashable(t, 4<<20, nil)
+	seed := uint64(time.Now().UnixNano())
+	if _, err := devicetest.CrashUnderLoad(d, func(d device.Device) (device.Device, error) {
+		return d.(*crashable).crash(t)
+	}, 20, seed); err != nil {
+		t.Fatalf("%v (seed %d)", err, seed)
+	}
+}
+
+// TestCrashUnderLoadHasTeeth: with Flush's fsync skipped (the volume
+// created durably first) the loop must find an acknowledged epoch lost.
+func TestCrashUnderLoadHasTeeth(t *testing.T) {
+	var armed atomic.Bool
+	d := newCrashable(t, 4<<20, func(op vfs.Op, path string, isDir bool) error {
+		if armed.Load() && op == vfs.OpSync && !isDir {
+			return vfs.ErrSkipSync
+		}
+		return nil
+	})
+	armed.Store(true)
+	seed := uint64(time.Now().UnixNano())
+	_, err := devicetest.CrashUnderLoad(d, func(d device.Device) (device.Device, error) {
+		return d.(*crashable).crash(t)
+	}, 20, seed)
+	if err == nil {
+		t.Fatalf("no acknowledged write lost with every file fsync skipped (seed %d)", seed)
+	}
+	t.Logf("caught: %v", err)
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/devicetest"
@@ -266,4 +267,81 @@ func TestCrashAfterUpload(t *testing.T) {
 		t.Fatal("an uploaded chunk survived a crash with the journal's fsync skipped: the test has no teeth")
 	}
 	t.Logf("with the journal fsync skipped: %v", err)
+}
+
+// TestCrashUnderLoad cuts the power (store and cache at once) at random
+// moments of a flushing writer's run, while chunks upload, evict and
+// fetch through a cache a quarter of the volume, and checks every
+// acknowledged epoch after each restart (devicetest.CrashUnderLoad).
+func TestCrashUnderLoad(t *testing.T) {
+	d := newCrashTier(t, 4<<20, nil, false)
+	seed := uint64(time.Now().UnixNano())
+	if _, err := devicetest.CrashUnderLoad(d, func(d device.Device) (device.Device, error) {
+		return d.(*crashTier).crash(t)
+	}, 20, seed); err != nil {
+		t.Fatalf("%v (seed %d)", err, seed)
+	}
+}
+
+// crashAfterPartialOverwrite writes part of a chunk the store holds (and
+// the cache does not: a restart dropped clean/), so the cache keeps it
+// partially with a map of its writes; flushes with the store down (no
+// upload can save it), crashes and checks the chunk reads as the stored
+// data under the write.
+func crashAfterPartialOverwrite(t *testing.T, fault vfs.Fault) error {
+	d := newCrashTier(t, 4<<20, fault, false)
+	ctx := context.Background()
+	want := pattern(testChunk, 31)
+	if err := d.WriteAt(ctx, want, 2*testChunk); err != nil {
+		t.Fatal(err)
+	}
+	waitClean(t, d.Device)
+	if err := d.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := d.crash(t)
+	if err != nil {
+		return fmt.Errorf("reopen after a crash: %w", err)
+	}
+	d = dev.(*crashTier)
+	d.cs.cut.Store(true) // the store is down: the write stays in the cache
+	over := pattern(1000, 32)
+	if err := d.WriteAt(ctx, over, 2*testChunk+100); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[100:], over)
+	after, err := d.crash(t)
+	if err != nil {
+		return fmt.Errorf("reopen after a crash: %w", err)
+	}
+	got := make([]byte, len(want))
+	if err := after.ReadAt(ctx, got, 2*testChunk); err != nil {
+		return fmt.Errorf("read after a crash: %w", err)
+	}
+	if !bytes.Equal(got, want) {
+		return errors.New("flushed partial overwrite of a stored chunk lost by a crash")
+	}
+	return nil
+}
+
+// TestCrashAfterPartialOverwrite: the map of a partially cached chunk
+// survives a crash once flushed; with the map's fsync skipped the write
+// is taken for bytes the store holds, and lost.
+func TestCrashAfterPartialOverwrite(t *testing.T) {
+	if err := crashAfterPartialOverwrite(t, nil); err != nil {
+		t.Fatal(err)
+	}
+	err := crashAfterPartialOverwrite(t, func(op vfs.Op, path string, isDir bool) error {
+		if op == vfs.OpSync && strings.HasSuffix(path, ".map") {
+			return vfs.ErrSkipSync
+		}
+		return nil
+	})
+	if err == nil {
+		t.Fatal("a partial overwrite survived a crash with its map's fsync skipped: the test has no teeth")
+	}
+	t.Logf("with the map fsync skipped: %v", err)
 }
