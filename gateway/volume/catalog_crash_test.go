@@ -18,9 +18,8 @@ import (
 // every file system operation and after every acknowledged step. Every
 // crashed state must load, hold the acknowledged volumes (and, mid-step,
 // the step either done or not), and hold the file of every volume it
-// names. The Manager itself is not on the vfs seam yet (its identity,
-// stores, snapshots and statfs still use package os); these helpers
-// mirror its order.
+// names. These helpers mirror the Manager's order on the catalog alone;
+// manager_crash_test.go runs the Manager itself.
 
 const catDir = "/data"
 
