@@ -6,7 +6,10 @@
 // The suite checks the contract written in package device: unaligned and
 // boundary I/O, out-of-range and zero-length requests, trim and zeroes,
 // extents, resize, concurrent disjoint writes, cancelled contexts and, for
-// devices that can simulate a crash, flush durability.
+// devices that can simulate a crash (Crasher), flush durability.
+// CheckFlushDurability and CrashUnderLoad are also callable on their own:
+// they return what was lost instead of failing, so a test can prove they
+// fail on a device that skips an fsync.
 package devicetest
 
 import (

@@ -1,6 +1,7 @@
 package atomicfile
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -66,5 +67,35 @@ func TestCrashCatchesMissingSync(t *testing.T) {
 				t.Fatalf("with the %s sync skipped a crash leaves %q (%v), want %q", tc.name, b, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestSyncErrorIsReported: a failing fsync of the temporary file or of
+// the directory is WriteFile's error; before the rename the old content
+// stays.
+func TestSyncErrorIsReported(t *testing.T) {
+	eio := errors.New("injected EIO")
+	for _, dir := range []bool{false, true} {
+		m := vfs.NewCrashableMem()
+		if err := On(m).WriteFile("/state", []byte("old")); err != nil {
+			t.Fatal(err)
+		}
+		failing := vfs.Inject(m, func(op vfs.Op, path string, isDir bool) error {
+			if op == vfs.OpSync && isDir == dir {
+				return eio
+			}
+			return nil
+		})
+		if err := On(failing).WriteFile("/state", []byte("new")); !errors.Is(err, eio) {
+			t.Fatalf("directory %v: WriteFile with a failing fsync = %v, want the injected error", dir, err)
+		}
+		if !dir {
+			if b, _ := vfs.ReadFile(m, "/state"); string(b) != "old" {
+				t.Fatalf("a failed write replaced the file: %q", b)
+			}
+			if ents, _ := m.ReadDir("/"); len(ents) != 1 {
+				t.Errorf("a failed write left %d files, want 1", len(ents))
+			}
+		}
 	}
 }

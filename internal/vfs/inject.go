@@ -43,6 +43,14 @@ type injectFS struct {
 	fault Fault
 }
 
+var (
+	_ FS   = (*injectFS)(nil)
+	_ File = (*injectFile)(nil)
+)
+
+// Unwrap returns the file system Inject decorates.
+func (i *injectFS) Unwrap() FS { return i.fs }
+
 func (i *injectFS) check(op Op, path string) error {
 	if err := i.fault(op, path, false); err != nil && !errors.Is(err, ErrSkipSync) {
 		return &fs.PathError{Op: op.String(), Path: path, Err: err}

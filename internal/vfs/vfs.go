@@ -74,6 +74,11 @@ var OS FS = osFS{}
 
 type osFS struct{}
 
+var (
+	_ FS     = osFS{}
+	_ FdFile = (*os.File)(nil)
+)
+
 func (osFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
 	f, err := os.OpenFile(name, flag, perm)
 	if err != nil {
