@@ -6,7 +6,10 @@
 // The suite checks the contract written in package device: unaligned and
 // boundary I/O, out-of-range and zero-length requests, trim and zeroes,
 // extents, resize, concurrent disjoint writes, cancelled contexts and, for
-// devices that can simulate a crash, flush durability.
+// devices that can simulate a crash (Crasher), flush durability.
+// CheckFlushDurability and CrashUnderLoad are also callable on their own:
+// they return what was lost instead of failing, so a test can prove they
+// fail on a device that skips an fsync.
 package devicetest
 
 import (
@@ -27,7 +30,9 @@ type Factory func(t *testing.T, size int64) device.Device
 
 // Crasher is implemented by devices that can simulate a power cut: Crash
 // returns a device with only the data covered by completed Flush calls
-// (unflushed data may or may not survive).
+// (unflushed data may or may not survive), itself a Crasher. A device on
+// files reopens from a crashed file system (internal/vfs.MemFS) exactly
+// as a restart would.
 type Crasher interface {
 	Crash(t *testing.T) device.Device
 }
@@ -400,27 +405,81 @@ func testCancelled(t *testing.T, newDev Factory) {
 
 func testFlushDurability(t *testing.T, newDev Factory) {
 	d := newDev(t, 4*mib)
-	ctx := context.Background()
-	flushed := pattern(80, 64*1024)
-	mustWrite(t, d, flushed, 4096)
-	if err := d.Trim(ctx, mib, mib); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Flush(ctx); err != nil {
-		t.Fatalf("Flush: %v", err)
-	}
-	mustWrite(t, d, pattern(81, 4096), 3*mib) // never flushed
-	c, ok := d.(Crasher)
-	if !ok {
+	if _, ok := d.(Crasher); !ok {
 		t.Skip("device cannot simulate a crash; durability is covered by its kill -9 tests")
 	}
-	after := c.Crash(t)
-	if !bytes.Equal(mustRead(t, after, 4096, len(flushed)), flushed) {
-		t.Fatal("flushed write lost by crash")
+	crash := func(d device.Device) (device.Device, error) {
+		c, ok := d.(Crasher)
+		if !ok {
+			return nil, fmt.Errorf("the device Crash returned (%T) cannot crash again", d)
+		}
+		return c.Crash(t), nil
 	}
-	if !isZero(mustRead(t, after, mib, mib)) {
-		t.Fatal("flushed trim undone by crash")
+	if err := CheckFlushDurability(d, crash); err != nil {
+		t.Fatal(err)
 	}
+}
+
+// CheckFlushDurability is the suite's FlushDurability case as a function:
+// it writes and trims d, flushes, writes more without flushing, cuts the
+// power with crash (which returns the device reopened as a restart
+// would, or why it could not be), checks that everything the flush covered
+// survived, and does it once more on the reopened device. It returns
+// what was lost instead of failing a test, so a test can also prove the
+// check has teeth: on a file system that skips an fsync it must fail.
+func CheckFlushDurability(d device.Device, crash func(device.Device) (device.Device, error)) error {
+	ctx := context.Background()
+	flushed := pattern(80, 64*1024)
+	if err := d.WriteAt(ctx, flushed, 4096); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if err := d.Trim(ctx, mib, mib); err != nil {
+		return fmt.Errorf("trim: %w", err)
+	}
+	if err := d.Flush(ctx); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	if err := d.WriteAt(ctx, pattern(81, 4096), 3*mib); err != nil { // never flushed
+		return fmt.Errorf("write: %w", err)
+	}
+	after, err := crash(d)
+	if err != nil {
+		return fmt.Errorf("reopen after a crash: %w", err)
+	}
+	check := func(when string, off int64, want []byte) error {
+		got := make([]byte, len(want))
+		if err := after.ReadAt(ctx, got, off); err != nil {
+			return fmt.Errorf("%s: read at %d: %w", when, off, err)
+		}
+		if !bytes.Equal(got, want) {
+			return fmt.Errorf("%s: flushed write at %d lost by crash", when, off)
+		}
+		return nil
+	}
+	if got := after.Size(); got != 4*mib {
+		return fmt.Errorf("size %d after a crash, want %d", got, 4*mib)
+	}
+	if err := check("first crash", 4096, flushed); err != nil {
+		return err
+	}
+	if err := check("first crash", mib, make([]byte, mib)); err != nil {
+		return fmt.Errorf("flushed trim undone: %w", err)
+	}
+	// The reopened device is as durable as the first.
+	second := pattern(82, 8192)
+	if err := after.WriteAt(ctx, second, 2*mib+512); err != nil {
+		return fmt.Errorf("write after a crash: %w", err)
+	}
+	if err := after.Flush(ctx); err != nil {
+		return fmt.Errorf("flush after a crash: %w", err)
+	}
+	if after, err = crash(after); err != nil {
+		return fmt.Errorf("reopen after a second crash: %w", err)
+	}
+	if err := check("second crash", 4096, flushed); err != nil {
+		return err
+	}
+	return check("second crash", 2*mib+512, second)
 }
 
 func testClose(t *testing.T, newDev Factory) {

@@ -11,25 +11,37 @@
 // Snapshots and clones are reflinks (reflink.go, snapshot.go): files that
 // share the volume's blocks until either is written. A snapshot is opened
 // with OpenReadOnly.
+//
+// The file system is a seam (internal/vfs): Create, Open and the rest use
+// the operating system's; On(fsys) gives the same functions on another one
+// (a crashable in-memory file system in tests). pread, pwrite, fdatasync,
+// fallocate, SEEK_DATA/SEEK_HOLE, fstat and FICLONE need a descriptor
+// (vfs.FdFile); on a file without one, reads, writes and Flush go through
+// vfs.File, Trim and WriteZeroes write zeroes, Extents reports all data,
+// Stats reports the whole size allocated, and reflinks fail with
+// ErrNoReflink.
 package local
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // Device is a volume stored in one sparse file.
 type Device struct {
 	mu     sync.RWMutex // held for reading by I/O, for writing by Resize and Close
-	f      *os.File
-	fd     int
+	f      vfs.File
+	fd     int // f's descriptor, or -1 if it has none (not vfs.FdFile)
+	fsys   vfs.FS
 	path   string
 	size   int64
 	closed bool
@@ -44,53 +56,79 @@ var (
 	_ device.ReadOnly = (*Device)(nil)
 )
 
+// Files creates and opens volume files on one file system (On).
+type Files struct{ fsys vfs.FS }
+
+// On returns the functions of this package on the file system fsys (nil:
+// the operating system's).
+func On(fsys vfs.FS) Files { return Files{fsys: vfs.Or(fsys)} }
+
 // Create makes a new sparse file of size bytes at path. It fails if the
 // file exists. The file and its directory entry are synced before it
 // returns.
-func Create(path string, size int64) (*Device, error) {
-	if size < 0 {
-		return nil, fmt.Errorf("create %s: negative size: %w", path, device.ErrOutOfRange)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("create volume file: %w", err)
-	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		os.Remove(path)
-		return nil, fmt.Errorf("create volume file %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(path)
-		return nil, fmt.Errorf("create volume file %s: %w", path, err)
-	}
-	if err := SyncDir(path); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return newDevice(f, path, size), nil
-}
+func Create(path string, size int64) (*Device, error) { return On(nil).Create(path, size) }
 
 // CreateScratch creates a file of size bytes like Create but without
 // making it durable: for cache files whose owner syncs them (and their
 // directory) when it needs them to survive a crash.
 func CreateScratch(path string, size int64) (*Device, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	return On(nil).CreateScratch(path, size)
+}
+
+// Open opens an existing volume file; its size is the file's size.
+func Open(path string) (*Device, error) { return On(nil).Open(path) }
+
+// OpenReadOnly opens an existing file as a device that refuses every
+// write with ErrReadOnly (device.ReadOnly): a snapshot's export.
+func OpenReadOnly(path string) (*Device, error) { return On(nil).OpenReadOnly(path) }
+
+// SyncDir fsyncs the directory holding path, so a create, rename or remove
+// of path is durable.
+func SyncDir(path string) error { return On(nil).SyncDir(path) }
+
+// Create is the package's Create on fs.
+func (fs Files) Create(path string, size int64) (*Device, error) {
+	if size < 0 {
+		return nil, fmt.Errorf("create %s: negative size: %w", path, device.ErrOutOfRange)
+	}
+	f, err := fs.fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create volume file: %w", err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		fs.fsys.Remove(path)
+		return nil, fmt.Errorf("create volume file %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		fs.fsys.Remove(path)
+		return nil, fmt.Errorf("create volume file %s: %w", path, err)
+	}
+	if err := fs.SyncDir(path); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return fs.newDevice(f, path, size), nil
+}
+
+// CreateScratch is the package's CreateScratch on fs.
+func (fs Files) CreateScratch(path string, size int64) (*Device, error) {
+	f, err := fs.fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
 	if err := f.Truncate(size); err != nil {
 		f.Close()
-		os.Remove(path)
+		fs.fsys.Remove(path)
 		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
-	return newDevice(f, path, size), nil
+	return fs.newDevice(f, path, size), nil
 }
 
-// Open opens an existing volume file; its size is the file's size.
-func Open(path string) (*Device, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+// Open is the package's Open on fs.
+func (fs Files) Open(path string) (*Device, error) {
+	f, err := fs.fsys.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open volume file: %w", err)
 	}
@@ -99,13 +137,12 @@ func Open(path string) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("open volume file: %w", err)
 	}
-	return newDevice(f, path, st.Size()), nil
+	return fs.newDevice(f, path, st.Size()), nil
 }
 
-// OpenReadOnly opens an existing file as a device that refuses every
-// write with ErrReadOnly (device.ReadOnly): a snapshot's export.
-func OpenReadOnly(path string) (*Device, error) {
-	f, err := os.Open(path)
+// OpenReadOnly is the package's OpenReadOnly on fs.
+func (fs Files) OpenReadOnly(path string) (*Device, error) {
+	f, err := vfs.Open(fs.fsys, path)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -114,7 +151,7 @@ func OpenReadOnly(path string) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	d := newDevice(f, path, st.Size())
+	d := fs.newDevice(f, path, st.Size())
 	d.readOnly = true
 	return d, nil
 }
@@ -122,23 +159,21 @@ func OpenReadOnly(path string) (*Device, error) {
 // ReadOnly implements device.ReadOnly.
 func (d *Device) ReadOnly() bool { return d.readOnly }
 
-func newDevice(f *os.File, path string, size int64) *Device {
-	return &Device{f: f, fd: int(f.Fd()), path: path, size: size}
+func (fs Files) newDevice(f vfs.File, path string, size int64) *Device {
+	fd := -1
+	if ff, ok := f.(vfs.FdFile); ok {
+		fd = int(ff.Fd())
+	}
+	return &Device{f: f, fd: fd, fsys: fs.fsys, path: path, size: size}
 }
 
-// SyncDir fsyncs the directory holding path, so a create, rename or remove
-// of path is durable.
-func SyncDir(path string) error {
+// SyncDir is the package's SyncDir on fs.
+func (fs Files) SyncDir(path string) error {
 	dir := path
-	if st, err := os.Stat(path); err != nil || !st.IsDir() {
+	if st, err := fs.fsys.Stat(path); err != nil || !st.IsDir() {
 		dir = dirOf(path)
 	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := vfs.SyncDir(fs.fsys, dir); err != nil {
 		return fmt.Errorf("sync dir %s: %w", dir, err)
 	}
 	return nil
@@ -194,6 +229,14 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 		return err
 	}
 	defer d.mu.RUnlock()
+	if d.fd < 0 {
+		n, err := d.f.ReadAt(p, off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("local read at %d: %w", off, err)
+		}
+		clear(p[n:]) // past EOF is zero
+		return nil
+	}
 	for len(p) > 0 {
 		n, err := unix.Pread(d.fd, p, off)
 		if err != nil {
@@ -221,6 +264,12 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) error {
 	if d.readOnly {
 		return fmt.Errorf("local write: %w", device.ErrReadOnly)
 	}
+	if d.fd < 0 {
+		if _, err := d.f.WriteAt(p, off); err != nil {
+			return fmt.Errorf("local write at %d: %w", off, mapErrno(err))
+		}
+		return nil
+	}
 	for len(p) > 0 {
 		n, err := unix.Pwrite(d.fd, p, off)
 		if err != nil {
@@ -247,10 +296,19 @@ func (d *Device) Flush(ctx context.Context) error {
 		return err
 	}
 	defer d.mu.RUnlock()
-	if err := unix.Fdatasync(d.fd); err != nil {
+	if err := d.datasync(); err != nil {
 		return fmt.Errorf("local flush: %w", err)
 	}
 	return nil
+}
+
+// datasync makes the file's data durable: fdatasync, or File.Sync on a
+// file without a descriptor.
+func (d *Device) datasync() error {
+	if d.fd < 0 {
+		return d.f.Sync()
+	}
+	return unix.Fdatasync(d.fd)
 }
 
 // Trim implements device.Device by punching a hole.
@@ -274,6 +332,9 @@ func (d *Device) zero(ctx context.Context, op string, off, length int64, punch b
 	if length == 0 {
 		return nil
 	}
+	if d.fd < 0 {
+		return d.writeZeroes(op, off, length)
+	}
 	mode := uint32(unix.FALLOC_FL_KEEP_SIZE | unix.FALLOC_FL_PUNCH_HOLE)
 	if !punch {
 		mode = unix.FALLOC_FL_KEEP_SIZE | unix.FALLOC_FL_ZERO_RANGE
@@ -286,9 +347,20 @@ func (d *Device) zero(ctx context.Context, op string, off, length int64, punch b
 		return fmt.Errorf("local %s [%d,+%d): %w", op, off, length, mapErrno(err))
 	}
 	// The file system cannot do it natively: write zeroes.
+	return d.writeZeroes(op, off, length)
+}
+
+// writeZeroes writes zeroes over [off, off+length).
+func (d *Device) writeZeroes(op string, off, length int64) error {
 	for length > 0 {
 		n := min(length, int64(len(device.ZeroBuf)))
-		if _, err := unix.Pwrite(d.fd, device.ZeroBuf[:n], off); err != nil {
+		var err error
+		if d.fd < 0 {
+			_, err = d.f.WriteAt(device.ZeroBuf[:n], off)
+		} else {
+			_, err = unix.Pwrite(d.fd, device.ZeroBuf[:n], off)
+		}
+		if err != nil {
 			return fmt.Errorf("local %s at %d: %w", op, off, mapErrno(err))
 		}
 		off, length = off+n, length-n
@@ -313,6 +385,10 @@ func (d *Device) Extents(ctx context.Context, off, length int64) ([]device.Exten
 			return
 		}
 		out = append(out, device.Extent{Offset: o, Length: n, Flags: fl})
+	}
+	if d.fd < 0 { // no hole map: all data
+		add(off, length, 0)
+		return out, nil
 	}
 	pos := off
 	for pos < end {
@@ -387,6 +463,9 @@ func (d *Device) Stats(ctx context.Context) (device.Stats, error) {
 	defer d.mu.RUnlock()
 	if d.closed {
 		return device.Stats{}, device.ErrClosed
+	}
+	if d.fd < 0 { // no block count: count it all allocated
+		return device.Stats{Provisioned: d.size, Allocated: d.size}, nil
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(d.fd, &st); err != nil {

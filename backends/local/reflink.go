@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ferry-io/ferry/internal/atomicfile"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // Reflinks: a file that shares another's blocks (FICLONE), which XFS
@@ -144,6 +145,9 @@ func (d *Device) ReflinkTo(ctx context.Context, dst string) error {
 	defer d.mu.RUnlock()
 	if d.readOnly {
 		return fmt.Errorf("local reflink: a read-only device is reflinked with ReflinkFile")
+	}
+	if d.fd < 0 || d.fsys != vfs.OS {
+		return fmt.Errorf("local reflink to %s: %w (not a file of the operating system's file system)", dst, ErrNoReflink)
 	}
 	if err := unix.Fdatasync(d.fd); err != nil {
 		return fmt.Errorf("local reflink: flush: %w", err)

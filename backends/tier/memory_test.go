@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/ferry-io/ferry/backends/store"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // A fully written 1 TiB volume with 4 MiB chunks (262,144 objects) and
@@ -24,7 +25,7 @@ func TestMemoryPerTiB(t *testing.T) {
 	const tib, cs = 1 << 40, DefaultChunkSize
 	dir := t.TempDir()
 	m := meta{Version: 1, Size: tib, ChunkSize: cs, NextSeq: tib/cs + 1}
-	if err := m.save(dir); err != nil {
+	if err := m.save(vfs.OS, dir); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.Create(filepath.Join(dir, "objects.log"))

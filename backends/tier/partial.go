@@ -19,6 +19,7 @@ import (
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/local"
 	"github.com/ferry-io/ferry/backends/store"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // Small writes to chunks that are not cached do not fetch the chunk.
@@ -82,8 +83,8 @@ func mapName(idx int64) string { return chunkName(idx) + ".map" }
 
 // loadMap reads a map file: one "OFFSET LENGTH" line per write. A torn
 // last line (crash while appending, before any Flush) is ignored.
-func loadMap(path string, chunkSize int64) (*extents, error) {
-	f, err := os.Open(path)
+func loadMap(fsys vfs.FS, path string, chunkSize int64) (*extents, error) {
+	f, err := vfs.Open(fsys, path)
 	if err != nil {
 		return nil, err
 	}
@@ -281,15 +282,15 @@ func (e *extents) size() (bytes int64, ranges int) {
 func (d *Device) newPartial(idx int64) (*chunk, error) {
 	path := filepath.Join(d.cfg.Dir, "dirty", chunkName(idx))
 	mpath := filepath.Join(d.cfg.Dir, "dirty", mapName(idx))
-	os.Remove(path)
-	f, err := os.OpenFile(mpath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	d.cfg.FS.Remove(path)
+	f, err := d.cfg.FS.OpenFile(mpath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %d: %w", idx, err)
 	}
-	dev, err := local.CreateScratch(path, d.chunkSize())
+	dev, err := local.On(d.cfg.FS).CreateScratch(path, d.chunkSize())
 	if err != nil {
 		f.Close()
-		os.Remove(mpath)
+		d.cfg.FS.Remove(mpath)
 		return nil, fmt.Errorf("chunk %d: %w", idx, err)
 	}
 	c := &chunk{idx: idx, dev: dev, dirty: true, ext: &extents{}, since: &extents{}, mapf: f}
@@ -310,7 +311,7 @@ func (d *Device) newPartial(idx int64) (*chunk, error) {
 // It is removed and nil returned: the chunk is what the store holds.
 func (d *Device) openDirty(idx int64) (*chunk, error) {
 	path := filepath.Join(d.cfg.Dir, "dirty", chunkName(idx))
-	dev, err := local.Open(path)
+	dev, err := local.On(d.cfg.FS).Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -318,7 +319,7 @@ func (d *Device) openDirty(idx int64) (*chunk, error) {
 		dev.Close()
 		d.log.Warn("dropping a chunk file torn at its creation; it never held a write", "chunk", idx, "bytes", dev.Size())
 		for _, p := range []string{path, filepath.Join(d.cfg.Dir, "dirty", mapName(idx))} {
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := d.cfg.FS.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return nil, err
 			}
 		}
@@ -327,13 +328,13 @@ func (d *Device) openDirty(idx int64) (*chunk, error) {
 	c := &chunk{idx: idx, dev: dev, dirty: true, full: true}
 	c.ver.Store(1)
 	mpath := filepath.Join(d.cfg.Dir, "dirty", mapName(idx))
-	ext, err := loadMap(mpath, d.chunkSize())
+	ext, err := loadMap(d.cfg.FS, mpath, d.chunkSize())
 	if errors.Is(err, fs.ErrNotExist) {
 		c.charge.Store(d.chunkSize())
 		return c, nil
 	}
 	if err == nil {
-		c.mapf, err = os.OpenFile(mpath, os.O_WRONLY|os.O_APPEND, 0)
+		c.mapf, err = d.cfg.FS.OpenFile(mpath, os.O_WRONLY|os.O_APPEND, 0)
 	}
 	if err != nil {
 		dev.Close()
@@ -358,12 +359,12 @@ func (c *chunk) track(off, n int64) error {
 }
 
 // closeMap closes and deletes the chunk's map; c.mu is held exclusively.
-func (c *chunk) closeMap(dir string) {
+func (c *chunk) closeMap(fsys vfs.FS, dir string) {
 	if c.mapf == nil {
 		return
 	}
 	c.mapf.Close()
-	os.Remove(filepath.Join(dir, "dirty", mapName(c.idx)))
+	fsys.Remove(filepath.Join(dir, "dirty", mapName(c.idx)))
 	c.mapf = nil
 }
 
@@ -690,8 +691,8 @@ func (d *Device) dropUploadedLocked(c *chunk, ver uint64) {
 	delete(d.chunks, c.idx)
 	delete(d.unflushed, c)
 	c.dev.Close()
-	os.Remove(filepath.Join(d.cfg.Dir, "dirty", chunkName(c.idx)))
-	c.closeMap(d.cfg.Dir)
+	d.cfg.FS.Remove(filepath.Join(d.cfg.Dir, "dirty", chunkName(c.idx)))
+	c.closeMap(d.cfg.FS, d.cfg.Dir)
 	d.cfg.Budget.release(c.charge.Load())
 	d.space.Broadcast()
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ferry-io/ferry/backends/store"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // countingStore counts the reads that reach a store, and their bytes.
@@ -250,7 +251,7 @@ func TestCompaction(t *testing.T) {
 func TestLoadMap(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "0.map")
 	os.WriteFile(p, []byte("0 10\n5 10\n100 1\n200 "), 0o600)
-	e, err := loadMap(p, testChunk)
+	e, err := loadMap(vfs.OS, p, testChunk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +259,7 @@ func TestLoadMap(t *testing.T) {
 		t.Fatalf("spans %v", got)
 	}
 	os.WriteFile(p, []byte("0 10\n65530 10\n"), 0o600)
-	if _, err := loadMap(p, testChunk); err == nil || !strings.Contains(err.Error(), "bad record") {
+	if _, err := loadMap(vfs.OS, p, testChunk); err == nil || !strings.Contains(err.Error(), "bad record") {
 		t.Fatalf("record past the chunk: %v", err)
 	}
 }

@@ -50,7 +50,7 @@ func resume(ctx context.Context, cfg Config, log *slog.Logger) (meta, error) {
 			log.Warn("the store holds objects of this volume but no recovery point: starting empty, above their versions", "highest_version", top.version)
 		}
 		m := meta{Version: 1, Size: cfg.Size, ChunkSize: cfg.ChunkSize, NextSeq: top.version + 1, Manifest: top.manifest}
-		return m, m.save(cfg.Dir)
+		return m, m.save(cfg.FS, cfg.Dir)
 	case err != nil:
 		return meta{}, fmt.Errorf("read the newest recovery point: %w", err)
 	}
@@ -63,10 +63,10 @@ func resume(ctx context.Context, cfg Config, log *slog.Logger) (meta, error) {
 		m.Size = cfg.Size // grown after the recovery point
 	}
 	// The journal first: a crash before meta.json exists resumes again.
-	if err := rewriteObjects(cfg.Dir, objs); err != nil {
+	if err := rewriteObjects(cfg.FS, cfg.Dir, objs); err != nil {
 		return meta{}, err
 	}
-	if err := m.save(cfg.Dir); err != nil {
+	if err := m.save(cfg.FS, cfg.Dir); err != nil {
 		return meta{}, err
 	}
 	log.Info("cache started from the store's newest recovery point", "recovery_point", mf.Sequence,

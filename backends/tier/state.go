@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strconv"
 
 	"github.com/ferry-io/ferry/internal/atomicfile"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // The local cache directory of one volume:
@@ -34,8 +34,8 @@ type meta struct {
 	Manifest uint64 `json:"manifest"`
 }
 
-func loadMeta(dir string) (meta, bool, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+func loadMeta(fsys vfs.FS, dir string) (meta, bool, error) {
+	b, err := vfs.ReadFile(fsys, filepath.Join(dir, "meta.json"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return meta{}, false, nil
 	}
@@ -52,9 +52,9 @@ func loadMeta(dir string) (meta, bool, error) {
 	return m, true, nil
 }
 
-func (m meta) save(dir string) error {
+func (m meta) save(fsys vfs.FS, dir string) error {
 	b, _ := json.Marshal(m)
-	return atomicfile.WriteFile(filepath.Join(dir, "meta.json"), b)
+	return atomicfile.On(fsys).WriteFile(filepath.Join(dir, "meta.json"), b)
 }
 
 // objectMap is where each stored chunk lives: its newest base object
@@ -263,9 +263,9 @@ func newRecordScanner(r io.Reader) *bufio.Scanner {
 // appending) is ignored: its record was never fsynced, so nothing relied
 // on it. Parsing allocates nothing per record: a large volume's journal
 // holds a line per stored chunk and overlay.
-func loadObjects(dir string, chunkSize int64) (*objectMap, error) {
+func loadObjects(fsys vfs.FS, dir string, chunkSize int64) (*objectMap, error) {
 	objs := newObjectMap()
-	f, err := os.Open(filepath.Join(dir, "objects.log"))
+	f, err := vfs.Open(fsys, filepath.Join(dir, "objects.log"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return objs, nil
 	}
@@ -322,8 +322,8 @@ func parseOverlay(f [][]byte, chunkSize int64) (overlay, bool) {
 }
 
 // rewriteObjects compacts the journal to one line per object, streaming.
-func rewriteObjects(dir string, objs *objectMap) error {
-	return atomicfile.WriteFunc(filepath.Join(dir, "objects.log"), func(w *bufio.Writer) error {
+func rewriteObjects(fsys vfs.FS, dir string, objs *objectMap) error {
+	return atomicfile.On(fsys).WriteFunc(filepath.Join(dir, "objects.log"), func(w *bufio.Writer) error {
 		var line []byte
 		for idx, seq := range objs.base {
 			line = appendPut(line[:0], idx, seq)

@@ -27,12 +27,16 @@ import (
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/local"
 	"github.com/ferry-io/ferry/backends/store"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // Config describes one tiered volume.
 type Config struct {
 	// Dir is the volume's cache directory (created if missing).
 	Dir string
+	// FS is the file system of Dir; nil is the operating system's. Tests
+	// set a crashable one (internal/vfs).
+	FS vfs.FS
 	// Store holds the volume's objects; it is already scoped to the volume
 	// (keys are relative to the volume's prefix).
 	Store store.Store
@@ -95,7 +99,7 @@ type chunk struct {
 	// one completed since, until it uploads): ext in memory, mapf in
 	// dirty/I.map. Set at creation or under mu.
 	ext  *extents
-	mapf *os.File
+	mapf vfs.File
 	// since, of a partial chunk, holds the writes no upload has taken
 	// yet: what its next log upload sends (ext less what uploads in
 	// flight or done sent). ext keeps them all: they are the bytes the
@@ -129,7 +133,7 @@ type Device struct {
 	objects   *objectMap          // where each stored chunk lives
 	inflight  map[uint64]struct{} // versions handed out whose upload is not journaled yet
 	unflushed map[*chunk]struct{}
-	journal   *os.File
+	journal   vfs.File
 	closed    bool
 	space     *sync.Cond // signalled when cache space frees up
 	lastCkpt  time.Time
@@ -191,16 +195,17 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	if cfg.Readahead == 0 {
 		cfg.Readahead = 8
 	}
+	cfg.FS = vfs.Or(cfg.FS)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	for _, sub := range []string{"dirty", "clean"} {
-		if err := os.MkdirAll(filepath.Join(cfg.Dir, sub), 0o700); err != nil {
+		if err := cfg.FS.MkdirAll(filepath.Join(cfg.Dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("tier: %w", err)
 		}
 	}
-	m, ok, err := loadMeta(cfg.Dir)
+	m, ok, err := loadMeta(cfg.FS, cfg.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("tier: %w", err)
 	}
@@ -215,7 +220,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		// A clone's own versions start at its bound: below it, a version
 		// is an ancestor's.
 		m.NextSeq = cfg.Parents[0].Below
-		if err := m.save(cfg.Dir); err != nil {
+		if err := m.save(cfg.FS, cfg.Dir); err != nil {
 			return nil, fmt.Errorf("tier: %w", err)
 		}
 	}
@@ -226,21 +231,21 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		base := cfg.Fence.Generation() << generationShift
 		if m.NextSeq < base || m.Manifest < base {
 			m.NextSeq, m.Manifest = max(m.NextSeq, base), max(m.Manifest, base)
-			if err := m.save(cfg.Dir); err != nil {
+			if err := m.save(cfg.FS, cfg.Dir); err != nil {
 				return nil, fmt.Errorf("tier: %w", err)
 			}
 		}
 	}
 	cfg.ChunkSize = m.ChunkSize
-	objs, err := loadObjects(cfg.Dir, cfg.ChunkSize)
+	objs, err := loadObjects(cfg.FS, cfg.Dir, cfg.ChunkSize)
 	if err != nil {
 		return nil, fmt.Errorf("tier: objects journal: %w", err)
 	}
 	// Compact the journal and start a fresh append handle.
-	if err := rewriteObjects(cfg.Dir, objs); err != nil {
+	if err := rewriteObjects(cfg.FS, cfg.Dir, objs); err != nil {
 		return nil, fmt.Errorf("tier: %w", err)
 	}
-	j, err := os.OpenFile(filepath.Join(cfg.Dir, "objects.log"), os.O_WRONLY|os.O_APPEND, 0o600)
+	j, err := cfg.FS.OpenFile(filepath.Join(cfg.Dir, "objects.log"), os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("tier: %w", err)
 	}
@@ -257,20 +262,20 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		d.cfg.Budget = NewBudget(cfg.CacheBytes)
 	}
 	// Clean copies may be torn by a crash and are cheap to fetch again.
-	if err := os.RemoveAll(filepath.Join(cfg.Dir, "clean")); err != nil {
+	if err := cfg.FS.RemoveAll(filepath.Join(cfg.Dir, "clean")); err != nil {
 		return nil, fmt.Errorf("tier: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Join(cfg.Dir, "clean"), 0o700); err != nil {
+	if err := cfg.FS.MkdirAll(filepath.Join(cfg.Dir, "clean"), 0o700); err != nil {
 		return nil, fmt.Errorf("tier: %w", err)
 	}
-	ents, err := os.ReadDir(filepath.Join(cfg.Dir, "dirty"))
+	ents, err := cfg.FS.ReadDir(filepath.Join(cfg.Dir, "dirty"))
 	if err != nil {
 		return nil, fmt.Errorf("tier: %w", err)
 	}
 	for _, e := range ents {
 		if idx, ok := isMapName(e.Name()); ok {
-			if _, err := os.Stat(filepath.Join(cfg.Dir, "dirty", chunkName(idx))); err != nil {
-				os.Remove(filepath.Join(cfg.Dir, "dirty", e.Name())) // its chunk uploaded
+			if _, err := cfg.FS.Stat(filepath.Join(cfg.Dir, "dirty", chunkName(idx))); err != nil {
+				cfg.FS.Remove(filepath.Join(cfg.Dir, "dirty", e.Name())) // its chunk uploaded
 			}
 			continue
 		}
@@ -587,7 +592,7 @@ func (d *Device) markDirty(c *chunk) error {
 	}
 	from := filepath.Join(d.cfg.Dir, "clean", chunkName(c.idx))
 	to := filepath.Join(d.cfg.Dir, "dirty", chunkName(c.idx))
-	if err := os.Rename(from, to); err != nil {
+	if err := d.cfg.FS.Rename(from, to); err != nil {
 		return fmt.Errorf("chunk %d: %w", c.idx, err)
 	}
 	c.dev.SetPath(to)
@@ -664,8 +669,8 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 			data, dir = b, "clean"
 		}
 		path := filepath.Join(d.cfg.Dir, dir, chunkName(idx))
-		os.Remove(path)
-		dev, err := local.CreateScratch(path, d.chunkSize())
+		d.cfg.FS.Remove(path)
+		dev, err := local.On(d.cfg.FS).CreateScratch(path, d.chunkSize())
 		if err != nil {
 			return nil, fmt.Errorf("chunk %d: %w", idx, err)
 		}
@@ -773,7 +778,7 @@ func (d *Device) evict(victim *chunk) bool {
 	delete(d.chunks, victim.idx)
 	delete(d.unflushed, victim)
 	victim.dev.Close()
-	os.Remove(filepath.Join(d.cfg.Dir, "clean", chunkName(victim.idx)))
+	d.cfg.FS.Remove(filepath.Join(d.cfg.Dir, "clean", chunkName(victim.idx)))
 	d.cfg.Budget.release(victim.charge.Load())
 	return true
 }
@@ -810,7 +815,7 @@ func (d *Device) Flush(ctx context.Context) error {
 		}
 		c.mu.RUnlock()
 	}
-	if err := local.SyncDir(filepath.Join(d.cfg.Dir, "dirty")); err != nil && firstErr == nil {
+	if err := local.On(d.cfg.FS).SyncDir(filepath.Join(d.cfg.Dir, "dirty")); err != nil && firstErr == nil {
 		firstErr = err
 	}
 	if firstErr != nil {
@@ -893,8 +898,8 @@ func (d *Device) dropChunk(idx int64) error {
 			dir = "dirty"
 		}
 		c.dev.Close()
-		os.Remove(filepath.Join(d.cfg.Dir, dir, chunkName(idx)))
-		c.closeMap(d.cfg.Dir)
+		d.cfg.FS.Remove(filepath.Join(d.cfg.Dir, dir, chunkName(idx)))
+		c.closeMap(d.cfg.FS, d.cfg.Dir)
 		d.mu.Lock()
 		delete(d.chunks, idx)
 		delete(d.unflushed, c)

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -201,11 +200,11 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 	}
 	from := filepath.Join(d.cfg.Dir, "dirty", chunkName(c.idx))
 	to := filepath.Join(d.cfg.Dir, "clean", chunkName(c.idx))
-	if err := os.Rename(from, to); err != nil {
+	if err := d.cfg.FS.Rename(from, to); err != nil {
 		return err
 	}
 	c.dev.SetPath(to)
-	c.closeMap(d.cfg.Dir)
+	c.closeMap(d.cfg.FS, d.cfg.Dir)
 	c.dirty = false
 	d.space.Broadcast()
 	return nil
@@ -656,7 +655,7 @@ func (d *Device) allocSeq() (uint64, error) {
 		d.meta.NextSeq = d.seq + seqLease
 		m := d.meta
 		d.mu.Unlock()
-		if err := m.save(d.cfg.Dir); err != nil {
+		if err := m.save(d.cfg.FS, d.cfg.Dir); err != nil {
 			return 0, err
 		}
 		d.mu.Lock()
@@ -688,5 +687,5 @@ func (d *Device) saveMeta() error {
 	d.mu.Lock()
 	m := d.meta
 	d.mu.Unlock()
-	return m.save(d.cfg.Dir)
+	return m.save(d.cfg.FS, d.cfg.Dir)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferry-io/ferry/backends/tier"
 	"github.com/ferry-io/ferry/internal/atomicfile"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // catalogVersion is the on-disk catalog format version
@@ -48,9 +49,9 @@ type catalogFile struct {
 	Volumes []*Record `json:"volumes"`
 }
 
-// loadCatalog reads path; a missing file is an empty catalog.
-func loadCatalog(path string) (*catalogFile, error) {
-	b, err := os.ReadFile(path)
+// loadCatalog reads path on fsys; a missing file is an empty catalog.
+func loadCatalog(fsys vfs.FS, path string) (*catalogFile, error) {
+	b, err := vfs.ReadFile(fsys, path)
 	if errors.Is(err, os.ErrNotExist) {
 		return &catalogFile{Version: catalogVersion}, nil
 	}
@@ -76,13 +77,14 @@ func loadCatalog(path string) (*catalogFile, error) {
 
 // saveCatalog replaces path atomically: write a temporary file, fsync it,
 // rename it over the old one and fsync the directory. A crash at any point
-// leaves either the old or the new catalog, never a torn one.
-func saveCatalog(path string, c *catalogFile) error {
+// leaves either the old or the new catalog, never a torn one
+// (catalog_crash_test.go proves it on a crashable file system).
+func saveCatalog(fsys vfs.FS, path string, c *catalogFile) error {
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode catalog: %w", err)
 	}
-	if err := atomicfile.WriteFile(path, append(b, '\n')); err != nil {
+	if err := atomicfile.On(fsys).WriteFile(path, append(b, '\n')); err != nil {
 		return fmt.Errorf("save catalog: %w", err)
 	}
 	return nil

@@ -23,6 +23,7 @@ import (
 	"github.com/ferry-io/ferry/backends/local"
 	"github.com/ferry-io/ferry/backends/store"
 	"github.com/ferry-io/ferry/backends/tier"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // Log attribute keys.
@@ -69,6 +70,14 @@ type Config struct {
 	// readers, over all volumes (0: tier.DefaultStreamMemory; negative:
 	// none, sequential reads go through the cache).
 	StreamMemory int64
+
+	// fsys, set by tests only, is where the catalog, local volume files
+	// and tier caches live (nil: the operating system's file system): a
+	// crashable one (internal/vfs) in manager_crash_test.go. The data and
+	// pool directories are made on the real file system too, for what is
+	// not on the seam yet: the gateway identity, stores.json, statfs,
+	// reflink probes, snapshots and migrations.
+	fsys vfs.FS
 }
 
 // Manager owns the catalog and the open devices. It is safe for
@@ -78,6 +87,9 @@ type Manager struct {
 	cfg     Config
 	log     *slog.Logger
 	catPath string
+	// fsys holds the catalog, local volume files and tier caches
+	// (Config.fsys).
+	fsys vfs.FS
 
 	mu     sync.Mutex
 	cat    *catalogFile
@@ -149,15 +161,22 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = 30 * time.Second
 	}
+	fsys := vfs.Or(cfg.fsys)
 	for _, d := range append([]string{cfg.DataDir}, cfg.PoolDirs...) {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+		if err := mkdirDurable(fsys, d); err != nil {
 			return nil, fmt.Errorf("open volumes: %w", err)
+		}
+		if fsys != vfs.OS { // what is not on the seam yet needs them too
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return nil, fmt.Errorf("open volumes: %w", err)
+			}
 		}
 	}
 	m := &Manager{
 		cfg:     cfg,
 		log:     cfg.Logger,
 		catPath: filepath.Join(cfg.DataDir, "catalog.json"),
+		fsys:    fsys,
 		vols:    map[string]*vol{},
 		stores:  map[string]*StoreConfig{},
 		leases:  map[string]*lease.Lease{},
@@ -180,7 +199,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.loadStores(); err != nil {
 		return nil, err
 	}
-	cat, err := loadCatalog(m.catPath)
+	cat, err := loadCatalog(m.fsys, m.catPath)
 	if err != nil {
 		return nil, err
 	}
@@ -228,7 +247,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 func (m *Manager) openDevice(ctx context.Context, rec *Record) (device.Device, snapshotter, error) {
 	switch rec.Backend {
 	case "local":
-		d, err := local.Open(rec.Path)
+		d, err := local.On(m.fsys).Open(rec.Path)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -267,19 +286,64 @@ func (m *Manager) removeOrphans() {
 	}
 	m.removeSnapshotOrphans(ids)
 	for _, dir := range m.cfg.PoolDirs {
-		files, _ := filepath.Glob(filepath.Join(dir, "vol-*.img"))
-		caches, _ := filepath.Glob(filepath.Join(dir, "tier-*"))
-		for _, f := range append(files, caches...) {
+		for _, f := range m.glob(dir, "vol-*.img", "tier-*") {
 			if !known[f] {
 				m.log.Warn("removing orphaned volume file left by an interrupted create or remove", "path", f)
-				os.RemoveAll(f)
+				m.fsys.RemoveAll(f)
 			}
 		}
 	}
-	tmps, _ := filepath.Glob(filepath.Join(m.cfg.DataDir, ".*.tmp")) // torn atomicfile writes
-	for _, f := range tmps {
-		os.Remove(f)
+	for _, f := range m.glob(m.cfg.DataDir, ".*.tmp") { // torn atomicfile writes
+		m.fsys.Remove(f)
 	}
+}
+
+// mkdirDurable makes directory dir and its missing parents, and fsyncs
+// the directory above each one it made: a new pool directory must not
+// vanish in a crash with the volumes acknowledged in it.
+func mkdirDurable(fsys vfs.FS, dir string) error {
+	dir = filepath.Clean(dir)
+	have := dir // the nearest directory that exists
+	for {
+		if _, err := fsys.Stat(have); err == nil {
+			break
+		}
+		parent := filepath.Dir(have)
+		if parent == have {
+			break
+		}
+		have = parent
+	}
+	if have == dir {
+		return nil // it exists
+	}
+	if err := fsys.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if err := vfs.SyncDir(fsys, filepath.Dir(d)); err != nil {
+			return fmt.Errorf("sync %s: %w", filepath.Dir(d), err)
+		}
+		if filepath.Dir(d) == have || filepath.Dir(d) == d {
+			return nil
+		}
+	}
+}
+
+// glob returns the paths of the entries of dir whose names match any of
+// patterns (filepath.Match), on m.fsys.
+func (m *Manager) glob(dir string, patterns ...string) []string {
+	ents, _ := m.fsys.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		for _, p := range patterns {
+			if ok, _ := filepath.Match(p, e.Name()); ok {
+				out = append(out, filepath.Join(dir, e.Name()))
+				break
+			}
+		}
+	}
+	return out
 }
 
 // newID returns a random (version 4) UUID, a new volume's identity.
@@ -322,7 +386,7 @@ func statfs(dir string) (total, free int64, err error) {
 
 // commit writes the catalog from the in-memory records.
 func (m *Manager) commit() error {
-	return saveCatalog(m.catPath, m.cat)
+	return saveCatalog(m.fsys, m.catPath, m.cat)
 }
 
 // CreateOptions are a new volume's optional settings.
@@ -388,7 +452,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 		}
 		m.mu.Lock()
 		if err != nil {
-			os.RemoveAll(rec.Path)
+			m.fsys.RemoveAll(rec.Path)
 			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 		}
 		dropTier := func() {
@@ -396,20 +460,20 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 			m.mu.Unlock()
 			m.dropLease(rec.ID)
 			m.mu.Lock()
-			os.RemoveAll(rec.Path)
+			m.fsys.RemoveAll(rec.Path)
 		}
 		if _, ok := m.vols[name]; ok {
 			dropTier()
 			return Info{}, fmt.Errorf("create volume %q: %w", name, ErrExists)
 		}
-		if err := local.SyncDir(dir); err != nil {
+		if err := local.On(m.fsys).SyncDir(dir); err != nil {
 			dropTier()
 			return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 		}
 		dev, sn = td, m.tierSnapshotter(rec, td)
 	} else {
 		rec.Path = filepath.Join(dir, "vol-"+rec.ID+".img")
-		ld, err := local.Create(rec.Path, size)
+		ld, err := local.On(m.fsys).Create(rec.Path, size)
 		if err != nil {
 			return Info{}, fmt.Errorf("create volume %q: %w", name, tooLarge(err, dir, size))
 		}
@@ -419,7 +483,7 @@ func (m *Manager) Create(ctx context.Context, name string, size int64, opts Crea
 	if err := m.commit(); err != nil {
 		m.cat.Volumes = m.cat.Volumes[:len(m.cat.Volumes)-1]
 		dev.Close()
-		os.RemoveAll(rec.Path)
+		m.fsys.RemoveAll(rec.Path)
 		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 	}
 	v := newVol(rec, dev, sn)
@@ -593,7 +657,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 		}
 	}
 	if v.rec.Path != "" {
-		if err := os.RemoveAll(v.rec.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := m.fsys.RemoveAll(v.rec.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			m.log.Warn("volume removed from catalog but its file remains", attrVolume, name, "path", v.rec.Path, "err", err)
 		}
 	}

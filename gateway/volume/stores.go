@@ -233,7 +233,7 @@ func (m *Manager) openTier(ctx context.Context, rec *Record, how tierOpen) (*tie
 		s = tier.Layered(s, layers)
 	}
 	td, err := tier.Open(ctx, tier.Config{
-		Dir: rec.Path, Store: s, Size: rec.Size, ChunkSize: rec.ChunkSize, Fence: fence, Parents: rec.Parents,
+		Dir: rec.Path, FS: m.fsys, Store: s, Size: rec.Size, ChunkSize: rec.ChunkSize, Fence: fence, Parents: rec.Parents,
 		Budget: m.budget, Metrics: m.tierMetrics, FetchTimeout: m.cfg.FetchTimeout, DirtyWait: m.cfg.DirtyWait,
 		Readahead: m.cfg.Readahead, Logger: m.log.With(attrVolume, rec.Name),
 	})

@@ -3,12 +3,16 @@
 // file in the same directory, fsync it, rename it over the target, fsync
 // the directory. The catalog, the tier's cache metadata and the Docker
 // plugin's state all go through it.
+//
+// The package functions use the operating system's file system; On(fsys)
+// gives them on another (internal/vfs: a crashable one in tests).
 package atomicfile
 
 import (
 	"bufio"
-	"os"
 	"path/filepath"
+
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // TempPattern is the os.CreateTemp pattern of the temporary file for
@@ -16,22 +20,40 @@ import (
 // start-up sweep can recognise (".*.tmp").
 func TempPattern(path string) string { return "." + filepath.Base(path) + "-*.tmp" }
 
+// Files replaces files on one file system.
+type Files struct{ fsys vfs.FS }
+
+// On returns the package's functions on fsys (nil: the operating
+// system's file system).
+func On(fsys vfs.FS) Files { return Files{fsys: vfs.Or(fsys)} }
+
 // WriteFile replaces path with data (mode 0600).
-func WriteFile(path string, data []byte) error {
-	return WriteFunc(path, func(w *bufio.Writer) error {
+func WriteFile(path string, data []byte) error { return On(nil).WriteFile(path, data) }
+
+// WriteFunc replaces path (mode 0600) with what fill writes.
+func WriteFunc(path string, fill func(*bufio.Writer) error) error {
+	return On(nil).WriteFunc(path, fill)
+}
+
+// SyncDir fsyncs a directory, making the names in it durable.
+func SyncDir(dir string) error { return vfs.SyncDir(vfs.OS, dir) }
+
+// WriteFile replaces path with data (mode 0600).
+func (fs Files) WriteFile(path string, data []byte) error {
+	return fs.WriteFunc(path, func(w *bufio.Writer) error {
 		_, err := w.Write(data)
 		return err
 	})
 }
 
 // WriteFunc replaces path (mode 0600) with what fill writes.
-func WriteFunc(path string, fill func(*bufio.Writer) error) error {
-	f, err := os.CreateTemp(filepath.Dir(path), TempPattern(path))
+func (fs Files) WriteFunc(path string, fill func(*bufio.Writer) error) error {
+	f, err := vfs.CreateTemp(fs.fsys, filepath.Dir(path), TempPattern(path))
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename there is nothing to remove
+	defer fs.fsys.Remove(tmp) // after a successful rename there is nothing to remove
 	w := bufio.NewWriterSize(f, 64<<10)
 	err = fill(w)
 	if err == nil {
@@ -46,18 +68,8 @@ func WriteFunc(path string, fill func(*bufio.Writer) error) error {
 	if err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := fs.fsys.Rename(tmp, path); err != nil {
 		return err
 	}
-	return SyncDir(filepath.Dir(path))
-}
-
-// SyncDir fsyncs a directory, making the names in it durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return vfs.SyncDir(fs.fsys, filepath.Dir(path))
 }
