@@ -151,24 +151,26 @@ func TestAppliance(t *testing.T) {
 		t.Errorf("qemu-io over iSCSI with CHAP: %v\n%s", err, out)
 	}
 
-	// Power cuts under a flushing write load.
-	// One in CI: a boot under TCG took 5-8.5 min on the loaded 2-vCPU CI
-	// machine; 10 in the long mode; FERRY_APPLIANCE_CUTS=N overrides.
-	cycles := 1
-	if os.Getenv("FERRY_APPLIANCE_LONG") == "1" {
-		cycles = 10
+	// Power cuts under a flushing write load: 10 in CI, 50 in the long
+	// mode; FERRY_APPLIANCE_CUTS=N overrides (doc.go).
+	cycles, err := powerCuts()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n, err := strconv.Atoi(os.Getenv("FERRY_APPLIANCE_CUTS")); err == nil && n >= 0 {
-		cycles = n
-	}
+	cutsStart := time.Now()
 	var acked []int // epochs whose write and flush completed
 	epoch := 0
 	for c := 1; c <= cycles; c++ {
+		cycleStart := time.Now()
 		acked, epoch = powerCut(t, v, ca, acked, epoch, 3+c%3)
 		v = boot(t, disks, false)
 		ca = v.trustNBD(t)
 		verifyEpochs(t, v, ca, acked)
-		t.Logf("power cut %d/%d: %d acknowledged epochs intact", c, cycles, len(acked))
+		t.Logf("power cut %d/%d: %d acknowledged epochs intact (boot %s, cycle %s)", c, cycles, len(acked),
+			v.bootTime.Round(time.Second), time.Since(cycleStart).Round(time.Second))
+	}
+	if cycles > 0 {
+		t.Logf("%d power cuts in %s", cycles, time.Since(cutsStart).Round(time.Second))
 	}
 
 	// Upgrade: a fresh system disk, booted with UEFI; volumes, data and
@@ -192,6 +194,23 @@ func TestAppliance(t *testing.T) {
 }
 
 const epochSize = 256 << 10
+
+// powerCuts is how many power cuts TestAppliance makes: 10, 50 with
+// FERRY_APPLIANCE_LONG=1, or FERRY_APPLIANCE_CUTS.
+func powerCuts() (int, error) {
+	n := 10
+	if os.Getenv("FERRY_APPLIANCE_LONG") == "1" {
+		n = 50
+	}
+	if s := os.Getenv("FERRY_APPLIANCE_CUTS"); s != "" {
+		c, err := strconv.Atoi(s)
+		if err != nil || c < 0 {
+			return 0, fmt.Errorf("FERRY_APPLIANCE_CUTS=%q: want a number of power cuts, 0 or more", s)
+		}
+		n = c
+	}
+	return n, nil
+}
 
 // powerCut writes epochs (each its own 256 KiB region with its own
 // pattern, then flush) over NBD+TLS, one qemu-io per epoch, and kills

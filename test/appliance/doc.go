@@ -8,6 +8,7 @@
 // CHAP, /metrics; then power cuts (kill -9 of QEMU under a flushing write
 // load), an upgrade (a fresh system disk) booted with UEFI.
 //
-// FERRY_APPLIANCE_LONG=1 runs 10 power cuts instead of 1;
-// FERRY_APPLIANCE_CUTS=N runs N.
+// It makes 10 power cuts; FERRY_APPLIANCE_LONG=1 makes 50,
+// FERRY_APPLIANCE_CUTS=N makes N. `vagrant up` is scripts/vagrant-test
+// (long mode, not here); this package runs `vagrant validate`.
 package appliance
