@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -204,6 +205,16 @@ func runDockerPlugin(c *cli.Context) error {
 	gw, err := gatewayClient(c, true)
 	if err != nil {
 		return err
+	}
+	iscsi.Target = func(ctx context.Context, name string) (string, error) {
+		in, err := gw.Volume(ctx, name)
+		if err != nil {
+			return "", err
+		}
+		if in.Attach.ISCSI == nil {
+			return "", errors.New("the gateway serves no iSCSI listener")
+		}
+		return in.Attach.ISCSI.Target, nil
 	}
 	d, err := docker.NewDriver(ctx, docker.Config{
 		Gateway:    gw,

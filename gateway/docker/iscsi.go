@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -41,13 +42,33 @@ type ISCSIAttacher struct {
 	CHAPUser, CHAPSecret string
 	// ReplacementTimeout: 0 means DefaultISCSIReplacementTimeout.
 	ReplacementTimeout time.Duration
-	Logger             *slog.Logger
+	// Target names a gateway volume's iSCSI target, as the gateway reports
+	// it. Sweep needs it to tell the sessions of the plugin's volumes from
+	// any other on the host; without it Sweep does nothing.
+	Target func(ctx context.Context, gateway string) (string, error)
+	Logger *slog.Logger
 
 	// sysRoot is where sysfs is ("" for /sys), for tests.
 	sysRoot string
+	// run runs iscsiadm (nil: the real one), for tests.
+	run func(ctx context.Context, ok []int, args ...string) (string, error)
+	// busy says why a block device is in use, "" if it is not (nil:
+	// busyDevice), for tests.
+	busy func(dev string) string
 }
 
-var _ Candidate = (*ISCSIAttacher)(nil)
+var (
+	_ Candidate = (*ISCSIAttacher)(nil)
+	_ Sweeper   = (*ISCSIAttacher)(nil)
+)
+
+// iscsiadm runs iscsiadm, or the tests' stand-in.
+func (s *ISCSIAttacher) iscsiadm(ctx context.Context, ok []int, args ...string) (string, error) {
+	if s.run != nil {
+		return s.run(ctx, ok, args...)
+	}
+	return iscsiadm(ctx, ok, args...)
+}
 
 // Method implements Attacher.
 func (s *ISCSIAttacher) Method() string { return MethodISCSI }
@@ -118,7 +139,7 @@ func (s *ISCSIAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachmen
 	}
 	node := []string{"-m", "node", "-T", spec.ISCSITarget, "-p", spec.ISCSIPortal}
 	set := func(name, value string) error {
-		_, err := iscsiadm(ctx, nil, append(append([]string(nil), node...), "-o", "update", "-n", name, "-v", value)...)
+		_, err := s.iscsiadm(ctx, nil, append(append([]string(nil), node...), "-o", "update", "-n", name, "-v", value)...)
 		return err
 	}
 	a := &Attachment{Method: MethodISCSI, ISCSITarget: spec.ISCSITarget, ISCSIPortal: spec.ISCSIPortal}
@@ -128,7 +149,7 @@ func (s *ISCSIAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachmen
 	}
 	// The portal is the one given, never what discovery returns (the
 	// target's own address, loopback on the gateway's host).
-	if _, err := iscsiadm(ctx, nil, append(append([]string(nil), node...), "-o", "new")...); err != nil {
+	if _, err := s.iscsiadm(ctx, nil, append(append([]string(nil), node...), "-o", "new")...); err != nil {
 		return nil, fmt.Errorf("iscsi %s at %s: %w", spec.ISCSITarget, spec.ISCSIPortal, err)
 	}
 	rt := s.ReplacementTimeout
@@ -153,7 +174,7 @@ func (s *ISCSIAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachmen
 			}
 		}
 	}
-	if _, err := iscsiadm(ctx, []int{iscsiErrSessExists}, append(append([]string(nil), node...), "--login")...); err != nil {
+	if _, err := s.iscsiadm(ctx, []int{iscsiErrSessExists}, append(append([]string(nil), node...), "--login")...); err != nil {
 		return fail(err)
 	}
 	dev, err := s.waitDevice(ctx, spec.ISCSITarget, spec.ISCSIPortal, 30*time.Second)
@@ -202,7 +223,7 @@ var errNoSession = errors.New("no iSCSI session")
 // sessionDevice finds the session to target (at portal, preferably) and
 // its LUN 0's block device.
 func (s *ISCSIAttacher) sessionDevice(ctx context.Context, target, portal string) (string, error) {
-	out, err := iscsiadm(ctx, []int{iscsiErrNoObjs}, "-m", "session")
+	out, err := s.iscsiadm(ctx, []int{iscsiErrNoObjs}, "-m", "session")
 	if err != nil {
 		return "", err
 	}
@@ -309,10 +330,10 @@ func (s *ISCSIAttacher) Detach(ctx context.Context, a *Attachment) error {
 	}
 	node := []string{"-m", "node", "-T", a.ISCSITarget, "-p", a.ISCSIPortal}
 	var errs []error
-	if _, err := iscsiadm(ctx, []int{iscsiErrNoObjs}, append(append([]string(nil), node...), "--logout")...); err != nil {
+	if _, err := s.iscsiadm(ctx, []int{iscsiErrNoObjs}, append(append([]string(nil), node...), "--logout")...); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := iscsiadm(ctx, []int{iscsiErrNoObjs}, append(append([]string(nil), node...), "-o", "delete")...); err != nil {
+	if _, err := s.iscsiadm(ctx, []int{iscsiErrNoObjs}, append(append([]string(nil), node...), "-o", "delete")...); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -330,4 +351,123 @@ func (s *ISCSIAttacher) Healthy(ctx context.Context, a *Attachment) error {
 		return fmt.Errorf("the session's disk is %s, not %s", dev, a.Device)
 	}
 	return nil
+}
+
+// Sweep implements Sweeper: a session to the target of one of the
+// plugin's volumes that no recorded attachment holds was left by a crash
+// between logging in and saving the state (iSCSI sessions outlive the
+// plugin: the kernel and iscsid keep them). It is logged out and its node
+// record deleted, unless its disk is in use (mounted, held by another
+// driver, or open exclusively): that is someone's, and only a warning says
+// so. Sessions to other targets are never touched; a target counts as the
+// plugin's only when the gateway names exactly it for the volume (Target).
+func (s *ISCSIAttacher) Sweep(ctx context.Context, host string, known map[string]bool, keep []*Attachment) error {
+	if s.Target == nil || len(known) == 0 {
+		return nil
+	}
+	out, err := s.iscsiadm(ctx, []int{iscsiErrNoObjs}, "-m", "session")
+	if err != nil {
+		return err
+	}
+	kept := map[string]bool{}
+	for _, a := range keep {
+		if a.Method == MethodISCSI {
+			kept[a.ISCSITarget] = true
+		}
+	}
+	busy := s.busy
+	if busy == nil {
+		busy = busyDevice
+	}
+	targets := map[string]string{} // gateway name -> its target, as resolved
+	var errs []error
+	for _, ss := range parseSessions(out) {
+		if kept[ss.Target] {
+			continue
+		}
+		// A target of the gateway's is BASE:NAME; only a NAME of the
+		// plugin's is worth asking the gateway about.
+		i := strings.LastIndexByte(ss.Target, ':')
+		if i < 0 || !known[ss.Target[i+1:]] {
+			continue
+		}
+		gw := ss.Target[i+1:]
+		want, ok := targets[gw]
+		if !ok {
+			t, err := s.Target(ctx, gw)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("iscsi target of volume %s: %w", gw, err))
+				continue
+			}
+			want, targets[gw] = t, t
+		}
+		if ss.Target != want {
+			continue
+		}
+		log := s.log().With("target", ss.Target, "portal", ss.Portal, "session", ss.SID, "gateway_volume", gw)
+		if dev, err := sessionDisk(s.sysRoot, ss.SID); err == nil {
+			if why := busy(dev); why != "" {
+				log.Warn("an iSCSI session to one of this plugin's volumes that its state does not record is in use; leaving it", "device", dev, "in_use", why)
+				continue
+			}
+		}
+		log.Warn("logging out an iSCSI session to one of this plugin's volumes that its state does not record (a crash while attaching)")
+		if _, err := s.iscsiadm(ctx, []int{iscsiErrNoObjs}, "-m", "session", "-r", strconv.Itoa(ss.SID), "--logout"); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, err := s.iscsiadm(ctx, []int{iscsiErrNoObjs}, "-m", "node", "-T", ss.Target, "-o", "delete"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *ISCSIAttacher) log() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+// busyDevice says why the block device dev (/dev/sdX) is in use: a file
+// system on it or on one of its partitions is mounted, another driver
+// holds it (device mapper, md), or someone has it open exclusively. ""
+// means none of these.
+func busyDevice(dev string) string {
+	name := filepath.Base(dev)
+	if mounts, err := readMounts(); err == nil {
+		for _, m := range mounts {
+			src := filepath.Base(m.Source)
+			if strings.HasPrefix(m.Source, "/dev/") && (src == name || isPartitionOf(src, name)) {
+				return "mounted on " + m.Point
+			}
+		}
+	}
+	holders, _ := filepath.Glob(filepath.Join("/sys/class/block", name, "holders", "*"))
+	parts, _ := filepath.Glob(filepath.Join("/sys/class/block", name, name+"*", "holders", "*"))
+	if h := append(holders, parts...); len(h) > 0 {
+		return "held by " + filepath.Base(h[0])
+	}
+	// The kernel's own test: an exclusive open fails while a file system,
+	// a holder or another exclusive opener has it.
+	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_EXCL, 0)
+	if errors.Is(err, syscall.EBUSY) {
+		return "open exclusively"
+	}
+	if err == nil {
+		f.Close()
+	}
+	return ""
+}
+
+// isPartitionOf reports whether part names a partition of disk: sdc1 of
+// sdc.
+func isPartitionOf(part, disk string) bool {
+	rest, ok := strings.CutPrefix(part, disk)
+	if !ok || rest == "" {
+		return false
+	}
+	_, err := strconv.Atoi(rest)
+	return err == nil
 }

@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -110,5 +111,98 @@ func TestISCSINeedsCHAPSecret(t *testing.T) {
 	_, err := s.Attach(context.Background(), AttachSpec{Gateway: "v1", ISCSITarget: "iqn.x:v1", ISCSIPortal: "10.0.2.100:3260", CHAPUser: "alice"})
 	if err == nil || !strings.Contains(err.Error(), "--iscsi-chap-secret") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// At start, a session to the target of one of the plugin's volumes that no
+// recorded attachment holds (a crash between --login and saving the state)
+// is logged out and its node record deleted. Left alone: the recorded
+// session, a session whose disk is in use, sessions to other targets (of
+// another iSCSI server, or of a gateway volume that is not the plugin's),
+// and a target that merely ends in a volume's name.
+func TestISCSISweep(t *testing.T) {
+	sessions := `tcp: [1] 10.0.2.100:3260,1 iqn.2026-11.io.ferry:kept (non-flash)
+tcp: [2] 10.0.2.100:3260,1 iqn.2026-11.io.ferry:orphan (non-flash)
+tcp: [3] 10.0.2.100:3260,1 iqn.2026-11.io.ferry:busy (non-flash)
+tcp: [4] 10.0.2.100:3260,1 iqn.2026-11.io.ferry:notours (non-flash)
+tcp: [5] 192.168.1.9:3260,1 iqn.2003-01.org.linux-iscsi.nas:orphan (non-flash)
+tcp: [6] [fd00::5]:3260,1 iqn.2026-11.io.ferry:d-data-1-3f2a000000 (non-flash)
+`
+	root := fakeSysfs(t, 3, 9, map[string]string{"0": "sdq"})
+	var ran []string
+	resolved := map[string]int{}
+	s := &ISCSIAttacher{
+		sysRoot: root,
+		Target: func(ctx context.Context, gw string) (string, error) {
+			resolved[gw]++
+			return "iqn.2026-11.io.ferry:" + gw, nil
+		},
+		run: func(ctx context.Context, ok []int, args ...string) (string, error) {
+			ran = append(ran, strings.Join(args, " "))
+			if strings.Join(args, " ") == "-m session" {
+				return sessions, nil
+			}
+			return "", nil
+		},
+		busy: func(dev string) string {
+			if dev == "/dev/sdq" {
+				return "mounted on /mnt/x"
+			}
+			return ""
+		},
+	}
+	known := map[string]bool{"kept": true, "orphan": true, "busy": true, "d-data-1-3f2a000000": true}
+	keep := []*Attachment{
+		{Method: MethodISCSI, ISCSITarget: "iqn.2026-11.io.ferry:kept", ISCSIPortal: "10.0.2.100:3260", Device: "/dev/sdb"},
+		{Method: MethodFUSE, Device: "/dev/loop0"},
+	}
+	if err := s.Sweep(context.Background(), "h1", known, keep); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"-m session",
+		"-m session -r 2 --logout",
+		"-m node -T iqn.2026-11.io.ferry:orphan -o delete",
+		"-m session -r 6 --logout",
+		"-m node -T iqn.2026-11.io.ferry:d-data-1-3f2a000000 -o delete",
+	}
+	if !reflect.DeepEqual(ran, want) {
+		t.Fatalf("iscsiadm runs:\n got %q\nwant %q", ran, want)
+	}
+	if resolved["orphan"] != 1 || resolved["kept"] != 0 || resolved["notours"] != 0 {
+		t.Fatalf("asked the gateway for %v; want each candidate once, and nothing else", resolved)
+	}
+
+	// Without a way to name the plugin's targets, nothing is touched.
+	ran = nil
+	s.Target = nil
+	if err := s.Sweep(context.Background(), "h1", known, nil); err != nil || len(ran) != 0 {
+		t.Fatalf("Sweep without Target: %v, ran %q", err, ran)
+	}
+
+	// A gateway that cannot be asked: the candidate is left, the error said.
+	ran = nil
+	s.Target = func(ctx context.Context, gw string) (string, error) { return "", errors.New("gateway down") }
+	err := s.Sweep(context.Background(), "h1", map[string]bool{"orphan": true}, nil)
+	if err == nil || !strings.Contains(err.Error(), "gateway down") || len(ran) != 1 {
+		t.Fatalf("Sweep with the gateway down: %v, ran %q", err, ran)
+	}
+}
+
+func TestIsPartitionOf(t *testing.T) {
+	for _, c := range []struct {
+		part, disk string
+		ok         bool
+	}{
+		{"sdc1", "sdc", true},
+		{"sdc12", "sdc", true},
+		{"sdc", "sdc", false},
+		{"sdca", "sdc", false},
+		{"sdca1", "sdc", false},
+		{"sdd1", "sdc", false},
+	} {
+		if got := isPartitionOf(c.part, c.disk); got != c.ok {
+			t.Errorf("isPartitionOf(%s, %s) = %v", c.part, c.disk, got)
+		}
 	}
 }
