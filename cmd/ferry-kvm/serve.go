@@ -20,6 +20,7 @@ import (
 
 	gwclient "github.com/ferry-io/ferry/gateway/api/client"
 	gwire "github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/apiauth"
 	"github.com/ferry-io/ferry/internal/cliconf"
 	"github.com/ferry-io/ferry/kvm"
 )
@@ -36,6 +37,14 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "migration-address", Usage: "incoming live migrations listen on this `HOST` (default: --listen's host)", EnvVars: []string{"FERRY_KVM_MIGRATION_ADDRESS"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "reconnect-delay", Usage: "QEMU's NBD reconnect-delay: guest I/O waits this long for a restarted gateway before it fails", Value: 60 * time.Second, EnvVars: []string{"FERRY_KVM_RECONNECT_DELAY"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stop-timeout", Usage: "how long `vm stop` waits for an ACPI powerdown before it quits QEMU", Value: 60 * time.Second, EnvVars: []string{"FERRY_KVM_STOP_TIMEOUT"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-auth", Value: apiauth.ModeAuto, EnvVars: []string{"FERRY_KVM_API_AUTH"},
+			Usage: "API authentication: auto (a bearer token as soon as --listen or --migration-address is off loopback), token (always), none (never; refused off loopback unless --api-auth-insecure)"}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "api-auth-insecure", EnvVars: []string{"FERRY_KVM_API_AUTH_INSECURE"},
+			Usage: "allow --api-auth none off loopback (anyone who reaches the API can then run, stop and migrate every VM)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-token-file", EnvVars: []string{"FERRY_KVM_API_TOKEN_FILE"},
+			Usage: "`FILE` holding the API token, created (mode 0600, 256 random bits) on first start (default STATE/api-token)"}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "metrics-public", EnvVars: []string{"FERRY_KVM_METRICS_PUBLIC"},
+			Usage: "serve /metrics without the API token (/healthz never needs it)"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Usage: "text or json", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"}}),
 	}
@@ -104,6 +113,32 @@ func runServe(c *cli.Context) error {
 			migAddr = "127.0.0.1"
 		}
 	}
+	useToken, err := apiauth.NeedToken(c.String("api-auth"), c.Bool("api-auth-insecure"),
+		apiauth.IsLoopback(listen) && apiauth.IsLoopback(migAddr))
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	token, authSummary := "", "none (loopback only)"
+	if !apiauth.IsLoopback(listen) || !apiauth.IsLoopback(migAddr) {
+		authSummary = "none (--api-auth none --api-auth-insecure): anyone who reaches the API can run every VM"
+	}
+	if useToken {
+		path := c.String("api-token-file")
+		if path == "" {
+			path = filepath.Join(state, kvm.TokenFile)
+		}
+		var created bool
+		if token, created, err = apiauth.LoadOrCreateToken(path); err != nil {
+			return err
+		}
+		if created {
+			log.Info("created the API token; the CLI passes it with --token-file, FERRY_KVM_TOKEN_FILE or FERRY_KVM_TOKEN", "file", path)
+		}
+		authSummary = "token (file " + path + ")"
+		if c.Bool("metrics-public") {
+			authSummary += "; /metrics open"
+		}
+	}
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", listen, err)
@@ -129,14 +164,18 @@ func runServe(c *cli.Context) error {
 	}
 	defer m.Close()
 	go m.Run(ctx)
-	srv := &http.Server{Handler: kvm.Handler(m, reg, log), ReadHeaderTimeout: 10 * time.Second}
+	h := kvm.Handler(m, reg, log)
+	if token != "" {
+		h = kvm.RequireToken(h, token, c.Bool("metrics-public"))
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
-	log.Info("ferry-kvm ready", "listen", l.Addr().String(), "gateway", c.String("gateway"), "host_id", hostID, "state", state)
+	log.Info("ferry-kvm ready", "listen", l.Addr().String(), "gateway", c.String("gateway"), "host_id", hostID, "state", state, "api_auth", authSummary)
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

@@ -3,16 +3,33 @@ package main
 import (
 	"github.com/urfave/cli/v2"
 
+	"github.com/ferry-io/ferry/internal/apiauth"
 	"github.com/ferry-io/ferry/kvm/client"
 )
 
 func apiFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "api", Usage: "the ferry-kvm daemon's `ADDR`", Value: "127.0.0.1:9810", EnvVars: []string{"FERRY_KVM_API"}},
+		&cli.StringFlag{Name: "token-file", Usage: "`FILE` holding the daemon's API token (its STATE/api-token, or a copy)", EnvVars: []string{"FERRY_KVM_TOKEN_FILE"},
+			Action: func(c *cli.Context, _ string) error { _, err := apiToken(c); return err }},
+		&cli.StringFlag{Name: "token", Usage: "the daemon's API token (prefer --token-file or FERRY_KVM_TOKEN: a flag shows in ps)", EnvVars: []string{"FERRY_KVM_TOKEN"},
+			Action: func(c *cli.Context, _ string) error { _, err := apiToken(c); return err }},
 	}
 }
 
-func apiClient(c *cli.Context) *client.Client { return client.New(c.String("api")) }
+// apiToken reads the token flags: "" when none is given. The flags'
+// actions call it first, so a bad token is reported before any request.
+func apiToken(c *cli.Context) (string, error) {
+	return apiauth.ClientToken(c.String("token"), c.String("token-file"), "--token")
+}
+
+func apiClient(c *cli.Context) *client.Client {
+	var opts []client.Option
+	if t, _ := apiToken(c); t != "" { // checked by the flags' actions
+		opts = append(opts, client.WithToken(t))
+	}
+	return client.New(c.String("api"), opts...)
+}
 
 func cmdVM() *cli.Command {
 	return &cli.Command{

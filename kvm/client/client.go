@@ -22,13 +22,21 @@ import (
 
 // Client talks to one ferry-kvm daemon.
 type Client struct {
-	base string
-	addr string
-	hc   *http.Client
+	base  string
+	addr  string
+	hc    *http.Client
+	token string
 }
 
+// Option configures a Client.
+type Option func(*Client)
+
+// WithToken sends the daemon's API token (its STATE/api-token) as a
+// bearer token with every request.
+func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
 // New returns a client for the daemon at addr (host:port or http://...).
-func New(addr string) *Client {
+func New(addr string, opts ...Option) *Client {
 	base := addr
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
@@ -38,14 +46,18 @@ func New(addr string) *Client {
 	if u != nil {
 		host = u.Host
 	}
-	return &Client{base: strings.TrimRight(base, "/"), addr: host, hc: &http.Client{Timeout: 5 * time.Minute}}
+	c := &Client{base: strings.TrimRight(base, "/"), addr: host, hc: &http.Client{Timeout: 5 * time.Minute}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Error is an error reply; it unwraps to the sentinel its code names.
 type Error = jsonapi.Error
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	call := jsonapi.Caller{Base: c.base, HC: c.hc, What: "ferry-kvm",
+	call := jsonapi.Caller{Base: c.base, HC: c.hc, Token: c.token, What: "ferry-kvm",
 		Hint: "is `ferry-kvm serve` running? set --api or FERRY_KVM_API"}
 	return call.Do(ctx, method, path, body, out)
 }
@@ -101,6 +113,9 @@ func (c *Client) Log(ctx context.Context, name string, max int64) ([]byte, error
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+vmPath(name, fmt.Sprintf("/log?bytes=%d", max)), nil)
 	if err != nil {
 		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -166,7 +181,11 @@ func (c *Client) Console(ctx context.Context, name string) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach ferry-kvm at %s: %w", c.base, err)
 	}
-	fmt.Fprintf(nc, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: ferry-console\r\n\r\n", vmPath(name, "/console"), c.addr)
+	auth := ""
+	if c.token != "" {
+		auth = "Authorization: Bearer " + c.token + "\r\n"
+	}
+	fmt.Fprintf(nc, "GET %s HTTP/1.1\r\nHost: %s\r\n%sConnection: Upgrade\r\nUpgrade: ferry-console\r\n\r\n", vmPath(name, "/console"), c.addr, auth)
 	br := bufioReader(nc)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
