@@ -62,6 +62,10 @@ type Config struct {
 	ReconnectDelay time.Duration
 	// StopTimeout bounds the wait for an ACPI powerdown.
 	StopTimeout time.Duration
+	// NBDTLS, when set, makes QEMU's NBD disks negotiate TLS with the
+	// gateway (and with the other gateway of a migration between them:
+	// the same credentials must work there).
+	NBDTLS *NBDTLS
 	// Handoff moves attachments at a migration's switchover; nil means
 	// LeaseHandoff on Gateway (both hosts on one gateway).
 	Handoff    Handoff

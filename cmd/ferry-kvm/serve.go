@@ -37,6 +37,14 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "migration-address", Usage: "incoming live migrations listen on this `HOST` (default: --listen's host)", EnvVars: []string{"FERRY_KVM_MIGRATION_ADDRESS"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "reconnect-delay", Usage: "QEMU's NBD reconnect-delay: guest I/O waits this long for a restarted gateway before it fails", Value: 60 * time.Second, EnvVars: []string{"FERRY_KVM_RECONNECT_DELAY"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stop-timeout", Usage: "how long `vm stop` waits for an ACPI powerdown before it quits QEMU", Value: 60 * time.Second, EnvVars: []string{"FERRY_KVM_STOP_TIMEOUT"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-x509-dir", EnvVars: []string{"FERRY_KVM_NBD_TLS_X509_DIR"},
+			Usage: "QEMU's NBD disks negotiate TLS with X.509: `DIR` holds ca-cert.pem (the gateway's CA) and, if the gateway asks for one, client-cert.pem and client-key.pem (QEMU tls-creds-x509)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-psk-dir", EnvVars: []string{"FERRY_KVM_NBD_TLS_PSK_DIR"},
+			Usage: "QEMU's NBD disks negotiate TLS with a pre-shared key: `DIR` holds keys.psk with --nbd-tls-psk-user's line (QEMU tls-creds-psk)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-psk-user", EnvVars: []string{"FERRY_KVM_NBD_TLS_PSK_USER"},
+			Usage: "the PSK identity (`USER`) of --nbd-tls-psk-dir"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-hostname", EnvVars: []string{"FERRY_KVM_NBD_TLS_HOSTNAME"},
+			Usage: "with --nbd-tls-x509-dir: the `NAME` the gateway's certificate must carry (default: the host of its NBD address)"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-auth", Value: apiauth.ModeAuto, EnvVars: []string{"FERRY_KVM_API_AUTH"},
 			Usage: "API authentication: auto (a bearer token as soon as --listen or --migration-address is off loopback), token (always), none (never; refused off loopback unless --api-auth-insecure)"}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "api-auth-insecure", EnvVars: []string{"FERRY_KVM_API_AUTH_INSECURE"},
@@ -91,6 +99,13 @@ func runServe(c *cli.Context) error {
 		if hostID, err = os.Hostname(); err != nil {
 			return fmt.Errorf("--host-id not given and no host name: %w", err)
 		}
+	}
+	var nbdTLS *kvm.NBDTLS
+	if t := (kvm.NBDTLS{X509Dir: c.String("nbd-tls-x509-dir"), PSKDir: c.String("nbd-tls-psk-dir"), PSKUser: c.String("nbd-tls-psk-user"), Hostname: c.String("nbd-tls-hostname")}); t != (kvm.NBDTLS{}) {
+		if err := t.Check(); err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		nbdTLS = &t
 	}
 	var opts []gwclient.Option
 	if f := c.String("gateway-token-file"); f != "" {
@@ -156,6 +171,7 @@ func runServe(c *cli.Context) error {
 		MigrationAddr:  migAddr,
 		ReconnectDelay: c.Duration("reconnect-delay"),
 		StopTimeout:    c.Duration("stop-timeout"),
+		NBDTLS:         nbdTLS,
 		Logger:         log,
 		Registerer:     reg,
 	})
@@ -175,7 +191,7 @@ func runServe(c *cli.Context) error {
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
-	log.Info("ferry-kvm ready", "listen", l.Addr().String(), "gateway", c.String("gateway"), "host_id", hostID, "state", state, "api_auth", authSummary)
+	log.Info("ferry-kvm ready", "listen", l.Addr().String(), "gateway", c.String("gateway"), "host_id", hostID, "state", state, "api_auth", authSummary, "nbd_tls", nbdTLS != nil)
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
