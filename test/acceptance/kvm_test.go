@@ -75,6 +75,8 @@ type kvmd struct {
 	logs   *syncBuffer
 	exited chan struct{}
 	extra  []string
+	// env is added to the CLI's environment (FERRY_KVM_TOKEN_FILE=...).
+	env []string
 }
 
 func startKVMD(t *testing.T, gw *gateway, hostID string, extra ...string) *kvmd {
@@ -129,7 +131,7 @@ func (d *kvmd) kill9() {
 func (d *kvmd) vm(args ...string) cliResult {
 	d.t.Helper()
 	cmd := exec.Command(d.bin, append([]string{"vm"}, args...)...)
-	cmd.Env = append(os.Environ(), "FERRY_KVM_API="+d.addr)
+	cmd.Env = append(append(os.Environ(), "FERRY_KVM_API="+d.addr), d.env...)
 	return runCLI(d.t, cmd)
 }
 

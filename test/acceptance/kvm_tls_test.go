@@ -1,6 +1,7 @@
 package acceptance
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -13,7 +14,10 @@ import (
 // TestKVMNBDTLS: a gateway that requires NBD TLS (--nbd-tls require with
 // a PSK file) serves a ferry-kvm VM whose daemon has --nbd-tls-psk-dir:
 // the test guest boots, writes its marker to its ext4 disk over TLS, and
-// the marker is on the volume. One VM boot.
+// the marker is on the volume. Both daemons require their API tokens
+// (--api-auth token): the VM live-migrates to the second daemon only with
+// its token (vm migrate --to-token-file), and its destination QEMU opens
+// the disk over TLS too. One VM boot.
 func TestKVMNBDTLS(t *testing.T) {
 	_, image := requireKVM(t)
 	server, clients := pskDirs(t)
@@ -36,7 +40,11 @@ func TestKVMNBDTLS(t *testing.T) {
 		t.Fatalf("--nbd-tls-psk-dir without a user: %v %s", err, out)
 	}
 
-	d := startKVMD(t, g, "host-tls", "--nbd-tls-psk-dir", alice, "--nbd-tls-psk-user", "alice")
+	tlsFlags := []string{"--nbd-tls-psk-dir", alice, "--nbd-tls-psk-user", "alice", "--api-auth", "token"}
+	d := startKVMD(t, g, "host-tls", tlsFlags...)
+	d.env = []string{"FERRY_KVM_TOKEN_FILE=" + filepath.Join(d.state, "api-token")}
+	d2 := startKVMD(t, g, "host-tls2", tlsFlags...)
+	d2.env = []string{"FERRY_KVM_TOKEN_FILE=" + filepath.Join(d2.state, "api-token")}
 	d.mustVM(append([]string{"create", "t1", "--disk", "t-root", "--cpus", "1"}, guestArgs(image, "marker", "ferry.token=tls-0815")...)...)
 	d.mustVM("start", "t1")
 	d.waitSerial("t1", regexp.MustCompile(`FERRY-KVM: marker (tls-0815)`), bootTimeout)
@@ -48,11 +56,33 @@ func TestKVMNBDTLS(t *testing.T) {
 	if vi := g.mustCLI("volume", "info", "t-root", "--json"); !strings.Contains(vi, `"tls_identity": "alice"`) {
 		t.Errorf("volume info does not show the TLS identity alice:\n%s", vi)
 	}
-	d.mustVM("stop", "t1", "--force")
 
-	out := filepath.Join(t.TempDir(), "back.img")
-	run(t, bootTimeout, "nbdcopy", pskURI(g, alice, "t-root"), out)
-	got, err := exec.Command("debugfs", "-R", "cat /marker", out).Output()
+	// A migration without the destination's token fails and the VM runs
+	// on here; with it, the VM moves.
+	if r := d.vm("migrate", "t1", "--to", d2.addr); r.code == 0 || !strings.Contains(r.stderr, "token") {
+		t.Fatalf("migrate without the destination's token: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if in := d.info("t1"); in.State != wire.StateRunning {
+		t.Fatalf("after the refused migration: state %s", in.State)
+	}
+	out := d.mustVM("migrate", "t1", "--to", d2.addr, "--to-token-file", filepath.Join(d2.state, "api-token"))
+	if !strings.Contains(out, "migrated t1") {
+		t.Fatalf("migrate: %s", out)
+	}
+	if in := d2.info("t1"); in.State != wire.StateRunning || !strings.Contains(in.Disks[0].Attach, "TLS psk as alice") {
+		t.Fatalf("vm info on the destination: %+v", in)
+	}
+	for _, tok := range []string{d.state, d2.state} {
+		b, _ := os.ReadFile(filepath.Join(tok, "api-token"))
+		if s := strings.TrimSpace(string(b)); strings.Contains(d.logs.String(), s) || strings.Contains(d2.logs.String(), s) {
+			t.Fatal("a daemon logged an API token")
+		}
+	}
+	d2.mustVM("stop", "t1", "--force")
+
+	back := filepath.Join(t.TempDir(), "back.img")
+	run(t, bootTimeout, "nbdcopy", pskURI(g, alice, "t-root"), back)
+	got, err := exec.Command("debugfs", "-R", "cat /marker", back).Output()
 	if err != nil || strings.TrimSpace(string(got)) != "tls-0815" {
 		t.Fatalf("marker on the volume: %q, %v", got, err)
 	}
