@@ -2,6 +2,8 @@ package kvm
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -138,5 +140,60 @@ func TestMigrationSendsDestinationToken(t *testing.T) {
 		if mg.Status != "failed" || state != wire.StateRunning {
 			t.Errorf("token %q: migration %s, VM %s; want failed, running", tok, mg.Status, state)
 		}
+	}
+}
+
+// TestAPIOverTLS: the client reaches an https:// daemon (JSON calls and
+// the console upgrade) with the daemon's CA, not without it; a source
+// daemon with PeerTLS reaches an https:// migration destination.
+func TestAPIOverTLS(t *testing.T) {
+	m := &Manager{log: discardLogger(), vms: map[string]*VM{}, done: map[string]wire.VMInfo{}}
+	srv := httptest.NewUnstartedServer(RequireToken(Handler(m, prometheus.NewRegistry(), discardLogger()), testToken, false))
+	srv.EnableHTTP2 = false
+	srv.StartTLS()
+	defer srv.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	cfg := &tls.Config{RootCAs: pool}
+	ctx := context.Background()
+	c := client.New(srv.URL, client.WithTLS(cfg), client.WithToken(testToken))
+	if _, err := c.List(ctx); err != nil {
+		t.Fatalf("list over TLS: %v", err)
+	}
+	if _, err := c.Console(ctx, "nope"); !errors.Is(err, gwire.ErrNotFound) {
+		t.Errorf("console over TLS: %v, want ErrNotFound (past TLS and the token)", err)
+	}
+	if _, err := client.New(srv.URL, client.WithToken(testToken)).List(ctx); err == nil || errors.Is(err, gwire.ErrUnauthenticated) {
+		t.Errorf("list over TLS without the CA: %v, want a certificate error", err)
+	}
+	if _, err := client.New(srv.URL, client.WithToken(testToken)).Console(ctx, "nope"); err == nil || errors.Is(err, gwire.ErrNotFound) {
+		t.Errorf("console over TLS without the CA: %v, want a certificate error", err)
+	}
+
+	var reached bool
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/incoming", func(w http.ResponseWriter, r *http.Request) {
+		reached = true
+		reply(w, discardLogger(), http.StatusCreated, wire.IncomingReply{URI: "tcp:127.0.0.1:1", Holder: "host-b:x1"}, nil)
+	})
+	mux.HandleFunc("DELETE /v1/incoming/x1", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, discardLogger(), http.StatusOK, struct{}{}, nil)
+	})
+	dst := httptest.NewTLSServer(RequireToken(mux, testToken, false))
+	defer dst.Close()
+	dpool := x509.NewCertPool()
+	dpool.AddCert(dst.Certificate())
+	gw := &srcGateway{fakeGateway: fakeGateway{vols: map[string]gwire.VolumeInfo{"v": {Volume: gwire.Volume{Name: "v", ID: "id-v"}}}}}
+	src := &Manager{cfg: Config{Gateway: gw, HostID: "host-a", PeerTLS: &tls.Config{RootCAs: dpool}}, log: discardLogger(),
+		vms: map[string]*VM{}, done: map[string]wire.VMInfo{},
+		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "m"}, []string{"result"})}
+	v := &VM{m: src, dir: t.TempDir(), rec: record{Spec: wire.VMSpec{Name: "x1", Disks: []wire.Disk{{Volume: "v"}}},
+		State: wire.StateMigrating, Migration: &wire.Migration{To: dst.URL, Status: "setup"}}}
+	src.vms["x1"] = v
+	src.runMigration(ctx, v, wire.MigrateRequest{To: dst.URL, ToToken: testToken})
+	if !reached {
+		v.mu.Lock()
+		t.Errorf("the https:// destination was not reached: %s", v.rec.Migration.Error)
+		v.mu.Unlock()
 	}
 }

@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,6 +67,9 @@ type Config struct {
 	// gateway (and with the other gateway of a migration between them:
 	// the same credentials must work there).
 	NBDTLS *NBDTLS
+	// PeerTLS, when set, is the TLS configuration for https:// migration
+	// destinations (their CA); nil trusts the system's roots.
+	PeerTLS *tls.Config
 	// Handoff moves attachments at a migration's switchover; nil means
 	// LeaseHandoff on Gateway (both hosts on one gateway).
 	Handoff    Handoff

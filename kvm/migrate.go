@@ -104,6 +104,9 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 	if req.ToToken != "" {
 		dstOpts = append(dstOpts, client.WithToken(req.ToToken))
 	}
+	if m.cfg.PeerTLS != nil {
+		dstOpts = append(dstOpts, client.WithTLS(m.cfg.PeerTLS))
+	}
 	dst := client.New(req.To, dstOpts...)
 	var (
 		handed []string // volumes whose attachment moved

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -45,6 +46,12 @@ func serveFlags() []cli.Flag {
 			Usage: "the PSK identity (`USER`) of --nbd-tls-psk-dir"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-hostname", EnvVars: []string{"FERRY_KVM_NBD_TLS_HOSTNAME"},
 			Usage: "with --nbd-tls-x509-dir: the `NAME` the gateway's certificate must carry (default: the host of its NBD address)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-tls-cert", EnvVars: []string{"FERRY_KVM_API_TLS_CERT"},
+			Usage: "PEM certificate (chain) `FILE` for HTTPS on --listen; with --api-tls-key"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-tls-key", EnvVars: []string{"FERRY_KVM_API_TLS_KEY"},
+			Usage: "PEM private key `FILE` of --api-tls-cert"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "peer-ca", EnvVars: []string{"FERRY_KVM_PEER_CA"},
+			Usage: "PEM certificate authority `FILE` for https:// migration destinations (default: the system's)"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-auth", Value: apiauth.ModeAuto, EnvVars: []string{"FERRY_KVM_API_AUTH"},
 			Usage: "API authentication: auto (a bearer token as soon as --listen or --migration-address is off loopback), token (always), none (never; refused off loopback unless --api-auth-insecure)"}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "api-auth-insecure", EnvVars: []string{"FERRY_KVM_API_AUTH_INSECURE"},
@@ -154,6 +161,23 @@ func runServe(c *cli.Context) error {
 			authSummary += "; /metrics open"
 		}
 	}
+	var srvTLS, peerTLS *tls.Config
+	if cert, key := c.String("api-tls-cert"), c.String("api-tls-key"); cert != "" || key != "" {
+		if cert == "" || key == "" {
+			return cli.Exit("--api-tls-cert and --api-tls-key go together: give both or neither", 2)
+		}
+		kp, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return fmt.Errorf("--api-tls-cert/--api-tls-key: %w", err)
+		}
+		srvTLS = &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
+		authSummary += "; TLS"
+	}
+	if f := c.String("peer-ca"); f != "" {
+		if peerTLS, err = caConfig(f); err != nil {
+			return fmt.Errorf("--peer-ca: %w", err)
+		}
+	}
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", listen, err)
@@ -172,6 +196,7 @@ func runServe(c *cli.Context) error {
 		ReconnectDelay: c.Duration("reconnect-delay"),
 		StopTimeout:    c.Duration("stop-timeout"),
 		NBDTLS:         nbdTLS,
+		PeerTLS:        peerTLS,
 		Logger:         log,
 		Registerer:     reg,
 	})
@@ -192,6 +217,9 @@ func runServe(c *cli.Context) error {
 		srv.Shutdown(sctx)
 	}()
 	log.Info("ferry-kvm ready", "listen", l.Addr().String(), "gateway", c.String("gateway"), "host_id", hostID, "state", state, "api_auth", authSummary, "nbd_tls", nbdTLS != nil)
+	if srvTLS != nil {
+		l = tls.NewListener(l, srvTLS)
+	}
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

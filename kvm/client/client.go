@@ -6,6 +6,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ type Client struct {
 	addr  string
 	hc    *http.Client
 	token string
+	tls   *tls.Config // for an https:// daemon; nil: the system's roots
 }
 
 // Option configures a Client.
@@ -35,7 +37,17 @@ type Option func(*Client)
 // bearer token with every request.
 func WithToken(token string) Option { return func(c *Client) { c.token = token } }
 
-// New returns a client for the daemon at addr (host:port or http://...).
+// WithTLS uses cfg for an https:// daemon (e.g. a RootCAs pool holding
+// the certificate authority of its --api-tls-cert).
+func WithTLS(cfg *tls.Config) Option {
+	return func(c *Client) {
+		c.tls = cfg
+		c.hc.Transport = &http.Transport{TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment}
+	}
+}
+
+// New returns a client for the daemon at addr (host:port, http://... or
+// https://...).
 func New(addr string, opts ...Option) *Client {
 	base := addr
 	if !strings.Contains(base, "://") {
@@ -45,6 +57,13 @@ func New(addr string, opts ...Option) *Client {
 	host := ""
 	if u != nil {
 		host = u.Host
+		if u.Port() == "" && u.Hostname() != "" {
+			port := "80"
+			if u.Scheme == "https" {
+				port = "443"
+			}
+			host = net.JoinHostPort(u.Hostname(), port)
+		}
 	}
 	c := &Client{base: strings.TrimRight(base, "/"), addr: host, hc: &http.Client{Timeout: 5 * time.Minute}}
 	for _, o := range opts {
@@ -58,7 +77,7 @@ type Error = jsonapi.Error
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	call := jsonapi.Caller{Base: c.base, HC: c.hc, Token: c.token, What: "ferry-kvm",
-		Hint: "is `ferry-kvm serve` running? set --api or FERRY_KVM_API"}
+		Hint: "is `ferry-kvm serve` running? set --api or FERRY_KVM_API; for https:// its CA with --api-ca"}
 	return call.Do(ctx, method, path, body, out)
 }
 
@@ -176,8 +195,22 @@ func (c *Client) IncomingAbort(ctx context.Context, name string) error {
 
 // Console opens the VM's serial console: a raw byte stream both ways.
 func (c *Client) Console(ctx context.Context, name string) (net.Conn, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", c.addr)
+	var nc net.Conn
+	var err error
+	if strings.HasPrefix(c.base, "https://") {
+		cfg := &tls.Config{}
+		if c.tls != nil {
+			cfg = c.tls.Clone()
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(c.addr)
+		}
+		d := tls.Dialer{Config: cfg}
+		nc, err = d.DialContext(ctx, "tcp", c.addr)
+	} else {
+		var d net.Dialer
+		nc, err = d.DialContext(ctx, "tcp", c.addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach ferry-kvm at %s: %w", c.base, err)
 	}
