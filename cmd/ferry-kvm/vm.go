@@ -19,6 +19,9 @@ func apiFlags() []cli.Flag {
 			Action: func(c *cli.Context, _ string) error { _, err := apiToken(c); return err }},
 		&cli.StringFlag{Name: "api-ca", Usage: "PEM certificate authority `FILE` for an https:// --api (default: the system's)", EnvVars: []string{"FERRY_KVM_API_CA"},
 			Action: func(c *cli.Context, f string) error {
+				if f == "" {
+					return nil
+				}
 				if _, err := caConfig(f); err != nil {
 					return fmt.Errorf("--api-ca: %w", err)
 				}

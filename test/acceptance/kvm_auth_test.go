@@ -20,7 +20,11 @@ import (
 func (d *kvmd) vmEnv(env []string, args ...string) cliResult {
 	d.t.Helper()
 	cmd := exec.Command(d.bin, append([]string{"vm"}, args...)...)
-	cmd.Env = append(append(os.Environ(), "FERRY_KVM_API="+d.addr), env...)
+	base := append(os.Environ(), "FERRY_KVM_API="+d.api())
+	if d.ca != "" {
+		base = append(base, "FERRY_KVM_API_CA="+d.ca)
+	}
+	cmd.Env = append(base, env...)
 	return runCLI(d.t, cmd)
 }
 
@@ -86,6 +90,27 @@ func TestKVMAPIToken(t *testing.T) {
 		t.Fatal("the token changed across a restart")
 	}
 	d.mustVM("--token-file", tokFile, "ls")
+
+	// Over HTTPS (--api-tls-cert): served with the CA and the token; plain
+	// HTTP and a client without the CA are refused.
+	pki := newTestPKI(t)
+	dir := t.TempDir()
+	ca, cert, key := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	pki.writeCA(ca)
+	pki.issue(t, "127.0.0.1", true, cert, key)
+	s := newKVMD(t, g, "host-s", "--api-auth", "token", "--api-tls-cert", cert, "--api-tls-key", key)
+	s.ca = ca
+	s.start()
+	sTok := "FERRY_KVM_TOKEN_FILE=" + filepath.Join(s.state, "api-token")
+	if r := s.vmEnv([]string{sTok}, "ls", "--json"); r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
+		t.Fatalf("vm ls over HTTPS: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if r := s.vmEnv([]string{sTok, "FERRY_KVM_API_CA="}, "ls"); r.code == 0 || !strings.Contains(r.stderr, "certificate") {
+		t.Fatalf("vm ls over HTTPS without the CA: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := s.vmEnv([]string{sTok, "FERRY_KVM_API=" + s.addr}, "ls"); r.code == 0 {
+		t.Fatalf("vm ls over plain HTTP to an HTTPS daemon: exit 0, stdout %q", r.stdout)
+	}
 
 	// none off loopback: refused before anything listens (192.0.2.1 is a
 	// documentation address; nothing binds it).
