@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	gwire "github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/apiauth"
 	"github.com/ferry-io/ferry/kvm/wire"
 )
 
@@ -105,6 +106,28 @@ func Handler(m *Manager, g prometheus.Gatherer, log *slog.Logger) http.Handler {
 		reply(w, log, http.StatusOK, struct{}{}, m.IncomingAbort(r.Context(), r.PathValue("name")))
 	})
 	return mux
+}
+
+// TokenFile is the API token's file name in the daemon's state directory.
+const TokenFile = apiauth.TokenFile
+
+// apiMessages are ferry-kvm's 401 replies: where the token is, never the
+// token.
+var apiMessages = apiauth.Messages{
+	Missing: "this ferry-kvm's API needs its token (Authorization: Bearer TOKEN): give the CLI --token-file, FERRY_KVM_TOKEN_FILE or FERRY_KVM_TOKEN (vm migrate: the destination's with --to-token-file); the daemon keeps it in its --state directory's " + TokenFile + " file",
+	Wrong:   "the API token sent is not this ferry-kvm's (compare with the " + TokenFile + " file in its --state directory)",
+}
+
+// RequireToken puts the API token in front of h (Handler's mux): every
+// request but GET /healthz, and /metrics when metricsPublic, must carry
+// "Authorization: Bearer TOKEN"; others get 401 with
+// gwire.CodeUnauthenticated. See apiauth.RequireToken.
+func RequireToken(h http.Handler, token string, metricsPublic bool) http.Handler {
+	open := []string{"/healthz"}
+	if metricsPublic {
+		open = append(open, "/metrics")
+	}
+	return apiauth.RequireToken(h, token, apiMessages, open...)
 }
 
 // console upgrades the request to a raw stream joined to the VM's serial

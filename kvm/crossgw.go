@@ -322,7 +322,7 @@ func (m *Manager) doneCross(ctx context.Context, v *VM, cross *crossIncoming, re
 			continue
 		}
 		nd.Gateway = ds.Gateway
-		if err := v.exec(ctx, "blockdev-add", nbdNode(i, nd, m.cfg.ReconnectDelay), nil); err != nil {
+		if err := v.exec(ctx, "blockdev-add", nbdNode(i, nd, m.cfg.ReconnectDelay, m.cfg.NBDTLS), nil); err != nil {
 			problems = append(problems, fmt.Sprintf("disk %s: open %s: %v", sd.Volume, nd.url(), err))
 			continue
 		}

@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -62,6 +63,13 @@ type Config struct {
 	ReconnectDelay time.Duration
 	// StopTimeout bounds the wait for an ACPI powerdown.
 	StopTimeout time.Duration
+	// NBDTLS, when set, makes QEMU's NBD disks negotiate TLS with the
+	// gateway (and with the other gateway of a migration between them:
+	// the same credentials must work there).
+	NBDTLS *NBDTLS
+	// PeerTLS, when set, is the TLS configuration for https:// migration
+	// destinations (their CA); nil trusts the system's roots.
+	PeerTLS *tls.Config
 	// Handoff moves attachments at a migration's switchover; nil means
 	// LeaseHandoff on Gateway (both hosts on one gateway).
 	Handoff    Handoff

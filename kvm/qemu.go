@@ -43,7 +43,8 @@ func parseNBDURL(vol, s string) (nbdDisk, error) {
 // qemuArgs builds QEMU's command line for a VM. incoming, when set, is the
 // -incoming URI of a migration destination; paused (-S) keeps the guest
 // stopped until `cont`, also after an incoming migration completed.
-func qemuArgs(spec wire.VMSpec, dir string, disks []nbdDisk, reconnect time.Duration, accel, incoming string, paused bool) ([]string, error) {
+// tls (nil: none) is the NBD disks' TLS.
+func qemuArgs(spec wire.VMSpec, dir string, disks []nbdDisk, reconnect time.Duration, accel, incoming string, paused bool, tls *NBDTLS) ([]string, error) {
 	a := []string{
 		"-name", spec.Name,
 		"-machine", "pc",
@@ -63,8 +64,11 @@ func qemuArgs(spec wire.VMSpec, dir string, disks []nbdDisk, reconnect time.Dura
 	default: // auto: KVM when it works, else TCG
 		a = append(a, "-accel", "kvm", "-accel", "tcg")
 	}
+	if tls.enabled() {
+		a = append(a, "-object", tls.object())
+	}
 	for i, d := range disks {
-		for _, bd := range []map[string]any{nbdNode(i, d, reconnect), rawNode(i, nbdNodeName(i))} {
+		for _, bd := range []map[string]any{nbdNode(i, d, reconnect, tls), rawNode(i, nbdNodeName(i))} {
 			b, err := json.Marshal(bd)
 			if err != nil {
 				return nil, err
@@ -117,9 +121,10 @@ func holdNodeName(i int) string { return fmt.Sprintf("disk%d-hold", i) }
 // cacheOpts: cache=none, flushes passed through.
 func cacheOpts() map[string]any { return map[string]any{"direct": true, "no-flush": false} }
 
-// nbdNode is disk i's NBD node, for -blockdev or blockdev-add.
-func nbdNode(i int, d nbdDisk, reconnect time.Duration) map[string]any {
-	return map[string]any{
+// nbdNode is disk i's NBD node, for -blockdev or blockdev-add; with tls
+// it negotiates TLS with the credentials object qemuArgs defined.
+func nbdNode(i int, d nbdDisk, reconnect time.Duration, tls *NBDTLS) map[string]any {
+	n := map[string]any{
 		"driver":    "nbd",
 		"node-name": nbdNodeName(i),
 		"server":    map[string]any{"type": "inet", "host": d.Host, "port": d.Port},
@@ -130,6 +135,13 @@ func nbdNode(i int, d nbdDisk, reconnect time.Duration) map[string]any {
 		"cache":           cacheOpts(),
 		"discard":         "unmap",
 	}
+	if tls.enabled() {
+		n["tls-creds"] = nbdTLSID
+		if tls.X509Dir != "" && tls.Hostname != "" {
+			n["tls-hostname"] = tls.Hostname
+		}
+	}
+	return n
 }
 
 // rawNode is disk i's raw node over the node named file, for -blockdev

@@ -15,7 +15,7 @@ func TestQEMUArgsDisks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args, err := qemuArgs(spec, "/state/vm1", []nbdDisk{d}, 45*time.Second, wire.AccelTCG, "tcp:127.0.0.1:4444", true)
+	args, err := qemuArgs(spec, "/state/vm1", []nbdDisk{d}, 45*time.Second, wire.AccelTCG, "tcp:127.0.0.1:4444", true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestQEMUArgsDisks(t *testing.T) {
 }
 
 func TestQEMUArgsRefuseBadNet(t *testing.T) {
-	if _, err := qemuArgs(wire.VMSpec{Name: "x", CPUs: 1, MemoryMiB: 1, Net: "wifi"}, "/s", nil, time.Second, wire.AccelTCG, "", false); err == nil {
+	if _, err := qemuArgs(wire.VMSpec{Name: "x", CPUs: 1, MemoryMiB: 1, Net: "wifi"}, "/s", nil, time.Second, wire.AccelTCG, "", false, nil); err == nil {
 		t.Fatal("bad --net accepted")
 	}
 	for n, ok := range map[string]bool{"user": true, "none": true, "tap:t0": true, "bridge:br0": true, "tap:": false, "x": false} {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -121,6 +122,9 @@ func (v *VM) infoLocked() wire.VMInfo {
 		di := wire.DiskInfo{Volume: d.Volume, Device: fmt.Sprintf("vd%d (virtio-blk)", i), Holder: v.holder(), Created: d.Created}
 		if i < len(v.rec.Disks) && v.rec.State != wire.StateStopped && v.rec.State != wire.StateCrashed {
 			di.Attach = fmt.Sprintf("qemu nbd %s (reconnect-delay %s, cache=none, discard=unmap)", v.rec.Disks[i].url(), v.m.cfg.ReconnectDelay)
+			if t := v.m.cfg.NBDTLS.describe(); t != "" {
+				di.Attach = strings.Replace(di.Attach, "(", "("+t+", ", 1)
+			}
 			if g := v.rec.Disks[i].Gateway; g != "" {
 				di.Attach += " on gateway " + g + ", not this host's"
 			}
@@ -135,7 +139,7 @@ func (v *VM) infoLocked() wire.VMInfo {
 // launch starts QEMU for the VM (state starting or incoming) and connects
 // to its QMP socket; called with v.mu held. paused: see qemuArgs.
 func (v *VM) launchLocked(ctx context.Context, incoming string, paused bool) error {
-	args, err := qemuArgs(v.rec.Spec, v.dir, v.rec.Disks, v.m.cfg.ReconnectDelay, resolveAccel(v.rec.Spec.Accel), incoming, paused)
+	args, err := qemuArgs(v.rec.Spec, v.dir, v.rec.Disks, v.m.cfg.ReconnectDelay, resolveAccel(v.rec.Spec.Accel), incoming, paused, v.m.cfg.NBDTLS)
 	if err != nil {
 		return err
 	}

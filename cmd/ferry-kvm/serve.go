@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +21,7 @@ import (
 
 	gwclient "github.com/ferry-io/ferry/gateway/api/client"
 	gwire "github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/apiauth"
 	"github.com/ferry-io/ferry/internal/cliconf"
 	"github.com/ferry-io/ferry/kvm"
 )
@@ -36,6 +38,28 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "migration-address", Usage: "incoming live migrations listen on this `HOST` (default: --listen's host)", EnvVars: []string{"FERRY_KVM_MIGRATION_ADDRESS"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "reconnect-delay", Usage: "QEMU's NBD reconnect-delay: guest I/O waits this long for a restarted gateway before it fails", Value: 60 * time.Second, EnvVars: []string{"FERRY_KVM_RECONNECT_DELAY"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stop-timeout", Usage: "how long `vm stop` waits for an ACPI powerdown before it quits QEMU", Value: 60 * time.Second, EnvVars: []string{"FERRY_KVM_STOP_TIMEOUT"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-x509-dir", EnvVars: []string{"FERRY_KVM_NBD_TLS_X509_DIR"},
+			Usage: "QEMU's NBD disks negotiate TLS with X.509: `DIR` holds ca-cert.pem (the gateway's CA) and, if the gateway asks for one, client-cert.pem and client-key.pem (QEMU tls-creds-x509)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-psk-dir", EnvVars: []string{"FERRY_KVM_NBD_TLS_PSK_DIR"},
+			Usage: "QEMU's NBD disks negotiate TLS with a pre-shared key: `DIR` holds keys.psk with --nbd-tls-psk-user's line (QEMU tls-creds-psk)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-psk-user", EnvVars: []string{"FERRY_KVM_NBD_TLS_PSK_USER"},
+			Usage: "the PSK identity (`USER`) of --nbd-tls-psk-dir"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-hostname", EnvVars: []string{"FERRY_KVM_NBD_TLS_HOSTNAME"},
+			Usage: "with --nbd-tls-x509-dir: the `NAME` the gateway's certificate must carry (default: the host of its NBD address)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-tls-cert", EnvVars: []string{"FERRY_KVM_API_TLS_CERT"},
+			Usage: "PEM certificate (chain) `FILE` for HTTPS on --listen; with --api-tls-key"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-tls-key", EnvVars: []string{"FERRY_KVM_API_TLS_KEY"},
+			Usage: "PEM private key `FILE` of --api-tls-cert"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "peer-ca", EnvVars: []string{"FERRY_KVM_PEER_CA"},
+			Usage: "PEM certificate authority `FILE` for https:// migration destinations (default: the system's)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-auth", Value: apiauth.ModeAuto, EnvVars: []string{"FERRY_KVM_API_AUTH"},
+			Usage: "API authentication: auto (a bearer token as soon as --listen or --migration-address is off loopback), token (always), none (never; refused off loopback unless --api-auth-insecure)"}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "api-auth-insecure", EnvVars: []string{"FERRY_KVM_API_AUTH_INSECURE"},
+			Usage: "allow --api-auth none off loopback (anyone who reaches the API can then run, stop and migrate every VM)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-token-file", EnvVars: []string{"FERRY_KVM_API_TOKEN_FILE"},
+			Usage: "`FILE` holding the API token, created (mode 0600, 256 random bits) on first start (default STATE/api-token)"}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "metrics-public", EnvVars: []string{"FERRY_KVM_METRICS_PUBLIC"},
+			Usage: "serve /metrics without the API token (/healthz never needs it)"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Usage: "text or json", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"}}),
 	}
@@ -83,6 +107,13 @@ func runServe(c *cli.Context) error {
 			return fmt.Errorf("--host-id not given and no host name: %w", err)
 		}
 	}
+	var nbdTLS *kvm.NBDTLS
+	if t := (kvm.NBDTLS{X509Dir: c.String("nbd-tls-x509-dir"), PSKDir: c.String("nbd-tls-psk-dir"), PSKUser: c.String("nbd-tls-psk-user"), Hostname: c.String("nbd-tls-hostname")}); t != (kvm.NBDTLS{}) {
+		if err := t.Check(); err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		nbdTLS = &t
+	}
 	var opts []gwclient.Option
 	if f := c.String("gateway-token-file"); f != "" {
 		b, err := os.ReadFile(f)
@@ -104,6 +135,49 @@ func runServe(c *cli.Context) error {
 			migAddr = "127.0.0.1"
 		}
 	}
+	useToken, err := apiauth.NeedToken(c.String("api-auth"), c.Bool("api-auth-insecure"),
+		apiauth.IsLoopback(listen) && apiauth.IsLoopback(migAddr))
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	token, authSummary := "", "none (loopback only)"
+	if !apiauth.IsLoopback(listen) || !apiauth.IsLoopback(migAddr) {
+		authSummary = "none (--api-auth none --api-auth-insecure): anyone who reaches the API can run every VM"
+	}
+	if useToken {
+		path := c.String("api-token-file")
+		if path == "" {
+			path = filepath.Join(state, kvm.TokenFile)
+		}
+		var created bool
+		if token, created, err = apiauth.LoadOrCreateToken(path); err != nil {
+			return err
+		}
+		if created {
+			log.Info("created the API token; the CLI passes it with --token-file, FERRY_KVM_TOKEN_FILE or FERRY_KVM_TOKEN", "file", path)
+		}
+		authSummary = "token (file " + path + ")"
+		if c.Bool("metrics-public") {
+			authSummary += "; /metrics open"
+		}
+	}
+	var srvTLS, peerTLS *tls.Config
+	if cert, key := c.String("api-tls-cert"), c.String("api-tls-key"); cert != "" || key != "" {
+		if cert == "" || key == "" {
+			return cli.Exit("--api-tls-cert and --api-tls-key go together: give both or neither", 2)
+		}
+		kp, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return fmt.Errorf("--api-tls-cert/--api-tls-key: %w", err)
+		}
+		srvTLS = &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
+		authSummary += "; TLS"
+	}
+	if f := c.String("peer-ca"); f != "" {
+		if peerTLS, err = caConfig(f); err != nil {
+			return fmt.Errorf("--peer-ca: %w", err)
+		}
+	}
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", listen, err)
@@ -121,6 +195,8 @@ func runServe(c *cli.Context) error {
 		MigrationAddr:  migAddr,
 		ReconnectDelay: c.Duration("reconnect-delay"),
 		StopTimeout:    c.Duration("stop-timeout"),
+		NBDTLS:         nbdTLS,
+		PeerTLS:        peerTLS,
 		Logger:         log,
 		Registerer:     reg,
 	})
@@ -129,14 +205,21 @@ func runServe(c *cli.Context) error {
 	}
 	defer m.Close()
 	go m.Run(ctx)
-	srv := &http.Server{Handler: kvm.Handler(m, reg, log), ReadHeaderTimeout: 10 * time.Second}
+	h := kvm.Handler(m, reg, log)
+	if token != "" {
+		h = kvm.RequireToken(h, token, c.Bool("metrics-public"))
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
-	log.Info("ferry-kvm ready", "listen", l.Addr().String(), "gateway", c.String("gateway"), "host_id", hostID, "state", state)
+	log.Info("ferry-kvm ready", "listen", l.Addr().String(), "gateway", c.String("gateway"), "host_id", hostID, "state", state, "api_auth", authSummary, "nbd_tls", nbdTLS != nil)
+	if srvTLS != nil {
+		l = tls.NewListener(l, srvTLS)
+	}
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

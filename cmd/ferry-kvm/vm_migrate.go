@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/ferry-io/ferry/internal/apiauth"
 	"github.com/ferry-io/ferry/internal/size"
 	"github.com/ferry-io/ferry/kvm/wire"
 )
@@ -26,16 +27,26 @@ bucket, the guest stays paused after the switchover until each volume is
 handed over: released on this host's gateway, adopted on the
 destination's. The downtime printed includes the hand-over.
 
-   ferry-kvm vm migrate web --to otherhost:9810`,
+   ferry-kvm vm migrate web --to otherhost:9810 --to-token-file otherhost-api-token
+
+The destination's API token (needed as soon as it listens off loopback)
+goes to this host's daemon in the request, which sends it with its own
+requests to the destination; it is neither stored nor logged.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Required: true, Usage: "the destination ferry-kvm's API `ADDR`"},
+			&cli.StringFlag{Name: "to-token-file", Usage: "`FILE` holding the destination daemon's API token (its STATE/api-token, or a copy)", EnvVars: []string{"FERRY_KVM_TO_TOKEN_FILE"}},
+			&cli.StringFlag{Name: "to-token", Usage: "the destination daemon's API token (prefer --to-token-file or FERRY_KVM_TO_TOKEN)", EnvVars: []string{"FERRY_KVM_TO_TOKEN"}},
 			&cli.StringFlag{Name: "bandwidth", Usage: "cap the migration stream at `SIZE` per second (e.g. 100M)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("vm migrate: give the VM's NAME", 2)
 			}
-			req := wire.MigrateRequest{To: c.String("to")}
+			tok, err := apiauth.ClientToken(c.String("to-token"), c.String("to-token-file"), "--to-token")
+			if err != nil {
+				return cli.Exit(err.Error(), 2)
+			}
+			req := wire.MigrateRequest{To: c.String("to"), ToToken: tok}
 			if b := c.String("bandwidth"); b != "" {
 				n, err := size.Parse(b)
 				if err != nil {

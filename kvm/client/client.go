@@ -6,6 +6,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,13 +23,32 @@ import (
 
 // Client talks to one ferry-kvm daemon.
 type Client struct {
-	base string
-	addr string
-	hc   *http.Client
+	base  string
+	addr  string
+	hc    *http.Client
+	token string
+	tls   *tls.Config // for an https:// daemon; nil: the system's roots
 }
 
-// New returns a client for the daemon at addr (host:port or http://...).
-func New(addr string) *Client {
+// Option configures a Client.
+type Option func(*Client)
+
+// WithToken sends the daemon's API token (its STATE/api-token) as a
+// bearer token with every request.
+func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
+// WithTLS uses cfg for an https:// daemon (e.g. a RootCAs pool holding
+// the certificate authority of its --api-tls-cert).
+func WithTLS(cfg *tls.Config) Option {
+	return func(c *Client) {
+		c.tls = cfg
+		c.hc.Transport = &http.Transport{TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment}
+	}
+}
+
+// New returns a client for the daemon at addr (host:port, http://... or
+// https://...).
+func New(addr string, opts ...Option) *Client {
 	base := addr
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
@@ -37,16 +57,27 @@ func New(addr string) *Client {
 	host := ""
 	if u != nil {
 		host = u.Host
+		if u.Port() == "" && u.Hostname() != "" {
+			port := "80"
+			if u.Scheme == "https" {
+				port = "443"
+			}
+			host = net.JoinHostPort(u.Hostname(), port)
+		}
 	}
-	return &Client{base: strings.TrimRight(base, "/"), addr: host, hc: &http.Client{Timeout: 5 * time.Minute}}
+	c := &Client{base: strings.TrimRight(base, "/"), addr: host, hc: &http.Client{Timeout: 5 * time.Minute}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Error is an error reply; it unwraps to the sentinel its code names.
 type Error = jsonapi.Error
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	call := jsonapi.Caller{Base: c.base, HC: c.hc, What: "ferry-kvm",
-		Hint: "is `ferry-kvm serve` running? set --api or FERRY_KVM_API"}
+	call := jsonapi.Caller{Base: c.base, HC: c.hc, Token: c.token, What: "ferry-kvm",
+		Hint: "is `ferry-kvm serve` running? set --api or FERRY_KVM_API; for https:// its CA with --api-ca"}
 	return call.Do(ctx, method, path, body, out)
 }
 
@@ -101,6 +132,9 @@ func (c *Client) Log(ctx context.Context, name string, max int64) ([]byte, error
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+vmPath(name, fmt.Sprintf("/log?bytes=%d", max)), nil)
 	if err != nil {
 		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -161,12 +195,30 @@ func (c *Client) IncomingAbort(ctx context.Context, name string) error {
 
 // Console opens the VM's serial console: a raw byte stream both ways.
 func (c *Client) Console(ctx context.Context, name string) (net.Conn, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", c.addr)
+	var nc net.Conn
+	var err error
+	if strings.HasPrefix(c.base, "https://") {
+		cfg := &tls.Config{}
+		if c.tls != nil {
+			cfg = c.tls.Clone()
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(c.addr)
+		}
+		d := tls.Dialer{Config: cfg}
+		nc, err = d.DialContext(ctx, "tcp", c.addr)
+	} else {
+		var d net.Dialer
+		nc, err = d.DialContext(ctx, "tcp", c.addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach ferry-kvm at %s: %w", c.base, err)
 	}
-	fmt.Fprintf(nc, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: ferry-console\r\n\r\n", vmPath(name, "/console"), c.addr)
+	auth := ""
+	if c.token != "" {
+		auth = "Authorization: Bearer " + c.token + "\r\n"
+	}
+	fmt.Fprintf(nc, "GET %s HTTP/1.1\r\nHost: %s\r\n%sConnection: Upgrade\r\nUpgrade: ferry-console\r\n\r\n", vmPath(name, "/console"), c.addr, auth)
 	br := bufioReader(nc)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {

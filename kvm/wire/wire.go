@@ -132,6 +132,10 @@ type StopRequest struct {
 type MigrateRequest struct {
 	// To is the destination ferry-kvm's API address.
 	To string `json:"to"`
+	// ToToken is the destination daemon's API token, which the source
+	// sends with its requests to it; empty when the destination needs
+	// none. It is never stored or logged.
+	ToToken string `json:"to_token,omitempty"`
 	// MaxBandwidth caps the migration stream in bytes/s (0: 10 GiB/s,
 	// kvm.DefaultMigrationBandwidth).
 	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`

@@ -2,6 +2,8 @@ package acceptance
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -75,13 +77,34 @@ type kvmd struct {
 	logs   *syncBuffer
 	exited chan struct{}
 	extra  []string
+	// env is added to the CLI's environment (FERRY_KVM_TOKEN_FILE=...).
+	env []string
+	// ca, when set, is the CA of the daemon's --api-tls-cert: it serves
+	// HTTPS.
+	ca string
+}
+
+// api is the daemon's API address as the CLI takes it.
+func (d *kvmd) api() string {
+	if d.ca != "" {
+		return "https://" + d.addr
+	}
+	return d.addr
 }
 
 func startKVMD(t *testing.T, gw *gateway, hostID string, extra ...string) *kvmd {
 	t.Helper()
+	d := newKVMD(t, gw, hostID, extra...)
+	d.start()
+	return d
+}
+
+// newKVMD is startKVMD without the start: set ca (and TLS flags in
+// extra) first for a daemon serving HTTPS.
+func newKVMD(t *testing.T, gw *gateway, hostID string, extra ...string) *kvmd {
+	t.Helper()
 	bin, _ := requireKVM(t)
 	d := &kvmd{t: t, bin: bin, gw: gw, hostID: hostID, state: t.TempDir(), addr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)), logs: &syncBuffer{}, extra: extra}
-	d.start()
 	t.Cleanup(func() {
 		if d.cmd != nil {
 			select {
@@ -117,7 +140,15 @@ func (d *kvmd) start() {
 	}
 	d.exited = make(chan struct{})
 	go func() { d.cmd.Wait(); close(d.exited) }()
-	waitHealthy(d.t, "ferry-kvm", http.DefaultClient, "http://"+d.addr+"/healthz", 30*time.Second, d.exited, d.logs)
+	hc, health := http.DefaultClient, "http://"+d.addr+"/healthz"
+	if d.ca != "" {
+		health = d.api() + "/healthz"
+		pem, _ := os.ReadFile(d.ca)
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		hc = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
+	waitHealthy(d.t, "ferry-kvm", hc, health, 30*time.Second, d.exited, d.logs)
 }
 
 func (d *kvmd) kill9() {
@@ -129,7 +160,10 @@ func (d *kvmd) kill9() {
 func (d *kvmd) vm(args ...string) cliResult {
 	d.t.Helper()
 	cmd := exec.Command(d.bin, append([]string{"vm"}, args...)...)
-	cmd.Env = append(os.Environ(), "FERRY_KVM_API="+d.addr)
+	cmd.Env = append(append(os.Environ(), "FERRY_KVM_API="+d.api()), d.env...)
+	if d.ca != "" {
+		cmd.Env = append(cmd.Env, "FERRY_KVM_API_CA="+d.ca)
+	}
 	return runCLI(d.t, cmd)
 }
 
