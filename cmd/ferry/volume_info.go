@@ -139,10 +139,16 @@ func describeAccess(a *wire.AccessView) string {
 // printClients prints connected clients as a table, each line indented.
 func printClients(out *os.File, clients []wire.Client, indent string) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "%sPROTOCOL\tREMOTE\tINITIATOR\tSINCE\n", indent)
+	fmt.Fprintf(w, "%sPROTOCOL\tREMOTE\tIDENTITY\tSINCE\n", indent)
 	for _, cl := range clients {
+		// Who the client proved to be: an iSCSI initiator name, an NBD
+		// client's TLS identity (certificate CN or PSK user).
 		ini := cl.Initiator
-		if ini == "" {
+		switch {
+		case ini != "":
+		case cl.TLSIdentity != "":
+			ini = "tls:" + cl.TLSIdentity
+		default:
 			ini = "-"
 		}
 		fmt.Fprintf(w, "%s%s\t%s\t%s\t%s (%s ago)\n", indent, cl.Protocol, cl.Remote, ini,

@@ -186,6 +186,9 @@ func TestNBDTLSPSK(t *testing.T) {
 			if in.Connections[0].TLSIdentity != "alice" {
 				t.Fatalf("connection's TLS identity %q, want alice", in.Connections[0].TLSIdentity)
 			}
+			if out := g.mustCLI("volume", "info", "v1"); !strings.Contains(out, "tls:alice") {
+				t.Errorf("volume info's client table lacks the TLS identity:\n%s", out)
+			}
 			break
 		}
 		if time.Now().After(deadline) {
