@@ -57,19 +57,8 @@ func LoadOrCreateToken(path string) (token string, created bool, err error) {
 	return token, false, nil
 }
 
-// ReadTokenFile reads an API token from a file (a daemon's api-token
-// file, or a copy of it).
-func ReadTokenFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("API token file: %w", err)
-	}
-	t, err := wire.ParseToken(b)
-	if err != nil {
-		return "", fmt.Errorf("API token file %s: %w", path, err)
-	}
-	return t, nil
-}
+// ReadTokenFile reads an API token from a file (wire.ReadTokenFile).
+func ReadTokenFile(path string) (string, error) { return wire.ReadTokenFile(path) }
 
 // ClientToken is the token a client sends, from a --token value (first)
 // or a --token-file path: "" when both are empty. flag names the flags in

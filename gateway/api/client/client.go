@@ -8,10 +8,8 @@ package client
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -242,16 +240,5 @@ func (c *Client) Clone(ctx context.Context, source, name string) (wire.VolumeInf
 	return out, err
 }
 
-// ReadTokenFile reads an API token from a file (the gateway's api-token
-// file, or a copy of it).
-func ReadTokenFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("API token file: %w", err)
-	}
-	t, err := wire.ParseToken(b)
-	if err != nil {
-		return "", fmt.Errorf("API token file %s: %w", path, err)
-	}
-	return t, nil
-}
+// ReadTokenFile reads an API token from a file (wire.ReadTokenFile).
+func ReadTokenFile(path string) (string, error) { return wire.ReadTokenFile(path) }

@@ -8,6 +8,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 )
@@ -85,6 +86,20 @@ func ParseToken(b []byte) (string, error) {
 		if r <= ' ' || r > '~' {
 			return "", errors.New("the API token must be printable ASCII without spaces")
 		}
+	}
+	return t, nil
+}
+
+// ReadTokenFile reads an API token from a file (a daemon's api-token
+// file, or a copy of it) and checks it with ParseToken.
+func ReadTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("API token file: %w", err)
+	}
+	t, err := ParseToken(b)
+	if err != nil {
+		return "", fmt.Errorf("API token file %s: %w", path, err)
 	}
 	return t, nil
 }
