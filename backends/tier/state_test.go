@@ -21,7 +21,7 @@ func TestLoadObjects(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "objects.log"), []byte(journal), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m, err := loadObjects(dir, testChunk)
+	m, err := loadObjects(dir, testChunk, newObjectMap())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func TestLoadObjects(t *testing.T) {
 	if err := rewriteObjects(dir, m); err != nil {
 		t.Fatal(err)
 	}
-	again, err := loadObjects(dir, testChunk)
+	again, err := loadObjects(dir, testChunk, newObjectMap())
 	if err != nil || !maps.Equal(again.base, m.base) || !slices.Equal(again.overlays[5], m.overlays[5]) {
 		t.Fatalf("after rewrite: %v %v %v", err, again.base, again.overlays)
 	}
@@ -54,7 +54,7 @@ func TestLoadObjects(t *testing.T) {
 		"ovl 4 " + logKey(1) + " 4294967296 0 10\n",        // log offset too large
 	} {
 		os.WriteFile(filepath.Join(dir, "objects.log"), []byte(bad), 0o600)
-		if _, err := loadObjects(dir, testChunk); err == nil || !strings.Contains(err.Error(), "objects.log") {
+		if _, err := loadObjects(dir, testChunk, newObjectMap()); err == nil || !strings.Contains(err.Error(), "objects.log") {
 			t.Errorf("%q: %v, want an objects.log error", strings.TrimSpace(bad), err)
 		}
 	}
@@ -71,14 +71,14 @@ func FuzzLoadObjects(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(dir, "objects.log"), journal, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		m, err := loadObjects(dir, testChunk)
+		m, err := loadObjects(dir, testChunk, newObjectMap())
 		if err != nil {
 			return
 		}
 		if err := rewriteObjects(dir, m); err != nil {
 			t.Fatal(err)
 		}
-		again, err := loadObjects(dir, testChunk)
+		again, err := loadObjects(dir, testChunk, newObjectMap())
 		if err != nil {
 			t.Fatalf("rewritten journal does not load: %v", err)
 		}
