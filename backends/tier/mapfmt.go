@@ -36,17 +36,22 @@ const (
 )
 
 // pageChunks is how many chunk indices a map page covers (the base
-// records it; readers use the base's figure).
-const pageChunks = 4096
+// records it; readers use the base's figure). Tests make it small.
+var pageChunks int64 = 4096
+
+// readPagesAhead, when false (tests), leaves pages to be read only when a
+// chunk in them is needed.
+var readPagesAhead = true
 
 // maxDeltas bounds a manifest's chain of deltas: the recovery point that
-// would make it longer writes a new base instead. deltaShare bounds the
-// entries the deltas may hold in total: a new base is written when they
-// exceed the pages they touch times pageChunks / deltaShare.
-const (
-	maxDeltas  = 16
-	deltaShare = 4
-)
+// would make it longer writes a new base instead.
+const maxDeltas = 16
+
+// deltaShare bounds the entries the deltas may hold in total: a new base
+// is written when they exceed the capacity of the pages they touch
+// divided by deltaShare (rewriting those pages then costs at most
+// deltaShare times what the deltas hold). Tests set 0: no bound.
+var deltaShare int64 = 4
 
 // Keys of the map's objects; versions come from the volume's object
 // version sequence (so they carry the writer's generation and are never
@@ -187,12 +192,15 @@ type entry struct {
 }
 
 // parseEntries parses a page's or delta's chunks and overlays into
-// entries, checking every index against [lo, hi) and the volume's size.
+// entries, checking every index against [lo, hi). Entries of chunks at
+// or past the volume's size are left out: the volume shrank after they
+// were written (a delta zeroes them, so they do not come back if it
+// grows again).
 func parseEntries(chunks map[string]string, ovls map[string][]Overlay, lo, hi, chunkSize, size int64) (map[int64]entry, error) {
 	out := make(map[int64]entry, len(chunks)+len(ovls))
 	idxOf := func(i string) (int64, error) {
 		idx, ok := parseDec([]byte(i))
-		if !ok || idx < lo || idx >= hi || idx*chunkSize >= size {
+		if !ok || idx < lo || idx >= hi {
 			return 0, fmt.Errorf("bad chunk index %q", i)
 		}
 		return idx, nil
@@ -223,6 +231,11 @@ func parseEntries(chunks map[string]string, ovls map[string][]Overlay, lo, hi, c
 		}
 		out[idx] = e
 	}
+	for idx := range out {
+		if idx*chunkSize >= size {
+			delete(out, idx)
+		}
+	}
 	return out, nil
 }
 
@@ -240,7 +253,7 @@ func deltaEntries(d mapDelta, chunkSize, size int64) (map[int64]entry, error) {
 		return nil, err
 	}
 	for _, idx := range d.Zero {
-		if idx < 0 || idx*chunkSize >= size {
+		if idx < 0 || idx >= 1<<62/chunkSize {
 			return nil, fmt.Errorf("bad zeroed chunk %d", idx)
 		}
 		if _, dup := out[idx]; dup {
@@ -434,17 +447,6 @@ type refs struct {
 
 func newRefs(s store.Store, keep map[string]bool) *refs {
 	return &refs{s: s, keep: keep, users: map[string][]map[int64]bool{}}
-}
-
-func (r *refs) addEntries(chunks map[string]string, ovls map[string][]Overlay) {
-	for _, k := range chunks {
-		r.keep[k] = true
-	}
-	for _, list := range ovls {
-		for _, o := range list {
-			r.keep[o.Log] = true
-		}
-	}
 }
 
 // add adds the keys m names (its pages' entries at finish).

@@ -227,7 +227,7 @@ func (d *Device) planMapLocked() *mapPlan {
 			pages[idx/h.pageChunks] = true
 		}
 		n := h.deltaEntries + len(pl.since)
-		long := len(h.deltas)+1 > maxDeltas || int64(n) > h.pageChunks*int64(max(1, len(pages)))/deltaShare
+		long := len(h.deltas)+1 > maxDeltas || int64(n)*deltaShare > h.pageChunks*int64(max(1, len(pages)))
 		if !long || d.lazy != nil {
 			pl.delta = make(map[int64]entry, len(pl.since))
 			for idx := range pl.since {

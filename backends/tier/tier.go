@@ -335,7 +335,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	d.wg.Add(1)
 	go d.recallLastCheckpoint(uctx)
-	if src != nil {
+	if src != nil && readPagesAhead {
 		d.wg.Add(1)
 		go d.loadPages(uctx)
 	}
