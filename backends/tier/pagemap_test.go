@@ -610,4 +610,36 @@ func TestRebuildByHandFromPagedMap(t *testing.T) {
 	if got, _ := os.ReadFile(img); !bytes.Equal(got, m) {
 		t.Fatalf("rebuilt image differs (%d bytes, want %d): %s", len(got), len(m), out)
 	}
+	// And the shell script in docs/FORMAT.md, reading the same files.
+	testutil.RequireTool(t, "jq")
+	doc, err := os.ReadFile("../../docs/FORMAT.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, script, ok := strings.Cut(string(doc), "### Rebuilding an image by hand\n\n```sh\n")
+	script, _, ok2 := strings.Cut(script, "```")
+	if !ok || !ok2 {
+		t.Fatal("no rebuild script in docs/FORMAT.md")
+	}
+	var kept []string
+	for _, line := range strings.Split(script, "\n") {
+		switch {
+		case strings.HasPrefix(line, "P="):
+			line = "P=" + dir
+		case strings.HasPrefix(line, "get()"):
+			line = `get() { cp "$P/$1" "$2"; }`
+		case strings.HasPrefix(line, "M="):
+			line = "M=$(ls $P/manifests/ | sort | tail -1)"
+		}
+		kept = append(kept, line)
+	}
+	work := t.TempDir()
+	cmd := exec.Command(testutil.RequireTool(t, "bash"), "-euo", "pipefail", "-c", strings.Join(kept, "\n"))
+	cmd.Dir = work
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("the script in docs/FORMAT.md: %v\n%s", err, out)
+	}
+	if got, _ := os.ReadFile(filepath.Join(work, "image.raw")); !bytes.Equal(got, m) {
+		t.Fatalf("the script in docs/FORMAT.md rebuilt a different image (%d bytes, want %d)", len(got), len(m))
+	}
 }
