@@ -3,6 +3,7 @@ package tier
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -207,9 +208,38 @@ type mapPlan struct {
 	stored int64
 }
 
+// pageInChanged reads the pages of the chunks changed since the last
+// recovery point whose entries are not wholly known: overlays replayed
+// from the journal over a page not read yet (after a restart). Changes
+// made while the volume runs read their page first.
+func (d *Device) pageInChanged(ctx context.Context) error {
+	d.mu.Lock()
+	var need []int64
+	for idx := range d.since {
+		if !d.objects.loaded(idx) && !d.objects.own[idx] {
+			need = append(need, idx)
+		}
+	}
+	d.mu.Unlock()
+	for _, idx := range need {
+		if err := d.pageIn(ctx, idx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// errMapUnknown: a changed chunk's entry is not known (its page unread).
+var errMapUnknown = errors.New("a changed chunk's map page is not read")
+
 // planMapLocked takes what the recovery point being published writes
 // for its map; d.mu is held, writes are held.
-func (d *Device) planMapLocked() *mapPlan {
+func (d *Device) planMapLocked() (*mapPlan, error) {
+	for idx := range d.since {
+		if !d.objects.loaded(idx) && !d.objects.own[idx] {
+			return nil, fmt.Errorf("chunk %d: %w", idx, errMapUnknown)
+		}
+	}
 	pl := &mapPlan{since: d.since, from: d.head, stored: -1}
 	d.since = map[int64]struct{}{}
 	if d.lazy == nil {
@@ -233,14 +263,14 @@ func (d *Device) planMapLocked() *mapPlan {
 			for idx := range pl.since {
 				pl.delta[idx] = d.objects.entryOf(idx)
 			}
-			return pl
+			return pl, nil
 		}
 		pl.rebase = d.pageEntriesLocked(pages, h.pageChunks)
-		return pl
+		return pl, nil
 	}
 	pl.from = nil
 	pl.rebase = d.pageEntriesLocked(nil, pageChunks)
-	return pl
+	return pl, nil
 }
 
 // pageEntriesLocked returns the entries of the given pages (nil: of

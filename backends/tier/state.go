@@ -142,8 +142,14 @@ func newObjectMap() *objectMap {
 	return &objectMap{base: map[int64]uint64{}, overlays: map[int64][]overlay{}}
 }
 
-// stored reports whether chunk idx has content in the store.
+// stored reports whether chunk idx has content in the store. A chunk
+// whose page is not read yet is not, unless its entry was replaced since
+// (callers that need to know read the page first, Device.pageIn): one
+// with overlays appended lacks what the page holds under them.
 func (m *objectMap) stored(idx int64) bool {
+	if !m.loaded(idx) && !m.own[idx] {
+		return false
+	}
 	_, b := m.base[idx]
 	return b || len(m.overlays[idx]) > 0
 }

@@ -329,6 +329,9 @@ func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, err
 	}
 	d.ckptMu.Lock()
 	defer d.ckptMu.Unlock()
+	if err := d.pageInChanged(ctx); err != nil {
+		return Manifest{}, fmt.Errorf("checkpoint: %w", err)
+	}
 	d.gate.Lock()
 	gated := true
 	defer func() {
@@ -384,7 +387,13 @@ func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, err
 	d.meta.Manifest++
 	m := Manifest{Format: manifestV4, Parents: d.cfg.Parents, Sequence: d.meta.Manifest, Created: time.Now().UTC(),
 		Size: d.meta.Size, ChunkSize: d.meta.ChunkSize, Chunks: map[string]string{}}
-	plan := d.planMapLocked()
+	plan, err := d.planMapLocked()
+	if err != nil {
+		d.meta.Manifest--
+		d.mu.Unlock()
+		d.changed.Store(true)
+		return Manifest{}, fmt.Errorf("checkpoint: %w", err)
+	}
 	d.mu.Unlock()
 	// The manifest is the flush point; writes may go on while it is
 	// published. What they upload gets newer keys, which collect spares.
