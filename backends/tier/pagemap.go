@@ -16,6 +16,7 @@ import (
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/store"
+	"github.com/ferry-io/ferry/internal/atomicfile"
 )
 
 // The device's side of paged maps (mapfmt.go): a cache started from a
@@ -413,4 +414,70 @@ func (d *Device) unplanLocked(pl *mapPlan) {
 	for idx := range pl.since {
 		d.since[idx] = struct{}{}
 	}
+}
+
+// headFile is the local record, written at a clean close, of the map
+// the next recovery point chains onto and the chunks changed since: with
+// it, the first recovery point after a restart is a delta, not a whole
+// base. Open reads it and deletes it (durably) before anything changes,
+// so a crash later finds none and the next recovery point writes a base.
+type headFile struct {
+	Base         string           `json:"base"`
+	PageChunks   int64            `json:"page_chunks"`
+	Pages        map[int64]string `json:"pages"`
+	Deltas       []string         `json:"deltas"`
+	DeltaEntries int              `json:"delta_entries"`
+	Touched      []int64          `json:"touched"`
+	Since        []int64          `json:"since"`
+}
+
+const headName = "head.json"
+
+// saveHead writes head.json at a clean close (no recovery point running:
+// the caller holds ckptMu).
+func (d *Device) saveHead() error {
+	d.mu.Lock()
+	h := d.head
+	if h == nil || d.fullNext || d.lazy != nil {
+		d.mu.Unlock()
+		return nil
+	}
+	hf := headFile{Base: h.baseKey, PageChunks: h.pageChunks, Pages: h.pages, Deltas: h.deltas, DeltaEntries: h.deltaEntries,
+		Touched: slices.Sorted(maps.Keys(h.touched)), Since: slices.Sorted(maps.Keys(d.since))}
+	b, err := json.Marshal(hf)
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(filepath.Join(d.cfg.Dir, headName), b)
+}
+
+// takeHead reads and deletes head.json; ok is false when there is none
+// (or it cannot be trusted).
+func takeHead(dir string) (*mapSource, map[int64]struct{}, bool) {
+	path := filepath.Join(dir, headName)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, false
+	}
+	if err := os.Remove(path); err != nil || atomicfile.SyncDir(dir) != nil {
+		return nil, nil, false
+	}
+	var hf headFile
+	if json.Unmarshal(b, &hf) != nil || hf.Base == "" || hf.PageChunks <= 0 {
+		return nil, nil, false
+	}
+	src := &mapSource{baseKey: hf.Base, pageChunks: hf.PageChunks, pages: hf.Pages, deltas: hf.Deltas,
+		deltaEntries: hf.DeltaEntries, touched: map[int64]bool{}}
+	if src.pages == nil {
+		src.pages = map[int64]string{}
+	}
+	for _, p := range hf.Touched {
+		src.touched[p] = true
+	}
+	since := map[int64]struct{}{}
+	for _, idx := range hf.Since {
+		since[idx] = struct{}{}
+	}
+	return src, since, true
 }

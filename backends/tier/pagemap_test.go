@@ -650,3 +650,59 @@ func TestRebuildByHandFromPagedMap(t *testing.T) {
 		t.Fatalf("the script in docs/FORMAT.md rebuilt a different image (%d bytes, want %d)", len(got), len(m))
 	}
 }
+
+// After a clean restart the next recovery point is a delta over the last
+// one; after a crash (no head.json) it is a whole base. Both export as
+// the volume is.
+func TestRestartChainsOntoTheLastRecoveryPoint(t *testing.T) {
+	smallPages(t)
+	ctx := context.Background()
+	mem := store.NewMem()
+	s := newByPrefix(mem)
+	const n = 16
+	dir := t.TempDir()
+	open := func() *Device {
+		d, err := Open(ctx, Config{Dir: dir, Store: s, Size: n * testChunk, ChunkSize: testChunk, CacheBytes: 1 << 20, Uploaders: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	d := open()
+	m := make(model, n*testChunk)
+	for i := range n {
+		m.write(t, d, pattern(testChunk, byte(i+1)), int64(i)*testChunk)
+	}
+	first := m.check(t, d, s)
+	m.write(t, d, pattern(100, 3), 5*testChunk+1) // changed before the close
+	d.Close()
+	d = open()
+	m.write(t, d, pattern(100, 4), 9*testChunk+1)
+	s.reset()
+	mf := m.check(t, d, s)
+	if _, put := s.counts(); mf.Base != first.Base || len(mf.Deltas) != 1 || put["pages/"] != 0 {
+		t.Fatalf("after a clean restart: %+v, uploads %v", mf, put)
+	}
+	if d.since == nil || len(d.since) != 0 {
+		t.Fatalf("changes left after the recovery point: %v", d.since)
+	}
+	// A crash: head.json was taken at open and the device never closes
+	// cleanly; a second open of a copy of its cache finds none.
+	m.write(t, d, pattern(100, 5), 2*testChunk+1)
+	d.Flush(ctx)
+	waitClean(t, d)
+	crashed := t.TempDir()
+	if err := exec.Command("cp", "-a", dir+"/.", crashed).Run(); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	dir = crashed
+	os.Remove(filepath.Join(dir, headName)) // written by the clean close above, after the copy: none
+	d = open()
+	defer d.Close()
+	s.reset()
+	mf = m.check(t, d, s)
+	if _, put := s.counts(); mf.Base == first.Base || put["pages/"] == 0 {
+		t.Fatalf("after a crash: %+v, uploads %v", mf, put)
+	}
+}

@@ -276,12 +276,19 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		streams: map[int64]*stream{},
 		since:   since, lazy: src, mapDone: make(chan struct{}),
 	}
-	if src != nil {
+	head, changed, ok := takeHead(cfg.Dir)
+	switch {
+	case src != nil:
 		d.head = src.clone()
-	} else {
+	case ok:
+		// Closed cleanly: the next recovery point chains onto the last.
+		d.head, d.since = head, changed
+	default:
 		// Changes since the last recovery point are not known: the
 		// next one writes a whole base.
 		d.fullNext = true
+	}
+	if src == nil {
 		close(d.mapDone)
 	}
 	// Called under d.mu by every change of the map after loading.
@@ -1076,6 +1083,15 @@ func (d *Device) Close() error {
 	d.stop()
 	d.wg.Wait()
 	d.cfg.Budget.unregister(d)
+	if d.ckptMu.TryLock() {
+		// No recovery point is being published: record the map the
+		// next one chains onto (with one running, the next start writes
+		// a whole base instead).
+		if err := d.saveHead(); err != nil {
+			d.log.Warn("recording the last recovery point's map failed; the next one after a restart writes it whole", "err", err)
+		}
+		d.ckptMu.Unlock()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, c := range d.chunks {
