@@ -74,9 +74,11 @@ A local volume (not in an S3 store) is copied from its NBD URL instead:
 			}
 			// A paged map (format 4) is read whole first: the progress
 			// needs its size.
-			if m, err = tier.Materialize(c.Context, st, m); err != nil {
+			whole, err := tier.Materialize(c.Context, st, m)
+			if err != nil {
 				return fmt.Errorf("read the map of recovery point %d: %w", m.Sequence, err)
 			}
+			m = whole
 			// A clone reads its ancestors' objects from their prefixes.
 			var layers []tier.Layer
 			for _, p := range m.Parents {
