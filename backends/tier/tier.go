@@ -1020,14 +1020,23 @@ func (d *Device) Resize(ctx context.Context, size int64) error {
 	if err := d.writable(); err != nil {
 		return err
 	}
+	if size < d.Size() {
+		// Shrinking drops every stored chunk past the end: the whole
+		// map must be known (a cache started from a paged recovery
+		// point reads it in the background).
+		if err := d.mapAll(ctx); err != nil {
+			return err
+		}
+	}
 	d.gate.Lock()
 	defer d.gate.Unlock()
 	d.mu.Lock()
 	old := d.meta.Size
 	d.mu.Unlock()
 	if size < old {
-		if err := d.mapAll(ctx); err != nil {
-			return err
+		if !d.mapLoaded() {
+			// Grown meanwhile by another resize: the map was not needed.
+			return fmt.Errorf("resize to %d: %w (the volume's map is still being read; retry)", size, errMapUnknown)
 		}
 		cs := d.chunkSize()
 		if tail := size % cs; tail != 0 {
