@@ -706,3 +706,31 @@ func TestRestartChainsOntoTheLastRecoveryPoint(t *testing.T) {
 		t.Fatalf("after a crash: %+v, uploads %v", mf, put)
 	}
 }
+
+// Map objects come from the network: any bytes give an error or entries
+// within the page's range, never a panic.
+func FuzzMapObjects(f *testing.F) {
+	f.Add([]byte(`{"format":"ferry-map-page/1","page":1,"page_chunks":4,"chunks":{"5":"chunks/0000000000000005/0000000000000001"},"overlays":{"6":[{"log":"logs/0000000000000002","log_offset":0,"offset":0,"length":10}]}}`))
+	f.Add([]byte(`{"format":"ferry-map-delta/1","chunks":{},"zero":[1,2,3]}`))
+	f.Add([]byte(`{"format":"ferry-map-base/1","page_chunks":4096,"pages":{"0":"pages/0000000000000001"}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var pg mapPage
+		if json.Unmarshal(b, &pg) == nil && pg.PageChunks > 0 && pg.Page >= 0 && pg.Page < 1<<40 && pg.PageChunks < 1<<20 {
+			if ents, err := pageEntries(pg, testChunk, 1<<50); err == nil {
+				for idx := range ents {
+					if idx < pg.Page*pg.PageChunks || idx >= (pg.Page+1)*pg.PageChunks {
+						t.Fatalf("entry %d outside page %d", idx, pg.Page)
+					}
+				}
+			}
+		}
+		var d mapDelta
+		if json.Unmarshal(b, &d) == nil {
+			deltaEntries(d, testChunk, 1<<40)
+		}
+		var base mapBase
+		if json.Unmarshal(b, &base) == nil {
+			basePages(base)
+		}
+	})
+}
