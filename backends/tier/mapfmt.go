@@ -329,7 +329,17 @@ type mapSource struct {
 // openSource reads a format-4 manifest's base and deltas (not its pages)
 // and returns the source with the deltas' entries, oldest first.
 func openSource(ctx context.Context, s store.Store, m Manifest) (*mapSource, []map[int64]entry, error) {
-	src := &mapSource{baseKey: m.Base, pageChunks: pageChunks, pages: map[int64]string{}, deltas: slices.Clone(m.Deltas), touched: map[int64]bool{}}
+	base, deltas, err := fetchSource(ctx, s, m)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sourceFrom(m, base, deltas)
+}
+
+// fetchSource reads a format-4 manifest's base (nil when it has none)
+// and deltas.
+func fetchSource(ctx context.Context, s store.Store, m Manifest) (*mapBase, []mapDelta, error) {
+	var base *mapBase
 	if m.Base != "" {
 		if _, ok := mapObjectSeq(m.Base); !ok || m.Base[:6] != "bases/" {
 			return nil, nil, fmt.Errorf("manifest %d: bad base key %q", m.Sequence, m.Base)
@@ -338,12 +348,9 @@ func openSource(ctx context.Context, s store.Store, m Manifest) (*mapSource, []m
 		if err != nil {
 			return nil, nil, fmt.Errorf("manifest %d: %w", m.Sequence, err)
 		}
-		if src.pages, err = basePages(b); err != nil {
-			return nil, nil, fmt.Errorf("manifest %d: %s: %w", m.Sequence, m.Base, err)
-		}
-		src.pageChunks = b.PageChunks
+		base = &b
 	}
-	deltas := make([]map[int64]entry, len(m.Deltas))
+	deltas := make([]mapDelta, len(m.Deltas))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for i, key := range m.Deltas {
@@ -352,27 +359,49 @@ func openSource(ctx context.Context, s store.Store, m Manifest) (*mapSource, []m
 		}
 		g.Go(func() error {
 			d, err := readDelta(gctx, s, key)
-			if err != nil {
-				return err
-			}
-			ents, err := deltaEntries(d, m.ChunkSize, m.Size)
-			if err != nil {
-				return fmt.Errorf("%s: %w", key, err)
-			}
-			deltas[i] = ents
-			return nil
+			deltas[i] = d
+			return err
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, nil, fmt.Errorf("manifest %d: %w", m.Sequence, err)
 	}
-	for _, ents := range deltas {
+	return base, deltas, nil
+}
+
+// sourceFrom is the source a manifest, its base and its deltas make.
+func sourceFrom(m Manifest, base *mapBase, deltas []mapDelta) (*mapSource, []map[int64]entry, error) {
+	src := &mapSource{baseKey: m.Base, pageChunks: pageChunks, pages: map[int64]string{}, deltas: slices.Clone(m.Deltas),
+		touched: map[int64]bool{}, size: m.Size}
+	if (base == nil) != (m.Base == "") || len(deltas) != len(m.Deltas) {
+		return nil, nil, fmt.Errorf("manifest %d: %w: its base or deltas are missing", m.Sequence, errDamaged)
+	}
+	if base != nil {
+		if base.Format != baseFormat || base.Checksum != base.sum() || base.PageChunks <= 0 {
+			return nil, nil, fmt.Errorf("manifest %d: %s: %w", m.Sequence, m.Base, errDamaged)
+		}
+		var err error
+		if src.pages, err = basePages(*base); err != nil {
+			return nil, nil, fmt.Errorf("manifest %d: %s: %w", m.Sequence, m.Base, err)
+		}
+		src.pageChunks = base.PageChunks
+	}
+	out := make([]map[int64]entry, len(deltas))
+	for i, d := range deltas {
+		if d.Format != deltaFormat || d.Checksum != d.sum() {
+			return nil, nil, fmt.Errorf("manifest %d: %s: %w", m.Sequence, m.Deltas[i], errDamaged)
+		}
+		ents, err := deltaEntries(d, m.ChunkSize, m.Size)
+		if err != nil {
+			return nil, nil, fmt.Errorf("manifest %d: %s: %w", m.Sequence, m.Deltas[i], err)
+		}
+		out[i] = ents
 		src.deltaEntries += len(ents)
 		for idx := range ents {
 			src.touched[idx/src.pageChunks] = true
 		}
 	}
-	return src, deltas, nil
+	return src, out, nil
 }
 
 // loadPage reads page p of src.

@@ -47,21 +47,63 @@ func readManifest(ctx context.Context, s store.Store, key string) (Manifest, err
 	return m, nil
 }
 
+// lazyFile is the local copy of what a cache started from a format-4
+// recovery point needs to open without the store: the manifest, its base
+// and its deltas (docs/FORMAT.md, the local cache). Written before
+// meta.json names the manifest; deleted once the map is journaled whole.
+type lazyFile struct {
+	Manifest Manifest   `json:"manifest"`
+	Base     *mapBase   `json:"base,omitempty"`
+	Deltas   []mapDelta `json:"deltas"`
+}
+
+const lazyName = "lazy.json"
+
+// saveLazy fetches m's base and deltas and keeps them in dir.
+func saveLazy(ctx context.Context, s store.Store, dir string, m Manifest) error {
+	base, deltas, err := fetchSource(ctx, s, m)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(lazyFile{Manifest: m, Base: base, Deltas: deltas})
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, lazyName), b)
+}
+
 // openLazy opens the map of the format-4 manifest under key: its deltas
-// applied, its pages pending.
-func openLazy(ctx context.Context, s store.Store, key string) (*objectMap, *mapSource, error) {
-	m, err := readManifest(ctx, s, key)
-	if err != nil {
-		return nil, nil, err
+// applied, its pages pending. It reads the local copy of the manifest,
+// base and deltas, or the store when there is none.
+func openLazy(ctx context.Context, s store.Store, dir, key string) (*objectMap, *mapSource, error) {
+	var (
+		src    *mapSource
+		deltas []map[int64]entry
+	)
+	if b, err := os.ReadFile(filepath.Join(dir, lazyName)); err == nil {
+		var lf lazyFile
+		if err := json.Unmarshal(b, &lf); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", lazyName, err)
+		}
+		m := lf.Manifest
+		if manifestKey(m.Sequence) != key || m.Format != manifestV4 || m.Checksum != m.sum() {
+			return nil, nil, fmt.Errorf("%s: not the copy of %s", lazyName, key)
+		}
+		if src, deltas, err = sourceFrom(m, lf.Base, lf.Deltas); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", lazyName, err)
+		}
+	} else {
+		m, err := readManifest(ctx, s, key)
+		if err != nil {
+			return nil, nil, err
+		}
+		if m.Format != manifestV4 {
+			return nil, nil, fmt.Errorf("%s: format %s has no pages", key, m.Format)
+		}
+		if src, deltas, err = openSource(ctx, s, m); err != nil {
+			return nil, nil, err
+		}
 	}
-	if m.Format != manifestV4 {
-		return nil, nil, fmt.Errorf("%s: format %s has no pages", key, m.Format)
-	}
-	src, deltas, err := openSource(ctx, s, m)
-	if err != nil {
-		return nil, nil, err
-	}
-	src.size = m.Size
 	objs := newObjectMap()
 	objs.pageChunks = src.pageChunks
 	if len(src.pages) > 0 {
@@ -175,7 +217,9 @@ func (d *Device) loadPages(ctx context.Context) {
 	if err == nil {
 		err = d.saveMeta()
 	}
-	if err != nil {
+	if err == nil {
+		os.Remove(filepath.Join(d.cfg.Dir, lazyName))
+	} else {
 		// Still lazy on disk: the next open reads the pages again.
 		d.log.Warn("journaling the volume's map failed", "err", err)
 	}

@@ -60,8 +60,12 @@ func resume(ctx context.Context, cfg Config, log *slog.Logger) (meta, error) {
 	}
 	objs := newObjectMap()
 	if mf.Format == manifestV4 {
-		// A paged map: Open reads its base and deltas, and its pages
-		// as they are needed (pagemap.go). The journal starts empty.
+		// A paged map: its base and deltas are kept in the cache, its
+		// pages read as they are needed (pagemap.go). The journal
+		// starts empty.
+		if err := saveLazy(ctx, cfg.Store, cfg.Dir, mf); err != nil {
+			return meta{}, fmt.Errorf("recovery point %d: %w", mf.Sequence, err)
+		}
 		m.Lazy = manifestKey(mf.Sequence)
 	} else if objs, err = manifestObjects(mf); err != nil {
 		return meta{}, fmt.Errorf("recovery point %d: %w", mf.Sequence, err)

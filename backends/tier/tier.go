@@ -247,9 +247,12 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	if m.Lazy != "" {
 		// Started from a format-4 recovery point whose pages are not
 		// all read: its base and deltas now, its pages when needed.
-		if objs, src, err = openLazy(ctx, cfg.Store, m.Lazy); err != nil {
+		if objs, src, err = openLazy(ctx, cfg.Store, cfg.Dir, m.Lazy); err != nil {
 			return nil, fmt.Errorf("tier: the recovery point the cache started from: %w", err)
 		}
+	}
+	if m.Lazy == "" {
+		os.Remove(filepath.Join(cfg.Dir, lazyName)) // left by a crash after the map was journaled
 	}
 	since := map[int64]struct{}{}
 	if src != nil {
