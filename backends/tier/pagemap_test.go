@@ -738,3 +738,27 @@ func FuzzMapObjects(f *testing.F) {
 		}
 	})
 }
+
+// Deltas holding more than a quarter of what the pages they touch can
+// hold are folded into a new base before the chain is long.
+func TestLargeDeltasFoldIntoABase(t *testing.T) {
+	old, share := pageChunks, deltaShare
+	pageChunks, deltaShare = 8, 4
+	t.Cleanup(func() { pageChunks, deltaShare = old, share })
+	mem := store.NewMem()
+	const n = 32
+	d := openTest(t, t.TempDir(), mem, n*testChunk)
+	defer d.Close()
+	m := make(model, n*testChunk)
+	for i := range n {
+		m.write(t, d, pattern(testChunk, byte(i+1)), int64(i)*testChunk)
+	}
+	first := m.check(t, d, mem)
+	for i, want := range []int{1, 2, 0} { // deltas after each: the third folds
+		m.write(t, d, pattern(64, byte(i)), int64(9+i)*testChunk) // all in page 1
+		mf := m.check(t, d, mem)
+		if len(mf.Deltas) != want || (want > 0) != (mf.Base == first.Base) {
+			t.Fatalf("recovery point %d: %d deltas (want %d), base %s (first %s)", i, len(mf.Deltas), want, mf.Base, first.Base)
+		}
+	}
+}
