@@ -472,6 +472,9 @@ type refs struct {
 	// users: page key → for each manifest naming it, the chunks its
 	// deltas override.
 	users map[string][]map[int64]bool
+	// current: pages whose every entry keep holds already (the current
+	// map's, Device.currentPagesLocked): not read.
+	current map[string]bool
 }
 
 func newRefs(s store.Store, keep map[string]bool) *refs {
@@ -527,6 +530,9 @@ func (r *refs) add(ctx context.Context, m Manifest) error {
 // finish reads the pages the manifests name and adds their entries.
 func (r *refs) finish(ctx context.Context) error {
 	for key, users := range r.users {
+		if r.current[key] {
+			continue
+		}
 		var pg mapPage
 		if err := getMapObject(ctx, r.s, key, &pg); err != nil {
 			return err

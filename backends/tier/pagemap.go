@@ -525,3 +525,26 @@ func takeHead(dir string) (*mapSource, map[int64]struct{}, bool) {
 	}
 	return src, since, true
 }
+
+// currentPagesLocked returns the keys of the pages of the last recovery
+// point's base whose entries are all still the current map's: no delta
+// of its chain and no change since touched them. Collection, whose roots
+// include the current map, need not read them: whatever root names such
+// a page, and whatever its deltas override, every entry of the page is
+// the current map's. d.mu is held; the map is wholly read.
+func (d *Device) currentPagesLocked() map[string]bool {
+	h := d.head
+	if h == nil || d.lazy != nil {
+		return nil
+	}
+	out := make(map[string]bool, len(h.pages))
+	for p, key := range h.pages {
+		if !h.touched[p] {
+			out[key] = true
+		}
+	}
+	for idx := range d.since {
+		delete(out, h.pages[idx/h.pageChunks])
+	}
+	return out
+}

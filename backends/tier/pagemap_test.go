@@ -144,6 +144,17 @@ func TestRecoveryPointsUploadWhatChanged(t *testing.T) {
 	if keys := storeKeysWith(t, s, "pages/"); len(keys) != n/4 {
 		t.Fatalf("%d pages left, want %d", len(keys), n/4)
 	}
+	// Collection reads only the pages changed since the base: the
+	// others hold the current map's entries.
+	s.reset()
+	m.write(t, d, pattern(10, 2), 17*testChunk)
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if gets, _ := s.counts(); gets["pages/"] > 2 {
+		t.Fatalf("a recovery point's collection read %d pages", gets["pages/"])
+	}
+	m.check(t, d, s)
 }
 
 // A cache started from a paged recovery point reads only the manifest,

@@ -480,6 +480,7 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 		bound = min(bound, seq)
 	}
 	keep := d.objects.keys()
+	current := d.currentPagesLocked()
 	d.mu.Unlock()
 	var manifests []string
 	if err := d.cfg.Store.List(ctx, "manifests/", func(o store.ObjectInfo) error {
@@ -496,6 +497,7 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 		return nil, err
 	}
 	roots := newRefs(d.cfg.Store, keep)
+	roots.current = current
 	for _, sn := range snaps {
 		if err := roots.add(ctx, sn.Manifest); err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", sn.Name, err)
