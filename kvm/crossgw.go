@@ -47,6 +47,10 @@ import (
 type crossIncoming struct {
 	Source        []wire.SourceDisk `json:"source"`
 	SourceGateway string            `json:"source_gateway,omitempty"`
+	// SourceAPI is the source ferry-kvm's API address (handover.go).
+	SourceAPI string `json:"source_api,omitempty"`
+	// lastCall is when the source last called a hand-over step; v.mu.
+	lastCall time.Time
 	// Parked[i]: disk i's file child is its placeholder node.
 	Parked []bool `json:"parked,omitempty"`
 }
@@ -174,6 +178,7 @@ func (m *Manager) incomingCross(name string) (*VM, *crossIncoming, error) {
 	if v.rec.State != wire.StateIncoming || v.rec.Cross == nil {
 		return nil, nil, fmt.Errorf("vm %s is not an incoming migration from another gateway: %w", name, gwire.ErrInvalid)
 	}
+	v.rec.Cross.lastCall = time.Now()
 	return v, v.rec.Cross, nil
 }
 
@@ -266,6 +271,10 @@ func (m *Manager) AdoptIncoming(ctx context.Context, name string, req wire.Incom
 		}
 		if sd == nil || sd.Store == nil {
 			rep.Errors[vol] = "not an S3-backed disk of this VM"
+			continue
+		}
+		if url, ok := m.adoptedAlready(ctx, name, *sd); ok {
+			rep.Adopted[vol] = url
 			continue
 		}
 		store, err := m.storeFor(ctx, *sd.Store)

@@ -152,6 +152,11 @@ type IncomingRequest struct {
 	// SourceGateway is the source's gateway API address: a disk left on
 	// the source's gateway keeps its attachment renewed there.
 	SourceGateway string `json:"source_gateway,omitempty"`
+	// SourceAPI is the source ferry-kvm's API address: a destination
+	// left waiting for the hand-over after the migration completed asks
+	// it whether it still drives the hand-over, and finishes it itself
+	// when it does not answer or does not know the VM.
+	SourceAPI string `json:"source_api,omitempty"`
 }
 
 // StoreRef names an S3 store by where it is: the same on every gateway
