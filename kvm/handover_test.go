@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -387,5 +388,82 @@ func TestRestartAfterCompleted(t *testing.T) {
 		if kept != (st == "paused") {
 			t.Errorf("QEMU %s: resumeHandover = %v", st, kept)
 		}
+	}
+}
+
+// TestNewResumesCompletedIncoming: a daemon starting on a state dir with
+// an incoming VM from another gateway keeps it, and watches its
+// hand-over, when its QEMU is paused after a completed migration; it
+// kills one still inmigrate and forgets it, as before.
+func TestNewResumesCompletedIncoming(t *testing.T) {
+	for _, st := range []string{"paused", "inmigrate"} {
+		t.Run(st, func(t *testing.T) {
+			state := t.TempDir()
+			dir := filepath.Join(state, "vms", "x1")
+			os.MkdirAll(dir, 0o755)
+			// A process standing in for QEMU: its pid is what load checks
+			// and, for a VM it drops, kills.
+			qemu := exec.Command("sleep", "600")
+			if err := qemu.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			go func() { qemu.Wait(); close(exited) }()
+			t.Cleanup(func() { qemu.Process.Kill(); <-exited })
+			rec := record{Spec: wire.VMSpec{Name: "x1", Disks: []wire.Disk{{Volume: "v"}}}, State: wire.StateIncoming, PID: qemu.Process.Pid,
+				Cross: &crossIncoming{Source: []wire.SourceDisk{{Volume: "v", ID: "id-v"}}, SourceGateway: "gw-a:9809", Parked: []bool{false}}}
+			b, _ := json.Marshal(rec)
+			os.WriteFile(filepath.Join(dir, "vm.json"), b, 0o644)
+			q := &fakeQMP{status: st}
+			q.serve(t, filepath.Join(dir, "qmp.sock"))
+			m, err := New(context.Background(), Config{Gateway: &fakeGateway{}, StateDir: state, HostID: "host-b", HandoverTimeout: time.Hour, Logger: discardLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			in, err := m.Info("x1")
+			switch st {
+			case "paused":
+				if err != nil || in.State != wire.StateIncoming {
+					t.Fatalf("completed incoming VM after the restart: %+v, %v", in, err)
+				}
+				select {
+				case <-exited:
+					t.Fatal("the completed incoming VM's QEMU was killed")
+				case <-time.After(500 * time.Millisecond):
+				}
+			case "inmigrate":
+				if err == nil {
+					t.Fatalf("unfinished incoming VM kept: %+v", in)
+				}
+				select {
+				case <-exited:
+				case <-time.After(30 * time.Second):
+					t.Fatal("the unfinished incoming VM's QEMU was not killed")
+				}
+			}
+		})
+	}
+}
+
+// TestNewForgetsHandedOver: a source daemon starting on a VM whose record
+// says it was handing the volumes over, and whose QEMU is gone, forgets
+// it (the destination owns it) instead of marking it crashed.
+func TestNewForgetsHandedOver(t *testing.T) {
+	state := t.TempDir()
+	dir := filepath.Join(state, "vms", "x1")
+	os.MkdirAll(dir, 0o755)
+	rec := record{Spec: wire.VMSpec{Name: "x1"}, State: wire.StateMigrating, Migration: &wire.Migration{To: "b:1", Status: "handover"}}
+	b, _ := json.Marshal(rec)
+	os.WriteFile(filepath.Join(dir, "vm.json"), b, 0o644)
+	m, err := New(context.Background(), Config{Gateway: &fakeGateway{}, StateDir: state, HostID: "host-a", Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in, err := m.Info("x1"); err == nil {
+		t.Fatalf("VM handed over kept: %+v", in)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("its state dir is still there: %v", err)
 	}
 }
