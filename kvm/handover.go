@@ -286,7 +286,7 @@ func (m *Manager) migratedAway(ctx context.Context, v *VM, conn *qmp.Conn) bool 
 	conn.Execute(qctx, "quit", nil, nil)
 	cancel()
 	conn.Close()
-	for i := 0; i < 100 && alive(v.rec.PID, v.rec.PIDStart); i++ {
+	for i := 0; i < 30 && alive(v.rec.PID, v.rec.PIDStart); i++ {
 		time.Sleep(100 * time.Millisecond)
 	}
 	if alive(v.rec.PID, v.rec.PIDStart) {

@@ -666,6 +666,11 @@ func TestKVMMigrateBetweenGatewaysSourceDies(t *testing.T) {
 			t.Fatalf("the restarted source daemon left QEMU pid %d running", pid)
 		}
 	}
+	for _, d := range []*kvmd{b, a} {
+		for _, l := range regexp.MustCompile(`.*(source went silent|released on the source's gateway by the destination|migrated away while ferry-kvm was down).*`).FindAllString(d.logs.String(), -1) {
+			t.Log(l)
+		}
+	}
 	if ls := a.mustVM("ls"); strings.Contains(ls, "d1") {
 		t.Fatalf("the restarted source daemon lists the VM:\n%s", ls)
 	}
