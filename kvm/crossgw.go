@@ -47,6 +47,14 @@ import (
 type crossIncoming struct {
 	Source        []wire.SourceDisk `json:"source"`
 	SourceGateway string            `json:"source_gateway,omitempty"`
+	// SourceAPI is the source ferry-kvm's API address (handover.go).
+	SourceAPI string `json:"source_api,omitempty"`
+	// SourceToken and SourceGatewayToken authenticate those calls
+	// (wire.IncomingRequest).
+	SourceToken        string `json:"source_token,omitempty"`
+	SourceGatewayToken string `json:"source_gateway_token,omitempty"`
+	// lastCall is when the source last called a hand-over step; v.mu.
+	lastCall time.Time
 	// Parked[i]: disk i's file child is its placeholder node.
 	Parked []bool `json:"parked,omitempty"`
 }
@@ -174,6 +182,7 @@ func (m *Manager) incomingCross(name string) (*VM, *crossIncoming, error) {
 	if v.rec.State != wire.StateIncoming || v.rec.Cross == nil {
 		return nil, nil, fmt.Errorf("vm %s is not an incoming migration from another gateway: %w", name, gwire.ErrInvalid)
 	}
+	v.rec.Cross.lastCall = time.Now()
 	return v, v.rec.Cross, nil
 }
 
@@ -268,6 +277,10 @@ func (m *Manager) AdoptIncoming(ctx context.Context, name string, req wire.Incom
 			rep.Errors[vol] = "not an S3-backed disk of this VM"
 			continue
 		}
+		if url, ok := m.adoptedAlready(ctx, name, *sd); ok {
+			rep.Adopted[vol] = url
+			continue
+		}
 		store, err := m.storeFor(ctx, *sd.Store)
 		if err != nil {
 			rep.Errors[vol] = err.Error()
@@ -321,7 +334,7 @@ func (m *Manager) doneCross(ctx context.Context, v *VM, cross *crossIncoming, re
 			problems = append(problems, err.Error())
 			continue
 		}
-		nd.Gateway = ds.Gateway
+		nd.Gateway, nd.GatewayToken = ds.Gateway, ds.GatewayToken
 		if err := v.exec(ctx, "blockdev-add", nbdNode(i, nd, m.cfg.ReconnectDelay, m.cfg.NBDTLS), nil); err != nil {
 			problems = append(problems, fmt.Sprintf("disk %s: open %s: %v", sd.Volume, nd.url(), err))
 			continue
@@ -400,7 +413,7 @@ func (m *Manager) finishCrossGateway(ctx context.Context, v *VM, dst *client.Cli
 	gw := m.cfg.Gateway
 	servers := make([]wire.DiskServer, len(src))
 	for i, d := range src {
-		servers[i] = wire.DiskServer{Volume: d.Volume, NBDURL: d.NBDURL, Gateway: m.cfg.GatewayAddr}
+		servers[i] = wire.DiskServer{Volume: d.Volume, NBDURL: d.NBDURL, Gateway: m.cfg.GatewayAddr, GatewayToken: m.cfg.GatewayToken}
 	}
 	var notes []string
 	if err := dst.IncomingPark(ctx, name); err != nil {

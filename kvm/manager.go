@@ -47,6 +47,19 @@ var _ Gateway = (*gwclient.Client)(nil)
 // Config configures a Manager.
 type Config struct {
 	Gateway Gateway
+	// APIAddr is this daemon's API address as other hosts reach it: a
+	// destination asks it whether a hand-over between gateways is still
+	// driven from here (handover.go).
+	APIAddr string
+	// APIToken is this daemon's API token ("" when it requires none) and
+	// GatewayToken the one it sends its gateway: a migration to a host on
+	// another gateway gives both to the destination, which calls this
+	// daemon and this gateway during the hand-over.
+	APIToken, GatewayToken string
+	// HandoverTimeout is how long a destination waits for the source's
+	// next hand-over call once the migration completed before it checks
+	// on the source (default 20 s).
+	HandoverTimeout time.Duration
 	// GatewayAddr is Gateway's API address as other hosts reach it: a
 	// migration to a host on another gateway leaves a volume that cannot
 	// move on this gateway, renewed there by the destination.
@@ -89,6 +102,8 @@ type Manager struct {
 
 	migrations *prometheus.CounterVec
 	qemuExits  *prometheus.CounterVec
+	// newGateway, if set, makes the client of another gateway (tests).
+	newGateway func(addr string) Gateway
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
@@ -108,6 +123,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 60 * time.Second
+	}
+	if cfg.HandoverTimeout == 0 {
+		cfg.HandoverTimeout = 20 * time.Second
 	}
 	if cfg.MigrationAddr == "" {
 		cfg.MigrationAddr = "127.0.0.1"
@@ -182,6 +200,9 @@ func (m *Manager) load(ctx context.Context, dir string) (*VM, error) {
 	}
 	live := alive(v.rec.PID, v.rec.PIDStart)
 	if v.rec.State == wire.StateIncoming {
+		if live && v.rec.Cross != nil && m.resumeHandover(ctx, v) {
+			return v, nil
+		}
 		// An unfinished incoming migration: its source has given up.
 		if live {
 			syscallKill(v.rec.PID)
@@ -193,6 +214,9 @@ func (m *Manager) load(ctx context.Context, dir string) (*VM, error) {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		conn, err := qmp.Dial(dctx, filepath.Join(dir, "qmp.sock"), v.onEvent)
 		cancel()
+		if err == nil && m.migratedAway(ctx, v, conn) {
+			return nil, nil
+		}
 		if err == nil {
 			v.attachConnLocked(conn)
 			v.leaseHeld = true
@@ -213,6 +237,13 @@ func (m *Manager) load(ctx context.Context, dir string) (*VM, error) {
 		}
 		m.log.Warn("QEMU alive but its QMP socket does not answer", "vm", v.name(), "pid", v.rec.PID, "err", err)
 		return nil, fmt.Errorf("vm %s: QEMU pid %d alive but QMP does not answer: %w", v.name(), v.rec.PID, err)
+	}
+	if v.rec.State == wire.StateMigrating && v.rec.Migration != nil && v.rec.Migration.Status == "handover" {
+		// Migrated away: this host quit its QEMU during the hand-over.
+		m.log.Info("VM migrated away while ferry-kvm was down: forgotten here", "vm", v.name(), "to", v.rec.Migration.To)
+		m.keepLog(v.name(), dir)
+		os.RemoveAll(dir)
+		return nil, nil
 	}
 	v.rec.LastError = "QEMU exited while ferry-kvm was not running: " + tailLines(filepath.Join(dir, "stderr.log"), 10)
 	v.m.qemuExits.WithLabelValues("crashed").Inc()
@@ -487,7 +518,7 @@ func (m *Manager) attach(ctx context.Context, vm string, disks []wire.Disk) erro
 func (m *Manager) gatewayOf(served []nbdDisk, vol string) Gateway {
 	for _, d := range served {
 		if d.Volume == vol && d.Gateway != "" {
-			return gwclient.New(d.Gateway)
+			return m.sourceGateway(d.Gateway, d.GatewayToken)
 		}
 	}
 	return m.cfg.Gateway

@@ -153,7 +153,8 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 		fail(err)
 		return
 	}
-	rep, err = dst.Incoming(ctx, wire.IncomingRequest{Spec: spec, SourceHost: m.cfg.HostID, Disks: src.wire(), SourceGateway: m.cfg.GatewayAddr})
+	rep, err = dst.Incoming(ctx, wire.IncomingRequest{Spec: spec, SourceHost: m.cfg.HostID, Disks: src.wire(), SourceGateway: m.cfg.GatewayAddr, SourceAPI: m.cfg.APIAddr,
+		SourceToken: m.cfg.APIToken, SourceGatewayToken: m.cfg.GatewayToken})
 	if err != nil {
 		fail(fmt.Errorf("destination %s: %w", req.To, err))
 		return
@@ -221,6 +222,7 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 				return
 			}
 		case "completed":
+			testDie("completed")
 			if rep.CrossGateway {
 				m.finishCrossGateway(ctx, v, dst, name, st, rep.Holder, src)
 				return
@@ -302,10 +304,11 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 			if err != nil {
 				return fail(err)
 			}
-			nd.Gateway = req.SourceGateway
+			nd.Gateway, nd.GatewayToken = req.SourceGateway, req.SourceGatewayToken
 			disks = append(disks, nd)
 		}
-		v.rec.Cross = &crossIncoming{Source: req.Disks, SourceGateway: req.SourceGateway, Parked: make([]bool, len(req.Disks))}
+		v.rec.Cross = &crossIncoming{Source: req.Disks, SourceGateway: req.SourceGateway, SourceAPI: req.SourceAPI,
+			SourceToken: req.SourceToken, SourceGatewayToken: req.SourceGatewayToken, Parked: make([]bool, len(req.Disks))}
 	} else if disks, err = m.resolve(ctx, spec.Disks); err != nil {
 		return fail(err)
 	}
@@ -327,6 +330,9 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 	if err != nil {
 		return fail(err)
 	}
+	if cross {
+		go m.watchHandover(v)
+	}
 	m.log.Info("waiting for incoming migration", "vm", spec.Name, "from", req.SourceHost, "uri", uri, "cross_gateway", cross)
 	return wire.IncomingReply{URI: uri, Holder: m.holder(spec.Name), CrossGateway: cross}, nil
 }
@@ -343,6 +349,9 @@ func (m *Manager) IncomingDone(ctx context.Context, name string, req wire.Incomi
 	defer v.hmu.Unlock()
 	v.mu.Lock()
 	st, cross := v.rec.State, v.rec.Cross
+	if cross != nil {
+		cross.lastCall = time.Now()
+	}
 	v.mu.Unlock()
 	if st != wire.StateIncoming {
 		return fmt.Errorf("vm %s is %s, not incoming: %w", name, st, gwire.ErrInvalid)

@@ -23,6 +23,9 @@ type nbdDisk struct {
 	// is not this host's (a migration between gateways left it on the
 	// source's); "" is this host's gateway.
 	Gateway string `json:"gateway,omitempty"`
+	// GatewayToken is Gateway's API token, when it requires one (a
+	// secret: the record is mode 0600).
+	GatewayToken string `json:"gateway_token,omitempty"`
 }
 
 func (d nbdDisk) url() string { return "nbd://" + net.JoinHostPort(d.Host, d.Port) + "/" + d.Export }

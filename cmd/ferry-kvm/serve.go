@@ -115,6 +115,7 @@ func runServe(c *cli.Context) error {
 		nbdTLS = &t
 	}
 	var opts []gwclient.Option
+	gatewayToken := ""
 	if f := c.String("gateway-token-file"); f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -125,6 +126,7 @@ func runServe(c *cli.Context) error {
 			return fmt.Errorf("--gateway-token-file %s: %w", f, err)
 		}
 		opts = append(opts, gwclient.WithToken(tok))
+		gatewayToken = tok
 	}
 	listen := c.String("listen")
 	migAddr := c.String("migration-address")
@@ -189,6 +191,9 @@ func runServe(c *cli.Context) error {
 	m, err := kvm.New(ctx, kvm.Config{
 		Gateway:        gwclient.New(c.String("gateway"), opts...),
 		GatewayAddr:    c.String("gateway"),
+		APIAddr:        apiAddr(l.Addr(), c.String("migration-address")),
+		APIToken:       token,
+		GatewayToken:   gatewayToken,
 		StateDir:       state,
 		HostID:         hostID,
 		QEMU:           c.String("qemu"),
@@ -225,4 +230,21 @@ func runServe(c *cli.Context) error {
 	}
 	log.Info("ferry-kvm stopped; VMs keep running")
 	return nil
+}
+
+// apiAddr is the API address other hosts reach this daemon at: the
+// listening address, or the migration address's host with its port when
+// listening on every address; "" when neither says.
+func apiAddr(l net.Addr, migAddr string) string {
+	h, p, err := net.SplitHostPort(l.String())
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(h); ip != nil && ip.IsUnspecified() {
+		if migAddr == "" {
+			return ""
+		}
+		h = migAddr
+	}
+	return net.JoinHostPort(h, p)
 }

@@ -156,6 +156,17 @@ type IncomingRequest struct {
 	// SourceGateway is the source's gateway API address: a disk left on
 	// the source's gateway keeps its attachment renewed there.
 	SourceGateway string `json:"source_gateway,omitempty"`
+	// SourceAPI is the source ferry-kvm's API address: a destination
+	// left waiting for the hand-over after the migration completed asks
+	// it whether it still drives the hand-over, and finishes it itself
+	// when it does not answer or does not know the VM.
+	SourceAPI string `json:"source_api,omitempty"`
+	// SourceToken is the source ferry-kvm's API token and
+	// SourceGatewayToken its gateway's, when they require one: the
+	// destination needs them for the calls above. Secrets: kept in the
+	// VM's state file (mode 0600), never logged.
+	SourceToken        string `json:"source_token,omitempty"`
+	SourceGatewayToken string `json:"source_gateway_token,omitempty"`
 }
 
 // StoreRef names an S3 store by where it is: the same on every gateway
@@ -202,6 +213,8 @@ type DiskServer struct {
 	// Gateway is the API address of the gateway that serves it when it
 	// is not the destination's own ("").
 	Gateway string `json:"gateway,omitempty"`
+	// GatewayToken is Gateway's API token, when it requires one.
+	GatewayToken string `json:"gateway_token,omitempty"`
 }
 
 // IncomingDoneRequest is the body of POST /v1/incoming/{name}/done.

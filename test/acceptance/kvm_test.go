@@ -79,6 +79,8 @@ type kvmd struct {
 	extra  []string
 	// env is added to the CLI's environment (FERRY_KVM_TOKEN_FILE=...).
 	env []string
+	// daemonEnv is added to the daemon's environment at its next start.
+	daemonEnv []string
 	// ca, when set, is the CA of the daemon's --api-tls-cert: it serves
 	// HTTPS.
 	ca string
@@ -133,7 +135,7 @@ func newKVMD(t *testing.T, gw *gateway, hostID string, extra ...string) *kvmd {
 func (d *kvmd) start() {
 	d.t.Helper()
 	d.cmd = exec.Command(d.bin, append([]string{"serve", "--listen", d.addr, "--state", d.state, "--host-id", d.hostID, "--stop-timeout", "3s", "--reconnect-delay", "60s"}, d.extra...)...)
-	d.cmd.Env = append(os.Environ(), "FERRY_KVM_GATEWAY="+d.gw.apiAddr)
+	d.cmd.Env = append(append(os.Environ(), "FERRY_KVM_GATEWAY="+d.gw.apiAddr), d.daemonEnv...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
@@ -629,6 +631,92 @@ func TestKVMMigrateBetweenGateways(t *testing.T) {
 	if got != lastPrinted && got != lastPrinted+1 {
 		t.Fatalf("disk on gateway B holds counter %d (%q); the console's last was %d", got, buf, lastPrinted)
 	}
+}
+
+// TestKVMMigrateBetweenGatewaysSourceDies: the source ferry-kvm dies
+// (SIGKILL, by a test hook) the moment QEMU reports the migration
+// completed, before any hand-over step. The destination, finding the
+// source silent, finishes the hand-over itself: the guest resumes there
+// on its own, the volume ends on the destination's gateway, and the
+// restarted source daemon quits its leftover QEMU and forgets the VM.
+func TestKVMMigrateBetweenGatewaysSourceDies(t *testing.T) {
+	_, image := requireKVM(t)
+	_, ga, gb := twoGateways(t, "ferry-kvm-die")
+	a := startKVMD(t, ga, "host-a")
+	b := startKVMD(t, gb, "host-b")
+	ga.mustCLI("volume", "create", "d-root", "--size", "64M", "--store", "cloud")
+	id := ga.info("d-root").ID
+	a.mustVM(append([]string{"create", "d1", "--disk", "d-root"}, guestArgs(image, "counter")...)...)
+	a.mustVM("start", "d1")
+	pid := a.info("d1").PID
+	a.waitCounterPast("d1", 5, bootTimeout)
+
+	// Restart the source daemon with the hook: it dies at completed.
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	<-a.exited
+	a.daemonEnv = []string{"FERRY_KVM_TEST_DIE_AFTER=completed"}
+	a.start()
+	if in := a.info("d1"); in.State != wire.StateRunning || in.PID != pid {
+		t.Fatalf("vm after the source daemon's restart: %+v", in)
+	}
+	r := a.vm("migrate", "d1", "--to", b.addr)
+	select {
+	case <-a.exited:
+	case <-time.After(time.Minute):
+		t.Fatalf("the source daemon did not die at completed; vm migrate: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if syscall.Kill(pid, 0) != nil {
+		t.Fatalf("the source QEMU pid %d is gone: the test hook fired too late", pid)
+	}
+	start := time.Now()
+	deadline := start.Add(3 * time.Minute)
+	for b.info("d1").State != wire.StateRunning {
+		if time.Now().After(deadline) {
+			t.Fatalf("the destination did not resume the guest on its own: %+v", b.info("d1"))
+		}
+		time.Sleep(time.Second)
+	}
+	t.Logf("destination resumed the guest %.1f s after the source died (hand-over timeout 20 s)", time.Since(start).Seconds())
+	in := b.info("d1")
+	if in.Disks[0].Holder != "host-b:d1" || !strings.Contains(in.Disks[0].Attach, "nbd://"+gb.nbdAddr+"/d-root") || !strings.Contains(in.LastError, "this host finished the hand-over") {
+		t.Fatalf("destination after the take-over: %+v", in)
+	}
+	if r := ga.cli("volume", "info", "d-root"); r.code == 0 {
+		t.Fatalf("gateway A still lists the volume:\n%s", r.stdout)
+	}
+	var vb gwire.VolumeInfo
+	if err := json.Unmarshal([]byte(gb.mustCLI("volume", "info", "d-root", "--json")), &vb); err != nil {
+		t.Fatal(err)
+	}
+	if vb.ID != id || vb.Tier == nil || vb.Tier.Lease == nil || vb.Tier.Lease.State != "held" {
+		t.Fatalf("gateway B's volume: id %s (want %s), tier %+v", vb.ID, id, vb.Tier)
+	}
+
+	// The source daemon comes back: it quits the QEMU left in
+	// postmigrate and does not list the VM.
+	a.daemonEnv = nil
+	a.start()
+	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted source daemon left QEMU pid %d running", pid)
+		}
+	}
+	for _, d := range []*kvmd{b, a} {
+		for _, l := range regexp.MustCompile(`.*(source went silent|released on the source's gateway by the destination|migrated away while ferry-kvm was down).*`).FindAllString(d.logs.String(), -1) {
+			t.Log(l)
+		}
+	}
+	if ls := a.mustVM("ls"); strings.Contains(ls, "d1") {
+		t.Fatalf("the restarted source daemon lists the VM:\n%s", ls)
+	}
+	srcLog, err := os.ReadFile(filepath.Join(a.state, "migrated", "d1", "serial.log"))
+	if err != nil {
+		t.Fatalf("the source's serial log was not kept: %v", err)
+	}
+	last := counters(string(srcLog))
+	b.waitCounterPast("d1", last[len(last)-1]+10, time.Minute)
+	checkConsecutive(t, "source then destination console", counters(string(srcLog)+b.serial("d1")))
+	b.mustVM("stop", "d1", "--force")
 }
 
 // TestKVMGatewayKill9UnderGuestWrites: the gateway is killed -9 and
