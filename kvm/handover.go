@@ -256,6 +256,62 @@ func (m *Manager) adoptedAlready(ctx context.Context, name string, sd wire.Sourc
 	return in.Attach.NBD.URL, true
 }
 
+// watchIncoming takes over an incoming VM on one gateway whose guest
+// runs here (QEMU's migration completed: the destination's guest runs at
+// once) when the source's done call does not come within
+// HandoverTimeout: the source daemon died between completed and done.
+// The attachment moved to this host at the switchover, so the VM is this
+// host's; without this it would stay incoming, its attachment unrenewed.
+func (m *Manager) watchIncoming(v *VM) {
+	ctx := context.Background()
+	name := v.name()
+	var since time.Time // when the guest was first seen running here
+	for {
+		time.Sleep(time.Second)
+		v.mu.Lock()
+		st, cross, conn := v.rec.State, v.rec.Cross, v.conn
+		v.mu.Unlock()
+		if st != wire.StateIncoming || cross != nil || conn == nil {
+			return
+		}
+		qs, err := queryStatus(ctx, v.exec)
+		if errors.Is(err, qmp.ErrClosed) {
+			return
+		}
+		if err != nil || qs != "running" {
+			since = time.Time{}
+			continue
+		}
+		if since.IsZero() {
+			since = time.Now()
+		}
+		if time.Since(since) < m.cfg.HandoverTimeout {
+			continue
+		}
+		m.log.Warn("the guest runs here but the source never said the migration ended: taking the VM over", "vm", name)
+		if err := m.IncomingDone(ctx, name, wire.IncomingDoneRequest{Note: "the source did not report the migration's end; this host took the VM over when its guest had run here for " + m.cfg.HandoverTimeout.String()}); err != nil {
+			m.log.Warn("taking over the incoming VM", "vm", name, "err", err)
+			continue
+		}
+		return
+	}
+}
+
+// incomingRuns says, on a daemon restart, whether an incoming VM on one
+// gateway already runs its guest here (the migration completed, the
+// source's done call never came); called with v.mu held.
+func (m *Manager) incomingRuns(ctx context.Context, v *VM) bool {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := qmp.Dial(dctx, filepath.Join(v.dir, "qmp.sock"), nil)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	st, err := queryStatus(dctx, conn.Execute)
+	return err == nil && st == "running"
+}
+
 // resumeHandover adopts, on a daemon restart, an incoming VM from
 // another gateway whose migration completed (QEMU paused, guest not
 // resumed) and watches its hand-over again; called with v.mu held.

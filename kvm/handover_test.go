@@ -293,6 +293,35 @@ func TestWatchHandover(t *testing.T) {
 	}
 }
 
+// TestWatchIncomingOneGateway: an incoming VM on one gateway whose guest
+// runs here (the migration completed) but whose source never called done
+// is taken over after HandoverTimeout; one still receiving is left alone.
+func TestWatchIncomingOneGateway(t *testing.T) {
+	m, v, q := incomingVM(t, nil, &dstGateway{fakeGateway: fakeGateway{vols: map[string]gwire.VolumeInfo{}}}, false)
+	v.rec.Cross, v.rec.Disks[0].Gateway = nil, "" // one gateway: the disk is this host's
+	q.mu.Lock()
+	q.status = "inmigrate"
+	q.mu.Unlock()
+	v.dial(t)
+	done := make(chan struct{})
+	go func() { m.watchIncoming(v); close(done) }()
+	time.Sleep(3 * time.Second) // three timeouts while it still receives
+	if in, _ := m.Info("x1"); in.State != wire.StateIncoming {
+		t.Fatalf("VM taken over while its migration runs: %+v", in)
+	}
+	q.mu.Lock()
+	q.status = "running"
+	q.mu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the watcher did not take the VM over")
+	}
+	if in, _ := m.Info("x1"); in.State != wire.StateRunning || !strings.Contains(in.LastError, "took the VM over") {
+		t.Fatalf("VM after the watch: %+v", in)
+	}
+}
+
 func TestSourceDrives(t *testing.T) {
 	answer := func(st int, body string) string {
 		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -203,12 +203,22 @@ func (m *Manager) load(ctx context.Context, dir string) (*VM, error) {
 		if live && v.rec.Cross != nil && m.resumeHandover(ctx, v) {
 			return v, nil
 		}
-		// An unfinished incoming migration: its source has given up.
-		if live {
-			syscallKill(v.rec.PID)
+		if live && v.rec.Cross == nil && m.incomingRuns(ctx, v) {
+			// On one gateway the migration completed and the guest runs
+			// here; only the source's done call was missing. The VM is
+			// this host's: adopt it as running (below).
+			v.rec.State = wire.StateRunning
+			v.rec.Started = time.Now()
+			v.rec.LastError = "the source did not report the migration's end; this host took the VM over at its restart"
+			v.saveLocked()
+		} else {
+			// An unfinished incoming migration: its source has given up.
+			if live {
+				syscallKill(v.rec.PID)
+			}
+			os.RemoveAll(dir)
+			return nil, nil
 		}
-		os.RemoveAll(dir)
-		return nil, nil
 	}
 	if live {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)

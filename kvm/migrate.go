@@ -332,6 +332,8 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 	}
 	if cross {
 		go m.watchHandover(v)
+	} else {
+		go m.watchIncoming(v)
 	}
 	m.log.Info("waiting for incoming migration", "vm", spec.Name, "from", req.SourceHost, "uri", uri, "cross_gateway", cross)
 	return wire.IncomingReply{URI: uri, Holder: m.holder(spec.Name), CrossGateway: cross}, nil
