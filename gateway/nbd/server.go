@@ -88,6 +88,14 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 1024
 	}
+	if cfg.TLS != nil && cfg.PSK != nil && !cfg.TLS.SessionTicketsDisabled {
+		// STARTTLS routes a ClientHello that carries pre_shared_key to
+		// the PSK server; a certificate client resuming a crypto/tls
+		// session carries its ticket there too and would be refused.
+		// With both kinds of client on one port, no tickets.
+		cfg.TLS = cfg.TLS.Clone()
+		cfg.TLS.SessionTicketsDisabled = true
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

@@ -137,3 +137,24 @@ func TestStartTLSCertificateAndPSK(t *testing.T) {
 		t.Errorf("after a refused handshake: %#x, want NBD_REP_ERR_TLS_REQD", typ[0])
 	}
 }
+
+// A certificate client that resumes its session (a ticket in the
+// ClientHello's pre_shared_key) is served by crypto/tls, not routed to the
+// PSK server, when the server has both.
+func TestStartTLSCertificateResumesBesidePSK(t *testing.T) {
+	psk := &tlspsk.Config{Key: tlspsk.Keys{"alice": bytes.Repeat([]byte{1}, 32)}.Lookup}
+	ts := startServerConfig(t, map[string]device.Device{"v": mem.New(1 << 20)}, Config{TLS: testTLSConfig(t), PSK: psk, RequireTLS: true})
+	cache := tls.NewLRUClientSessionCache(4)
+	for i := range 2 {
+		rc := dialRaw(t, ts.addr)
+		if typ, p := rc.option(optStartTLS, nil); typ[0] != repAck {
+			t.Fatalf("connection %d: STARTTLS: %#x %q", i, typ[0], p[0])
+		}
+		tc := tls.Client(rc.c, &tls.Config{InsecureSkipVerify: true, ClientSessionCache: cache})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("connection %d: TLS handshake: %v", i, err)
+		}
+		rc.c = tc
+		rc.attach("v", true)
+	}
+}
