@@ -81,6 +81,10 @@ func Handler(m *Manager, g prometheus.Gatherer, log *slog.Logger) http.Handler {
 		if !decode(w, r, &req) {
 			return
 		}
+		if err := loopbackFromAfar(r.RemoteAddr, req); err != nil {
+			reply(w, log, http.StatusBadRequest, nil, err)
+			return
+		}
 		rep, err := m.Incoming(r.Context(), req)
 		reply(w, log, http.StatusCreated, rep, err)
 	})

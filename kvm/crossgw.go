@@ -33,12 +33,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
 
 	gwclient "github.com/ferry-io/ferry/gateway/api/client"
 	gwire "github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/apiauth"
 	"github.com/ferry-io/ferry/kvm/client"
 	"github.com/ferry-io/ferry/kvm/wire"
 )
@@ -493,4 +495,34 @@ func (m *Manager) finishCrossGateway(ctx context.Context, v *VM, dst *client.Cli
 	}
 	log.Info("migration between gateways completed", "downtime_ms", st.Downtime+handover.Milliseconds(), "qemu_downtime_ms", st.Downtime,
 		"handover_ms", handover.Milliseconds(), "total_ms", st.TotalTime+handover.Milliseconds(), "transferred", st.RAM.Transferred, "handover", note)
+}
+
+// loopbackFromAfar refuses an incoming request from another host (remote,
+// the request's peer address) that names the source's gateway, its API
+// or its exports by a loopback address: here such an address is this
+// host's own gateway or daemon, which would then be asked to release,
+// renew or serve the source's volumes. The source must be configured
+// with addresses other hosts reach (--gateway, --listen or
+// --migration-address).
+func loopbackFromAfar(remote string, req wire.IncomingRequest) error {
+	if apiauth.IsLoopback(remote) {
+		return nil
+	}
+	hostOf := func(addr string) string {
+		if u, err := url.Parse(addr); err == nil && u.Host != "" {
+			return u.Host
+		}
+		return addr
+	}
+	named := []struct{ what, addr string }{{"its gateway's API (--gateway)", req.SourceGateway}, {"its own API (--listen)", req.SourceAPI}}
+	for _, d := range req.Disks {
+		named = append(named, struct{ what, addr string }{"the export of " + d.Volume, d.NBDURL})
+	}
+	for _, n := range named {
+		if n.addr != "" && apiauth.IsLoopback(hostOf(n.addr)) {
+			return fmt.Errorf("the source host (%s) names %s as %s, a loopback address that means this host here: start its ferry-kvm with addresses other hosts reach: %w",
+				remote, n.what, n.addr, gwire.ErrInvalid)
+		}
+	}
+	return nil
 }

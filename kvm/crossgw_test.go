@@ -232,3 +232,29 @@ func TestFinishCrossGatewayFailures(t *testing.T) {
 		})
 	}
 }
+
+// An incoming request from another host that names the source's gateway,
+// API or exports by a loopback address is refused: here those addresses
+// are this host's own gateway and daemon.
+func TestLoopbackFromAfar(t *testing.T) {
+	ok := wire.IncomingRequest{SourceGateway: "http://10.0.0.5:9809", SourceAPI: "10.0.0.5:9810",
+		Disks: []wire.SourceDisk{{Volume: "v", NBDURL: "nbd://10.0.0.5:10809/v"}}}
+	if err := loopbackFromAfar("10.0.0.5:41000", ok); err != nil {
+		t.Errorf("reachable addresses: %v", err)
+	}
+	local := wire.IncomingRequest{SourceGateway: "127.0.0.1:9809", SourceAPI: "127.0.0.1:9810",
+		Disks: []wire.SourceDisk{{Volume: "v", NBDURL: "nbd://127.0.0.1:10809/v"}}}
+	if err := loopbackFromAfar("127.0.0.1:41000", local); err != nil {
+		t.Errorf("both daemons on this host: %v", err)
+	}
+	for name, req := range map[string]wire.IncomingRequest{
+		"gateway": {SourceGateway: "127.0.0.1:9809", SourceAPI: ok.SourceAPI, Disks: ok.Disks},
+		"api":     {SourceGateway: ok.SourceGateway, SourceAPI: "localhost:9810", Disks: ok.Disks},
+		"export":  {SourceGateway: ok.SourceGateway, SourceAPI: ok.SourceAPI, Disks: []wire.SourceDisk{{Volume: "v", NBDURL: "nbd://[::1]:10809/v"}}},
+	} {
+		err := loopbackFromAfar("10.0.0.5:41000", req)
+		if !errors.Is(err, gwire.ErrInvalid) || !strings.Contains(err.Error(), "loopback") {
+			t.Errorf("%s by loopback from another host: %v", name, err)
+		}
+	}
+}
