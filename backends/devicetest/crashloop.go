@@ -53,7 +53,7 @@ func CrashUnderLoad(d device.Device, crash func(device.Device) (device.Device, e
 					copy(pending[off:], p)
 					mu.Unlock()
 					if err := d.WriteAt(ctx, p, off); err != nil {
-						done <- nil // the device went with the power
+						done <- err // after the cut: the device went with the power
 						return
 					}
 					if ops++; ops == crashAt {
@@ -61,7 +61,7 @@ func CrashUnderLoad(d device.Device, crash func(device.Device) (device.Device, e
 					}
 				}
 				if err := d.Flush(ctx); err != nil {
-					done <- nil
+					done <- err
 					return
 				}
 				mu.Lock()
@@ -72,7 +72,11 @@ func CrashUnderLoad(d device.Device, crash func(device.Device) (device.Device, e
 				mu.Unlock()
 			}
 		}()
-		<-trigger
+		select {
+		case <-trigger:
+		case err := <-done: // failed before the power went: a real error
+			return nil, fmt.Errorf("cycle %d: before the crash: %w", cycle, err)
+		}
 		mu.Lock()
 		cut = true
 		mu.Unlock()
@@ -80,7 +84,7 @@ func CrashUnderLoad(d device.Device, crash func(device.Device) (device.Device, e
 		if err != nil {
 			return nil, fmt.Errorf("cycle %d: reopen after a crash: %w", cycle, err)
 		}
-		<-done // the writer saw the old device close
+		<-done // the writer saw the old device close (its error is expected)
 		d = after
 		got := make([]byte, size)
 		if err := d.ReadAt(ctx, got, 0); err != nil {
