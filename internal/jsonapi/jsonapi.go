@@ -8,6 +8,7 @@ package jsonapi
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,6 +16,14 @@ import (
 
 	"github.com/ferry-io/ferry/gateway/api/wire"
 )
+
+// TLSTransport is http.DefaultTransport's settings (proxy, timeouts,
+// idle-connection limits) with cfg for https:// servers.
+func TLSTransport(cfg *tls.Config) http.RoundTripper {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	return tr
+}
 
 // Error is an error reply. It unwraps to the wire sentinel its code names
 // (or, from a server that sends no code, the one its status implies), so

@@ -42,7 +42,7 @@ func WithToken(token string) Option { return func(c *Client) { c.token = token }
 func WithTLS(cfg *tls.Config) Option {
 	return func(c *Client) {
 		c.tls = cfg
-		c.hc.Transport = &http.Transport{TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment}
+		c.hc.Transport = jsonapi.TLSTransport(cfg)
 	}
 }
 

@@ -37,7 +37,7 @@ func WithToken(token string) Option {
 // holding the gateway's certificate authority).
 func WithTLS(cfg *tls.Config) Option {
 	return func(c *Client) {
-		c.hc.Transport = &http.Transport{TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment}
+		c.hc.Transport = jsonapi.TLSTransport(cfg)
 	}
 }
 
