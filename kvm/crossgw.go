@@ -198,16 +198,15 @@ func (m *Manager) ParkIncoming(ctx context.Context, name string) error {
 	}
 	v.hmu.Lock()
 	defer v.hmu.Unlock()
-	var st struct {
-		Status string `json:"status"`
-	}
 	// The source sees completed a moment before this QEMU has loaded the
 	// last of the stream.
+	var status string
 	for deadline := time.Now().Add(time.Minute); ; {
-		if err := v.exec(ctx, "query-status", nil, &st); err != nil {
+		var err error
+		if status, err = queryStatus(ctx, v.exec); err != nil {
 			return fmt.Errorf("query-status: %w", err)
 		}
-		if st.Status != "inmigrate" || time.Now().After(deadline) {
+		if status != "inmigrate" || time.Now().After(deadline) {
 			break
 		}
 		select {
@@ -216,8 +215,8 @@ func (m *Manager) ParkIncoming(ctx context.Context, name string) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	if st.Status != "paused" {
-		return fmt.Errorf("vm %s: QEMU is %s; the disks move only once the migration completed and the guest is paused: %w", name, st.Status, gwire.ErrBusy)
+	if status != "paused" {
+		return fmt.Errorf("vm %s: QEMU is %s; the disks move only once the migration completed and the guest is paused: %w", name, status, gwire.ErrBusy)
 	}
 	for i, d := range cross.Source {
 		if cross.Parked[i] {
@@ -312,9 +311,6 @@ func (m *Manager) AdoptIncoming(ctx context.Context, name string, req wire.Incom
 // placeholder.
 func (m *Manager) doneCross(ctx context.Context, v *VM, cross *crossIncoming, req wire.IncomingDoneRequest) error {
 	name := v.name()
-	v.mu.Lock()
-	disks := append([]nbdDisk(nil), v.rec.Disks...)
-	v.mu.Unlock()
 	var problems []string
 	for i, sd := range cross.Source {
 		var ds *wire.DiskServer
@@ -354,7 +350,6 @@ func (m *Manager) doneCross(ctx context.Context, v *VM, cross *crossIncoming, re
 		v.rec.Disks[i] = nd
 		v.saveLocked()
 		v.mu.Unlock()
-		disks[i] = nd
 	}
 	if len(problems) > 0 {
 		msg := "the guest stays paused: " + strings.Join(problems, "; ")
