@@ -90,8 +90,14 @@ func (c *Conn) Handshake(ctx context.Context) error {
 	err := c.serverHandshake()
 	c.outMu.Unlock()
 	c.inMu.Unlock()
-	if !stop() && err != nil {
-		err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+	if !stop() {
+		// ctx fired: the connection's deadline is in the past even if the
+		// handshake finished first, so it fails either way.
+		if err == nil {
+			err = fmt.Errorf("tlspsk: handshake: %w", context.Cause(ctx))
+		} else {
+			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+		}
 	}
 	if err != nil {
 		c.fail(err)
