@@ -19,7 +19,8 @@ func cmdVolumeInfo() *cli.Command {
 		UsageText: "ferry volume info NAME [--json]",
 		Description: `Shows the volume's NBD URL and iSCSI target and portal (what to give
 qemu, nbd-client, iscsiadm), its access rules, and every connected
-client with its protocol, address, iSCSI initiator name and since when.
+client with its protocol, address, identity (iSCSI initiator name, or
+an NBD client's TLS identity: certificate name or PSK user) and since when.
 
    ferry volume info vm1
    ferry volume info vm1 --json | jq -r .attach.nbd.url`,

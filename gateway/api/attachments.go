@@ -19,11 +19,12 @@ import (
 // so the leases a restart forgot are re-asserted before anyone else can
 // take a volume. Nothing is written to disk: the holders are the record.
 //
-// An expired lease is kept while the volume has client connections open
-// (wire.Attachment.Connected): the holder's manager may be down while
-// what it attached still runs (ferry-kvm restarting under a VM whose
-// QEMU holds its NBD connections). A crashed host's connections close
-// (or TCP keepalive ends them), and then its lease lapses.
+// An expired lease is kept while the volume has client connections open,
+// whoever's (wire.Attachment.Connected): the holder's manager may be down
+// while what it attached still runs (ferry-kvm restarting under a VM
+// whose QEMU holds its NBD connections). Once a crashed host's
+// connections close (or TCP keepalive ends them) and no other client is
+// connected, its lease lapses.
 //
 // Leases are keyed by volume ID, so a volume removed and created again
 // under its name starts free.

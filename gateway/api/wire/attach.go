@@ -30,10 +30,11 @@ type Attachment struct {
 	Since    time.Time `json:"since"`
 	Expires  time.Time `json:"expires"`
 	// Connected is set when the lease has expired but is kept because the
-	// volume still has client connections open: a holder whose manager
-	// is down (a restarting ferry-kvm or Docker plugin) keeps its volume
-	// while what it attached (a running VM, a mounted device) still
-	// reaches it. The lease lapses once the connections close;
+	// volume still has client connections open (anyone's: the gateway
+	// cannot tell which are the holder's): a holder whose manager is down
+	// (a restarting ferry-kvm or Docker plugin) keeps its volume while
+	// what it attached (a running VM, a mounted device) still reaches it.
+	// The lease lapses once every connection to the volume has closed;
 	// `ferry volume detach --force` ends it at once.
 	Connected bool `json:"connected,omitempty"`
 }
