@@ -117,13 +117,9 @@ func runServe(c *cli.Context) error {
 	var opts []gwclient.Option
 	gatewayToken := ""
 	if f := c.String("gateway-token-file"); f != "" {
-		b, err := os.ReadFile(f)
+		tok, err := gwire.ReadTokenFile(f)
 		if err != nil {
 			return fmt.Errorf("--gateway-token-file: %w", err)
-		}
-		tok, err := gwire.ParseToken(b)
-		if err != nil {
-			return fmt.Errorf("--gateway-token-file %s: %w", f, err)
 		}
 		opts = append(opts, gwclient.WithToken(tok))
 		gatewayToken = tok
@@ -168,15 +164,13 @@ func runServe(c *cli.Context) error {
 		if cert == "" || key == "" {
 			return cli.Exit("--api-tls-cert and --api-tls-key go together: give both or neither", 2)
 		}
-		kp, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
+		if srvTLS, err = apiauth.ServerTLS(cert, key); err != nil {
 			return fmt.Errorf("--api-tls-cert/--api-tls-key: %w", err)
 		}
-		srvTLS = &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
 		authSummary += "; TLS"
 	}
 	if f := c.String("peer-ca"); f != "" {
-		if peerTLS, err = caConfig(f); err != nil {
+		if peerTLS, err = apiauth.CAConfig(f); err != nil {
 			return fmt.Errorf("--peer-ca: %w", err)
 		}
 	}

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"os"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,7 +19,7 @@ func apiFlags() []cli.Flag {
 				if f == "" {
 					return nil
 				}
-				if _, err := caConfig(f); err != nil {
+				if _, err := apiauth.CAConfig(f); err != nil {
 					return fmt.Errorf("--api-ca: %w", err)
 				}
 				return nil
@@ -44,24 +41,10 @@ func apiClient(c *cli.Context) *client.Client {
 		opts = append(opts, client.WithToken(t))
 	}
 	if f := c.String("api-ca"); f != "" {
-		cfg, _ := caConfig(f) // checked by the flag's action
+		cfg, _ := apiauth.CAConfig(f) // checked by the flag's action
 		opts = append(opts, client.WithTLS(cfg))
 	}
 	return client.New(c.String("api"), opts...)
-}
-
-// caConfig is a TLS client configuration trusting the PEM certificate
-// authority in file.
-func caConfig(file string) (*tls.Config, error) {
-	pem, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", file)
-	}
-	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
 func cmdVM() *cli.Command {

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,7 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-io/ferry/gateway/api/client"
-	"github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/apiauth"
 	"github.com/ferry-io/ferry/internal/size"
 )
 
@@ -54,21 +52,7 @@ func tokenFlags() []cli.Flag {
 
 // apiToken reads the token flags: "" when none is given.
 func apiToken(c *cli.Context) (string, error) {
-	switch {
-	case c.String("token") != "":
-		t, err := wire.ParseToken([]byte(c.String("token")))
-		if err != nil {
-			return "", fmt.Errorf("--token: %w", err)
-		}
-		return t, nil
-	case c.String("token-file") != "":
-		t, err := client.ReadTokenFile(c.String("token-file"))
-		if err != nil {
-			return "", fmt.Errorf("--token-file: %w", err)
-		}
-		return t, nil
-	}
-	return "", nil
+	return apiauth.ClientToken(c.String("token"), c.String("token-file"), "--token")
 }
 
 // apiOptions turns the token flags into client options; the flags' actions
@@ -83,15 +67,11 @@ func apiOptions(c *cli.Context) ([]client.Option, error) {
 		opts = append(opts, client.WithToken(t))
 	}
 	if ca := c.String("api-ca"); ca != "" {
-		pem, err := os.ReadFile(ca)
+		cfg, err := apiauth.CAConfig(ca)
 		if err != nil {
 			return nil, fmt.Errorf("--api-ca: %w", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--api-ca %s holds no PEM certificate", ca)
-		}
-		opts = append(opts, client.WithTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+		opts = append(opts, client.WithTLS(cfg))
 	}
 	return opts, nil
 }

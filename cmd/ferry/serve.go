@@ -25,6 +25,7 @@ import (
 	"github.com/ferry-io/ferry/gateway/api"
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/apiauth"
 	"github.com/ferry-io/ferry/internal/buildinfo"
 	"github.com/ferry-io/ferry/internal/cliconf"
 	"github.com/ferry-io/ferry/internal/sdnotify"
@@ -163,7 +164,7 @@ func planListeners(c *cli.Context) ([]*plannedListener, error) {
 			return nil, fmt.Errorf("--%s %q: %w", p.flag, p.addr, err)
 		}
 		if p.ext != nil && p.ext.check != nil {
-			if err := p.ext.check(c, isLoopback(p.addr)); err != nil {
+			if err := p.ext.check(c, apiauth.IsLoopback(p.addr)); err != nil {
 				return nil, err
 			}
 		}
@@ -197,20 +198,6 @@ func checkListenAddr(addr string) error {
 	return nil
 }
 
-// isLoopback reports whether a listen address is reachable from this
-// machine only.
-func isLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
 func runServe(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef(c, "serve takes no arguments, got %q", c.Args().First())
@@ -234,7 +221,7 @@ func runServe(c *cli.Context) error {
 	defer lock.Close()
 	allLoopback := true
 	for _, p := range planned {
-		allLoopback = allLoopback && isLoopback(p.addr)
+		allLoopback = allLoopback && apiauth.IsLoopback(p.addr)
 	}
 	apiSec, err := planAPISecurity(c, dataDir, allLoopback, log)
 	if err != nil {
@@ -285,7 +272,7 @@ func runServe(c *cli.Context) error {
 		if p.l, err = net.Listen("tcp", p.addr); err != nil {
 			return abort(fmt.Errorf("%s listen on %q (--%s): %w", p.name, p.addr, p.flag, err))
 		}
-		lo := isLoopback(p.addr)
+		lo := apiauth.IsLoopback(p.addr)
 		prot := apiSec.summary
 		if p.ext != nil {
 			fe, err := p.ext.frontend(c, mgr, log, reg)

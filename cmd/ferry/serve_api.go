@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -11,19 +12,13 @@ import (
 	"github.com/urfave/cli/v2/altsrc"
 
 	"github.com/ferry-io/ferry/gateway/api"
-)
-
-// API authentication modes (--api-auth).
-const (
-	apiAuthAuto  = "auto"
-	apiAuthToken = "token"
-	apiAuthNone  = "none"
+	"github.com/ferry-io/ferry/internal/apiauth"
 )
 
 // apiSecurityFlags guard the admin API: a bearer token, and TLS.
 func apiSecurityFlags() []cli.Flag {
 	return []cli.Flag{
-		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-auth", Value: apiAuthAuto, EnvVars: []string{"FERRY_API_AUTH"},
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-auth", Value: apiauth.ModeAuto, EnvVars: []string{"FERRY_API_AUTH"},
 			Usage: "admin API authentication: auto (a bearer token as soon as any listener is off loopback), token (always), none (never; refused off loopback unless --api-auth-insecure)"}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "api-auth-insecure", EnvVars: []string{"FERRY_API_AUTH_INSECURE"},
 			Usage: "allow --api-auth none with listeners off loopback (anyone who reaches the API can then manage every volume)"}),
@@ -58,21 +53,18 @@ func planAPISecurity(c *cli.Context, dataDir string, allLoopback bool, log *slog
 		return nil, fmt.Errorf("--api-tls-cert and --api-tls-key go together: give both or neither")
 	}
 	if cert != "" {
-		kp, err := tls.LoadX509KeyPair(cert, key)
+		cfg, err := apiauth.ServerTLS(cert, key)
 		if err != nil {
 			return nil, fmt.Errorf("--api-tls-cert/--api-tls-key: %w", err)
 		}
-		s.tls = &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
+		s.tls = cfg
 	}
-	mode := c.String("api-auth")
-	switch mode {
-	case apiAuthAuto, apiAuthToken, apiAuthNone:
-	default:
-		return nil, fmt.Errorf("--api-auth %q: use auto, token or none", mode)
-	}
-	useToken := mode == apiAuthToken || (mode == apiAuthAuto && !allLoopback)
-	if mode == apiAuthNone && !allLoopback && !c.Bool("api-auth-insecure") {
+	useToken, err := apiauth.NeedToken(c.String("api-auth"), c.Bool("api-auth-insecure"), allLoopback)
+	if errors.Is(err, apiauth.ErrInsecure) {
 		return nil, fmt.Errorf("--api-auth none with a listener off loopback would let anyone who reaches the API manage every volume: drop --api-auth none (a token is then required), or add --api-auth-insecure if the network is trusted")
+	}
+	if err != nil {
+		return nil, err
 	}
 	if useToken {
 		path := c.String("api-token-file")

@@ -12,6 +12,7 @@ import (
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/iscsi"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/apiauth"
 )
 
 func init() {
@@ -35,7 +36,7 @@ func init() {
 			if err := def.Validate(); err != nil {
 				return nil, fmt.Errorf("gateway default iSCSI CHAP (--iscsi-chap-*): %w", err)
 			}
-			needCHAP := !isLoopback(c.String("iscsi-listen"))
+			needCHAP := !apiauth.IsLoopback(c.String("iscsi-listen"))
 			return iscsi.NewServer(mgr, iscsi.Config{
 				Logger: log, Registerer: reg, BaseIQN: c.String("iscsi-base-iqn"),
 				Access: func(ctx context.Context, vol string) (iscsi.Access, error) {

@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/nbd"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/apiauth"
 	"github.com/ferry-io/ferry/internal/tlspsk"
 )
 
@@ -43,7 +44,7 @@ func init() {
 		},
 		listenFlag: "nbd-listen",
 		frontend: func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error) {
-			cfg, _, err := nbdTLS(c, isLoopback(c.String("nbd-listen")))
+			cfg, _, err := nbdTLS(c, apiauth.IsLoopback(c.String("nbd-listen")))
 			if err != nil {
 				return nil, err
 			}

@@ -14,6 +14,8 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -57,8 +59,29 @@ func LoadOrCreateToken(path string) (token string, created bool, err error) {
 	return token, false, nil
 }
 
-// ReadTokenFile reads an API token from a file (wire.ReadTokenFile).
-func ReadTokenFile(path string) (string, error) { return wire.ReadTokenFile(path) }
+// CAConfig is a TLS client configuration trusting the PEM certificate
+// authority in file (a client's --api-ca).
+func CAConfig(file string) (*tls.Config, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// ServerTLS is an API server's TLS configuration from its PEM certificate
+// (chain) and key files (--api-tls-cert, --api-tls-key).
+func ServerTLS(cert, key string) (*tls.Config, error) {
+	kp, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}, nil
+}
 
 // ClientToken is the token a client sends, from a --token value (first)
 // or a --token-file path: "" when both are empty. flag names the flags in
@@ -72,7 +95,7 @@ func ClientToken(value, file, flag string) (string, error) {
 		}
 		return t, nil
 	case file != "":
-		t, err := ReadTokenFile(file)
+		t, err := wire.ReadTokenFile(file)
 		if err != nil {
 			return "", fmt.Errorf("%s-file: %w", flag, err)
 		}

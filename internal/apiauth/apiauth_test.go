@@ -63,8 +63,8 @@ func TestLoadOrCreateToken(t *testing.T) {
 	if err != nil || created || tok2 != tok {
 		t.Fatalf("second: %q %v %v", tok2, created, err)
 	}
-	if got, err := ReadTokenFile(p); err != nil || got != tok {
-		t.Errorf("ReadTokenFile: %q %v", got, err)
+	if got, err := wire.ReadTokenFile(p); err != nil || got != tok {
+		t.Errorf("wire.ReadTokenFile: %q %v", got, err)
 	}
 	os.WriteFile(p, []byte("tiny\n"), 0o600)
 	if _, _, err := LoadOrCreateToken(p); err == nil {
