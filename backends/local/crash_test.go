@@ -29,15 +29,6 @@ type crashable struct {
 
 const poolDir = "/pool"
 
-// on returns the file system the device uses: mem, through Inject when a
-// fault is set.
-func on(mem *vfs.MemFS, fault vfs.Fault) vfs.FS {
-	if fault == nil {
-		return mem
-	}
-	return vfs.Inject(mem, fault)
-}
-
 // newCrashable creates a volume of size bytes in a durable pool directory
 // of a fresh MemFS.
 func newCrashable(t *testing.T, size int64, fault vfs.Fault) *crashable {
@@ -49,7 +40,7 @@ func newCrashable(t *testing.T, size int64, fault vfs.Fault) *crashable {
 	if err := vfs.SyncDir(mem, "/"); err != nil { // the pool exists before the volume
 		t.Fatal(err)
 	}
-	d, err := local.On(on(mem, fault)).Create(poolDir+"/vol.img", size)
+	d, err := local.On(vfs.Inject(mem, fault)).Create(poolDir+"/vol.img", size)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +51,7 @@ func newCrashable(t *testing.T, size int64, fault vfs.Fault) *crashable {
 func (c *crashable) crash(t *testing.T) (device.Device, error) {
 	mem := c.mem.Crash()
 	c.Device.Close() // the process that held it is gone
-	d, err := local.On(on(mem, c.fault)).Open(poolDir + "/vol.img")
+	d, err := local.On(vfs.Inject(mem, c.fault)).Open(poolDir + "/vol.img")
 	if err != nil {
 		return nil, err
 	}
@@ -100,12 +91,7 @@ func TestFlushDurabilityHasTeeth(t *testing.T) {
 		{"directory fsync", func(path string, isDir bool) bool { return isDir }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fault := func(op vfs.Op, path string, isDir bool) error {
-				if op == vfs.OpSync && tc.skip(path, isDir) {
-					return vfs.ErrSkipSync
-				}
-				return nil
-			}
+			fault := vfs.SkipSyncs(tc.skip)
 			d := newCrashable(t, 4<<20, fault)
 			err := devicetest.CheckFlushDurability(d, func(d device.Device) (device.Device, error) {
 				return d.(*crashable).crash(t)
@@ -172,12 +158,7 @@ func TestCrashUnderLoad(t *testing.T) {
 // created durably first) the loop must find an acknowledged epoch lost.
 func TestCrashUnderLoadHasTeeth(t *testing.T) {
 	var armed atomic.Bool
-	d := newCrashable(t, 4<<20, func(op vfs.Op, path string, isDir bool) error {
-		if armed.Load() && op == vfs.OpSync && !isDir {
-			return vfs.ErrSkipSync
-		}
-		return nil
-	})
+	d := newCrashable(t, 4<<20, vfs.SkipSyncs(func(path string, isDir bool) bool { return armed.Load() && !isDir }))
 	armed.Store(true)
 	seed := uint64(time.Now().UnixNano())
 	_, err := devicetest.CrashUnderLoad(d, func(d device.Device) (device.Device, error) {

@@ -95,16 +95,9 @@ type crashTier struct {
 
 const crashPool, crashDir = "/pool", "/pool/tier-test"
 
-func crashFS(mem *vfs.MemFS, fault vfs.Fault) vfs.FS {
-	if fault == nil {
-		return mem
-	}
-	return vfs.Inject(mem, fault)
-}
-
 func openCrashTier(t *testing.T, mem *vfs.MemFS, fault vfs.Fault, objs store.Store, size int64, down bool) (*crashTier, error) {
 	cs := &cutStore{Store: objs}
-	fsys := crashFS(mem, fault)
+	fsys := vfs.Inject(mem, fault)
 	d, err := Open(context.Background(), Config{Dir: crashDir, FS: fsys, Store: cs, Size: size, ChunkSize: testChunk, CacheBytes: 1 << 20, Uploaders: 2})
 	if err != nil {
 		return nil, err
@@ -131,7 +124,7 @@ func newCrashTier(t *testing.T, size int64, fault vfs.Fault, down bool) *crashTi
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := local.On(crashFS(mem, fault)).SyncDir(crashPool); err != nil {
+	if err := local.On(vfs.Inject(mem, fault)).SyncDir(crashPool); err != nil {
 		t.Fatal(err)
 	}
 	return d
@@ -174,12 +167,7 @@ func TestFlushDurabilityHasTeeth(t *testing.T) {
 		{"dirty directory fsync", func(path string, isDir bool) bool { return isDir && strings.HasSuffix(path, "/dirty") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fault := func(op vfs.Op, path string, isDir bool) error {
-				if op == vfs.OpSync && tc.skip(path, isDir) {
-					return vfs.ErrSkipSync
-				}
-				return nil
-			}
+			fault := vfs.SkipSyncs(tc.skip)
 			d := newCrashTier(t, 4<<20, fault, true)
 			err := devicetest.CheckFlushDurability(d, func(d device.Device) (device.Device, error) {
 				return d.(*crashTier).crash(t)
@@ -257,12 +245,7 @@ func TestCrashAfterUpload(t *testing.T) {
 	if err := crashAfterUpload(t, nil); err != nil {
 		t.Fatal(err)
 	}
-	err := crashAfterUpload(t, func(op vfs.Op, path string, isDir bool) error {
-		if op == vfs.OpSync && strings.HasSuffix(path, "/objects.log") {
-			return vfs.ErrSkipSync
-		}
-		return nil
-	})
+	err := crashAfterUpload(t, vfs.SkipSyncs(func(path string, isDir bool) bool { return strings.HasSuffix(path, "/objects.log") }))
 	if err == nil {
 		t.Fatal("an uploaded chunk survived a crash with the journal's fsync skipped: the test has no teeth")
 	}
@@ -334,12 +317,7 @@ func TestCrashAfterPartialOverwrite(t *testing.T) {
 	if err := crashAfterPartialOverwrite(t, nil); err != nil {
 		t.Fatal(err)
 	}
-	err := crashAfterPartialOverwrite(t, func(op vfs.Op, path string, isDir bool) error {
-		if op == vfs.OpSync && strings.HasSuffix(path, ".map") {
-			return vfs.ErrSkipSync
-		}
-		return nil
-	})
+	err := crashAfterPartialOverwrite(t, vfs.SkipSyncs(func(path string, isDir bool) bool { return strings.HasSuffix(path, ".map") }))
 	if err == nil {
 		t.Fatal("a partial overwrite survived a crash with its map's fsync skipped: the test has no teeth")
 	}

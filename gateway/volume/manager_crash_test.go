@@ -182,12 +182,7 @@ func TestManagerCrashesHaveTeeth(t *testing.T) {
 		{"data directory fsync", func(p string, dir bool) bool { return dir && !strings.HasSuffix(p, "/pool") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := managerCrashes(t, func(op vfs.Op, path string, isDir bool) error {
-				if op == vfs.OpSync && tc.skip(path, isDir) {
-					return vfs.ErrSkipSync
-				}
-				return nil
-			})
+			err := managerCrashes(t, vfs.SkipSyncs(tc.skip))
 			if err == nil {
 				t.Fatalf("every restart kept the rules with the %s skipped", tc.name)
 			}

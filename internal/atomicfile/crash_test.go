@@ -53,12 +53,9 @@ func TestCrashCatchesMissingSync(t *testing.T) {
 			if err := On(m).WriteFile("/state", []byte("first")); err != nil {
 				t.Fatal(err)
 			}
-			skip := vfs.Inject(m, func(op vfs.Op, path string, isDir bool) error {
-				if op == vfs.OpSync && isDir == tc.dir && (isDir || strings.HasSuffix(path, ".tmp")) {
-					return vfs.ErrSkipSync
-				}
-				return nil
-			})
+			skip := vfs.Inject(m, vfs.SkipSyncs(func(path string, isDir bool) bool {
+				return isDir == tc.dir && (isDir || strings.HasSuffix(path, ".tmp"))
+			}))
 			if err := On(skip).WriteFile("/state", []byte("second")); err != nil {
 				t.Fatal(err)
 			}

@@ -35,8 +35,25 @@ type Fault func(op Op, path string, isDir bool) error
 
 // Inject returns fsys with fault consulted before every operation it
 // names (pebble's errorfs is the model). Files it opens have no
-// descriptor, so a local device on it takes its portable paths.
-func Inject(fsys FS, fault Fault) FS { return &injectFS{fs: fsys, fault: fault} }
+// descriptor, so a local device on it takes its portable paths. A nil
+// fault returns fsys itself.
+func Inject(fsys FS, fault Fault) FS {
+	if fault == nil {
+		return fsys
+	}
+	return &injectFS{fs: fsys, fault: fault}
+}
+
+// SkipSyncs is a Fault that skips (ErrSkipSync) every sync skip accepts
+// and lets every other operation run.
+func SkipSyncs(skip func(path string, isDir bool) bool) Fault {
+	return func(op Op, path string, isDir bool) error {
+		if op == OpSync && skip(path, isDir) {
+			return ErrSkipSync
+		}
+		return nil
+	}
+}
 
 type injectFS struct {
 	fs    FS
