@@ -48,17 +48,7 @@ func TestAttachmentHeldWhileConnected(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { hold.Process.Kill(); hold.Wait() }()
-	waitConnections := func(n int) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for len(g.info("held").Connections) != n {
-			if time.Now().After(deadline) {
-				t.Fatalf("connections = %+v, want %d", g.info("held").Connections, n)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	waitConnections(1)
+	g.waitConnections("held", 1, 30*time.Second, nil)
 	time.Sleep(1500 * time.Millisecond) // host-a's 1 s lease expires unrenewed
 
 	st, body := g.putAttachment("held", "host-b:vm2", 1)
@@ -75,7 +65,7 @@ func TestAttachmentHeldWhileConnected(t *testing.T) {
 
 	hold.Process.Kill()
 	hold.Wait()
-	waitConnections(0)
+	g.waitConnections("held", 0, 30*time.Second, nil)
 	if st, body := g.putAttachment("held", "host-b:vm2", 20); st != http.StatusCreated {
 		t.Fatalf("host-b after host-a's client left: %d %s", st, body)
 	}

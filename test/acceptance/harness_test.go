@@ -361,10 +361,33 @@ type volumeInfo struct {
 
 // clientInfo is one connected client in `volume info --json`.
 type clientInfo struct {
-	Protocol  string    `json:"protocol"`
-	Remote    string    `json:"remote"`
-	Initiator string    `json:"initiator"`
-	Since     time.Time `json:"since"`
+	Protocol    string    `json:"protocol"`
+	Remote      string    `json:"remote"`
+	Initiator   string    `json:"initiator"`
+	TLSIdentity string    `json:"tls_identity"`
+	Since       time.Time `json:"since"`
+}
+
+// waitConnections waits up to within for vol to have n client connections
+// and returns them; on timeout the test fails, with detail() (a client's
+// output, say) when given.
+func (g *gateway) waitConnections(vol string, n int, within time.Duration, detail func() string) []clientInfo {
+	g.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		conns := g.info(vol).Connections
+		if len(conns) == n {
+			return conns
+		}
+		if time.Now().After(deadline) {
+			more := ""
+			if detail != nil {
+				more = "; " + detail()
+			}
+			g.t.Fatalf("volume %s has connections %+v, want %d%s", vol, conns, n, more)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func (g *gateway) info(vol string) volumeInfo {

@@ -174,30 +174,15 @@ func TestNBDTLSPSK(t *testing.T) {
 	if err := sh.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var in struct {
-			Connections []struct {
-				TLSIdentity string `json:"tls_identity"`
-			} `json:"connections"`
-		}
-		json.Unmarshal([]byte(g.mustCLI("volume", "info", "v1", "--json")), &in)
-		if len(in.Connections) == 1 {
-			if in.Connections[0].TLSIdentity != "alice" {
-				t.Fatalf("connection's TLS identity %q, want alice", in.Connections[0].TLSIdentity)
-			}
-			if out := g.mustCLI("volume", "info", "v1"); !strings.Contains(out, "tls:alice") {
-				t.Errorf("volume info's client table lacks the TLS identity:\n%s", out)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nbdsh's connection never showed in volume info; nbdsh: %s", shOut)
-		}
-		time.Sleep(100 * time.Millisecond)
+	t.Cleanup(func() { sh.Process.Kill(); sh.Wait() })
+	conns := g.waitConnections("v1", 1, 30*time.Second, func() string { return "nbdsh: " + shOut.String() })
+	if conns[0].TLSIdentity != "alice" {
+		t.Fatalf("connection's TLS identity %q, want alice", conns[0].TLSIdentity)
+	}
+	if out := g.mustCLI("volume", "info", "v1"); !strings.Contains(out, "tls:alice") {
+		t.Errorf("volume info's client table lacks the TLS identity:\n%s", out)
 	}
 	sh.Process.Kill()
-	sh.Wait()
 	g.mustCLI("volume", "update", "v1", "--allow-tls-identity", "bob")
 	if out, err := qemuIOPSK(g, clients["alice"], "v1", "read 0 4k"); err == nil {
 		t.Fatalf("alice served though only bob is allowed:\n%s", out)

@@ -124,24 +124,9 @@ func TestNBDTLSClientCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sh.Process.Kill(); sh.Wait() })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var in struct {
-			Connections []struct {
-				TLSIdentity string `json:"tls_identity"`
-			} `json:"connections"`
-		}
-		json.Unmarshal([]byte(g.mustCLI("volume", "info", "v1", "--json")), &in)
-		if len(in.Connections) == 1 {
-			if in.Connections[0].TLSIdentity != "client1" {
-				t.Fatalf("connection's TLS identity %q, want client1", in.Connections[0].TLSIdentity)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nbdsh's connection never showed in volume info; nbdsh: %s", shOut)
-		}
-		time.Sleep(100 * time.Millisecond)
+	conns := g.waitConnections("v1", 1, 20*time.Second, func() string { return "nbdsh: " + shOut.String() })
+	if conns[0].TLSIdentity != "client1" {
+		t.Fatalf("connection's TLS identity %q, want client1", conns[0].TLSIdentity)
 	}
 }
 
