@@ -296,7 +296,7 @@ func (m *Manager) AdoptIncoming(ctx context.Context, name string, req wire.Incom
 			rep.Errors[vol] = "adopted, but this host's gateway serves no NBD"
 			continue
 		}
-		if err := attachOne(ctx, m.cfg.Gateway, vol, m.holder(name)); err != nil {
+		if err := attachOne(ctx, m.cfg.Gateway, vol, m.holder(name), true); err != nil {
 			// Advisory: the renewal retries it.
 			m.log.Warn("attach the adopted volume", "vm", name, "volume", vol, "err", err)
 		}
@@ -370,11 +370,12 @@ func (m *Manager) doneCross(ctx context.Context, v *VM, cross *crossIncoming, re
 	return nil
 }
 
-// attachOne takes holder's attachment of vol on g, waiting out a
-// gateway's start-up grace.
-func attachOne(ctx context.Context, g Gateway, vol, holder string) error {
+// attachOne takes holder's attachment of vol on g (reclaim: one it held
+// before the gateway restarted), waiting out a gateway's start-up grace
+// (503) while ctx allows.
+func attachOne(ctx context.Context, g Gateway, vol, holder string, reclaim bool) error {
 	for try := 0; ; try++ {
-		_, err := g.Attach(ctx, vol, holder, gwire.AttachRequest{Protocol: "nbd", Reclaim: true})
+		_, err := g.Attach(ctx, vol, holder, gwire.AttachRequest{Protocol: "nbd", Reclaim: reclaim})
 		var ae *gwclient.APIError
 		if err != nil && errors.As(err, &ae) && ae.Status == 503 && try < 20 {
 			select {
@@ -423,7 +424,7 @@ func (m *Manager) finishCrossGateway(ctx context.Context, v *VM, dst *client.Cli
 			}
 			if _, err := gw.Release(ctx, d.Volume, false); err != nil {
 				notes = append(notes, fmt.Sprintf("volume %s stays on the source's gateway: release failed: %v", d.Volume, err))
-				if err := attachOne(ctx, gw, d.Volume, holder); err != nil {
+				if err := attachOne(ctx, gw, d.Volume, holder, true); err != nil {
 					log.Error("attach for the destination again", "volume", d.Volume, "err", err)
 				}
 				continue
@@ -454,7 +455,7 @@ func (m *Manager) finishCrossGateway(ctx context.Context, v *VM, dst *client.Cli
 					notes = append(notes, fmt.Sprintf("volume %s: the destination's gateway did not adopt it (%s) and adopting it back here failed (%v): no gateway serves it; adopt it on one (ferry volume adopt) and the guest resumes there", d.Volume, ar.Errors[d.Volume], err))
 					continue
 				}
-				if err := attachOne(ctx, gw, d.Volume, holder); err != nil {
+				if err := attachOne(ctx, gw, d.Volume, holder, true); err != nil {
 					log.Error("attach for the destination again", "volume", d.Volume, "err", err)
 				}
 				servers[i].NBDURL = r.Volume.Attach.NBD.URL

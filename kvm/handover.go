@@ -181,7 +181,7 @@ func (m *Manager) takeOver(ctx context.Context, v *VM, cross *crossIncoming) err
 		servers[i] = wire.DiskServer{Volume: d.Volume, NBDURL: d.NBDURL, Gateway: cross.SourceGateway, GatewayToken: cross.SourceGatewayToken}
 		if err := releaseOn(ctx, src, d, holder); err != nil {
 			notes = append(notes, fmt.Sprintf("volume %s stays on the source's gateway: release failed: %v", d.Volume, err))
-			if err := attachOne(ctx, src, d.Volume, holder); err != nil {
+			if err := attachOne(ctx, src, d.Volume, holder, true); err != nil {
 				m.log.Error("attach on the source's gateway again", "vm", name, "volume", d.Volume, "err", err)
 			}
 			continue
@@ -250,7 +250,7 @@ func (m *Manager) adoptedAlready(ctx context.Context, name string, sd wire.Sourc
 	if err != nil || in.ID != sd.ID || in.Attach.NBD == nil {
 		return "", false
 	}
-	if err := attachOne(ctx, m.cfg.Gateway, sd.Volume, m.holder(name)); err != nil {
+	if err := attachOne(ctx, m.cfg.Gateway, sd.Volume, m.holder(name), true); err != nil {
 		m.log.Warn("attach the adopted volume", "vm", name, "volume", sd.Volume, "err", err)
 	}
 	return in.Attach.NBD.URL, true

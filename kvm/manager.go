@@ -502,17 +502,7 @@ func (m *Manager) checkVolumeFree(ctx context.Context, vm, vol string) error {
 // start-up grace), or none.
 func (m *Manager) attach(ctx context.Context, vm string, disks []wire.Disk) error {
 	for i, d := range disks {
-		var err error
-		for try := 0; ; try++ {
-			_, err = m.cfg.Gateway.Attach(ctx, d.Volume, m.holder(vm), gwire.AttachRequest{Protocol: "nbd"})
-			var ae *gwclient.APIError
-			if err != nil && errors.As(err, &ae) && ae.Status == 503 && try < 20 {
-				time.Sleep(500 * time.Millisecond)
-				continue
-			}
-			break
-		}
-		if err != nil {
+		if err := attachOne(ctx, m.cfg.Gateway, d.Volume, m.holder(vm), false); err != nil {
 			m.detachAll(ctx, vm, disks[:i])
 			if errors.Is(err, gwire.ErrBusy) {
 				return fmt.Errorf("volume %s is in use elsewhere: %w", d.Volume, err)
