@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferry-io/ferry/internal/atomicfile"
+	"github.com/ferry-io/ferry/internal/vfs"
 )
 
 // Sentinel errors of snapshot directories.
@@ -87,16 +88,10 @@ func (s SnapshotDir) Create(ctx context.Context, d *Device, name string) (Snapsh
 
 // mkdir creates the directory and makes its name durable.
 func (s SnapshotDir) mkdir() error {
-	if _, err := os.Stat(s.Dir); err == nil {
-		return nil
-	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+	if err := vfs.MkdirAllDurable(vfs.OS, s.Dir); err != nil {
 		return fmt.Errorf("snapshot directory: %w", err)
 	}
-	if err := SyncDir(filepath.Dir(s.Dir)); err != nil {
-		return err
-	}
-	return SyncDir(filepath.Dir(filepath.Dir(s.Dir)))
+	return nil
 }
 
 // Names lists the snapshots' names, sorted.

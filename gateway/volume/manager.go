@@ -163,7 +163,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	fsys := vfs.Or(cfg.fsys)
 	for _, d := range append([]string{cfg.DataDir}, cfg.PoolDirs...) {
-		if err := mkdirDurable(fsys, d); err != nil {
+		if err := vfs.MkdirAllDurable(fsys, d); err != nil {
 			return nil, fmt.Errorf("open volumes: %w", err)
 		}
 		if fsys != vfs.OS { // what is not on the seam yet needs them too
@@ -295,38 +295,6 @@ func (m *Manager) removeOrphans() {
 	}
 	for _, f := range m.glob(m.cfg.DataDir, ".*.tmp") { // torn atomicfile writes
 		m.fsys.Remove(f)
-	}
-}
-
-// mkdirDurable makes directory dir and its missing parents, and fsyncs
-// the directory above each one it made: a new pool directory must not
-// vanish in a crash with the volumes acknowledged in it.
-func mkdirDurable(fsys vfs.FS, dir string) error {
-	dir = filepath.Clean(dir)
-	have := dir // the nearest directory that exists
-	for {
-		if _, err := fsys.Stat(have); err == nil {
-			break
-		}
-		parent := filepath.Dir(have)
-		if parent == have {
-			break
-		}
-		have = parent
-	}
-	if have == dir {
-		return nil // it exists
-	}
-	if err := fsys.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for d := dir; ; d = filepath.Dir(d) {
-		if err := vfs.SyncDir(fsys, filepath.Dir(d)); err != nil {
-			return fmt.Errorf("sync %s: %w", filepath.Dir(d), err)
-		}
-		if filepath.Dir(d) == have || filepath.Dir(d) == d {
-			return nil
-		}
 	}
 }
 

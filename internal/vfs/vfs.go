@@ -18,6 +18,7 @@ package vfs
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -152,4 +153,36 @@ func CreateTemp(fsys FS, dir, pattern string) (File, error) {
 		return f, err
 	}
 	return nil, &fs.PathError{Op: "createtemp", Path: filepath.Join(dir, pattern), Err: fs.ErrExist}
+}
+
+// MkdirAllDurable makes directory dir (mode 0700) and its missing
+// parents, and fsyncs the directory above each one it made, so that a new
+// directory does not vanish in a crash with what was acknowledged in it.
+func MkdirAllDurable(fsys FS, dir string) error {
+	dir = filepath.Clean(dir)
+	have := dir // the nearest directory that exists
+	for {
+		if _, err := fsys.Stat(have); err == nil {
+			break
+		}
+		parent := filepath.Dir(have)
+		if parent == have {
+			break
+		}
+		have = parent
+	}
+	if have == dir {
+		return nil // it exists
+	}
+	if err := fsys.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if err := SyncDir(fsys, filepath.Dir(d)); err != nil {
+			return fmt.Errorf("sync %s: %w", filepath.Dir(d), err)
+		}
+		if filepath.Dir(d) == have || filepath.Dir(d) == d {
+			return nil
+		}
+	}
 }
