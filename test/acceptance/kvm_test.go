@@ -512,6 +512,23 @@ func TestKVMSurvivesDaemonKillAndMigrates(t *testing.T) {
 	checkDiskCounter(t, g, "c-root", lastPrinted)
 }
 
+// checkMoved checks that volume vol (id) moved from gateway from to
+// gateway to: from no longer lists it, to serves it under the same id and
+// holds its writer lease.
+func checkMoved(t *testing.T, from, to *gateway, vol, id string) {
+	t.Helper()
+	if r := from.cli("volume", "info", vol); r.code == 0 {
+		t.Fatalf("gateway %s still lists %s after the migration:\n%s", from.apiAddr, vol, r.stdout)
+	}
+	var in gwire.VolumeInfo
+	if err := json.Unmarshal([]byte(to.mustCLI("volume", "info", vol, "--json")), &in); err != nil {
+		t.Fatal(err)
+	}
+	if in.ID != id || in.Tier == nil || in.Tier.Lease == nil || in.Tier.Lease.State != "held" {
+		t.Fatalf("gateway %s's volume %s: id %s (want %s), tier %+v", to.apiAddr, vol, in.ID, id, in.Tier)
+	}
+}
+
 // checkDiskCounter reads the counter guest's last value from its disk
 // (copied out of gw) and checks it is the console's last (or the one
 // after it, written but not yet printed).
@@ -570,16 +587,7 @@ func TestKVMMigrateBetweenGateways(t *testing.T) {
 	}
 	// Gateway A let the volume go; B serves it, holds the writer lease
 	// and the destination's attachment.
-	if r := ga.cli("volume", "info", "x-root"); r.code == 0 {
-		t.Fatalf("gateway A still lists the volume after the migration:\n%s", r.stdout)
-	}
-	var vb gwire.VolumeInfo
-	if err := json.Unmarshal([]byte(gb.mustCLI("volume", "info", "x-root", "--json")), &vb); err != nil {
-		t.Fatal(err)
-	}
-	if vb.ID != id || vb.Tier == nil || vb.Tier.Lease == nil || vb.Tier.Lease.State != "held" {
-		t.Fatalf("gateway B's volume: id %s (want %s), tier %+v", vb.ID, id, vb.Tier)
-	}
+	checkMoved(t, ga, gb, "x-root", id)
 	if atts := gb.mustCLI("volume", "info", "x-root"); !strings.Contains(atts, "host-b:x1") {
 		t.Fatalf("gateway B shows no attachment for the destination:\n%s", atts)
 	}
@@ -677,16 +685,7 @@ func TestKVMMigrateBetweenGatewaysSourceDies(t *testing.T) {
 	if in.Disks[0].Holder != "host-b:d1" || !strings.Contains(in.Disks[0].Attach, "nbd://"+gb.nbdAddr+"/d-root") || !strings.Contains(in.LastError, "this host finished the hand-over") {
 		t.Fatalf("destination after the take-over: %+v", in)
 	}
-	if r := ga.cli("volume", "info", "d-root"); r.code == 0 {
-		t.Fatalf("gateway A still lists the volume:\n%s", r.stdout)
-	}
-	var vb gwire.VolumeInfo
-	if err := json.Unmarshal([]byte(gb.mustCLI("volume", "info", "d-root", "--json")), &vb); err != nil {
-		t.Fatal(err)
-	}
-	if vb.ID != id || vb.Tier == nil || vb.Tier.Lease == nil || vb.Tier.Lease.State != "held" {
-		t.Fatalf("gateway B's volume: id %s (want %s), tier %+v", vb.ID, id, vb.Tier)
-	}
+	checkMoved(t, ga, gb, "d-root", id)
 
 	// The source daemon comes back: it quits the QEMU left in
 	// postmigrate and does not list the VM.
