@@ -552,10 +552,20 @@ func (d *Device) gather(c *chunk) []*chunk {
 // uploadLog uploads the writes of partial chunks as one log object and
 // journals them as overlays. A chunk not written meanwhile then leaves
 // the cache: the store has all of it.
+//
+// batch[0] is the caller's chunk: the caller marked it uploading and
+// releases it. gather marked the others, and uploadLog releases them.
+// Every mark is cleared once, by whoever set it. (upload used to clear
+// batch[0] again after uploadLog had: in between, another uploader could
+// gather the chunk, the second clear released it, and a third took it
+// too. Of two log uploads of one chunk at once, the one that found no
+// writes to take dropped the chunk from the cache, and the other then
+// left the dropped chunk's overlays out: flushed writes were lost.)
 func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
+	gathered := slices.Clone(batch[1:])
 	defer func() {
 		d.mu.Lock()
-		for _, c := range batch {
+		for _, c := range gathered {
 			c.uploading = false
 		}
 		d.mu.Unlock()
