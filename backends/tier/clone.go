@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/ferry-io/ferry/backends/store"
@@ -119,6 +120,18 @@ func maxVersion(m Manifest) uint64 {
 // manifest into the clone's store. Opening a tier over the clone's store,
 // Layered over the ancestors, then serves the snapshot's content.
 func SeedClone(ctx context.Context, m Manifest, parentPrefix, cloneID string, ancestors func(prefix string) (store.Store, error), clone store.Store) ([]Parent, error) {
+	if m.Format == manifestV4 {
+		// The clone's first manifest and the markers hold the whole map
+		// (format 3): they name no map object of the parent, which the
+		// parent's collection may replace.
+		ps, err := ancestors(parentPrefix)
+		if err != nil {
+			return nil, err
+		}
+		if m, err = Materialize(ctx, ps, m); err != nil {
+			return nil, fmt.Errorf("the snapshot's map: %w", err)
+		}
+	}
 	parents := append([]Parent{{Prefix: parentPrefix, Below: maxVersion(m) + 1}}, m.Parents...)
 	seed := m
 	seed.Format, seed.Parents, seed.Sequence = manifestV3, parents, 1
@@ -158,7 +171,9 @@ func cloneRoots(ctx context.Context, s store.Store, keep map[string]bool) error 
 		if err := json.Unmarshal(b, &m); err != nil {
 			return fmt.Errorf("clone marker %s: %w", k, err)
 		}
-		manifestKeys(m, keep)
+		if err := manifestRefs(ctx, s, m, keep); err != nil {
+			return fmt.Errorf("clone marker %s: %w", k, err)
+		}
 	}
 	return nil
 }
@@ -173,4 +188,32 @@ func CloneRoots(ctx context.Context, s store.Store) (map[string]bool, error) {
 // UnmarkClone removes a clone's marker from an ancestor.
 func UnmarkClone(ctx context.Context, ancestor store.Store, cloneID string) error {
 	return ancestor.Delete(ctx, cloneMarkerKey(cloneID))
+}
+
+// Materialize returns m with its whole map in Chunks and Overlays: a
+// format-4 manifest (paged map, read from s, the volume's own store)
+// becomes the format-3 manifest with the same map; other formats are
+// returned as they are.
+func Materialize(ctx context.Context, s store.Store, m Manifest) (Manifest, error) {
+	if m.Format != manifestV4 {
+		return m, nil
+	}
+	objs, err := loadManifestMap(ctx, s, m)
+	if err != nil {
+		return Manifest{}, err
+	}
+	m.Format, m.Base, m.Deltas, m.Stored = manifestV3, "", nil, 0
+	m.Chunks, m.Overlays = map[string]string{}, map[string][]Overlay{}
+	for idx, seq := range objs.base {
+		m.Chunks[strconv.FormatInt(idx, 10)] = chunkKey(idx, seq)
+	}
+	for idx, ovs := range objs.overlays {
+		list := make([]Overlay, len(ovs))
+		for i, o := range ovs {
+			list[i] = o.public()
+		}
+		m.Overlays[strconv.FormatInt(idx, 10)] = list
+	}
+	m.Checksum = m.sum()
+	return m, nil
 }

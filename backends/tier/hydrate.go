@@ -57,6 +57,26 @@ func (d *Device) Hydrate(rate int64) {
 		d.hyd.mu.Unlock()
 		return
 	}
+	d.hyd.stats = HydrationStats{State: HydrationRunning, Started: time.Now()}
+	d.hyd.mu.Unlock()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		// The order needs the whole map, which a cache started from a
+		// paged recovery point is still reading.
+		if err := d.mapAll(d.bg); err != nil {
+			d.hyd.mu.Lock()
+			d.hyd.stats.State, d.hyd.stats.Err = HydrationStopped, err.Error()
+			d.hyd.mu.Unlock()
+			return
+		}
+		d.hydrate(d.bg, d.hydrationOrder(), rate)
+	}()
+}
+
+// hydrationOrder is the order hydration fetches chunks in; it sets the
+// hydration's total.
+func (d *Device) hydrationOrder() []int64 {
 	d.mu.Lock()
 	idxs := d.objects.indexes()
 	order := make([]int64, 0, len(idxs))
@@ -78,13 +98,10 @@ func (d *Device) Hydrate(rate int64) {
 		total += min(d.chunkSize(), d.meta.Size-idx*d.chunkSize())
 	}
 	d.mu.Unlock()
-	d.hyd.stats = HydrationStats{State: HydrationRunning, Total: total, Started: time.Now()}
+	d.hyd.mu.Lock()
+	d.hyd.stats.Total = total
 	d.hyd.mu.Unlock()
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.hydrate(d.bg, order, rate)
-	}()
+	return order
 }
 
 // hydrateFetchers is how many chunks hydration fetches at once (as many

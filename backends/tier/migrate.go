@@ -20,7 +20,8 @@ import (
 //
 // A pass copies every object under the volume's prefix that the other
 // store lacks, of the kinds a recovery point, a snapshot or the cache's
-// map can name (chunks/, logs/, manifests/, snapshots/): a superset of what
+// map can name (chunks/, logs/, bases/, pages/, deltas/, manifests/,
+// snapshots/): a superset of what
 // the volume needs, since collection deletes what no root names at its
 // next recovery point on the new store. Objects are immutable and never
 // reuse a key, so a key the other store holds with the same size is the
@@ -77,7 +78,7 @@ const (
 )
 
 // copyPrefixes are the kinds of objects a volume needs in its store.
-var copyPrefixes = []string{"chunks/", "logs/", "manifests/", "snapshots/"}
+var copyPrefixes = []string{"chunks/", "logs/", "bases/", "pages/", "deltas/", "manifests/", "snapshots/"}
 
 // Stats reports the copy's progress.
 func (c *Copier) Stats() CopyStats {
@@ -200,7 +201,13 @@ feed:
 	return copied, first
 }
 
-func isData(k string) bool { return strings.HasPrefix(k, "chunks/") || strings.HasPrefix(k, "logs/") }
+// isData: chunks, logs and map objects, which manifests name.
+func isData(k string) bool {
+	if _, ok := mapObjectSeq(k); ok {
+		return true
+	}
+	return strings.HasPrefix(k, "chunks/") || strings.HasPrefix(k, "logs/")
+}
 
 func sortForCopy(keys []string) {
 	// Data first (any order), then manifests and snapshots.

@@ -110,8 +110,9 @@ func TestPartialWritesFetchNothing(t *testing.T) {
 		t.Fatalf("uploaded partial chunks still cached: %+v", st)
 	}
 	mf := m.check(t, d, cs)
-	if mf.Format != manifestV2 || len(mf.Overlays) == 0 {
-		t.Fatalf("manifest %s with %d overlaid chunks", mf.Format, len(mf.Overlays))
+	objs, err := loadManifestMap(context.Background(), cs, mf)
+	if err != nil || mf.Format != manifestV4 || len(objs.overlays) == 0 {
+		t.Fatalf("manifest %s: %v", mf.Format, err)
 	}
 }
 

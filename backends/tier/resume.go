@@ -54,13 +54,21 @@ func resume(ctx context.Context, cfg Config, log *slog.Logger) (meta, error) {
 	case err != nil:
 		return meta{}, fmt.Errorf("read the newest recovery point: %w", err)
 	}
-	objs, err := manifestObjects(mf)
-	if err != nil {
-		return meta{}, fmt.Errorf("recovery point %d: %w", mf.Sequence, err)
-	}
 	m := meta{Version: 1, Size: mf.Size, ChunkSize: mf.ChunkSize, NextSeq: top.version + 1, Manifest: max(top.manifest, mf.Sequence)}
 	if cfg.Size > m.Size {
 		m.Size = cfg.Size // grown after the recovery point
+	}
+	objs := newObjectMap()
+	if mf.Format == manifestV4 {
+		// A paged map: its base and deltas are kept in the cache, its
+		// pages read as they are needed (pagemap.go). The journal
+		// starts empty.
+		if err := saveLazy(ctx, cfg.FS, cfg.Store, cfg.Dir, mf); err != nil {
+			return meta{}, fmt.Errorf("recovery point %d: %w", mf.Sequence, err)
+		}
+		m.Lazy = manifestKey(mf.Sequence)
+	} else if objs, err = manifestObjects(mf); err != nil {
+		return meta{}, fmt.Errorf("recovery point %d: %w", mf.Sequence, err)
 	}
 	// The journal first: a crash before meta.json exists resumes again.
 	if err := rewriteObjects(cfg.FS, cfg.Dir, objs); err != nil {
@@ -70,13 +78,13 @@ func resume(ctx context.Context, cfg Config, log *slog.Logger) (meta, error) {
 		return meta{}, err
 	}
 	log.Info("cache started from the store's newest recovery point", "recovery_point", mf.Sequence,
-		"created", mf.Created, "chunks", len(mf.Chunks), "next_version", m.NextSeq)
+		"created", mf.Created, "chunks", mf.StoredChunks(), "next_version", m.NextSeq)
 	return m, nil
 }
 
 // versionsSeen are the highest numbers a store holds for one volume.
 type versionsSeen struct {
-	version  uint64 // chunk and log object versions share one sequence
+	version  uint64 // chunk, log and map object versions share one sequence
 	manifest uint64
 }
 
@@ -98,6 +106,16 @@ func highestVersions(ctx context.Context, s store.Store) (versionsSeen, error) {
 			}
 			return nil
 		})
+	}
+	for _, p := range mapPrefixes {
+		if err == nil {
+			err = s.List(ctx, p, func(o store.ObjectInfo) error {
+				if ver, ok := mapObjectSeq(o.Key); ok {
+					top.version = max(top.version, ver)
+				}
+				return nil
+			})
+		}
 	}
 	if err == nil {
 		err = s.List(ctx, "manifests/", func(o store.ObjectInfo) error {

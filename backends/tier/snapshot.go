@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferry-io/ferry/backends/device"
@@ -120,11 +121,23 @@ func (d *Device) Snapshots(ctx context.Context) ([]SnapshotInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := d.mapAll(ctx); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	live := d.objects.keys()
+	if h := d.head; h != nil {
+		live[h.baseKey] = true
+		for _, k := range h.pages {
+			live[k] = true
+		}
+		for _, k := range h.deltas {
+			live[k] = true
+		}
+	}
 	d.mu.Unlock()
 	sizes := map[string]int64{}
-	for _, p := range []string{"chunks/", "logs/"} {
+	for _, p := range append([]string{"chunks/", "logs/"}, mapPrefixes...) {
 		if err := d.cfg.Store.List(ctx, p, func(o store.ObjectInfo) error { sizes[o.Key] = o.Size; return nil }); err != nil {
 			return nil, err
 		}
@@ -133,7 +146,9 @@ func (d *Device) Snapshots(ctx context.Context) ([]SnapshotInfo, error) {
 	refs := make([]map[string]bool, len(snaps))
 	for i, sn := range snaps {
 		refs[i] = map[string]bool{}
-		manifestKeys(sn.Manifest, refs[i])
+		if err := manifestRefs(ctx, d.cfg.Store, sn.Manifest, refs[i]); err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", sn.Name, err)
+		}
 		for k := range refs[i] {
 			count[k]++
 		}
@@ -165,6 +180,9 @@ func RemoveSnapshot(ctx context.Context, s store.Store, name string) error {
 type SnapshotDevice struct {
 	s store.Store
 	m Manifest
+
+	mu   sync.Mutex
+	objs *objectMap // read at the first read of a format-4 manifest's map
 }
 
 var (
@@ -177,10 +195,29 @@ func (sd *SnapshotDevice) ReadOnly() bool { return true }
 
 // OpenSnapshot returns a read-only device reading manifest m from s.
 func OpenSnapshot(s store.Store, m Manifest) (*SnapshotDevice, error) {
-	if _, err := manifestObjects(m); err != nil {
-		return nil, err
+	sd := &SnapshotDevice{s: s, m: m}
+	if m.Format != manifestV4 {
+		objs, err := manifestObjects(m)
+		if err != nil {
+			return nil, err
+		}
+		sd.objs = objs
 	}
-	return &SnapshotDevice{s: s, m: m}, nil
+	return sd, nil
+}
+
+// objects returns the snapshot's map, reading it the first time.
+func (sd *SnapshotDevice) objects(ctx context.Context) (*objectMap, error) {
+	sd.mu.Lock()
+	defer sd.mu.Unlock()
+	if sd.objs == nil {
+		objs, err := loadManifestMap(ctx, sd.s, sd.m)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot map: %w", err)
+		}
+		sd.objs = objs
+	}
+	return sd.objs, nil
 }
 
 // Size implements device.Device.
@@ -191,21 +228,16 @@ func (sd *SnapshotDevice) ReadAt(ctx context.Context, p []byte, off int64) error
 	if err := device.CheckRange(sd.m.Size, off, int64(len(p))); err != nil {
 		return err
 	}
+	objs, err := sd.objects(ctx)
+	if err != nil {
+		return err
+	}
 	cs := sd.m.ChunkSize
 	for done := int64(0); done < int64(len(p)); {
 		at := off + done
 		idx, coff := at/cs, at%cs
 		n := min(cs-coff, int64(len(p))-done)
-		i := fmt.Sprint(idx)
-		var ovs []overlay
-		for _, o := range sd.m.Overlays[i] {
-			ov, err := o.private(cs)
-			if err != nil {
-				return err
-			}
-			ovs = append(ovs, ov)
-		}
-		if err := readChunkRange(ctx, sd.s, sd.m.Chunks[i], ovs, coff, p[done:done+n]); err != nil {
+		if err := readChunkRange(ctx, sd.s, objs.baseKey(idx), objs.overlays[idx], coff, p[done:done+n]); err != nil {
 			return fmt.Errorf("snapshot read at %d: %w", at, err)
 		}
 		done += n
@@ -234,15 +266,17 @@ func (sd *SnapshotDevice) Extents(ctx context.Context, off, length int64) ([]dev
 	if err := device.CheckRange(sd.m.Size, off, length); err != nil {
 		return nil, err
 	}
+	objs, err := sd.objects(ctx)
+	if err != nil {
+		return nil, err
+	}
 	cs := sd.m.ChunkSize
 	var out []device.Extent
 	for at := off; at < off+length; {
 		idx := at / cs
 		end := min((idx+1)*cs, off+length)
-		i := fmt.Sprint(idx)
-		_, base := sd.m.Chunks[i]
 		var flags device.ExtentFlags
-		if !base && len(sd.m.Overlays[i]) == 0 {
+		if !objs.stored(idx) {
 			flags = device.ExtentHole | device.ExtentZero
 		}
 		if n := len(out); n > 0 && out[n-1].Flags == flags {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	"github.com/ferry-io/ferry/internal/atomicfile"
@@ -32,6 +33,10 @@ type meta struct {
 	// does not cost a meta.json write.
 	NextSeq  uint64 `json:"next_seq"`
 	Manifest uint64 `json:"manifest"`
+	// Lazy, when set, is the key of a format-4 manifest whose map lies
+	// under objects.log: the cache started from it (an adoption) and has
+	// not read all of its pages yet (mapfmt.go).
+	Lazy string `json:"lazy,omitempty"`
 }
 
 func loadMeta(fsys vfs.FS, dir string) (meta, bool, error) {
@@ -65,6 +70,66 @@ type objectMap struct {
 	n        int // overlays in total
 	// changed, if set, is called with each chunk whose entry changes.
 	changed func(idx int64)
+
+	// A map opened lazily from a format-4 manifest (mapfmt.go) has
+	// pages not read yet: pending maps their page number to their key.
+	// own records each chunk of a pending page changed since: true when
+	// its entry was replaced (put, drop), false when overlays were only
+	// appended to it, so the page's entry goes under them when it comes.
+	pageChunks int64
+	pending    map[int64]string
+	own        map[int64]bool
+}
+
+// loaded reports whether chunk idx's entry is known (its page read).
+func (m *objectMap) loaded(idx int64) bool {
+	return m.pending == nil || m.pending[idx/m.pageChunks] == ""
+}
+
+// replaced notes that chunk idx's entry was replaced.
+func (m *objectMap) replaced(idx int64) {
+	if !m.loaded(idx) {
+		m.own[idx] = true
+	}
+}
+
+// mergePage puts the entries of page p, read from the store, under what
+// changed since the map was opened.
+func (m *objectMap) mergePage(p int64, ents map[int64]entry) {
+	if m.pending[p] == "" {
+		return
+	}
+	for idx, e := range ents {
+		replaced, changed := m.own[idx]
+		switch {
+		case !changed:
+			if e.ok {
+				m.base[idx] = e.seq
+			}
+			if len(e.ovs) > 0 {
+				m.overlays[idx] = e.ovs
+				m.n += len(e.ovs)
+			}
+		case !replaced:
+			if _, has := m.base[idx]; !has && e.ok {
+				m.base[idx] = e.seq
+			}
+			if len(e.ovs) > 0 {
+				m.overlays[idx] = append(slices.Clone(e.ovs), m.overlays[idx]...)
+				m.n += len(e.ovs)
+			}
+		}
+	}
+	lo := p * m.pageChunks
+	for idx := range m.own {
+		if idx >= lo && idx < lo+m.pageChunks {
+			delete(m.own, idx)
+		}
+	}
+	delete(m.pending, p)
+	if len(m.pending) == 0 {
+		m.pending, m.own = nil, nil
+	}
 }
 
 func (m *objectMap) touch(idx int64) {
@@ -77,8 +142,14 @@ func newObjectMap() *objectMap {
 	return &objectMap{base: map[int64]uint64{}, overlays: map[int64][]overlay{}}
 }
 
-// stored reports whether chunk idx has content in the store.
+// stored reports whether chunk idx has content in the store. A chunk
+// whose page is not read yet is not, unless its entry was replaced since
+// (callers that need to know read the page first, Device.pageIn): one
+// with overlays appended lacks what the page holds under them.
 func (m *objectMap) stored(idx int64) bool {
+	if !m.loaded(idx) && !m.own[idx] {
+		return false
+	}
 	_, b := m.base[idx]
 	return b || len(m.overlays[idx]) > 0
 }
@@ -86,12 +157,18 @@ func (m *objectMap) stored(idx int64) bool {
 // put makes version seq chunk idx's base, replacing its overlays.
 func (m *objectMap) put(idx int64, seq uint64) {
 	m.touch(idx)
+	m.replaced(idx)
 	m.base[idx] = seq
 	m.clearOverlays(idx)
 }
 
 func (m *objectMap) overlay(idx int64, o overlay) {
 	m.touch(idx)
+	if !m.loaded(idx) {
+		if _, ok := m.own[idx]; !ok {
+			m.own[idx] = false
+		}
+	}
 	m.overlays[idx] = append(m.overlays[idx], o)
 	m.n++
 }
@@ -104,6 +181,7 @@ func (m *objectMap) clearOverlays(idx int64) {
 // drop makes chunk idx all zeroes.
 func (m *objectMap) drop(idx int64) {
 	m.touch(idx)
+	m.replaced(idx)
 	delete(m.base, idx)
 	m.clearOverlays(idx)
 }
@@ -263,8 +341,7 @@ func newRecordScanner(r io.Reader) *bufio.Scanner {
 // appending) is ignored: its record was never fsynced, so nothing relied
 // on it. Parsing allocates nothing per record: a large volume's journal
 // holds a line per stored chunk and overlay.
-func loadObjects(fsys vfs.FS, dir string, chunkSize int64) (*objectMap, error) {
-	objs := newObjectMap()
+func loadObjects(fsys vfs.FS, dir string, chunkSize int64, objs *objectMap) (*objectMap, error) {
 	f, err := vfs.Open(fsys, filepath.Join(dir, "objects.log"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return objs, nil
@@ -322,6 +399,9 @@ func parseOverlay(f [][]byte, chunkSize int64) (overlay, bool) {
 }
 
 // rewriteObjects compacts the journal to one line per object, streaming.
+// Replayed over the map it was opened from (empty, or a format-4
+// manifest's read lazily), it gives objs: a chunk whose entry was
+// replaced gets a drop before its overlays when it has no base object.
 func rewriteObjects(fsys vfs.FS, dir string, objs *objectMap) error {
 	return atomicfile.On(fsys).WriteFunc(filepath.Join(dir, "objects.log"), func(w *bufio.Writer) error {
 		var line []byte
@@ -331,7 +411,24 @@ func rewriteObjects(fsys vfs.FS, dir string, objs *objectMap) error {
 				return err
 			}
 		}
+		for idx, replaced := range objs.own {
+			if _, b := objs.base[idx]; b || !replaced {
+				continue
+			}
+			line = strconv.AppendInt(append(line[:0], "drop "...), idx, 10)
+			if _, err := w.Write(append(line, '\n')); err != nil {
+				return err
+			}
+		}
 		for idx, ovs := range objs.overlays {
+			if _, b := objs.base[idx]; !b && objs.loaded(idx) {
+				// Zeroes under the overlays, whatever a map this
+				// journal is replayed over says.
+				line = strconv.AppendInt(append(line[:0], "drop "...), idx, 10)
+				if _, err := w.Write(append(line, '\n')); err != nil {
+					return err
+				}
+			}
 			for _, o := range ovs {
 				line = appendOvl(line[:0], idx, o)
 				if _, err := w.Write(line); err != nil {

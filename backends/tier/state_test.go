@@ -23,7 +23,7 @@ func TestLoadObjects(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "objects.log"), []byte(journal), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m, err := loadObjects(vfs.OS, dir, testChunk)
+	m, err := loadObjects(vfs.OS, dir, testChunk, newObjectMap())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func TestLoadObjects(t *testing.T) {
 	if err := rewriteObjects(vfs.OS, dir, m); err != nil {
 		t.Fatal(err)
 	}
-	again, err := loadObjects(vfs.OS, dir, testChunk)
+	again, err := loadObjects(vfs.OS, dir, testChunk, newObjectMap())
 	if err != nil || !maps.Equal(again.base, m.base) || !slices.Equal(again.overlays[5], m.overlays[5]) {
 		t.Fatalf("after rewrite: %v %v %v", err, again.base, again.overlays)
 	}
@@ -56,7 +56,7 @@ func TestLoadObjects(t *testing.T) {
 		"ovl 4 " + logKey(1) + " 4294967296 0 10\n",        // log offset too large
 	} {
 		os.WriteFile(filepath.Join(dir, "objects.log"), []byte(bad), 0o600)
-		if _, err := loadObjects(vfs.OS, dir, testChunk); err == nil || !strings.Contains(err.Error(), "objects.log") {
+		if _, err := loadObjects(vfs.OS, dir, testChunk, newObjectMap()); err == nil || !strings.Contains(err.Error(), "objects.log") {
 			t.Errorf("%q: %v, want an objects.log error", strings.TrimSpace(bad), err)
 		}
 	}
@@ -73,14 +73,14 @@ func FuzzLoadObjects(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(dir, "objects.log"), journal, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		m, err := loadObjects(vfs.OS, dir, testChunk)
+		m, err := loadObjects(vfs.OS, dir, testChunk, newObjectMap())
 		if err != nil {
 			return
 		}
 		if err := rewriteObjects(vfs.OS, dir, m); err != nil {
 			t.Fatal(err)
 		}
-		again, err := loadObjects(vfs.OS, dir, testChunk)
+		again, err := loadObjects(vfs.OS, dir, testChunk, newObjectMap())
 		if err != nil {
 			t.Fatalf("rewritten journal does not load: %v", err)
 		}

@@ -159,6 +159,17 @@ type Device struct {
 	streamBorn uint64            // under mu
 
 	hyd hydration // hydrate.go
+
+	// Under mu (pagemap.go): the map of the last recovery point this
+	// device published or started from (nil: not known, so the next one
+	// writes a whole base), the chunks changed since, and whether the
+	// next one must write a whole base. lazy is the source of the pages
+	// objects has not read yet (nil once all are).
+	head     *mapSource
+	since    map[int64]struct{}
+	fullNext bool
+	lazy     *mapSource
+	mapDone  chan struct{} // closed when every page is read
 }
 
 var (
@@ -237,7 +248,24 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		}
 	}
 	cfg.ChunkSize = m.ChunkSize
-	objs, err := loadObjects(cfg.FS, cfg.Dir, cfg.ChunkSize)
+	objs, src := newObjectMap(), (*mapSource)(nil)
+	if m.Lazy != "" {
+		// Started from a format-4 recovery point whose pages are not
+		// all read: its base and deltas now, its pages when needed.
+		if objs, src, err = openLazy(ctx, cfg.FS, cfg.Store, cfg.Dir, m.Lazy); err != nil {
+			return nil, fmt.Errorf("tier: the recovery point the cache started from: %w", err)
+		}
+	}
+	if m.Lazy == "" {
+		cfg.FS.Remove(filepath.Join(cfg.Dir, lazyName)) // left by a crash after the map was journaled
+	}
+	since := map[int64]struct{}{}
+	if src != nil {
+		// What the journal changes since that recovery point goes into
+		// the next one, which chains onto it.
+		objs.changed = func(idx int64) { since[idx] = struct{}{} }
+	}
+	objs, err = loadObjects(cfg.FS, cfg.Dir, cfg.ChunkSize, objs)
 	if err != nil {
 		return nil, fmt.Errorf("tier: objects journal: %w", err)
 	}
@@ -254,9 +282,28 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		unflushed: map[*chunk]struct{}{}, journal: j, wake: make(chan struct{}, 1),
 		seq: m.NextSeq, raNext: -1, raBusy: map[int64]struct{}{}, inflight: map[uint64]struct{}{},
 		streams: map[int64]*stream{},
+		since:   since, lazy: src, mapDone: make(chan struct{}),
+	}
+	head, changed, ok := takeHead(cfg.FS, cfg.Dir)
+	switch {
+	case src != nil:
+		d.head = src.clone()
+	case ok:
+		// Closed cleanly: the next recovery point chains onto the last.
+		d.head, d.since = head, changed
+	default:
+		// Changes since the last recovery point are not known: the
+		// next one writes a whole base.
+		d.fullNext = true
+	}
+	if src == nil {
+		close(d.mapDone)
 	}
 	// Called under d.mu by every change of the map after loading.
-	objs.changed = func(idx int64) { d.forgetStreamLocked(idx, nil) }
+	objs.changed = func(idx int64) {
+		d.forgetStreamLocked(idx, nil)
+		d.since[idx] = struct{}{}
+	}
 	d.space = sync.NewCond(&d.mu)
 	if cfg.Budget == nil {
 		d.cfg.Budget = NewBudget(cfg.CacheBytes)
@@ -303,6 +350,10 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	d.wg.Add(1)
 	go d.recallLastCheckpoint(uctx)
+	if src != nil && readPagesAhead {
+		d.wg.Add(1)
+		go d.loadPages(uctx)
+	}
 	if pending {
 		d.kick()
 	}
@@ -367,6 +418,9 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	last := int64(-1)
 	err := d.span(off, int64(len(p)), func(idx, coff, n, done int64) error {
+		if err := d.pageIn(ctx, idx); err != nil {
+			return err
+		}
 		buf := p[done : done+n]
 		last = idx
 		seq := d.cfg.Readahead >= 0 && d.sequential(idx)
@@ -518,6 +572,9 @@ func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) error {
 // chunk made dirty and cached: partially if it was not cached, unless fn
 // overwrites all of it.
 func (d *Device) modify(ctx context.Context, idx, coff, n int64, fn func(*chunk) error) error {
+	if err := d.pageIn(ctx, idx); err != nil {
+		return err
+	}
 	for {
 		mode := lookupWrite
 		if n == d.chunkSize() {
@@ -625,6 +682,9 @@ var (
 // lookup returns the cached chunk idx, fetching or creating it as mode
 // allows, and whether it was cached already.
 func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*chunk, bool, error) {
+	if err := d.pageIn(ctx, idx); err != nil {
+		return nil, false, err
+	}
 	d.mu.Lock()
 	if c := d.chunks[idx]; c != nil {
 		d.mu.Unlock()
@@ -850,6 +910,9 @@ func (d *Device) zero(ctx context.Context, off, length int64, punch bool) error 
 	d.gate.RLock()
 	defer d.gate.RUnlock()
 	return d.span(off, length, func(idx, coff, n, done int64) error {
+		if err := d.pageIn(ctx, idx); err != nil {
+			return err
+		}
 		if n == d.chunkSize() {
 			return d.dropChunk(idx)
 		}
@@ -935,6 +998,9 @@ func (d *Device) Extents(ctx context.Context, off, length int64) ([]device.Exten
 	}
 	var out []device.Extent
 	err := d.span(off, length, func(idx, coff, n, done int64) error {
+		if err := d.pageIn(ctx, idx); err != nil {
+			return err
+		}
 		d.mu.Lock()
 		_, cached := d.chunks[idx]
 		inStore := d.objects.stored(idx)
@@ -962,12 +1028,24 @@ func (d *Device) Resize(ctx context.Context, size int64) error {
 	if err := d.writable(); err != nil {
 		return err
 	}
+	if size < d.Size() {
+		// Shrinking drops every stored chunk past the end: the whole
+		// map must be known (a cache started from a paged recovery
+		// point reads it in the background).
+		if err := d.mapAll(ctx); err != nil {
+			return err
+		}
+	}
 	d.gate.Lock()
 	defer d.gate.Unlock()
 	d.mu.Lock()
 	old := d.meta.Size
 	d.mu.Unlock()
 	if size < old {
+		if !d.mapLoaded() {
+			// Grown meanwhile by another resize: the map was not needed.
+			return fmt.Errorf("resize to %d: %w (the volume's map is still being read; retry)", size, errMapUnknown)
+		}
 		cs := d.chunkSize()
 		if tail := size % cs; tail != 0 {
 			// Zero the rest of the new last chunk while it is still in range.
@@ -1022,6 +1100,15 @@ func (d *Device) Close() error {
 	d.stop()
 	d.wg.Wait()
 	d.cfg.Budget.unregister(d)
+	if d.ckptMu.TryLock() {
+		// No recovery point is being published: record the map the
+		// next one chains onto (with one running, the next start writes
+		// a whole base instead).
+		if err := d.saveHead(); err != nil {
+			d.log.Warn("recording the last recovery point's map failed; the next one after a restart writes it whole", "err", err)
+		}
+		d.ckptMu.Unlock()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, c := range d.chunks {

@@ -144,6 +144,9 @@ func (d *Device) upload(ctx context.Context, c *chunk) error {
 		d.mu.Unlock()
 		d.cfg.Budget.wake() // the chunk may have become evictable
 	}()
+	if err := d.pageIn(ctx, c.idx); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	partial, compact := !c.full && c.dirty, false
 	if partial {
@@ -261,28 +264,30 @@ type Manifest struct {
 	// Overlays: decimal chunk index → byte ranges of log objects applied,
 	// in order, over the chunk's object (or zeroes). Format 2 only.
 	Overlays map[string][]Overlay `json:"overlays,omitempty"`
-	// Parents: a clone's ancestors, nearest first (format 3 only).
+	// Base and Deltas: the map of a format-4 manifest (mapfmt.go), which
+	// has no Chunks or Overlays of its own; Stored is how many chunks
+	// that map holds (-1: the writer did not know).
+	Base   string   `json:"base,omitempty"`
+	Deltas []string `json:"deltas,omitempty"`
+	Stored int64    `json:"stored_chunks,omitempty"`
+	// Parents: a clone's ancestors, nearest first (formats 3 and 4).
 	Parents  []Parent `json:"parents,omitempty"`
 	Checksum string   `json:"checksum,omitempty"`
 }
 
-// Manifest formats: 1 has whole-chunk objects only; 2 adds overlays.
+// Manifest formats: 1 has whole-chunk objects only; 2 adds overlays; 3
+// adds a clone's parents; 4 names a paged map (mapfmt.go) instead of
+// holding the map.
 const (
 	manifestV1 = "ferry-manifest/1"
 	manifestV2 = "ferry-manifest/2"
 	manifestV3 = "ferry-manifest/3"
 )
 
-// manifestFormat is the format a manifest with these fields has.
-func manifestFormat(parents []Parent) string {
-	if len(parents) > 0 {
-		return manifestV3
-	}
-	return manifestV2
-}
-
 // knownFormat reports whether a reader of this package reads f.
-func knownFormat(f string) bool { return f == manifestV1 || f == manifestV2 || f == manifestV3 }
+func knownFormat(f string) bool {
+	return f == manifestV1 || f == manifestV2 || f == manifestV3 || f == manifestV4
+}
 
 func (m Manifest) sum() string {
 	m.Checksum = ""
@@ -323,6 +328,9 @@ func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, err
 	}
 	d.ckptMu.Lock()
 	defer d.ckptMu.Unlock()
+	if err := d.pageInChanged(ctx); err != nil {
+		return Manifest{}, fmt.Errorf("checkpoint: %w", err)
+	}
 	d.gate.Lock()
 	gated := true
 	defer func() {
@@ -376,33 +384,54 @@ func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, err
 	}
 	d.mu.Lock()
 	d.meta.Manifest++
-	m := Manifest{Format: manifestFormat(d.cfg.Parents), Parents: d.cfg.Parents, Sequence: d.meta.Manifest, Created: time.Now().UTC(),
-		Size: d.meta.Size, ChunkSize: d.meta.ChunkSize, Chunks: map[string]string{}, Overlays: map[string][]Overlay{}}
-	for idx, seq := range d.objects.base {
-		m.Chunks[fmt.Sprint(idx)] = chunkKey(idx, seq)
-	}
-	for idx, ovs := range d.objects.overlays {
-		list := make([]Overlay, len(ovs))
-		for i, o := range ovs {
-			list[i] = o.public()
-		}
-		m.Overlays[fmt.Sprint(idx)] = list
+	m := Manifest{Format: manifestV4, Parents: d.cfg.Parents, Sequence: d.meta.Manifest, Created: time.Now().UTC(),
+		Size: d.meta.Size, ChunkSize: d.meta.ChunkSize, Chunks: map[string]string{}}
+	plan, err := d.planMapLocked()
+	if err != nil {
+		d.meta.Manifest--
+		d.mu.Unlock()
+		d.changed.Store(true)
+		return Manifest{}, fmt.Errorf("checkpoint: %w", err)
 	}
 	d.mu.Unlock()
 	// The manifest is the flush point; writes may go on while it is
 	// published. What they upload gets newer keys, which collect spares.
 	d.gate.Unlock()
 	gated = false
-	if err := d.saveMeta(); err != nil {
+	var seqs []uint64 // the map objects' versions, in flight until published
+	defer func() {
+		for _, s := range seqs {
+			d.settle(s)
+		}
+	}()
+	fail := func(err error) (Manifest, error) {
+		d.mu.Lock()
+		d.unplanLocked(plan)
+		d.mu.Unlock()
 		d.changed.Store(true)
 		return Manifest{}, err
 	}
+	if err := d.saveMeta(); err != nil {
+		return fail(err)
+	}
+	next, err := d.writeMap(ctx, plan, &seqs)
+	if err != nil {
+		return fail(fmt.Errorf("checkpoint: the map of recovery point %d: %w", m.Sequence, err))
+	}
+	m.Base, m.Deltas, m.Stored = next.baseKey, next.deltas, plan.stored
 	m.Checksum = m.sum()
 	b, _ := json.MarshalIndent(m, "", " ")
 	if err := d.cfg.Store.Put(ctx, manifestKey(m.Sequence), b, store.PutOptions{IfAbsent: true}); err != nil {
-		d.changed.Store(true)
-		return Manifest{}, fmt.Errorf("checkpoint: publish manifest %d: %w", m.Sequence, err)
+		return fail(fmt.Errorf("checkpoint: publish manifest %d: %w", m.Sequence, err))
 	}
+	for _, s := range seqs {
+		d.settle(s) // named by the newest manifest: collect keeps them
+	}
+	seqs = nil
+	next.size = m.Size
+	d.mu.Lock()
+	d.head, d.fullNext = next, false
+	d.mu.Unlock()
 	d.cfg.Metrics.upload(UploadManifest, len(b))
 	if snapshot != "" {
 		if err := d.cfg.Store.Put(ctx, snapshotKey(snapshot), b, store.PutOptions{IfAbsent: true}); err != nil {
@@ -419,6 +448,8 @@ func (d *Device) checkpoint(ctx context.Context, snapshot string) (Manifest, err
 	logs, err := d.collect(ctx)
 	if err != nil {
 		d.log.Warn("garbage collection after recovery point failed; will retry at the next one", "err", err)
+	} else if logs == nil {
+		// Collection waits for the map (collect).
 	} else if err := d.reclaimLogs(ctx, logs); err != nil && ctx.Err() == nil {
 		d.log.Warn("rewriting chunks out of mostly dead log objects failed; will retry at the next recovery point", "err", err)
 	}
@@ -434,6 +465,12 @@ const keepManifests = 3
 // began are never touched, so uploads in flight are safe. It returns the
 // size of every log object it kept, by version.
 func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
+	if !d.mapLoaded() {
+		// The map is still being read from the recovery point the
+		// cache started from: that recovery point's objects are the
+		// rest of it, and collection waits until they are journaled.
+		return nil, nil
+	}
 	d.mu.Lock()
 	// Spare every version from the oldest upload not yet journaled on:
 	// its object may exist before objects names it.
@@ -442,6 +479,7 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 		bound = min(bound, seq)
 	}
 	keep := d.objects.keys()
+	current := d.currentPagesLocked()
 	d.mu.Unlock()
 	var manifests []string
 	if err := d.cfg.Store.List(ctx, "manifests/", func(o store.ObjectInfo) error {
@@ -457,8 +495,12 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 	if err != nil {
 		return nil, err
 	}
+	roots := newRefs(d.cfg.Store, keep)
+	roots.current = current
 	for _, sn := range snaps {
-		manifestKeys(sn.Manifest, keep)
+		if err := roots.add(ctx, sn.Manifest); err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", sn.Name, err)
+		}
 	}
 	// And so are clones' markers.
 	if err := cloneRoots(ctx, d.cfg.Store, keep); err != nil {
@@ -470,19 +512,41 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 			return nil, err
 		}
 		var m Manifest
-		if err := json.Unmarshal(b, &m); err != nil {
+		if json.Unmarshal(b, &m) != nil || !knownFormat(m.Format) || m.Checksum != m.sum() {
 			continue
 		}
-		for _, k := range m.Chunks {
-			keep[k] = true
-		}
-		for _, ovs := range m.Overlays {
-			for _, o := range ovs {
-				keep[o.Log] = true
-			}
+		if err := roots.add(ctx, m); err != nil {
+			// A kept manifest whose map cannot be read: delete
+			// nothing rather than what it may name.
+			return nil, err
 		}
 	}
+	if err := roots.finish(ctx); err != nil {
+		return nil, err
+	}
+	// The map the next recovery point chains onto.
+	d.mu.Lock()
+	if h := d.head; h != nil {
+		keep[h.baseKey] = true
+		for _, k := range h.pages {
+			keep[k] = true
+		}
+		for _, k := range h.deltas {
+			keep[k] = true
+		}
+	}
+	d.mu.Unlock()
 	var garbage []string
+	for _, p := range mapPrefixes {
+		if err := d.cfg.Store.List(ctx, p, func(o store.ObjectInfo) error {
+			if ver, ok := mapObjectSeq(o.Key); ok && ver < bound && !keep[o.Key] {
+				garbage = append(garbage, o.Key)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
 	if err := d.cfg.Store.List(ctx, "chunks/", func(o store.ObjectInfo) error {
 		var idx int64
 		var ver uint64
@@ -598,27 +662,15 @@ func LatestManifest(ctx context.Context, s store.Store) (Manifest, error) {
 // the manifest and the tails of short objects are left as they are. It uses
 // only objects in s.
 func Export(ctx context.Context, s store.Store, m Manifest, w io.WriterAt) error {
-	idxs := map[string]bool{}
-	for i := range m.Chunks {
-		idxs[i] = true
+	objs, err := loadManifestMap(ctx, s, m)
+	if err != nil {
+		return fmt.Errorf("manifest %d: %w", m.Sequence, err)
 	}
-	for i := range m.Overlays {
-		idxs[i] = true
-	}
+	idxs := objs.indexes()
+	slices.Sort(idxs)
 	var buf []byte // one chunk's, reused
-	for i := range idxs {
-		var idx int64
-		if _, err := fmt.Sscan(i, &idx); err != nil || idx < 0 || idx*m.ChunkSize >= m.Size {
-			return fmt.Errorf("manifest %d: bad chunk index %q", m.Sequence, i)
-		}
-		ovs := make([]overlay, len(m.Overlays[i]))
-		for k, o := range m.Overlays[i] {
-			var err error
-			if ovs[k], err = o.private(m.ChunkSize); err != nil {
-				return fmt.Errorf("manifest %d: chunk %d: %w", m.Sequence, idx, err)
-			}
-		}
-		b, err := assemble(ctx, s, m.Chunks[i], ovs, m.ChunkSize, buf)
+	for _, idx := range idxs {
+		b, err := assemble(ctx, s, objs.baseKey(idx), objs.overlays[idx], m.ChunkSize, buf)
 		if err != nil {
 			return fmt.Errorf("chunk %d: %w", idx, err)
 		}

@@ -27,8 +27,17 @@ Returns once the manifest is in S3, or fails with the reason.`,
 			if c.Bool("json") {
 				return printJSON(r)
 			}
-			fmt.Printf("recovery point %d of %s published (%d chunks)\n", r.Sequence, name, r.Chunks)
+			fmt.Printf("recovery point %d of %s published%s\n", r.Sequence, name, chunkCount(r.Chunks))
 			return nil
 		},
 	}
+}
+
+// chunkCount is " (N chunks)", or nothing when the gateway did not know
+// (a volume still reading its map from the store: -1).
+func chunkCount(n int) string {
+	if n < 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d chunks)", n)
 }

@@ -72,6 +72,13 @@ A local volume (not in an S3 store) is copied from its NBD URL instead:
 			if err != nil {
 				return fmt.Errorf("no recovery point of %s in S3 yet (run ferry volume checkpoint %s): %w", name, name, err)
 			}
+			// A paged map (format 4) is read whole first: the progress
+			// needs its size.
+			whole, err := tier.Materialize(c.Context, st, m)
+			if err != nil {
+				return fmt.Errorf("read the map of recovery point %d: %w", m.Sequence, err)
+			}
+			m = whole
 			// A clone reads its ancestors' objects from their prefixes.
 			var layers []tier.Layer
 			for _, p := range m.Parents {

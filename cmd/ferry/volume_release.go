@@ -36,7 +36,7 @@ clients are connected, unless --force disconnects them first.
 			if c.Bool("json") {
 				return printJSON(r)
 			}
-			fmt.Printf("released %s: final recovery point %d (%d chunks) published, writer lease given up\n", name, r.Sequence, r.Chunks)
+			fmt.Printf("released %s: final recovery point %d%s published, writer lease given up\n", name, r.Sequence, chunkCount(r.Chunks))
 			return nil
 		},
 	}

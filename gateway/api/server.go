@@ -140,7 +140,7 @@ func (h *handler) checkpoint(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: len(mf.Chunks)})
+	writeJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: mf.StoredChunks()})
 }
 
 func (h *handler) location(w http.ResponseWriter, r *http.Request) {
@@ -240,7 +240,7 @@ func (h *handler) release(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: len(mf.Chunks)})
+	writeJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: mf.StoredChunks()})
 }
 
 func (h *handler) migrate(w http.ResponseWriter, r *http.Request) {

@@ -654,8 +654,11 @@ func hydrationInfo(td *tier.Device) *HydrationInfo {
 		return nil
 	}
 	hi := &HydrationInfo{State: string(h.State), TotalBytes: h.Total, DoneBytes: h.Done, BytesPerSec: h.Rate, Error: h.Err, Percent: 100}
-	if h.Total > 0 {
+	switch {
+	case h.Total > 0:
 		hi.Percent = 100 * float64(h.Done) / float64(h.Total)
+	case h.State == tier.HydrationRunning:
+		hi.Percent = 0 // the volume's map is still being read: no total yet
 	}
 	if h.State == tier.HydrationRunning && h.Rate > 0 {
 		hi.ETASeconds = float64(h.Total-h.Done) / h.Rate

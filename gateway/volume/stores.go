@@ -271,7 +271,7 @@ func (m *Manager) Checkpoint(ctx context.Context, name string) (tier.Manifest, e
 	if err != nil {
 		return mf, fmt.Errorf("checkpoint %q: %w", name, err)
 	}
-	m.log.Info("recovery point published", attrVolume, name, "sequence", mf.Sequence, "chunks", len(mf.Chunks))
+	m.log.Info("recovery point published", attrVolume, name, "sequence", mf.Sequence, "chunks", mf.StoredChunks())
 	return mf, nil
 }
 

@@ -459,7 +459,9 @@ type UpdateRequest struct {
 type CheckpointResponse struct {
 	Sequence uint64    `json:"sequence"`
 	Created  time.Time `json:"created"`
-	Chunks   int       `json:"chunks"`
+	// Chunks is how many chunks its map holds (-1: not known, while the
+	// volume still reads its map from the store after an adoption).
+	Chunks int `json:"chunks"`
 }
 
 // Listener protocols.
