@@ -691,11 +691,9 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 		return c, true, nil
 	}
 	stored := d.objects.stored(idx)
-	key, ovs := d.objects.baseKey(idx), slices.Clone(d.objects.overlays[idx])
 	d.mu.Unlock()
-	inStore := stored && mode.fetch
-	if !inStore && !mode.create {
-		return nil, false, nil
+	if !(stored && mode.fetch) && !mode.create {
+		return nil, false, nil // all zeroes
 	}
 	v, err, _ := d.fetches.Do(chunkName(idx), func() (any, error) {
 		d.mu.Lock()
@@ -703,7 +701,16 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 			d.mu.Unlock()
 			return c, nil
 		}
+		// The map as it is now, not as it was before this call joined
+		// the fetches: it may have changed since (a whole chunk trimmed
+		// or zeroed), and what an older look names is gone.
+		stored := d.objects.stored(idx)
+		key, ovs := d.objects.baseKey(idx), slices.Clone(d.objects.overlays[idx])
 		d.mu.Unlock()
+		inStore := stored && mode.fetch
+		if !inStore && !mode.create {
+			return (*chunk)(nil), nil
+		}
 		if mode.partial || stored && !mode.fetch {
 			// A chunk the store holds is replaced through a map too, so
 			// a crash before the write lands uploads nothing of it.
@@ -743,21 +750,38 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 		c := &chunk{idx: idx, dev: dev, dirty: !inStore, full: true}
 		c.charge.Store(d.chunkSize())
 		c.lastUse.Store(time.Now().UnixNano())
-		ok = true
 		d.mu.Lock()
+		if inStore && (key != d.objects.baseKey(idx) || !slices.Equal(ovs, d.objects.overlays[idx])) {
+			// Trimmed, zeroed or rewritten while it was fetched: cached,
+			// this copy would outlive the change (and a later write would
+			// upload it whole). Look again.
+			d.mu.Unlock()
+			dev.Close()
+			d.cfg.FS.Remove(path)
+			return nil, errStaleFetch
+		}
+		ok = true
 		d.chunks[idx] = c
 		d.mu.Unlock()
 		return c, nil
 	})
-	if errors.Is(err, errNoRoomAhead) && !mode.nowait {
-		// Joined a readahead that gave up; fetch for this reader.
+	if errors.Is(err, errNoRoomAhead) && !mode.nowait || errors.Is(err, errStaleFetch) {
+		// Joined a readahead that gave up, or a fetch the map outran:
+		// look again for this caller.
 		return d.lookupMode(ctx, idx, mode)
 	}
 	if err != nil {
 		return nil, false, err
 	}
-	return v.(*chunk), false, nil
+	c := v.(*chunk)
+	if c == nil && mode.create {
+		return d.lookupMode(ctx, idx, mode) // joined a reader's look at a chunk now all zeroes
+	}
+	return c, false, nil
 }
+
+// errStaleFetch is a fetch whose chunk's map entry changed meanwhile.
+var errStaleFetch = errors.New("chunk changed while it was fetched")
 
 // errNoRoomAhead is a readahead finding no cache space it may take.
 var errNoRoomAhead = errors.New("no cache space free for readahead")
