@@ -603,7 +603,10 @@ func (d *Device) modify(ctx context.Context, idx, coff, n int64, fn func(*chunk)
 			}
 		}
 		c.mu.RLock()
-		if c.gone {
+		if c.gone || !c.dirty {
+			// Evicted, or uploaded and made clean while this writer
+			// waited (markDirty ran before): written now, the chunk
+			// would stay clean and the write go with its eviction.
 			c.mu.RUnlock()
 			d.cfg.Budget.release(grow)
 			continue
