@@ -562,11 +562,13 @@ func (d *Device) gather(c *chunk) []*chunk {
 // writes to take dropped the chunk from the cache, and the other then
 // left the dropped chunk's overlays out: flushed writes were lost.)
 func (d *Device) uploadLog(ctx context.Context, batch []*chunk) error {
-	gathered := slices.Clone(batch[1:])
+	owner := batch[0] // batch is sorted below
 	defer func() {
 		d.mu.Lock()
-		for _, c := range gathered {
-			c.uploading = false
+		for _, c := range batch {
+			if c != owner {
+				c.uploading = false
+			}
 		}
 		d.mu.Unlock()
 		d.cfg.Budget.wake()
