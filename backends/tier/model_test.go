@@ -80,14 +80,7 @@ func TestConcurrentOpsMatchModel(t *testing.T) {
 			t.Fatalf("seed %d: %v", seed, err)
 		}
 	}
-	if _, err := d.Checkpoint(ctx); err != nil {
-		t.Fatal(err)
-	}
-	d.Close()
-	if d, err = Open(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d = checkpointReopen(t, d, cfg)
 	got := make([]byte, size)
 	if err := d.ReadAt(ctx, got, 0); err != nil {
 		t.Fatal(err)
@@ -99,18 +92,14 @@ func TestConcurrentOpsMatchModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := &memImage{b: make([]byte, size)}
+	img := make(memWriterAt, size)
 	if err := Export(ctx, s, m, img); err != nil {
 		t.Fatal(err)
 	}
-	if i := firstDiff(img.b, model); i >= 0 {
+	if i := firstDiff(img, model); i >= 0 {
 		t.Fatalf("seed %d: the last recovery point's export differs from the model at %d (chunk %d)", seed, i, i/testChunk)
 	}
 }
-
-type memImage struct{ b []byte }
-
-func (m *memImage) WriteAt(p []byte, off int64) (int, error) { return copy(m.b[off:], p), nil }
 
 func firstDiff(a, b []byte) int {
 	for i := range a {

@@ -46,15 +46,8 @@ func TestZeroedWhileFetchedIsNotCached(t *testing.T) {
 	if err := d.WriteAt(ctx, old, testChunk); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Checkpoint(ctx); err != nil {
-		t.Fatal(err)
-	}
-	d.Close()
 	// Reopened, the chunk is in the store only (clean copies go at open).
-	if d, err = Open(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d = checkpointReopen(t, d, cfg)
 	d.mu.Lock()
 	hs.key = d.objects.baseKey(1)
 	d.mu.Unlock()
@@ -93,4 +86,21 @@ func TestZeroedWhileFetchedIsNotCached(t *testing.T) {
 	if err := d.ReadAt(ctx, got, testChunk); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("after a 1-byte write: %v, first bytes %x", err, got[:8])
 	}
+}
+
+// checkpointReopen publishes a recovery point of d, closes it and opens
+// the volume again with cfg (closed when the test ends): the cache then
+// holds no clean copies.
+func checkpointReopen(t *testing.T, d *Device, cfg Config) *Device {
+	t.Helper()
+	if _, err := d.Checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	d, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
 }
