@@ -75,6 +75,9 @@ type Copier struct {
 const (
 	switchBytes = 64 << 20
 	maxPasses   = 8
+	// putGrace is how long a copy PUT in flight may go on after its move
+	// was cancelled.
+	putGrace = 30 * time.Second
 )
 
 // copyPrefixes are the kinds of objects a volume needs in its store.
@@ -236,7 +239,15 @@ func (c *Copier) copyOne(ctx context.Context, key string) (int64, error) {
 		// destination has with another size is not ours to replace.
 		opts.IfAbsent = true
 	}
-	if err := c.To.Put(ctx, key, b, opts); err != nil && !(opts.IfAbsent && errors.Is(err, store.ErrExists)) {
+	// A PUT the client gives up on can still land at the server after
+	// the give-up, and so after the clean-up of a cancelled move has
+	// listed the destination (an orphaned object). So a cancellation lets
+	// a PUT already sent finish, for up to putGrace: when Pass returns,
+	// every PUT it sent has been answered.
+	pctx, pcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer pcancel()
+	defer context.AfterFunc(ctx, func() { time.AfterFunc(putGrace, pcancel) })()
+	if err := c.To.Put(pctx, key, b, opts); err != nil && !(opts.IfAbsent && errors.Is(err, store.ErrExists)) {
 		return 0, fmt.Errorf("write %s: %w", key, err)
 	}
 	n := int64(len(b))

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ferry-io/ferry/backends/store"
 )
@@ -206,5 +207,70 @@ func TestMigrateFailureLeavesTheSource(t *testing.T) {
 	}
 	if _, err := d.Checkpoint(ctx); err != nil {
 		t.Fatalf("recovery point on the source after the failed commit: %v", err)
+	}
+}
+
+// lateStore models a server that finishes a PUT after its client gave
+// up: the object lands a little after the request was sent, whether or
+// not the caller's context ends first.
+type lateStore struct {
+	*store.Mem
+	sent chan struct{}
+}
+
+func (s lateStore) Put(ctx context.Context, key string, data []byte, opts store.PutOptions) error {
+	done := make(chan error, 1)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		done <- s.Mem.Put(context.Background(), key, data, opts)
+	}()
+	select {
+	case s.sent <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// A cancelled pass returns only once every PUT it sent was answered, so
+// the clean-up that follows it sees every object it copied (else one
+// lands after the clean-up listed the destination, and stays there).
+func TestCancelledPassLeavesNoLatePut(t *testing.T) {
+	ctx := context.Background()
+	a := store.NewMem()
+	d := openTest(t, t.TempDir(), a, 4<<20)
+	if err := d.WriteAt(ctx, pattern(4<<20, 5), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	b := lateStore{Mem: store.NewMem(), sent: make(chan struct{}, 1)}
+	cctx, cancel := context.WithCancel(ctx)
+	go func() {
+		<-b.sent
+		cancel()
+	}()
+	c := &Copier{From: a, To: b, Workers: 1}
+	if _, err := c.Pass(cctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled pass: %v", err)
+	}
+	count := func() int {
+		n := 0
+		b.List(ctx, "", func(store.ObjectInfo) error { n++; return nil })
+		return n
+	}
+	after := count()
+	time.Sleep(200 * time.Millisecond)
+	if late := count(); late != after {
+		t.Fatalf("the destination held %d objects when the cancelled pass returned and %d a moment later", after, late)
+	}
+	if after == 0 {
+		t.Fatal("the PUT in flight at the cancellation was not let finish")
 	}
 }
