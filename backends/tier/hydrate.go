@@ -104,8 +104,10 @@ func (d *Device) hydrationOrder() []int64 {
 	return order
 }
 
-// hydrateFetchers is how many chunks hydration fetches at once (as many
-// as the uploaders send, which a store serves well).
+// hydrateFetchers is how many chunks hydration reads from the store at
+// once (as many as the uploaders send, which a store serves well); twice
+// as many fetches run, so that writing a chunk into the cache overlaps
+// the next reads instead of leaving a read slot idle.
 const hydrateFetchers = 4
 
 func (d *Device) hydrate(ctx context.Context, order []int64, rate int64) {
@@ -139,7 +141,9 @@ func (d *Device) hydrate(ctx context.Context, order []int64, rate int64) {
 	start := time.Now()
 	next := make(chan int64)
 	var wg sync.WaitGroup
-	for range hydrateFetchers {
+	mode := lookupAhead
+	mode.gets = make(chan struct{}, hydrateFetchers)
+	for range 2 * hydrateFetchers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -158,7 +162,7 @@ func (d *Device) hydrate(ctx context.Context, order []int64, rate int64) {
 					}
 				}
 				for {
-					_, _, err := d.lookupMode(ctx, idx, lookupAhead)
+					_, _, err := d.lookupMode(ctx, idx, mode)
 					if err == nil || ctx.Err() != nil {
 						break
 					}

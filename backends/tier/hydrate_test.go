@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,4 +86,52 @@ func TestHydrationStopsAtAFullCacheAndPaces(t *testing.T) {
 		t.Fatalf("hydration into a small cache: %+v", st)
 	}
 	d.Close()
+}
+
+// slowGets counts the reads in flight at once, each taking a while.
+type slowGets struct {
+	*store.Mem
+	now, most atomic.Int32
+}
+
+func (s *slowGets) Get(ctx context.Context, key string, buf []byte) ([]byte, error) {
+	n := s.now.Add(1)
+	defer s.now.Add(-1)
+	for m := s.most.Load(); n > m && !s.most.CompareAndSwap(m, n); m = s.most.Load() {
+	}
+	time.Sleep(2 * time.Millisecond)
+	return s.Mem.Get(ctx, key, buf)
+}
+
+// Hydration keeps hydrateFetchers reads in flight, and no more, while
+// other fetches write what they read into the cache.
+func TestHydrationBoundsItsReads(t *testing.T) {
+	ctx := context.Background()
+	mem := store.NewMem()
+	d := openTest(t, t.TempDir(), mem, 4<<20)
+	data := pattern(48*testChunk, 6)
+	if err := d.WriteAt(ctx, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	s := &slowGets{Mem: mem}
+	d, err := Open(ctx, Config{Dir: t.TempDir(), Store: s, Size: 4 << 20, ChunkSize: testChunk, CacheBytes: 8 << 20, Uploaders: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Hydrate(0)
+	if st := waitHydration(t, d); st.State != HydrationDone {
+		t.Fatalf("hydration %+v", st)
+	}
+	if m := s.most.Load(); m > hydrateFetchers || m < 2 {
+		t.Fatalf("%d reads in flight at most, want 2 to %d", m, hydrateFetchers)
+	}
+	got := make([]byte, len(data))
+	if err := d.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read after hydration: %v, equal %v", err, bytes.Equal(got, data))
+	}
 }

@@ -668,6 +668,14 @@ type lookupMode struct {
 	fetch   bool // fetch the chunk's object (else treat the chunk as new)
 	partial bool // make a partial chunk instead: fetch nothing
 	nowait  bool // fail rather than wait for cache space held by dirty chunks
+	// ahead: nobody waits to read the chunk (readahead, hydration), so
+	// its cache file is written past the page cache: the copy into it
+	// and its writeback cost more CPU than the fetch (docs/S3.md).
+	ahead bool
+	// gets, when set, bounds the store reads of fetches made in this
+	// mode: each holds a slot of it while it reads (hydration keeps that
+	// many reads in flight while other fetches write what they read).
+	gets chan struct{}
 }
 
 var (
@@ -679,7 +687,7 @@ var (
 	// for a write that replaces all of it.
 	lookupReplace = lookupMode{create: true}
 	// lookupAhead fetches for readahead.
-	lookupAhead = lookupMode{fetch: true, nowait: true}
+	lookupAhead = lookupMode{fetch: true, nowait: true, ahead: true}
 )
 
 // lookup returns the cached chunk idx, fetching or creating it as mode
@@ -731,7 +739,17 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 		var data []byte
 		dir := "dirty"
 		if inStore {
+			if mode.gets != nil {
+				select {
+				case mode.gets <- struct{}{}:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
 			b, err := d.fetch(ctx, idx, key, ovs, getBuf(d.chunkSize()))
+			if mode.gets != nil {
+				<-mode.gets
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -745,7 +763,11 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 			return nil, fmt.Errorf("chunk %d: %w", idx, err)
 		}
 		if len(data) > 0 {
-			if err := dev.WriteAt(ctx, data[:min(int64(len(data)), d.chunkSize())], 0); err != nil {
+			write := dev.WriteAt
+			if mode.ahead {
+				write = dev.WriteDirect
+			}
+			if err := write(ctx, data[:min(int64(len(data)), d.chunkSize())], 0); err != nil {
 				dev.Close()
 				return nil, fmt.Errorf("chunk %d: %w", idx, err)
 			}
