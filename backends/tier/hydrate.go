@@ -142,6 +142,7 @@ func (d *Device) hydrate(ctx context.Context, order []int64, rate int64) {
 	next := make(chan int64)
 	var wg sync.WaitGroup
 	mode := lookupAhead
+	mode.direct = true
 	mode.gets = make(chan struct{}, hydrateFetchers)
 	for range 2 * hydrateFetchers {
 		wg.Add(1)

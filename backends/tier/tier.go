@@ -668,10 +668,11 @@ type lookupMode struct {
 	fetch   bool // fetch the chunk's object (else treat the chunk as new)
 	partial bool // make a partial chunk instead: fetch nothing
 	nowait  bool // fail rather than wait for cache space held by dirty chunks
-	// ahead: nobody waits to read the chunk (readahead, hydration), so
-	// its cache file is written past the page cache: the copy into it
-	// and its writeback cost more CPU than the fetch (docs/S3.md).
-	ahead bool
+	// direct: nobody waits to read the chunk soon (hydration), so its
+	// cache file is written past the page cache: the copy into it and
+	// its writeback cost more CPU than the fetch (docs/S3.md, "Readahead,
+	// upload batching, memory"). Readahead does not: its reader follows.
+	direct bool
 	// gets, when set, bounds the store reads of fetches made in this
 	// mode: each holds a slot of it while it reads (hydration keeps that
 	// many reads in flight while other fetches write what they read).
@@ -687,7 +688,7 @@ var (
 	// for a write that replaces all of it.
 	lookupReplace = lookupMode{create: true}
 	// lookupAhead fetches for readahead.
-	lookupAhead = lookupMode{fetch: true, nowait: true, ahead: true}
+	lookupAhead = lookupMode{fetch: true, nowait: true}
 )
 
 // lookup returns the cached chunk idx, fetching or creating it as mode
@@ -764,7 +765,7 @@ func (d *Device) lookupMode(ctx context.Context, idx int64, mode lookupMode) (*c
 		}
 		if len(data) > 0 {
 			write := dev.WriteAt
-			if mode.ahead {
+			if mode.direct {
 				write = dev.WriteDirect
 			}
 			if err := write(ctx, data[:min(int64(len(data)), d.chunkSize())], 0); err != nil {
