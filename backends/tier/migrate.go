@@ -2,6 +2,7 @@ package tier
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -62,11 +63,27 @@ type Copier struct {
 	Rate int64
 	// Workers is how many objects are copied at once (default 4).
 	Workers int
+	// Ancestors, for a clone, are its ancestors in both stores, nearest
+	// first, as its Parents; CloneID names its markers there. The first
+	// pass copies what the clone reads of each (what its marker names),
+	// marker first.
+	Ancestors []AncestorCopy
+	CloneID   string
+
+	ancestorsCopied bool
+	ancestorBytes   int64 // what the clone reads of its ancestors
 
 	mu    sync.Mutex
 	stats CopyStats
 	start time.Time // of the rate bound's accounting
 	paced int64     // bytes counted against Rate since start
+}
+
+// AncestorCopy is one ancestor of a clone being moved: its prefix in
+// the source and destination stores, and its bound (Parent.Below).
+type AncestorCopy struct {
+	From, To store.Store
+	Below    uint64
 }
 
 // Migration tuning: the passes before the switch end when one copied at
@@ -114,24 +131,38 @@ func list(ctx context.Context, s store.Store) (map[string]int64, error) {
 	return out, nil
 }
 
-// Pass copies every object of the volume From holds and To lacks, and
-// returns the bytes it copied.
+// Pass copies every object of the volume From holds and To lacks (and,
+// the first time, what a clone reads of its ancestors), and returns the
+// bytes it copied.
 func (c *Copier) Pass(ctx context.Context) (int64, error) {
 	c.mu.Lock()
 	if c.stats.Started.IsZero() {
 		c.stats.Started, c.start = time.Now(), time.Now()
 	}
+	anc, ancDone := c.ancestorBytes, c.ancestorsCopied
 	c.mu.Unlock()
+	var copied int64
+	if len(c.Ancestors) > 0 && !ancDone {
+		n, total, err := c.copyAncestors(ctx)
+		copied += n
+		if err != nil {
+			return copied, err
+		}
+		anc = total
+		c.mu.Lock()
+		c.ancestorBytes, c.ancestorsCopied = total, true
+		c.mu.Unlock()
+	}
 	have, err := list(ctx, c.To)
 	if err != nil {
-		return 0, fmt.Errorf("destination: %w", err)
+		return copied, fmt.Errorf("destination: %w", err)
 	}
 	src, err := list(ctx, c.From)
 	if err != nil {
-		return 0, fmt.Errorf("source: %w", err)
+		return copied, fmt.Errorf("source: %w", err)
 	}
 	var todo []string
-	var total, done int64
+	total, done := anc, anc
 	for k, n := range src {
 		total += n
 		if m, ok := have[k]; ok && m == n {
@@ -143,7 +174,31 @@ func (c *Copier) Pass(ctx context.Context) (int64, error) {
 	c.set(func(s *CopyStats) { s.Total, s.Done = total, done; s.Passes++ })
 	// Manifests and snapshots last: in every pass, what they name is
 	// copied before them.
-	sortForCopy(todo)
+	var data, meta []string
+	for _, k := range todo {
+		if isData(k) {
+			data = append(data, k)
+		} else {
+			meta = append(meta, k)
+		}
+	}
+	n, err := c.copyAll(ctx, c.From, c.To, data)
+	copied += n
+	if err != nil {
+		return copied, err
+	}
+	for _, k := range meta {
+		n, err := c.copyOne(ctx, c.From, c.To, k)
+		if err != nil {
+			return copied, err
+		}
+		copied += n
+	}
+	return copied, ctx.Err()
+}
+
+// copyAll copies keys from one store to another, Workers at a time.
+func (c *Copier) copyAll(ctx context.Context, from, to store.Store, keys []string) (int64, error) {
 	workers := c.Workers
 	if workers <= 0 {
 		workers = 4
@@ -162,7 +217,7 @@ func (c *Copier) Pass(ctx context.Context) (int64, error) {
 		go func() {
 			defer wg.Done()
 			for k := range next {
-				n, err := c.copyOne(ctx, k)
+				n, err := c.copyOne(ctx, from, to, k)
 				mu.Lock()
 				if err != nil && first == nil {
 					first = err
@@ -173,13 +228,8 @@ func (c *Copier) Pass(ctx context.Context) (int64, error) {
 			}
 		}()
 	}
-	var meta []string
 feed:
-	for _, k := range todo {
-		if !isData(k) {
-			meta = append(meta, k)
-			continue
-		}
+	for _, k := range keys {
 		select {
 		case next <- k:
 		case <-ctx.Done():
@@ -188,20 +238,78 @@ feed:
 	}
 	close(next)
 	wg.Wait()
-	if first == nil && ctx.Err() == nil {
-		for _, k := range meta {
-			n, err := c.copyOne(ctx, k)
-			if err != nil {
-				first = err
-				break
-			}
-			copied += n
-		}
-	}
 	if first == nil {
 		first = ctx.Err()
 	}
 	return copied, first
+}
+
+// copyAncestors copies into each ancestor's prefix in the destination
+// what the clone reads of it: the objects its marker there names whose
+// versions are that ancestor's (docs/FORMAT.md, "Clones"), after the
+// marker itself, so that a live ancestor's collection in the destination
+// keeps them from the start. It returns the bytes it copied and the bytes
+// the clone reads of its ancestors. An object the marker names and the
+// ancestor lacks is an error: the copy would not read as the clone does.
+func (c *Copier) copyAncestors(ctx context.Context) (copied, total int64, err error) {
+	marker := cloneMarkerKey(c.CloneID)
+	for i, a := range c.Ancestors {
+		var lo uint64
+		if i+1 < len(c.Ancestors) {
+			lo = c.Ancestors[i+1].Below
+		}
+		b, err := a.From.Get(ctx, marker, nil)
+		if err != nil {
+			return copied, total, fmt.Errorf("the clone's marker in its ancestor %d: %w", i+1, err)
+		}
+		var m Manifest
+		if err := json.Unmarshal(b, &m); err != nil {
+			return copied, total, fmt.Errorf("the clone's marker in its ancestor %d: %w", i+1, err)
+		}
+		refs := map[string]bool{}
+		if err := manifestRefs(ctx, a.From, m, refs); err != nil {
+			return copied, total, fmt.Errorf("the clone's marker in its ancestor %d: %w", i+1, err)
+		}
+		src, err := list(ctx, a.From)
+		if err != nil {
+			return copied, total, fmt.Errorf("ancestor %d in the source: %w", i+1, err)
+		}
+		have, err := list(ctx, a.To)
+		if err != nil {
+			return copied, total, fmt.Errorf("ancestor %d in the destination: %w", i+1, err)
+		}
+		var todo []string
+		var size, done int64
+		for k := range refs {
+			if v, ok := objectVersion(k); !ok || v < lo || v >= a.Below {
+				continue // another ancestor's, or the clone's own
+			}
+			n, ok := src[k]
+			if !ok {
+				return copied, total, fmt.Errorf("ancestor %d lacks %s, which the clone reads", i+1, k)
+			}
+			size += n
+			if m, ok := have[k]; ok && m == n {
+				done += n
+				continue
+			}
+			todo = append(todo, k)
+		}
+		total += size
+		c.set(func(s *CopyStats) { s.Total += size; s.Done += done })
+		pctx, pcancel := PutContext(ctx)
+		err = a.To.Put(pctx, marker, b, store.PutOptions{})
+		pcancel()
+		if err != nil {
+			return copied, total, fmt.Errorf("mark the clone in ancestor %d in the destination: %w", i+1, err)
+		}
+		n, err := c.copyAll(ctx, a.From, a.To, todo)
+		copied += n
+		if err != nil {
+			return copied, total, err
+		}
+	}
+	return copied, total, nil
 }
 
 // isData: chunks, logs and map objects, which manifests name.
@@ -212,21 +320,10 @@ func isData(k string) bool {
 	return strings.HasPrefix(k, "chunks/") || strings.HasPrefix(k, "logs/")
 }
 
-func sortForCopy(keys []string) {
-	// Data first (any order), then manifests and snapshots.
-	i := 0
-	for j, k := range keys {
-		if isData(k) {
-			keys[i], keys[j] = keys[j], keys[i]
-			i++
-		}
-	}
-}
-
-// copyOne copies one object; one deleted from From meanwhile (collection:
+// copyOne copies one object; one deleted from the source meanwhile (collection:
 // nothing names it) is skipped.
-func (c *Copier) copyOne(ctx context.Context, key string) (int64, error) {
-	b, err := c.From.Get(ctx, key, nil)
+func (c *Copier) copyOne(ctx context.Context, from, to store.Store, key string) (int64, error) {
+	b, err := from.Get(ctx, key, nil)
 	if errors.Is(err, store.ErrNotFound) {
 		return 0, nil
 	}
@@ -239,20 +336,26 @@ func (c *Copier) copyOne(ctx context.Context, key string) (int64, error) {
 		// destination has with another size is not ours to replace.
 		opts.IfAbsent = true
 	}
-	// A PUT the client gives up on can still land at the server after
-	// the give-up, and so after the clean-up of a cancelled move has
-	// listed the destination (an orphaned object). So a cancellation lets
-	// a PUT already sent finish, for up to putGrace: when Pass returns,
-	// every PUT it sent has been answered.
-	pctx, pcancel := context.WithCancel(context.WithoutCancel(ctx))
+	pctx, pcancel := PutContext(ctx)
 	defer pcancel()
-	defer context.AfterFunc(ctx, func() { time.AfterFunc(putGrace, pcancel) })()
-	if err := c.To.Put(pctx, key, b, opts); err != nil && !(opts.IfAbsent && errors.Is(err, store.ErrExists)) {
+	if err := to.Put(pctx, key, b, opts); err != nil && !(opts.IfAbsent && errors.Is(err, store.ErrExists)) {
 		return 0, fmt.Errorf("write %s: %w", key, err)
 	}
 	n := int64(len(b))
 	c.set(func(s *CopyStats) { s.Done += n; s.Copied += n })
 	return n, c.pace(ctx, n)
+}
+
+// PutContext returns the context for a copy PUT made under ctx. A PUT
+// the client gives up on can still land at the server after the give-up,
+// and so after the clean-up of a cancelled move has listed the
+// destination (an orphaned object). So a cancellation of ctx lets a PUT
+// already sent finish, for up to putGrace: when a pass returns, every PUT
+// it sent has been answered.
+func PutContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	pctx, pcancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(putGrace, pcancel) })
+	return pctx, func() { stop(); pcancel() }
 }
 
 // pace waits as long as the rate bound asks after n more bytes.

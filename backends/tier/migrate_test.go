@@ -3,8 +3,10 @@ package tier
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -272,5 +274,189 @@ func TestCancelledPassLeavesNoLatePut(t *testing.T) {
 	}
 	if after == 0 {
 		t.Fatal("the PUT in flight at the cancellation was not let finish")
+	}
+}
+
+// A clone of a clone moves to another bucket: the first pass copies what
+// it reads of each ancestor (and nothing else of them) with its marker
+// there, after the switch its reads of ancestors' data go to the new
+// bucket, and the new bucket alone then serves it with an empty cache.
+func TestMigrateClone(t *testing.T) {
+	ctx := context.Background()
+	const size = 2 << 20
+	a, b := store.NewMem(), store.NewMem()
+	in := func(s store.Store) func(string) store.Store {
+		return func(p string) store.Store { return scoped{s, p} }
+	}
+	// openClone seeds a clone of m in bucket a and opens it over own,
+	// with its ancestors' layers as switches (as the gateway does).
+	openClone := func(id string, m Manifest, parentPrefix string, own store.Store, at func(string) store.Store) (*Device, []Parent, []*store.Switch) {
+		t.Helper()
+		parents, err := SeedClone(ctx, m, parentPrefix, id, func(p string) (store.Store, error) { return at(p), nil }, own)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var layers []Layer
+		var sws []*store.Switch
+		for _, p := range parents {
+			sw := store.NewSwitch(at(p.Prefix))
+			sws = append(sws, sw)
+			layers = append(layers, Layer{Store: sw, Below: p.Below})
+		}
+		d, err := Open(ctx, Config{Dir: t.TempDir(), Store: Layered(own, layers), Parents: parents,
+			ChunkSize: testChunk, CacheBytes: 1 << 20, Uploaders: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d, parents, sws
+	}
+	parent := openTest(t, t.TempDir(), in(a)("volumes/p/"), size)
+	defer parent.Close()
+	if err := parent.WriteAt(ctx, pattern(size, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	c, _, _ := openClone("c", mustCheckpoint(t, parent), "volumes/p/", in(a)("volumes/c/"), in(a))
+	defer c.Close()
+	if err := c.WriteAt(ctx, pattern(5*testChunk, 2), 3*testChunk); err != nil {
+		t.Fatal(err)
+	}
+	own := store.NewSwitch(in(a)("volumes/c2/"))
+	c2, parents, layers := openClone("c2", mustCheckpoint(t, c), "volumes/c/", own, in(a))
+	defer c2.Close()
+	if err := c2.WriteAt(ctx, pattern(testChunk+100, 3), 10*testChunk-50); err != nil {
+		t.Fatal(err)
+	}
+	want := readAll(t, c2)
+	// The ancestors go on changing: none of that is copied.
+	if err := parent.WriteAt(ctx, pattern(size, 4), 0); err != nil {
+		t.Fatal(err)
+	}
+	mustCheckpoint(t, parent)
+	if err := c.WriteAt(ctx, pattern(size, 5), 0); err != nil {
+		t.Fatal(err)
+	}
+	mustCheckpoint(t, c)
+
+	cp := &Copier{From: in(a)("volumes/c2/"), To: in(b)("volumes/c2/"), CloneID: "c2"}
+	for _, p := range parents {
+		cp.Ancestors = append(cp.Ancestors, AncestorCopy{From: in(a)(p.Prefix), To: in(b)(p.Prefix), Below: p.Below})
+	}
+	err := cp.Migrate(ctx, own, in(b)("volumes/c2/"), func(context.Context) error {
+		for i, p := range parents {
+			layers[i].Resume(in(b)(p.Prefix))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := cp.Stats(); st.Done != st.Total || st.Copied == 0 {
+		t.Fatalf("stats after the move: %+v", st)
+	}
+	// Each ancestor in b holds the marker and exactly the objects of its
+	// own versions that c2 reads.
+	for i, p := range parents {
+		marker, err := in(b)(p.Prefix).Get(ctx, cloneMarkerKey("c2"), nil)
+		if err != nil {
+			t.Fatalf("ancestor %s: marker: %v", p.Prefix, err)
+		}
+		var m Manifest
+		if err := json.Unmarshal(marker, &m); err != nil {
+			t.Fatal(err)
+		}
+		refs := map[string]bool{}
+		if err := manifestRefs(ctx, in(a)(p.Prefix), m, refs); err != nil {
+			t.Fatal(err)
+		}
+		var lo uint64
+		if i+1 < len(parents) {
+			lo = parents[i+1].Below
+		}
+		got, err := list(ctx, in(b)(p.Prefix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for k := range refs {
+			if v, _ := objectVersion(k); v >= lo && v < p.Below {
+				n++
+				if _, ok := got[k]; !ok {
+					t.Errorf("ancestor %s in b lacks %s", p.Prefix, k)
+				}
+			}
+		}
+		if n == 0 || len(got) != n {
+			t.Errorf("ancestor %s in b: %d objects, want the %d c2 reads", p.Prefix, len(got), n)
+		}
+	}
+	// After the switch nothing of c2 is read from a.
+	a.SetFail(func(op, key string) error {
+		if strings.HasPrefix(key, "volumes/") {
+			return fmt.Errorf("%s %s: %w", op, key, store.ErrDenied)
+		}
+		return nil
+	})
+	if _, err := c2.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var bl []Layer
+	for _, p := range parents {
+		bl = append(bl, Layer{Store: in(b)(p.Prefix), Below: p.Below})
+	}
+	fresh, err := Open(ctx, Config{Dir: t.TempDir(), Store: Layered(in(b)("volumes/c2/"), bl), Parents: parents,
+		ChunkSize: testChunk, CacheBytes: 1 << 20, Uploaders: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	if !bytes.Equal(readAll(t, fresh), want) {
+		t.Fatal("the moved clone, from the new bucket alone, differs")
+	}
+	// And it goes on collecting there without touching its ancestors.
+	if err := fresh.WriteAt(ctx, pattern(testChunk, 6), 0); err != nil {
+		t.Fatal(err)
+	}
+	copy(want, pattern(testChunk, 6))
+	mustCheckpoint(t, fresh)
+	if !bytes.Equal(readAll(t, fresh), want) {
+		t.Fatal("the moved clone differs after a write and a recovery point")
+	}
+}
+
+// A clone whose marker names an object its ancestor lacks does not move:
+// the copy would not read as the clone does.
+func TestMigrateCloneRefusesAHole(t *testing.T) {
+	ctx := context.Background()
+	a, b := store.NewMem(), store.NewMem()
+	parent := openTest(t, t.TempDir(), scoped{a, "volumes/p/"}, 1<<20)
+	defer parent.Close()
+	if err := parent.WriteAt(ctx, pattern(1<<20, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	m := mustCheckpoint(t, parent)
+	parents, err := SeedClone(ctx, m, "volumes/p/", "c", func(p string) (store.Store, error) { return scoped{a, p}, nil }, scoped{a, "volumes/c/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b0, err := a.Get(ctx, "volumes/p/"+cloneMarkerKey("c"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var marker Manifest
+	if err := json.Unmarshal(b0, &marker); err != nil {
+		t.Fatal(err)
+	}
+	var lost string
+	for _, k := range marker.Chunks {
+		lost = k
+		break
+	}
+	if err := a.Delete(ctx, "volumes/p/"+lost); err != nil {
+		t.Fatal(err)
+	}
+	cp := &Copier{From: scoped{a, "volumes/c/"}, To: scoped{b, "volumes/c/"}, CloneID: "c",
+		Ancestors: []AncestorCopy{{From: scoped{a, "volumes/p/"}, To: scoped{b, "volumes/p/"}, Below: parents[0].Below}}}
+	if _, err := cp.Pass(ctx); err == nil || !strings.Contains(err.Error(), "lacks "+lost) {
+		t.Fatalf("pass over a clone whose ancestor lost %s: %v", lost, err)
 	}
 }
