@@ -26,7 +26,8 @@ switch (the other store does not answer, holds another gateway's copy,
 refuses a write) leaves the volume on its store, intact; the error is in
 ferry volume info. --cancel stops a move before the switch and deletes
 the partial copy. Both stores must be added here (ferry store add) and
-have conditional puts (writer leases). Clones cannot move yet.
+have conditional puts (writer leases). A clone moves with what it reads
+of its ancestors (copied to the same prefixes in the other store).
 
    ferry volume migrate vm1 --to-store home --wait
    ferry volume migrate vm1 --to-store home --rate 50M --delete-source

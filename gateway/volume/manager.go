@@ -880,12 +880,6 @@ func (m *Manager) deleteObjects(rec *Record) {
 	if err != nil {
 		return
 	}
-	ancestors := make([]store.Store, 0, len(rec.Parents))
-	for _, p := range rec.Parents {
-		if as, _, err := m.objectStore(sc, p.Prefix); err == nil {
-			ancestors = append(ancestors, as)
-		}
-	}
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
@@ -896,24 +890,55 @@ func (m *Manager) deleteObjects(rec *Record) {
 		} else {
 			m.log.Info("removed volume's objects deleted from its store", attrVolume, rec.Name, "objects", n)
 		}
-		for _, as := range ancestors {
-			if err := tier.UnmarkClone(ctx, as, rec.ID); err != nil {
-				m.log.Warn("unmarking a removed clone in its ancestor failed; the ancestor keeps what it read", attrVolume, rec.Name, "err", err)
-				continue
-			}
-			// A removed ancestor whose last clone this was goes now.
-			if _, err := as.Stat(ctx, removedKey); err == nil {
-				if _, err := m.deleteVolumeObjects(ctx, as); err != nil {
-					m.log.Warn("deleting a removed ancestor's last objects failed", attrVolume, rec.Name, "err", err)
-				}
-			}
-		}
+		m.unmarkClone(ctx, rec, sc)
 	}()
+}
+
+// unmarkClone removes a clone's markers from its ancestors in a store; a
+// removed ancestor (holdsVolume false) whose last clone this was goes
+// with it.
+func (m *Manager) unmarkClone(ctx context.Context, rec *Record, sc *StoreConfig) {
+	for _, p := range rec.Parents {
+		as, _, err := m.objectStore(sc, p.Prefix)
+		if err == nil {
+			err = tier.UnmarkClone(ctx, as, rec.ID)
+		}
+		if err != nil {
+			m.log.Warn("unmarking a clone in its ancestor failed; the ancestor keeps what it read", attrVolume, rec.Name, "store", sc.Name, "ancestor", p.Prefix, "err", err)
+			continue
+		}
+		if _, err := as.Stat(ctx, removedKey); err != nil {
+			continue
+		}
+		if live, err := holdsVolume(ctx, as); err != nil || live {
+			continue
+		}
+		if _, err := m.deleteVolumeObjects(ctx, as); err != nil {
+			m.log.Warn("deleting a removed ancestor's last objects failed", attrVolume, rec.Name, "store", sc.Name, "ancestor", p.Prefix, "err", err)
+		}
+	}
+}
+
+// holdsVolume reports whether a volume's prefix holds a volume (its writer
+// lease or volume.json), not only what clones read of a removed one.
+func holdsVolume(ctx context.Context, s store.Store) (bool, error) {
+	for _, k := range []string{lease.Key, volumeObjectKey} {
+		_, err := s.Stat(ctx, k)
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return false, err
+		}
+	}
+	return false, nil
 }
 
 // removedKey marks a removed volume whose clones still read some of its
 // objects.
 const removedKey = "removed.json"
+
+var removedObject = []byte(`{"format":"ferry-removed/1"}`)
 
 // deleteVolumeObjects deletes a volume's objects but for what its clones
 // read (and their markers, with a tombstone), and returns how many it
@@ -937,7 +962,7 @@ func (m *Manager) deleteVolumeObjects(ctx context.Context, s store.Store) (int, 
 		return 0, err
 	}
 	if clones > 0 {
-		if err := s.Put(ctx, removedKey, []byte(`{"format":"ferry-removed/1"}`), store.PutOptions{}); err != nil {
+		if err := s.Put(ctx, removedKey, removedObject, store.PutOptions{}); err != nil {
 			return 0, err
 		}
 	}

@@ -108,6 +108,9 @@ func (g *migration) running() bool {
 type volSwitch struct {
 	sw    *store.Switch
 	fence *switchFence // nil: the store has no writer lease
+	// layers, for a clone, are where it reads its ancestors' objects, as
+	// its Parents.
+	layers []*store.Switch
 }
 
 // switchFence is a tier.Fence whose lease changes when the volume moves.
@@ -173,8 +176,6 @@ func (m *Manager) Migrate(ctx context.Context, name string, req MigrateRequest) 
 		err = fmt.Errorf("no store named %q (see ferry store ls): %w", req.ToStore, ErrNotFound)
 	case req.ToStore == rec.Store:
 		err = fmt.Errorf("the volume is in store %q already: %w", rec.Store, ErrInvalid)
-	case len(rec.Parents) > 0:
-		err = fmt.Errorf("it is a clone: it reads objects of its ancestors in store %q, which a move does not copy (yet); export it and import the copy instead: %w", rec.Store, ErrInvalid)
 	case l == nil || vs == nil || vs.fence == nil:
 		err = fmt.Errorf("store %q has no conditional put, so the volume has no writer lease to hand over: %w", rec.Store, ErrInvalid)
 	case l.Writable() != nil:
@@ -297,20 +298,30 @@ func (m *Manager) runMigration(ctx context.Context, rec *Record, td *tier.Device
 		return
 	}
 	from, _, err := m.objectStore(src, volumePrefix(rec))
+	var to store.Store
 	if err == nil {
-		var to store.Store
 		to, _, err = m.objectStore(dst, volumePrefix(rec))
-		if err == nil {
-			fto := lease.Fenced(to, dl)
-			c := &tier.Copier{From: from, To: fto, Rate: g.rec.Rate}
-			g.mu.Lock()
-			g.copier = c
-			g.mu.Unlock()
-			g.set("copying", nil)
-			err = c.Migrate(ctx, vs.sw, fto, func(context.Context) error {
-				return m.commitSwitch(rec, vs, dl, g)
-			})
-		}
+	}
+	var ancestors []tier.AncestorCopy
+	if err == nil {
+		ancestors, err = m.cloneAncestors(ctx, rec, src, dst)
+	}
+	if err == nil {
+		fto := lease.Fenced(to, dl)
+		c := &tier.Copier{From: from, To: fto, Rate: g.rec.Rate, Ancestors: ancestors, CloneID: rec.ID}
+		g.mu.Lock()
+		g.copier = c
+		g.mu.Unlock()
+		g.set("copying", nil)
+		err = c.Migrate(ctx, vs.sw, fto, func(context.Context) error {
+			if err := m.commitSwitch(rec, vs, dl, g); err != nil {
+				return err
+			}
+			for i, a := range ancestors {
+				vs.layers[i].Resume(a.To)
+			}
+			return nil
+		})
 	}
 	if err != nil {
 		failed(err)
@@ -324,6 +335,46 @@ func (m *Manager) runMigration(ctx context.Context, rec *Record, td *tier.Device
 	}
 	g.set("finishing", nil)
 	m.finishMigration(ctx, rec, g, sl)
+}
+
+// cloneAncestors returns, for a clone, its ancestors in the move's source
+// and destination, nearest first. Each ancestor's prefix in the
+// destination that holds no volume (no writer lease, no volume.json) is
+// marked removed first (removed.json: it holds only what clones read),
+// so that it goes with the last clone that reads it there, like a removed
+// ancestor's leftovers (docs/FORMAT.md, "Clones").
+func (m *Manager) cloneAncestors(ctx context.Context, rec *Record, src, dst *StoreConfig) ([]tier.AncestorCopy, error) {
+	m.mu.Lock()
+	vs := m.switches[rec.ID]
+	m.mu.Unlock()
+	if vs == nil || len(vs.layers) != len(rec.Parents) {
+		return nil, fmt.Errorf("the clone's ancestors are not open here")
+	}
+	out := make([]tier.AncestorCopy, 0, len(rec.Parents))
+	for _, p := range rec.Parents {
+		from, _, err := m.objectStore(src, p.Prefix)
+		if err != nil {
+			return nil, err
+		}
+		to, _, err := m.objectStore(dst, p.Prefix)
+		if err != nil {
+			return nil, err
+		}
+		live, err := holdsVolume(ctx, to)
+		if err != nil {
+			return nil, fmt.Errorf("ancestor %s in store %q: %w", p.Prefix, dst.Name, err)
+		}
+		if !live {
+			pctx, cancel := tier.PutContext(ctx)
+			err := to.Put(pctx, removedKey, removedObject, store.PutOptions{})
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("ancestor %s in store %q: %w", p.Prefix, dst.Name, err)
+			}
+		}
+		out = append(out, tier.AncestorCopy{From: from, To: to, Below: p.Below})
+	}
+	return out, nil
 }
 
 // commitSwitch is step 3, with the volume's uploads held: the catalog
@@ -417,6 +468,8 @@ func (m *Manager) releaseSource(ctx context.Context, rec *Record, src *StoreConf
 			return fmt.Errorf("delete the old store's objects: %w", err)
 		}
 		m.log.Info("volume's objects deleted from its old store", attrVolume, rec.Name, "store", src.Name, "objects", n)
+		// A clone's ancestors there no longer keep what it read.
+		m.unmarkClone(ctx, rec, src)
 		return nil
 	}
 	return sl.Release(ctx)
@@ -447,6 +500,10 @@ func (m *Manager) abandonMigration(rec *Record, dst *StoreConfig, dl *lease.Leas
 		dl.Close()
 		if err == nil {
 			_, err = m.deleteVolumeObjects(ctx, ds)
+		}
+		if err == nil {
+			// A clone's copies of its ancestors' objects go too.
+			m.unmarkClone(ctx, rec, dst)
 		}
 	}
 	if err != nil {

@@ -221,6 +221,7 @@ func (m *Manager) openTier(ctx context.Context, rec *Record, how tierOpen) (*tie
 		m.mu.Lock()
 		sc := m.stores[rec.Store]
 		m.mu.Unlock()
+		// A clone's ancestors move with it: their layers are switches too.
 		layers := make([]tier.Layer, len(rec.Parents))
 		for i, p := range rec.Parents {
 			ps, _, err := m.objectStore(sc, p.Prefix)
@@ -228,7 +229,9 @@ func (m *Manager) openTier(ctx context.Context, rec *Record, how tierOpen) (*tie
 				m.dropLease(rec.ID)
 				return nil, err
 			}
-			layers[i] = tier.Layer{Store: ps, Below: p.Below}
+			lsw := store.NewSwitch(ps)
+			vs.layers = append(vs.layers, lsw)
+			layers[i] = tier.Layer{Store: lsw, Below: p.Below}
 		}
 		s = tier.Layered(s, layers)
 	}

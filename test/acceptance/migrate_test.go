@@ -284,18 +284,111 @@ func TestMigrateBadInputAndFailures(t *testing.T) {
 	if mv := g.migration("vm1"); mv.Store != "cloud" || mv.Migration.State != "cancelled" {
 		t.Errorf("volume after cancel: %+v %+v", mv, mv.Migration)
 	}
-	var left []string
-	filepath.Walk(filepath.Join(home.Dir, "ferry-home", "volumes", id), func(p string, fi os.FileInfo, err error) error {
-		if err == nil && !fi.IsDir() {
-			left = append(left, p)
-		}
-		return nil
-	})
-	if len(left) > 0 {
+	if left := filesUnder(filepath.Join(home.Dir, "ferry-home", "volumes", id)); len(left) > 0 {
 		t.Errorf("a cancelled move left %d objects in home: %v", len(left), left[:min(5, len(left))])
 	}
 	g.qemuIOWrite("vm1", "write -P 0x33 65M 1M")
 	g.mustCLI("volume", "checkpoint", "vm1")
 	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "read -P 0x11 0 64M", "-c", "read -P 0x22 64M 1M", "-c", "read -P 0x33 65M 1M", g.uri("vm1"))
 	g.exportAndCompare("vm1")
+}
+
+// filesUnder lists the files under dir (none when it does not exist).
+func filesUnder(dir string) []string {
+	var out []string
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
+}
+
+// A clone moves home with what it reads of its parent, which stays in the
+// cloud: a cancelled move leaves nothing in home; a completed one with
+// --delete-source reads its parent's data from home at once, and from
+// home alone once the cloud is gone (its cache emptied, and exported from
+// home); the parent's objects the clone kept in the cloud go with the
+// parent there; and removing the
+// moved clone takes its copies of the parent's objects in home with it.
+func TestMigrateClone(t *testing.T) {
+	qemuIO := testutil.RequireTool(t, "qemu-io")
+	cloud, home, g := twoStores(t)
+	g.mustCLI("volume", "create", "vm1", "--size", "256M", "--store", "cloud")
+	pid := g.info("vm1").ID
+	g.qemuIOWrite("vm1", "write -P 0x11 0 64M")
+	g.mustCLI("volume", "snapshot", "create", "vm1", "s1")
+	g.mustCLI("volume", "clone", "vm1@s1", "c1")
+	cid := g.info("c1").ID
+	g.qemuIOWrite("c1", "write -P 0x22 16M 8M")
+	g.qemuIOWrite("vm1", "write -P 0x33 0 64M") // after the snapshot: not the clone's
+	g.mustCLI("volume", "checkpoint", "c1")
+	g.mustCLI("volume", "checkpoint", "vm1")
+	cloneReads := []string{"-c", "read -P 0x11 0 16M", "-c", "read -P 0x22 16M 8M", "-c", "read -P 0x11 24M 40M", "-c", "read -P 0 64M 192M"}
+	homeVols := filepath.Join(home.Dir, "ferry-home", "volumes")
+	cloudVols := filepath.Join(cloud.Dir, "ferry-cloud", "volumes")
+
+	// Cancelled: nothing of the clone or its parent stays in home.
+	g.mustCLI("volume", "migrate", "c1", "--to-store", "home", "--rate", "1M")
+	time.Sleep(2 * time.Second)
+	if out := g.mustCLI("volume", "migrate", "c1", "--cancel"); !strings.Contains(out, "cancelled") {
+		t.Errorf("migrate --cancel output:\n%s", out)
+	}
+	if left := filesUnder(homeVols); len(left) > 0 {
+		t.Errorf("a cancelled clone move left %d objects in home: %v", len(left), left[:min(5, len(left))])
+	}
+
+	out := g.mustCLI("volume", "migrate", "c1", "--to-store", "home", "--delete-source", "--wait")
+	if !strings.Contains(out, "migration of c1: done, cloud → home") {
+		t.Errorf("migrate --wait output:\n%s", out)
+	}
+	if mv := g.migration("c1"); mv.Store != "home" || mv.Migration == nil || mv.Migration.State != "done" || mv.Migration.TotalBytes < 64<<20 {
+		t.Fatalf("clone after the move: %+v %+v", mv, mv.Migration)
+	}
+	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "read -P 0x33 0 64M", g.uri("vm1"))
+	for _, f := range []string{filepath.Join(homeVols, pid, "clones", cid+".json"), filepath.Join(homeVols, pid, "removed.json")} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("home after the move: %v", err)
+		}
+	}
+	for _, f := range []string{filepath.Join(cloudVols, cid), filepath.Join(cloudVols, pid, "clones", cid+".json")} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("the cloud keeps %s after the move with --delete-source (%v)", f, err)
+		}
+	}
+	// The parent goes in the cloud, all of it: no clone reads it there.
+	g.mustCLI("volume", "snapshot", "rm", "vm1", "s1")
+	g.mustCLI("volume", "rm", "vm1")
+	waitEmpty := func(dir, what string) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for len(filesUnder(dir)) > 0 && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if left := filesUnder(dir); len(left) > 0 {
+			t.Errorf("%s: %d objects left: %v", what, len(left), left[:min(5, len(left))])
+		}
+	}
+	waitEmpty(filepath.Join(cloudVols, pid), "the removed parent in the cloud")
+	// The clone never read its parent's data: it reads it from home now.
+	run(t, time.Minute, qemuIO, append(append([]string{"-f", "raw"}, cloneReads...), g.uri("c1"))...)
+
+	// Home alone: the cloud server stops, the clone's cache goes.
+	cloud.Stop()
+	if err := g.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(g.data, "pool", "tier-"+cid)); err != nil {
+		t.Fatal(err)
+	}
+	g.start()
+	run(t, time.Minute, qemuIO, append(append([]string{"-f", "raw"}, cloneReads...), g.uri("c1"))...)
+	g.qemuIOWrite("c1", "write -P 0x44 100M 1M")
+	g.mustCLI("volume", "checkpoint", "c1")
+	g.exportAndCompare("c1")
+
+	// The clone goes: its copies of the parent's objects in home too.
+	g.mustCLI("volume", "rm", "c1")
+	waitEmpty(homeVols, "home after the moved clone was removed")
 }
