@@ -8,19 +8,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/bits"
 	"net"
 	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sync/semaphore"
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/bufpool"
 )
 
 const (
@@ -420,9 +419,9 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 				c.rdone = true
 				return req, nil, false
 			}
-			buf := getBuf(int(req.length))
+			buf := bufpool.Get(int(req.length))
 			if _, err := io.ReadFull(c.br, buf); err != nil {
-				putBuf(buf)
+				bufpool.Put(buf)
 				c.sem.Release(int64(req.length))
 				if !c.isStopping() {
 					c.log.Info("connection ended in a write payload", "err", err)
@@ -440,7 +439,7 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 				c.rdone = true
 				return req, nil, false
 			}
-			return req, getBuf(int(req.length)), true
+			return req, bufpool.Get(int(req.length)), true
 		default:
 			return req, nil, true
 		}
@@ -454,7 +453,7 @@ func (c *conn) handle(req request, buf []byte) {
 	replied := false
 	defer func() {
 		if buf != nil {
-			putBuf(buf)
+			bufpool.Put(buf)
 			c.sem.Release(int64(req.length))
 		}
 		if r := recover(); r != nil {
@@ -705,39 +704,4 @@ func (c *conn) send(req request, hdr, prefix, data []byte) {
 		}
 		c.nc.Close()
 	}
-}
-
-// Buffers come from power-of-two size classes up to maxPayload. The pools
-// hold a pointer to a buffer's first byte, which (unlike a *[]byte made on
-// each Put) costs no allocation; the class gives the length back.
-var bufPools [26]sync.Pool // classes 9 (512 B) to 25 (maxPayload)
-
-func sizeClass(n int) int {
-	if n <= 512 {
-		return 9
-	}
-	return bits.Len(uint(n - 1))
-}
-
-func getBuf(n int) []byte {
-	if n == 0 {
-		return []byte{}
-	}
-	cl := sizeClass(n)
-	if p, ok := bufPools[cl].Get().(*byte); ok {
-		return unsafe.Slice(p, 1<<cl)[:n]
-	}
-	return make([]byte, n, 1<<cl)
-}
-
-func putBuf(b []byte) {
-	c := cap(b)
-	if c == 0 || c&(c-1) != 0 || c < 512 {
-		return
-	}
-	cl := bits.Len(uint(c)) - 1
-	if cl >= len(bufPools) {
-		return
-	}
-	bufPools[cl].Put(unsafe.SliceData(b))
 }

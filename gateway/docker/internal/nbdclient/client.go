@@ -36,6 +36,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ferry-io/ferry/internal/bufpool"
 )
 
 const (
@@ -114,7 +116,7 @@ type request struct {
 	data   []byte // write payload (the client's own copy), or read buffer
 	done   chan error
 	seq    uint64 // order among acknowledged writes (replay list)
-	pooled bool   // data came from the buffer pool (see getBuf)
+	pooled bool   // data came from the buffer pool (internal/bufpool)
 }
 
 // Client is one NBD export, safe for concurrent use.
@@ -394,7 +396,7 @@ func (c *Client) WriteAt(ctx context.Context, p []byte, off int64) error {
 	for len(p) > 0 {
 		n := min(len(p), MaxRequest)
 		// A copy: the request may be replayed after the caller's buffer is reused.
-		buf := getBuf(n)
+		buf := bufpool.Get(n)
 		copy(buf, p[:n])
 		if err := c.do(ctx, cmdWrite, uint64(off), uint32(n), buf, true); err != nil {
 			return err
@@ -430,7 +432,7 @@ func (c *Client) dropReplay(seq uint64) {
 		r := c.replay[i]
 		c.replayN -= int64(len(r.data))
 		if r.pooled && !c.replaying {
-			putBuf(r.data)
+			bufpool.Put(r.data)
 		}
 		r.data = nil
 		i++
@@ -899,37 +901,4 @@ func (c *Client) Close() error {
 	}
 	c.wg.Wait()
 	return nil
-}
-
-// Write buffers come from pools by power-of-two size (4 KiB to
-// MaxRequest) and go back once a flush covered them, so a steady stream
-// of writes allocates nothing.
-var bufPools [12]sync.Pool
-
-func bufClass(n int) int {
-	c := 0
-	for size := 4096; size < n; size <<= 1 {
-		c++
-	}
-	return c
-}
-
-func getBuf(n int) []byte {
-	c := bufClass(n)
-	if c >= len(bufPools) {
-		return make([]byte, n)
-	}
-	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		return (*p)[:n]
-	}
-	return make([]byte, n, 4096<<c)
-}
-
-func putBuf(b []byte) {
-	c := bufClass(cap(b))
-	if c >= len(bufPools) || cap(b) != 4096<<c {
-		return
-	}
-	b = b[:cap(b)]
-	bufPools[c].Put(&b)
 }
