@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/bufpool"
 )
 
 // cmdWindow is how many commands an initiator may have queued.
@@ -62,6 +63,11 @@ type conn struct {
 	running sync.WaitGroup
 	sem     chan struct{}
 	closing atomic.Bool
+	// Commands run on workers the connection keeps: a command goes to an
+	// idle one through work, or to a new one while fewer than cmdWindow
+	// exist, so a command costs no goroutine (nor its allocation).
+	work    chan *task
+	workers int // reader only
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -69,7 +75,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		s: s, nc: nc, remote: nc.RemoteAddr().String(), br: bufio.NewReaderSize(nc, 64<<10),
 		bw:          bufio.NewWriterSize(nc, 64<<10),
 		maxSendData: 8192, maxBurst: 262144, firstBurst: 65536, initialR2T: true, immediateData: true,
-		tasks: map[uint32]*task{}, sem: make(chan struct{}, cmdWindow),
+		tasks: map[uint32]*task{}, sem: make(chan struct{}, cmdWindow), work: make(chan *task),
 	}
 }
 
@@ -119,55 +125,67 @@ func (c *conn) Serve(ctx context.Context) {
 	}
 	err := c.fullFeature(cctx)
 	c.running.Wait()
+	close(c.work) // idle workers end
 	if err != nil && !errors.Is(err, io.EOF) && !c.closing.Load() {
 		c.s.log.Debug("iSCSI connection ended", "remote", c.remote, "err", err)
 	}
 }
 
 func (c *conn) fullFeature(ctx context.Context) error {
+	// One PDU is read at a time into p; its data segment comes from the
+	// buffer pool and goes back once handled, unless a command took it
+	// (and cleared p.data).
+	p := new(pdu)
 	for {
-		p, err := readPDU(c.br, ourMaxRecvData, nil)
-		if err != nil {
-			if errors.Is(err, errPDU) && p != nil {
+		*p = pdu{}
+		if err := p.readFrom(c.br, ourMaxRecvData, bufpool.Get); err != nil {
+			if errors.Is(err, errPDU) {
 				c.reject(p, 0x04) // protocol error
 			}
 			return err
 		}
-		switch p.opcode() {
-		case opNopOut:
-			if p.itt() != reservedTag {
-				c.nopIn(p)
-			}
-		case opSCSICmd:
-			if c.lu == nil {
-				c.reject(p, 0x04)
-				continue
-			}
-			if !c.acceptCmdSN(p) {
-				continue
-			}
-			if err := c.scsiCommand(ctx, p); err != nil {
-				return err
-			}
-		case opDataOut:
-			if err := c.dataOut(ctx, p); err != nil {
-				return err
-			}
-		case opTaskReq:
-			c.acceptCmdSN(p)
-			c.taskMgmt(p)
-		case opText:
-			c.acceptCmdSN(p)
-			c.text(p)
-		case opLogout:
-			c.acceptCmdSN(p)
-			c.running.Wait()
-			c.logout(p)
-			return nil
-		default:
-			c.reject(p, 0x05) // command not supported
+		done, err := c.handle(ctx, p)
+		bufpool.Put(p.data)
+		if done || err != nil {
+			return err
 		}
 	}
+}
+
+// handle answers one PDU of the full feature phase; done: the session
+// logged out.
+func (c *conn) handle(ctx context.Context, p *pdu) (done bool, err error) {
+	switch p.opcode() {
+	case opNopOut:
+		if p.itt() != reservedTag {
+			c.nopIn(p)
+		}
+	case opSCSICmd:
+		if c.lu == nil {
+			c.reject(p, 0x04)
+			return false, nil
+		}
+		if !c.acceptCmdSN(p) {
+			return false, nil
+		}
+		return false, c.scsiCommand(ctx, p)
+	case opDataOut:
+		return false, c.dataOut(ctx, p)
+	case opTaskReq:
+		c.acceptCmdSN(p)
+		c.taskMgmt(p)
+	case opText:
+		c.acceptCmdSN(p)
+		c.text(p)
+	case opLogout:
+		c.acceptCmdSN(p)
+		c.running.Wait()
+		c.logout(p)
+		return true, nil
+	default:
+		c.reject(p, 0x05) // command not supported
+	}
+	return false, nil
 }
 
 // acceptCmdSN checks a command's CmdSN against the window and advances
@@ -380,7 +398,7 @@ type task struct {
 	cdb     [16]byte
 	edtl    int
 	read    bool
-	buf     []byte // write data
+	buf     []byte // write data, from the buffer pool
 	got     int    // write data received
 	burstTo int    // end of the data the current burst (or R2T) asks for
 	ttt     uint32
@@ -388,8 +406,12 @@ type task struct {
 	dataSN  uint32 // expected DataSN of the next Data-Out in this burst
 }
 
+// tasks recycles tasks: a command's goes back once it is answered.
+var tasks = sync.Pool{New: func() any { return new(task) }}
+
 func (c *conn) scsiCommand(ctx context.Context, p *pdu) error {
-	t := &task{itt: p.itt(), edtl: int(p.u32(20)), read: p.h[1]&0x40 != 0}
+	t := tasks.Get().(*task)
+	*t = task{itt: p.itt(), edtl: int(p.u32(20)), read: p.h[1]&0x40 != 0}
 	copy(t.lun[:], p.h[8:16])
 	copy(t.cdb[:], p.h[32:48])
 	write := p.h[1]&0x20 != 0
@@ -404,11 +426,11 @@ func (c *conn) scsiCommand(ctx context.Context, p *pdu) error {
 		return nil
 	}
 	if len(p.data) == t.edtl {
-		// All the data came as immediate data, in a buffer readPDU made
-		// for this PDU alone: take it as it is.
-		t.buf, t.got = p.data, t.edtl
+		// All the data came as immediate data, in a buffer read for this
+		// PDU alone: take it as it is.
+		t.buf, t.got, p.data = p.data, t.edtl, nil
 	} else {
-		t.buf = make([]byte, t.edtl)
+		t.buf = bufpool.Get(t.edtl)
 		t.got = copy(t.buf, p.data)
 	}
 	switch {
@@ -483,25 +505,48 @@ func (c *conn) dataOut(ctx context.Context, p *pdu) error {
 func (c *conn) run(ctx context.Context, t *task) {
 	c.sem <- struct{}{}
 	c.running.Add(1)
-	go func() {
-		defer func() {
-			<-c.sem
-			c.running.Done()
-		}()
-		defer func() {
-			if r := recover(); r != nil {
-				c.s.m.panics.Inc()
-				c.s.log.Error("SCSI command panicked; answered with an error", "remote", c.remote, "cdb", t.cdb, "panic", r)
-				c.respond(t, result{status: statusCheck, sense: senseInternal})
-			}
-		}()
-		lun := binary.BigEndian.Uint64(t.lun[:])
-		res := c.lu.exec(ctx, lun, t.cdb[:], t.buf, t.edtl)
-		c.respond(t, res)
-		if res.release != nil {
-			res.release()
+	select {
+	case c.work <- t: // an idle worker
+		return
+	default:
+	}
+	if c.workers < cmdWindow {
+		c.workers++
+		go c.worker(ctx, t)
+		return
+	}
+	c.work <- t // one of them is about to be idle: the semaphore holds fewer than cmdWindow
+}
+
+// worker executes commands until the connection ends.
+func (c *conn) worker(ctx context.Context, t *task) {
+	for ok := true; ok; t, ok = <-c.work {
+		c.exec(ctx, t)
+	}
+}
+
+// exec executes and answers a command, then recycles it and its buffers.
+func (c *conn) exec(ctx context.Context, t *task) {
+	defer func() {
+		<-c.sem
+		c.running.Done()
+	}()
+	defer func() {
+		if r := recover(); r != nil {
+			c.s.m.panics.Inc()
+			c.s.log.Error("SCSI command panicked; answered with an error", "remote", c.remote, "cdb", t.cdb, "panic", r)
+			c.respond(t, result{status: statusCheck, sense: senseInternal})
 		}
 	}()
+	lun := binary.BigEndian.Uint64(t.lun[:])
+	res := c.lu.exec(ctx, lun, t.cdb[:], t.buf, t.edtl)
+	c.respond(t, res)
+	if res.pooled {
+		bufpool.Put(res.data)
+	}
+	bufpool.Put(t.buf)
+	*t = task{}
+	tasks.Put(t)
 }
 
 // respond sends a command's data and status.

@@ -66,34 +66,45 @@ func (p *pdu) setDataLen(n int) {
 var errPDU = errors.New("malformed PDU")
 
 // readPDU reads one PDU whose data segment may be at most maxData bytes.
-// buf, if large enough, is reused for the data segment.
+// buf, if large enough, is reused for the data segment. On a malformed
+// PDU it returns the PDU read so far with the error.
 func readPDU(r io.Reader, maxData int, buf []byte) (*pdu, error) {
 	p := &pdu{}
-	if _, err := io.ReadFull(r, p.h[:]); err != nil {
+	err := p.readFrom(r, maxData, func(n int) []byte {
+		if cap(buf) >= n {
+			return buf[:n]
+		}
+		return make([]byte, n)
+	})
+	if err != nil && !errors.Is(err, errPDU) {
 		return nil, err
+	}
+	return p, err
+}
+
+// readFrom reads one PDU into p, its data segment (of at most maxData
+// bytes) into a buffer of the padded length get returns.
+func (p *pdu) readFrom(r io.Reader, maxData int, get func(int) []byte) error {
+	if _, err := io.ReadFull(r, p.h[:]); err != nil {
+		return err
 	}
 	if ahs := int(p.h[4]) * 4; ahs > 0 {
 		if _, err := io.CopyN(io.Discard, r, int64(ahs)); err != nil {
-			return nil, fmt.Errorf("additional header: %w", err)
+			return fmt.Errorf("additional header: %w", err)
 		}
 	}
 	n := p.dataLen()
 	if n > maxData {
-		return p, fmt.Errorf("%w: data segment of %d bytes, limit %d", errPDU, n, maxData)
+		return fmt.Errorf("%w: data segment of %d bytes, limit %d", errPDU, n, maxData)
 	}
 	if n > 0 {
-		padded := (n + 3) &^ 3
-		if cap(buf) >= padded {
-			buf = buf[:padded]
-		} else {
-			buf = make([]byte, padded)
-		}
+		buf := get((n + 3) &^ 3)
 		if _, err := io.ReadFull(r, buf); err != nil {
-			return nil, fmt.Errorf("data segment: %w", err)
+			return fmt.Errorf("data segment: %w", err)
 		}
 		p.data = buf[:n]
 	}
-	return p, nil
+	return nil
 }
 
 var zeroPad [4]byte

@@ -5,12 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"sync"
 
 	"github.com/gostor/gotgt/pkg/api"
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/bufpool"
 )
 
 const blockSize = 512
@@ -72,15 +72,9 @@ type result struct {
 	// info is the sense INFORMATION field, when hasInfo.
 	info    uint32
 	hasInfo bool
-	// release, when set, returns data's buffer once it has been sent.
-	release func()
+	// pooled: data is from the buffer pool, and goes back once sent.
+	pooled bool
 }
-
-// readBufs recycles READ buffers of up to readBufSize bytes: allocating
-// (and zeroing) a fresh megabyte per read costs more than the read.
-const readBufSize = 1 << 20
-
-var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
 
 func check(s sense) result { return result{status: statusCheck, sense: s} }
 
@@ -306,21 +300,18 @@ func (l *lu) exec(ctx context.Context, lun uint64, cdb []byte, data []byte, edtl
 			return check(senseLBARange)
 		}
 		size := int(n) * blockSize
-		var b []byte
-		var release func()
-		if size > 64<<10 && size <= readBufSize {
-			p := readBufs.Get().(*[]byte)
-			b, release = (*p)[:size], func() { readBufs.Put(p) }
-		} else {
-			b = make([]byte, size)
+		if size > maxTransfer {
+			// Past the Block Limits page's maximum transfer length.
+			return check(senseInvalidField)
 		}
+		// Recycled: allocating (and zeroing) a fresh buffer per read
+		// costs more than a cached read.
+		b := bufpool.Get(size)
 		if err := l.dev.ReadAt(ctx, b, int64(lba)*blockSize); err != nil {
-			if release != nil {
-				release()
-			}
+			bufpool.Put(b)
 			return ioErr(err, false)
 		}
-		return result{data: b, release: release}
+		return result{data: b, pooled: true}
 	case api.WRITE_6, api.WRITE_10, api.WRITE_12, api.WRITE_16, api.WRITE_VERIFY, api.WRITE_VERIFY_12, api.WRITE_VERIFY_16:
 		return l.write(ctx, cdb, data)
 	case api.VERIFY_10, api.VERIFY_16, api.VERIFY_12:

@@ -330,6 +330,14 @@ func TestCDBChecks(t *testing.T) {
 	wantStatus(t, "unknown opcode", run(l, []byte{0xc7}, nil), statusCheck, senseInvalidOpcode)
 	wantStatus(t, "unknown service action", run(l, []byte{0x9e, 0x1f}, nil), statusCheck, senseInvalidField)
 	wantStatus(t, "read beyond the end", run(l, read10(2047, 2), nil), statusCheck, senseLBARange)
+	// A READ longer than the Block Limits page's maximum transfer length
+	// (within the volume) is refused, not buffered.
+	big := testLU(newTestUnit(mem.New(1<<40)), "iqn.a,i,0x01")
+	rd16 := []byte{0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(rd16[10:], maxTransfer/blockSize+1)
+	wantStatus(t, "read past the maximum transfer length", run(big, rd16, nil), statusCheck, senseInvalidField)
+	binary.BigEndian.PutUint32(rd16[10:], 8)
+	wantStatus(t, "READ(16) of 8 blocks", run(big, rd16, nil), statusGood, sense{})
 
 	// A write with less data than its blocks: whole blocks written, the
 	// rest reported as residual.
