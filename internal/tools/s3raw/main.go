@@ -7,7 +7,10 @@
 //	s3raw ... -range 4096 -requests 20000 -concurrency 32 get
 //
 // With -range, get reads that many bytes at a random aligned offset of a
-// random object per request (a ranged GetObject), -requests times.
+// random object per request (a ranged GetObject), -requests times. With
+// -keep DIR, get writes each object it read into a file of its own in DIR
+// past the page cache (O_DIRECT), as Ferry's hydration keeps what it
+// fetches: what a plain client that keeps the data reaches on that disk.
 //
 // Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. It
 // prints MiB/s on one line.
@@ -26,11 +29,14 @@ import (
 	mrand "math/rand/v2"
 	"net/url"
 	"os"
+	"path/filepath"
 	"time"
+	"unsafe"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -43,18 +49,19 @@ func main() {
 	keys := flag.String("keys", "raw/%08d", "object key format, given the object's number")
 	rng := flag.Int64("range", 0, "get: bytes per ranged request at a random aligned offset (0: whole objects)")
 	requests := flag.Int("requests", 0, "get with -range: how many ranged requests")
+	keep := flag.String("keep", "", "get: write each object into a file in this directory, past the page cache")
 	flag.Parse()
 	if flag.NArg() != 1 || (flag.Arg(0) != "put" && flag.Arg(0) != "get") {
 		fmt.Fprintln(os.Stderr, "usage: s3raw [flags] put|get")
 		os.Exit(2)
 	}
-	if err := run(context.Background(), *endpoint, *bucket, *keys, *size, *count, *conc, *crc, flag.Arg(0), *rng, *requests); err != nil {
+	if err := run(context.Background(), *endpoint, *bucket, *keys, *size, *count, *conc, *crc, flag.Arg(0), *rng, *requests, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "s3raw:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, endpoint, bucket, keys string, size int64, count, conc int, crc bool, op string, rng int64, requests int) error {
+func run(ctx context.Context, endpoint, bucket, keys string, size int64, count, conc int, crc bool, op string, rng int64, requests int, keep string) error {
 	u, err := url.Parse(endpoint)
 	if err != nil {
 		return err
@@ -95,6 +102,9 @@ func run(ctx context.Context, endpoint, bucket, keys string, size int64, count, 
 				return err
 			}
 			defer o.Close()
+			if keep != "" {
+				return keepObject(o, filepath.Join(keep, fmt.Sprint(i)), size)
+			}
 			n, err := io.Copy(io.Discard, o)
 			if err == nil && n != size {
 				err = fmt.Errorf("%s: %d bytes, want %d", key, n, size)
@@ -142,4 +152,24 @@ func ranged(ctx context.Context, c *minio.Client, bucket, keys string, size int6
 	secs := time.Since(start).Seconds()
 	fmt.Printf("%.1f\n", float64(rng)*float64(requests)/(1<<20)/secs)
 	return nil
+}
+
+// keepObject reads an object of size bytes into a 4 KiB-aligned buffer
+// and writes it into a new file past the page cache.
+func keepObject(r io.Reader, path string, size int64) error {
+	raw := make([]byte, size+4096)
+	off := int((4096 - uintptr(unsafe.Pointer(&raw[0]))%4096) % 4096)
+	buf := raw[off : off+int(size)]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_DIRECT, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(buf); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return f.Close()
 }
