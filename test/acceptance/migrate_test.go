@@ -123,13 +123,7 @@ func TestMigrateWhileServing(t *testing.T) {
 
 	// Only home is needed now: the cloud server goes, the cache too.
 	cloud.Stop()
-	if err := g.stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.RemoveAll(filepath.Join(g.data, "pool", "tier-"+id)); err != nil {
-		t.Fatal(err)
-	}
-	g.start()
+	g.restartWithoutCache(id)
 	run(t, 10*time.Minute, fio, fioPattern(g.uri("vm1"), true)...)
 	run(t, 10*time.Minute, fio, fioRegion(g.uri("vm1"), true, "1G", "512M")...)
 
@@ -293,6 +287,19 @@ func TestMigrateBadInputAndFailures(t *testing.T) {
 	g.exportAndCompare("vm1")
 }
 
+// restartWithoutCache restarts the gateway with the cache of the
+// S3-backed volume id gone: it then reads only from its store.
+func (g *gateway) restartWithoutCache(id string) {
+	g.t.Helper()
+	if err := g.stop(); err != nil {
+		g.t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(g.data, "pool", "tier-"+id)); err != nil {
+		g.t.Fatal(err)
+	}
+	g.start()
+}
+
 // filesUnder lists the files under dir (none when it does not exist).
 func filesUnder(dir string) []string {
 	var out []string
@@ -376,13 +383,7 @@ func TestMigrateClone(t *testing.T) {
 
 	// Home alone: the cloud server stops, the clone's cache goes.
 	cloud.Stop()
-	if err := g.stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.RemoveAll(filepath.Join(g.data, "pool", "tier-"+cid)); err != nil {
-		t.Fatal(err)
-	}
-	g.start()
+	g.restartWithoutCache(cid)
 	run(t, time.Minute, qemuIO, append(append([]string{"-f", "raw"}, cloneReads...), g.uri("c1"))...)
 	g.qemuIOWrite("c1", "write -P 0x44 100M 1M")
 	g.mustCLI("volume", "checkpoint", "c1")
