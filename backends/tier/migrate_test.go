@@ -460,3 +460,60 @@ func TestMigrateCloneRefusesAHole(t *testing.T) {
 		t.Fatalf("pass over a clone whose ancestor lost %s: %v", lost, err)
 	}
 }
+
+// A clone's move cut short in its ancestors' copy (a crash, a failing
+// destination) copies only what is missing when it runs again, and the
+// destination then serves the clone alone.
+func TestCloneCopyResumes(t *testing.T) {
+	ctx := context.Background()
+	a, b := store.NewMem(), store.NewMem()
+	at := func(s store.Store, p string) store.Store { return scoped{s, p} }
+	parent := openTest(t, t.TempDir(), at(a, "volumes/p/"), 2<<20)
+	defer parent.Close()
+	if err := parent.WriteAt(ctx, pattern(2<<20, 3), 0); err != nil {
+		t.Fatal(err)
+	}
+	parents, err := SeedClone(ctx, mustCheckpoint(t, parent), "volumes/p/", "c",
+		func(p string) (store.Store, error) { return at(a, p), nil }, at(a, "volumes/c/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copier := func(workers int) *Copier {
+		return &Copier{From: at(a, "volumes/c/"), To: at(b, "volumes/c/"), CloneID: "c", Workers: workers,
+			Ancestors: []AncestorCopy{{From: at(a, "volumes/p/"), To: at(b, "volumes/p/"), Below: parents[0].Below}}}
+	}
+	var puts atomic.Int32
+	b.SetFail(func(op, key string) error {
+		if op == "put" && puts.Add(1) > 10 {
+			return fmt.Errorf("put %s: %w", key, store.ErrDenied)
+		}
+		return nil
+	})
+	first := copier(1)
+	if _, err := first.Pass(ctx); !errors.Is(err, store.ErrDenied) {
+		t.Fatalf("first pass: %v, want the injected failure", err)
+	}
+	part := first.Stats()
+	if part.Copied == 0 {
+		t.Fatalf("first pass copied nothing: %+v", part)
+	}
+	b.SetFail(nil)
+	again := copier(4)
+	n, err := again.Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := again.Stats()
+	if n != st.Total-part.Copied || st.Done != st.Total {
+		t.Fatalf("second pass copied %d of %d, %d copied before: %+v", n, st.Total, part.Copied, st)
+	}
+	d, err := Open(ctx, Config{Dir: t.TempDir(), Store: Layered(at(b, "volumes/c/"), []Layer{{Store: at(b, "volumes/p/"), Below: parents[0].Below}}),
+		Parents: parents, ChunkSize: testChunk, CacheBytes: 1 << 20, Uploaders: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if !bytes.Equal(readAll(t, d), pattern(2<<20, 3)) {
+		t.Fatal("the clone copied in two goes differs")
+	}
+}
