@@ -37,7 +37,7 @@ func BenchmarkCommandPath(b *testing.B) {
 // benchInitiator is a minimal initiator that allocates nothing per
 // command.
 type benchInitiator struct {
-	b     *testing.B
+	b     testing.TB
 	nc    net.Conn
 	br    *bufio.Reader
 	cmdSN uint32
