@@ -153,10 +153,16 @@ func SeedClone(ctx context.Context, m Manifest, parentPrefix, cloneID string, an
 }
 
 // cloneRoots adds to keep every object the clones of the volume in s
-// still read (their markers).
-func cloneRoots(ctx context.Context, s store.Store, keep map[string]bool) error {
+// still read (their markers). Markers already in seen (when not nil) are
+// skipped; the others are added to it.
+func cloneRoots(ctx context.Context, s store.Store, keep, seen map[string]bool) error {
 	var keys []string
-	if err := s.List(ctx, "clones/", func(o store.ObjectInfo) error { keys = append(keys, o.Key); return nil }); err != nil {
+	if err := s.List(ctx, "clones/", func(o store.ObjectInfo) error {
+		if !seen[o.Key] {
+			keys = append(keys, o.Key)
+		}
+		return nil
+	}); err != nil {
 		return err
 	}
 	for _, k := range keys {
@@ -174,15 +180,25 @@ func cloneRoots(ctx context.Context, s store.Store, keep map[string]bool) error 
 		if err := manifestRefs(ctx, s, m, keep); err != nil {
 			return fmt.Errorf("clone marker %s: %w", k, err)
 		}
+		if seen != nil {
+			seen[k] = true
+		}
 	}
 	return nil
 }
 
 // CloneRoots returns every object key the clones of the volume in s still
 // read, for deleting a volume that has clones.
+//
+// A clone moving to another store writes its marker into each ancestor
+// there before the objects the marker names (docs/S3.md, "Moving a volume
+// to another store"). So whoever deletes what no marker names lists the
+// objects first and calls CloneRoots again after the listing: an object
+// the listing found was written after its marker, which the later call
+// then sees.
 func CloneRoots(ctx context.Context, s store.Store) (map[string]bool, error) {
 	keep := map[string]bool{}
-	return keep, cloneRoots(ctx, s, keep)
+	return keep, cloneRoots(ctx, s, keep, nil)
 }
 
 // UnmarkClone removes a clone's marker from an ancestor.

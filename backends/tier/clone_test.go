@@ -3,6 +3,9 @@ package tier
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ferry-io/ferry/backends/store"
@@ -152,4 +155,68 @@ func reopen(t *testing.T, d *Device) *Device {
 	}
 	t.Cleanup(func() { nd.Close() })
 	return nd
+}
+
+// lateMarker injects, once armed, a clone's marker and then an object it
+// names into the store just before collection lists chunks: a clone
+// moving in from another store, racing a collection here.
+type lateMarker struct {
+	store.Store
+	armed  atomic.Bool
+	inject func()
+}
+
+func (s *lateMarker) List(ctx context.Context, prefix string, fn func(store.ObjectInfo) error) error {
+	if prefix == "chunks/" && s.armed.CompareAndSwap(true, false) {
+		s.inject()
+	}
+	return s.Store.List(ctx, prefix, fn)
+}
+
+// Collection keeps what a marker written during it names: the object was
+// listed, so its marker (written first) is seen by the later look.
+func TestCollectionKeepsWhatALateMarkerNames(t *testing.T) {
+	ctx := context.Background()
+	const key = "chunks/0000000000001388/0000000000000001" // an old version no manifest here names
+	mem := store.NewMem()
+	s := &lateMarker{Store: mem}
+	s.inject = func() {
+		b, _ := json.Marshal(Manifest{Format: manifestV3, Sequence: 1, Chunks: map[string]string{"5000": key}})
+		if err := mem.Put(ctx, cloneMarkerKey("moved"), b, store.PutOptions{}); err != nil {
+			t.Error(err)
+		}
+		if err := mem.Put(ctx, key, pattern(testChunk, 9), store.PutOptions{}); err != nil {
+			t.Error(err)
+		}
+	}
+	d := openTest(t, t.TempDir(), s, 1<<20)
+	defer d.Close()
+	for i := range 3 {
+		if err := d.WriteAt(ctx, pattern(1<<20, byte(i)), 0); err != nil {
+			t.Fatal(err)
+		}
+		mustCheckpoint(t, d)
+	}
+	s.armed.Store(true)
+	if err := d.WriteAt(ctx, pattern(1<<20, 7), 0); err != nil {
+		t.Fatal(err)
+	}
+	mustCheckpoint(t, d)
+	if s.armed.Load() {
+		t.Fatal("collection did not list chunks")
+	}
+	if _, err := mem.Stat(ctx, key); err != nil {
+		t.Fatalf("collection deleted what a marker written during it names: %v", err)
+	}
+	// Unmarked, it goes at the next collection.
+	if err := UnmarkClone(ctx, mem, "moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WriteAt(ctx, pattern(1<<20, 8), 0); err != nil {
+		t.Fatal(err)
+	}
+	mustCheckpoint(t, d)
+	if _, err := mem.Stat(ctx, key); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("an object no marker names any more stays: %v", err)
+	}
 }

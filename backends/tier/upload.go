@@ -503,7 +503,8 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 		}
 	}
 	// And so are clones' markers.
-	if err := cloneRoots(ctx, d.cfg.Store, keep); err != nil {
+	markers := map[string]bool{}
+	if err := cloneRoots(ctx, d.cfg.Store, keep, markers); err != nil {
 		return nil, err
 	}
 	for _, key := range manifests[len(old):] {
@@ -571,6 +572,13 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 	}); err != nil {
 		return nil, err
 	}
+	// A clone moved into this store meanwhile wrote its marker before the
+	// objects it names, which the listings above may have found: markers
+	// that appeared since keep theirs (CloneRoots).
+	if err := cloneRoots(ctx, d.cfg.Store, keep, markers); err != nil {
+		return nil, err
+	}
+	garbage = slices.DeleteFunc(garbage, func(k string) bool { return keep[k] })
 	for _, k := range append(garbage, old...) {
 		if err := d.cfg.Store.Delete(ctx, k); err != nil {
 			return nil, err

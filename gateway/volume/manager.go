@@ -961,6 +961,17 @@ func (m *Manager) deleteVolumeObjects(ctx context.Context, s store.Store) (int, 
 	}); err != nil {
 		return 0, err
 	}
+	// A clone moving into this store wrote its marker before the objects
+	// it names, which the listing may have found: markers read after the
+	// listing keep theirs (tier.CloneRoots).
+	late, err := tier.CloneRoots(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	if len(late) > 0 {
+		clones = max(clones, 1)
+		keys = slices.DeleteFunc(keys, func(k string) bool { return late[k] })
+	}
 	if clones > 0 {
 		if err := s.Put(ctx, removedKey, removedObject, store.PutOptions{}); err != nil {
 			return 0, err
