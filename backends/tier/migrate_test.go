@@ -141,14 +141,7 @@ func TestCopyResumes(t *testing.T) {
 	}
 	b.SetFail(nil)
 	again := &Copier{From: a, To: b}
-	n, err := again.Pass(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := again.Stats()
-	if n != st.Total-part.Copied || st.Done != st.Total {
-		t.Fatalf("second pass copied %d of %d, %d copied before: %+v", n, st.Total, part.Copied, st)
-	}
+	passResumes(ctx, t, again, part)
 	if n, err := again.Pass(ctx); err != nil || n != 0 {
 		t.Fatalf("a pass over a complete copy copied %d (%v)", n, err)
 	}
@@ -499,14 +492,7 @@ func TestCloneCopyResumes(t *testing.T) {
 	}
 	b.SetFail(nil)
 	again := copier(4)
-	n, err := again.Pass(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := again.Stats()
-	if n != st.Total-part.Copied || st.Done != st.Total {
-		t.Fatalf("second pass copied %d of %d, %d copied before: %+v", n, st.Total, part.Copied, st)
-	}
+	passResumes(ctx, t, again, part)
 	d, err := Open(ctx, Config{Dir: t.TempDir(), Store: Layered(at(b, "volumes/c/"), []Layer{{Store: at(b, "volumes/p/"), Below: parents[0].Below}}),
 		Parents: parents, ChunkSize: testChunk, CacheBytes: 1 << 20, Uploaders: 2})
 	if err != nil {
@@ -515,5 +501,19 @@ func TestCloneCopyResumes(t *testing.T) {
 	defer d.Close()
 	if !bytes.Equal(readAll(t, d), pattern(2<<20, 3)) {
 		t.Fatal("the clone copied in two goes differs")
+	}
+}
+
+// passResumes runs again's pass after a first pass that stopped having
+// copied part, and checks that it copied exactly what was missing.
+func passResumes(ctx context.Context, t *testing.T, again *Copier, part CopyStats) {
+	t.Helper()
+	n, err := again.Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := again.Stats()
+	if n != st.Total-part.Copied || st.Done != st.Total {
+		t.Fatalf("second pass copied %d of %d, %d copied before: %+v", n, st.Total, part.Copied, st)
 	}
 }
