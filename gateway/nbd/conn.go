@@ -13,11 +13,9 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/semaphore"
-	"golang.org/x/sys/unix"
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/gateway/volume"
@@ -43,16 +41,6 @@ type conn struct {
 	tlsID  string  // the client certificate's subject common name or PSK identity
 	remote string
 	log    *slog.Logger
-
-	// raw is the plain socket's syscall.RawConn once transmission starts,
-	// for large payloads and replies (see sock.go); nil over TLS. readFn
-	// and writeFn are the functions handed to it, rd the turn holder's
-	// read and wr, with iov, the wmu holder's write.
-	raw     syscall.RawConn
-	readFn  func(fd uintptr) bool
-	writeFn func(fd uintptr) bool
-	rd, wr  rawOp
-	iov     [2]unix.Iovec
 
 	// Negotiated state.
 	noZeroes   bool
@@ -171,7 +159,6 @@ func (c *conn) Serve(parent context.Context) {
 		}()
 	}
 	c.dev = att.Dev
-	c.useRaw()
 	c.sem = semaphore.NewWeighted(c.s.cfg.MaxInflightBytes)
 	c.bw = bufio.NewWriterSize(c.rw, ioBufferSize)
 	c.transmit()
@@ -433,7 +420,7 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 				return req, nil, false
 			}
 			buf := bufpool.Get(int(req.length))
-			if err := c.readPayload(buf); err != nil {
+			if _, err := io.ReadFull(c.br, buf); err != nil {
 				bufpool.Put(buf)
 				c.sem.Release(int64(req.length))
 				if !c.isStopping() {
@@ -697,9 +684,7 @@ func (c *conn) send(req request, hdr, prefix, data []byte) {
 	if len(data) >= largeReply {
 		// Large read data goes out with one writev from its own buffer
 		// instead of through a copy into the buffered writer.
-		if err = c.bw.Flush(); err == nil && c.raw != nil {
-			err = c.writeRaw(c.whdr, data)
-		} else if err == nil {
+		if err = c.bw.Flush(); err == nil {
 			c.wvArr = [2][]byte{c.whdr, data}
 			c.wv = c.wvArr[:]
 			_, err = c.wv.WriteTo(c.rw)

@@ -11,10 +11,11 @@ import (
 	"github.com/ferry-io/ferry/backends/mem"
 )
 
-// Large payloads and replies take the raw system-call path (sock.go):
-// payloads that arrive in pieces, part in the buffered reader and part
-// still in the socket, waits in the poller between pieces, sizes on both
-// sides of largeReply, pipelined with small requests, all read back.
+// Large payloads and replies: payloads that arrive in pieces, part in the
+// buffered reader and part still in the socket, waits in the poller
+// between pieces, sizes on both sides of largeReply (from which replies
+// bypass the buffered writer), pipelined, all read back, once in a reply
+// larger than the socket's buffers.
 func TestLargePayloadsArriveInPieces(t *testing.T) {
 	ts := startServer(t, map[string]device.Device{"v": mem.New(16 << 20)})
 	rc := dialRaw(t, ts.addr)
