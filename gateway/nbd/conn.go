@@ -20,6 +20,7 @@ import (
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/gateway/volume"
 	"github.com/ferry-io/ferry/internal/bufpool"
+	"github.com/ferry-io/ferry/internal/sendmore"
 )
 
 const (
@@ -63,12 +64,10 @@ type conn struct {
 	bw     *bufio.Writer
 	queued atomic.Int32 // replies waiting for wmu
 	werr   error        // first reply write error, under wmu
-	// Under wmu: a reply's header and prefix are copied here, and large
-	// replies gathered in wv (backed by wvArr), so that sending a reply
-	// allocates nothing.
-	whdr  []byte
-	wv    net.Buffers
-	wvArr [2][]byte
+	// Under wmu: a reply's header and prefix are copied here, so that
+	// sending a reply allocates nothing, and sw sends large ones.
+	whdr []byte
+	sw   *sendmore.Writer
 
 	dmu      sync.Mutex
 	stopping bool // under dmu: Shutdown asked the reader to stop
@@ -161,6 +160,7 @@ func (c *conn) Serve(parent context.Context) {
 	c.dev = att.Dev
 	c.sem = semaphore.NewWeighted(c.s.cfg.MaxInflightBytes)
 	c.bw = bufio.NewWriterSize(c.rw, ioBufferSize)
+	c.sw = sendmore.New(c.rw)
 	c.transmit()
 	c.wmu.Lock()
 	werr := c.werr
@@ -682,13 +682,11 @@ func (c *conn) send(req request, hdr, prefix, data []byte) {
 	c.whdr = append(append(c.whdr[:0], hdr...), prefix...)
 	var err error
 	if len(data) >= largeReply {
-		// Large read data goes out with one writev from its own buffer
-		// instead of through a copy into the buffered writer.
+		// Large read data goes out from its own buffer instead of
+		// through a copy into the buffered writer: the header with
+		// MSG_MORE, then the data in a call of its own (sendmore).
 		if err = c.bw.Flush(); err == nil {
-			c.wvArr = [2][]byte{c.whdr, data}
-			c.wv = c.wvArr[:]
-			_, err = c.wv.WriteTo(c.rw)
-			c.wvArr = [2][]byte{}
+			err = c.sw.Write(c.whdr, data)
 		}
 	} else {
 		c.bw.Write(c.whdr)

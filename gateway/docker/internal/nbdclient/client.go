@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/ferry-io/ferry/internal/bufpool"
+	"github.com/ferry-io/ferry/internal/sendmore"
 )
 
 const (
@@ -171,8 +172,9 @@ type conn struct {
 	spareq  []*request // the other half of outq's double buffer
 	sending bool       // a caller is writing outq to nc
 	wmu     sync.Mutex
-	iov     net.Buffers
+	iov     [][]byte
 	hdrs    []byte
+	sw      *sendmore.Writer
 }
 
 // Reconnects says how often a lost connection was restored.
@@ -240,7 +242,7 @@ func Dial(ctx context.Context, rawURL string, cfg Config) (*Client, error) {
 // (only if the server allows multi-conn).
 func (c *Client) dialSession(ctx context.Context, first net.Conn) (*session, error) {
 	s := &session{}
-	s.conns = append(s.conns, &conn{sess: s, nc: first})
+	s.conns = append(s.conns, &conn{sess: s, nc: first, sw: sendmore.New(first)})
 	if c.flags&tfMultiConn == 0 {
 		return s, nil
 	}
@@ -256,7 +258,7 @@ func (c *Client) dialSession(ctx context.Context, first net.Conn) (*session, err
 			}
 			return nil, err
 		}
-		s.conns = append(s.conns, &conn{sess: s, nc: nc})
+		s.conns = append(s.conns, &conn{sess: s, nc: nc, sw: sendmore.New(nc)})
 	}
 	return s, nil
 }
@@ -604,7 +606,9 @@ func (c *Client) sendQueued(cn *conn) {
 	cn.sending = false
 }
 
-// writeRequests writes q in one writev. Called with wmu held.
+// writeRequests writes q as one message: one writev, or, with large
+// payloads, the headers with MSG_MORE and each payload in a call of its
+// own (sendmore). Called with wmu held.
 func (cn *conn) writeRequests(q []*request) error {
 	hdrs := cn.hdrs[:0]
 	for _, r := range q {
@@ -623,8 +627,7 @@ func (cn *conn) writeRequests(q []*request) error {
 	if start < len(hdrs) {
 		iov = append(iov, hdrs[start:])
 	}
-	bufs := iov // WriteTo consumes it
-	_, err := bufs.WriteTo(cn.nc)
+	err := cn.sw.Write(iov...)
 	clear(iov)
 	cn.iov = iov[:0]
 	return err
