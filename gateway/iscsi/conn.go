@@ -14,7 +14,6 @@ import (
 
 	"github.com/ferry-io/ferry/gateway/volume"
 	"github.com/ferry-io/ferry/internal/bufpool"
-	"github.com/ferry-io/ferry/internal/sendmore"
 )
 
 // cmdWindow is how many commands an initiator may have queued.
@@ -34,15 +33,14 @@ type conn struct {
 	wbuf   []byte // login responses
 	// Full feature phase: responses go through bw; whoever writes while
 	// no other response waits for wmu flushes, so a burst of completions
-	// costs one write(2). hdrs and wvArr gather a command's Data-In PDUs
-	// into one message (sendmore: one writev, or the headers with
-	// MSG_MORE and each large data segment in a call of its own).
+	// costs one write(2). hdrs and wv gather a command's Data-In PDUs
+	// into one writev.
 	bw     *bufio.Writer
 	queued atomic.Int32 // responses waiting for wmu
 	werr   error        // first response write error
 	hdrs   []byte
+	wv     net.Buffers
 	wvArr  [][]byte
-	sw     *sendmore.Writer
 
 	expCmdSN atomic.Uint32
 	itt      uint32
@@ -74,7 +72,7 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
-		s: s, nc: nc, remote: nc.RemoteAddr().String(), br: bufio.NewReaderSize(nc, 64<<10), sw: sendmore.New(nc),
+		s: s, nc: nc, remote: nc.RemoteAddr().String(), br: bufio.NewReaderSize(nc, 64<<10),
 		bw:          bufio.NewWriterSize(nc, 64<<10),
 		maxSendData: 8192, maxBurst: 262144, firstBurst: 65536, initialR2T: true, immediateData: true,
 		tasks: map[uint32]*task{}, sem: make(chan struct{}, cmdWindow), work: make(chan *task),
@@ -237,7 +235,7 @@ func (c *conn) stamp(h []byte, status bool) {
 
 // write sends the buffers gathered in wvArr, holding dataLen bytes of
 // data: small ones through the buffered writer (flushed when last), large
-// ones from where they are (sendmore), without copying the data.
+// ones with one writev from where they are, without copying the data.
 // The caller holds wmu.
 func (c *conn) write(dataLen int, last bool) error {
 	var err error
@@ -249,7 +247,8 @@ func (c *conn) write(dataLen int, last bool) error {
 			err = c.bw.Flush()
 		}
 	} else if err = c.bw.Flush(); err == nil {
-		err = c.sw.Write(c.wvArr...)
+		c.wv = c.wvArr
+		_, err = c.wv.WriteTo(c.nc)
 	}
 	clear(c.wvArr)
 	if err != nil {

@@ -75,7 +75,7 @@ func TestMessagesArriveWhole(t *testing.T) {
 		for i := range 40 {
 			run = append(run, fill(1+i%30, byte(i)))
 		}
-		run = append(run, fill(1<<20, 9), fill(28, 1))
+		run = append(run, fill(3<<20, 9))
 		msgs = append(msgs, run)
 		want.Write(bytes.Join(run, nil))
 		got := make(chan []byte, 1)
@@ -117,6 +117,28 @@ func TestMoreOnlyWhenMoreFollows(t *testing.T) {
 		}
 		if w.flags(from)&unix.MSG_NOSIGNAL == 0 {
 			t.Errorf("flags(%d) without MSG_NOSIGNAL", from)
+		}
+	}
+}
+
+// Only a message that ends with its one large buffer is sent piecewise.
+func TestShapes(t *testing.T) {
+	small, large := fill(28, 1), fill(Large, 2)
+	for _, c := range []struct {
+		bufs [][]byte
+		want bool
+	}{
+		{[][]byte{small, large}, true},
+		{[][]byte{small, small, large, nil, {}}, true},
+		{[][]byte{large}, true},
+		{[][]byte{small, small}, false},
+		{[][]byte{small, large, small}, false},
+		{[][]byte{small, large, small, large}, false},
+		{[][]byte{large, large}, false},
+		{nil, false},
+	} {
+		if got := endsLarge(c.bufs); got != c.want {
+			t.Errorf("%d buffers: piecewise %v, want %v", len(c.bufs), got, c.want)
 		}
 	}
 }
