@@ -606,9 +606,9 @@ func (c *Client) sendQueued(cn *conn) {
 	cn.sending = false
 }
 
-// writeRequests writes q as one message: one writev, or, with large
-// payloads, the headers with MSG_MORE and each payload in a call of its
-// own (sendmore). Called with wmu held.
+// writeRequests writes q as one message: one writev, or, when q ends
+// with its only large write, the headers with MSG_MORE and that payload in
+// a call of its own (sendmore). Called with wmu held.
 func (cn *conn) writeRequests(q []*request) error {
 	hdrs := cn.hdrs[:0]
 	for _, r := range q {
