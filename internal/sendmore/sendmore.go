@@ -40,9 +40,9 @@ type Writer struct {
 	raw  syscall.RawConn // nil: write through conn with writev
 	step func(fd uintptr) bool
 
-	// The call in progress, for step: segs from seg on, the last one
-	// possibly partly sent (off bytes of it).
-	segs [][]byte
+	// The small buffers of the call in progress, for step: head from seg
+	// on, the first of them possibly partly sent (off bytes of it).
+	head [][]byte
 	seg  int
 	off  int
 	err  error
@@ -58,7 +58,7 @@ func New(c net.Conn) *Writer {
 	if sc, ok := c.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			w.raw = raw
-			w.step = w.sendStep
+			w.step = w.sendHead
 		}
 	}
 	return w
@@ -68,31 +68,38 @@ func New(c net.Conn) *Writer {
 // On error the connection's state is unknown and it should be closed. bufs
 // is not modified or retained.
 func (w *Writer) Write(bufs ...[]byte) error {
-	if w.raw == nil || !endsLarge(bufs) {
+	last := lastLarge(bufs)
+	if w.raw == nil || last < 0 {
 		w.nb = append(w.nb[:0], bufs...)
 		nb := w.nb // WriteTo consumes it
 		_, err := nb.WriteTo(w.conn)
 		clear(w.nb)
 		return err
 	}
-	// Copied, not kept: bufs (often the caller's variadic array) does not
-	// escape to the heap.
-	w.segs = append(w.segs[:0], bufs...)
+	// The small buffers with MSG_MORE, then the large one by the
+	// connection's own Write. Copied, not kept: bufs (often the caller's
+	// variadic array) does not escape to the heap.
+	w.head = append(w.head[:0], bufs[:last]...)
 	w.seg, w.off, w.err = 0, 0, nil
 	err := w.raw.Write(w.step)
-	clear(w.segs)
-	w.segs = w.segs[:0]
+	clear(w.head)
+	w.head = w.head[:0]
+	if err == nil {
+		err = w.err
+	}
 	if err != nil {
 		return err
 	}
-	return w.err
+	_, err = w.conn.Write(bufs[last])
+	return err
 }
 
-// endsLarge reports whether the message is the shape measured to gain:
-// small buffers, then one large buffer that ends it. A large buffer with
-// more after it (iSCSI Data-In PDUs of 256 KiB each) measured slower sent
-// piecewise than in one writev.
-func endsLarge(bufs [][]byte) bool {
+// lastLarge returns the index of the message's large buffer if the message
+// is the shape measured to gain — small buffers, then one large buffer that
+// ends it — and -1 otherwise. A large buffer with more after it (iSCSI
+// Data-In PDUs of 256 KiB each) measured slower sent piecewise than in one
+// writev.
+func lastLarge(bufs [][]byte) int {
 	last := -1
 	for i, b := range bufs {
 		if len(b) > 0 {
@@ -101,46 +108,41 @@ func endsLarge(bufs [][]byte) bool {
 	}
 	for i, b := range bufs {
 		if len(b) >= Large {
-			return i == last
+			if i == last {
+				return i
+			}
+			return -1
 		}
 	}
-	return false
+	return -1
 }
 
-// sendStep is handed to RawConn.Write: it sends what is left of w.segs
-// and reports false when the socket is full, to be called again once it
-// drains (deadlines apply while it waits).
-func (w *Writer) sendStep(fd uintptr) bool {
+// sendHead is handed to RawConn.Write: it sends what is left of w.head,
+// all with MSG_MORE (the large buffer follows), and reports false when the
+// socket is full, to be called again once it drains (deadlines apply while
+// it waits).
+func (w *Writer) sendHead(fd uintptr) bool {
 	for {
-		for w.seg < len(w.segs) && len(w.segs[w.seg]) == w.off {
+		for w.seg < len(w.head) && len(w.head[w.seg]) == w.off {
 			w.seg, w.off = w.seg+1, 0
 		}
-		if w.seg == len(w.segs) {
+		if w.seg == len(w.head) {
 			return true
 		}
-		// The next call: one large buffer (the rest of it), or the run of
-		// small ones up to the next large one.
-		var n int
-		var errno syscall.Errno
-		if b := w.segs[w.seg][w.off:]; len(w.segs[w.seg]) >= Large {
-			n, errno = sendto(fd, b, w.flags(w.seg+1))
-		} else {
-			k, end := 0, w.seg
-			for i := w.seg; i < len(w.segs) && len(w.segs[i]) < Large && k < len(w.iov); i++ {
-				p := w.segs[i]
-				if i == w.seg {
-					p = p[w.off:]
-				}
-				if len(p) > 0 {
-					w.iov[k] = unix.Iovec{Base: &p[0]}
-					w.iov[k].SetLen(len(p))
-					k++
-				}
-				end = i + 1
+		k := 0
+		for i := w.seg; i < len(w.head) && k < len(w.iov); i++ {
+			p := w.head[i]
+			if i == w.seg {
+				p = p[w.off:]
 			}
-			n, errno = sendmsg(fd, w.iov[:k], w.flags(end))
-			clear(w.iov[:k])
+			if len(p) > 0 {
+				w.iov[k] = unix.Iovec{Base: &p[0]}
+				w.iov[k].SetLen(len(p))
+				k++
+			}
 		}
+		n, errno := sendmsg(fd, w.iov[:k], unix.MSG_MORE|unix.MSG_NOSIGNAL)
+		clear(w.iov[:k])
 		switch errno {
 		case 0:
 		case unix.EINTR:
@@ -153,7 +155,7 @@ func (w *Writer) sendStep(fd uintptr) bool {
 		}
 		// Advance past n bytes.
 		for n > 0 {
-			left := len(w.segs[w.seg]) - w.off
+			left := len(w.head[w.seg]) - w.off
 			if n < left {
 				w.off += n
 				break
@@ -162,21 +164,6 @@ func (w *Writer) sendStep(fd uintptr) bool {
 			w.seg, w.off = w.seg+1, 0
 		}
 	}
-}
-
-// flags is MSG_MORE when a non-empty buffer follows segs[from:]'s start.
-func (w *Writer) flags(from int) uintptr {
-	for _, b := range w.segs[from:] {
-		if len(b) > 0 {
-			return unix.MSG_MORE | unix.MSG_NOSIGNAL
-		}
-	}
-	return unix.MSG_NOSIGNAL
-}
-
-func sendto(fd uintptr, b []byte, flags uintptr) (int, syscall.Errno) {
-	n, _, e := unix.Syscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), flags, 0, 0)
-	return int(n), e
 }
 
 func sendmsg(fd uintptr, iov []unix.Iovec, flags uintptr) (int, syscall.Errno) {

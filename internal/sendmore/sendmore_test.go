@@ -9,8 +9,6 @@ import (
 	"os"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -78,6 +76,15 @@ func TestMessagesArriveWhole(t *testing.T) {
 		run = append(run, fill(3<<20, 9))
 		msgs = append(msgs, run)
 		want.Write(bytes.Join(run, nil))
+		// Small buffers that fill the socket before the large one, so
+		// sends of them are partial too.
+		run = nil
+		for i := range 100 {
+			run = append(run, fill(Large-1-i, byte(i)))
+		}
+		run = append(run, fill(Large, 7))
+		msgs = append(msgs, run)
+		want.Write(bytes.Join(run, nil))
 		got := make(chan []byte, 1)
 		go func() {
 			var buf bytes.Buffer
@@ -106,39 +113,24 @@ func TestMessagesArriveWhole(t *testing.T) {
 	}
 }
 
-// Only calls that more data follows carry MSG_MORE: a last call with it
-// would leave the message's tail in the socket until an acknowledgement
-// (or the next message) pushed it out.
-func TestMoreOnlyWhenMoreFollows(t *testing.T) {
-	w := &Writer{segs: [][]byte{fill(28, 1), fill(Large, 2), fill(16, 3), nil, {}}}
-	for from, more := range []bool{true, true, true, false, false, false} {
-		if got := w.flags(from)&unix.MSG_MORE != 0; got != more {
-			t.Errorf("flags(%d): MSG_MORE %v, want %v", from, got, more)
-		}
-		if w.flags(from)&unix.MSG_NOSIGNAL == 0 {
-			t.Errorf("flags(%d) without MSG_NOSIGNAL", from)
-		}
-	}
-}
-
 // Only a message that ends with its one large buffer is sent piecewise.
 func TestShapes(t *testing.T) {
 	small, large := fill(28, 1), fill(Large, 2)
 	for _, c := range []struct {
 		bufs [][]byte
-		want bool
+		want int
 	}{
-		{[][]byte{small, large}, true},
-		{[][]byte{small, small, large, nil, {}}, true},
-		{[][]byte{large}, true},
-		{[][]byte{small, small}, false},
-		{[][]byte{small, large, small}, false},
-		{[][]byte{small, large, small, large}, false},
-		{[][]byte{large, large}, false},
-		{nil, false},
+		{[][]byte{small, large}, 1},
+		{[][]byte{small, small, large, nil, {}}, 2},
+		{[][]byte{large}, 0},
+		{[][]byte{small, small}, -1},
+		{[][]byte{small, large, small}, -1},
+		{[][]byte{small, large, small, large}, -1},
+		{[][]byte{large, large}, -1},
+		{nil, -1},
 	} {
-		if got := endsLarge(c.bufs); got != c.want {
-			t.Errorf("%d buffers: piecewise %v, want %v", len(c.bufs), got, c.want)
+		if got := lastLarge(c.bufs); got != c.want {
+			t.Errorf("%d buffers: large buffer sent alone %d, want %d", len(c.bufs), got, c.want)
 		}
 	}
 }
