@@ -378,3 +378,125 @@ exit $rc
 		}
 	}
 }
+
+// guestDockerScript runs a real Docker engine in the guest (the Docker
+// flavour of the image) with `ferry docker-plugin --attach nbd` on its
+// default socket, so Docker finds it by legacy discovery: docker volume
+// create -d ferry, a container that writes and syncs files with their
+// SHA-256 while a second, long-running one holds the volume, a third
+// that checks them read-only, docker volume inspect while mounted, the
+// volume detached after the last container, attached again for one that
+// checks the files once more, then removed.
+const guestDockerScript = `#!/bin/sh
+say() { echo "FERRY-GUEST: $*"; }
+dump() {
+	echo "--- dockerd"; tail -n 60 /var/log/dockerd.log
+	echo "--- plugin"; tail -n 60 /var/log/ferry-plugin.log
+	echo "--- dmesg"; dmesg | tail -n 40
+}
+fail() { dump; say "error $*"; exit 1; }
+stty -F /dev/ttyS1 raw -echo 2>/dev/null
+exec 3</dev/ttyS1
+ferry docker-plugin --gateway @GATEWAY@ --attach nbd --host-id guest-docker >/var/log/ferry-plugin.log 2>&1 &
+DOCKER_RAMDISK=true dockerd --bridge=none --iptables=false --ip6tables=false --storage-driver=vfs \
+	>/var/log/dockerd.log 2>&1 &
+dockerd=$!
+i=0
+until docker version >/dev/null 2>&1; do
+	i=$((i+1)); [ $i -lt 1200 ] || fail "dockerd not answering after 600 s"
+	kill -0 $dockerd 2>/dev/null || fail "dockerd exited"
+	sleep 0.5
+done
+[ -S /run/docker/plugins/ferry.sock ] || fail "no plugin socket at /run/docker/plugins/ferry.sock"
+say "dockerd up"
+# An image: busybox-static's binary with the applets the containers use.
+mkdir -p /tmp/img/bin /tmp/img/tmp /tmp/img/data
+cp /bin/busybox /tmp/img/bin/busybox
+for a in sh dd sync sha256sum sleep cat; do ln -s busybox /tmp/img/bin/$a; done
+tar -C /tmp/img -c . | docker import - ferry-bb >/dev/null || fail "docker import"
+docker volume create -d ferry -o size=256M v1 >/dev/null || fail "docker volume create"
+docker volume ls --format '{{.Driver}} {{.Name}}' | grep -qx "ferry v1" || fail "docker volume ls: $(docker volume ls)"
+docker run -d --name holder --network none -v v1:/data ferry-bb sleep 600 >/dev/null || fail "holder container"
+docker run --rm --network none -v v1:/data ferry-bb sh -c '
+	for n in 1 2 3 4; do dd if=/dev/urandom of=/data/f$n bs=64k count=8 2>/dev/null || exit 1; done
+	sync && cd /data && sha256sum f1 f2 f3 f4 >SUMS && sync' || fail "writer container"
+docker run --rm --network none -v v1:/data:ro ferry-bb sh -c 'cd /data && sha256sum -c SUMS' || fail "reader container"
+say "inspect $(docker volume inspect -f '{{json .Status}}' v1)"
+read -r line <&3
+say "host checked: $line"
+docker rm -f holder >/dev/null || fail "docker rm holder"
+left=""
+for p in /sys/block/nbd*/pid; do [ -e "$p" ] && left="$left $p"; done
+grep -q " /var/lib/ferry-docker\| /mnt/ferry" /proc/mounts && left="$left $(grep ferry /proc/mounts)"
+[ -z "$left" ] || fail "still attached or mounted after the last container:$left"
+say "detached"
+# Attached and mounted again (the file system kept, not reformatted): the
+# files are all there.
+docker run --rm --network none -v v1:/data ferry-bb sh -c 'cd /data && sha256sum -c SUMS' || fail "container after reattach"
+for p in /sys/block/nbd*/pid; do [ -e "$p" ] && fail "still attached after the container that reattached: $p"; done
+say "reattached and checked"
+docker volume rm v1 >/dev/null || fail "docker volume rm"
+docker volume ls -q | grep -qx v1 && fail "v1 still listed after rm"
+say "removed"
+kill $dockerd
+wait $dockerd
+`
+
+// TestDockerEngineInGuest runs Docker's own engine against the plugin
+// over the kernel's NBD client, in a QEMU guest of the Docker flavour (the
+// host kernel has no NBD client): volume create, containers writing and
+// reading through it while another holds it, inspect showing the
+// attachment the gateway records, detach after the last container, the
+// files intact after a second attach, rm.
+func TestDockerEngineInGuest(t *testing.T) {
+	img := guest.RequireFlavour(t, guest.Docker)
+	g := startGateway(t)
+	ports := gatewayPorts(t, g)
+	script := strings.ReplaceAll(guestDockerScript, "@GATEWAY@", fmt.Sprintf("%s:%d", guest.HostAddr, ports[0]))
+	vm := guest.Boot(t, guest.Config{Image: img, Files: []guest.File{guestFerry(t)}, Forward: ports, MemoryMiB: 2048, Script: script})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	start := time.Now()
+	next := func(what, prefix string) string {
+		t.Helper()
+		m, err := vm.Expect(ctx, prefix, func(m string) error {
+			if strings.HasPrefix(m, "error") {
+				return fmt.Errorf("the guest reported %q", m)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		t.Logf("%s after %v: %s", what, time.Since(start).Round(100*time.Millisecond), m)
+		return m
+	}
+	next("dockerd", "dockerd up")
+	m := next("containers", "inspect ")
+	for _, want := range []string{`"attach_method":"nbd"`, `"attached_on":["guest-docker"]`, `"device":"/dev/nbd`, `"mounts":1`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("docker volume inspect's Status lacks %s: %s", want, m)
+		}
+	}
+	if hosts := attachments(t, g, "v1"); len(hosts) != 1 || hosts[0] != "guest-docker" {
+		t.Errorf("gateway's attachments of v1 while a container holds it: %v, want [guest-docker]", hosts)
+	}
+	if err := vm.Send("ok"); err != nil {
+		t.Fatal(err)
+	}
+	next("detach", "detached")
+	if hosts := attachments(t, g, "v1"); len(hosts) != 0 {
+		t.Errorf("gateway still lists attachments of v1 after the last container: %v", hosts)
+	}
+	next("reattach", "reattached and checked")
+	next("rm", "removed")
+	if rc, err := vm.Wait(ctx); err != nil || rc != 0 {
+		t.Fatalf("guest: exit %d, %v", rc, err)
+	}
+	if resp, err := g.get("/v1/volumes/v1"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != 404 {
+			t.Errorf("volume v1 on the gateway after docker volume rm: HTTP %d, want 404", resp.StatusCode)
+		}
+	}
+}

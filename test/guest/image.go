@@ -17,8 +17,29 @@ import (
 )
 
 // ImageEnv names a directory holding a prebuilt image (vmlinuz, initrd);
-// when set, the image is not built.
-const ImageEnv = "FERRY_GUEST_IMAGE"
+// when set, the image is not built. DockerImageEnv is the same for the
+// Docker flavour.
+const (
+	ImageEnv       = "FERRY_GUEST_IMAGE"
+	DockerImageEnv = "FERRY_GUEST_DOCKER_IMAGE"
+)
+
+// Flavour picks what the guest's root holds besides the base packages.
+type Flavour string
+
+const (
+	// Base: the kernel initiators and their tools (scripts/guest-image).
+	Base Flavour = ""
+	// Docker adds docker.io and busybox-static (scripts/guest-image docker).
+	Docker Flavour = "docker"
+)
+
+func (f Flavour) env() string {
+	if f == Docker {
+		return DockerImageEnv
+	}
+	return ImageEnv
+}
 
 // Image is a built guest: a kernel and the initramfs holding its root.
 type Image struct {
@@ -28,17 +49,25 @@ type Image struct {
 	Version string // the kernel's release, e.g. 6.1.0-57-amd64
 }
 
-// BuildImage returns the guest image: the directory in $FERRY_GUEST_IMAGE,
-// or what scripts/guest-image builds (or finds in its cache). The script's
-// progress goes to log.
+// BuildImage returns the base guest image: the directory in
+// $FERRY_GUEST_IMAGE, or what scripts/guest-image builds (or finds in its
+// cache). The script's progress goes to log.
 func BuildImage(ctx context.Context, log *bytes.Buffer) (Image, error) {
-	dir := os.Getenv(ImageEnv)
+	return BuildFlavour(ctx, Base, log)
+}
+
+// BuildFlavour is BuildImage for a flavour.
+func BuildFlavour(ctx context.Context, f Flavour, log *bytes.Buffer) (Image, error) {
+	dir := os.Getenv(f.env())
 	if dir == "" {
 		script, err := scriptPath()
 		if err != nil {
 			return Image{}, err
 		}
 		cmd := exec.CommandContext(ctx, script)
+		if f != Base {
+			cmd.Args = append(cmd.Args, string(f))
+		}
 		var out bytes.Buffer
 		cmd.Stdout = &out
 		if log != nil {
@@ -75,12 +104,18 @@ func scriptPath() (string, error) {
 	return p, nil
 }
 
+// built is one flavour's image, built at most once per test process.
+type built struct {
+	once sync.Once
+	img  Image
+	err  error
+	log  bytes.Buffer
+	took time.Duration
+}
+
 var (
-	imageOnce sync.Once
-	imageVal  Image
-	imageErr  error
-	imageLog  bytes.Buffer
-	imageTook time.Duration
+	imagesMu sync.Mutex
+	images   = map[Flavour]*built{}
 )
 
 // Require skips the test, or fails it under FERRY_TEST_REQUIRE_TOOLS=1,
@@ -90,32 +125,46 @@ var (
 // test process; the first caller logs how long the build took.
 func Require(t testing.TB) Image {
 	t.Helper()
+	return RequireFlavour(t, Base)
+}
+
+// RequireFlavour is Require for a flavour ($FERRY_GUEST_DOCKER_IMAGE
+// instead of $FERRY_GUEST_IMAGE for Docker).
+func RequireFlavour(t testing.TB, f Flavour) Image {
+	t.Helper()
 	testutil.RequireTool(t, "qemu-system-x86_64")
 	testutil.RequireTool(t, "socat")
-	if os.Getenv(ImageEnv) == "" {
+	if os.Getenv(f.env()) == "" {
 		testutil.RequireTool(t, "mmdebstrap")
 		testutil.RequireTool(t, "cpio")
 		if os.Geteuid() != 0 {
 			if os.Getenv(testutil.RequireEnv) == "1" {
-				t.Fatalf("building the guest image needs root (or set %s)", ImageEnv)
+				t.Fatalf("building the guest image needs root (or set %s)", f.env())
 			}
-			t.Skipf("building the guest image needs root (or set %s)", ImageEnv)
+			t.Skipf("building the guest image needs root (or set %s)", f.env())
 		}
 	}
+	imagesMu.Lock()
+	b := images[f]
+	if b == nil {
+		b = &built{}
+		images[f] = b
+	}
+	imagesMu.Unlock()
 	first := false
-	imageOnce.Do(func() {
+	b.once.Do(func() {
 		first = true
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
 		start := time.Now()
-		imageVal, imageErr = BuildImage(ctx, &imageLog)
-		imageTook = time.Since(start)
+		b.img, b.err = BuildFlavour(ctx, f, &b.log)
+		b.took = time.Since(start)
 	})
-	if imageErr != nil {
-		t.Fatalf("guest image: %v\n%s", imageErr, imageLog.String())
+	if b.err != nil {
+		t.Fatalf("guest image: %v\n%s", b.err, b.log.String())
 	}
 	if first {
-		t.Logf("guest image %s (kernel %s) ready in %v", imageVal.Dir, imageVal.Version, imageTook.Round(100*time.Millisecond))
+		t.Logf("guest image %s (kernel %s) ready in %v", b.img.Dir, b.img.Version, b.took.Round(100*time.Millisecond))
 	}
-	return imageVal
+	return b.img
 }
