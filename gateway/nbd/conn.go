@@ -192,14 +192,15 @@ func (c *conn) linger() {
 //
 // A fixed set of workers shares one reading turn (a token in c.turn). The
 // worker holding it reads the next request, then:
-//   - when more request bytes are already buffered (a queue is building),
-//     passes the turn on and executes its request concurrently with the
+//   - when it is large or slow and more request bytes are already
+//     buffered, passes the turn on and executes it concurrently with the
 //     others, like nbdkit's threads;
-//   - otherwise executes the request itself while keeping the turn, and
-//     goes straight back to reading. A request that takes longer than one
-//     to two InlineBudgets hands the turn to another worker from a
-//     watchdog timer, so a slow request never holds up the ones behind it
-//     for long.
+//   - otherwise executes it — with the small requests already buffered
+//     behind it, as one batch — while keeping the turn, and goes straight
+//     back to reading. A request or batch that takes longer than one to
+//     two InlineBudgets hands the turn to another worker from a watchdog
+//     timer, so a slow request never holds up the ones behind it for
+//     long.
 //
 // At low queue depth a request then costs no goroutine wake-up at all, and
 // at high depth requests still run concurrently and complete out of order.
@@ -240,16 +241,17 @@ func (c *conn) batchable() bool {
 	}
 	b, _ := c.br.Peek(requestHeaderSize)
 	req, err := decodeRequest(b)
-	if err != nil || req.flags != 0 || req.length > maxBatchedLength {
+	if err != nil || !small(req) {
 		return false
 	}
-	switch req.typ {
-	case cmdRead:
-		return true
-	case cmdWrite:
-		return c.br.Buffered() >= requestHeaderSize+int(req.length)
-	}
-	return false
+	return req.typ == cmdRead || c.br.Buffered() >= requestHeaderSize+int(req.length)
+}
+
+// small reports whether req is a READ or WRITE of at most
+// maxBatchedLength bytes with no flags: a few microseconds of work once its
+// payload is in.
+func small(req request) bool {
+	return req.flags == 0 && req.length <= maxBatchedLength && (req.typ == cmdRead || req.typ == cmdWrite)
 }
 
 // runBatch executes a batch in order and flushes the replies once. If the
@@ -354,11 +356,20 @@ func (c *conn) worker() {
 			c.turn <- struct{}{}
 			return
 		}
+		batch = append(batch[:0], work{req, buf})
 		if c.br.Buffered() > 0 {
-			// A queue is building: take the small requests already in
-			// the buffer along (no system call needed), pass the turn on
-			// and run them as one batch with one flush.
-			batch = append(batch[:0], work{req, buf})
+			if !small(req) {
+				// A large or slow request with more queued behind
+				// it: pass the turn on first, so the next ones are
+				// read and run meanwhile.
+				hold = false
+				c.turn <- struct{}{}
+				c.runBatch(batch)
+				continue
+			}
+			// A queue of small requests is building: take those already
+			// in the buffer along (no system call needed) and run them
+			// as one batch with one flush.
 			for len(batch) < maxBatch && c.batchable() {
 				r, b, ok := c.next()
 				if !ok {
@@ -366,18 +377,20 @@ func (c *conn) worker() {
 				}
 				batch = append(batch, work{r, b})
 			}
-			hold = false
-			c.turn <- struct{}{}
-			c.runBatch(batch)
-			continue
 		}
+		// The request or batch runs inline, keeping the turn (handing it
+		// to another worker would wake another thread for each batch,
+		// which on two CPUs shared with the clients cost more than the
+		// overlap bought: docs/BENCHMARKS.md); the watchdog passes the
+		// turn on if it runs past the budget.
 		gen++
 		g := gen
 		owned.Store(g)
 		if armed.CompareAndSwap(false, true) {
 			budget.Reset(period)
 		}
-		c.handle(req, buf)
+		c.runBatch(batch)
+		clear(batch)
 		hold = owned.CompareAndSwap(g, 0)
 	}
 }

@@ -50,3 +50,45 @@ func TestSlowInlineRequestHandsOffTheTurn(t *testing.T) {
 		ts.stop(t)
 	}
 }
+
+// TestSlowBatchHandsOffTheTurn: a batch of small requests runs keeping
+// the reading turn; when one of them stalls, a request sent after the
+// batch is still read and answered (the watchdog passes the turn on, and
+// the rest of the batch runs concurrently).
+func TestSlowBatchHandsOffTheTurn(t *testing.T) {
+	for _, workers := range []int{2, 16} {
+		dev := stallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{})}
+		ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers})
+		rc := dialRaw(t, ts.addr)
+		rc.attach("v", false)
+		for round := range 3 {
+			// Four reads in one write: read as one batch, the first of
+			// which stalls.
+			var msg []byte
+			for i := range 4 {
+				msg = append(msg, encodeRequest(request{typ: cmdRead, handle: uint64(10 + i), offset: uint64(i) * 4096, length: 4096})...)
+			}
+			rc.write(msg)
+			<-dev.started
+			rc.send(cmdRead, 0, 99, 64<<10, 4096, nil)
+			seen := map[uint64]bool{}
+			for !seen[99] {
+				r := rc.recv(4096)
+				if r.errno != 0 || r.handle == 10 {
+					t.Fatalf("workers %d round %d: reply %v while handle 10 stalls", workers, round, r)
+				}
+				seen[r.handle] = true
+			}
+			dev.release <- struct{}{}
+			for len(seen) < 5 {
+				r := rc.recv(4096)
+				if r.errno != 0 || seen[r.handle] {
+					t.Fatalf("workers %d round %d: reply %v", workers, round, r)
+				}
+				seen[r.handle] = true
+			}
+		}
+		close(dev.release)
+		ts.stop(t)
+	}
+}
