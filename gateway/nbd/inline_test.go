@@ -24,16 +24,24 @@ func (d stallDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return d.Device.ReadAt(ctx, p, off)
 }
 
+// stallServer serves a stallDevice with the given number of workers and
+// returns it with a client attached without structured replies.
+func stallServer(t *testing.T, workers int) (stallDevice, *testServer, *rawClient) {
+	t.Helper()
+	dev := stallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{})}
+	ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers})
+	rc := dialRaw(t, ts.addr)
+	rc.attach("v", false)
+	return dev, ts, rc
+}
+
 // TestSlowInlineRequestHandsOffTheTurn: a request that the reading worker
 // executes inline (nothing else was buffered) and that then stalls must
 // not hold up a request sent after it: the inline watchdog passes the
 // reading turn on, so the second request is answered first.
 func TestSlowInlineRequestHandsOffTheTurn(t *testing.T) {
 	for _, workers := range []int{2, 16} {
-		dev := stallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{})}
-		ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers})
-		rc := dialRaw(t, ts.addr)
-		rc.attach("v", false)
+		dev, ts, rc := stallServer(t, workers)
 		for round := range 3 {
 			rc.send(cmdRead, 0, 1, 0, 4096, nil)
 			<-dev.started // executing now, with no other request buffered
@@ -57,10 +65,7 @@ func TestSlowInlineRequestHandsOffTheTurn(t *testing.T) {
 // the rest of the batch runs concurrently).
 func TestSlowBatchHandsOffTheTurn(t *testing.T) {
 	for _, workers := range []int{2, 16} {
-		dev := stallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{})}
-		ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers})
-		rc := dialRaw(t, ts.addr)
-		rc.attach("v", false)
+		dev, ts, rc := stallServer(t, workers)
 		for round := range 3 {
 			// Four reads in one write: read as one batch, the first of
 			// which stalls.
