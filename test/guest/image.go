@@ -49,15 +49,11 @@ type Image struct {
 	Version string // the kernel's release, e.g. 6.1.0-57-amd64
 }
 
-// BuildImage returns the base guest image: the directory in
-// $FERRY_GUEST_IMAGE, or what scripts/guest-image builds (or finds in its
-// cache). The script's progress goes to log.
-func BuildImage(ctx context.Context, log *bytes.Buffer) (Image, error) {
-	return BuildFlavour(ctx, Base, log)
-}
-
-// BuildFlavour is BuildImage for a flavour.
-func BuildFlavour(ctx context.Context, f Flavour, log *bytes.Buffer) (Image, error) {
+// BuildImage returns the guest image of flavour f: the directory in its
+// variable ($FERRY_GUEST_IMAGE, $FERRY_GUEST_DOCKER_IMAGE), or what
+// scripts/guest-image builds (or finds in its cache). The script's progress
+// goes to log.
+func BuildImage(ctx context.Context, f Flavour, log *bytes.Buffer) (Image, error) {
 	dir := os.Getenv(f.env())
 	if dir == "" {
 		script, err := scriptPath()
@@ -157,7 +153,7 @@ func RequireFlavour(t testing.TB, f Flavour) Image {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
 		start := time.Now()
-		b.img, b.err = BuildFlavour(ctx, f, &b.log)
+		b.img, b.err = BuildImage(ctx, f, &b.log)
 		b.took = time.Since(start)
 	})
 	if b.err != nil {
