@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ferry-io/ferry/backends/store"
 )
@@ -193,12 +194,100 @@ func cloneRoots(ctx context.Context, s store.Store, keep, seen map[string]bool) 
 // A clone moving to another store writes its marker into each ancestor
 // there before the objects the marker names (docs/S3.md, "Moving a volume
 // to another store"). So whoever deletes what no marker names lists the
-// objects first and calls CloneRoots again after the listing: an object
-// the listing found was written after its marker, which the later call
-// then sees.
+// objects first and reads the markers again after the listing: an object
+// the listing found was written after its marker, which the later read
+// then sees. CloneMarkers does both.
 func CloneRoots(ctx context.Context, s store.Store) (map[string]bool, error) {
 	keep := map[string]bool{}
 	return keep, cloneRoots(ctx, s, keep, nil)
+}
+
+// markerWindow is how long a collector goes on deleting after it last read
+// a volume's clone markers; each delete must also end within a second
+// window. A clone moving into the volume's prefix in another store relies
+// on the objects it found there only after markerGrace from writing its
+// marker (Copier), when every collector that read the markers before the
+// marker was there has stopped deleting.
+var markerWindow = 5 * time.Second
+
+// markerGrace is the mover's wait: the window, the delete's own window,
+// and as much again for a delete still on its way to the store.
+func markerGrace() time.Duration { return 3 * markerWindow }
+
+// CloneMarkers is what the clone markers of a volume's prefix name, for
+// deleting objects no marker names. Its methods are not safe for
+// concurrent use.
+type CloneMarkers struct {
+	s    store.Store
+	keep map[string]bool // what the markers name, and what the caller keeps
+	seen map[string]bool // markers read
+	read time.Time       // of the last reading
+}
+
+// ReadCloneMarkers reads the clone markers in s and adds every object they
+// name to keep, which the CloneMarkers then owns.
+func ReadCloneMarkers(ctx context.Context, s store.Store, keep map[string]bool) (*CloneMarkers, error) {
+	m := &CloneMarkers{s: s, keep: keep, seen: map[string]bool{}}
+	return m, m.Refresh(ctx)
+}
+
+// Refresh reads the markers that appeared since the last reading.
+func (m *CloneMarkers) Refresh(ctx context.Context) error {
+	now := time.Now()
+	if err := cloneRoots(ctx, m.s, m.keep, m.seen); err != nil {
+		return err
+	}
+	m.read = now
+	return nil
+}
+
+// Count is how many markers have been read.
+func (m *CloneMarkers) Count() int { return len(m.seen) }
+
+// Keeps reports whether key is named by a marker read, or was kept by the
+// caller.
+func (m *CloneMarkers) Keeps(key string) bool { return m.keep[key] }
+
+// Sweep deletes those of keys no marker names and returns how many it
+// deleted. Call it after listing the keys: it reads the markers again
+// first, and again whenever markerWindow has passed since the last
+// reading, so it never deletes on an old reading (docs/FORMAT.md,
+// "Clones").
+func (m *CloneMarkers) Sweep(ctx context.Context, keys []string) (int, error) {
+	n := 0
+	for i, k := range keys {
+		if i == 0 || time.Since(m.read) > markerWindow {
+			if err := m.Refresh(ctx); err != nil {
+				return n, err
+			}
+		}
+		if m.keep[k] {
+			continue
+		}
+		if err := m.Delete(ctx, k); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Delete deletes key if the last reading of the markers is recent
+// enough, within a window of its own; otherwise it reads them first and
+// spares key if a new marker names it. The caller decided to delete key
+// on what the markers named.
+func (m *CloneMarkers) Delete(ctx context.Context, key string) error {
+	if time.Since(m.read) > markerWindow {
+		if err := m.Refresh(ctx); err != nil {
+			return err
+		}
+		if m.keep[key] {
+			return nil
+		}
+	}
+	dctx, cancel := context.WithDeadline(ctx, m.read.Add(2*markerWindow))
+	defer cancel()
+	return m.s.Delete(dctx, key)
 }
 
 // UnmarkClone removes a clone's marker from an ancestor.

@@ -69,9 +69,17 @@ type Copier struct {
 	// marker first.
 	Ancestors []AncestorCopy
 	CloneID   string
+	// Grace is how long after writing its markers the copier waits
+	// before it checks that the ancestors' objects it found in the
+	// destination are still there (default markerGrace: a collector
+	// there that read the markers before they were written may still be
+	// deleting until then).
+	Grace time.Duration
 
 	ancestorsCopied bool
-	ancestorBytes   int64 // what the clone reads of its ancestors
+	ancestorBytes   int64              // what the clone reads of its ancestors
+	ancestorReads   []map[string]int64 // per ancestor: the objects the clone reads of it, with their sizes
+	markedAt        time.Time          // when the last marker was written
 
 	mu    sync.Mutex
 	stats CopyStats
@@ -280,6 +288,7 @@ func (c *Copier) copyAncestors(ctx context.Context) (copied, total int64, err er
 		}
 		var todo []string
 		var size, done int64
+		reads := map[string]int64{}
 		for k := range refs {
 			if v, ok := objectVersion(k); !ok || v < lo || v >= a.Below {
 				continue // another ancestor's, or the clone's own
@@ -288,6 +297,7 @@ func (c *Copier) copyAncestors(ctx context.Context) (copied, total int64, err er
 			if !ok {
 				return copied, total, fmt.Errorf("ancestor %d lacks %s, which the clone reads", i+1, k)
 			}
+			reads[k] = n
 			size += n
 			if m, ok := have[k]; ok && m == n {
 				done += n
@@ -303,6 +313,10 @@ func (c *Copier) copyAncestors(ctx context.Context) (copied, total int64, err er
 		if err != nil {
 			return copied, total, fmt.Errorf("mark the clone in ancestor %d in the destination: %w", i+1, err)
 		}
+		c.mu.Lock()
+		c.ancestorReads = append(c.ancestorReads, reads)
+		c.markedAt = time.Now()
+		c.mu.Unlock()
 		n, err := c.copyAll(ctx, a.From, a.To, todo)
 		copied += n
 		if err != nil {
@@ -310,6 +324,58 @@ func (c *Copier) copyAncestors(ctx context.Context) (copied, total int64, err er
 		}
 	}
 	return copied, total, nil
+}
+
+// checkAncestors copies again what the clone reads of its ancestors and
+// the destination no longer holds. The first pass skipped objects the
+// destination already had, and a collector there (a live ancestor's, or
+// the deletion of a removed one's leftovers) that read the markers before
+// the clone's was written may have deleted some since; once Grace has
+// passed from the marker none is still deleting on such a reading
+// (CloneMarkers), so what is there now stays.
+func (c *Copier) checkAncestors(ctx context.Context) error {
+	c.mu.Lock()
+	reads, markedAt := c.ancestorReads, c.markedAt
+	c.mu.Unlock()
+	if len(reads) == 0 {
+		return nil
+	}
+	grace := c.Grace
+	if grace <= 0 {
+		grace = markerGrace()
+	}
+	t := time.NewTimer(time.Until(markedAt.Add(grace)))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+	}
+	for i, r := range reads {
+		a := c.Ancestors[i]
+		have, err := list(ctx, a.To)
+		if err != nil {
+			return fmt.Errorf("ancestor %d in the destination: %w", i+1, err)
+		}
+		var todo []string
+		for k, n := range r {
+			if m, ok := have[k]; !ok || m != n {
+				todo = append(todo, k)
+			}
+		}
+		if len(todo) == 0 {
+			continue
+		}
+		var size int64
+		for _, k := range todo {
+			size += r[k]
+		}
+		c.set(func(s *CopyStats) { s.Total += size })
+		if _, err := c.copyAll(ctx, a.From, a.To, todo); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // isData: chunks, logs and map objects, which manifests name.
@@ -400,6 +466,9 @@ func (c *Copier) Migrate(ctx context.Context, sw *store.Switch, to store.Store, 
 		if n <= switchBytes || pass+1 >= maxPasses {
 			break
 		}
+	}
+	if err := c.checkAncestors(ctx); err != nil {
+		return fail(fmt.Errorf("copy: %w", err))
 	}
 	c.set(func(s *CopyStats) { s.State = CopySwitching })
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Minute)

@@ -330,7 +330,7 @@ func TestMigrateClone(t *testing.T) {
 	}
 	mustCheckpoint(t, c)
 
-	cp := &Copier{From: in(a)("volumes/c2/"), To: in(b)("volumes/c2/"), CloneID: "c2"}
+	cp := &Copier{From: in(a)("volumes/c2/"), To: in(b)("volumes/c2/"), CloneID: "c2", Grace: time.Millisecond}
 	for _, p := range parents {
 		cp.Ancestors = append(cp.Ancestors, AncestorCopy{From: in(a)(p.Prefix), To: in(b)(p.Prefix), Below: p.Below})
 	}

@@ -503,8 +503,8 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 		}
 	}
 	// And so are clones' markers.
-	markers := map[string]bool{}
-	if err := cloneRoots(ctx, d.cfg.Store, keep, markers); err != nil {
+	markers, err := ReadCloneMarkers(ctx, d.cfg.Store, keep)
+	if err != nil {
 		return nil, err
 	}
 	for _, key := range manifests[len(old):] {
@@ -574,15 +574,9 @@ func (d *Device) collect(ctx context.Context) (map[uint64]int64, error) {
 	}
 	// A clone moved into this store meanwhile wrote its marker before the
 	// objects it names, which the listings above may have found: markers
-	// that appeared since keep theirs (CloneRoots).
-	if err := cloneRoots(ctx, d.cfg.Store, keep, markers); err != nil {
+	// that appeared since keep theirs (CloneMarkers.Sweep).
+	if _, err := markers.Sweep(ctx, append(garbage, old...)); err != nil {
 		return nil, err
-	}
-	garbage = slices.DeleteFunc(garbage, func(k string) bool { return keep[k] })
-	for _, k := range append(garbage, old...) {
-		if err := d.cfg.Store.Delete(ctx, k); err != nil {
-			return nil, err
-		}
 	}
 	return logs, nil
 }

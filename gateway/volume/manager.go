@@ -944,17 +944,13 @@ var removedObject = []byte(`{"format":"ferry-removed/1"}`)
 // read (and their markers, with a tombstone), and returns how many it
 // deleted.
 func (m *Manager) deleteVolumeObjects(ctx context.Context, s store.Store) (int, error) {
-	keep, err := tier.CloneRoots(ctx, s)
+	markers, err := tier.ReadCloneMarkers(ctx, s, map[string]bool{})
 	if err != nil {
 		return 0, err
 	}
-	clones := 0
 	var keys []string
 	if err := s.List(ctx, "", func(o store.ObjectInfo) error {
-		switch {
-		case strings.HasPrefix(o.Key, "clones/"):
-			clones++
-		case !keep[o.Key] && o.Key != removedKey:
+		if !strings.HasPrefix(o.Key, "clones/") && !markers.Keeps(o.Key) && o.Key != removedKey {
 			keys = append(keys, o.Key)
 		}
 		return nil
@@ -962,28 +958,26 @@ func (m *Manager) deleteVolumeObjects(ctx context.Context, s store.Store) (int, 
 		return 0, err
 	}
 	// A clone moving into this store wrote its marker before the objects
-	// it names, which the listing may have found: markers read after the
-	// listing keep theirs (tier.CloneRoots).
-	late, err := tier.CloneRoots(ctx, s)
-	if err != nil {
+	// it names, which the listing may have found: the markers are read
+	// again after it (and during a long deletion) before anything goes.
+	if err := markers.Refresh(ctx); err != nil {
 		return 0, err
 	}
-	if len(late) > 0 {
-		clones = max(clones, 1)
-		keys = slices.DeleteFunc(keys, func(k string) bool { return late[k] })
-	}
-	if clones > 0 {
+	if markers.Count() > 0 {
 		if err := s.Put(ctx, removedKey, removedObject, store.PutOptions{}); err != nil {
 			return 0, err
 		}
 	}
-	for i, k := range keys {
-		if err := s.Delete(ctx, k); err != nil {
-			return i, err
-		}
+	n, err := markers.Sweep(ctx, keys)
+	if err != nil || markers.Count() > 0 {
+		return n, err
 	}
-	if clones == 0 {
-		s.Delete(ctx, removedKey)
+	// The tombstone goes only if no marker has appeared meanwhile; a clone
+	// moving in after this reading writes it again when its move commits,
+	// after this deletion is over (markRemoved, tier.Copier.Grace).
+	if err := markers.Refresh(ctx); err != nil || markers.Count() > 0 {
+		return n, err
 	}
-	return len(keys), nil
+	markers.Delete(ctx, removedKey)
+	return n, nil
 }

@@ -313,7 +313,14 @@ func (m *Manager) runMigration(ctx context.Context, rec *Record, td *tier.Device
 		g.copier = c
 		g.mu.Unlock()
 		g.set("copying", nil)
-		err = c.Migrate(ctx, vs.sw, fto, func(context.Context) error {
+		err = c.Migrate(ctx, vs.sw, fto, func(ctx context.Context) error {
+			// Again: a deletion of a removed ancestor's leftovers
+			// there that read no marker may have taken it since.
+			for i, a := range ancestors {
+				if err := markRemoved(ctx, a.To); err != nil {
+					return fmt.Errorf("ancestor %s in store %q: %w", rec.Parents[i].Prefix, dst.Name, err)
+				}
+			}
 			if err := m.commitSwitch(rec, vs, dl, g); err != nil {
 				return err
 			}
@@ -360,21 +367,24 @@ func (m *Manager) cloneAncestors(ctx context.Context, rec *Record, src, dst *Sto
 		if err != nil {
 			return nil, err
 		}
-		live, err := holdsVolume(ctx, to)
-		if err != nil {
+		if err := markRemoved(ctx, to); err != nil {
 			return nil, fmt.Errorf("ancestor %s in store %q: %w", p.Prefix, dst.Name, err)
-		}
-		if !live {
-			pctx, cancel := tier.PutContext(ctx)
-			err := to.Put(pctx, removedKey, removedObject, store.PutOptions{})
-			cancel()
-			if err != nil {
-				return nil, fmt.Errorf("ancestor %s in store %q: %w", p.Prefix, dst.Name, err)
-			}
 		}
 		out = append(out, tier.AncestorCopy{From: from, To: to, Below: p.Below})
 	}
 	return out, nil
+}
+
+// markRemoved writes removed.json into an ancestor's prefix that holds no
+// volume.
+func markRemoved(ctx context.Context, to store.Store) error {
+	live, err := holdsVolume(ctx, to)
+	if err != nil || live {
+		return err
+	}
+	pctx, cancel := tier.PutContext(ctx)
+	defer cancel()
+	return to.Put(pctx, removedKey, removedObject, store.PutOptions{})
 }
 
 // commitSwitch is step 3, with the volume's uploads held: the catalog

@@ -62,3 +62,42 @@ func TestDeleteVolumeObjectsSparesALateClone(t *testing.T) {
 		t.Errorf("the removed volume still holds a volume: %v %v", live, err)
 	}
 }
+
+// markerOnDelete writes a clone's marker when the first object is deleted:
+// a clone moving in (its tombstone is already there) while a removed
+// ancestor's leftovers go.
+type markerOnDelete struct {
+	store.Store
+	once bool
+	t    *testing.T
+}
+
+func (s *markerOnDelete) Delete(ctx context.Context, key string) error {
+	if !s.once {
+		s.once = true
+		b, _ := json.Marshal(map[string]any{"format": "ferry-manifest/3", "sequence": 1, "chunks": map[string]string{}})
+		if err := s.Store.Put(ctx, "clones/moved.json", b, store.PutOptions{}); err != nil {
+			s.t.Error(err)
+		}
+	}
+	return s.Store.Delete(ctx, key)
+}
+
+// The tombstone of a removed ancestor stays when a clone's marker appears
+// while its leftovers are deleted.
+func TestDeleteVolumeObjectsKeepsTheTombstoneForALateClone(t *testing.T) {
+	ctx := context.Background()
+	mem := store.NewMem()
+	for _, k := range []string{removedKey, "chunks/0000000000000000/0000000000000001"} {
+		if err := mem.Put(ctx, k, []byte("x"), store.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := &Manager{}
+	if n, err := m.deleteVolumeObjects(ctx, &markerOnDelete{Store: mem, t: t}); err != nil || n != 1 {
+		t.Fatalf("deleted %d: %v", n, err)
+	}
+	if _, err := mem.Stat(ctx, removedKey); err != nil {
+		t.Fatalf("tombstone: %v", err)
+	}
+}
