@@ -35,8 +35,9 @@ type conn struct {
 	s  *Server
 	nc net.Conn // the socket: deadlines and Close
 	// rw carries the protocol: nc, or the TLS session over it after
-	// NBD_OPT_STARTTLS. br reads from it.
+	// NBD_OPT_STARTTLS. br reads from it through src.
 	rw     net.Conn
+	src    *cappedReader
 	br     *bufio.Reader
 	tls    tlsConn // set by STARTTLS
 	tlsID  string  // the client certificate's subject common name or PSK identity
@@ -76,13 +77,29 @@ type conn struct {
 	readBytes, writtenBytes atomic.Int64
 }
 
+// cappedReader is br's source: a read can be capped once.
+type cappedReader struct {
+	r    io.Reader
+	next int // when > 0, the most the next read returns
+}
+
+func (c *cappedReader) Read(p []byte) (int, error) {
+	if c.next > 0 && len(p) > c.next {
+		p = p[:c.next]
+	}
+	c.next = 0
+	return c.r.Read(p)
+}
+
 func newConn(s *Server, nc net.Conn) *conn {
 	remote := nc.RemoteAddr().String()
+	src := &cappedReader{r: nc}
 	return &conn{
 		s:      s,
 		nc:     nc,
 		rw:     nc,
-		br:     bufio.NewReaderSize(nc, ioBufferSize),
+		src:    src,
+		br:     bufio.NewReaderSize(src, ioBufferSize),
 		remote: remote,
 		log:    s.log.With("remote", remote),
 	}
@@ -441,6 +458,13 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 				}
 				c.rdone = true
 				return req, nil, false
+			}
+			if req.length > maxBatchedLength {
+				// The next request is likely as large: read its
+				// header alone, so that its payload goes straight
+				// into its buffer, not partly through br (one copy
+				// less: 5 % of the CPU of 1 MiB writes).
+				c.src.next = requestHeaderSize
 			}
 			return req, buf, true
 		case cmdRead:

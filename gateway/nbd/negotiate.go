@@ -288,7 +288,8 @@ func (c *conn) startTLS(ctx context.Context, opt uint32, data []byte) error {
 		}
 		tc = xc
 	}
-	c.tls, c.rw, c.br = tc, tc, bufio.NewReaderSize(tc, ioBufferSize)
+	c.src = &cappedReader{r: tc}
+	c.tls, c.rw, c.br = tc, tc, bufio.NewReaderSize(c.src, ioBufferSize)
 	// Negotiated state from before TLS is void (the protocol says so).
 	c.structured, c.metaAlloc, c.metaExport = false, false, ""
 	c.log = c.log.With("tls", kind, "tls_identity", c.tlsID)
