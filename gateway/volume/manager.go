@@ -963,21 +963,34 @@ func (m *Manager) deleteVolumeObjects(ctx context.Context, s store.Store) (int, 
 	if err := markers.Refresh(ctx); err != nil {
 		return 0, err
 	}
-	if markers.Count() > 0 {
+	marked := markers.Count() > 0
+	if marked {
 		if err := s.Put(ctx, removedKey, removedObject, store.PutOptions{}); err != nil {
 			return 0, err
 		}
 	}
 	n, err := markers.Sweep(ctx, keys)
-	if err != nil || markers.Count() > 0 {
+	if err != nil {
 		return n, err
 	}
-	// The tombstone goes only if no marker has appeared meanwhile; a clone
-	// moving in after this reading writes it again when its move commits,
-	// after this deletion is over (markRemoved, tier.Copier.Grace).
-	if err := markers.Refresh(ctx); err != nil || markers.Count() > 0 {
-		return n, err
+	if markers.Count() == 0 {
+		if err := markers.Refresh(ctx); err != nil {
+			return n, err
+		}
 	}
-	markers.Delete(ctx, removedKey)
+	if markers.Count() == 0 {
+		// No marker appeared meanwhile: the tombstone goes. A clone
+		// moving in after this reading writes it again when its move
+		// commits, after this deletion is over (markRemoved,
+		// tier.Copier.Grace).
+		markers.Delete(ctx, removedKey)
+		return n, nil
+	}
+	if !marked {
+		// A clone moved in during the deletion.
+		if err := s.Put(ctx, removedKey, removedObject, store.PutOptions{}); err != nil {
+			return n, err
+		}
+	}
 	return n, nil
 }

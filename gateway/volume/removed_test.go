@@ -83,21 +83,31 @@ func (s *markerOnDelete) Delete(ctx context.Context, key string) error {
 	return s.Store.Delete(ctx, key)
 }
 
-// The tombstone of a removed ancestor stays when a clone's marker appears
-// while its leftovers are deleted.
+// The tombstone of a removed ancestor stays, or is written, when a clone's
+// marker appears while its leftovers (or a removed volume's objects) are
+// deleted.
 func TestDeleteVolumeObjectsKeepsTheTombstoneForALateClone(t *testing.T) {
-	ctx := context.Background()
-	mem := store.NewMem()
-	for _, k := range []string{removedKey, "chunks/0000000000000000/0000000000000001"} {
-		if err := mem.Put(ctx, k, []byte("x"), store.PutOptions{}); err != nil {
-			t.Fatal(err)
+	for _, keys := range [][]string{
+		{removedKey, "chunks/0000000000000000/0000000000000001"},                  // an ancestor's leftovers, the mover's tombstone there
+		{"lease.json", "volume.json", "chunks/0000000000000000/0000000000000001"}, // a volume just removed
+	} {
+		ctx := context.Background()
+		mem := store.NewMem()
+		for _, k := range keys {
+			if err := mem.Put(ctx, k, []byte("x"), store.PutOptions{}); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	m := &Manager{}
-	if n, err := m.deleteVolumeObjects(ctx, &markerOnDelete{Store: mem, t: t}); err != nil || n != 1 {
-		t.Fatalf("deleted %d: %v", n, err)
-	}
-	if _, err := mem.Stat(ctx, removedKey); err != nil {
-		t.Fatalf("tombstone: %v", err)
+		m := &Manager{}
+		want := len(keys) - 1
+		if keys[0] != removedKey {
+			want = len(keys)
+		}
+		if n, err := m.deleteVolumeObjects(ctx, &markerOnDelete{Store: mem, t: t}); err != nil || n != want {
+			t.Fatalf("%v: deleted %d, want %d: %v", keys, n, want, err)
+		}
+		if _, err := mem.Stat(ctx, removedKey); err != nil {
+			t.Errorf("%v: tombstone: %v", keys, err)
+		}
 	}
 }
