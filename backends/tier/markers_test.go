@@ -116,14 +116,27 @@ func TestMigrateCloneRecopiesWhatACollectorDeleted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var victim string
 	for k := range objs {
 		if _, err := (&Copier{}).copyAll(ctx, scoped{a, "volumes/p/"}, scoped{b, "volumes/p/"}, []string{k}); err != nil {
 			t.Fatal(err)
 		}
-		if isData(k) && victim == "" {
-			victim = k
-		}
+	}
+	// The victim: an object the clone reads (its marker names it).
+	mb, err := a.Get(ctx, "volumes/p/"+cloneMarkerKey("c"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var marker Manifest
+	if err := json.Unmarshal(mb, &marker); err != nil {
+		t.Fatal(err)
+	}
+	var victim string
+	for _, k := range marker.Chunks {
+		victim = k
+		break
+	}
+	if _, ok := objs[victim]; !ok {
+		t.Fatalf("the marker names %q, which the parent lacks", victim)
 	}
 	to := collectsAfterMarker{scoped{b, "volumes/p/"}, cloneMarkerKey("c"), victim, t}
 	own := store.NewSwitch(scoped{a, "volumes/c/"})
