@@ -116,25 +116,15 @@ func TestMigrateCloneRecopiesWhatACollectorDeleted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	keys := make([]string, 0, len(objs))
 	for k := range objs {
-		if _, err := (&Copier{}).copyAll(ctx, scoped{a, "volumes/p/"}, scoped{b, "volumes/p/"}, []string{k}); err != nil {
-			t.Fatal(err)
-		}
+		keys = append(keys, k)
 	}
-	// The victim: an object the clone reads (its marker names it).
-	mb, err := a.Get(ctx, "volumes/p/"+cloneMarkerKey("c"), nil)
-	if err != nil {
+	if _, err := (&Copier{}).copyAll(ctx, scoped{a, "volumes/p/"}, scoped{b, "volumes/p/"}, keys); err != nil {
 		t.Fatal(err)
 	}
-	var marker Manifest
-	if err := json.Unmarshal(mb, &marker); err != nil {
-		t.Fatal(err)
-	}
-	var victim string
-	for _, k := range marker.Chunks {
-		victim = k
-		break
-	}
+	// The victim: an object the clone reads.
+	victim := markedChunk(ctx, t, scoped{a, "volumes/p/"}, "c")
 	if _, ok := objs[victim]; !ok {
 		t.Fatalf("the marker names %q, which the parent lacks", victim)
 	}
@@ -160,4 +150,23 @@ func TestMigrateCloneRecopiesWhatACollectorDeleted(t *testing.T) {
 	if got := readAll(t, d); string(got) != string(pattern(1<<20, 5)) {
 		t.Fatal("the moved clone, from the destination alone, differs")
 	}
+}
+
+// markedChunk returns a chunk key that the clone's marker in an ancestor's
+// prefix names: an object the clone reads.
+func markedChunk(ctx context.Context, t *testing.T, ancestor store.Store, cloneID string) string {
+	t.Helper()
+	b, err := ancestor.Get(ctx, cloneMarkerKey(cloneID), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var marker Manifest
+	if err := json.Unmarshal(b, &marker); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range marker.Chunks {
+		return k
+	}
+	t.Fatalf("the marker of %s names no chunk", cloneID)
+	return ""
 }

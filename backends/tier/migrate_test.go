@@ -431,19 +431,7 @@ func TestMigrateCloneRefusesAHole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b0, err := a.Get(ctx, "volumes/p/"+cloneMarkerKey("c"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var marker Manifest
-	if err := json.Unmarshal(b0, &marker); err != nil {
-		t.Fatal(err)
-	}
-	var lost string
-	for _, k := range marker.Chunks {
-		lost = k
-		break
-	}
+	lost := markedChunk(ctx, t, scoped{a, "volumes/p/"}, "c")
 	if err := a.Delete(ctx, "volumes/p/"+lost); err != nil {
 		t.Fatal(err)
 	}
