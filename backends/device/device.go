@@ -37,6 +37,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 )
 
 // Sentinel errors callers branch on.
@@ -112,6 +113,27 @@ type ReadOnly interface {
 func IsReadOnly(d Device) bool {
 	ro, ok := d.(ReadOnly)
 	return ok && ro.ReadOnly()
+}
+
+// Pipe is the read end of a pipe that holds a write's data (see
+// PipeWriter).
+type Pipe interface {
+	// Fd is the pipe's read end, for splice(2); non-blocking.
+	Fd() int
+	// Took records that n bytes were taken from Fd.
+	Took(n int)
+	// Read reads from the pipe, for devices that cannot splice.
+	io.Reader
+}
+
+// PipeWriter is implemented by devices that can write data held in a pipe
+// without copying it through the process's memory: a frontend moves a
+// large write's payload from its socket into a pipe (splice(2)) and the
+// device splices it into its file, one copy where a buffer costs two.
+type PipeWriter interface {
+	// WriteFromPipe writes the next n bytes of src at off, with the
+	// semantics of WriteAt. On error src may hold some of them still.
+	WriteFromPipe(ctx context.Context, src Pipe, off int64, n int) error
 }
 
 // Statter is implemented by devices that can report their space usage.

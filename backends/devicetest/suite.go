@@ -5,8 +5,9 @@
 //
 // The suite checks the contract written in package device: unaligned and
 // boundary I/O, out-of-range and zero-length requests, trim and zeroes,
-// extents, resize, concurrent disjoint writes, cancelled contexts and, for
-// devices that can simulate a crash (Crasher), flush durability.
+// extents, resize, concurrent disjoint writes, cancelled contexts, writes
+// from a pipe (for a device.PipeWriter) and, for devices that can simulate
+// a crash (Crasher), flush durability.
 // CheckFlushDurability and CrashUnderLoad are also callable on their own:
 // they return what was lost instead of failing, so a test can prove they
 // fail on a device that skips an fsync.
@@ -22,6 +23,7 @@ import (
 	"testing"
 
 	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/internal/splicepipe"
 )
 
 // Factory returns a new, empty device of the given size. It registers its
@@ -59,6 +61,7 @@ func Run(t *testing.T, newDev Factory) {
 		{"CancelledContext", testCancelled},
 		{"FlushDurability", testFlushDurability},
 		{"Close", testClose},
+		{"PipeWriter", testPipeWriter},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newDev) })
@@ -490,4 +493,56 @@ func testClose(t *testing.T, newDev Factory) {
 	if err := d.ReadAt(context.Background(), make([]byte, 512), 0); err == nil {
 		t.Error("ReadAt after Close succeeded")
 	}
+}
+
+// testPipeWriter checks device.PipeWriter where the device has it: writes
+// taken from a pipe land as WriteAt's do, and an out-of-range one changes
+// nothing.
+func testPipeWriter(t *testing.T, newDev Factory) {
+	const size = 4 * mib
+	d := newDev(t, size)
+	pw, ok := d.(device.PipeWriter)
+	if !ok {
+		t.Skip("not a device.PipeWriter")
+	}
+	ctx := context.Background()
+	model := make([]byte, size)
+	r := rand.New(rand.NewPCG(5, 6))
+	for i := 0; i < 40; i++ {
+		n := 1 + r.IntN(300000)
+		if i%10 == 0 {
+			n = splicepipe.Capacity
+		}
+		off := r.Int64N(int64(len(model) - n))
+		p := pattern(uint64(100+i), n)
+		if err := pipeWrite(ctx, pw, p, off); err != nil {
+			t.Fatalf("write %d bytes at %d from a pipe: %v", n, off, err)
+		}
+		copy(model[off:], p)
+	}
+	if got := mustRead(t, d, 0, size); !bytes.Equal(got, model) {
+		t.Fatal("content differs from model after writes from a pipe")
+	}
+	if err := pipeWrite(ctx, pw, pattern(7, 1024), size-512); !errors.Is(err, device.ErrOutOfRange) {
+		t.Errorf("write past the end from a pipe: err = %v, want ErrOutOfRange", err)
+	}
+	if err := pipeWrite(ctx, pw, nil, size); err != nil {
+		t.Errorf("zero-length write at the end from a pipe: %v", err)
+	}
+	if got := mustRead(t, d, 0, size); !bytes.Equal(got, model) {
+		t.Fatal("a refused write from a pipe changed the device")
+	}
+}
+
+// pipeWrite writes p at off through a pipe.
+func pipeWrite(ctx context.Context, pw device.PipeWriter, p []byte, off int64) error {
+	pp, err := splicepipe.Get()
+	if err != nil {
+		return err
+	}
+	defer pp.Put()
+	if _, err := pp.Write(p); err != nil {
+		return err
+	}
+	return pw.WriteFromPipe(ctx, pp, off, len(p))
 }

@@ -27,6 +27,12 @@ type crashable struct {
 	fault vfs.Fault // nil, or what Inject does to the device's operations
 }
 
+// WriteFromPipe lets the suite's PipeWriter test run on the file
+// system without descriptors (the device's portable path).
+func (c *crashable) WriteFromPipe(ctx context.Context, src device.Pipe, off int64, n int) error {
+	return c.ld.WriteFromPipe(ctx, src, off, n)
+}
+
 const poolDir = "/pool"
 
 // newCrashable creates a volume of size bytes in a durable pool directory

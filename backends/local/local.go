@@ -255,6 +255,43 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
+// WriteFromPipe implements device.PipeWriter: splice(2) from src into
+// the file at off.
+func (d *Device) WriteFromPipe(ctx context.Context, src device.Pipe, off int64, n int) error {
+	if err := d.begin(ctx, "write", off, int64(n)); err != nil {
+		return err
+	}
+	defer d.mu.RUnlock()
+	if d.readOnly {
+		return fmt.Errorf("local write: %w", device.ErrReadOnly)
+	}
+	if d.fd < 0 {
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(src, buf); err != nil {
+			return fmt.Errorf("local write at %d: pipe: %w", off, err)
+		}
+		if _, err := d.f.WriteAt(buf, off); err != nil {
+			return fmt.Errorf("local write at %d: %w", off, mapErrno(err))
+		}
+		return nil
+	}
+	for n > 0 {
+		m, err := unix.Splice(src.Fd(), nil, d.fd, &off, n, unix.SPLICE_F_MOVE)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return fmt.Errorf("local write at %d: %w", off, mapErrno(err))
+		}
+		if m == 0 {
+			return fmt.Errorf("local write at %d: pipe: %w", off, io.ErrUnexpectedEOF)
+		}
+		src.Took(int(m))
+		n -= int(m)
+	}
+	return nil
+}
+
 // WriteAt implements device.Device.
 func (d *Device) WriteAt(ctx context.Context, p []byte, off int64) error {
 	if err := d.begin(ctx, "write", off, int64(len(p))); err != nil {

@@ -1,0 +1,253 @@
+// Package splicepipe moves a socket's bytes into a pipe with splice(2), so
+// that a device can write them into its file from there (device.PipeWriter)
+// without the data passing through the process's memory: one copy, pipe
+// pages into the page cache, where reading into a buffer and writing it
+// out costs two. On loopback and on most NICs the socket's pages go into
+// the pipe by reference.
+//
+// Pipes are pooled, and at most MaxPipes exist at once: the kernel charges
+// each pipe's capacity to its user (fs.pipe-user-pages-soft), and a user
+// over that limit gets one-page pipes everywhere, in other programs too.
+package splicepipe
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Capacity is the most a pipe is asked to hold: the size a pipe can be
+// given without CAP_SYS_RESOURCE (fs.pipe-max-size). Its 256 slots each
+// take one piece of a received packet, so a payload that arrives in many
+// small pieces can fill the pipe first (ErrFull).
+const Capacity = 1 << 20
+
+// MaxPipes bounds the pipes that exist at once: 4096 pages of the
+// default 16384 a user may have in pipes.
+const MaxPipes = 16
+
+// ErrFull reports that the pipe ran out of slots before it held what was
+// asked; what it holds can still be read out with Drain.
+var ErrFull = errors.New("splicepipe: pipe full")
+
+// ErrNoPipe reports that no pipe could be had: MaxPipes are in use, or
+// the system refused one of Capacity bytes.
+var ErrNoPipe = errors.New("splicepipe: no pipe available")
+
+// Pipe is a pipe a socket fills and a device empties. It implements
+// device.Pipe.
+type Pipe struct {
+	r, w int
+	n    int // bytes held
+	size int // as asked of F_SETPIPE_SZ
+
+	// FillFrom's state for spliceIn.
+	fill  func(uintptr) bool
+	want  int
+	moved int
+	err   error
+}
+
+var (
+	mu    sync.Mutex
+	idle  []*Pipe
+	open  int // pipes that exist, idle or not
+	size  = Capacity
+	limit = MaxPipes
+)
+
+// SetSizeForTest makes new pipes hold size bytes (rounded up to a page by
+// the kernel) and returns a function that restores the default. For tests
+// that need a pipe to fill up.
+func SetSizeForTest(n int) (restore func()) {
+	mu.Lock()
+	defer mu.Unlock()
+	old := size
+	size = n
+	for _, p := range idle {
+		p.close()
+		open--
+	}
+	idle = nil
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		size = old
+		for _, p := range idle {
+			p.close()
+			open--
+		}
+		idle = nil
+	}
+}
+
+// Get returns an empty pipe, or ErrNoPipe.
+func Get() (*Pipe, error) {
+	mu.Lock()
+	if k := len(idle); k > 0 {
+		p := idle[k-1]
+		idle = idle[:k-1]
+		mu.Unlock()
+		return p, nil
+	}
+	if open >= limit {
+		mu.Unlock()
+		return nil, ErrNoPipe
+	}
+	open++
+	want := size
+	mu.Unlock()
+	p, err := newPipe(want)
+	if err != nil {
+		mu.Lock()
+		open--
+		mu.Unlock()
+		return nil, fmt.Errorf("%w: %w", ErrNoPipe, err)
+	}
+	return p, nil
+}
+
+func newPipe(size int) (*Pipe, error) {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("pipe2: %w", err)
+	}
+	p := &Pipe{r: fds[0], w: fds[1], size: size}
+	if _, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size); err != nil {
+		p.close()
+		return nil, fmt.Errorf("F_SETPIPE_SZ %d: %w", size, err)
+	}
+	return p, nil
+}
+
+// Put gives p back: to the pool if it is empty, closed otherwise (what it
+// still holds is discarded). p must not be used after.
+func (p *Pipe) Put() {
+	mu.Lock()
+	defer mu.Unlock()
+	if p.n == 0 && p.size == size && len(idle) < limit {
+		idle = append(idle, p)
+		return
+	}
+	p.close()
+	open--
+}
+
+func (p *Pipe) close() {
+	unix.Close(p.r)
+	unix.Close(p.w)
+}
+
+// Len is the number of bytes p holds.
+func (p *Pipe) Len() int { return p.n }
+
+// Fd is p's read end, for splice(2) into a file. It is non-blocking.
+func (p *Pipe) Fd() int { return p.r }
+
+// Took records that n bytes were taken from Fd.
+func (p *Pipe) Took(n int) { p.n -= n }
+
+// Write copies b into p (bytes of the payload already read from the
+// socket) and returns how many it took: all of them, or fewer with
+// ErrFull.
+func (p *Pipe) Write(b []byte) (int, error) {
+	done := 0
+	for done < len(b) {
+		n, err := unix.Write(p.w, b[done:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return done, ErrFull
+		case err != nil:
+			return done, fmt.Errorf("pipe write: %w", err)
+		}
+		p.n += n
+		done += n
+	}
+	return done, nil
+}
+
+// FillFrom moves n bytes from the socket behind sock into p, waiting for
+// them in the runtime's poller (so the socket's deadlines and Close end
+// the wait). It returns io.ErrUnexpectedEOF if the socket ends first, and
+// ErrFull if p runs out of slots; p then holds what was moved.
+func (p *Pipe) FillFrom(sock syscall.RawConn, n int) error {
+	if p.fill == nil {
+		p.fill = p.spliceIn // one closure per pipe, not one per call
+	}
+	for n > 0 {
+		p.want = n
+		err := sock.Read(p.fill)
+		if err == nil {
+			err = p.err
+		}
+		if err != nil {
+			if errors.Is(err, ErrFull) {
+				return err
+			}
+			return fmt.Errorf("splice from socket: %w", err)
+		}
+		if p.moved == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		p.n += p.moved
+		n -= p.moved
+	}
+	return nil
+}
+
+// spliceIn is FillFrom's step on the socket's descriptor: false to wait
+// until it is readable.
+func (p *Pipe) spliceIn(fd uintptr) bool {
+	for {
+		m, err := unix.Splice(int(fd), nil, p.w, nil, p.want, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			// The socket is empty, or the pipe is full: with bytes
+			// queued on the socket, the pipe.
+			if q, _ := unix.IoctlGetInt(int(fd), unix.SIOCINQ); q > 0 {
+				p.moved, p.err = 0, ErrFull
+				return true
+			}
+			return false
+		}
+		p.moved, p.err = int(m), err
+		return true
+	}
+}
+
+// Read reads from p's read end (what a device without splice does).
+func (p *Pipe) Read(b []byte) (int, error) {
+	if p.n == 0 {
+		return 0, io.EOF
+	}
+	for {
+		n, err := unix.Read(p.r, b[:min(len(b), p.n)])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return 0, fmt.Errorf("pipe read: %w", err)
+		case n == 0:
+			return 0, io.ErrUnexpectedEOF
+		}
+		p.n -= n
+		return n, nil
+	}
+}
+
+// Drain reads everything p holds into b, which must have room for Len
+// bytes, and returns how many bytes that was.
+func (p *Pipe) Drain(b []byte) (int, error) {
+	if len(b) < p.n {
+		return 0, fmt.Errorf("pipe drain: %d bytes into %d: %w", p.n, len(b), io.ErrShortBuffer)
+	}
+	return io.ReadFull(p, b[:p.n])
+}
