@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -21,6 +22,7 @@ import (
 	"github.com/ferry-io/ferry/gateway/volume"
 	"github.com/ferry-io/ferry/internal/bufpool"
 	"github.com/ferry-io/ferry/internal/sendmore"
+	"github.com/ferry-io/ferry/internal/splicepipe"
 )
 
 const (
@@ -55,6 +57,11 @@ type conn struct {
 	cancel context.CancelFunc
 	dev    device.Device
 	sem    *semaphore.Weighted
+	// Set when large write payloads go from the socket into a pipe and
+	// from there into the device (splice(2)): a plain socket and a
+	// device.PipeWriter.
+	pw   device.PipeWriter
+	sock syscall.RawConn
 
 	turn     chan struct{}           // holds the reading turn while no worker has it
 	inflight sync.WaitGroup          // batch remainders running on their own goroutines
@@ -175,6 +182,13 @@ func (c *conn) Serve(parent context.Context) {
 		}()
 	}
 	c.dev = att.Dev
+	if pw, ok := c.dev.(device.PipeWriter); ok && c.rw == c.nc {
+		if sc, ok := c.nc.(syscall.Conn); ok {
+			if raw, err := sc.SyscallConn(); err == nil {
+				c.pw, c.sock = pw, raw
+			}
+		}
+	}
 	c.sem = semaphore.NewWeighted(c.s.cfg.MaxInflightBytes)
 	c.bw = bufio.NewWriterSize(c.rw, ioBufferSize)
 	c.sw = sendmore.New(c.rw)
@@ -449,6 +463,20 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 				c.rdone = true
 				return req, nil, false
 			}
+			if c.pw != nil && req.length > maxBatchedLength && req.length <= splicepipe.Capacity {
+				if p, buf, err := c.readIntoPipe(int(req.length)); err == nil {
+					c.src.next = requestHeaderSize
+					req.pipe = p
+					return req, buf, true
+				} else if !errors.Is(err, splicepipe.ErrNoPipe) {
+					c.sem.Release(int64(req.length))
+					if !c.isStopping() {
+						c.log.Info("connection ended in a write payload", "err", err)
+					}
+					c.rdone = true
+					return req, nil, false
+				}
+			}
 			buf := bufpool.Get(int(req.length))
 			if _, err := io.ReadFull(c.br, buf); err != nil {
 				bufpool.Put(buf)
@@ -485,12 +513,55 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 	return request{}, nil, false
 }
 
+// readIntoPipe reads a write's payload of n bytes into a pipe: what br
+// holds of it, then the rest straight from the socket. If the pipe fills
+// up first (the payload came in many small pieces), the payload ends up in
+// a buffer instead (buf). splicepipe.ErrNoPipe: no pipe could be had,
+// nothing was read.
+func (c *conn) readIntoPipe(n int) (p *splicepipe.Pipe, buf []byte, err error) {
+	p, err = splicepipe.Get()
+	if err != nil {
+		return nil, nil, err
+	}
+	k := min(c.br.Buffered(), n)
+	if k > 0 {
+		b, _ := c.br.Peek(k)
+		k, err = p.Write(b)
+		c.br.Discard(k)
+	}
+	if err == nil {
+		err = p.FillFrom(c.sock, n-k)
+	}
+	if errors.Is(err, splicepipe.ErrFull) {
+		buf = bufpool.Get(n)
+		m, err := p.Drain(buf)
+		p.Put()
+		if err == nil {
+			_, err = io.ReadFull(c.br, buf[m:])
+		}
+		if err != nil {
+			bufpool.Put(buf)
+			return nil, nil, err
+		}
+		return nil, buf, nil
+	}
+	if err != nil {
+		p.Put()
+		return nil, nil, err
+	}
+	return p, nil, nil
+}
+
 // handle executes one request and sends its reply.
 func (c *conn) handle(req request, buf []byte) {
 	replied := false
 	defer func() {
 		if buf != nil {
 			bufpool.Put(buf)
+			c.sem.Release(int64(req.length))
+		}
+		if req.pipe != nil {
+			req.pipe.Put()
 			c.sem.Release(int64(req.length))
 		}
 		if r := recover(); r != nil {
@@ -559,7 +630,11 @@ func (c *conn) execute(req request, buf []byte) (uint32, string) {
 			err = dev.ReadAt(ctx, buf, off)
 		}
 	case cmdWrite:
-		if n > 0 {
+		if req.pipe != nil {
+			err = c.pw.WriteFromPipe(ctx, req.pipe, off, int(n))
+			c.s.m.writeB.Add(float64(n))
+			c.writtenBytes.Add(n)
+		} else if n > 0 {
 			err = dev.WriteAt(ctx, buf, off)
 			c.s.m.writeB.Add(float64(n))
 			c.writtenBytes.Add(n)

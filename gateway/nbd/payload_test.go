@@ -3,12 +3,19 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"math/rand/v2"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/backends/local"
 	"github.com/ferry-io/ferry/backends/mem"
+	"github.com/ferry-io/ferry/internal/splicepipe"
 )
 
 // Large payloads and replies: payloads that arrive in pieces, part in the
@@ -16,8 +23,84 @@ import (
 // between pieces, sizes on both sides of largeReply (from which replies
 // bypass the buffered writer), pipelined, all read back, once in a reply
 // larger than the socket's buffers.
+//
+// Three devices: one without device.PipeWriter (payloads in buffers), one
+// with it (payloads up to splicepipe.Capacity spliced from the socket into
+// a pipe and from there into the file), and the same with one-page pipes,
+// which run out of slots (the payload then goes to a buffer after all).
 func TestLargePayloadsArriveInPieces(t *testing.T) {
-	ts := startServer(t, map[string]device.Device{"v": mem.New(16 << 20)})
+	t.Run("buffer", func(t *testing.T) {
+		largePayloadsArriveInPieces(t, mem.New(16<<20))
+	})
+	t.Run("pipe", func(t *testing.T) {
+		d := newPipeDevice(t, 16<<20)
+		largePayloadsArriveInPieces(t, d)
+		if d.piped.Load() == 0 {
+			t.Fatal("no payload went through a pipe")
+		}
+	})
+	t.Run("pipe-full", func(t *testing.T) {
+		defer splicepipe.SetSizeForTest(4096)()
+		largePayloadsArriveInPieces(t, newPipeDevice(t, 16<<20))
+	})
+}
+
+// pipeDevice is a local device that counts the writes it took from a pipe.
+type pipeDevice struct {
+	*local.Device
+	piped atomic.Int64
+	fail  atomic.Bool // take half the pipe, then fail with EIO
+}
+
+func newPipeDevice(t *testing.T, size int64) *pipeDevice {
+	d, err := local.Create(filepath.Join(t.TempDir(), "v.img"), size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return &pipeDevice{Device: d}
+}
+
+func (d *pipeDevice) WriteFromPipe(ctx context.Context, src device.Pipe, off int64, n int) error {
+	d.piped.Add(1)
+	if d.fail.Load() {
+		io.CopyN(io.Discard, src, int64(n/2))
+		return fmt.Errorf("injected: %w", syscall.EIO)
+	}
+	return d.Device.WriteFromPipe(ctx, src, off, n)
+}
+
+// Requests whose payload went into a pipe and that then fail (out of
+// range, a FUA write's flush, the device's own error halfway through the
+// pipe) are answered with their errno, and the stream stays in step: the
+// next request is served.
+func TestPipeWriteErrors(t *testing.T) {
+	d := newPipeDevice(t, 4<<20)
+	ts := startServer(t, map[string]device.Device{"v": d})
+	rc := dialRaw(t, ts.addr)
+	rc.attach("v", true)
+	data := pattern(1<<20, 5)
+	if r := rc.do(cmdWrite, cmdFlagFUA, 1<<20, 1<<20, data); r.errno != 0 {
+		t.Fatalf("FUA write through a pipe: %v", r)
+	}
+	if r := rc.do(cmdWrite, 0, 4<<20-4096, 1<<20, data); r.errno != errInval {
+		t.Fatalf("write past the end through a pipe: %v, want EINVAL", r)
+	}
+	d.fail.Store(true)
+	if r := rc.do(cmdWrite, 0, 0, 1<<20, pattern(1<<20, 6)); r.errno != errIO {
+		t.Fatalf("write failing halfway through the pipe: %v, want EIO", r)
+	}
+	d.fail.Store(false)
+	if r := rc.do(cmdRead, 0, 1<<20, 1<<20, nil); r.errno != 0 || !bytes.Equal(r.data, data) {
+		t.Fatalf("read after the failures: %v, equal %v", r, bytes.Equal(r.data, data))
+	}
+	if n := d.piped.Load(); n != 2 {
+		t.Fatalf("%d writes went through a pipe, want 2 (the out-of-range one is refused before)", n)
+	}
+}
+
+func largePayloadsArriveInPieces(t *testing.T, dev device.Device) {
+	ts := startServer(t, map[string]device.Device{"v": dev})
 	rc := dialRaw(t, ts.addr)
 	rc.attach("v", true)
 	rng := rand.New(rand.NewPCG(3, 4))
@@ -71,16 +154,22 @@ func TestLargePayloadsArriveInPieces(t *testing.T) {
 
 // A connection that stops in the middle of a large payload does not hold
 // up Shutdown, and the write it never finished sending is not applied.
+//
+// Twice: a 2 MiB payload going into a buffer, a 1 MiB one into a pipe.
 func TestShutdownInTheMiddleOfALargePayload(t *testing.T) {
-	dev := mem.New(4 << 20)
+	t.Run("buffer", func(t *testing.T) { shutdownInTheMiddleOfALargePayload(t, mem.New(4<<20), 2<<20) })
+	t.Run("pipe", func(t *testing.T) { shutdownInTheMiddleOfALargePayload(t, newPipeDevice(t, 4<<20), 1<<20) })
+}
+
+func shutdownInTheMiddleOfALargePayload(t *testing.T, dev device.Device, size int) {
 	ts := startServer(t, map[string]device.Device{"v": dev})
 	rc := dialRaw(t, ts.addr)
 	rc.attach("v", true)
 	if r := rc.do(cmdWrite, 0, 0, 4096, pattern(4096, 9)); r.errno != 0 {
 		t.Fatal(r)
 	}
-	rc.send(cmdWrite, 0, 7, 1<<20, 2<<20, pattern(1<<20, 1)) // half of it
-	time.Sleep(100 * time.Millisecond)                       // the server waits for the rest
+	rc.send(cmdWrite, 0, 7, 1<<20, uint32(size), pattern(size/2, 1)) // half of it
+	time.Sleep(100 * time.Millisecond)                               // the server waits for the rest
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -90,11 +179,11 @@ func TestShutdownInTheMiddleOfALargePayload(t *testing.T) {
 	if !rc.closed() {
 		t.Fatal("connection open after Shutdown")
 	}
-	got := make([]byte, 2<<20)
+	got := make([]byte, size)
 	if err := dev.ReadAt(context.Background(), got, 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got, make([]byte, 2<<20)) {
+	if !bytes.Equal(got, make([]byte, size)) {
 		t.Fatal("a write whose payload never arrived in full was applied")
 	}
 }

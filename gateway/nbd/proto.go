@@ -8,6 +8,7 @@ import (
 	"github.com/pojntfx/go-nbd/pkg/protocol"
 
 	"github.com/ferry-io/ferry/backends/device"
+	"github.com/ferry-io/ferry/internal/splicepipe"
 )
 
 // Wire constants of the NBD protocol (NetworkBlockDevice/nbd doc/proto.md).
@@ -138,6 +139,9 @@ type request struct {
 	// batched is not on the wire: the request runs in a batch whose
 	// replies are flushed together.
 	batched bool
+	// pipe is not on the wire: a WRITE whose payload waits in a pipe
+	// instead of a buffer.
+	pipe *splicepipe.Pipe
 }
 
 var errBadMagic = errors.New("bad request magic")
