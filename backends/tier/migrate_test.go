@@ -330,11 +330,16 @@ func TestMigrateClone(t *testing.T) {
 	}
 	mustCheckpoint(t, c)
 
-	cp := &Copier{From: in(a)("volumes/c2/"), To: in(b)("volumes/c2/"), CloneID: "c2", Grace: time.Millisecond}
+	// b holds nothing of the ancestors, so the first pass skips nothing
+	// and the move does not wait for the markers' grace (an hour here:
+	// waiting would end the move with the minute's deadline).
+	cp := &Copier{From: in(a)("volumes/c2/"), To: in(b)("volumes/c2/"), CloneID: "c2", Grace: time.Hour}
 	for _, p := range parents {
 		cp.Ancestors = append(cp.Ancestors, AncestorCopy{From: in(a)(p.Prefix), To: in(b)(p.Prefix), Below: p.Below})
 	}
-	err := cp.Migrate(ctx, own, in(b)("volumes/c2/"), func(context.Context) error {
+	mctx, mcancel := context.WithTimeout(ctx, time.Minute)
+	defer mcancel()
+	err := cp.Migrate(mctx, own, in(b)("volumes/c2/"), func(context.Context) error {
 		for i, p := range parents {
 			layers[i].Resume(in(b)(p.Prefix))
 		}
