@@ -37,6 +37,17 @@ func socketPair(t *testing.T) (client, server net.Conn, raw syscall.RawConn) {
 	return client, server, raw
 }
 
+// mustGet returns a pipe that goes back to the pool when the test ends.
+func mustGet(t *testing.T) *Pipe {
+	t.Helper()
+	p, err := Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Put)
+	return p
+}
+
 func data(n int, seed uint64) []byte {
 	b := make([]byte, n)
 	r := rand.New(rand.NewPCG(seed, seed+1))
@@ -65,12 +76,8 @@ func TestFillFromWaitsForPieces(t *testing.T) {
 			time.Sleep(time.Duration(r.IntN(2)) * time.Millisecond)
 		}
 	}()
-	p, err := Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Put()
-	err = p.FillFrom(raw, len(want))
+	p := mustGet(t)
+	err := p.FillFrom(raw, len(want))
 	if err != nil && !errors.Is(err, ErrFull) {
 		t.Fatal(err)
 	}
@@ -102,11 +109,7 @@ func TestFillFromEndOfStream(t *testing.T) {
 	client, _, raw := socketPair(t)
 	client.Write(data(1000, 2))
 	client.Close()
-	p, err := Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Put()
+	p := mustGet(t)
 	if err := p.FillFrom(raw, 4096); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("FillFrom a socket that ended: %v, want io.ErrUnexpectedEOF", err)
 	}
@@ -120,11 +123,7 @@ func TestFillFromDeadline(t *testing.T) {
 	client, server, raw := socketPair(t)
 	client.Write(data(100, 3))
 	server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	p, err := Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Put()
+	p := mustGet(t)
 	if err := p.FillFrom(raw, 4096); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("FillFrom past the deadline: %v", err)
 	}
@@ -146,12 +145,8 @@ func TestFillFromFullPipe(t *testing.T) {
 		}
 	}()
 	time.Sleep(100 * time.Millisecond)
-	p, err := Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Put()
-	err = p.FillFrom(raw, len(want))
+	p := mustGet(t)
+	err := p.FillFrom(raw, len(want))
 	if !errors.Is(err, ErrFull) {
 		t.Fatalf("FillFrom into a one-page pipe: %v, want ErrFull", err)
 	}
