@@ -204,17 +204,24 @@ func (p *Pipe) FillFrom(sock syscall.RawConn, n int) error {
 // spliceIn is FillFrom's step on the socket's descriptor: false to wait
 // until it is readable.
 func (p *Pipe) spliceIn(fd uintptr) bool {
+	queued := false // bytes were queued on the socket before this splice
 	for {
 		m, err := unix.Splice(int(fd), nil, p.w, nil, p.want, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
-			// The socket is empty, or the pipe is full: with bytes
-			// queued on the socket, the pipe.
-			if q, _ := unix.IoctlGetInt(int(fd), unix.SIOCINQ); q > 0 {
+			// The socket is empty, or the pipe is full. Bytes queued
+			// now may have arrived just after the splice looked, so
+			// try once more: failing with bytes queued before it
+			// started, the pipe is full.
+			if queued {
 				p.moved, p.err = 0, ErrFull
 				return true
+			}
+			if q, _ := unix.IoctlGetInt(int(fd), unix.SIOCINQ); q > 0 {
+				queued = true
+				continue
 			}
 			return false
 		}
