@@ -114,7 +114,7 @@ type request struct {
 	handle uint64
 	off    uint64
 	length uint32
-	data   []byte // write payload (the client's own copy), or read buffer
+	data   []byte // write payload (the caller's until acknowledged, then the client's copy), or read buffer
 	done   chan error
 	seq    uint64 // order among acknowledged writes (replay list)
 	pooled bool   // data came from the buffer pool (internal/bufpool)
@@ -394,13 +394,24 @@ func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
 }
 
 // WriteAt writes p at off.
+//
+// The client keeps a copy of each acknowledged write for replay (see
+// Config.ReplayLimit). With a ctx that cannot be cancelled the request
+// goes out from p itself, which stays valid until WriteAt returns, and is
+// copied once the server acknowledged it: the copy then reads what the
+// socket write has just read, and the send does not read a copy that
+// missed the cache. Otherwise p is copied first, because an abandoned
+// request still goes out, or is resent, after WriteAt returned.
 func (c *Client) WriteAt(ctx context.Context, p []byte, off int64) error {
+	direct := ctx.Done() == nil
 	for len(p) > 0 {
 		n := min(len(p), MaxRequest)
-		// A copy: the request may be replayed after the caller's buffer is reused.
-		buf := bufpool.Get(n)
-		copy(buf, p[:n])
-		if err := c.do(ctx, cmdWrite, uint64(off), uint32(n), buf, true); err != nil {
+		buf, pooled := p[:n], false
+		if !direct {
+			buf, pooled = bufpool.Get(n), true
+			copy(buf, p[:n])
+		}
+		if err := c.do(ctx, cmdWrite, uint64(off), uint32(n), buf, pooled); err != nil {
 			return err
 		}
 		p, off = p[n:], off+int64(n)
@@ -519,6 +530,11 @@ func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, 
 // it starts a flush (one at a time) without waiting for it; past twice
 // that, the write waits for the flush, which bounds the memory held.
 func (c *Client) acknowledged(ctx context.Context, r *request) error {
+	if !r.pooled { // sent from the caller's buffer, which is theirs again on return
+		buf := bufpool.Get(len(r.data))
+		copy(buf, r.data)
+		r.data, r.pooled = buf, true
+	}
 	c.mu.Lock()
 	c.wseq++
 	r.seq = c.wseq

@@ -226,9 +226,19 @@ func TestReconnectUnderLoad(t *testing.T) {
 }
 
 // The server "restarts" having lost writes it acknowledged but never
-// flushed: the client replays them, so the next flush covers them.
+// flushed: the client replays them, so the next flush covers them. The
+// caller reuses its buffers as soon as WriteAt returns (go-fuse does), so
+// what is replayed must be the client's copy, whether the write was sent
+// from the caller's buffer (a ctx that cannot be cancelled) or from a copy.
 func TestReplayAfterServerLostUnflushedWrites(t *testing.T) {
-	ctx := context.Background()
+	cctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for name, ctx := range map[string]context.Context{"not cancellable": context.Background(), "cancellable": cctx} {
+		t.Run(name, func(t *testing.T) { testReplay(ctx, t) })
+	}
+}
+
+func testReplay(ctx context.Context, t *testing.T) {
 	dev := mem.New(8 << 20)
 	p := newProxy(t, startServer(t, map[string]device.Device{"v": dev}))
 	c, err := Dial(ctx, p.url("v"), Config{MaxBackoff: 50 * time.Millisecond})
@@ -236,19 +246,21 @@ func TestReplayAfterServerLostUnflushedWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	flushed, unflushed := pattern(8192, 1), pattern(8192, 2)
+	flushed, unflushed := pattern(8192, 1), pattern(3<<20, 2) // more than one request
 	if err := c.WriteAt(ctx, flushed, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.WriteAt(ctx, unflushed, 1<<20); err != nil {
+	buf := bytes.Clone(unflushed)
+	if err := c.WriteAt(ctx, buf, 1<<20); err != nil {
 		t.Fatal(err)
 	}
+	copy(buf, pattern(len(buf), 9)) // the caller's buffer, reused
 	// Crash: the new server has only what was flushed.
 	crashed := dev.Crash()
-	got := make([]byte, 8192)
+	got := make([]byte, len(unflushed))
 	crashed.ReadAt(ctx, got, 1<<20)
 	if bytes.Equal(got, unflushed) {
 		t.Fatal("test broken: the crash kept an unflushed write")
@@ -262,6 +274,7 @@ func TestReplayAfterServerLostUnflushedWrites(t *testing.T) {
 		off  int64
 		want []byte
 	}{{0, flushed}, {1 << 20, unflushed}} {
+		got := make([]byte, len(tc.want))
 		if err := crashed.ReadAt(ctx, got, tc.off); err != nil || !bytes.Equal(got, tc.want) {
 			t.Errorf("at %d: the restarted server lacks an acknowledged write (%v)", tc.off, err)
 		}
