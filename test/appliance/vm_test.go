@@ -94,8 +94,16 @@ func requireImage(t *testing.T) string {
 		return image
 	}
 	start := time.Now()
+	work := t.TempDir() // the build's TMPDIR: its disk and loop devices are under it
 	cmd := exec.Command(filepath.Join(repoRoot, "appliance", "build"), "--out", imageDir+".tmp")
+	cmd.Env = append(os.Environ(), "TMPDIR="+work)
 	out, err := cmd.CombinedOutput()
+	if left := loopsOn(work); len(left) > 0 {
+		for _, dev := range left {
+			exec.Command("losetup", "-d", dev).Run()
+		}
+		t.Errorf("appliance/build left loop devices attached: %v", left)
+	}
 	if err != nil {
 		setupErr = fmt.Errorf("appliance/build: %w\n%s", err, out)
 		t.Fatal(setupErr)
@@ -106,6 +114,19 @@ func requireImage(t *testing.T) string {
 	}
 	t.Logf("built the appliance in %s:\n%s", time.Since(start).Round(time.Second), lastLines(string(out), 6))
 	return image
+}
+
+// loopsOn lists the loop devices whose backing file is under dir.
+func loopsOn(dir string) []string {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var devs []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil && strings.HasPrefix(string(b), dir+"/") {
+			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
+		}
+	}
+	return devs
 }
 
 func inputsHash(root string) (string, error) {
