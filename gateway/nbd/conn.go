@@ -182,7 +182,7 @@ func (c *conn) Serve(parent context.Context) {
 		}()
 	}
 	c.dev = att.Dev
-	if pw, ok := c.dev.(device.PipeWriter); ok && c.rw == c.nc {
+	if pw, ok := c.dev.(device.PipeWriter); ok && c.s.cfg.SpliceWrites && c.rw == c.nc {
 		if sc, ok := c.nc.(syscall.Conn); ok {
 			if raw, err := sc.SyscallConn(); err == nil {
 				c.pw, c.sock = pw, raw

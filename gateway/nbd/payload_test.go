@@ -24,24 +24,33 @@ import (
 // bypass the buffered writer), pipelined, all read back, once in a reply
 // larger than the socket's buffers.
 //
-// Three devices: one without device.PipeWriter (payloads in buffers), one
-// with it (payloads up to splicepipe.Capacity spliced from the socket into
-// a pipe and from there into the file), and the same with one-page pipes,
-// which run out of slots (the payload then goes to a buffer after all).
+// Devices: one without device.PipeWriter (payloads in buffers), one with
+// it and Config.SpliceWrites (payloads up to splicepipe.Capacity spliced
+// from the socket into a pipe and from there into the file), the same
+// with one-page pipes, which run out of slots (the payload then goes to a
+// buffer after all), and one with it but SpliceWrites off (the default:
+// buffers only).
 func TestLargePayloadsArriveInPieces(t *testing.T) {
 	t.Run("buffer", func(t *testing.T) {
-		largePayloadsArriveInPieces(t, mem.New(16<<20))
+		largePayloadsArriveInPieces(t, mem.New(16<<20), true)
 	})
 	t.Run("pipe", func(t *testing.T) {
 		d := newPipeDevice(t, 16<<20)
-		largePayloadsArriveInPieces(t, d)
+		largePayloadsArriveInPieces(t, d, true)
 		if d.piped.Load() == 0 {
 			t.Fatal("no payload went through a pipe")
 		}
 	})
 	t.Run("pipe-full", func(t *testing.T) {
 		defer splicepipe.SetSizeForTest(4096)()
-		largePayloadsArriveInPieces(t, newPipeDevice(t, 16<<20))
+		largePayloadsArriveInPieces(t, newPipeDevice(t, 16<<20), true)
+	})
+	t.Run("pipe-device-splice-off", func(t *testing.T) {
+		d := newPipeDevice(t, 16<<20)
+		largePayloadsArriveInPieces(t, d, false)
+		if n := d.piped.Load(); n != 0 {
+			t.Fatalf("%d payloads went through a pipe with SpliceWrites off", n)
+		}
 	})
 }
 
@@ -76,7 +85,7 @@ func (d *pipeDevice) WriteFromPipe(ctx context.Context, src device.Pipe, off int
 // next request is served.
 func TestPipeWriteErrors(t *testing.T) {
 	d := newPipeDevice(t, 4<<20)
-	ts := startServer(t, map[string]device.Device{"v": d})
+	ts := startServerConfig(t, map[string]device.Device{"v": d}, Config{SpliceWrites: true})
 	rc := dialRaw(t, ts.addr)
 	rc.attach("v", true)
 	data := pattern(1<<20, 5)
@@ -99,8 +108,8 @@ func TestPipeWriteErrors(t *testing.T) {
 	}
 }
 
-func largePayloadsArriveInPieces(t *testing.T, dev device.Device) {
-	ts := startServer(t, map[string]device.Device{"v": dev})
+func largePayloadsArriveInPieces(t *testing.T, dev device.Device, splice bool) {
+	ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{SpliceWrites: splice})
 	rc := dialRaw(t, ts.addr)
 	rc.attach("v", true)
 	rng := rand.New(rand.NewPCG(3, 4))
@@ -162,7 +171,7 @@ func TestShutdownInTheMiddleOfALargePayload(t *testing.T) {
 }
 
 func shutdownInTheMiddleOfALargePayload(t *testing.T, dev device.Device, size int) {
-	ts := startServer(t, map[string]device.Device{"v": dev})
+	ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{SpliceWrites: true})
 	rc := dialRaw(t, ts.addr)
 	rc.attach("v", true)
 	if r := rc.do(cmdWrite, 0, 0, 4096, pattern(4096, 9)); r.errno != 0 {

@@ -53,6 +53,13 @@ type Config struct {
 	// (between one and two budgets: a watchdog checks once per budget);
 	// default 200µs.
 	InlineBudget time.Duration
+	// SpliceWrites lets a write payload of more than 64 KiB and at most
+	// 1 MiB on a plain socket (not TLS) go from the socket into a pipe and
+	// from the pipe into a device that implements device.PipeWriter: one
+	// copy instead of two. Off by default: on loopback it cut the server's
+	// CPU per 1 MiB write but raised fio's p99 latency two- to threefold in
+	// about half the runs, for a cause not found (docs/BENCHMARKS.md).
+	SpliceWrites bool
 	// Workers is the number of requests one connection executes at once;
 	// default 16.
 	Workers int
