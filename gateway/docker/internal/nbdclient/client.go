@@ -897,10 +897,6 @@ func (c *Client) Close() error {
 	c.closed = true
 	s := c.sess
 	c.cond.Broadcast()
-	for h, r := range c.pending {
-		delete(c.pending, h)
-		r.done <- ErrClosed
-	}
 	if s != nil {
 		for _, cn := range s.conns {
 			cn.outq = cn.outq[:0]
@@ -918,6 +914,15 @@ func (c *Client) Close() error {
 			cn.nc.Close()
 		}
 	}
+	// Only now, with no sender left on a connection, do the requests
+	// still waiting fail: a write may be going out from its caller's
+	// buffer (WriteAt), which is the caller's again once it returns.
+	c.mu.Lock()
+	for h, r := range c.pending {
+		delete(c.pending, h)
+		r.done <- ErrClosed
+	}
+	c.mu.Unlock()
 	c.wg.Wait()
 	return nil
 }
