@@ -66,3 +66,17 @@ func LoopFS(t testing.TB, fstype string, size int64) string {
 	})
 	return mnt
 }
+
+// LoopsOn lists the loop devices (/dev/loopN) whose backing file is under
+// dir, deleted or not: what a test's cleanup must not leave attached.
+func LoopsOn(dir string) []string {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var devs []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil && strings.HasPrefix(string(b), filepath.Clean(dir)+"/") {
+			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
+		}
+	}
+	return devs
+}

@@ -257,11 +257,8 @@ func (p *pluginProc) call(path string, body []byte) (int, map[string]any) {
 func leftovers(t *testing.T, dir string) []string {
 	t.Helper()
 	var out []string
-	loops, _ := runErr(30*time.Second, "losetup", "-a")
-	for _, l := range strings.Split(loops, "\n") {
-		if strings.Contains(l, dir) {
-			out = append(out, "loop: "+l)
-		}
+	for _, dev := range testutil.LoopsOn(dir) {
+		out = append(out, "loop: "+dev)
 	}
 	mounts, _ := os.ReadFile("/proc/mounts")
 	for _, l := range strings.Split(string(mounts), "\n") {

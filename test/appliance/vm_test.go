@@ -98,7 +98,7 @@ func requireImage(t *testing.T) string {
 	cmd := exec.Command(filepath.Join(repoRoot, "appliance", "build"), "--out", imageDir+".tmp")
 	cmd.Env = append(os.Environ(), "TMPDIR="+work)
 	out, err := cmd.CombinedOutput()
-	if left := loopsOn(work); len(left) > 0 {
+	if left := testutil.LoopsOn(work); len(left) > 0 {
 		for _, dev := range left {
 			exec.Command("losetup", "-d", dev).Run()
 		}
@@ -114,19 +114,6 @@ func requireImage(t *testing.T) string {
 	}
 	t.Logf("built the appliance in %s:\n%s", time.Since(start).Round(time.Second), lastLines(string(out), 6))
 	return image
-}
-
-// loopsOn lists the loop devices whose backing file is under dir.
-func loopsOn(dir string) []string {
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	var devs []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err == nil && strings.HasPrefix(string(b), dir+"/") {
-			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
-		}
-	}
-	return devs
 }
 
 func inputsHash(root string) (string, error) {
