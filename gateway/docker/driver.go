@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferry-io/ferry/gateway/api/client"
 	"github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/internal/bootid"
 	"github.com/ferry-io/ferry/internal/size"
 )
 
@@ -128,7 +129,7 @@ func (d *Driver) Close() {
 }
 
 func (d *Driver) save() error {
-	d.st.BootID = bootID()
+	d.st.BootID = bootid.Get()
 	return d.st.save(d.path)
 }
 

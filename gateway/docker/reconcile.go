@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/ferry-io/ferry/internal/bootid"
 )
 
 // reconcile makes what is mounted and attached on this host agree with
@@ -22,7 +24,7 @@ import (
 //     mount root, loop devices backed by files under the FUSE root, FUSE
 //     mounts there. Nothing stays attached with nothing using it.
 func (d *Driver) reconcile(ctx context.Context) error {
-	if d.st.BootID != "" && d.st.BootID != bootID() {
+	if d.st.BootID != "" && d.st.BootID != bootid.Get() {
 		d.log.Info("host rebooted since the state was written: forgetting mount counts")
 		for _, v := range d.st.Volumes {
 			v.Mounts = map[string]int{}

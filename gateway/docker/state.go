@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/ferry-io/ferry/internal/atomicfile"
 )
@@ -70,10 +69,4 @@ func (st *stateFile) save(path string) error {
 		return fmt.Errorf("save state: %w", err)
 	}
 	return nil
-}
-
-// bootID returns the kernel's boot id.
-func bootID() string {
-	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	return strings.TrimSpace(string(b))
 }
