@@ -136,6 +136,24 @@ type PipeWriter interface {
 	WriteFromPipe(ctx context.Context, src Pipe, off int64, n int) error
 }
 
+// KernelHeld is implemented by devices whose writes are in the kernel —
+// the page cache or the disk — by the time WriteAt, WriteZeroes or Trim
+// returns. A write acknowledged before any flush then outlives the
+// gateway process (kill -9, a panic, a restart) and is lost only with the
+// kernel itself (power cut, kernel crash). Devices that hold acknowledged
+// writes in the process's memory, or are not sure, do not implement it or
+// answer false.
+type KernelHeld interface {
+	WritesHeldByKernel() bool
+}
+
+// WritesHeldByKernel reports whether d says its acknowledged writes are
+// in the kernel (see KernelHeld).
+func WritesHeldByKernel(d Device) bool {
+	k, ok := d.(KernelHeld)
+	return ok && k.WritesHeldByKernel()
+}
+
 // Statter is implemented by devices that can report their space usage.
 type Statter interface {
 	Stats(ctx context.Context) (Stats, error)

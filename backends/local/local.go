@@ -255,6 +255,12 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
+// WritesHeldByKernel implements device.KernelHeld: every write is a
+// pwrite(2) (or fallocate(2)) on the volume's file before it returns, so
+// it is in the page cache when acknowledged. A device on a file system
+// without descriptors (the in-memory one tests use) says no.
+func (d *Device) WritesHeldByKernel() bool { return d.fd >= 0 }
+
 // WriteFromPipe implements device.PipeWriter: splice(2) from src into
 // the file at off.
 func (d *Device) WriteFromPipe(ctx context.Context, src device.Pipe, off int64, n int) error {

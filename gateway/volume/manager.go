@@ -23,6 +23,7 @@ import (
 	"github.com/ferry-io/ferry/backends/local"
 	"github.com/ferry-io/ferry/backends/store"
 	"github.com/ferry-io/ferry/backends/tier"
+	"github.com/ferry-io/ferry/internal/bootid"
 	"github.com/ferry-io/ferry/internal/vfs"
 )
 
@@ -90,6 +91,9 @@ type Manager struct {
 	// fsys holds the catalog, local volume files and tier caches
 	// (Config.fsys).
 	fsys vfs.FS
+	// bootID is the kernel's boot id: volumes whose devices are
+	// device.KernelHeld report it (wire.Volume.WritesHeldBy).
+	bootID string
 
 	mu     sync.Mutex
 	cat    *catalogFile
@@ -182,6 +186,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		leases:  map[string]*lease.Lease{},
 		closing: make(chan struct{}),
 		reflink: map[string]error{},
+		bootID:  bootid.Get(),
 	}
 	m.elsewhere = map[string]error{}
 	m.switches, m.migrations = map[string]*volSwitch{}, map[string]*migration{}
@@ -521,6 +526,9 @@ func (m *Manager) infoLocked(ctx context.Context, v *vol) Info {
 		if s, err := st.Stats(ctx); err == nil {
 			in.Allocated = s.Allocated
 		}
+	}
+	if device.WritesHeldByKernel(v.dev) {
+		in.WritesHeldBy = m.bootID
 	}
 	if td, ok := v.dev.(*tier.Device); ok {
 		in.Tier = tierInfo(v.rec, td)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/bootid"
 )
 
 func open(t *testing.T, dir string) *volume.Manager {
@@ -60,6 +61,9 @@ func TestLifecycleAndReopen(t *testing.T) {
 	}
 	if in.Size != 2<<30 || in.Allocated == 0 || in.Allocated > 1<<20 {
 		t.Fatalf("info after reopen = %+v (want size 2 GiB, small nonzero allocation)", in)
+	}
+	if in.WritesHeldBy != bootid.Get() || in.WritesHeldBy == "" {
+		t.Fatalf("a local volume's writes held by %q, want this kernel's boot id %q", in.WritesHeldBy, bootid.Get())
 	}
 	a, _ = m.Attach(ctx, "vm1", nbdClient("127.0.0.1:1"))
 	p := make([]byte, 5)

@@ -30,6 +30,7 @@ type tierInfo struct {
 		StoredChunks int     `json:"stored_chunks"`
 		RPOSeconds   float64 `json:"rpo_seconds"`
 	} `json:"tier"`
+	WritesHeldBy string `json:"writes_held_by"`
 }
 
 func (g *gateway) tier(vol string) tierInfo {
@@ -103,6 +104,9 @@ func TestS3VolumeThroughNBD(t *testing.T) {
 	g.mustCLI("store", "add", "cloud", "--endpoint", srv.Endpoint, "--bucket", "ferry-vols", "--prefix", "site-a")
 	g.mustCLI("volume", "create", "big", "--size", "4G", "--store", "cloud")
 	g.mustCLI("volume", "create", "small", "--size", "64M", "--store", "cloud", "--chunk-size", "256K")
+	if h := g.tier("big").WritesHeldBy; h != "" {
+		t.Errorf("an S3-backed volume says its unflushed writes are held by kernel %q", h)
+	}
 
 	run(t, 10*time.Minute, fio, "--name=s3verify", "--ioengine=nbd", "--verify_state_save=0", "--uri="+g.uri("big"), "--rw=randwrite",
 		"--bsrange=4k-256k", "--iodepth=16", "--offset=512M", "--size=1G", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",

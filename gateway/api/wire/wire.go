@@ -150,6 +150,14 @@ type Volume struct {
 	Access *AccessView `json:"access,omitempty"`
 	// Tier is set for S3-backed volumes.
 	Tier *TierInfo `json:"tier,omitempty"`
+	// WritesHeldBy is the boot id (/proc/sys/kernel/random/boot_id) of the
+	// kernel that holds the volume's acknowledged writes until a flush:
+	// they outlive the gateway's process and are lost only with that
+	// kernel. Empty when the gateway cannot promise it (S3-backed
+	// volumes): a write not yet flushed may then be lost with the process.
+	// A client on the same kernel need not keep its own copy of unflushed
+	// writes (the Docker plugin's FUSE path).
+	WritesHeldBy string `json:"writes_held_by,omitempty"`
 }
 
 // VolumeInfo is a volume as the API shows it: the volume and how to
