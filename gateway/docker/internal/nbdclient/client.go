@@ -16,7 +16,9 @@
 //     those writes (past ReplayLimit bytes it starts a flush of its own,
 //     and past twice that writes wait for it, to bound the copy) and
 //     replays them on the new connection before
-//     anything else, so a later Flush covers them again.
+//     anything else, so a later Flush covers them again. A server whose
+//     acknowledged writes are held by the client's own kernel cannot lose
+//     them without the client (Config.NoReplay): then nothing is kept.
 //
 // Lock order: Client.mu and Client.wmu are never held together.
 package nbdclient
@@ -101,6 +103,13 @@ type Config struct {
 	// replay past which the client starts a flush of its own; writes wait
 	// for it only past twice this. 0 means 64 MiB.
 	ReplayLimit int64
+	// NoReplay keeps no copy of acknowledged writes: for a server whose
+	// acknowledged writes outlive its process and are lost only with the
+	// kernel, when that kernel is this client's own (a gateway on the same
+	// host reporting this boot id in wire.Volume.WritesHeldBy), since
+	// what would lose them ends the client too. Requests not yet answered
+	// are still resent after a reconnect.
+	NoReplay bool
 	// MaxBackoff caps the wait between redials; 0 means 2 s.
 	MaxBackoff time.Duration
 	// Conns is how many connections to open when the server allows
@@ -396,7 +405,7 @@ func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
 // WriteAt writes p at off.
 //
 // The client keeps a copy of each acknowledged write for replay (see
-// Config.ReplayLimit). With a ctx that cannot be cancelled the request
+// Config.ReplayLimit), unless Config.NoReplay. With a ctx that cannot be cancelled the request
 // goes out from p itself, which stays valid until WriteAt returns, and is
 // copied once the server acknowledged it: the copy then reads what the
 // socket write has just read, and the send does not read a copy that
@@ -530,6 +539,12 @@ func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, 
 // it starts a flush (one at a time) without waiting for it; past twice
 // that, the write waits for the flush, which bounds the memory held.
 func (c *Client) acknowledged(ctx context.Context, r *request) error {
+	if c.cfg.NoReplay {
+		if r.pooled { // every byte is in the server's hands: it replied
+			bufpool.Put(r.data)
+		}
+		return nil
+	}
 	if !r.pooled { // sent from the caller's buffer, which is theirs again on return
 		buf := bufpool.Get(len(r.data))
 		copy(buf, r.data)

@@ -286,6 +286,55 @@ func testReplay(ctx context.Context, t *testing.T) {
 	}
 }
 
+// countFlushes counts the flushes a device is asked for.
+type countFlushes struct {
+	device.Device
+	n       sync.Mutex
+	flushes int
+}
+
+func (d *countFlushes) Flush(ctx context.Context) error {
+	d.n.Lock()
+	d.flushes++
+	d.n.Unlock()
+	return d.Device.Flush(ctx)
+}
+
+// With NoReplay the client keeps no acknowledged write and so never
+// flushes on its own; after a reconnect to a server that kept its writes
+// (held by the kernel) everything reads back.
+func TestNoReplayKeepsNothing(t *testing.T) {
+	ctx := context.Background()
+	dev := &countFlushes{Device: mem.New(8 << 20)}
+	p := newProxy(t, startServer(t, map[string]device.Device{"v": dev}))
+	c, err := Dial(ctx, p.url("v"), Config{MaxBackoff: 50 * time.Millisecond, ReplayLimit: 1 << 20, NoReplay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	data := pattern(3<<20, 4)
+	if err := c.WriteAt(ctx, data, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteAt(t.Context(), data[:1<<20], 5<<20); err != nil { // a cancellable ctx: copied first
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	kept, n := len(c.replay), c.replayN
+	c.mu.Unlock()
+	dev.n.Lock()
+	flushes := dev.flushes
+	dev.n.Unlock()
+	if kept != 0 || n != 0 || flushes != 0 {
+		t.Fatalf("NoReplay kept %d writes (%d bytes) and flushed %d times", kept, n, flushes)
+	}
+	p.cut()
+	got := make([]byte, len(data))
+	if err := c.ReadAt(ctx, got, 1<<20); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("after a reconnect: %v, equal %v", err, bytes.Equal(got, data))
+	}
+}
+
 // While the server is away, I/O waits; it completes once it is back.
 func TestStallWhileServerDown(t *testing.T) {
 	ctx := context.Background()
