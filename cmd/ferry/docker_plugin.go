@@ -109,6 +109,7 @@ fstype (ext4, default, or xfs), readonly (true or false), from
 				&cli.StringFlag{Name: "pprof", EnvVars: []string{"FERRY_FUSE_PPROF"}, Usage: "serve Go profiles on this address (127.0.0.1:0 picks a port, logged)"},
 				&cli.IntFlag{Name: "nbd-conns", EnvVars: []string{"FERRY_FUSE_NBD_CONNS"}, Usage: "NBD connections when the gateway allows multi-conn (0: 4)"},
 				&cli.StringFlag{Name: "replay-limit", EnvVars: []string{"FERRY_FUSE_REPLAY_LIMIT"}, Usage: "unflushed written bytes kept for replay after a gateway crash before flushing on its own (0: 64M)"},
+				&cli.BoolFlag{Name: "always-replay", EnvVars: []string{"FERRY_FUSE_ALWAYS_REPLAY"}, Usage: "keep unflushed writes for replay even when the gateway holds them in this host's kernel"},
 			}, tokenFlags()...),
 			Action: runFUSEServe,
 		}, {
@@ -272,6 +273,7 @@ func runFUSEServe(c *cli.Context) error {
 	ready := os.NewFile(3, "ready")
 	cfg := docker.FUSEConfig{NBDURL: c.String("nbd"), Dir: c.String("dir"), ReadOnly: c.Bool("read-only"), Ready: ready, PprofAddr: c.String("pprof"), Logger: log}
 	cfg.NBD.Conns = c.Int("nbd-conns")
+	cfg.AlwaysReplay = c.Bool("always-replay")
 	if s := c.String("replay-limit"); s != "" {
 		n, err := parseSize(s)
 		if err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/ferry-io/ferry/gateway/api/client"
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/docker/internal/nbdclient"
+	"github.com/ferry-io/ferry/internal/bootid"
 )
 
 // DiskFile is the name of the one file a volume's FUSE file system holds.
@@ -45,8 +46,12 @@ type FUSEConfig struct {
 	PprofAddr string
 	// NBD tunes the NBD client (connections, replay limit); its zero
 	// value takes nbdclient's defaults.
-	NBD    nbdclient.Config
-	Logger *slog.Logger
+	NBD nbdclient.Config
+	// AlwaysReplay keeps a copy of acknowledged, unflushed writes for
+	// replay even where the gateway holds them in this host's kernel
+	// (see replayNeeded).
+	AlwaysReplay bool
+	Logger       *slog.Logger
 }
 
 // servePprof serves net/http/pprof on addr until ctx ends.
@@ -97,6 +102,30 @@ func (l *Lease) renew(ctx context.Context, log *slog.Logger) {
 	}
 }
 
+// replayNeeded reports whether the FUSE path must keep its own copy of
+// the writes the gateway acknowledged but has not flushed, to replay them
+// should the gateway lose them. The gateway says which kernel holds a
+// volume's acknowledged writes (wire.Volume.WritesHeldBy: a local volume's
+// writes are in the page cache when acknowledged). When that kernel is
+// this host's, whatever loses them — a power cut, a kernel crash — ends
+// this process and the file system above it too, as a power cut does,
+// and a gateway killed or restarted loses none: the copy would protect
+// nothing. Otherwise (another host's gateway, an S3-backed volume, a
+// gateway that cannot be asked) the copy is kept.
+func replayNeeded(ctx context.Context, l *Lease, log *slog.Logger) bool {
+	in, err := l.Gateway.Volume(ctx, l.Volume)
+	switch {
+	case err != nil:
+		log.Warn("cannot ask the gateway who holds acknowledged writes; keeping a copy for replay", "volume", l.Volume, "err", err)
+		return true
+	case in.WritesHeldBy == "" || in.WritesHeldBy != bootid.Get():
+		log.Info("keeping acknowledged writes for replay until flushed", "volume", l.Volume, "held_by", in.WritesHeldBy)
+		return true
+	}
+	log.Info("no replay copy: the gateway holds acknowledged writes in this host's kernel", "volume", l.Volume)
+	return false
+}
+
 // ServeFUSE presents the export as Dir/disk until ctx ends, then unmounts.
 // It is what `ferry docker-plugin fuse-serve` runs: a process of its own
 // per attached volume, so that the data path outlives a plugin crash.
@@ -108,6 +137,9 @@ func ServeFUSE(ctx context.Context, cfg FUSEConfig) error {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	ncfg := cfg.NBD
 	ncfg.Logger = log
+	if !cfg.AlwaysReplay && cfg.Lease != nil {
+		ncfg.NoReplay = !replayNeeded(dctx, cfg.Lease, log)
+	}
 	nc, err := nbdclient.Dial(dctx, cfg.NBDURL, ncfg)
 	cancel()
 	if err != nil {

@@ -580,11 +580,28 @@ func TestDockerPlugin(t *testing.T) {
 			}
 		}
 		waitFor(20, "before the kill")
+		// Writes acknowledged but never flushed: 8 MiB of random data
+		// overwriting a file allocated (and synced) first, with O_DIRECT,
+		// so no file system metadata or page cache is involved. The
+		// gateway holds this volume's writes in this host's kernel, so the
+		// FUSE helper keeps no replay copy of them: the kill must not
+		// lose them either way.
+		unflushed := strings.Fields(e.docker("run", "--rm", "--network", "none", "-v", "v2:/data", e.image, "sh", "-c",
+			`dd if=/dev/zero of=/data/unflushed bs=1M count=8 conv=fsync 2>/dev/null &&
+			 dd if=/dev/urandom of=/tmp/r bs=1M count=8 2>/dev/null &&
+			 dd if=/tmp/r of=/data/unflushed bs=1M oflag=direct conv=notrunc 2>/dev/null && md5sum < /tmp/r`))
+		if len(unflushed) == 0 || len(unflushed[0]) != 32 {
+			t.Fatalf("unflushed write: %q", unflushed)
+		}
 		g.kill9()
 		atKill := synced()
 		time.Sleep(time.Second)
 		g.start()
 		waitFor(atKill+20, "after the gateway restart")
+		if got := strings.Fields(e.docker("run", "--rm", "--network", "none", "-v", "v2:/data", e.image, "sh", "-c",
+			`dd if=/data/unflushed bs=1M iflag=direct 2>/dev/null | md5sum`)); len(got) == 0 || got[0] != unflushed[0] {
+			t.Errorf("8 MiB written with O_DIRECT and acknowledged before the gateway's kill -9 read back as %q, want %s", got, unflushed[0])
+		}
 		e.docker("kill", writer)
 		out := e.docker("logs", writer)
 		if strings.Contains(out, "FAILED") {
@@ -605,6 +622,8 @@ func TestDockerPlugin(t *testing.T) {
 		}
 		if b, _ := os.ReadFile(filepath.Join(stateA, "logs", "v2.log")); !strings.Contains(string(b), "nbd connection restored") {
 			t.Errorf("the FUSE helper never reconnected: the test did not exercise a restart")
+		} else if !strings.Contains(string(b), "no replay copy") {
+			t.Errorf("the FUSE helper kept a replay copy though the gateway shares its kernel:\n%s", tail(string(b), 10))
 		}
 		t.Logf("%d fsynced records, %d before the kill, all present", len(want), atKill)
 		e.docker("volume", "rm", "v2")
@@ -762,6 +781,11 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("run", "--rm", "--network", "none", "-v", "vs3:/data", e.image, "sh", "-c", "echo in-s3 > /data/f")
 		if out := e.docker("run", "--rm", "--network", "none", "-v", "vs3:/data", e.image, "cat", "/data/f"); out != "in-s3\n" {
 			t.Errorf("read back: %q", out)
+		}
+		// Its unflushed writes live in the gateway's process until a flush:
+		// the FUSE helper keeps its replay copy.
+		if b, _ := os.ReadFile(filepath.Join(stateA, "logs", "vs3.log")); !strings.Contains(string(b), "keeping acknowledged writes for replay") {
+			t.Errorf("the FUSE helper of an S3-backed volume kept no replay copy:\n%s", tail(string(b), 10))
 		}
 		g.mustCLI("volume", "checkpoint", "vs3")
 		// -o from= makes a clone of a gateway snapshot: the file is there.
