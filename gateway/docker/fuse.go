@@ -137,7 +137,12 @@ func ServeFUSE(ctx context.Context, cfg FUSEConfig) error {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	ncfg := cfg.NBD
 	ncfg.Logger = log
-	if !cfg.AlwaysReplay && cfg.Lease != nil {
+	switch {
+	case cfg.AlwaysReplay:
+		log.Info("keeping acknowledged writes for replay until flushed (always)")
+	case cfg.Lease == nil:
+		log.Info("keeping acknowledged writes for replay until flushed (no gateway to ask who holds them)")
+	default:
 		ncfg.NoReplay = !replayNeeded(dctx, cfg.Lease, log)
 	}
 	nc, err := nbdclient.Dial(dctx, cfg.NBDURL, ncfg)
