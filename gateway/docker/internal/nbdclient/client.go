@@ -405,11 +405,11 @@ func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
 // WriteAt writes p at off.
 //
 // The client keeps a copy of each acknowledged write for replay (see
-// Config.ReplayLimit), unless Config.NoReplay. With a ctx that cannot be cancelled the request
-// goes out from p itself, which stays valid until WriteAt returns, and is
-// copied once the server acknowledged it: the copy then reads what the
-// socket write has just read, and the send does not read a copy that
-// missed the cache. Otherwise p is copied first, because an abandoned
+// Config.ReplayLimit), unless Config.NoReplay. With a ctx that cannot be
+// cancelled the request goes out from p itself, which stays valid until
+// WriteAt returns, and is copied once the server acknowledged it: the
+// copy then reads what the socket write has just read, and the send does
+// not read a copy that missed the cache. Otherwise p is copied first, because an abandoned
 // request still goes out, or is resent, after WriteAt returned.
 func (c *Client) WriteAt(ctx context.Context, p []byte, off int64) error {
 	direct := ctx.Done() == nil
