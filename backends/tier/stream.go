@@ -61,7 +61,8 @@ func (d *Device) inStreamLocked(idx int64) bool {
 // from a stream buffer: one that exists already (read ahead), or one made
 // now when the read is sequential, the chunk is stored and neither cached
 // nor remembered as read lately; seq says whether the read is
-// sequential. done says whether it did.
+// sequential. done says whether it did; a read whose stream fetch
+// failed is left to the caller, which fetches for itself.
 func (d *Device) readStream(ctx context.Context, idx, coff int64, buf []byte, seq bool) (done bool, err error) {
 	if d.cfg.Readahead < 0 {
 		return false, nil
@@ -102,6 +103,12 @@ func (d *Device) readStream(ctx context.Context, idx, coff int64, buf []byte, se
 	}
 	d.unrefLocked(s)
 	d.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		// The stream's fetch failed, perhaps before the store came
+		// back: this read fetches for itself (and fails on its own if
+		// the store is still down).
+		return false, nil
+	}
 	return true, err
 }
 
@@ -139,11 +146,16 @@ func (d *Device) startStreamLocked(idx int64) *stream {
 		} else {
 			putBuf(buf, cs)
 		}
+		if s.err != nil {
+			// Forgotten before its readers see it fail, so that a read
+			// that starts from now on fetches again rather than joining
+			// a failed fetch (a read just after an outage ended failed).
+			d.mu.Lock()
+			d.forgetStreamLocked(idx, s)
+			d.mu.Unlock()
+		}
 		close(s.ready)
 		d.mu.Lock()
-		if s.err != nil {
-			d.forgetStreamLocked(idx, s) // the next read tries again
-		}
 		d.unrefLocked(s)
 		d.mu.Unlock()
 	}()
