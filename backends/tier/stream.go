@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync/atomic"
+	"time"
 )
 
 // A sequential reader of chunks that are not cached is served from
@@ -61,26 +62,29 @@ func (d *Device) inStreamLocked(idx int64) bool {
 // from a stream buffer: one that exists already (read ahead), or one made
 // now when the read is sequential, the chunk is stored and neither cached
 // nor remembered as read lately; seq says whether the read is
-// sequential. done says whether it did; a read whose stream fetch
-// failed is left to the caller, which fetches for itself.
-func (d *Device) readStream(ctx context.Context, idx, coff int64, buf []byte, seq bool) (done bool, err error) {
+// sequential. done says whether it did. A read whose stream's fetch
+// failed is left to the caller (perhaps the store came back since that
+// fetch started), which fetches for itself by retryBy: FetchTimeout from
+// when this read joined the stream, so the read as a whole keeps
+// FetchTimeout's bound.
+func (d *Device) readStream(ctx context.Context, idx, coff int64, buf []byte, seq bool) (done bool, retryBy time.Time, err error) {
 	if d.cfg.Readahead < 0 {
-		return false, nil
+		return false, time.Time{}, nil
 	}
 	d.mu.Lock()
 	if _, cached := d.chunks[idx]; cached {
 		d.mu.Unlock()
-		return false, nil
+		return false, time.Time{}, nil
 	}
 	s := d.streams[idx]
 	if s == nil {
 		if !seq || !d.objects.stored(idx) || d.missed.has(idx) {
 			d.mu.Unlock()
-			return false, nil
+			return false, time.Time{}, nil
 		}
 		if s = d.startStreamLocked(idx); s == nil {
 			d.mu.Unlock()
-			return false, nil // no memory free: read through the cache
+			return false, time.Time{}, nil // no memory free: read through the cache
 		}
 		d.cfg.Metrics.miss()
 	} else {
@@ -88,6 +92,7 @@ func (d *Device) readStream(ctx context.Context, idx, coff int64, buf []byte, se
 	}
 	s.refs++
 	d.mu.Unlock()
+	joined := time.Now()
 	select {
 	case <-s.ready:
 		if err = s.err; err == nil {
@@ -104,12 +109,9 @@ func (d *Device) readStream(ctx context.Context, idx, coff int64, buf []byte, se
 	d.unrefLocked(s)
 	d.mu.Unlock()
 	if err != nil && ctx.Err() == nil {
-		// The stream's fetch failed, perhaps before the store came
-		// back: this read fetches for itself (and fails on its own if
-		// the store is still down).
-		return false, nil
+		return false, joined.Add(d.cfg.FetchTimeout), nil
 	}
-	return true, err
+	return true, time.Time{}, err
 }
 
 // startStreamLocked makes a stream buffer for chunk idx and starts its

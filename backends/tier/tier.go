@@ -424,16 +424,26 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 		buf := p[done : done+n]
 		last = idx
 		seq := d.cfg.Readahead >= 0 && d.sequential(idx)
+		rctx := ctx // bounded by retryBy once the stream it joined failed
 		for {
-			if done, err := d.readStream(ctx, idx, coff, buf, seq); done || err != nil {
-				return err
+			done, retryBy, err := d.readStream(rctx, idx, coff, buf, seq)
+			if done || err != nil {
+				return boundErr(ctx, rctx, idx, err)
 			}
-			if done, err := d.readThrough(ctx, idx, coff, buf, seq); done || err != nil {
-				return err
+			if !retryBy.IsZero() && rctx == ctx {
+				// Its stream's fetch failed: fetch for itself, within
+				// what is left of the bound.
+				var cancel context.CancelFunc
+				rctx, cancel = context.WithDeadline(ctx, retryBy)
+				defer cancel()
+				seq = false
 			}
-			c, cached, err := d.lookupMode(ctx, idx, lookupRead)
+			if done, err := d.readThrough(rctx, idx, coff, buf, seq); done || err != nil {
+				return boundErr(ctx, rctx, idx, err)
+			}
+			c, cached, err := d.lookupMode(rctx, idx, lookupRead)
 			if err != nil {
-				return err
+				return boundErr(ctx, rctx, idx, err)
 			}
 			if c == nil {
 				clear(buf)
@@ -447,12 +457,12 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 			if !c.full && c.ext.uncovered(coff, n) > 0 {
 				// Partially cached: fetch the rest under it first.
 				c.mu.RUnlock()
-				if err := d.complete(ctx, c); err != nil && !errors.Is(err, errGone) {
-					return err
+				if err := d.complete(rctx, c); err != nil && !errors.Is(err, errGone) {
+					return boundErr(ctx, rctx, idx, err)
 				}
 				continue
 			}
-			err = c.dev.ReadAt(ctx, buf, coff)
+			err = c.dev.ReadAt(rctx, buf, coff)
 			c.mu.RUnlock()
 			c.lastUse.Store(time.Now().UnixNano())
 			if cached {
@@ -460,11 +470,21 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 			} else {
 				d.cfg.Metrics.miss()
 			}
-			return err
+			return boundErr(ctx, rctx, idx, err)
 		}
 	})
 	if err == nil {
 		d.readahead(off/d.chunkSize(), last, int64(len(p)))
+	}
+	return err
+}
+
+// boundErr reports a read that its retry's deadline (rctx, see
+// readStream) cut short as the store being unavailable, as a fetch that
+// timed out is.
+func boundErr(ctx, rctx context.Context, idx int64, err error) error {
+	if err != nil && rctx != ctx && rctx.Err() != nil && ctx.Err() == nil && !errors.Is(err, device.ErrUnavailable) {
+		return fmt.Errorf("chunk %d: %w (%v)", idx, device.ErrUnavailable, err)
 	}
 	return err
 }
