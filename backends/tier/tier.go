@@ -424,13 +424,16 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 		buf := p[done : done+n]
 		last = idx
 		seq := d.cfg.Readahead >= 0 && d.sequential(idx)
-		rctx := ctx // bounded by retryBy once the stream it joined failed
+		// rctx is ctx bounded by retryBy once the stream the read joined
+		// failed (retrying).
+		rctx, retrying := ctx, false
 		for {
 			done, retryBy, err := d.readStream(rctx, idx, coff, buf, seq)
 			if done || err != nil {
-				return boundErr(ctx, rctx, idx, err)
+				return boundErr(ctx, rctx, retrying, idx, err)
 			}
-			if !retryBy.IsZero() && rctx == ctx {
+			if !retryBy.IsZero() && !retrying {
+				retrying = true
 				// Its stream's fetch failed: fetch for itself, within
 				// what is left of the bound.
 				var cancel context.CancelFunc
@@ -439,11 +442,11 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 				seq = false
 			}
 			if done, err := d.readThrough(rctx, idx, coff, buf, seq); done || err != nil {
-				return boundErr(ctx, rctx, idx, err)
+				return boundErr(ctx, rctx, retrying, idx, err)
 			}
 			c, cached, err := d.lookupMode(rctx, idx, lookupRead)
 			if err != nil {
-				return boundErr(ctx, rctx, idx, err)
+				return boundErr(ctx, rctx, retrying, idx, err)
 			}
 			if c == nil {
 				clear(buf)
@@ -458,7 +461,7 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 				// Partially cached: fetch the rest under it first.
 				c.mu.RUnlock()
 				if err := d.complete(rctx, c); err != nil && !errors.Is(err, errGone) {
-					return boundErr(ctx, rctx, idx, err)
+					return boundErr(ctx, rctx, retrying, idx, err)
 				}
 				continue
 			}
@@ -470,7 +473,7 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 			} else {
 				d.cfg.Metrics.miss()
 			}
-			return boundErr(ctx, rctx, idx, err)
+			return boundErr(ctx, rctx, retrying, idx, err)
 		}
 	})
 	if err == nil {
@@ -482,8 +485,8 @@ func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 // boundErr reports a read that its retry's deadline (rctx, see
 // readStream) cut short as the store being unavailable, as a fetch that
 // timed out is.
-func boundErr(ctx, rctx context.Context, idx int64, err error) error {
-	if err != nil && rctx != ctx && rctx.Err() != nil && ctx.Err() == nil && !errors.Is(err, device.ErrUnavailable) {
+func boundErr(ctx, rctx context.Context, retrying bool, idx int64, err error) error {
+	if err != nil && retrying && rctx.Err() != nil && ctx.Err() == nil && !errors.Is(err, device.ErrUnavailable) {
 		return fmt.Errorf("chunk %d: %w (%v)", idx, device.ErrUnavailable, err)
 	}
 	return err
