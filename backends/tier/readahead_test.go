@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -345,5 +347,39 @@ func TestRandomReadsLargerThanCacheDownloadLittle(t *testing.T) {
 	}
 	if st := d.TierStats(); st.CachedBytes > 1<<20 {
 		t.Fatalf("cache holds %d bytes, budget 1 MiB", st.CachedBytes)
+	}
+}
+
+// A read that joined a stream whose fetch then failed (the store came back
+// while that fetch was failing) fetches for itself and returns the data,
+// instead of the stream's error.
+func TestReadJoiningFailedStreamFetchesAgain(t *testing.T) {
+	s := store.NewMem()
+	d := fillAndReopen(t, 16, Config{CacheBytes: 1 << 20, Store: s, FetchTimeout: 10 * time.Second})
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once atomic.Bool
+	s.SetFail(func(op, key string) error {
+		if op == "get" && strings.Contains(key, "chunks/0000000000000005/") && once.CompareAndSwap(false, true) {
+			close(entered)
+			<-release
+			return fmt.Errorf("%s: %w", op, store.ErrUnavailable)
+		}
+		return nil
+	})
+	readChunk(t, d, 4)
+	done := make(chan error, 1)
+	buf := make([]byte, 4096)
+	go func() { done <- d.ReadAt(context.Background(), buf, 5*testChunk) }() // sequential: starts chunk 5's stream
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no fetch of chunk 5 began")
+	}
+	close(release) // that fetch fails; the store answers from now on
+	if err := <-done; err != nil {
+		t.Fatalf("the read that joined the failed fetch: %v", err)
+	}
+	if !bytes.Equal(buf, pattern(testChunk, 5)[:4096]) {
+		t.Fatal("the read that joined the failed fetch returned wrong data")
 	}
 }
