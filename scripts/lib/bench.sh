@@ -10,6 +10,21 @@ waitport() {
 	return 1
 }
 
+# layout LAYOUT PID... puts the servers PID... (every thread) on CPU 1 for
+# the pinned layout, or on every CPU for the shared one, and sets on0 to
+# the prefix that runs a client command on CPU 0 (empty when shared).
+on0=
+layout() {
+	local lay=$1 cpus p
+	shift
+	case $lay in
+	pinned) cpus=1; on0="taskset -c 0" ;;
+	shared) cpus=0-$(($(nproc) - 1)); on0= ;;
+	*) echo "$(basename "$0"): unknown layout $lay (shared, pinned)" >&2; exit 2 ;;
+	esac
+	for p in "$@"; do taskset -apc "$cpus" "$p" >/dev/null; done
+}
+
 # bytesof turns a size like 512M or 2G into bytes.
 bytesof() { python3 -c "s='$1'; m={'K':1<<10,'M':1<<20,'G':1<<30}; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))"; }
 
