@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/semaphore"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/gateway/volume"
@@ -62,6 +63,9 @@ type conn struct {
 	// device.PipeWriter.
 	pw   device.PipeWriter
 	sock syscall.RawConn
+	// raw is the socket under rw (TCP or Unix, plain or under TLS), to
+	// ask how many bytes wait in it (waiting); nil if nc has none.
+	raw syscall.RawConn
 
 	turn     chan struct{}           // holds the reading turn while no worker has it
 	inflight sync.WaitGroup          // batch remainders running on their own goroutines
@@ -182,9 +186,10 @@ func (c *conn) Serve(parent context.Context) {
 		}()
 	}
 	c.dev = att.Dev
-	if pw, ok := c.dev.(device.PipeWriter); ok && c.s.cfg.SpliceWrites && c.rw == c.nc {
-		if sc, ok := c.nc.(syscall.Conn); ok {
-			if raw, err := sc.SyscallConn(); err == nil {
+	if sc, ok := c.nc.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			c.raw = raw
+			if pw, ok := c.dev.(device.PipeWriter); ok && c.s.cfg.SpliceWrites && c.rw == c.nc {
 				c.pw, c.sock = pw, raw
 			}
 		}
@@ -276,6 +281,19 @@ func (c *conn) batchable() bool {
 		return false
 	}
 	return req.typ == cmdRead || c.br.Buffered() >= requestHeaderSize+int(req.length)
+}
+
+// waiting reports whether request bytes wait in the socket, beyond what
+// br holds (SIOCINQ: one system call, asked only after a large write).
+func (c *conn) waiting() bool {
+	if c.raw == nil {
+		return false
+	}
+	n := 0
+	c.raw.Control(func(fd uintptr) {
+		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	return n > 0
 }
 
 // small reports whether req is a READ or WRITE of at most
@@ -388,11 +406,15 @@ func (c *conn) worker() {
 			return
 		}
 		batch = append(batch[:0], work{req, buf})
-		if c.br.Buffered() > 0 {
+		if c.br.Buffered() > 0 || (req.typ == cmdWrite && req.length > maxBatchedLength && c.waiting()) {
 			if !small(req) {
 				// A large or slow request with more queued behind
 				// it: pass the turn on first, so the next ones are
-				// read and run meanwhile.
+				// read and run meanwhile. (A large write's payload
+				// is read past br, so br cannot tell: the socket is
+				// asked. Large reads keep the turn unless br holds
+				// more: in alternating runs passing it whenever the
+				// socket held more cost 1M reads 5-10 %.)
 				hold = false
 				c.turn <- struct{}{}
 				c.runBatch(batch)

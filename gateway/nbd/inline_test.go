@@ -2,7 +2,9 @@ package nbd
 
 import (
 	"context"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/mem"
@@ -94,6 +96,64 @@ func TestSlowBatchHandsOffTheTurn(t *testing.T) {
 			}
 		}
 		close(dev.release)
+		ts.stop(t)
+	}
+}
+
+// writeStallDevice blocks writes at offset 0 until release is closed,
+// telling started when one begins.
+type writeStallDevice struct {
+	device.Device
+	started chan struct{}
+	release chan struct{}
+}
+
+func (d writeStallDevice) WriteAt(ctx context.Context, p []byte, off int64) error {
+	if off == 0 {
+		d.started <- struct{}{}
+		<-d.release
+	}
+	return d.Device.WriteAt(ctx, p, off)
+}
+
+// TestLargeWritePassesTheTurnWhenMoreWaits: a large write with another
+// request waiting behind it in the socket passes the reading turn on
+// before it runs, as nbdkit's threads do, so the next payload is read
+// while this one is written. The next header is read alone after a large
+// payload (so that a large payload goes straight into its own buffer), so
+// the reader must ask the socket, not its buffer, whether more waits. With
+// an inline budget of an hour the watchdog cannot be what hands the turn
+// on.
+func TestLargeWritePassesTheTurnWhenMoreWaits(t *testing.T) {
+	for _, workers := range []int{2, 16} {
+		dev := writeStallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{})}
+		ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers, InlineBudget: time.Hour})
+		// Registered after the server's: runs first, so a failure ends
+		// the stalled write and the server can stop.
+		release := sync.OnceFunc(func() { close(dev.release) })
+		t.Cleanup(release)
+		rc := dialRaw(t, ts.addr)
+		rc.attach("v", false)
+		for round := range 3 {
+			// One write(2) holding both requests: the large payload's last
+			// bytes and the next header arrive together. The payload is
+			// larger than the reader's buffer, so its end is read straight
+			// into its own buffer and the next header stays in the socket.
+			payload := make([]byte, 2*ioBufferSize)
+			msg := encodeRequest(request{typ: cmdWrite, handle: 1, length: uint32(len(payload))})
+			msg = append(msg, payload...)
+			msg = append(msg, encodeRequest(request{typ: cmdRead, handle: 2, offset: 768 << 10, length: 4096})...)
+			rc.write(msg)
+			<-dev.started
+			if r := rc.recv(4096); r.handle != 2 || r.errno != 0 {
+				t.Fatalf("workers %d round %d: first reply %v, want handle 2 while the large write stalls", workers, round, r)
+			}
+			dev.release <- struct{}{}
+			if r := rc.recv(0); r.handle != 1 || r.errno != 0 {
+				t.Fatalf("workers %d round %d: second reply %v, want handle 1", workers, round, r)
+			}
+		}
+		release()
 		ts.stop(t)
 	}
 }
