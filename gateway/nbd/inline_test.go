@@ -10,27 +10,37 @@ import (
 	"github.com/ferry-io/ferry/backends/mem"
 )
 
-// stallDevice blocks reads at offset 0 until release is closed, telling
-// started when one begins.
+// stallDevice blocks reads at offset 0 (writes, if writes is set) until
+// release is closed, telling started when one begins.
 type stallDevice struct {
 	device.Device
 	started chan struct{}
 	release chan struct{}
+	writes  bool
 }
 
-func (d stallDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
-	if off == 0 {
+func (d stallDevice) stall(write bool, off int64) {
+	if off == 0 && write == d.writes {
 		d.started <- struct{}{}
 		<-d.release
 	}
+}
+
+func (d stallDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	d.stall(false, off)
 	return d.Device.ReadAt(ctx, p, off)
+}
+
+func (d stallDevice) WriteAt(ctx context.Context, p []byte, off int64) error {
+	d.stall(true, off)
+	return d.Device.WriteAt(ctx, p, off)
 }
 
 // stallServer serves a stallDevice with the given number of workers and
 // returns it with a client attached without structured replies.
 func stallServer(t *testing.T, workers int) (stallDevice, *testServer, *rawClient) {
 	t.Helper()
-	dev := stallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{})}
+	dev := stallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{}), false}
 	ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers})
 	rc := dialRaw(t, ts.addr)
 	rc.attach("v", false)
@@ -100,22 +110,6 @@ func TestSlowBatchHandsOffTheTurn(t *testing.T) {
 	}
 }
 
-// writeStallDevice blocks writes at offset 0 until release is closed,
-// telling started when one begins.
-type writeStallDevice struct {
-	device.Device
-	started chan struct{}
-	release chan struct{}
-}
-
-func (d writeStallDevice) WriteAt(ctx context.Context, p []byte, off int64) error {
-	if off == 0 {
-		d.started <- struct{}{}
-		<-d.release
-	}
-	return d.Device.WriteAt(ctx, p, off)
-}
-
 // TestLargeWritePassesTheTurnWhenMoreWaits: a large write with another
 // request waiting behind it in the socket passes the reading turn on
 // before it runs, as nbdkit's threads do, so the next payload is read
@@ -126,7 +120,7 @@ func (d writeStallDevice) WriteAt(ctx context.Context, p []byte, off int64) erro
 // on.
 func TestLargeWritePassesTheTurnWhenMoreWaits(t *testing.T) {
 	for _, workers := range []int{2, 16} {
-		dev := writeStallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{})}
+		dev := stallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{}), true}
 		ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers, InlineBudget: time.Hour})
 		// Registered after the server's: runs first, so a failure ends
 		// the stalled write and the server can stop.
