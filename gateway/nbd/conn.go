@@ -66,6 +66,10 @@ type conn struct {
 	// raw is the socket under rw (TCP or Unix, plain or under TLS), to
 	// ask how many bytes wait in it (waiting); nil if nc has none.
 	raw syscall.RawConn
+	// waiting's step on raw's descriptor and its answer: one closure
+	// per connection, not one allocated per call. With the turn.
+	inqStep func(fd uintptr)
+	inq     int
 
 	turn     chan struct{}           // holds the reading turn while no worker has it
 	inflight sync.WaitGroup          // batch remainders running on their own goroutines
@@ -189,6 +193,7 @@ func (c *conn) Serve(parent context.Context) {
 	if sc, ok := c.nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			c.raw = raw
+			c.inqStep = func(fd uintptr) { c.inq, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }
 			if pw, ok := c.dev.(device.PipeWriter); ok && c.s.cfg.SpliceWrites && c.rw == c.nc {
 				c.pw, c.sock = pw, raw
 			}
@@ -289,11 +294,9 @@ func (c *conn) waiting() bool {
 	if c.raw == nil {
 		return false
 	}
-	n := 0
-	c.raw.Control(func(fd uintptr) {
-		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-	})
-	return n > 0
+	c.inq = 0
+	c.raw.Control(c.inqStep)
+	return c.inq > 0
 }
 
 // small reports whether req is a READ or WRITE of at most
