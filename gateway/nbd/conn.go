@@ -58,13 +58,13 @@ type conn struct {
 	cancel context.CancelFunc
 	dev    device.Device
 	sem    *semaphore.Weighted
-	// Set when large write payloads go from the socket into a pipe and
-	// from there into the device (splice(2)): a plain socket and a
+	// Set when large write payloads go from the socket (raw) into a pipe
+	// and from there into the device (splice(2)): a plain socket and a
 	// device.PipeWriter.
-	pw   device.PipeWriter
-	sock syscall.RawConn
-	// raw is the socket under rw (TCP or Unix, plain or under TLS), to
-	// ask how many bytes wait in it (waiting); nil if nc has none.
+	pw device.PipeWriter
+	// raw is the socket under rw (TCP or Unix, plain or under TLS): to
+	// ask how many bytes wait in it (waiting) and to splice from; nil if
+	// nc has none.
 	raw syscall.RawConn
 	// waiting's step on raw's descriptor and its answer: one closure
 	// per connection, not one allocated per call. With the turn.
@@ -195,7 +195,7 @@ func (c *conn) Serve(parent context.Context) {
 			c.raw = raw
 			c.inqStep = func(fd uintptr) { c.inq, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }
 			if pw, ok := c.dev.(device.PipeWriter); ok && c.s.cfg.SpliceWrites && c.rw == c.nc {
-				c.pw, c.sock = pw, raw
+				c.pw = pw
 			}
 		}
 	}
@@ -559,7 +559,7 @@ func (c *conn) readIntoPipe(n int) (p *splicepipe.Pipe, buf []byte, err error) {
 		c.br.Discard(k)
 	}
 	if err == nil {
-		err = p.FillFrom(c.sock, n-k)
+		err = p.FillFrom(c.raw, n-k)
 	}
 	if errors.Is(err, splicepipe.ErrFull) {
 		buf = bufpool.Get(n)
