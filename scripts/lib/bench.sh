@@ -25,6 +25,18 @@ layout() {
 	for p in "$@"; do taskset -apc "$cpus" "$p" >/dev/null; done
 }
 
+# recache FILE rebuilds FILE's page cache the same way every time: its
+# dirty pages written back, every cached page dropped, the file read again
+# in order. A run then starts from the same cache whatever ran before it
+# (the folios a workload leaves behind change what the next one costs),
+# and reads nothing from disk: this machine's page cache also erodes over
+# minutes with nothing else running.
+recache() {
+	sync "$1"
+	dd if="$1" iflag=nocache count=0 status=none
+	cat "$1" >/dev/null
+}
+
 # bytesof turns a size like 512M or 2G into bytes.
 bytesof() { python3 -c "s='$1'; m={'K':1<<10,'M':1<<20,'G':1<<30}; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))"; }
 
