@@ -433,48 +433,52 @@ func TestDockerPlugin(t *testing.T) {
 		if left := leftovers(t, dir); len(left) > 0 {
 			t.Fatalf("after the containers ended:\n%s", strings.Join(left, "\n"))
 		}
+		e.docker("volume", "rm", "v1")
 	})
 
 	t.Run("two-containers-at-once", func(t *testing.T) {
 		e.t = t
-		a := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "v1:/data", e.image, "sh", "-c", "echo from-a > /data/a; sync; sleep 600"))
-		b := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "v1:/data", e.image, "sh", "-c", "echo from-b > /data/b; sync; sleep 600"))
+		e.docker("volume", "create", "-d", driver, "-o", "size=256M", "vc")
+		a := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "vc:/data", e.image, "sh", "-c", "echo from-a > /data/a; sync; sleep 600"))
+		b := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "vc:/data", e.image, "sh", "-c", "echo from-b > /data/b; sync; sleep 600"))
 		// Each sees the other's file: one file system, mounted once.
 		out := e.docker("exec", a, "sh", "-c", "for i in $(seq 100); do [ -f /data/b ] && break; sleep 0.1; done; cat /data/b")
 		out += e.docker("exec", b, "sh", "-c", "for i in $(seq 100); do [ -f /data/a ] && break; sleep 0.1; done; cat /data/a")
 		if out != "from-b\nfrom-a\n" {
 			t.Fatalf("containers see %q", out)
 		}
-		st := e.volStatus("v1")
+		st := e.volStatus("vc")
 		if st["mounts"] != float64(2) {
 			t.Errorf("mounts %v, want 2", st["mounts"])
 		}
 		// docker volume rm is refused while mounted (Docker refuses first;
 		// the plugin refuses too, asked directly).
-		if out, err := e.dockerErr("volume", "rm", "v1"); err == nil || !strings.Contains(out, "in use") {
+		if out, err := e.dockerErr("volume", "rm", "vc"); err == nil || !strings.Contains(out, "in use") {
 			t.Errorf("docker volume rm of a mounted volume: %v %s", err, out)
 		}
-		if _, r := pa.call("/VolumeDriver.Remove", []byte(`{"Name":"v1"}`)); !strings.Contains(fmt.Sprint(r["Err"]), "in use") {
+		if _, r := pa.call("/VolumeDriver.Remove", []byte(`{"Name":"vc"}`)); !strings.Contains(fmt.Sprint(r["Err"]), "in use") {
 			t.Errorf("plugin Remove of a mounted volume: %v", r)
 		}
 		e.docker("rm", "-f", a)
-		if st := e.volStatus("v1"); st["mounts"] != float64(1) || len(leftovers(t, dir)) == 0 {
+		if st := e.volStatus("vc"); st["mounts"] != float64(1) || len(leftovers(t, dir)) == 0 {
 			t.Errorf("after one container left: mounts %v, leftovers %v", st["mounts"], leftovers(t, dir))
 		}
 		e.docker("rm", "-f", b)
 		if left := leftovers(t, dir); len(left) > 0 {
 			t.Fatalf("after both containers left:\n%s", strings.Join(left, "\n"))
 		}
+		e.docker("volume", "rm", "vc")
 	})
 
 	t.Run("ls-inspect-rm", func(t *testing.T) {
 		e.t = t
-		if out := e.docker("volume", "ls", "--format", "{{.Driver}} {{.Name}}"); !strings.Contains(out, driver+" v1") {
+		e.docker("volume", "create", "-d", driver, "-o", "size=1G", "vi")
+		if out := e.docker("volume", "ls", "--format", "{{.Driver}} {{.Name}}"); !strings.Contains(out, driver+" vi") {
 			t.Errorf("volume ls: %q", out)
 		}
-		st := e.volStatus("v1")
-		in := g.info("v1")
-		for k, want := range map[string]any{"size": "1 GiB", "store": "local", "attach_method": "fuse", "gateway_volume": "v1", "id": in.ID, "fstype": "ext4"} {
+		st := e.volStatus("vi")
+		in := g.info("vi")
+		for k, want := range map[string]any{"size": "1 GiB", "store": "local", "attach_method": "fuse", "gateway_volume": "vi", "id": in.ID, "fstype": "ext4"} {
 			if st[k] != want {
 				t.Errorf("inspect Status[%s] = %v, want %v", k, st[k], want)
 			}
@@ -495,8 +499,8 @@ func TestDockerPlugin(t *testing.T) {
 		if out, err := e.dockerErr("volume", "create", "-d", driver, "-o", "size=lots", "bad2"); err == nil || !strings.Contains(out, "option size") {
 			t.Errorf("bad size: %v %s", err, out)
 		}
-		e.docker("volume", "rm", "v1", "Data_Set.1")
-		for _, name := range []string{"v1", gw} {
+		e.docker("volume", "rm", "vi", "Data_Set.1")
+		for _, name := range []string{"vi", gw} {
 			if r := g.cli("volume", "info", name); r.code == 0 {
 				t.Errorf("gateway volume %s still there after docker volume rm", name)
 			}
@@ -556,11 +560,13 @@ func TestDockerPlugin(t *testing.T) {
 		for _, pid := range helperPIDs(stateA) {
 			t.Errorf("state still records helper %d", pid)
 		}
+		e.docker("volume", "rm", "v2")
 	})
 
 	t.Run("gateway-kill9-fsynced-records", func(t *testing.T) {
 		e.t = t
-		writer := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "v2:/data", e.image, "sh", "-c",
+		e.docker("volume", "create", "-d", driver, "-o", "size=256M", "vr")
+		writer := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "vr:/data", e.image, "sh", "-c",
 			`mkdir -p /data/rec; i=0; while [ $i -lt 100000 ]; do i=$((i+1));
 			 if echo "record $i" | dd of=/data/rec/$i conv=fsync 2>/dev/null; then echo "synced $i"; else echo "FAILED $i"; exit 1; fi; done`))
 		synced := func() int {
@@ -629,16 +635,16 @@ func TestDockerPlugin(t *testing.T) {
 		}
 		e.docker("rm", writer)
 		// A new container (a fresh mount) finds every fsynced record.
-		check := e.docker("run", "--rm", "--network", "none", "-v", "v2:/data", e.image, "sh", "-c",
+		check := e.docker("run", "--rm", "--network", "none", "-v", "vr:/data", e.image, "sh", "-c",
 			`bad=0; for i in `+strings.Join(want, " ")+`; do [ "$(cat /data/rec/$i)" = "record $i" ] || { echo "missing $i"; bad=1; }; done; echo checked; exit $bad`)
 		if !strings.Contains(check, "checked") || strings.Contains(check, "missing") {
 			t.Fatalf("after the gateway kill -9, %d fsynced records checked:\n%s", len(want), tail(check, 10))
 		}
-		if b, _ := os.ReadFile(filepath.Join(stateA, "logs", "v2.log")); !strings.Contains(string(b), "nbd connection restored") {
+		if b, _ := os.ReadFile(filepath.Join(stateA, "logs", "vr.log")); !strings.Contains(string(b), "nbd connection restored") {
 			t.Errorf("the FUSE helper never reconnected: the test did not exercise a restart")
 		}
 		t.Logf("%d fsynced records, %d before the kill, all present", len(want), atKill)
-		e.docker("volume", "rm", "v2")
+		e.docker("volume", "rm", "vr")
 	})
 
 	t.Run("existing-filesystem-kept", func(t *testing.T) {
