@@ -26,11 +26,12 @@ layout() {
 }
 
 # recache FILE rebuilds FILE's page cache the same way every time: its
-# dirty pages written back, every cached page dropped, the file read again
-# in order. A run then starts from the same cache whatever ran before it
-# (the folios a workload leaves behind change what the next one costs),
-# and reads nothing from disk: this machine's page cache also erodes over
-# minutes with nothing else running.
+# dirty pages written back (so no run pays for the writeback of the one
+# before), every cached page dropped, the file read again in order. A run
+# then starts from the same cache whatever ran before it (the folios a
+# workload leaves behind change what the next one costs), and reads
+# nothing from disk: this machine's page cache also erodes over minutes
+# with nothing else running.
 recache() {
 	sync "$1"
 	dd if="$1" iflag=nocache count=0 status=none
