@@ -72,9 +72,15 @@ type conn struct {
 	inq     int
 
 	turn     chan struct{}           // holds the reading turn while no worker has it
-	inflight sync.WaitGroup          // batch remainders running on their own goroutines
+	inflight sync.WaitGroup          // batch remainders and large reads running on their own goroutines
 	rdone    bool                    // with the turn: no more requests will be read
 	hdr      [requestHeaderSize]byte // with the turn
+
+	// Large reads go to executors (dispatch): the queue, how many
+	// executors wait on it, and how many were started (with the turn).
+	large chan work
+	idle  atomic.Int32
+	nexec int
 
 	wmu    sync.Mutex
 	bw     *bufio.Writer
@@ -233,6 +239,8 @@ func (c *conn) linger() {
 //
 // A fixed set of workers shares one reading turn (a token in c.turn). The
 // worker holding it reads the next request, then:
+//   - when it is a read of 1 MiB or more, hands it to an executor
+//     (dispatch) and goes on reading;
 //   - when it is large or slow and more request bytes are already
 //     buffered, passes the turn on and executes it concurrently with the
 //     others, like nbdkit's threads;
@@ -248,6 +256,7 @@ func (c *conn) linger() {
 func (c *conn) transmit() {
 	c.turn = make(chan struct{}, 1)
 	c.turn <- struct{}{}
+	c.large = make(chan work, c.s.cfg.Workers)
 	var wg sync.WaitGroup
 	for range c.s.cfg.Workers {
 		wg.Add(1)
@@ -257,7 +266,50 @@ func (c *conn) transmit() {
 		}()
 	}
 	wg.Wait()
+	close(c.large) // only workers dispatch
 	c.inflight.Wait()
+}
+
+// dispatch hands a read of dispatchedRead bytes or more to an executor
+// and returns at once, so the holder of the reading turn goes on reading
+// while the read runs: nbdkit's structure (a reader thread, worker
+// threads), for the one kind of request where it measured better here.
+// Such a read takes a few hundred microseconds to copy from the page cache
+// and send, long enough for a goroutine hand-off to be cheap beside it.
+// Run inline, it ran on the thread the client's request had woken, which
+// on loopback the kernel tends to put on the client's own CPU (a socket
+// wake-up is synchronous); a scheduler trace (perf sched) showed the
+// client and that thread taking turns on one CPU while the other idled.
+// Alternating runs against nbdkit on the same file (docs/BENCHMARKS.md):
+// 1M QD8 reads 0.82–0.88× inline, 0.90–0.95× dispatched; 2M 0.90–0.92×
+// against 1.00–1.02×; 1M QD1 and QD16 level. Smaller reads lost (256 KiB
+// QD16: 1.05–1.15× inline, 0.85–0.91× dispatched; 512 KiB level), and
+// so did 1M writes dispatched the same way (0.89–0.91× against 0.91–0.98×).
+//
+// Executors start on demand, at most Server.executors, and end with the
+// connection; when all are busy, reads queue for them.
+// Only the holder of the turn calls dispatch.
+func (c *conn) dispatch(w work) {
+	c.inflight.Add(1)
+	if c.idle.Load() == 0 && c.nexec < c.s.executors {
+		c.nexec++
+		go c.executor()
+	}
+	c.large <- w
+}
+
+// executor runs dispatched reads until the connection ends.
+func (c *conn) executor() {
+	for {
+		c.idle.Add(1)
+		w, ok := <-c.large
+		c.idle.Add(-1)
+		if !ok {
+			return
+		}
+		c.handle(w.req, w.buf)
+		c.inflight.Done()
+	}
 }
 
 // work is one request taken from the stream, with its buffer.
@@ -271,6 +323,9 @@ const (
 	maxBatch = 16
 	// maxBatchedLength is the largest READ or WRITE taken into a batch.
 	maxBatchedLength = 64 << 10
+	// dispatchedRead is the smallest READ handed to an executor
+	// (conn.dispatch).
+	dispatchedRead = 1 << 20
 )
 
 // batchable reports whether the next request is a small READ, or a small
@@ -408,6 +463,10 @@ func (c *conn) worker() {
 			c.turn <- struct{}{}
 			return
 		}
+		if req.typ == cmdRead && req.length >= dispatchedRead {
+			c.dispatch(work{req, buf})
+			continue
+		}
 		batch = append(batch[:0], work{req, buf})
 		if c.br.Buffered() > 0 || (req.typ == cmdWrite && req.length > maxBatchedLength && c.waiting()) {
 			if !small(req) {
@@ -415,9 +474,7 @@ func (c *conn) worker() {
 				// it: pass the turn on first, so the next ones are
 				// read and run meanwhile. (A large write's payload
 				// is read past br, so br cannot tell: the socket is
-				// asked. Large reads keep the turn unless br holds
-				// more: in alternating runs passing it whenever the
-				// socket held more cost 1M reads 5-10 %.)
+				// asked.)
 				hold = false
 				c.turn <- struct{}{}
 				c.runBatch(batch)

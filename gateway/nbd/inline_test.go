@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"testing"
@@ -149,5 +150,67 @@ func TestLargeWritePassesTheTurnWhenMoreWaits(t *testing.T) {
 		}
 		release()
 		ts.stop(t)
+	}
+}
+
+// TestLargeReadsRunOnExecutors: a read of dispatchedRead bytes is handed to
+// an executor, so the reader goes on at once: with an inline budget of an
+// hour (the watchdog cannot pass the turn), a small read sent while the
+// large one stalls is answered first. More large reads than a connection
+// has executors queue for them and are all answered, with their data; and
+// a shutdown while one stalls still answers it.
+func TestLargeReadsRunOnExecutors(t *testing.T) {
+	for _, workers := range []int{2, 16} {
+		dev := stallDevice{mem.New(4 << 20), make(chan struct{}, 1), make(chan struct{}), false}
+		want := pattern(4<<20, 3)
+		if err := dev.Device.WriteAt(context.Background(), want, 0); err != nil {
+			t.Fatal(err)
+		}
+		ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers, InlineBudget: time.Hour})
+		release := sync.OnceFunc(func() { close(dev.release) })
+		t.Cleanup(release)
+		rc := dialRaw(t, ts.addr)
+		rc.attach("v", false)
+		for round := range 3 {
+			rc.send(cmdRead, 0, 1, 0, dispatchedRead, nil)
+			<-dev.started
+			rc.send(cmdRead, 0, 2, 4096, 4096, nil)
+			if r := rc.recv(4096); r.handle != 2 || r.errno != 0 {
+				t.Fatalf("workers %d round %d: first reply %v, want handle 2 while the large read stalls", workers, round, r)
+			}
+			dev.release <- struct{}{}
+			if r := rc.recv(dispatchedRead); r.handle != 1 || r.errno != 0 || !bytes.Equal(r.data, want[:dispatchedRead]) {
+				t.Fatalf("workers %d round %d: second reply handle %d errno %d, want handle 1 with the data", workers, round, r.handle, r.errno)
+			}
+		}
+		// Twice as many large reads as executors at most, none stalling.
+		n := 2 * ts.srv.executors
+		for i := range n {
+			off := 4096 + uint64(i%3)<<20
+			rc.send(cmdRead, 0, uint64(100+i), off, dispatchedRead, nil)
+		}
+		for range n {
+			r := rc.recv(dispatchedRead)
+			off := 4096 + (int(r.handle)-100)%3<<20
+			if r.errno != 0 || r.handle < 100 || r.handle >= uint64(100+n) || !bytes.Equal(r.data, want[off:off+dispatchedRead]) {
+				t.Fatalf("workers %d: reply handle %d errno %d, or wrong data", workers, r.handle, r.errno)
+			}
+		}
+		rc.send(cmdRead, 0, 7, 0, dispatchedRead, nil)
+		<-dev.started
+		stopped := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			ts.stop(t)
+		}()
+		time.Sleep(50 * time.Millisecond)
+		release()
+		if r := rc.recv(dispatchedRead); r.handle != 7 || r.errno != 0 || !bytes.Equal(r.data, want[:dispatchedRead]) {
+			t.Fatalf("workers %d: reply during shutdown handle %d errno %d, want handle 7 with the data", workers, r.handle, r.errno)
+		}
+		<-stopped
+		if !rc.closed() {
+			t.Fatalf("workers %d: connection open after shutdown", workers)
+		}
 	}
 }
