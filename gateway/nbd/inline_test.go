@@ -3,6 +3,7 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -213,4 +214,63 @@ func TestLargeReadsRunOnExecutors(t *testing.T) {
 			t.Fatalf("workers %d: connection open after shutdown", workers)
 		}
 	}
+}
+
+// blockDevice blocks every read until release is closed, counting the reads
+// in progress.
+type blockDevice struct {
+	device.Device
+	started chan struct{}
+	release chan struct{}
+}
+
+func (d blockDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	d.started <- struct{}{}
+	<-d.release
+	return d.Device.ReadAt(ctx, p, off)
+}
+
+// TestReadsThatWaitForTheDiskGetMoreExecutors: once a dispatched read has
+// taken longer than slowRead (it waited for the disk), reads that find every
+// executor busy start extra executors, up to Workers, so that as many reads
+// wait for the disk at once as the client sent; without the slow read they
+// queue for the first executors.
+func TestReadsThatWaitForTheDiskGetMoreExecutors(t *testing.T) {
+	const workers = 16
+	dev := blockDevice{mem.New(16 << 20), make(chan struct{}, workers), make(chan struct{})}
+	ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers})
+	release := sync.OnceFunc(func() { close(dev.release) })
+	t.Cleanup(release)
+	rc := dialRaw(t, ts.addr)
+	rc.attach("v", false)
+	base := ts.srv.executors
+	if base >= workers {
+		t.Skipf("%d executors already (GOMAXPROCS %d)", base, runtime.GOMAXPROCS(0))
+	}
+	// One slow read first.
+	rc.send(cmdRead, 0, 1, 0, dispatchedRead, nil)
+	<-dev.started
+	time.Sleep(2 * slowRead)
+	dev.release <- struct{}{}
+	if r := rc.recv(dispatchedRead); r.handle != 1 || r.errno != 0 {
+		t.Fatalf("reply %v, want handle 1", r)
+	}
+	n := base + 2
+	for i := range n {
+		rc.send(cmdRead, 0, uint64(10+i), uint64(i%15)<<20, dispatchedRead, nil)
+	}
+	for i := range n {
+		select {
+		case <-dev.started:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d reads started; the rest wait for %d busy executors", i, n, base)
+		}
+	}
+	release()
+	for range n {
+		if r := rc.recv(dispatchedRead); r.errno != 0 {
+			t.Fatalf("reply %v", r)
+		}
+	}
+	ts.stop(t)
 }

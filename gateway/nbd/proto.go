@@ -142,6 +142,9 @@ type request struct {
 	// pipe is not on the wire: a WRITE whose payload waits in a pipe
 	// instead of a buffer.
 	pipe *splicepipe.Pipe
+	// dispatched is not on the wire: a READ an executor runs
+	// (conn.dispatch).
+	dispatched bool
 }
 
 var errBadMagic = errors.New("bad request magic")

@@ -75,8 +75,8 @@ type Server struct {
 	m       *metrics
 
 	acc *acceptor.Acceptor
-	// executors bounds the goroutines one connection runs large reads on
-	// (conn.dispatch).
+	// executors is how many goroutines one connection runs large reads
+	// on while they come from the page cache (conn.dispatch).
 	executors int
 }
 
@@ -117,10 +117,10 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 		cfg:     cfg,
 		log:     log.With("frontend", "nbd"),
 		m:       newMetrics(cfg.Registerer),
-		// Twice the processors, so reads that wait for the disk leave
-		// some running: more executors than that only parked and woke
-		// more often (16 for 1M QD8 reads: 0.82-0.87x of nbdkit against
-		// 0.90-0.97x with 4 on two CPUs).
+		// Twice the processors. More lost: 16 for 1M QD8 reads on two CPUs,
+		// 0.81-0.87x of nbdkit against 0.90-0.97x with 4 (likely because
+		// each read then wakes an idle executor, where a few busy ones
+		// take the next read from the queue without sleeping).
 		executors: min(cfg.Workers, max(4, 2*runtime.GOMAXPROCS(0))),
 	}
 	s.acc = acceptor.New(acceptor.Config{Name: "nbd", Logger: s.log, MaxConns: cfg.MaxConns, Conns: s.m.conns, Refused: s.m.refused, Panics: s.m.panics})
