@@ -282,10 +282,10 @@ func (c *conn) transmit() {
 // wake-up is synchronous); a scheduler trace (perf sched) showed the
 // client and that thread taking turns on one CPU while the other idled.
 // Alternating runs against nbdkit on the same file (docs/BENCHMARKS.md):
-// 1M QD8 reads 0.82–0.88× inline, 0.90–0.95× dispatched; 2M 0.90–0.92×
+// 1M QD8 reads 0.86–0.93× inline, 0.93–0.96× dispatched; 2M 0.90–0.92×
 // against 1.00–1.02×; 1M QD1 and QD16 level. Smaller reads lost (256 KiB
 // QD16: 1.05–1.15× inline, 0.85–0.91× dispatched; 512 KiB level), and
-// so did 1M writes dispatched the same way (0.89–0.91× against 0.91–0.98×).
+// so did 1M writes dispatched the same way (0.88–0.91× against 0.91–0.98×).
 //
 // Executors start on demand, at most Server.executors, and end with the
 // connection; when all are busy, reads queue for them. A few busy
