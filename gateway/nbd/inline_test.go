@@ -49,6 +49,22 @@ func stallServer(t *testing.T, workers int) (stallDevice, *testServer, *rawClien
 	return dev, ts, rc
 }
 
+// stalledServer serves dev with the given number of workers and an inline
+// budget of an hour (the watchdog never passes the turn on), and returns it
+// with a client attached without structured replies and a func that ends
+// every stall. That func is also a cleanup registered after the server's,
+// so it runs first: a failure ends the stalled request and the server can
+// stop.
+func stalledServer(t *testing.T, dev stallDevice, workers int) (*testServer, *rawClient, func()) {
+	t.Helper()
+	ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers, InlineBudget: time.Hour})
+	release := sync.OnceFunc(func() { close(dev.release) })
+	t.Cleanup(release)
+	rc := dialRaw(t, ts.addr)
+	rc.attach("v", false)
+	return ts, rc, release
+}
+
 // TestSlowInlineRequestHandsOffTheTurn: a request that the reading worker
 // executes inline (nothing else was buffered) and that then stalls must
 // not hold up a request sent after it: the inline watchdog passes the
@@ -123,13 +139,7 @@ func TestSlowBatchHandsOffTheTurn(t *testing.T) {
 func TestLargeWritePassesTheTurnWhenMoreWaits(t *testing.T) {
 	for _, workers := range []int{2, 16} {
 		dev := stallDevice{mem.New(1 << 20), make(chan struct{}, 1), make(chan struct{}), true}
-		ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers, InlineBudget: time.Hour})
-		// Registered after the server's: runs first, so a failure ends
-		// the stalled write and the server can stop.
-		release := sync.OnceFunc(func() { close(dev.release) })
-		t.Cleanup(release)
-		rc := dialRaw(t, ts.addr)
-		rc.attach("v", false)
+		ts, rc, release := stalledServer(t, dev, workers)
 		for round := range 3 {
 			// One write(2) holding both requests: the large payload's last
 			// bytes and the next header arrive together. The payload is
@@ -167,11 +177,7 @@ func TestLargeReadsRunOnExecutors(t *testing.T) {
 		if err := dev.Device.WriteAt(context.Background(), want, 0); err != nil {
 			t.Fatal(err)
 		}
-		ts := startServerConfig(t, map[string]device.Device{"v": dev}, Config{Workers: workers, InlineBudget: time.Hour})
-		release := sync.OnceFunc(func() { close(dev.release) })
-		t.Cleanup(release)
-		rc := dialRaw(t, ts.addr)
-		rc.attach("v", false)
+		ts, rc, release := stalledServer(t, dev, workers)
 		for round := range 3 {
 			rc.send(cmdRead, 0, 1, 0, dispatchedRead, nil)
 			<-dev.started
