@@ -222,8 +222,8 @@ func TestLargeReadsRunOnExecutors(t *testing.T) {
 	}
 }
 
-// blockDevice blocks every read until release is closed, counting the reads
-// in progress.
+// blockDevice blocks every read until release is closed, telling started
+// when each begins.
 type blockDevice struct {
 	device.Device
 	started chan struct{}
