@@ -136,6 +136,30 @@ type PipeWriter interface {
 	WriteFromPipe(ctx context.Context, src Pipe, off int64, n int) error
 }
 
+// Viewer is implemented by devices that can lend a read's bytes in place
+// — a read-only shared mapping of their file — instead of copying them
+// into a buffer. A frontend that sends a large read straight from a view
+// lets the kernel copy the page cache into its socket: one copy where
+// ReadAt and a send cost two.
+//
+// A view's bytes must only be handed to system calls (write(2) to a
+// socket), never read by the process itself: if the pages behind them
+// are evicted and cannot be read back (a disk error, a file shortened
+// underneath), a system call fails with EFAULT, where a read by the
+// process would be a fatal SIGBUS.
+type Viewer interface {
+	// View returns the device's bytes [off, off+n) when all of them are
+	// in memory now; ok is false when some are not (ReadAt then reads
+	// them, and reports a disk error as an error), when the range is
+	// not within the device, or when the device cannot lend them. A
+	// view never waits for the disk. The bytes are the file's current
+	// contents, so a concurrent write may show through, as it may
+	// through ReadAt. done must be called exactly once, when the bytes
+	// are no longer used; the view stays valid until then, across
+	// Resize and Close.
+	View(off int64, n int) (b []byte, done func(), ok bool)
+}
+
 // KernelHeld is implemented by devices whose writes are in the kernel —
 // the page cache or the disk — by the time WriteAt, WriteZeroes or Trim
 // returns. A write acknowledged before any flush then outlives the

@@ -6,7 +6,7 @@
 // The suite checks the contract written in package device: unaligned and
 // boundary I/O, out-of-range and zero-length requests, trim and zeroes,
 // extents, resize, concurrent disjoint writes, cancelled contexts, writes
-// from a pipe (for a device.PipeWriter) and, for devices that can simulate
+// from a pipe (for a device.PipeWriter), views (for a device.Viewer) and, for devices that can simulate
 // a crash (Crasher), flush durability.
 // CheckFlushDurability and CrashUnderLoad are also callable on their own:
 // they return what was lost instead of failing, so a test can prove they
@@ -62,6 +62,7 @@ func Run(t *testing.T, newDev Factory) {
 		{"FlushDurability", testFlushDurability},
 		{"Close", testClose},
 		{"PipeWriter", testPipeWriter},
+		{"Viewer", testViewer},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newDev) })
@@ -545,4 +546,70 @@ func pipeWrite(ctx context.Context, pw device.PipeWriter, p []byte, off int64) e
 		return err
 	}
 	return pw.WriteFromPipe(ctx, pp, off, len(p))
+}
+
+// testViewer checks device.Viewer where the device has it: a view holds
+// what ReadAt reads, ranges outside the device are refused, and a view
+// stays valid until done, across Resize and Close. A view may be refused
+// (ok false) whenever the device chooses; if it refuses every one, there
+// is nothing more to check here (the implementation's own tests say when
+// it must lend).
+func testViewer(t *testing.T, newDev Factory) {
+	const size = 4 * mib
+	d := newDev(t, size)
+	v, ok := d.(device.Viewer)
+	if !ok {
+		t.Skip("not a device.Viewer")
+	}
+	model := pattern(70, size)
+	mustWrite(t, d, model, 0)
+	mustRead(t, d, 0, size)
+	for _, r := range []struct{ off, n int64 }{{-1, 10}, {0, 0}, {size - 512, 1024}, {size, 1}, {1 << 62, 1}} {
+		if b, done, ok := v.View(r.off, int(r.n)); ok {
+			done()
+			t.Errorf("View(%d, %d) lent %d bytes of a %d-byte device", r.off, r.n, len(b), size)
+		}
+	}
+	lent := 0
+	for _, r := range []struct{ off, n int64 }{{0, size}, {4096, mib}, {777, 12345}, {size - 1, 1}} {
+		b, done, ok := v.View(r.off, int(r.n))
+		if !ok {
+			continue
+		}
+		lent++
+		if !bytes.Equal(b, model[r.off:r.off+r.n]) {
+			t.Errorf("View(%d, %d) differs from what was written", r.off, r.n)
+		}
+		done()
+	}
+	if lent == 0 {
+		t.Skip("the device lent no view")
+	}
+	// A view outlives a resize and a close until done.
+	b, done, ok := v.View(mib, mib)
+	if !ok {
+		t.Fatal("View of data just read refused, after others were lent")
+	}
+	if err := d.Resize(context.Background(), 2*size); err != nil {
+		t.Fatalf("grow: %v", err)
+	}
+	grown := pattern(71, mib)
+	mustWrite(t, d, grown, size+mib)
+	mustRead(t, d, size+mib, mib)
+	if b2, done2, ok := v.View(size+mib, mib); ok {
+		if !bytes.Equal(b2, grown) {
+			t.Error("a view past the old end differs from what was written there")
+		}
+		done2()
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if !bytes.Equal(b, model[mib:2*mib]) {
+		t.Error("a view taken before Resize and Close changed")
+	}
+	done()
+	if _, _, ok := v.View(0, 4096); ok {
+		t.Error("View after Close lent bytes")
+	}
 }
