@@ -48,6 +48,10 @@ type Device struct {
 	// readOnly: opened with OpenReadOnly (a snapshot); every write fails
 	// with ErrReadOnly.
 	readOnly bool
+	// The file's mapping for View (view.go), made on the first; noMap:
+	// mmap failed, not tried again until the size changes. Both under mu.
+	mapping *mapping
+	noMap   bool
 }
 
 var (
@@ -486,6 +490,7 @@ func (d *Device) Resize(ctx context.Context, size int64) error {
 		return fmt.Errorf("local resize to %d: %w", size, err)
 	}
 	d.size = size
+	d.unmap()
 	return nil
 }
 
@@ -497,6 +502,7 @@ func (d *Device) Close() error {
 		return nil
 	}
 	d.closed = true
+	d.unmap()
 	return d.f.Close()
 }
 
