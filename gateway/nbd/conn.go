@@ -62,6 +62,10 @@ type conn struct {
 	// and from there into the device (splice(2)): a plain socket and a
 	// device.PipeWriter.
 	pw device.PipeWriter
+	// Set when large reads may be answered from a view of the device's
+	// memory (sendView): a plain socket, whose sends only the kernel
+	// copies from, and a device.Viewer.
+	viewer device.Viewer
 	// raw is the socket under rw (TCP or Unix, plain or under TLS): to
 	// ask how many bytes wait in it (waiting) and to splice from; nil if
 	// nc has none.
@@ -200,6 +204,9 @@ func (c *conn) Serve(parent context.Context) {
 			c.inqStep = func(fd uintptr) { c.inq, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }
 			if pw, ok := c.dev.(device.PipeWriter); ok && c.s.cfg.SpliceWrites && c.rw == c.nc {
 				c.pw = pw
+			}
+			if v, ok := c.dev.(device.Viewer); ok && c.rw == c.nc {
+				c.viewer = v
 			}
 		}
 	}
@@ -363,6 +370,14 @@ const (
 	maxBatch = 16
 	// maxBatchedLength is the largest READ or WRITE taken into a batch.
 	maxBatchedLength = 64 << 10
+	// viewedRead is the smallest READ answered from a view of the
+	// device when it lends one (sendView); at least largeReply, so the
+	// view goes to the kernel, not through the buffered writer. Measured
+	// against the buffer path (fio, page cache warm, alternating runs):
+	// 1M QD8 reads +20 %, 256 KiB QD16 +18 %, 128 KiB QD16 +11–16 %, but
+	// 64 KiB QD32 2–7 % slower (the mincore(2) call costs more than the
+	// copy it saves).
+	viewedRead = 128 << 10
 	// dispatchedRead is the smallest READ handed to an executor
 	// (conn.dispatch).
 	dispatchedRead = 1 << 20
@@ -616,6 +631,12 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 				c.rdone = true
 				return req, nil, false
 			}
+			if c.viewer != nil && req.length >= viewedRead {
+				// handle takes a buffer only if the device lends no
+				// view.
+				req.view = true
+				return req, nil, true
+			}
 			return req, bufpool.Get(int(req.length)), true
 		default:
 			return req, nil, true
@@ -688,6 +709,8 @@ func (c *conn) handle(req request, buf []byte) {
 	defer func() {
 		if buf != nil {
 			bufpool.Put(buf)
+		}
+		if buf != nil || req.view {
 			c.sem.Release(int64(req.length))
 		}
 		if req.pipe != nil {
@@ -702,6 +725,13 @@ func (c *conn) handle(req request, buf []byte) {
 			}
 		}
 	}()
+	if req.view {
+		if c.sendView(req) {
+			replied = true
+			return
+		}
+		buf = bufpool.Get(int(req.length))
+	}
 	errno, msg := c.execute(req, buf)
 	replied = true
 	if errno != 0 {
@@ -710,18 +740,51 @@ func (c *conn) handle(req request, buf []byte) {
 	}
 	switch req.typ {
 	case cmdRead:
-		c.s.m.readB.Add(float64(len(buf)))
-		c.readBytes.Add(int64(len(buf)))
-		if c.structured {
-			c.replyData(req, buf)
-		} else {
-			c.reply(req, 0, buf)
-		}
+		c.replyRead(req, buf)
 	case cmdBlockStatus:
 		// execute already sent the reply.
 	default:
 		c.reply(req, 0, nil)
 	}
+}
+
+// replyRead sends a READ's data.
+func (c *conn) replyRead(req request, data []byte) {
+	c.s.m.readB.Add(float64(len(data)))
+	c.readBytes.Add(int64(len(data)))
+	if c.structured {
+		c.replyData(req, data)
+	} else {
+		c.reply(req, 0, data)
+	}
+}
+
+// sendView answers a READ from a view of the device's memory
+// (device.Viewer): the kernel copies the page cache straight into the
+// socket, where a buffer costs a copy more. It reports false, having sent
+// nothing, when the request is not a valid read (execute then answers
+// with the error) or the device lends no view (the data is not all in
+// memory): the read then goes through a buffer.
+//
+// Only the kernel touches a view's bytes (the reply is large, so send
+// hands them to write(2) without copying them into the buffered writer).
+// A page evicted meanwhile and unreadable fails that write with EFAULT,
+// and the connection closes as on any failed reply write: the client sees
+// the connection end, never wrong data.
+func (c *conn) sendView(req request) bool {
+	if req.flags&^allowedFlags[cmdRead] != 0 || req.offset > 1<<62 {
+		return false
+	}
+	b, done, ok := c.viewer.View(int64(req.offset), int(req.length))
+	if !ok {
+		return false
+	}
+	if req.dispatched {
+		c.slowReads.Store(false) // in memory: no disk wait
+	}
+	c.replyRead(req, b)
+	done()
+	return true
 }
 
 // allowedFlags lists the command flags each command accepts; others are

@@ -145,6 +145,10 @@ type request struct {
 	// dispatched is not on the wire: a READ an executor runs
 	// (conn.dispatch).
 	dispatched bool
+	// view is not on the wire: a READ that next left without a buffer,
+	// to be answered from a view of the device if it lends one
+	// (conn.sendView).
+	view bool
 }
 
 var errBadMagic = errors.New("bad request magic")
