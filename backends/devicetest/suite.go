@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"sync"
 	"testing"
 
@@ -496,16 +497,24 @@ func testClose(t *testing.T, newDev Factory) {
 	}
 }
 
+// newWith returns a new device with the capability T, or skips the test
+// if the device does not have it.
+func newWith[T any](t *testing.T, newDev Factory, size int64) (device.Device, T) {
+	t.Helper()
+	d := newDev(t, size)
+	c, ok := d.(T)
+	if !ok {
+		t.Skipf("not a %v", reflect.TypeFor[T]())
+	}
+	return d, c
+}
+
 // testPipeWriter checks device.PipeWriter where the device has it: writes
 // taken from a pipe land as WriteAt's do, and an out-of-range one changes
 // nothing.
 func testPipeWriter(t *testing.T, newDev Factory) {
 	const size = 4 * mib
-	d := newDev(t, size)
-	pw, ok := d.(device.PipeWriter)
-	if !ok {
-		t.Skip("not a device.PipeWriter")
-	}
+	d, pw := newWith[device.PipeWriter](t, newDev, size)
 	ctx := context.Background()
 	model := make([]byte, size)
 	r := rand.New(rand.NewPCG(5, 6))
@@ -556,11 +565,7 @@ func pipeWrite(ctx context.Context, pw device.PipeWriter, p []byte, off int64) e
 // it must lend).
 func testViewer(t *testing.T, newDev Factory) {
 	const size = 4 * mib
-	d := newDev(t, size)
-	v, ok := d.(device.Viewer)
-	if !ok {
-		t.Skip("not a device.Viewer")
-	}
+	d, v := newWith[device.Viewer](t, newDev, size)
 	model := pattern(70, size)
 	mustWrite(t, d, model, 0)
 	mustRead(t, d, 0, size)
