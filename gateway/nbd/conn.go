@@ -368,8 +368,15 @@ type work struct {
 const (
 	// maxBatch bounds the requests one worker takes from the buffer.
 	maxBatch = 16
-	// maxBatchedLength is the largest READ or WRITE taken into a batch.
-	maxBatchedLength = 64 << 10
+	// smallBelow: a READ or WRITE shorter than this, with no flags, is
+	// small (taken into batches). 64 KiB ones were too until they
+	// measured faster passing the turn on like larger ones (fio 64 KiB
+	// QD32 random reads +10–17 %, writes +3–22 %, alternating runs).
+	smallBelow = 64 << 10
+	// largeWrite: a WRITE of more than this is large: it passes the turn
+	// on when more waits in the socket, the next header is read alone,
+	// and its payload may be spliced.
+	largeWrite = 64 << 10
 	// viewedRead is the smallest READ answered from a view of the
 	// device when it lends one (sendView); at least largeReply, so the
 	// view goes to the kernel, not through the buffered writer. Measured
@@ -413,11 +420,10 @@ func (c *conn) waiting() bool {
 	return c.inq > 0
 }
 
-// small reports whether req is a READ or WRITE of at most
-// maxBatchedLength bytes with no flags: a few microseconds of work once its
-// payload is in.
+// small reports whether req is a READ or WRITE shorter than smallBelow
+// with no flags: a few microseconds of work once its payload is in.
 func small(req request) bool {
-	return req.flags == 0 && req.length <= maxBatchedLength && (req.typ == cmdRead || req.typ == cmdWrite)
+	return req.flags == 0 && req.length < smallBelow && (req.typ == cmdRead || req.typ == cmdWrite)
 }
 
 // runBatch executes a batch in order and flushes the replies once. If the
@@ -527,7 +533,7 @@ func (c *conn) worker() {
 			continue
 		}
 		batch = append(batch[:0], work{req, buf})
-		if c.br.Buffered() > 0 || (req.typ == cmdWrite && req.length > maxBatchedLength && c.waiting()) {
+		if c.br.Buffered() > 0 || (req.typ == cmdWrite && req.length > largeWrite && c.waiting()) {
 			if !small(req) {
 				// A large or slow request with more queued behind
 				// it: pass the turn on first, so the next ones are
@@ -613,7 +619,7 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 				c.rdone = true
 				return req, nil, false
 			}
-			if req.length > maxBatchedLength {
+			if req.length > largeWrite {
 				// The next request is likely as large: read its
 				// header alone, so that its payload goes straight
 				// into its buffer or pipe, not partly through br (one
@@ -650,7 +656,7 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 // device takes its writes from one and the payload fits (readIntoPipe),
 // otherwise into a buffer.
 func (c *conn) readPayload(n int) (*splicepipe.Pipe, []byte, error) {
-	if c.pw != nil && n > maxBatchedLength && n <= splicepipe.Capacity {
+	if c.pw != nil && n > largeWrite && n <= splicepipe.Capacity {
 		p, buf, err := c.readIntoPipe(n)
 		if !errors.Is(err, splicepipe.ErrNoPipe) {
 			return p, buf, err
