@@ -778,7 +778,7 @@ func (c *conn) replyRead(req request, data []byte) {
 // and the connection closes as on any failed reply write: the client sees
 // the connection end, never wrong data.
 func (c *conn) sendView(req request) bool {
-	if req.flags&^allowedFlags[cmdRead] != 0 || req.offset > 1<<62 {
+	if errno, _ := c.validate(req); errno != 0 {
 		return false
 	}
 	b, done, ok := c.viewer.View(int64(req.offset), int(req.length))
@@ -808,20 +808,12 @@ var allowedFlags = [numCommands]uint16{
 // execute performs req and returns an NBD errno (0 for success) with a
 // message for structured error replies. For BLOCK_STATUS it sends the reply.
 func (c *conn) execute(req request, buf []byte) (uint32, string) {
-	if int(req.typ) >= numCommands || req.typ == cmdDisc {
-		return errInval, fmt.Sprintf("unknown command %d", req.typ)
-	}
-	if req.flags&^allowedFlags[req.typ] != 0 {
-		return errInval, fmt.Sprintf("flags %#x not valid for %s", req.flags, commandName(req.typ))
+	if errno, msg := c.validate(req); errno != 0 {
+		return errno, msg
 	}
 	ctx := c.ctx
 	dev := c.dev
 	off, n := int64(req.offset), int64(req.length)
-	if req.typ != cmdFlush {
-		if req.offset > 1<<62 || device.CheckRange(dev.Size(), off, n) != nil {
-			return errInval, fmt.Sprintf("range %d+%d beyond the export's end", req.offset, req.length)
-		}
-	}
 	var err error
 	switch req.typ {
 	case cmdRead:
@@ -874,6 +866,23 @@ func (c *conn) execute(req request, buf []byte) (uint32, string) {
 			c.log.Warn("I/O error", "command", commandName(req.typ), "offset", off, "length", n, "err", err)
 		}
 		return errno, err.Error()
+	}
+	return 0, ""
+}
+
+// validate checks req's command, flags and range, and returns the NBD
+// errno (0 for a valid request) with a message for a refused one.
+func (c *conn) validate(req request) (uint32, string) {
+	if int(req.typ) >= numCommands || req.typ == cmdDisc {
+		return errInval, fmt.Sprintf("unknown command %d", req.typ)
+	}
+	if req.flags&^allowedFlags[req.typ] != 0 {
+		return errInval, fmt.Sprintf("flags %#x not valid for %s", req.flags, commandName(req.typ))
+	}
+	if req.typ != cmdFlush {
+		if req.offset > 1<<62 || device.CheckRange(c.dev.Size(), int64(req.offset), int64(req.length)) != nil {
+			return errInval, fmt.Sprintf("range %d+%d beyond the export's end", req.offset, req.length)
+		}
 	}
 	return 0, ""
 }
