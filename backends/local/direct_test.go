@@ -37,8 +37,8 @@ func resident(t *testing.T, path string, off, n int64) int {
 	}
 	defer unix.Munmap(m)
 	vec := make([]byte, (n+4095)/4096)
-	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
-		t.Fatal(errno)
+	if err := mincore(m, vec); err != nil {
+		t.Fatal(err)
 	}
 	c := 0
 	for _, v := range vec {

@@ -107,8 +107,7 @@ func inCache(b []byte, off int64, n int) bool {
 	for start < end {
 		l := min(end-start, residentChunk*page)
 		pages := int((l + page - 1) / page)
-		_, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[start])), uintptr(l), uintptr(unsafe.Pointer(&vec[0])))
-		if e != 0 {
+		if mincore(b[start:start+l], vec[:pages]) != nil {
 			return false
 		}
 		for _, v := range vec[:pages] {
@@ -119,4 +118,14 @@ func inCache(b []byte, off int64, n int) bool {
 		start += l
 	}
 	return true
+}
+
+// mincore(2): vec[i]&1 says whether the page under b's i-th page is in the
+// page cache. b starts on a page boundary; vec has a byte per page.
+func mincore(b, vec []byte) error {
+	_, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0])))
+	if e != 0 {
+		return e
+	}
+	return nil
 }
