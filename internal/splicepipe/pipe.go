@@ -3,7 +3,8 @@
 // without the data passing through the process's memory: one copy, pipe
 // pages into the page cache, where reading into a buffer and writing it
 // out costs two. On loopback and on most NICs the socket's pages go into
-// the pipe by reference.
+// the pipe by reference. Filler does the same into any pipe (the Docker
+// plugin's FUSE helper fills go-fuse's pipes with NBD read replies).
 //
 // Pipes are pooled, and at most MaxPipes exist at once: the kernel charges
 // each pipe's capacity to its user (fs.pipe-user-pages-soft), and a user
@@ -44,12 +45,7 @@ type Pipe struct {
 	r, w int
 	n    int // bytes held
 	size int // as asked of F_SETPIPE_SZ
-
-	// FillFrom's state for spliceIn.
-	fill  func(uintptr) bool
-	want  int
-	moved int
-	err   error
+	fill Filler
 }
 
 var (
@@ -155,9 +151,28 @@ func (p *Pipe) Took(n int) { p.n -= n }
 // socket) and returns how many it took: all of them, or fewer with
 // ErrFull.
 func (p *Pipe) Write(b []byte) (int, error) {
+	n, err := Write(p.w, b)
+	p.n += n
+	return n, err
+}
+
+// FillFrom moves n bytes from the socket behind sock into p, waiting for
+// them in the runtime's poller (so the socket's deadlines and Close end
+// the wait). It returns io.ErrUnexpectedEOF if the socket ends first, and
+// ErrFull if p runs out of slots; p then holds what was moved.
+func (p *Pipe) FillFrom(sock syscall.RawConn, n int) error {
+	p.fill.Pipe = p.w
+	m, err := p.fill.FillFrom(sock, n)
+	p.n += m
+	return err
+}
+
+// Write copies b into the pipe whose (non-blocking) write end is w and
+// returns how many bytes it took: all of them, or fewer with ErrFull.
+func Write(w int, b []byte) (int, error) {
 	done := 0
 	for done < len(b) {
-		n, err := unix.Write(p.w, b[done:])
+		n, err := unix.Write(w, b[done:])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -166,47 +181,61 @@ func (p *Pipe) Write(b []byte) (int, error) {
 		case err != nil:
 			return done, fmt.Errorf("pipe write: %w", err)
 		}
-		p.n += n
 		done += n
 	}
 	return done, nil
 }
 
-// FillFrom moves n bytes from the socket behind sock into p, waiting for
-// them in the runtime's poller (so the socket's deadlines and Close end
-// the wait). It returns io.ErrUnexpectedEOF if the socket ends first, and
-// ErrFull if p runs out of slots; p then holds what was moved.
-func (p *Pipe) FillFrom(sock syscall.RawConn, n int) error {
-	if p.fill == nil {
-		p.fill = p.spliceIn // one closure per pipe, not one per call
+// Filler moves bytes from a socket into a pipe with splice(2). Pipe is the
+// pipe's write end, which must be non-blocking. A Filler is reused from
+// call to call (it holds the one closure the socket's RawConn needs) and
+// is not safe for concurrent use.
+type Filler struct {
+	Pipe int
+
+	step  func(uintptr) bool
+	want  int
+	moved int
+	err   error
+}
+
+// FillFrom moves n bytes from the socket behind sock into f.Pipe, waiting
+// for them in the runtime's poller (so the socket's deadlines and Close
+// end the wait), and returns how many it moved. The error is
+// io.ErrUnexpectedEOF if the socket ends first, and ErrFull if the pipe
+// runs out of slots (a pipe holds as many pieces of received packets as
+// it has pages, however small the pieces).
+func (f *Filler) FillFrom(sock syscall.RawConn, n int) (int, error) {
+	if f.step == nil {
+		f.step = f.spliceIn // one closure per Filler, not one per call
 	}
-	for n > 0 {
-		p.want = n
-		err := sock.Read(p.fill)
+	total := 0
+	for total < n {
+		f.want = n - total
+		err := sock.Read(f.step)
 		if err == nil {
-			err = p.err
+			err = f.err
 		}
 		if err != nil {
 			if errors.Is(err, ErrFull) {
-				return err
+				return total, err
 			}
-			return fmt.Errorf("splice from socket: %w", err)
+			return total, fmt.Errorf("splice from socket: %w", err)
 		}
-		if p.moved == 0 {
-			return io.ErrUnexpectedEOF
+		if f.moved == 0 {
+			return total, io.ErrUnexpectedEOF
 		}
-		p.n += p.moved
-		n -= p.moved
+		total += f.moved
 	}
-	return nil
+	return total, nil
 }
 
 // spliceIn is FillFrom's step on the socket's descriptor: false to wait
 // until it is readable.
-func (p *Pipe) spliceIn(fd uintptr) bool {
+func (f *Filler) spliceIn(fd uintptr) bool {
 	queued := false // bytes were queued on the socket before this splice
 	for {
-		m, err := unix.Splice(int(fd), nil, p.w, nil, p.want, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		m, err := unix.Splice(int(fd), nil, f.Pipe, nil, f.want, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -216,7 +245,7 @@ func (p *Pipe) spliceIn(fd uintptr) bool {
 			// try once more: failing with bytes queued before it
 			// started, the pipe is full.
 			if queued {
-				p.moved, p.err = 0, ErrFull
+				f.moved, f.err = 0, ErrFull
 				return true
 			}
 			if q, _ := unix.IoctlGetInt(int(fd), unix.SIOCINQ); q > 0 {
@@ -225,7 +254,7 @@ func (p *Pipe) spliceIn(fd uintptr) bool {
 			}
 			return false
 		}
-		p.moved, p.err = int(m), err
+		f.moved, f.err = int(m), err
 		return true
 	}
 }
