@@ -163,20 +163,9 @@ func ServeFUSE(ctx context.Context, cfg FUSEConfig) error {
 		syscall.Unmount(cfg.Dir, syscall.MNT_DETACH)
 	}
 	file := &diskNode{c: nc, ro: cfg.ReadOnly, log: log}
-	rootNode := &diskRoot{file: file}
-	srv, err := fs.Mount(cfg.Dir, rootNode, &fs.Options{
-		MountOptions: fuse.MountOptions{
-			FsName:            "ferry:" + cfg.NBDURL,
-			Name:              "ferry",
-			DirectMount:       true,
-			MaxWrite:          1 << 20,
-			MaxBackground:     64,
-			DisableXAttrs:     true,
-			ExtraCapabilities: fuse.CAP_ASYNC_DIO,
-		},
-	})
+	srv, err := mountDisk(cfg.Dir, file, "ferry:"+cfg.NBDURL, log)
 	if err != nil {
-		return fmt.Errorf("mount FUSE on %s: %w", cfg.Dir, err)
+		return err
 	}
 	log.Info("serving volume file", "file", filepath.Join(cfg.Dir, DiskFile), "nbd", cfg.NBDURL, "size", nc.Size())
 	if cfg.Ready != nil {
@@ -206,6 +195,31 @@ func ServeFUSE(ctx context.Context, cfg FUSEConfig) error {
 		return fmt.Errorf("final flush: %w", err)
 	}
 	return nil
+}
+
+// maxFUSERead is the largest read or write the kernel sends the FUSE
+// file system.
+const maxFUSERead = 1 << 20
+
+// mountDisk mounts a file system holding file as DiskFile on dir.
+// go-fuse's messages (failures it recovers from) go to log as warnings.
+func mountDisk(dir string, file *diskNode, fsName string, log *slog.Logger) (*fuse.Server, error) {
+	srv, err := fs.Mount(dir, &diskRoot{file: file}, &fs.Options{
+		MountOptions: fuse.MountOptions{
+			Logger:            slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			FsName:            fsName,
+			Name:              "ferry",
+			DirectMount:       true,
+			MaxWrite:          maxFUSERead,
+			MaxBackground:     64,
+			DisableXAttrs:     true,
+			ExtraCapabilities: fuse.CAP_ASYNC_DIO,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount FUSE on %s: %w", dir, err)
+	}
+	return srv, nil
 }
 
 // diskRoot is the FUSE root directory: one file, DiskFile.
@@ -280,8 +294,16 @@ func (n *diskNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 	if err := n.c.ReadAt(context.WithoutCancel(ctx), dest, off); err != nil {
 		return nil, n.errno("read", off, len(dest), err)
 	}
-	return fuse.ReadResultData(dest), 0
+	return bufferResult(dest), 0
 }
+
+// bufferResult is a read's reply from its buffer. go-fuse writes a result
+// that lists its slices with writev(2); any other result not from a file
+// or a pipe it first tries to splice (a pipe taken, the header written
+// into it, the attempt given up and the pipe emptied: three system calls
+// or more, for nothing), and it logs a failure for each one larger than a
+// pipe may be (1 MiB reads where fs.pipe-max-size is 1 MiB).
+func bufferResult(b []byte) fuse.ReadResult { return fuse.ReadResultVector([][]byte{b}) }
 
 func (n *diskNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	if n.ro {
