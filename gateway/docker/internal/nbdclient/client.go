@@ -20,6 +20,9 @@
 //     acknowledged writes are held by the client's own kernel cannot lose
 //     them without the client (Config.NoReplay): then nothing is kept.
 //
+// ReadToPipe reads into a pipe instead of a buffer: the reply's data is
+// spliced from the socket, for the FUSE helper to splice on to /dev/fuse.
+//
 // Lock order: Client.mu and Client.wmu are never held together.
 package nbdclient
 
@@ -37,10 +40,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ferry-io/ferry/internal/bufpool"
 	"github.com/ferry-io/ferry/internal/sendmore"
+	"github.com/ferry-io/ferry/internal/splicepipe"
 )
 
 const (
@@ -125,8 +132,16 @@ type request struct {
 	length uint32
 	data   []byte // write payload (the caller's until acknowledged, then the client's copy), or read buffer
 	done   chan error
-	seq    uint64 // order among acknowledged writes (replay list)
-	pooled bool   // data came from the buffer pool (internal/bufpool)
+	seq    uint64    // order among acknowledged writes (replay list)
+	pooled bool      // data came from the buffer pool (internal/bufpool)
+	pipe   *pipeDest // where a read's data goes instead of data (ReadToPipe)
+}
+
+// pipeDest is a pipe a read's data is spliced into (ReadToPipe).
+type pipeDest struct {
+	w, r    int  // the pipe's ends: w to fill, r to take the data back out
+	moved   int  // bytes of the reply in the pipe
+	spilled bool // the pipe ran out of slots: the data goes to request.data
 }
 
 // Client is one NBD export, safe for concurrent use.
@@ -402,6 +417,28 @@ func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
+// ReadToPipe reads len(p) bytes at off into a pipe, so that they can be
+// spliced on (to /dev/fuse) without passing through the process's memory:
+// the socket's pages move into the pipe by reference. w and r are the
+// pipe's write and read ends, non-blocking; it must be empty and have room
+// for len(p) bytes. inPipe reports where the data is: in the pipe, or in
+// p when the pipe ran out of slots (it holds one piece of a received
+// packet per page, however small the piece; it is then empty), when the
+// connection cannot splice, when ctx can be cancelled (an abandoned
+// request would fill the pipe after ReadToPipe returned) or when p is
+// larger than one request. After an error the pipe may hold part of the
+// data and must be discarded.
+func (c *Client) ReadToPipe(ctx context.Context, w, r int, p []byte, off int64) (inPipe bool, err error) {
+	if ctx.Done() != nil || len(p) > MaxRequest {
+		return false, c.ReadAt(ctx, p, off)
+	}
+	pd := &pipeDest{w: w, r: r}
+	if err := c.doRequest(ctx, &request{cmd: cmdRead, off: uint64(off), length: uint32(len(p)), data: p, pipe: pd, done: make(chan error, 1)}); err != nil {
+		return false, err
+	}
+	return !pd.spilled, nil
+}
+
 // WriteAt writes p at off.
 //
 // The client keeps a copy of each acknowledged write for replay (see
@@ -503,7 +540,12 @@ func (c *Client) ranged(ctx context.Context, cmd uint16, off, length int64) erro
 // its reply. ctx bounds the wait; an abandoned request still completes on
 // the wire (its buffers are the client's own).
 func (c *Client) do(ctx context.Context, cmd uint16, off uint64, length uint32, data []byte, pooled bool) error {
-	r := &request{cmd: cmd, off: off, length: length, data: data, pooled: pooled, done: make(chan error, 1)}
+	return c.doRequest(ctx, &request{cmd: cmd, off: off, length: length, data: data, pooled: pooled, done: make(chan error, 1)})
+}
+
+// doRequest is do for a request already made.
+func (c *Client) doRequest(ctx context.Context, r *request) error {
+	cmd := r.cmd
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -706,6 +748,11 @@ func (c *Client) readLoop(cn *conn) {
 func (c *Client) readReplies(conn net.Conn) error {
 	br := bufio.NewReaderSize(conn, 64<<10)
 	var h [16]byte
+	var raw syscall.RawConn // nil: data for pipes is copied, not spliced
+	if sc, ok := conn.(syscall.Conn); ok {
+		raw, _ = sc.SyscallConn()
+	}
+	var fill splicepipe.Filler
 	for {
 		if _, err := io.ReadFull(br, h[:]); err != nil {
 			return err
@@ -727,7 +774,13 @@ func (c *Client) readReplies(conn net.Conn) error {
 			return fmt.Errorf("reply for unknown handle %d", handle)
 		}
 		if r.cmd == cmdRead && errno == 0 {
-			if _, err := io.ReadFull(br, r.data); err != nil {
+			var err error
+			if r.pipe != nil && !r.pipe.spilled {
+				err = readToPipe(br, raw, &fill, r)
+			} else {
+				_, err = io.ReadFull(br, r.data)
+			}
+			if err != nil {
 				c.mu.Lock()
 				if c.closed {
 					r.done <- ErrClosed
@@ -744,6 +797,70 @@ func (c *Client) readReplies(conn net.Conn) error {
 			r.done <- nil
 		}
 	}
+}
+
+// readToPipe moves a read reply's data into r.pipe: what br holds of it
+// by write(2), the rest spliced from the socket (raw). Bytes a reply on a
+// lost connection already moved are skipped. Should the pipe run out of
+// slots (or the connection have no descriptor), it spills: what the pipe
+// holds is read back into r.data and the rest follows it there.
+func readToPipe(br *bufio.Reader, raw syscall.RawConn, fill *splicepipe.Filler, r *request) error {
+	p := r.pipe
+	left := int(r.length) - p.moved
+	if p.moved > 0 { // resent after a lost connection had moved these
+		if _, err := br.Discard(p.moved); err != nil {
+			return err
+		}
+	}
+	var err error
+	if k := min(br.Buffered(), left); k > 0 {
+		b, _ := br.Peek(k)
+		var m int
+		m, err = splicepipe.Write(p.w, b)
+		br.Discard(m)
+		p.moved += m
+		left -= m
+	}
+	if err == nil && left > 0 && raw != nil {
+		fill.Pipe = p.w
+		var m int
+		m, err = fill.FillFrom(raw, left)
+		p.moved += m
+		left -= m
+	}
+	switch {
+	case left == 0 && err == nil:
+		return nil
+	case err != nil && !errors.Is(err, splicepipe.ErrFull):
+		return err
+	}
+	// Spill: from here on the request's data goes to r.data, also when
+	// it is resent after a lost connection.
+	p.spilled = true
+	if _, err := readFull(p.r, r.data[:p.moved]); err != nil {
+		return fmt.Errorf("take a read back out of its pipe: %w", err)
+	}
+	_, err = io.ReadFull(br, r.data[p.moved:])
+	return err
+}
+
+// readFull reads len(b) bytes from the non-blocking descriptor fd, which
+// holds at least that many.
+func readFull(fd int, b []byte) (int, error) {
+	done := 0
+	for done < len(b) {
+		n, err := unix.Read(fd, b[done:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return done, err
+		case n == 0:
+			return done, io.ErrUnexpectedEOF
+		}
+		done += n
+	}
+	return done, nil
 }
 
 func cmdName(cmd uint16) string {
