@@ -11,11 +11,13 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/hanwen/go-fuse/v2/splice"
 
 	"github.com/ferry-io/ferry/gateway/api/client"
 	"github.com/ferry-io/ferry/gateway/api/wire"
@@ -168,6 +170,9 @@ func ServeFUSE(ctx context.Context, cfg FUSEConfig) error {
 		return err
 	}
 	log.Info("serving volume file", "file", filepath.Join(cfg.Dir, DiskFile), "nbd", cfg.NBDURL, "size", nc.Size())
+	if limit := splice.MaxPipeSize(); limit < maxFUSERead+pipeSlack {
+		log.Info("reads of 1 MiB are copied, not spliced: fs.pipe-max-size is too small (appliance/sysctl.d/60-ferry-docker-plugin.conf sets 2 MiB)", "fs.pipe-max-size", limit)
+	}
 	if cfg.Ready != nil {
 		fmt.Fprintln(cfg.Ready, "ready")
 		cfg.Ready.Close()
@@ -242,6 +247,8 @@ type diskNode struct {
 	c   *nbdclient.Client
 	ro  bool
 	log *slog.Logger
+
+	piped atomic.Int64 // reads sent through a pipe (readPiped)
 }
 
 var (
@@ -291,6 +298,11 @@ func (n *diskNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 	if off+int64(len(dest)) > size {
 		dest = dest[:size-off]
 	}
+	if len(dest) >= pipedRead && len(dest)+pipeSlack <= splice.MaxPipeSize() && splice.Resizable() {
+		if res, ok, errno := n.readPiped(ctx, dest, off); ok {
+			return res, errno
+		}
+	}
 	if err := n.c.ReadAt(context.WithoutCancel(ctx), dest, off); err != nil {
 		return nil, n.errno("read", off, len(dest), err)
 	}
@@ -304,6 +316,43 @@ func (n *diskNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 // or more, for nothing), and it logs a failure for each one larger than a
 // pipe may be (1 MiB reads where fs.pipe-max-size is 1 MiB).
 func bufferResult(b []byte) fuse.ReadResult { return fuse.ReadResultVector([][]byte{b}) }
+
+// pipedRead is the smallest read whose data goes from the socket to
+// /dev/fuse through a pipe (readPiped); smaller ones are copied, a pipe
+// costing more system calls than their copy does.
+const pipedRead = 128 << 10
+
+// pipeSlack is the room go-fuse's own pipe needs beyond a read's data:
+// the reply's header, and a page it keeps free. go-fuse sends through a
+// pipe only up to the system's fs.pipe-max-size, so with its default of
+// 1 MiB, reads of 1 MiB are copied (docs/DOCKER.md, "Attach methods").
+const pipeSlack = 16 + 4096
+
+// readPiped reads into a pipe that go-fuse splices into /dev/fuse: the
+// socket's pages go into the pipe by reference and are copied once, into
+// the reader's pages, where reading into dest and writing that out copies
+// twice. ok is false when no pipe could be had (nothing was read).
+func (n *diskNode) readPiped(ctx context.Context, dest []byte, off int64) (res fuse.ReadResult, ok bool, errno syscall.Errno) {
+	pair, err := splice.Get()
+	if err != nil {
+		return nil, false, 0
+	}
+	if err := pair.Grow(len(dest)); err != nil {
+		splice.Drop(pair)
+		return nil, false, 0
+	}
+	inPipe, err := n.c.ReadToPipe(context.WithoutCancel(ctx), int(pair.WriteFd()), int(pair.ReadFd()), dest, off)
+	switch {
+	case err != nil:
+		splice.Drop(pair) // it may hold part of the data
+		return nil, true, n.errno("read", off, len(dest), err)
+	case !inPipe:
+		splice.Done(pair)
+		return bufferResult(dest), true, 0
+	}
+	n.piped.Add(1)
+	return fuse.ReadResultPipe(pair, len(dest)), true, 0
+}
 
 func (n *diskNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	if n.ro {

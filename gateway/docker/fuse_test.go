@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/splice"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
@@ -22,7 +23,8 @@ import (
 )
 
 // The volume file reads back what the export holds at every size the
-// kernel sends, direct I/O as the loop device does it.
+// kernel sends, direct I/O as the loop device does it: the large reads
+// through a pipe (readPiped), the small ones through a buffer.
 func TestFUSEReads(t *testing.T) {
 	if os.Geteuid() != 0 {
 		if os.Getenv(testutil.RequireEnv) == "1" {
@@ -78,7 +80,8 @@ func TestFUSEReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Munmap(buf)
-	for i, n := range []int{4 << 10, 64 << 10, 128 << 10, 512 << 10, maxFUSERead} {
+	wantPiped := int64(0)
+	for i, n := range []int{4 << 10, 64 << 10, pipedRead, 512 << 10, maxFUSERead} {
 		off := int64(i+1) * (1 << 20)
 		clear(buf)
 		if got, err := f.ReadAt(buf[:n], off); err != nil || got != n {
@@ -87,7 +90,14 @@ func TestFUSEReads(t *testing.T) {
 		if !bytes.Equal(buf[:n], want[off:off+int64(n)]) {
 			t.Fatalf("read %d at %d: data differs", n, off)
 		}
+		if n >= pipedRead && n+pipeSlack <= splice.MaxPipeSize() {
+			wantPiped++
+		}
+		if got := file.piped.Load(); got != wantPiped {
+			t.Fatalf("after the read of %d: %d reads went through a pipe, want %d (fs.pipe-max-size %d)", n, got, wantPiped, splice.MaxPipeSize())
+		}
 	}
+	t.Logf("%d of 5 reads through a pipe (fs.pipe-max-size %d)", wantPiped, splice.MaxPipeSize())
 	// go-fuse tried no splice of its own (it logs each that fails).
 	if l := logs.String(); l != "" {
 		t.Fatalf("the FUSE server logged:\n%s", l)
