@@ -264,8 +264,15 @@ func (p *Pipe) Read(b []byte) (int, error) {
 	if p.n == 0 {
 		return 0, io.EOF
 	}
+	n, err := read(p.r, b[:min(len(b), p.n)])
+	p.n -= n
+	return n, err
+}
+
+// read is one read(2) from a pipe's read end r that holds data.
+func read(r int, b []byte) (int, error) {
 	for {
-		n, err := unix.Read(p.r, b[:min(len(b), p.n)])
+		n, err := unix.Read(r, b)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -274,9 +281,21 @@ func (p *Pipe) Read(b []byte) (int, error) {
 		case n == 0:
 			return 0, io.ErrUnexpectedEOF
 		}
-		p.n -= n
 		return n, nil
 	}
+}
+
+// ReadFull reads len(b) bytes from the (non-blocking) read end r of a
+// pipe that holds at least that many.
+func ReadFull(r int, b []byte) error {
+	for done := 0; done < len(b); {
+		n, err := read(r, b[done:])
+		if err != nil {
+			return err
+		}
+		done += n
+	}
+	return nil
 }
 
 // Drain reads everything p holds into b, which must have room for Len

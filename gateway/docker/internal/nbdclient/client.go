@@ -43,8 +43,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ferry-io/ferry/internal/bufpool"
 	"github.com/ferry-io/ferry/internal/sendmore"
 	"github.com/ferry-io/ferry/internal/splicepipe"
@@ -837,30 +835,11 @@ func readToPipe(br *bufio.Reader, raw syscall.RawConn, fill *splicepipe.Filler, 
 	// Spill: from here on the request's data goes to r.data, also when
 	// it is resent after a lost connection.
 	p.spilled = true
-	if _, err := readFull(p.r, r.data[:p.moved]); err != nil {
+	if err := splicepipe.ReadFull(p.r, r.data[:p.moved]); err != nil {
 		return fmt.Errorf("take a read back out of its pipe: %w", err)
 	}
 	_, err = io.ReadFull(br, r.data[p.moved:])
 	return err
-}
-
-// readFull reads len(b) bytes from the non-blocking descriptor fd, which
-// holds at least that many.
-func readFull(fd int, b []byte) (int, error) {
-	done := 0
-	for done < len(b) {
-		n, err := unix.Read(fd, b[done:])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return done, err
-		case n == 0:
-			return done, io.ErrUnexpectedEOF
-		}
-		done += n
-	}
-	return done, nil
 }
 
 func cmdName(cmd uint16) string {
