@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,10 +26,7 @@ import (
 // through a pipe (readPiped), the small ones through a buffer.
 func TestFUSEReads(t *testing.T) {
 	if os.Geteuid() != 0 {
-		if os.Getenv(testutil.RequireEnv) == "1" {
-			t.Fatal("mounting FUSE needs root")
-		}
-		t.Skip("mounting FUSE needs root")
+		testutil.Missing(t, "mounting FUSE needs root")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Skipf("no FUSE: %v", err)
@@ -61,7 +57,7 @@ func TestFUSEReads(t *testing.T) {
 	}
 	defer nc.Close()
 	dir := t.TempDir()
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	file := &diskNode{c: nc, log: log}
 	fsrv, err := mountDisk(dir, file, "ferry-test", log)
@@ -102,22 +98,4 @@ func TestFUSEReads(t *testing.T) {
 	if l := logs.String(); l != "" {
 		t.Fatalf("the FUSE server logged:\n%s", l)
 	}
-}
-
-// syncBuffer is a bytes.Buffer for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

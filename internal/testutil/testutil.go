@@ -32,6 +32,17 @@ func RequireTool(t testing.TB, name string) string {
 	return ""
 }
 
+// Missing ends a test that needs what this machine lacks (root, a
+// device): it fails with why when FERRY_TEST_REQUIRE_TOOLS=1 (CI), and is
+// skipped otherwise.
+func Missing(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv(RequireEnv) == "1" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
+
 var (
 	portsMu sync.Mutex
 	ports   = map[int]bool{} // returned by FreePort before

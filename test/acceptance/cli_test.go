@@ -137,7 +137,7 @@ func TestServeConfigFileAndEnv(t *testing.T) {
 	}
 	cmd := exec.Command(ferryBin, "serve", "--config", cfg)
 	cmd.Env = append(os.Environ(), "FERRY_DATA="+g.data)
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -206,10 +206,7 @@ func TestDockerPluginGuest(t *testing.T) {
 		testutil.RequireTool(t, tool)
 	}
 	if os.Geteuid() != 0 || !exists("/dev/loop-control") {
-		if os.Getenv(testutil.RequireEnv) == "1" {
-			t.Fatal("checking the guest's file system needs root and loop devices (mount -o loop)")
-		}
-		t.Skip("checking the guest's file system needs root and loop devices (mount -o loop)")
+		testutil.Missing(t, "checking the guest's file system needs root and loop devices (mount -o loop)")
 	}
 	cycles := guestCycles(t)
 	for _, method := range []string{"nbd", "iscsi"} {

@@ -31,7 +31,7 @@ type dockerEnv struct {
 	sock    string
 	dockerd *exec.Cmd
 	dexited chan struct{}
-	dlogs   *syncBuffer
+	dlogs   *testutil.SyncBuffer
 	image   string
 	g       *gateway
 }
@@ -46,7 +46,7 @@ type pluginProc struct {
 	apiAddr  string
 	extra    []string
 	cmd      *exec.Cmd
-	logs     *syncBuffer
+	logs     *testutil.SyncBuffer
 	exited   chan struct{}
 }
 
@@ -65,10 +65,7 @@ func requireDockerTools(t *testing.T) {
 		why = "no /dev/loop-control"
 	}
 	if why != "" {
-		if os.Getenv(testutil.RequireEnv) == "1" {
-			t.Fatal(why)
-		}
-		t.Skip(why)
+		testutil.Missing(t, why)
 	}
 }
 
@@ -78,7 +75,7 @@ func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 // image.
 func startDocker(t *testing.T, dir string) *dockerEnv {
 	t.Helper()
-	e := &dockerEnv{t: t, dir: dir, sock: filepath.Join(dir, "docker.sock"), dlogs: &syncBuffer{}, dexited: make(chan struct{})}
+	e := &dockerEnv{t: t, dir: dir, sock: filepath.Join(dir, "docker.sock"), dlogs: &testutil.SyncBuffer{}, dexited: make(chan struct{})}
 	e.dockerd = exec.Command("dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false",
 		"--data-root", filepath.Join(dir, "docker"), "--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "docker.pid"), "--host", "unix://"+e.sock)
@@ -186,7 +183,7 @@ func (p *pluginProc) start() {
 	args := []string{"docker-plugin", "--gateway", p.apiAddr, "--socket", p.socket, "--state-dir", p.stateDir, "--host-id", p.hostID, "--attach", "auto"}
 	p.cmd = exec.Command(ferryBin, append(args, p.extra...)...)
 	if p.logs == nil {
-		p.logs = &syncBuffer{}
+		p.logs = &testutil.SyncBuffer{}
 	}
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {

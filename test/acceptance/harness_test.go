@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -72,7 +71,7 @@ func startDefaultGateway(dir string) func() error {
 	}
 	cmd := exec.Command(ferryBin, "serve")
 	cmd.Dir = dir // its ./ferry-data goes there
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		return func() error { return err }
@@ -130,26 +129,9 @@ type gateway struct {
 	env       []string // added to the gateway's environment
 	token     string   // sent by cli and get when set (useToken)
 	cmd       *exec.Cmd
-	logs      *syncBuffer
+	logs      *testutil.SyncBuffer
 	exited    chan struct{}
 	waitErr   error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // newGateway prepares a gateway on fresh loopback ports over data.
@@ -176,7 +158,7 @@ func (g *gateway) start() {
 	args := append([]string{"serve", "--data", g.data, "--nbd-listen", g.nbdAddr, "--api-listen", g.apiAddr, "--iscsi-listen", g.iscsiAddr}, g.extra...)
 	g.cmd = exec.Command(ferryBin, args...)
 	g.cmd.Env = append(os.Environ(), g.env...)
-	g.logs = &syncBuffer{}
+	g.logs = &testutil.SyncBuffer{}
 	g.cmd.Stdout, g.cmd.Stderr = g.logs, g.logs
 	if err := g.cmd.Start(); err != nil {
 		g.t.Fatal(err)
@@ -195,7 +177,7 @@ func (g *gateway) start() {
 
 // waitHealthy waits until url answers 200, failing the test when the
 // process (exited closes when it ends) dies first or within does not do.
-func waitHealthy(t *testing.T, what string, hc *http.Client, url string, within time.Duration, exited <-chan struct{}, logs *syncBuffer) {
+func waitHealthy(t *testing.T, what string, hc *http.Client, url string, within time.Duration, exited <-chan struct{}, logs *testutil.SyncBuffer) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {

@@ -74,7 +74,7 @@ type kvmd struct {
 	hostID string
 	gw     *gateway
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *testutil.SyncBuffer
 	exited chan struct{}
 	extra  []string
 	// env is added to the CLI's environment (FERRY_KVM_TOKEN_FILE=...).
@@ -106,7 +106,7 @@ func startKVMD(t *testing.T, gw *gateway, hostID string, extra ...string) *kvmd 
 func newKVMD(t *testing.T, gw *gateway, hostID string, extra ...string) *kvmd {
 	t.Helper()
 	bin, _ := requireKVM(t)
-	d := &kvmd{t: t, bin: bin, gw: gw, hostID: hostID, state: t.TempDir(), addr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)), logs: &syncBuffer{}, extra: extra}
+	d := &kvmd{t: t, bin: bin, gw: gw, hostID: hostID, state: t.TempDir(), addr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)), logs: &testutil.SyncBuffer{}, extra: extra}
 	t.Cleanup(func() {
 		if d.cmd != nil {
 			select {
@@ -490,7 +490,7 @@ func TestKVMSurvivesDaemonKillAndMigrates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conOut := &syncBuffer{}
+	conOut := &testutil.SyncBuffer{}
 	con.Stdout, con.Stderr = conOut, conOut
 	if err := con.Start(); err != nil {
 		t.Fatal(err)

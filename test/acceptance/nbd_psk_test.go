@@ -169,7 +169,7 @@ func TestNBDTLSPSK(t *testing.T) {
 	// The PSK identity in volume info, and the volume's allow-list.
 	sh := testutil.Nbdsh(t, "-c", "h.set_uri_allow_local_file(True)",
 		"-c", fmt.Sprintf("h.connect_uri(%q)", pskURI(g, clients["alice"], "v1")), "-c", "import time; time.sleep(30)")
-	shOut := &syncBuffer{}
+	shOut := &testutil.SyncBuffer{}
 	sh.Stdout, sh.Stderr = shOut, shOut
 	if err := sh.Start(); err != nil {
 		t.Fatal(err)

@@ -118,7 +118,7 @@ func TestNBDTLSClientCertificates(t *testing.T) {
 	// Hold a connection and look at it in volume info.
 	sh := testutil.Nbdsh(t, "-c", "h.set_uri_allow_local_file(True)",
 		"-c", fmt.Sprintf("h.connect_uri(%q)", "nbds://"+g.nbdAddr+"/v1?tls-certificates="+client1), "-c", "import time; time.sleep(30)")
-	shOut := &syncBuffer{}
+	shOut := &testutil.SyncBuffer{}
 	sh.Stdout, sh.Stderr = shOut, shOut
 	if err := sh.Start(); err != nil {
 		t.Fatal(err)
