@@ -248,7 +248,9 @@ type diskNode struct {
 	ro  bool
 	log *slog.Logger
 
-	piped atomic.Int64 // reads sent through a pipe (readPiped)
+	piped      atomic.Int64 // reads sent through a pipe (readPiped)
+	pipeCopied atomic.Int64 // of them, read back out of the pipe (go-fuse did not splice)
+	pipedBytes atomic.Int64 // bytes in pipes now (maxPipedBytes)
 }
 
 var (
@@ -328,30 +330,76 @@ const pipedRead = 128 << 10
 // 1 MiB, reads of 1 MiB are copied (docs/DOCKER.md, "Attach methods").
 const pipeSlack = 16 + 4096
 
+// maxPipedBytes bounds the bytes of reads held in pipes at once (and so
+// the pipes go-fuse keeps in its pool). The kernel charges pipes to their
+// user, and a user past fs.pipe-user-pages-soft gets one-page pipes in
+// every program; the helper normally holds CAP_SYS_ADMIN (it mounts),
+// which exempts it, but need not (a FUSE mount in a user namespace).
+const maxPipedBytes = 16 << 20
+
 // readPiped reads into a pipe that go-fuse splices into /dev/fuse: the
 // socket's pages go into the pipe by reference and are copied once, into
 // the reader's pages, where reading into dest and writing that out copies
 // twice. ok is false when no pipe could be had (nothing was read).
 func (n *diskNode) readPiped(ctx context.Context, dest []byte, off int64) (res fuse.ReadResult, ok bool, errno syscall.Errno) {
+	size := int64(len(dest))
+	if n.pipedBytes.Add(size) > maxPipedBytes {
+		n.pipedBytes.Add(-size)
+		return nil, false, 0
+	}
+	release := func() { n.pipedBytes.Add(-size) }
 	pair, err := splice.Get()
 	if err != nil {
+		release()
 		return nil, false, 0
 	}
 	if err := pair.Grow(len(dest)); err != nil {
 		splice.Drop(pair)
+		release()
 		return nil, false, 0
 	}
 	inPipe, err := n.c.ReadToPipe(context.WithoutCancel(ctx), int(pair.WriteFd()), int(pair.ReadFd()), dest, off)
 	switch {
 	case err != nil:
 		splice.Drop(pair) // it may hold part of the data
+		release()
 		return nil, true, n.errno("read", off, len(dest), err)
 	case !inPipe:
 		splice.Done(pair)
+		release()
 		return bufferResult(dest), true, 0
 	}
 	n.piped.Add(1)
-	return fuse.ReadResultPipe(pair, len(dest)), true, 0
+	return &pipeResult{pair: pair, size: len(dest), node: n, release: release}, true, 0
+}
+
+// pipeResult is a read's reply waiting in a pipe. go-fuse splices a result
+// that has Stateful (as its own ReadResultPipe has) into /dev/fuse after
+// the reply's header, reads it with Bytes should that fail, and calls
+// Done once the reply is sent.
+type pipeResult struct {
+	pair    *splice.Pair
+	size    int
+	node    *diskNode
+	release func()
+}
+
+func (r *pipeResult) Size() int { return r.size }
+
+func (r *pipeResult) Stateful() (fd uintptr, size int) { return r.pair.ReadFd(), r.size }
+
+func (r *pipeResult) Bytes(buf []byte) ([]byte, fuse.Status) {
+	r.node.pipeCopied.Add(1)
+	n, err := r.pair.Read(buf[:min(len(buf), r.size)])
+	if err != nil {
+		return nil, fuse.ToStatus(err)
+	}
+	return buf[:n], fuse.OK
+}
+
+func (r *pipeResult) Done() {
+	splice.Done(r.pair)
+	r.release()
 }
 
 func (n *diskNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {

@@ -94,6 +94,27 @@ func TestFUSEReads(t *testing.T) {
 		}
 	}
 	t.Logf("%d of 5 reads through a pipe (fs.pipe-max-size %d)", wantPiped, splice.MaxPipeSize())
+	if c := file.pipeCopied.Load(); c != 0 {
+		t.Fatalf("go-fuse read %d pipes back into buffers instead of splicing them", c)
+	}
+	// go-fuse lets a pipe go (Done) just after the reply is sent.
+	for i := 0; file.pipedBytes.Load() != 0; i++ {
+		if i == 100 {
+			t.Fatalf("%d bytes still counted in pipes after the replies", file.pipedBytes.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// With pipes holding maxPipedBytes, a large read is copied.
+	file.pipedBytes.Store(maxPipedBytes)
+	before := file.piped.Load()
+	clear(buf)
+	if got, err := f.ReadAt(buf[:512<<10], 3<<20); err != nil || got != 512<<10 || !bytes.Equal(buf[:512<<10], want[3<<20:3<<20+512<<10]) {
+		t.Fatalf("read past the pipe budget: %d, %v, or the data differs", got, err)
+	}
+	if file.piped.Load() != before {
+		t.Fatal("a read went through a pipe past maxPipedBytes")
+	}
+	file.pipedBytes.Store(0)
 	// go-fuse tried no splice of its own (it logs each that fails).
 	if l := logs.String(); l != "" {
 		t.Fatalf("the FUSE server logged:\n%s", l)
