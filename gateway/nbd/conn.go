@@ -680,15 +680,7 @@ func (c *conn) readIntoPipe(n int) (p *splicepipe.Pipe, buf []byte, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	k := min(c.br.Buffered(), n)
-	if k > 0 {
-		b, _ := c.br.Peek(k)
-		k, err = p.Write(b)
-		c.br.Discard(k)
-	}
-	if err == nil {
-		err = p.FillFrom(c.raw, n-k)
-	}
+	err = p.Fill(c.br, c.raw, n)
 	if errors.Is(err, splicepipe.ErrFull) {
 		buf = bufpool.Get(n)
 		m, err := p.Drain(buf)

@@ -12,6 +12,7 @@
 package splicepipe
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -156,13 +157,11 @@ func (p *Pipe) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// FillFrom moves n bytes from the socket behind sock into p, waiting for
-// them in the runtime's poller (so the socket's deadlines and Close end
-// the wait). It returns io.ErrUnexpectedEOF if the socket ends first, and
-// ErrFull if p runs out of slots; p then holds what was moved.
-func (p *Pipe) FillFrom(sock syscall.RawConn, n int) error {
+// Fill moves the next n bytes of a stream into p (Filler.Fill) and
+// records them; ErrFull: p ran out of slots, holding what was moved.
+func (p *Pipe) Fill(br *bufio.Reader, sock syscall.RawConn, n int) error {
 	p.fill.Pipe = p.w
-	m, err := p.fill.FillFrom(sock, n)
+	m, err := p.fill.Fill(br, sock, n)
 	p.n += m
 	return err
 }
@@ -197,6 +196,35 @@ type Filler struct {
 	want  int
 	moved int
 	err   error
+}
+
+// Fill moves the next n bytes of a stream into f.Pipe and returns how many
+// it moved: first what br (which may be nil) holds of them, by write(2),
+// then the rest spliced from the socket under br (sock). With ErrFull (the
+// pipe ran out of slots, or sock is nil: a connection without a
+// descriptor) the bytes not moved are still in br and the socket, for the
+// caller to read into a buffer after what the pipe holds.
+func (f *Filler) Fill(br *bufio.Reader, sock syscall.RawConn, n int) (int, error) {
+	moved := 0
+	if br != nil {
+		if k := min(br.Buffered(), n); k > 0 {
+			b, _ := br.Peek(k)
+			m, err := Write(f.Pipe, b)
+			br.Discard(m)
+			moved = m
+			if err != nil {
+				return moved, err
+			}
+		}
+	}
+	if moved == n {
+		return moved, nil
+	}
+	if sock == nil {
+		return moved, ErrFull
+	}
+	m, err := f.FillFrom(sock, n-moved)
+	return moved + m, err
 }
 
 // FillFrom moves n bytes from the socket behind sock into f.Pipe, waiting

@@ -1,6 +1,7 @@
 package splicepipe
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -63,7 +64,7 @@ func data(n int, seed uint64) []byte {
 // smaller than a page (as it does when the queue nears its limit), the
 // pipe may run out of slots first: then what it holds and what is left
 // in the socket make the payload.
-func TestFillFromWaitsForPieces(t *testing.T) {
+func TestFillWaitsForPieces(t *testing.T) {
 	client, server, raw := socketPair(t)
 	want := data(Capacity, 1)
 	go func() {
@@ -77,7 +78,7 @@ func TestFillFromWaitsForPieces(t *testing.T) {
 		}
 	}()
 	p := mustGet(t)
-	err := p.FillFrom(raw, len(want))
+	err := p.Fill(nil, raw, len(want))
 	if err != nil && !errors.Is(err, ErrFull) {
 		t.Fatal(err)
 	}
@@ -105,13 +106,13 @@ func TestFillFromWaitsForPieces(t *testing.T) {
 }
 
 // A socket that ends in the middle of the payload: io.ErrUnexpectedEOF.
-func TestFillFromEndOfStream(t *testing.T) {
+func TestFillEndOfStream(t *testing.T) {
 	client, _, raw := socketPair(t)
 	client.Write(data(1000, 2))
 	client.Close()
 	p := mustGet(t)
-	if err := p.FillFrom(raw, 4096); !errors.Is(err, io.ErrUnexpectedEOF) {
-		t.Fatalf("FillFrom a socket that ended: %v, want io.ErrUnexpectedEOF", err)
+	if err := p.Fill(nil, raw, 4096); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("Fill from a socket that ended: %v, want io.ErrUnexpectedEOF", err)
 	}
 	if p.Len() != 1000 {
 		t.Fatalf("Len = %d, want the 1000 bytes that came", p.Len())
@@ -119,19 +120,19 @@ func TestFillFromEndOfStream(t *testing.T) {
 }
 
 // The socket's read deadline ends the wait.
-func TestFillFromDeadline(t *testing.T) {
+func TestFillDeadline(t *testing.T) {
 	client, server, raw := socketPair(t)
 	client.Write(data(100, 3))
 	server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	p := mustGet(t)
-	if err := p.FillFrom(raw, 4096); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("FillFrom past the deadline: %v", err)
+	if err := p.Fill(nil, raw, 4096); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Fill past the deadline: %v", err)
 	}
 }
 
 // A pipe that runs out of slots says so instead of waiting, and what it
 // took can be drained: with the rest still in the socket, nothing is lost.
-func TestFillFromFullPipe(t *testing.T) {
+func TestFillFullPipe(t *testing.T) {
 	defer SetSizeForTest(4096)()
 	client, server, raw := socketPair(t)
 	client.(*net.TCPConn).SetNoDelay(true)
@@ -146,9 +147,9 @@ func TestFillFromFullPipe(t *testing.T) {
 	}()
 	time.Sleep(100 * time.Millisecond)
 	p := mustGet(t)
-	err := p.FillFrom(raw, len(want))
+	err := p.Fill(nil, raw, len(want))
 	if !errors.Is(err, ErrFull) {
-		t.Fatalf("FillFrom into a one-page pipe: %v, want ErrFull", err)
+		t.Fatalf("Fill into a one-page pipe: %v, want ErrFull", err)
 	}
 	got := make([]byte, len(want))
 	n, err := p.Drain(got)
@@ -168,6 +169,55 @@ func TestFillFromFullPipe(t *testing.T) {
 	}
 	if n, err := p.Drain(got); err != nil || n != k || !bytes.Equal(got[:k], want[:k]) {
 		t.Fatalf("Drain after Write: %d, %v", n, err)
+	}
+}
+
+// Fill takes what a buffered reader already holds first and the rest from
+// the socket under it, leaving the reader in step with the stream. With no
+// socket to splice from, it moves the buffered bytes and says ErrFull, the
+// rest still readable through the reader.
+func TestFillThroughBufferedReader(t *testing.T) {
+	client, server, raw := socketPair(t)
+	want := data(300<<10, 9)
+	go client.Write(append(append([]byte("head"), want...), "next"...))
+	br := bufio.NewReaderSize(server, 64<<10)
+	head := make([]byte, 4)
+	if _, err := io.ReadFull(br, head); err != nil || string(head) != "head" {
+		t.Fatalf("head: %q, %v", head, err)
+	}
+	if br.Buffered() == 0 {
+		t.Fatal("the reader holds none of the payload; the test would not test it")
+	}
+	p := mustGet(t)
+	if err := p.Fill(br, raw, len(want)); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(want))
+	if _, err := p.Drain(got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("payload through the pipe differs (%v)", err)
+	}
+	next := make([]byte, 4)
+	if _, err := io.ReadFull(br, next); err != nil || string(next) != "next" {
+		t.Fatalf("the bytes after the payload: %q, %v", next, err)
+	}
+
+	// No socket to splice from: the buffered bytes, then ErrFull.
+	go client.Write(want)
+	br.Reset(server)
+	if _, err := br.Peek(1); err != nil {
+		t.Fatal(err)
+	}
+	k := br.Buffered()
+	err := p.Fill(br, nil, len(want))
+	if !errors.Is(err, ErrFull) || p.Len() != k || k >= len(want) {
+		t.Fatalf("Fill with no socket: %v, Len %d, %d were buffered", err, p.Len(), k)
+	}
+	n, err := p.Drain(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(br, got[n:]); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the pipe's bytes and the reader's do not make the payload (%v)", err)
 	}
 }
 
@@ -219,7 +269,7 @@ func TestNoAllocation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := p.FillFrom(raw, len(want)); err != nil {
+		if err := p.Fill(nil, raw, len(want)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := p.Drain(buf); err != nil {

@@ -810,26 +810,10 @@ func readToPipe(br *bufio.Reader, raw syscall.RawConn, fill *splicepipe.Filler, 
 			return err
 		}
 	}
-	var err error
-	if k := min(br.Buffered(), left); k > 0 {
-		b, _ := br.Peek(k)
-		var m int
-		m, err = splicepipe.Write(p.w, b)
-		br.Discard(m)
-		p.moved += m
-		left -= m
-	}
-	if err == nil && left > 0 && raw != nil {
-		fill.Pipe = p.w
-		var m int
-		m, err = fill.FillFrom(raw, left)
-		p.moved += m
-		left -= m
-	}
-	switch {
-	case left == 0 && err == nil:
-		return nil
-	case err != nil && !errors.Is(err, splicepipe.ErrFull):
+	fill.Pipe = p.w
+	m, err := fill.Fill(br, raw, left)
+	p.moved += m
+	if err == nil || !errors.Is(err, splicepipe.ErrFull) {
 		return err
 	}
 	// Spill: from here on the request's data goes to r.data, also when
