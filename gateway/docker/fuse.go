@@ -347,41 +347,43 @@ func (n *diskNode) readPiped(ctx context.Context, dest []byte, off int64) (res f
 		n.pipedBytes.Add(-size)
 		return nil, false, 0
 	}
-	release := func() { n.pipedBytes.Add(-size) }
+	var r *pipeResult // the budget is r's to give back (Done) once set
+	defer func() {
+		if r == nil {
+			n.pipedBytes.Add(-size)
+		}
+	}()
 	pair, err := splice.Get()
 	if err != nil {
-		release()
 		return nil, false, 0
 	}
 	if err := pair.Grow(len(dest)); err != nil {
 		splice.Drop(pair)
-		release()
 		return nil, false, 0
 	}
 	inPipe, err := n.c.ReadToPipe(context.WithoutCancel(ctx), int(pair.WriteFd()), int(pair.ReadFd()), dest, off)
 	switch {
 	case err != nil:
 		splice.Drop(pair) // it may hold part of the data
-		release()
 		return nil, true, n.errno("read", off, len(dest), err)
 	case !inPipe:
 		splice.Done(pair)
-		release()
 		return bufferResult(dest), true, 0
 	}
 	n.piped.Add(1)
-	return &pipeResult{pair: pair, size: len(dest), node: n, release: release}, true, 0
+	r = &pipeResult{pair: pair, size: len(dest), node: n}
+	return r, true, 0
 }
 
 // pipeResult is a read's reply waiting in a pipe. go-fuse splices a result
 // that has Stateful (as its own ReadResultPipe has) into /dev/fuse after
 // the reply's header, reads it with Bytes should that fail, and calls
-// Done once the reply is sent.
+// Done once the reply is sent, which gives the pipe and its share of
+// maxPipedBytes back.
 type pipeResult struct {
-	pair    *splice.Pair
-	size    int
-	node    *diskNode
-	release func()
+	pair *splice.Pair
+	size int
+	node *diskNode
 }
 
 func (r *pipeResult) Size() int { return r.size }
@@ -399,7 +401,7 @@ func (r *pipeResult) Bytes(buf []byte) ([]byte, fuse.Status) {
 
 func (r *pipeResult) Done() {
 	splice.Done(r.pair)
-	r.release()
+	r.node.pipedBytes.Add(-int64(r.size))
 }
 
 func (n *diskNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
