@@ -223,17 +223,17 @@ func (f *Filler) Fill(br *bufio.Reader, sock syscall.RawConn, n int) (int, error
 	if sock == nil {
 		return moved, ErrFull
 	}
-	m, err := f.FillFrom(sock, n-moved)
+	m, err := f.fillFrom(sock, n-moved)
 	return moved + m, err
 }
 
-// FillFrom moves n bytes from the socket behind sock into f.Pipe, waiting
+// fillFrom moves n bytes from the socket behind sock into f.Pipe, waiting
 // for them in the runtime's poller (so the socket's deadlines and Close
 // end the wait), and returns how many it moved. The error is
 // io.ErrUnexpectedEOF if the socket ends first, and ErrFull if the pipe
 // runs out of slots (a pipe holds as many pieces of received packets as
 // it has pages, however small the pieces).
-func (f *Filler) FillFrom(sock syscall.RawConn, n int) (int, error) {
+func (f *Filler) fillFrom(sock syscall.RawConn, n int) (int, error) {
 	if f.step == nil {
 		f.step = f.spliceIn // one closure per Filler, not one per call
 	}
@@ -258,7 +258,7 @@ func (f *Filler) FillFrom(sock syscall.RawConn, n int) (int, error) {
 	return total, nil
 }
 
-// spliceIn is FillFrom's step on the socket's descriptor: false to wait
+// spliceIn is fillFrom's step on the socket's descriptor: false to wait
 // until it is readable.
 func (f *Filler) spliceIn(fd uintptr) bool {
 	queued := false // bytes were queued on the socket before this splice
