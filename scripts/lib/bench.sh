@@ -1,4 +1,4 @@
-# Helpers shared by scripts/bench and scripts/bench-s3 (sourced, not run).
+# Helpers shared by the bench scripts (sourced, not run).
 
 # freeport prints a free TCP port on 127.0.0.1.
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -53,4 +53,13 @@ pct = side.get("clat_ns", {}).get("percentile", {})
 p50, p99 = pct.get("50.000000", 0) / 1000, pct.get("99.000000", 0) / 1000
 print(f"{side['iops']:.0f} {side['bw_bytes']/1048576:.1f} {side['io_bytes']} {p50:.1f} {p99:.1f}")
 PY
+}
+
+# cputicks PID prints the CPU time (user + system, in clock ticks:
+# getconf CLK_TCK) process PID has used so far, every thread counted; 0
+# for none.
+cputicks() {
+	local f
+	[ -n "$1" ] && read -r -a f <"/proc/$1/stat" 2>/dev/null && { echo $((f[13] + f[14])); return; }
+	echo 0
 }
