@@ -41,9 +41,10 @@ recache() {
 # bytesof turns a size like 512M or 2G into bytes.
 bytesof() { python3 -c "s='$1'; m={'K':1<<10,'M':1<<20,'G':1<<30}; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))"; }
 
-# fio_summary prints "IOPS MiB/s bytes p50 p99" of the read side of a fio
-# JSON result, or of its write side when it read nothing; p50 and p99 are
-# completion latencies in µs.
+# fio_summary prints "IOPS MiB/s bytes p50 p99 cores" of the read side of
+# a fio JSON result, or of its write side when it read nothing; p50 and p99
+# are completion latencies in µs, cores the CPU fio itself used (user +
+# system, in CPUs).
 fio_summary() {
 	python3 - "$1" <<'PY'
 import json, sys
@@ -51,7 +52,8 @@ j = json.load(open(sys.argv[1]))["jobs"][0]
 side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
 pct = side.get("clat_ns", {}).get("percentile", {})
 p50, p99 = pct.get("50.000000", 0) / 1000, pct.get("99.000000", 0) / 1000
-print(f"{side['iops']:.0f} {side['bw_bytes']/1048576:.1f} {side['io_bytes']} {p50:.1f} {p99:.1f}")
+cores = (j["usr_cpu"] + j["sys_cpu"]) / 100
+print(f"{side['iops']:.0f} {side['bw_bytes']/1048576:.1f} {side['io_bytes']} {p50:.1f} {p99:.1f} {cores:.3f}")
 PY
 }
 
