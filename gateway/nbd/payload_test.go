@@ -28,8 +28,8 @@ import (
 // it and Config.SpliceWrites (payloads up to splicepipe.Capacity spliced
 // from the socket into a pipe and from there into the file), the same
 // with one-page pipes, which run out of slots (the payload then goes to a
-// buffer after all), and one with it but SpliceWrites off (the default:
-// buffers only).
+// buffer after all), and one with it but SpliceWrites off (Config's zero
+// value: buffers only).
 func TestLargePayloadsArriveInPieces(t *testing.T) {
 	t.Run("buffer", func(t *testing.T) {
 		largePayloadsArriveInPieces(t, mem.New(16<<20), true)
@@ -59,6 +59,11 @@ type pipeDevice struct {
 	*local.Device
 	piped atomic.Int64
 	fail  atomic.Bool // take half the pipe, then fail with EIO
+	// delay makes each write from a pipe take that long; running and
+	// overlap count the writes from pipes under way at once, and the most
+	// there were.
+	delay            time.Duration
+	running, overlap atomic.Int32
 }
 
 func newPipeDevice(t *testing.T, size int64) *pipeDevice {
@@ -72,6 +77,15 @@ func newPipeDevice(t *testing.T, size int64) *pipeDevice {
 
 func (d *pipeDevice) WriteFromPipe(ctx context.Context, src device.Pipe, off int64, n int) error {
 	d.piped.Add(1)
+	now := d.running.Add(1)
+	defer d.running.Add(-1)
+	for {
+		m := d.overlap.Load()
+		if now <= m || d.overlap.CompareAndSwap(m, now) {
+			break
+		}
+	}
+	time.Sleep(d.delay)
 	if d.fail.Load() {
 		io.CopyN(io.Discard, src, int64(n/2))
 		return fmt.Errorf("injected: %w", syscall.EIO)
@@ -105,6 +119,60 @@ func TestPipeWriteErrors(t *testing.T) {
 	}
 	if n := d.piped.Load(); n != 2 {
 		t.Fatalf("%d writes went through a pipe, want 2 (the out-of-range one is refused before)", n)
+	}
+}
+
+// A spliced payload is written into the device before the next request
+// is read (conn.writeNow), so pipelined large writes to a fast device are
+// written one at a time, by the holder of the reading turn. Once one takes
+// longer than slowWrite, the writes after it are written after the turn
+// is passed on, and overlap. Either way every byte lands.
+func TestSplicedWritesBeforeTheTurnPasses(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		delay   time.Duration
+		overlap func(int32) bool
+		want    string
+	}{
+		{"fast", 0, func(n int32) bool { return n == 1 }, "1"},
+		{"slow", 4 * slowWrite, func(n int32) bool { return n >= 2 }, "at least 2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newPipeDevice(t, 16<<20)
+			d.delay = tc.delay
+			ts := startServerConfig(t, map[string]device.Device{"v": d}, Config{SpliceWrites: true})
+			rc := dialRaw(t, ts.addr)
+			rc.attach("v", true)
+			const n, size = 8, 1 << 20
+			want := make([]byte, n*size)
+			var msg []byte
+			for i := range n {
+				data := pattern(size, byte(i+1))
+				copy(want[i*size:], data)
+				msg = append(msg, encodeRequest(request{typ: cmdWrite, handle: uint64(i), offset: uint64(i * size), length: size})...)
+				msg = append(msg, data...)
+			}
+			done := make(chan struct{})
+			go func() { // the replies, while the requests are still going out
+				defer close(done)
+				for range n {
+					if r := rc.recv(0); r.errno != 0 {
+						t.Errorf("write %d: errno %d", r.handle, r.errno)
+					}
+				}
+			}()
+			rc.write(msg)
+			<-done
+			if got := d.piped.Load(); got != n {
+				t.Fatalf("%d writes went through a pipe, want %d", got, n)
+			}
+			if got := d.overlap.Load(); !tc.overlap(got) {
+				t.Fatalf("at most %d writes from pipes ran at once, want %s", got, tc.want)
+			}
+			if r := rc.do(cmdRead, 0, 0, n*size, nil); r.errno != 0 || !bytes.Equal(r.data, want) {
+				t.Fatalf("read back: errno %d, equal %v", r.errno, bytes.Equal(r.data, want))
+			}
+		})
 	}
 }
 

@@ -149,6 +149,10 @@ type request struct {
 	// to be answered from a view of the device if it lends one
 	// (conn.sendView).
 	view bool
+	// written is not on the wire: a WRITE whose payload next already
+	// wrote from its pipe (conn.writeNow), with werr the device's answer.
+	written bool
+	werr    error
 }
 
 var errBadMagic = errors.New("bad request magic")

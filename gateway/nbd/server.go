@@ -57,9 +57,9 @@ type Config struct {
 	// SpliceWrites lets a write payload of more than 64 KiB and at most
 	// 1 MiB on a plain socket (not TLS) go from the socket into a pipe and
 	// from the pipe into a device that implements device.PipeWriter: one
-	// copy instead of two. Off by default: on loopback it cut the server's
-	// CPU per 1 MiB write but raised fio's p99 latency two- to threefold in
-	// about half the runs, for a cause not found (docs/BENCHMARKS.md).
+	// copy instead of two; such a payload is written before the next
+	// request is read while writes are fast (conn.writeNow). `ferry serve`
+	// turns it on unless told not to (docs/NBD.md).
 	SpliceWrites bool
 	// Workers is the number of requests one connection executes at once,
 	// and at most as many again reads of 1 MiB or more (they have
