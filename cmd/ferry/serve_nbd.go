@@ -41,8 +41,8 @@ func init() {
 				Usage: "PEM certificate authority: NBD clients must then present a certificate it signed (its common name is the client's TLS identity)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "nbd-tls-psk", EnvVars: []string{"FERRY_NBD_TLS_PSK"},
 				Usage: "pre-shared keys for NBD TLS 1.3 (identity:hexkey lines, as psktool writes and nbdkit --tls-psk and QEMU tls-creds-psk read; not accessible to others); the identity is the client's TLS identity"}),
-			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "nbd-splice-writes", EnvVars: []string{"FERRY_NBD_SPLICE_WRITES"}, Value: true,
-				Usage: "move large NBD write payloads (64 KiB to 1 MiB, without TLS) from the socket into local volumes' files with splice(2), one copy instead of two; false reads them into buffers (docs/NBD.md)"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "nbd-splice-writes", EnvVars: []string{"FERRY_NBD_SPLICE_WRITES"},
+				Usage: "move large NBD write payloads (64 KiB to 1 MiB, without TLS) from the socket into local volumes' files with splice(2): less CPU, but higher tail latency in this project's loopback benchmarks (docs/NBD.md)"}),
 		},
 		listenFlag: "nbd-listen",
 		frontend: func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error) {
