@@ -724,12 +724,12 @@ func (c *conn) readIntoPipe(n int) (p *splicepipe.Pipe, buf []byte, err error) {
 // spliced payload stays in its pipe while another worker is woken and
 // the next request is read; the pipe holds the socket's pages all that
 // time, and on loopback those are the client's, which it cannot reuse
-// until they come back (scripts/bench: fio's CPU per 1 MiB write 250–265
-// µs against 205 with the buffer path, and p99 latency up to twice
+// until they come back (scripts/bench: fio's CPU per 1 MiB write 232–265
+// µs against about 205 with the buffer path, and p99 latency up to twice
 // nbdkit's). Written here, the pages come back as soon as the file has
 // them, and the next request is read right after: fio 1M QD8 writes
-// 0.97–1.03× of nbdkit with every process on both CPUs and 1.04–1.06×
-// with the server on a CPU of its own (against 0.91–0.95× and 0.83–0.87×
+// 0.93–1.03× of nbdkit with every process on both CPUs and 1.02–1.06×
+// with the server on a CPU of its own (against 0.91–0.96× and 0.83–0.87×
 // with the buffer path), and p99 latency below nbdkit's in both
 // (docs/BENCHMARKS.md). Only while writes are fast: one that takes
 // longer than slowWrite (the disk, or dirty-page throttling) held up the

@@ -58,8 +58,12 @@ type Config struct {
 	// 1 MiB on a plain socket (not TLS) go from the socket into a pipe and
 	// from the pipe into a device that implements device.PipeWriter: one
 	// copy instead of two; such a payload is written before the next
-	// request is read while writes are fast (conn.writeNow). `ferry serve`
-	// turns it on unless told not to (docs/NBD.md).
+	// request is read while writes are fast (conn.writeNow). Off by
+	// default: on loopback the pipe holds the client's pages until the
+	// file has them, and in some states of the machine's memory (after 4k
+	// random writes, in scripts/bench) that made the client's sends cost
+	// almost twice as much and 1M writes' p99 latency five times nbdkit's
+	// (docs/NBD.md).
 	SpliceWrites bool
 	// Workers is the number of requests one connection executes at once,
 	// and at most as many again reads of 1 MiB or more (they have
