@@ -736,13 +736,23 @@ func (c *conn) readIntoPipe(n int) (p *splicepipe.Pipe, buf []byte, err error) {
 // reading of this connection's requests for that long, so the writes
 // after it are written after the turn is passed on (execute), until one
 // of those is fast again.
+//
+// A panic in the device is the request's error (EIO), as in handle, not
+// the reader's: the connection goes on.
 func (c *conn) writeNow(req *request, p *splicepipe.Pipe) {
+	req.written = true
+	defer func() {
+		if r := recover(); r != nil {
+			c.s.m.panics.Inc()
+			c.log.Error("panic handling request", "command", commandName(req.typ), "panic", r, "stack", string(debug.Stack()))
+			req.werr = errors.New("internal error")
+		}
+		p.Put()
+		c.sem.Release(int64(req.length))
+	}()
 	start := time.Now()
 	req.werr = c.pw.WriteFromPipe(c.ctx, p, int64(req.offset), int(req.length))
-	c.slowWrites.Store(time.Since(start) > slowWrite)
-	req.written = true
-	p.Put()
-	c.sem.Release(int64(req.length))
+	c.slowWrites.Store(time.Since(start) > c.s.cfg.slowWrite)
 }
 
 // handle executes one request and sends its reply.
@@ -866,7 +876,7 @@ func (c *conn) execute(req request, buf []byte) (uint32, string) {
 		} else if req.pipe != nil {
 			start := time.Now()
 			err = c.pw.WriteFromPipe(ctx, req.pipe, off, int(n))
-			c.slowWrites.Store(time.Since(start) > slowWrite)
+			c.slowWrites.Store(time.Since(start) > c.s.cfg.slowWrite)
 		} else if n > 0 {
 			err = dev.WriteAt(ctx, buf, off)
 		}

@@ -59,6 +59,7 @@ type pipeDevice struct {
 	*local.Device
 	piped atomic.Int64
 	fail  atomic.Bool // take half the pipe, then fail with EIO
+	crash atomic.Bool // take half the pipe, then panic
 	// delay makes each write from a pipe take that long; running and
 	// overlap count the writes from pipes under way at once, and the most
 	// there were.
@@ -86,6 +87,10 @@ func (d *pipeDevice) WriteFromPipe(ctx context.Context, src device.Pipe, off int
 		}
 	}
 	time.Sleep(d.delay)
+	if d.crash.Load() {
+		io.CopyN(io.Discard, src, int64(n/2))
+		panic("injected")
+	}
 	if d.fail.Load() {
 		io.CopyN(io.Discard, src, int64(n/2))
 		return fmt.Errorf("injected: %w", syscall.EIO)
@@ -114,11 +119,16 @@ func TestPipeWriteErrors(t *testing.T) {
 		t.Fatalf("write failing halfway through the pipe: %v, want EIO", r)
 	}
 	d.fail.Store(false)
+	d.crash.Store(true)
+	if r := rc.do(cmdWrite, 0, 0, 1<<20, pattern(1<<20, 7)); r.errno != errIO {
+		t.Fatalf("write whose device panics halfway through the pipe: %v, want EIO", r)
+	}
+	d.crash.Store(false)
 	if r := rc.do(cmdRead, 0, 1<<20, 1<<20, nil); r.errno != 0 || !bytes.Equal(r.data, data) {
 		t.Fatalf("read after the failures: %v, equal %v", r, bytes.Equal(r.data, data))
 	}
-	if n := d.piped.Load(); n != 2 {
-		t.Fatalf("%d writes went through a pipe, want 2 (the out-of-range one is refused before)", n)
+	if n := d.piped.Load(); n != 3 {
+		t.Fatalf("%d writes went through a pipe, want 3 (the out-of-range one is refused before)", n)
 	}
 }
 
@@ -128,19 +138,22 @@ func TestPipeWriteErrors(t *testing.T) {
 // longer than slowWrite, the writes after it are written after the turn
 // is passed on, and overlap. Either way every byte lands.
 func TestSplicedWritesBeforeTheTurnPasses(t *testing.T) {
+	// Fast: no write counts as slow, however loaded the machine. Slow:
+	// every write takes four times what counts as slow.
 	for _, tc := range []struct {
-		name    string
-		delay   time.Duration
-		overlap func(int32) bool
-		want    string
+		name      string
+		delay     time.Duration
+		slowWrite time.Duration
+		overlap   func(int32) bool
+		want      string
 	}{
-		{"fast", 0, func(n int32) bool { return n == 1 }, "1"},
-		{"slow", 4 * slowWrite, func(n int32) bool { return n >= 2 }, "at least 2"},
+		{"fast", 0, time.Hour, func(n int32) bool { return n == 1 }, "1"},
+		{"slow", 4 * slowWrite, slowWrite, func(n int32) bool { return n >= 2 }, "at least 2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newPipeDevice(t, 16<<20)
 			d.delay = tc.delay
-			ts := startServerConfig(t, map[string]device.Device{"v": d}, Config{SpliceWrites: true})
+			ts := startServerConfig(t, map[string]device.Device{"v": d}, Config{SpliceWrites: true, slowWrite: tc.slowWrite})
 			rc := dialRaw(t, ts.addr)
 			rc.attach("v", true)
 			const n, size = 8, 1 << 20

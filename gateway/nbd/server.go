@@ -69,6 +69,9 @@ type Config struct {
 	// and at most as many again reads of 1 MiB or more (they have
 	// executors of their own); default 16.
 	Workers int
+
+	// slowWrite overrides the slowWrite constant, for tests.
+	slowWrite time.Duration
 }
 
 // Server serves a set of exports over NBD.
@@ -97,6 +100,9 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 	}
 	if cfg.InlineBudget <= 0 {
 		cfg.InlineBudget = 200 * time.Microsecond
+	}
+	if cfg.slowWrite <= 0 {
+		cfg.slowWrite = slowWrite
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 16
