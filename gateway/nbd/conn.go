@@ -743,16 +743,28 @@ func (c *conn) writeNow(req *request, p *splicepipe.Pipe) {
 	req.written = true
 	defer func() {
 		if r := recover(); r != nil {
-			c.s.m.panics.Inc()
-			c.log.Error("panic handling request", "command", commandName(req.typ), "panic", r, "stack", string(debug.Stack()))
+			c.panicked(*req, r)
 			req.werr = errors.New("internal error")
 		}
 		p.Put()
 		c.sem.Release(int64(req.length))
 	}()
+	req.werr = c.writePipe(p, int64(req.offset), int(req.length))
+}
+
+// writePipe writes n bytes from p into the device at off, and records
+// whether that took longer than slowWrite (writeNow or execute).
+func (c *conn) writePipe(p *splicepipe.Pipe, off int64, n int) error {
 	start := time.Now()
-	req.werr = c.pw.WriteFromPipe(c.ctx, p, int64(req.offset), int(req.length))
+	err := c.pw.WriteFromPipe(c.ctx, p, off, n)
 	c.slowWrites.Store(time.Since(start) > c.s.cfg.slowWrite)
+	return err
+}
+
+// panicked counts and logs a panic recovered while handling req.
+func (c *conn) panicked(req request, r any) {
+	c.s.m.panics.Inc()
+	c.log.Error("panic handling request", "command", commandName(req.typ), "panic", r, "stack", string(debug.Stack()))
 }
 
 // handle executes one request and sends its reply.
@@ -770,8 +782,7 @@ func (c *conn) handle(req request, buf []byte) {
 			c.sem.Release(int64(req.length))
 		}
 		if r := recover(); r != nil {
-			c.s.m.panics.Inc()
-			c.log.Error("panic handling request", "command", commandName(req.typ), "panic", r, "stack", string(debug.Stack()))
+			c.panicked(req, r)
 			if !replied {
 				c.replyError(req, errIO, "internal error")
 			}
@@ -874,9 +885,7 @@ func (c *conn) execute(req request, buf []byte) (uint32, string) {
 		if req.written {
 			err = req.werr
 		} else if req.pipe != nil {
-			start := time.Now()
-			err = c.pw.WriteFromPipe(ctx, req.pipe, off, int(n))
-			c.slowWrites.Store(time.Since(start) > c.s.cfg.slowWrite)
+			err = c.writePipe(req.pipe, off, int(n))
 		} else if n > 0 {
 			err = dev.WriteAt(ctx, buf, off)
 		}
