@@ -4,11 +4,16 @@ package testutil
 
 import (
 	"context"
+	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
-	"sync"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -43,33 +48,92 @@ func Missing(t testing.TB, why string) {
 	t.Skip(why)
 }
 
-var (
-	portsMu sync.Mutex
-	ports   = map[int]bool{} // returned by FreePort before
-)
-
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and
-// that it has not returned before in this process: the kernel may hand a
-// just-closed port out again at once, so two calls in a row could return
-// one port (seen in CI: a gateway given the same port for two listeners).
+// FreePort returns a TCP port on 127.0.0.1 that is free and reserved for
+// t until its cleanup, across every process on the machine that asks this
+// function.
+//
+// A port the kernel picks (binding port 0) would not do: it comes from the
+// ephemeral range, which the kernel also hands out for outgoing connections
+// and to every other program's port-0 binds, so between this call and the
+// bind of the server it was picked for, a client's connection or another
+// test package's server could take it. The ports here come from just below
+// that range (net.ipv4.ip_local_port_range), which the kernel never hands
+// out by itself, and each is reserved by an exclusive flock(2) on a file
+// named after it, which other test processes respect and the kernel drops
+// if this process dies (the empty lock files stay in
+// $TMPDIR/ferry-test-ports: removing one could let two processes lock
+// different files for one port).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	lo, hi := portRange()
+	return pickPort(t, lo, hi, lo+rand.IntN(hi-lo))
+}
+
+// pickPort returns the first port from start on, wrapping within [lo, hi),
+// that it can reserve and bind.
+func pickPort(t testing.TB, lo, hi, start int) int {
+	t.Helper()
+	for i := range hi - lo {
+		port := lo + (start-lo+i)%(hi-lo)
+		f, ok := reservePort(t, port)
+		if !ok {
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil { // some other program listens there
+			f.Close()
+			continue
+		}
 		l.Close()
-		if !ports[port] {
-			ports[port] = true
-			return port
-		}
+		t.Cleanup(func() { f.Close() })
+		return port
 	}
-	t.Fatal("no loopback port not handed out before")
+	t.Fatalf("no free loopback port in %d-%d", lo, hi-1)
 	return 0
+}
+
+// portRange returns [lo, hi): the 10,000 ports below the kernel's
+// ephemeral range, or 20000-30000 if the range cannot be read or leaves no
+// room below it.
+func portRange() (lo, hi int) {
+	lo, hi = 20000, 30000
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return lo, hi
+	}
+	first, err := strconv.Atoi(f[0])
+	if err != nil || first < 11024 {
+		return lo, hi
+	}
+	return first - 10000, first
+}
+
+// reservePort takes port's lock file, shared by every test process, and
+// returns it open (the reservation lasts until it is closed), or false if
+// another process (or an earlier call in this one) holds it.
+func reservePort(t testing.TB, port int) (*os.File, bool) {
+	t.Helper()
+	dir := filepath.Join(os.TempDir(), "ferry-test-ports")
+	if err := os.MkdirAll(dir, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chmod(dir, 0o1777) // past the umask, for other users' tests; not ours to change if another user made it
+	f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_RDONLY|os.O_CREATE, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, false
+		}
+		t.Fatalf("lock %s: %v", f.Name(), err)
+	}
+	return f, true
 }
 
 // Listen returns a listener on a free loopback port, closed at cleanup.

@@ -1,7 +1,37 @@
 # Helpers shared by the bench scripts (sourced, not run).
 
-# freeport prints a free TCP port on 127.0.0.1.
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# freeport [N] prints N (default 1) distinct free TCP ports on 127.0.0.1
+# on one line. They come from the 10,000 ports below the kernel's ephemeral
+# range: the kernel hands ports from that range to outgoing connections and
+# port-0 binds, so one picked there could be taken before the server binds
+# it, and two port-0 picks in a row can return the same port.
+freeport() {
+	python3 - "${1:-1}" <<'PY'
+import random, socket, sys
+try:
+    first = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    first = 30000
+lo = first - 10000 if first >= 11024 else 20000
+candidates = list(range(lo, lo + 10000))
+random.shuffle(candidates)
+want, got = int(sys.argv[1]), []
+for p in candidates:
+    if len(got) == want:
+        break
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        got.append(p)
+    except OSError:
+        pass
+    finally:
+        s.close()
+if len(got) < want:
+    sys.exit("freeport: no free port")
+print(*got)
+PY
+}
 
 # waitport waits up to 10 s for 127.0.0.1:PORT to accept connections.
 waitport() {

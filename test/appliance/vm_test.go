@@ -195,16 +195,6 @@ type vm struct {
 	bootTime             time.Duration
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // boot starts QEMU (TCG) on the disks and waits until the gateway
 // answers /healthz through the forwarded port and the serial console
 // printed its status screen ending in console.ReadyLine.
@@ -213,7 +203,7 @@ func boot(t *testing.T, d *vmDisks, uefi bool) *vm {
 	n := time.Now().UnixNano()
 	v := &vm{t: t, exited: make(chan struct{}),
 		serial: filepath.Join(d.dir, fmt.Sprintf("serial-%d.log", n)), qmp: filepath.Join(d.dir, fmt.Sprintf("qmp-%d.sock", n))}
-	pa, pn, pi := freePort(t), freePort(t), freePort(t)
+	pa, pn, pi := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	v.api, v.nbd, v.iscsi = fmt.Sprintf("127.0.0.1:%d", pa), fmt.Sprintf("127.0.0.1:%d", pn), fmt.Sprintf("127.0.0.1:%d", pi)
 	args := []string{"-accel", "tcg", "-m", "1024", "-smp", "2", "-nodefaults", "-display", "none", "-monitor", "none",
 		"-serial", "file:" + v.serial, "-qmp", "unix:" + v.qmp + ",server=on,wait=off",
