@@ -312,22 +312,38 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 	} else if disks, err = m.resolve(ctx, spec.Disks); err != nil {
 		return fail(err)
 	}
+	// Checked before QEMU starts, for a clear error at once; QEMU binds
+	// its own port below.
 	l, err := net.Listen("tcp", net.JoinHostPort(m.cfg.MigrationAddr, "0"))
 	if err != nil {
 		return fail(fmt.Errorf("migration address %s: %w", m.cfg.MigrationAddr, err))
 	}
-	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	uri := "tcp:" + net.JoinHostPort(m.cfg.MigrationAddr, strconv.Itoa(port))
 	v.mu.Lock()
 	v.rec.Disks = disks
 	v.saveLocked()
-	err = v.launchLocked(ctx, uri, cross)
-	if err == nil {
-		err = v.saveLocked()
-	}
+	err = v.launchLocked(ctx, "defer", cross)
+	conn := v.conn
 	v.mu.Unlock()
 	if err != nil {
+		return fail(err)
+	}
+	// Not under v.mu: QMP delivers events (SHUTDOWN takes v.mu) before
+	// the replies behind them.
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	uri, err := listenIncoming(qctx, conn.Execute, m.cfg.MigrationAddr)
+	cancel()
+	if err == nil {
+		v.mu.Lock()
+		err = v.saveLocked()
+		v.mu.Unlock()
+	}
+	if err != nil {
+		// QEMU runs: quit it; its exit forgets the VM (qemuGone).
+		v.mu.Lock()
+		v.gone = "aborted"
+		v.mu.Unlock()
+		v.quit(ctx)
 		return fail(err)
 	}
 	if cross {
@@ -376,6 +392,32 @@ func (m *Manager) IncomingDone(ctx context.Context, name string, req wire.Incomi
 		v.saveLocked()
 	}
 	return nil
+}
+
+// listenIncoming has a QEMU started with "-incoming defer" listen for the
+// migration on addr, on a port the kernel picks as QEMU binds it, and
+// returns the URI the source migrates to. (A port ferry-kvm picked and
+// handed to QEMU on its command line could be taken by another program,
+// or an outgoing connection, between the two.)
+func listenIncoming(ctx context.Context, exec func(context.Context, string, any, any) error, addr string) (string, error) {
+	if err := exec(ctx, "migrate-incoming", map[string]string{"uri": "tcp:" + net.JoinHostPort(addr, "0")}, nil); err != nil {
+		return "", fmt.Errorf("migration address %s: %w", addr, err)
+	}
+	var st struct {
+		SocketAddress []struct {
+			Type string `json:"type"`
+			Port string `json:"port"`
+		} `json:"socket-address"`
+	}
+	if err := exec(ctx, "query-migrate", nil, &st); err != nil {
+		return "", fmt.Errorf("query-migrate: %w", err)
+	}
+	for _, a := range st.SocketAddress {
+		if port, err := strconv.Atoi(a.Port); a.Type == "inet" && err == nil && port > 0 && port < 65536 {
+			return "tcp:" + net.JoinHostPort(addr, a.Port), nil
+		}
+	}
+	return "", fmt.Errorf("QEMU reports no TCP port it listens on for the migration (query-migrate: %+v)", st.SocketAddress)
 }
 
 // IncomingAbort quits an incoming VM's QEMU and forgets it.

@@ -1,7 +1,11 @@
 package kvm
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -86,5 +90,51 @@ func TestTransitions(t *testing.T) {
 		if err := v.transition(s, "test"); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// listenIncoming asks QEMU to bind port 0 on the migration address and
+// builds the URI from the port QEMU reports; QEMU's refusal and a reply
+// without a TCP port are errors.
+func TestListenIncoming(t *testing.T) {
+	for _, c := range []struct {
+		name, addr, reply string
+		bindErr           error
+		want, wantErr     string
+	}{
+		{name: "ipv4", addr: "127.0.0.1", reply: `{"socket-address":[{"type":"inet","host":"127.0.0.1","port":"35797","ipv4":true}]}`, want: "tcp:127.0.0.1:35797"},
+		{name: "ipv6", addr: "::1", reply: `{"socket-address":[{"type":"inet","host":"::1","port":"40001","ipv6":true}]}`, want: "tcp:[::1]:40001"},
+		{name: "refused", addr: "192.0.2.1", bindErr: errors.New("GenericError: Failed to bind socket: Cannot assign requested address"), wantErr: "migration address 192.0.2.1: GenericError: Failed to bind"},
+		{name: "no port", addr: "127.0.0.1", reply: `{"status":"setup"}`, wantErr: "no TCP port"},
+		{name: "port zero", addr: "127.0.0.1", reply: `{"socket-address":[{"type":"inet","host":"127.0.0.1","port":"0"}]}`, wantErr: "no TCP port"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var cmds []string
+			exec := func(_ context.Context, cmd string, args, out any) error {
+				a, _ := json.Marshal(args)
+				cmds = append(cmds, cmd+" "+string(a))
+				switch cmd {
+				case "migrate-incoming":
+					return c.bindErr
+				case "query-migrate":
+					return json.Unmarshal([]byte(c.reply), out)
+				}
+				return fmt.Errorf("unexpected command %s", cmd)
+			}
+			uri, err := listenIncoming(context.Background(), exec, c.addr)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("err %v; want one containing %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil || uri != c.want {
+				t.Fatalf("uri %q, err %v; want %q", uri, err, c.want)
+			}
+			wantBind := `migrate-incoming {"uri":"tcp:` + net.JoinHostPort(c.addr, "0") + `"}`
+			if len(cmds) != 2 || cmds[0] != wantBind {
+				t.Fatalf("commands %q; want %s first", cmds, wantBind)
+			}
+		})
 	}
 }
