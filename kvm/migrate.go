@@ -339,11 +339,7 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 		v.mu.Unlock()
 	}
 	if err != nil {
-		// QEMU runs: quit it; its exit forgets the VM (qemuGone).
-		v.mu.Lock()
-		v.gone = "aborted"
-		v.mu.Unlock()
-		v.quit(ctx)
+		m.IncomingAbort(ctx, spec.Name) // QEMU runs: quit it
 		return fail(err)
 	}
 	if cross {
