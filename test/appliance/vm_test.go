@@ -198,10 +198,37 @@ type vm struct {
 // boot starts QEMU (TCG) on the disks and waits until the gateway
 // answers /healthz through the forwarded port and the serial console
 // printed its status screen ending in console.ReadyLine.
+//
+// Under TCG a guest kernel now and then stops early in its own start-up,
+// before it has touched a disk or started init (seen once in CI on
+// 2026-12-06, in the sixth boot of the power-cut loop: silent after PCI
+// and ACPI set-up, 0.8 s into the kernel's start). That is the emulator's
+// problem, not the appliance's, so a boot whose kernel has printed
+// nothing for kernelStall and has not reached init is logged and started
+// again, once. A stall after init has started still fails the test.
 func boot(t *testing.T, d *vmDisks, uefi bool) *vm {
 	t.Helper()
+	v, stalled := bootOnce(t, d, uefi, true)
+	if stalled {
+		v, _ = bootOnce(t, d, uefi, false)
+	}
+	return v
+}
+
+// kernelStall is how long a guest kernel that has not started init may
+// print nothing before boot starts the guest again; a whole boot takes
+// about 25 s.
+const kernelStall = 3 * time.Minute
+
+// initStarted is what the kernel prints as it hands over to init.
+const initStarted = "Freeing unused kernel"
+
+// bootOnce boots the appliance once. With mayRetry it returns stalled
+// (and the VM killed) when the guest kernel stalled before init.
+func bootOnce(t *testing.T, d *vmDisks, uefi, mayRetry bool) (v *vm, stalled bool) {
+	t.Helper()
 	n := time.Now().UnixNano()
-	v := &vm{t: t, exited: make(chan struct{}),
+	v = &vm{t: t, exited: make(chan struct{}),
 		serial: filepath.Join(d.dir, fmt.Sprintf("serial-%d.log", n)), qmp: filepath.Join(d.dir, fmt.Sprintf("qmp-%d.sock", n))}
 	pa, pn, pi := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	v.api, v.nbd, v.iscsi = fmt.Sprintf("127.0.0.1:%d", pa), fmt.Sprintf("127.0.0.1:%d", pn), fmt.Sprintf("127.0.0.1:%d", pi)
@@ -230,6 +257,8 @@ func boot(t *testing.T, d *vmDisks, uefi bool) *vm {
 	// once per boot (reading the serial log and one /healthz is cheap).
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
+	var seen int
+	lastOutput := time.Now()
 	for {
 		select {
 		case <-v.exited:
@@ -238,8 +267,16 @@ func boot(t *testing.T, d *vmDisks, uefi bool) *vm {
 			t.Fatalf("the appliance was not ready after %s; serial console:\n%s", time.Since(start).Round(time.Second), v.tail(60))
 		case <-tick.C:
 		}
-		if b, _ := os.ReadFile(v.serial); strings.Contains(string(b), "Kernel panic") {
+		b, _ := os.ReadFile(v.serial)
+		if strings.Contains(string(b), "Kernel panic") {
 			t.Fatalf("the appliance's kernel panicked:\n%s", v.tail(30))
+		}
+		if len(b) != seen {
+			seen, lastOutput = len(b), time.Now()
+		} else if mayRetry && time.Since(lastOutput) > kernelStall && !strings.Contains(string(b), initStarted) {
+			t.Logf("the guest kernel printed nothing for %s before starting init (an emulator stall); booting again. Its last lines:\n%s", kernelStall, v.tail(5))
+			v.kill()
+			return v, true
 		}
 		if v.readyOnSerial() && v.healthz() == nil {
 			break
@@ -247,7 +284,7 @@ func boot(t *testing.T, d *vmDisks, uefi bool) *vm {
 	}
 	v.bootTime = time.Since(start)
 	t.Logf("appliance ready after %s (uefi=%v)", v.bootTime.Round(time.Second), uefi)
-	return v
+	return v, false
 }
 
 func (v *vm) tail(n int) string {
