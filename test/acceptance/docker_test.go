@@ -409,8 +409,49 @@ func TestDockerPlugin(t *testing.T) {
 		t.Errorf("--attach auto did not say it picked fuse:\n%s", pa.logs)
 	}
 
-	t.Run("write-then-read", func(t *testing.T) {
-		e.t = t
+	// The subtests share one gateway, plugin and dockerd, and each passing
+	// one leaves them as it found them. One that fails halfway may leave
+	// the gateway or the plugin killed, containers running or volumes
+	// mounted; its cleanup puts that right, so the subtests after it test
+	// what they name, not the wreck of the one before.
+	sub := func(name string, f func(t *testing.T)) {
+		t.Run(name, func(t *testing.T) {
+			e.t = t
+			t.Cleanup(func() {
+				if !t.Failed() {
+					return
+				}
+				e.t = t
+				select {
+				case <-g.exited:
+					t.Logf("restarting the gateway %s left killed", name)
+					g.start()
+				default:
+				}
+				select {
+				case <-pa.exited:
+					t.Logf("restarting the plugin %s left killed", name)
+					pa.start()
+				default:
+				}
+				if ps, _ := e.dockerErr("ps", "-aq"); len(strings.Fields(ps)) > 0 {
+					e.dockerErr(append([]string{"rm", "-f"}, strings.Fields(ps)...)...)
+				}
+				vols, _ := e.dockerErr("volume", "ls", "-q")
+				for _, v := range strings.Fields(vols) {
+					if out, err := e.dockerErr("volume", "rm", "-f", v); err != nil {
+						t.Logf("removing volume %s that %s left: %v %s", v, name, err, out)
+					}
+				}
+				if left := leftovers(t, dir); len(left) > 0 {
+					t.Logf("%s left attached or mounted, after its containers and volumes were removed:\n%s", name, strings.Join(left, "\n"))
+				}
+			})
+			f(t)
+		})
+	}
+
+	sub("write-then-read", func(t *testing.T) {
 		e.docker("volume", "create", "-d", driver, "-o", "size=1G", "v1")
 		before := flushCount(t, g)
 		out := e.docker("run", "--rm", "--network", "none", "-v", "v1:/data", e.image, "sh", "-c",
@@ -433,8 +474,7 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "rm", "v1")
 	})
 
-	t.Run("two-containers-at-once", func(t *testing.T) {
-		e.t = t
+	sub("two-containers-at-once", func(t *testing.T) {
 		e.docker("volume", "create", "-d", driver, "-o", "size=256M", "vc")
 		a := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "vc:/data", e.image, "sh", "-c", "echo from-a > /data/a; sync; sleep 600"))
 		b := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "vc:/data", e.image, "sh", "-c", "echo from-b > /data/b; sync; sleep 600"))
@@ -467,8 +507,7 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "rm", "vc")
 	})
 
-	t.Run("ls-inspect-rm", func(t *testing.T) {
-		e.t = t
+	sub("ls-inspect-rm", func(t *testing.T) {
 		e.docker("volume", "create", "-d", driver, "-o", "size=1G", "vi")
 		if out := e.docker("volume", "ls", "--format", "{{.Driver}} {{.Name}}"); !strings.Contains(out, driver+" vi") {
 			t.Errorf("volume ls: %q", out)
@@ -504,8 +543,7 @@ func TestDockerPlugin(t *testing.T) {
 		}
 	})
 
-	t.Run("plugin-kill9", func(t *testing.T) {
-		e.t = t
+	sub("plugin-kill9", func(t *testing.T) {
 		e.docker("volume", "create", "-d", driver, "-o", "size=256M", "v2")
 		writer := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "v2:/data", e.image, "sh", "-c",
 			"i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.02; done"))
@@ -560,8 +598,7 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "rm", "v2")
 	})
 
-	t.Run("gateway-kill9-fsynced-records", func(t *testing.T) {
-		e.t = t
+	sub("gateway-kill9-fsynced-records", func(t *testing.T) {
 		e.docker("volume", "create", "-d", driver, "-o", "size=256M", "vr")
 		writer := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "vr:/data", e.image, "sh", "-c",
 			`mkdir -p /data/rec; i=0; while [ $i -lt 100000 ]; do i=$((i+1));
@@ -644,8 +681,7 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "rm", "vr")
 	})
 
-	t.Run("existing-filesystem-kept", func(t *testing.T) {
-		e.t = t
+	sub("existing-filesystem-kept", func(t *testing.T) {
 		// A gateway volume made outside Docker, with ext4 and data on it.
 		g.mustCLI("volume", "create", "pre", "--size", "64M")
 		src := filepath.Join(dir, "pre-src")
@@ -681,8 +717,7 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "rm", "pre", "vx")
 	})
 
-	t.Run("second-host-refused", func(t *testing.T) {
-		e.t = t
+	sub("second-host-refused", func(t *testing.T) {
 		e.docker("volume", "create", "-d", driver, "-o", "size=64M", "v3")
 		holder := strings.TrimSpace(e.docker("run", "-d", "--network", "none", "-v", "v3:/data", e.image, "sleep", "600"))
 		// Host B: another plugin (state, host id, socket) on the same
@@ -721,8 +756,7 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "rm", "v3")
 	})
 
-	t.Run("helper-kill9", func(t *testing.T) {
-		e.t = t
+	sub("helper-kill9", func(t *testing.T) {
 		// The data path itself dies (its process killed): the containers
 		// holding the volume get I/O errors; new mounts are refused until
 		// they stop; then it is cleaned up and attaches afresh.
@@ -752,8 +786,7 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "rm", "v4")
 	})
 
-	t.Run("unmount-missed-while-plugin-down", func(t *testing.T) {
-		e.t = t
+	sub("unmount-missed-while-plugin-down", func(t *testing.T) {
 		// A container stops while the plugin is dead: Docker's Unmount
 		// fails and is never repeated. The restarted plugin sees that no
 		// container uses the volume and detaches it after the period.
@@ -782,8 +815,7 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "rm", "v5")
 	})
 
-	t.Run("s3-store", func(t *testing.T) {
-		e.t = t
+	sub("s3-store", func(t *testing.T) {
 		srv := s3Env(t, "ferry-docker")
 		g.mustCLI("store", "add", "dockercloud", "--endpoint", srv.Endpoint, "--bucket", "ferry-docker")
 		if out, err := e.dockerErr("volume", "create", "-d", driver, "-o", "store=nope", "vbad"); err == nil || !strings.Contains(out, "nope") {
@@ -817,8 +849,7 @@ func TestDockerPlugin(t *testing.T) {
 		e.docker("volume", "rm", "vs3")
 	})
 
-	t.Run("bad-input", func(t *testing.T) {
-		e.t = t
+	sub("bad-input", func(t *testing.T) {
 		for _, tc := range []struct {
 			path string
 			body []byte
