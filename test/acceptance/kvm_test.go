@@ -714,6 +714,87 @@ func TestKVMMigrateBetweenGatewaysSourceDies(t *testing.T) {
 	b.mustVM("stop", "d1", "--force")
 }
 
+// TestKVMMigrateSourceDies: on one gateway, the source daemon dies
+// (SIGKILL, by its test hook) right after QEMU reported the migration
+// completed, before its done call. The attachment already moved to the
+// destination at the switchover and the destination's guest runs, so the
+// destination takes the VM over on its own once the guest has run there
+// for the hand-over timeout (20 s): running, renewing its attachment, the
+// guest's counter going on from the source's. The restarted source daemon
+// quits the QEMU it left in postmigrate and forgets the VM.
+func TestKVMMigrateSourceDies(t *testing.T) {
+	_, image := requireKVM(t)
+	g := startGateway(t)
+	a := startKVMD(t, g, "host-a")
+	b := startKVMD(t, g, "host-b")
+	a.mustVM(append([]string{"create", "s1", "--disk", "new:s-root:64M"}, guestArgs(image, "counter")...)...)
+	a.mustVM("start", "s1")
+	pid := a.info("s1").PID
+	a.waitCounterPast("s1", 5, bootTimeout)
+
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	<-a.exited
+	a.daemonEnv = []string{"FERRY_KVM_TEST_DIE_AFTER=completed"}
+	a.start()
+	if in := a.info("s1"); in.State != wire.StateRunning || in.PID != pid {
+		t.Fatalf("vm after the source daemon's restart: %+v", in)
+	}
+	r := a.vm("migrate", "s1", "--to", b.addr)
+	select {
+	case <-a.exited:
+	case <-time.After(time.Minute):
+		t.Fatalf("the source daemon did not die at completed; vm migrate: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if syscall.Kill(pid, 0) != nil {
+		t.Fatalf("the source QEMU pid %d is gone: the test hook fired too late", pid)
+	}
+	if in := b.info("s1"); in.State != wire.StateIncoming {
+		t.Fatalf("destination right after the source died: %+v, want incoming (no done call came)", in)
+	}
+	start := time.Now()
+	for deadline := start.Add(3 * time.Minute); b.info("s1").State != wire.StateRunning; time.Sleep(time.Second) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the destination did not take the VM over on its own: %+v", b.info("s1"))
+		}
+	}
+	t.Logf("destination took the VM over %.1f s after the source died (hand-over timeout 20 s)", time.Since(start).Seconds())
+	in := b.info("s1")
+	if in.Disks[0].Holder != "host-b:s1" || !strings.Contains(in.LastError, "this host took the VM over") {
+		t.Fatalf("destination after the take-over: %+v", in)
+	}
+	if l := attachments(t, g, "s-root"); len(l) != 1 || l[0] != "host-b:s1" {
+		t.Fatalf("the gateway's attachments of s-root after the take-over: %v, want [host-b:s1]", l)
+	}
+
+	// The source daemon comes back: it quits the QEMU left in
+	// postmigrate and no longer lists the VM.
+	a.daemonEnv = nil
+	a.start()
+	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted source daemon left QEMU pid %d running", pid)
+		}
+	}
+	if ls := a.mustVM("ls"); strings.Contains(ls, "s1") {
+		t.Fatalf("the restarted source daemon lists the VM:\n%s", ls)
+	}
+	srcLog, err := os.ReadFile(filepath.Join(a.state, "migrated", "s1", "serial.log"))
+	if err != nil {
+		t.Fatalf("the source's serial log was not kept: %v", err)
+	}
+	last := counters(string(srcLog))
+	b.waitCounterPast("s1", last[len(last)-1]+10, time.Minute)
+	checkConsecutive(t, "source then destination console", counters(string(srcLog)+b.serial("s1")))
+	// The destination renews the attachment it took over: still its own
+	// after the source's restart and the wait above.
+	if l := attachments(t, g, "s-root"); len(l) != 1 || l[0] != "host-b:s1" {
+		t.Fatalf("the gateway's attachments of s-root at the end: %v, want [host-b:s1]", l)
+	}
+	b.mustVM("stop", "s1", "--force")
+	final := counters(b.serial("s1"))
+	checkDiskCounter(t, g, "s-root", final[len(final)-1])
+}
+
 // TestKVMGatewayKill9UnderGuestWrites: the gateway is killed -9 and
 // restarted while the guest rewrites and fsyncs files on ext4; QEMU's NBD
 // reconnect-delay turns the outage into a stall: the guest reports no I/O
