@@ -50,7 +50,8 @@ import (
 )
 
 // testDieEnv names the step after which a source daemon kills itself
-// (SIGKILL), for tests of the recovery: "completed".
+// (SIGKILL), for tests of the recovery: "handoff" (the attachments moved
+// to the destination, the switchover not yet let through) or "completed".
 const testDieEnv = "FERRY_KVM_TEST_DIE_AFTER"
 
 func testDie(step string) {

@@ -236,6 +236,7 @@ func (m *Manager) load(ctx context.Context, dir string) (*VM, error) {
 				if v.rec.Migration != nil && !v.rec.Migration.Done() {
 					v.rec.Migration.Status, v.rec.Migration.Error = "failed", "ferry-kvm restarted during the migration"
 					v.exec0(ctx, "migrate_cancel")
+					m.takeBackLocked(ctx, v)
 					v.exec0(ctx, "cont")
 				}
 				v.rec.State = wire.StateRunning
@@ -511,6 +512,38 @@ func (m *Manager) attach(ctx context.Context, vm string, disks []wire.Disk) erro
 		}
 	}
 	return nil
+}
+
+// takeBackLocked ends, for a migration a daemon restart cut short, the
+// destination's attachments of the VM's disks (the last daemon may have
+// moved them at the switchover) and takes the VM's own again before its
+// guest resumes. Left to their holder they would not lapse: the gateway
+// keeps a lease while the volume has any connection open, and the
+// source's QEMU keeps its own. The destination never ran the guest: its
+// QEMU only starts once the switchover is let through, which ends the
+// source QEMU's part (it is then migrated away, not cancelled here).
+// Errors are logged; the renewal retries the VM's attachments. Called with
+// v.mu held.
+func (m *Manager) takeBackLocked(ctx context.Context, v *VM) {
+	holder := v.rec.Migration.DestinationHolder
+	if holder == "" {
+		return
+	}
+	name := v.name()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, d := range v.rec.Spec.Disks {
+		gw := m.gatewayOf(v.rec.Disks, d.Volume)
+		if err := gw.Detach(ctx, d.Volume, holder); err != nil && !errors.Is(err, gwire.ErrNotFound) {
+			m.log.Warn("take the attachment back from the migration's destination", "vm", name, "volume", d.Volume, "holder", holder, "err", err)
+			continue
+		}
+		if _, err := gw.Attach(ctx, d.Volume, m.holder(name), gwire.AttachRequest{Protocol: "nbd", Reclaim: true}); err != nil {
+			m.log.Warn("take the attachment back from the migration's destination", "vm", name, "volume", d.Volume, "err", err)
+			continue
+		}
+		m.log.Info("took the attachment back from the migration's destination", "vm", name, "volume", d.Volume, "from", holder)
+	}
 }
 
 // gatewayOf is the gateway serving volume vol as served lists it: this

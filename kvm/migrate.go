@@ -160,6 +160,18 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 		return
 	}
 	asked = true
+	// Recorded before any attachment moves: a daemon restarted after the
+	// hand-over below takes them back from this holder.
+	v.mu.Lock()
+	if v.rec.Migration != nil {
+		v.rec.Migration.DestinationHolder = rep.Holder
+	}
+	err = v.saveLocked()
+	v.mu.Unlock()
+	if err != nil {
+		fail(fmt.Errorf("record the migration: %w", err))
+		return
+	}
 	caps := map[string]any{"capabilities": []map[string]any{{"capability": "pause-before-switchover", "state": true}}}
 	if err := v.exec(ctx, "migrate-set-capabilities", caps, nil); err != nil {
 		fail(err)
@@ -217,6 +229,7 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 				}
 				handed = append(handed, d.Volume)
 			}
+			testDie("handoff")
 			if err := v.exec(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil); err != nil {
 				fail(err)
 				return

@@ -92,10 +92,15 @@ type Migration struct {
 	// Handover says how the volumes moved in a migration between two
 	// gateways (released on the source's, adopted on the destination's),
 	// or why one stayed on the source's gateway.
-	Handover string    `json:"handover,omitempty"`
-	TotalMS  int64     `json:"total_ms,omitempty"`
-	Started  time.Time `json:"started"`
-	Finished time.Time `json:"finished,omitzero"`
+	Handover string `json:"handover,omitempty"`
+	// DestinationHolder is the destination's name for the VM's
+	// attachments, to which the source moves them at the switchover: a
+	// source daemon restarted during the migration takes them back from
+	// it.
+	DestinationHolder string    `json:"destination_holder,omitempty"`
+	TotalMS           int64     `json:"total_ms,omitempty"`
+	Started           time.Time `json:"started"`
+	Finished          time.Time `json:"finished,omitzero"`
 }
 
 // Done says the migration ended (either way).

@@ -795,6 +795,76 @@ func TestKVMMigrateSourceDies(t *testing.T) {
 	checkDiskCounter(t, g, "s-root", final[len(final)-1])
 }
 
+// TestKVMMigrateSourceDiesAtSwitchover: on one gateway, the source daemon
+// dies (SIGKILL, by its test hook) at the switchover, after it moved the
+// attachment to the destination and before it let QEMU switch over: the
+// guest is paused at the source, the destination never ran it. The
+// restarted source daemon cancels the migration and resumes the guest at
+// the source, and takes the attachment back: otherwise the destination's
+// lease would hold while the source's QEMU keeps its connections open
+// (the gateway cannot tell whose they are), and the source could never
+// renew its own. The destination's incoming QEMU ends and it forgets the
+// VM.
+func TestKVMMigrateSourceDiesAtSwitchover(t *testing.T) {
+	_, image := requireKVM(t)
+	g := startGateway(t)
+	a := startKVMD(t, g, "host-a")
+	b := startKVMD(t, g, "host-b")
+	a.mustVM(append([]string{"create", "w1", "--disk", "new:w-root:64M"}, guestArgs(image, "counter")...)...)
+	a.mustVM("start", "w1")
+	pid := a.info("w1").PID
+	a.waitCounterPast("w1", 5, bootTimeout)
+
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	<-a.exited
+	a.daemonEnv = []string{"FERRY_KVM_TEST_DIE_AFTER=handoff"}
+	a.start()
+	r := a.vm("migrate", "w1", "--to", b.addr)
+	select {
+	case <-a.exited:
+	case <-time.After(time.Minute):
+		t.Fatalf("the source daemon did not die at the switchover; vm migrate: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if l := attachments(t, g, "w-root"); len(l) != 1 || l[0] != "host-b:w1" {
+		t.Fatalf("attachments of w-root with the source dead at the switchover: %v, want [host-b:w1]", l)
+	}
+	var dpid int
+	if in := b.info("w1"); in.State != wire.StateIncoming || in.PID == 0 {
+		t.Fatalf("destination with the source dead at the switchover: %+v, want incoming", in)
+	} else {
+		dpid = in.PID
+	}
+
+	a.daemonEnv = nil
+	a.start()
+	in := a.info("w1")
+	if in.State != wire.StateRunning || in.PID != pid || in.Migration == nil || in.Migration.Status != "failed" {
+		t.Fatalf("source after its restart: %+v, want running, pid %d, migration failed", in, pid)
+	}
+	n := a.waitCounterPast("w1", 0, time.Minute)
+	a.waitCounterPast("w1", n+5, time.Minute)
+	if l := attachments(t, g, "w-root"); len(l) != 1 || l[0] != "host-a:w1" {
+		t.Fatalf("attachments of w-root after the source's restart: %v, want [host-a:w1]", l)
+	}
+	for deadline := time.Now().Add(time.Minute); syscall.Kill(dpid, 0) == nil; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the destination's incoming QEMU pid %d still runs after the source cancelled", dpid)
+		}
+	}
+	for deadline := time.Now().Add(30 * time.Second); strings.Contains(b.mustVM("ls"), "w1"); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the destination still lists the VM:\n%s", b.mustVM("ls"))
+		}
+	}
+	checkConsecutive(t, "the source's console across the failed migration", counters(a.serial("w1")))
+	// The lease stays the source's: renewed past its 20 s TTL.
+	time.Sleep(25 * time.Second)
+	if l := attachments(t, g, "w-root"); len(l) != 1 || l[0] != "host-a:w1" {
+		t.Fatalf("attachments of w-root 25 s later: %v, want [host-a:w1]", l)
+	}
+	a.mustVM("stop", "w1", "--force")
+}
+
 // TestKVMGatewayKill9UnderGuestWrites: the gateway is killed -9 and
 // restarted while the guest rewrites and fsyncs files on ext4; QEMU's NBD
 // reconnect-delay turns the outage into a stall: the guest reports no I/O
