@@ -795,22 +795,41 @@ func TestKVMMigrateSourceDies(t *testing.T) {
 	checkDiskCounter(t, g, "s-root", final[len(final)-1])
 }
 
-// TestKVMMigrateSourceDiesAtSwitchover: on one gateway, the source daemon
-// dies (SIGKILL, by its test hook) at the switchover, after it moved the
-// attachment to the destination and before it let QEMU switch over: the
-// guest is paused at the source, the destination never ran it. The
-// restarted source daemon cancels the migration and resumes the guest at
-// the source, and takes the attachment back: otherwise the destination's
-// lease would hold while the source's QEMU keeps its connections open
-// (the gateway cannot tell whose they are), and the source could never
-// renew its own. The destination's incoming QEMU ends and it forgets the
-// VM.
+// TestKVMMigrateSourceDiesAtSwitchover: the source daemon dies (SIGKILL,
+// by its test hook) at the switchover, after it moved the attachment to
+// the destination's holder and before it let QEMU switch over: the guest
+// is paused at the source, the destination never ran it. The restarted
+// source daemon cancels the migration, takes the attachment back and
+// resumes the guest at the source. Left to the destination's holder, the
+// lease would hold while the source's QEMU keeps its connections open (the
+// gateway cannot tell whose they are), and the source could never renew
+// its own. The destination's incoming QEMU ends and it forgets the VM. On
+// one gateway, and between two sharing a bucket (where the hand-over at
+// the switchover is on the source's gateway too, and the destination's
+// gateway never adopts the volume).
 func TestKVMMigrateSourceDiesAtSwitchover(t *testing.T) {
 	_, image := requireKVM(t)
-	g := startGateway(t)
-	a := startKVMD(t, g, "host-a")
-	b := startKVMD(t, g, "host-b")
-	a.mustVM(append([]string{"create", "w1", "--disk", "new:w-root:64M"}, guestArgs(image, "counter")...)...)
+	t.Run("one-gateway", func(t *testing.T) {
+		g := startGateway(t)
+		g.mustCLI("volume", "create", "w-root", "--size", "64M")
+		sourceDiesAtSwitchover(t, image, g, g)
+	})
+	t.Run("two-gateways", func(t *testing.T) {
+		_, ga, gb := twoGateways(t, "ferry-kvm-switchover")
+		ga.mustCLI("volume", "create", "w-root", "--size", "64M", "--store", "cloud")
+		sourceDiesAtSwitchover(t, image, ga, gb)
+		if r := gb.cli("volume", "info", "w-root"); r.code == 0 {
+			t.Errorf("the destination's gateway serves w-root, which never moved:\n%s", r.stdout)
+		}
+	})
+}
+
+// sourceDiesAtSwitchover runs TestKVMMigrateSourceDiesAtSwitchover with
+// the VM's volume w-root on ga and the destination daemon on gb.
+func sourceDiesAtSwitchover(t *testing.T, image string, ga, gb *gateway) {
+	a := startKVMD(t, ga, "host-a")
+	b := startKVMD(t, gb, "host-b")
+	a.mustVM(append([]string{"create", "w1", "--disk", "w-root"}, guestArgs(image, "counter")...)...)
 	a.mustVM("start", "w1")
 	pid := a.info("w1").PID
 	a.waitCounterPast("w1", 5, bootTimeout)
@@ -825,7 +844,7 @@ func TestKVMMigrateSourceDiesAtSwitchover(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatalf("the source daemon did not die at the switchover; vm migrate: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	if l := attachments(t, g, "w-root"); len(l) != 1 || l[0] != "host-b:w1" {
+	if l := attachments(t, ga, "w-root"); len(l) != 1 || l[0] != "host-b:w1" {
 		t.Fatalf("attachments of w-root with the source dead at the switchover: %v, want [host-b:w1]", l)
 	}
 	var dpid int
@@ -843,7 +862,7 @@ func TestKVMMigrateSourceDiesAtSwitchover(t *testing.T) {
 	}
 	n := a.waitCounterPast("w1", 0, time.Minute)
 	a.waitCounterPast("w1", n+5, time.Minute)
-	if l := attachments(t, g, "w-root"); len(l) != 1 || l[0] != "host-a:w1" {
+	if l := attachments(t, ga, "w-root"); len(l) != 1 || l[0] != "host-a:w1" {
 		t.Fatalf("attachments of w-root after the source's restart: %v, want [host-a:w1]", l)
 	}
 	for deadline := time.Now().Add(time.Minute); syscall.Kill(dpid, 0) == nil; time.Sleep(200 * time.Millisecond) {
@@ -859,10 +878,12 @@ func TestKVMMigrateSourceDiesAtSwitchover(t *testing.T) {
 	checkConsecutive(t, "the source's console across the failed migration", counters(a.serial("w1")))
 	// The lease stays the source's: renewed past its 20 s TTL.
 	time.Sleep(25 * time.Second)
-	if l := attachments(t, g, "w-root"); len(l) != 1 || l[0] != "host-a:w1" {
+	if l := attachments(t, ga, "w-root"); len(l) != 1 || l[0] != "host-a:w1" {
 		t.Fatalf("attachments of w-root 25 s later: %v, want [host-a:w1]", l)
 	}
 	a.mustVM("stop", "w1", "--force")
+	final := counters(a.serial("w1"))
+	checkDiskCounter(t, ga, "w-root", final[len(final)-1])
 }
 
 // TestKVMGatewayKill9UnderGuestWrites: the gateway is killed -9 and
