@@ -522,3 +522,32 @@ func TestNewForgetsHandedOver(t *testing.T) {
 		t.Fatalf("its state dir is still there: %v", err)
 	}
 }
+
+// TestTakeBack: a source daemon restarted during a migration ends the
+// destination's attachments of the VM's disks and takes its own again; a
+// migration that recorded no destination holder (none moved) is left
+// alone.
+func TestTakeBack(t *testing.T) {
+	gw := &srcGateway{fakeGateway: fakeGateway{vols: map[string]gwire.VolumeInfo{}}}
+	m := &Manager{cfg: Config{Gateway: gw, HostID: "host-a"}, log: discardLogger()}
+	v := &VM{m: m, rec: record{
+		Spec:      wire.VMSpec{Name: "x1", Disks: []wire.Disk{{Volume: "v1"}, {Volume: "v2"}}},
+		State:     wire.StateMigrating,
+		Migration: &wire.Migration{To: "b:1", Status: "pre-switchover", DestinationHolder: "host-b:x1"},
+	}}
+	v.mu.Lock()
+	m.takeBackLocked(context.Background(), v)
+	v.mu.Unlock()
+	if got, want := strings.Join(gw.calls, "; "), "detach v1 host-b:x1; attach v1 host-a:x1; detach v2 host-b:x1; attach v2 host-a:x1"; got != want {
+		t.Errorf("gateway calls %q, want %q", got, want)
+	}
+
+	gw.calls = nil
+	v.rec.Migration.DestinationHolder = ""
+	v.mu.Lock()
+	m.takeBackLocked(context.Background(), v)
+	v.mu.Unlock()
+	if len(gw.calls) != 0 {
+		t.Errorf("without a recorded destination holder: gateway calls %v", gw.calls)
+	}
+}
