@@ -54,6 +54,18 @@ import (
 // to the destination, the switchover not yet let through) or "completed".
 const testDieEnv = "FERRY_KVM_TEST_DIE_AFTER"
 
+// testFailEnv names the step after which a source daemon fails the
+// migration as if QEMU had refused the next command, for tests of the
+// failure path: "handoff".
+const testFailEnv = "FERRY_KVM_TEST_FAIL_AFTER"
+
+func testFail(step string) error {
+	if os.Getenv(testFailEnv) == step {
+		return fmt.Errorf("test hook: the migration fails after %s", step)
+	}
+	return nil
+}
+
 func testDie(step string) {
 	if os.Getenv(testDieEnv) == step {
 		slog.Warn("test hook: ferry-kvm dies", "after", step)

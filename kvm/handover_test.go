@@ -551,3 +551,24 @@ func TestTakeBack(t *testing.T) {
 		t.Errorf("without a recorded destination holder: gateway calls %v", gw.calls)
 	}
 }
+
+// refusingGateway refuses every attach, recording it with its Reclaim.
+type refusingGateway struct{ srcGateway }
+
+func (g *refusingGateway) Attach(_ context.Context, name, host string, req gwire.AttachRequest) (gwire.Attachment, error) {
+	g.calls = append(g.calls, fmt.Sprintf("attach %s %s reclaim=%v", name, host, req.Reclaim))
+	return gwire.Attachment{}, errors.New("gateway says no")
+}
+
+// TestTakeBackAttachRefused: when the VM's own attach fails (say the
+// gateway just restarted and takes only reclaimed attachments, or is
+// away), the take-back does not give the volume to the destination again,
+// as a hand-over's fallback would: the renewal retries the VM's own.
+func TestTakeBackAttachRefused(t *testing.T) {
+	gw := &refusingGateway{srcGateway{fakeGateway: fakeGateway{vols: map[string]gwire.VolumeInfo{}}}}
+	m := &Manager{cfg: Config{Gateway: gw, HostID: "host-a"}, log: discardLogger()}
+	m.takeBack(context.Background(), "x1", []string{"v1"}, nil, "host-b:x1")
+	if got, want := strings.Join(gw.calls, "; "), "detach v1 host-b:x1; attach v1 host-a:x1 reclaim=true"; got != want {
+		t.Errorf("gateway calls %q, want %q", got, want)
+	}
+}

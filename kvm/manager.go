@@ -516,33 +516,44 @@ func (m *Manager) attach(ctx context.Context, vm string, disks []wire.Disk) erro
 
 // takeBackLocked ends, for a migration a daemon restart cut short, the
 // destination's attachments of the VM's disks (the last daemon may have
-// moved them at the switchover) and takes the VM's own again before its
-// guest resumes. Left to their holder they would not lapse: the gateway
-// keeps a lease while the volume has any connection open, and the
-// source's QEMU keeps its own. The destination never ran the guest: its
-// QEMU only starts once the switchover is let through, which ends the
-// source QEMU's part (it is then migrated away, not cancelled here).
-// Errors are logged; the renewal retries the VM's attachments. Called with
-// v.mu held.
+// moved them at the switchover) and takes the VM's own again, before its
+// guest resumes. The destination never ran the guest: its QEMU only starts
+// once the switchover is let through, which ends the source QEMU's part
+// (it is then migrated away, not cancelled here). Called with v.mu held.
 func (m *Manager) takeBackLocked(ctx context.Context, v *VM) {
 	holder := v.rec.Migration.DestinationHolder
 	if holder == "" {
 		return
 	}
-	name := v.name()
+	vols := make([]string, len(v.rec.Spec.Disks))
+	for i, d := range v.rec.Spec.Disks {
+		vols[i] = d.Volume
+	}
+	m.takeBack(ctx, v.name(), vols, v.rec.Disks, holder)
+}
+
+// takeBack ends holder's attachments of the VM's volumes vols (holder:
+// the destination of a migration that failed after the switchover moved
+// them) and attaches them for the VM again, as their earlier holder
+// (Reclaim). Left to holder they would not lapse: the gateway keeps a
+// lease while the volume has any connection open, and the VM's QEMU keeps
+// its own. Unlike a hand-over, a failed attach is never answered by
+// attaching for holder again. Errors are logged; the renewal retries the
+// VM's attachments.
+func (m *Manager) takeBack(ctx context.Context, name string, vols []string, served []nbdDisk, holder string) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	for _, d := range v.rec.Spec.Disks {
-		gw := m.gatewayOf(v.rec.Disks, d.Volume)
-		if err := gw.Detach(ctx, d.Volume, holder); err != nil && !errors.Is(err, gwire.ErrNotFound) {
-			m.log.Warn("take the attachment back from the migration's destination", "vm", name, "volume", d.Volume, "holder", holder, "err", err)
+	for _, vol := range vols {
+		gw := m.gatewayOf(served, vol)
+		if err := gw.Detach(ctx, vol, holder); err != nil && !errors.Is(err, gwire.ErrNotFound) {
+			m.log.Error("take the attachment back from the migration's destination", "vm", name, "volume", vol, "holder", holder, "err", err)
 			continue
 		}
-		if _, err := gw.Attach(ctx, d.Volume, m.holder(name), gwire.AttachRequest{Protocol: "nbd", Reclaim: true}); err != nil {
-			m.log.Warn("take the attachment back from the migration's destination", "vm", name, "volume", d.Volume, "err", err)
+		if _, err := gw.Attach(ctx, vol, m.holder(name), gwire.AttachRequest{Protocol: "nbd", Reclaim: true}); err != nil {
+			m.log.Error("take the attachment back from the migration's destination", "vm", name, "volume", vol, "err", err)
 			continue
 		}
-		m.log.Info("took the attachment back from the migration's destination", "vm", name, "volume", d.Volume, "from", holder)
+		m.log.Info("took the attachment back from the migration's destination", "vm", name, "volume", vol, "from", holder)
 	}
 }
 

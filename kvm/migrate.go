@@ -116,10 +116,11 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 	fail := func(err error) {
 		log.Error("migration failed", "err", err)
 		m.migrations.WithLabelValues("failed").Inc()
-		for _, vol := range handed {
-			if err := m.cfg.Handoff.Handoff(ctx, vol, rep.Holder, m.holder(name)); err != nil {
-				log.Error("take attachment back", "volume", vol, "err", err)
-			}
+		if len(handed) > 0 {
+			v.mu.Lock()
+			served := v.rec.Disks
+			v.mu.Unlock()
+			m.takeBack(ctx, name, handed, served, rep.Holder)
 		}
 		v.exec(ctx, "migrate_cancel", nil, nil)
 		var st struct {
@@ -230,6 +231,10 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 				handed = append(handed, d.Volume)
 			}
 			testDie("handoff")
+			if err := testFail("handoff"); err != nil {
+				fail(err)
+				return
+			}
 			if err := v.exec(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil); err != nil {
 				fail(err)
 				return

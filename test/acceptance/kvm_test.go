@@ -886,6 +886,48 @@ func sourceDiesAtSwitchover(t *testing.T, image string, ga, gb *gateway) {
 	checkDiskCounter(t, ga, "w-root", final[len(final)-1])
 }
 
+// TestKVMMigrationFailsAfterHandoff: a migration that fails after the
+// switchover moved the attachment to the destination (made to fail there
+// by the source's test hook) takes the attachment back, resumes the guest
+// at the source and has the destination drop its incoming QEMU.
+func TestKVMMigrationFailsAfterHandoff(t *testing.T) {
+	_, image := requireKVM(t)
+	g := startGateway(t)
+	a := startKVMD(t, g, "host-a")
+	b := startKVMD(t, g, "host-b")
+	a.mustVM(append([]string{"create", "f1", "--disk", "new:f-root:64M"}, guestArgs(image, "counter")...)...)
+	a.mustVM("start", "f1")
+	pid := a.info("f1").PID
+	n := a.waitCounterPast("f1", 5, bootTimeout)
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	<-a.exited
+	a.daemonEnv = []string{"FERRY_KVM_TEST_FAIL_AFTER=handoff"}
+	a.start()
+	r := a.vm("migrate", "f1", "--to", b.addr)
+	if r.code == 0 || !strings.Contains(r.stderr, "test hook: the migration fails after handoff") {
+		t.Fatalf("vm migrate with the hook: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	}
+	in := a.info("f1")
+	if in.State != wire.StateRunning || in.PID != pid || in.Migration == nil || in.Migration.Status != "failed" {
+		t.Fatalf("source after the failed migration: %+v", in)
+	}
+	a.waitCounterPast("f1", n+5, time.Minute)
+	if l := attachments(t, g, "f-root"); len(l) != 1 || l[0] != "host-a:f1" {
+		t.Fatalf("attachments of f-root after the failed migration: %v, want [host-a:f1]", l)
+	}
+	for deadline := time.Now().Add(30 * time.Second); strings.Contains(b.mustVM("ls"), "f1"); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the destination still lists the VM:\n%s", b.mustVM("ls"))
+		}
+	}
+	checkConsecutive(t, "the source's console across the failed migration", counters(a.serial("f1")))
+	time.Sleep(25 * time.Second)
+	if l := attachments(t, g, "f-root"); len(l) != 1 || l[0] != "host-a:f1" {
+		t.Fatalf("attachments of f-root 25 s later: %v, want [host-a:f1]", l)
+	}
+	a.mustVM("stop", "f1", "--force")
+}
+
 // TestKVMGatewayKill9UnderGuestWrites: the gateway is killed -9 and
 // restarted while the guest rewrites and fsyncs files on ext4; QEMU's NBD
 // reconnect-delay turns the outage into a stall: the guest reports no I/O
