@@ -153,6 +153,68 @@ func (d *kvmd) start() {
 	waitHealthy(d.t, "ferry-kvm", hc, health, 30*time.Second, d.exited, d.logs)
 }
 
+// restartWith stops the daemon (SIGTERM: its VMs run on) and starts it
+// again with env added to its environment (nil: none), e.g. a test hook.
+func (d *kvmd) restartWith(env ...string) {
+	d.t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	<-d.exited
+	d.daemonEnv = env
+	d.start()
+}
+
+// waitDied waits for the daemon to kill itself by its test hook at step
+// during the migration whose `vm migrate` reports on r.
+func (d *kvmd) waitDied(r <-chan cliResult, step string) {
+	d.t.Helper()
+	select {
+	case <-d.exited:
+	case <-time.After(time.Minute):
+		select {
+		case res := <-r:
+			d.t.Fatalf("the source daemon did not die at %s; vm migrate: exit %d\n%s%s", step, res.code, res.stdout, res.stderr)
+		default:
+			d.t.Fatalf("the source daemon did not die at %s", step)
+		}
+	}
+}
+
+// startCounterVM creates and starts VM name on d with the counter guest
+// and disk, and waits for its count to pass 5; it returns QEMU's pid and
+// the count seen.
+func startCounterVM(t *testing.T, d *kvmd, image, name, disk string) (pid, n int) {
+	t.Helper()
+	d.mustVM(append([]string{"create", name, "--disk", disk}, guestArgs(image, "counter")...)...)
+	d.mustVM("start", name)
+	return d.info(name).PID, d.waitCounterPast(name, 5, bootTimeout)
+}
+
+// wantHolder fails the test unless g lists holder as vol's one attachment.
+func wantHolder(t *testing.T, g *gateway, vol, holder, when string) {
+	t.Helper()
+	if l := attachments(t, g, vol); len(l) != 1 || l[0] != holder {
+		t.Fatalf("attachments of %s %s: %v, want [%s]", vol, when, l, holder)
+	}
+}
+
+// waitForgotten waits for d to no longer list VM name.
+func (d *kvmd) waitForgotten(name string) {
+	d.t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); strings.Contains(d.mustVM("ls"), name); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			d.t.Fatalf("%s still lists the VM:\n%s", d.hostID, d.mustVM("ls"))
+		}
+	}
+}
+
+// migrateAsync runs `vm migrate name --to b` on a in the background; its
+// result arrives on the channel.
+func migrateAsync(a *kvmd, name string, b *kvmd) <-chan cliResult {
+	r := make(chan cliResult, 1)
+	go func() { r <- a.vm("migrate", name, "--to", b.addr) }()
+	return r
+}
+
 func (d *kvmd) kill9() {
 	d.cmd.Process.Signal(syscall.SIGKILL)
 	<-d.exited
@@ -656,19 +718,11 @@ func TestKVMMigrateBetweenGatewaysSourceDies(t *testing.T) {
 	a.waitCounterPast("d1", 5, bootTimeout)
 
 	// Restart the source daemon with the hook: it dies at completed.
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	<-a.exited
-	a.daemonEnv = []string{"FERRY_KVM_TEST_DIE_AFTER=completed"}
-	a.start()
+	a.restartWith("FERRY_KVM_TEST_DIE_AFTER=completed")
 	if in := a.info("d1"); in.State != wire.StateRunning || in.PID != pid {
 		t.Fatalf("vm after the source daemon's restart: %+v", in)
 	}
-	r := a.vm("migrate", "d1", "--to", b.addr)
-	select {
-	case <-a.exited:
-	case <-time.After(time.Minute):
-		t.Fatalf("the source daemon did not die at completed; vm migrate: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
+	a.waitDied(migrateAsync(a, "d1", b), "completed")
 	if syscall.Kill(pid, 0) != nil {
 		t.Fatalf("the source QEMU pid %d is gone: the test hook fired too late", pid)
 	}
@@ -689,29 +743,44 @@ func TestKVMMigrateBetweenGatewaysSourceDies(t *testing.T) {
 
 	// The source daemon comes back: it quits the QEMU left in
 	// postmigrate and does not list the VM.
-	a.daemonEnv = nil
-	a.start()
-	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(200 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the restarted source daemon left QEMU pid %d running", pid)
-		}
-	}
+	a.restartWith()
+	waitExited(t, pid)
 	for _, d := range []*kvmd{b, a} {
 		for _, l := range regexp.MustCompile(`.*(source went silent|released on the source's gateway by the destination|migrated away while ferry-kvm was down).*`).FindAllString(d.logs.String(), -1) {
 			t.Log(l)
 		}
 	}
-	if ls := a.mustVM("ls"); strings.Contains(ls, "d1") {
+	movedOn(t, a, b, "d1")
+	b.mustVM("stop", "d1", "--force")
+}
+
+// waitExited waits for the source's QEMU, pid, to be quit by its
+// restarted daemon.
+func waitExited(t *testing.T, pid int) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted source daemon left QEMU pid %d running", pid)
+		}
+	}
+}
+
+// movedOn checks VM name after a migration from a to b that completed
+// while a's daemon was dead: a no longer lists it and kept its serial log,
+// and the count goes on at b from where the source's log ends, without a
+// gap.
+func movedOn(t *testing.T, a, b *kvmd, name string) {
+	t.Helper()
+	if ls := a.mustVM("ls"); strings.Contains(ls, name) {
 		t.Fatalf("the restarted source daemon lists the VM:\n%s", ls)
 	}
-	srcLog, err := os.ReadFile(filepath.Join(a.state, "migrated", "d1", "serial.log"))
+	srcLog, err := os.ReadFile(filepath.Join(a.state, "migrated", name, "serial.log"))
 	if err != nil {
 		t.Fatalf("the source's serial log was not kept: %v", err)
 	}
 	last := counters(string(srcLog))
-	b.waitCounterPast("d1", last[len(last)-1]+10, time.Minute)
-	checkConsecutive(t, "source then destination console", counters(string(srcLog)+b.serial("d1")))
-	b.mustVM("stop", "d1", "--force")
+	b.waitCounterPast(name, last[len(last)-1]+10, time.Minute)
+	checkConsecutive(t, "source then destination console", counters(string(srcLog)+b.serial(name)))
 }
 
 // TestKVMMigrateSourceDies: on one gateway, the source daemon dies
@@ -727,24 +796,12 @@ func TestKVMMigrateSourceDies(t *testing.T) {
 	g := startGateway(t)
 	a := startKVMD(t, g, "host-a")
 	b := startKVMD(t, g, "host-b")
-	a.mustVM(append([]string{"create", "s1", "--disk", "new:s-root:64M"}, guestArgs(image, "counter")...)...)
-	a.mustVM("start", "s1")
-	pid := a.info("s1").PID
-	a.waitCounterPast("s1", 5, bootTimeout)
-
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	<-a.exited
-	a.daemonEnv = []string{"FERRY_KVM_TEST_DIE_AFTER=completed"}
-	a.start()
+	pid, _ := startCounterVM(t, a, image, "s1", "new:s-root:64M")
+	a.restartWith("FERRY_KVM_TEST_DIE_AFTER=completed")
 	if in := a.info("s1"); in.State != wire.StateRunning || in.PID != pid {
 		t.Fatalf("vm after the source daemon's restart: %+v", in)
 	}
-	r := a.vm("migrate", "s1", "--to", b.addr)
-	select {
-	case <-a.exited:
-	case <-time.After(time.Minute):
-		t.Fatalf("the source daemon did not die at completed; vm migrate: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
+	a.waitDied(migrateAsync(a, "s1", b), "completed")
 	if syscall.Kill(pid, 0) != nil {
 		t.Fatalf("the source QEMU pid %d is gone: the test hook fired too late", pid)
 	}
@@ -762,34 +819,16 @@ func TestKVMMigrateSourceDies(t *testing.T) {
 	if in.Disks[0].Holder != "host-b:s1" || !strings.Contains(in.LastError, "this host took the VM over") {
 		t.Fatalf("destination after the take-over: %+v", in)
 	}
-	if l := attachments(t, g, "s-root"); len(l) != 1 || l[0] != "host-b:s1" {
-		t.Fatalf("the gateway's attachments of s-root after the take-over: %v, want [host-b:s1]", l)
-	}
+	wantHolder(t, g, "s-root", "host-b:s1", "after the take-over")
 
 	// The source daemon comes back: it quits the QEMU left in
 	// postmigrate and no longer lists the VM.
-	a.daemonEnv = nil
-	a.start()
-	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(200 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the restarted source daemon left QEMU pid %d running", pid)
-		}
-	}
-	if ls := a.mustVM("ls"); strings.Contains(ls, "s1") {
-		t.Fatalf("the restarted source daemon lists the VM:\n%s", ls)
-	}
-	srcLog, err := os.ReadFile(filepath.Join(a.state, "migrated", "s1", "serial.log"))
-	if err != nil {
-		t.Fatalf("the source's serial log was not kept: %v", err)
-	}
-	last := counters(string(srcLog))
-	b.waitCounterPast("s1", last[len(last)-1]+10, time.Minute)
-	checkConsecutive(t, "source then destination console", counters(string(srcLog)+b.serial("s1")))
+	a.restartWith()
+	waitExited(t, pid)
+	movedOn(t, a, b, "s1")
 	// The destination renews the attachment it took over: still its own
 	// after the source's restart and the wait above.
-	if l := attachments(t, g, "s-root"); len(l) != 1 || l[0] != "host-b:s1" {
-		t.Fatalf("the gateway's attachments of s-root at the end: %v, want [host-b:s1]", l)
-	}
+	wantHolder(t, g, "s-root", "host-b:s1", "at the end")
 	b.mustVM("stop", "s1", "--force")
 	final := counters(b.serial("s1"))
 	checkDiskCounter(t, g, "s-root", final[len(final)-1])
@@ -829,24 +868,10 @@ func TestKVMMigrateSourceDiesAtSwitchover(t *testing.T) {
 func sourceDiesAtSwitchover(t *testing.T, image string, ga, gb *gateway) {
 	a := startKVMD(t, ga, "host-a")
 	b := startKVMD(t, gb, "host-b")
-	a.mustVM(append([]string{"create", "w1", "--disk", "w-root"}, guestArgs(image, "counter")...)...)
-	a.mustVM("start", "w1")
-	pid := a.info("w1").PID
-	a.waitCounterPast("w1", 5, bootTimeout)
-
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	<-a.exited
-	a.daemonEnv = []string{"FERRY_KVM_TEST_DIE_AFTER=handoff"}
-	a.start()
-	r := a.vm("migrate", "w1", "--to", b.addr)
-	select {
-	case <-a.exited:
-	case <-time.After(time.Minute):
-		t.Fatalf("the source daemon did not die at the switchover; vm migrate: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	if l := attachments(t, ga, "w-root"); len(l) != 1 || l[0] != "host-b:w1" {
-		t.Fatalf("attachments of w-root with the source dead at the switchover: %v, want [host-b:w1]", l)
-	}
+	pid, _ := startCounterVM(t, a, image, "w1", "w-root")
+	a.restartWith("FERRY_KVM_TEST_DIE_AFTER=handoff")
+	a.waitDied(migrateAsync(a, "w1", b), "the switchover")
+	wantHolder(t, ga, "w-root", "host-b:w1", "with the source dead at the switchover")
 	var dpid int
 	if in := b.info("w1"); in.State != wire.StateIncoming || in.PID == 0 {
 		t.Fatalf("destination with the source dead at the switchover: %+v, want incoming", in)
@@ -854,36 +879,35 @@ func sourceDiesAtSwitchover(t *testing.T, image string, ga, gb *gateway) {
 		dpid = in.PID
 	}
 
-	a.daemonEnv = nil
-	a.start()
+	a.restartWith()
 	in := a.info("w1")
 	if in.State != wire.StateRunning || in.PID != pid || in.Migration == nil || in.Migration.Status != "failed" {
 		t.Fatalf("source after its restart: %+v, want running, pid %d, migration failed", in, pid)
 	}
 	n := a.waitCounterPast("w1", 0, time.Minute)
 	a.waitCounterPast("w1", n+5, time.Minute)
-	if l := attachments(t, ga, "w-root"); len(l) != 1 || l[0] != "host-a:w1" {
-		t.Fatalf("attachments of w-root after the source's restart: %v, want [host-a:w1]", l)
-	}
+	wantHolder(t, ga, "w-root", "host-a:w1", "after the source's restart")
 	for deadline := time.Now().Add(time.Minute); syscall.Kill(dpid, 0) == nil; time.Sleep(200 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the destination's incoming QEMU pid %d still runs after the source cancelled", dpid)
 		}
 	}
-	for deadline := time.Now().Add(30 * time.Second); strings.Contains(b.mustVM("ls"), "w1"); time.Sleep(200 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the destination still lists the VM:\n%s", b.mustVM("ls"))
-		}
-	}
-	checkConsecutive(t, "the source's console across the failed migration", counters(a.serial("w1")))
-	// The lease stays the source's: renewed past its 20 s TTL.
+	b.waitForgotten("w1")
+	keptAtSource(t, a, ga, "w1", "w-root")
+}
+
+// keptAtSource checks VM name after a migration that failed once its
+// attachment had moved: the guest's count has no gap, and the attachment
+// of vol is the source's and stays so past its lease's 20 s TTL (renewed);
+// then it stops the VM and finds the last count on the disk.
+func keptAtSource(t *testing.T, a *kvmd, g *gateway, name, vol string) {
+	t.Helper()
+	checkConsecutive(t, "the source's console across the failed migration", counters(a.serial(name)))
 	time.Sleep(25 * time.Second)
-	if l := attachments(t, ga, "w-root"); len(l) != 1 || l[0] != "host-a:w1" {
-		t.Fatalf("attachments of w-root 25 s later: %v, want [host-a:w1]", l)
-	}
-	a.mustVM("stop", "w1", "--force")
-	final := counters(a.serial("w1"))
-	checkDiskCounter(t, ga, "w-root", final[len(final)-1])
+	wantHolder(t, g, vol, "host-a:"+name, "25 s later")
+	a.mustVM("stop", name, "--force")
+	final := counters(a.serial(name))
+	checkDiskCounter(t, g, vol, final[len(final)-1])
 }
 
 // TestKVMMigrationFailsAfterHandoff: a migration that fails after the
@@ -895,14 +919,8 @@ func TestKVMMigrationFailsAfterHandoff(t *testing.T) {
 	g := startGateway(t)
 	a := startKVMD(t, g, "host-a")
 	b := startKVMD(t, g, "host-b")
-	a.mustVM(append([]string{"create", "f1", "--disk", "new:f-root:64M"}, guestArgs(image, "counter")...)...)
-	a.mustVM("start", "f1")
-	pid := a.info("f1").PID
-	n := a.waitCounterPast("f1", 5, bootTimeout)
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	<-a.exited
-	a.daemonEnv = []string{"FERRY_KVM_TEST_FAIL_AFTER=handoff"}
-	a.start()
+	pid, n := startCounterVM(t, a, image, "f1", "new:f-root:64M")
+	a.restartWith("FERRY_KVM_TEST_FAIL_AFTER=handoff")
 	r := a.vm("migrate", "f1", "--to", b.addr)
 	if r.code == 0 || !strings.Contains(r.stderr, "test hook: the migration fails after handoff") {
 		t.Fatalf("vm migrate with the hook: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
@@ -912,20 +930,9 @@ func TestKVMMigrationFailsAfterHandoff(t *testing.T) {
 		t.Fatalf("source after the failed migration: %+v", in)
 	}
 	a.waitCounterPast("f1", n+5, time.Minute)
-	if l := attachments(t, g, "f-root"); len(l) != 1 || l[0] != "host-a:f1" {
-		t.Fatalf("attachments of f-root after the failed migration: %v, want [host-a:f1]", l)
-	}
-	for deadline := time.Now().Add(30 * time.Second); strings.Contains(b.mustVM("ls"), "f1"); time.Sleep(200 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the destination still lists the VM:\n%s", b.mustVM("ls"))
-		}
-	}
-	checkConsecutive(t, "the source's console across the failed migration", counters(a.serial("f1")))
-	time.Sleep(25 * time.Second)
-	if l := attachments(t, g, "f-root"); len(l) != 1 || l[0] != "host-a:f1" {
-		t.Fatalf("attachments of f-root 25 s later: %v, want [host-a:f1]", l)
-	}
-	a.mustVM("stop", "f1", "--force")
+	wantHolder(t, g, "f-root", "host-a:f1", "after the failed migration")
+	b.waitForgotten("f1")
+	keptAtSource(t, a, g, "f1", "f-root")
 }
 
 // TestKVMGatewayKill9UnderGuestWrites: the gateway is killed -9 and
