@@ -421,7 +421,6 @@ func TestDockerPlugin(t *testing.T) {
 				if !t.Failed() {
 					return
 				}
-				e.t = t
 				select {
 				case <-g.exited:
 					t.Logf("restarting the gateway %s left killed", name)

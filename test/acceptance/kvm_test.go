@@ -163,19 +163,15 @@ func (d *kvmd) restartWith(env ...string) {
 	d.start()
 }
 
-// waitDied waits for the daemon to kill itself by its test hook at step
-// during the migration whose `vm migrate` reports on r.
-func (d *kvmd) waitDied(r <-chan cliResult, step string) {
+// migrateUntilDeath migrates VM name to b and waits for the daemon to
+// kill itself by its test hook at step (vm migrate returns when it dies).
+func (d *kvmd) migrateUntilDeath(name string, b *kvmd, step string) {
 	d.t.Helper()
+	r := d.vm("migrate", name, "--to", b.addr)
 	select {
 	case <-d.exited:
 	case <-time.After(time.Minute):
-		select {
-		case res := <-r:
-			d.t.Fatalf("the source daemon did not die at %s; vm migrate: exit %d\n%s%s", step, res.code, res.stdout, res.stderr)
-		default:
-			d.t.Fatalf("the source daemon did not die at %s", step)
-		}
+		d.t.Fatalf("the source daemon did not die at %s; vm migrate: exit %d\n%s%s", step, r.code, r.stdout, r.stderr)
 	}
 }
 
@@ -205,14 +201,6 @@ func (d *kvmd) waitForgotten(name string) {
 			d.t.Fatalf("%s still lists the VM:\n%s", d.hostID, d.mustVM("ls"))
 		}
 	}
-}
-
-// migrateAsync runs `vm migrate name --to b` on a in the background; its
-// result arrives on the channel.
-func migrateAsync(a *kvmd, name string, b *kvmd) <-chan cliResult {
-	r := make(chan cliResult, 1)
-	go func() { r <- a.vm("migrate", name, "--to", b.addr) }()
-	return r
 }
 
 func (d *kvmd) kill9() {
@@ -722,7 +710,7 @@ func TestKVMMigrateBetweenGatewaysSourceDies(t *testing.T) {
 	if in := a.info("d1"); in.State != wire.StateRunning || in.PID != pid {
 		t.Fatalf("vm after the source daemon's restart: %+v", in)
 	}
-	a.waitDied(migrateAsync(a, "d1", b), "completed")
+	a.migrateUntilDeath("d1", b, "completed")
 	if syscall.Kill(pid, 0) != nil {
 		t.Fatalf("the source QEMU pid %d is gone: the test hook fired too late", pid)
 	}
@@ -801,7 +789,7 @@ func TestKVMMigrateSourceDies(t *testing.T) {
 	if in := a.info("s1"); in.State != wire.StateRunning || in.PID != pid {
 		t.Fatalf("vm after the source daemon's restart: %+v", in)
 	}
-	a.waitDied(migrateAsync(a, "s1", b), "completed")
+	a.migrateUntilDeath("s1", b, "completed")
 	if syscall.Kill(pid, 0) != nil {
 		t.Fatalf("the source QEMU pid %d is gone: the test hook fired too late", pid)
 	}
@@ -870,7 +858,7 @@ func sourceDiesAtSwitchover(t *testing.T, image string, ga, gb *gateway) {
 	b := startKVMD(t, gb, "host-b")
 	pid, _ := startCounterVM(t, a, image, "w1", "w-root")
 	a.restartWith("FERRY_KVM_TEST_DIE_AFTER=handoff")
-	a.waitDied(migrateAsync(a, "w1", b), "the switchover")
+	a.migrateUntilDeath("w1", b, "the switchover")
 	wantHolder(t, ga, "w-root", "host-b:w1", "with the source dead at the switchover")
 	var dpid int
 	if in := b.info("w1"); in.State != wire.StateIncoming || in.PID == 0 {
