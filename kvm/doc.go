@@ -19,7 +19,7 @@
 // migration the destination's QEMU opens the volumes before it owns them
 // (QEMU keeps an incoming VM's disks inactive); the source migrates with
 // the pause-before-switchover capability and, while the guest is paused,
-// moves every attachment to the destination's holder (Handoff), then lets
+// moves every attachment to the destination's holder (handOff), then lets
 // QEMU switch over. On any failure the lease moves back, the source's
 // guest resumes and the destination's QEMU is quit.
 //

@@ -82,10 +82,7 @@ type Config struct {
 	NBDTLS *NBDTLS
 	// PeerTLS, when set, is the TLS configuration for https:// migration
 	// destinations (their CA); nil trusts the system's roots.
-	PeerTLS *tls.Config
-	// Handoff moves attachments at a migration's switchover; nil means
-	// LeaseHandoff on Gateway (both hosts on one gateway).
-	Handoff    Handoff
+	PeerTLS    *tls.Config
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -129,9 +126,6 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	if cfg.MigrationAddr == "" {
 		cfg.MigrationAddr = "127.0.0.1"
-	}
-	if cfg.Handoff == nil {
-		cfg.Handoff = LeaseHandoff{Gateway: cfg.Gateway}
 	}
 	if !gatewayHostRE.MatchString(cfg.HostID) {
 		return nil, fmt.Errorf("host id %q: use letters, digits, '.', '_', '-'", cfg.HostID)

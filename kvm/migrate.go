@@ -16,28 +16,20 @@ import (
 	"github.com/ferry-io/ferry/kvm/wire"
 )
 
-// Handoff moves a volume's attachment from one holder to another at a
-// migration's switchover, while the guest is paused, so one holder owns
-// the volume at every instant. LeaseHandoff does it on one gateway. A
-// migration between two gateways sharing a bucket uses it too (on the
-// source's gateway, whose exports the destination opened), then, once
-// the source's QEMU is gone, hands the volume itself over: release on
-// the source's gateway, adopt on the destination's (finishCrossGateway).
-type Handoff interface {
-	Handoff(ctx context.Context, volume, from, to string) error
-}
-
-// LeaseHandoff moves an attachment within one gateway: it ends from's
-// lease and takes one for to; if that fails it takes from's back.
-type LeaseHandoff struct{ Gateway Gateway }
-
-// Handoff implements Handoff.
-func (h LeaseHandoff) Handoff(ctx context.Context, volume, from, to string) error {
-	if err := h.Gateway.Detach(ctx, volume, from); err != nil && !errors.Is(err, gwire.ErrNotFound) {
+// handOff moves a volume's attachment on gw, the gateway serving it, from
+// one holder to another at a migration's switchover, while the guest is
+// paused, so one holder owns the volume at every instant: it ends from's
+// lease and takes one for to; if that fails it takes from's back. A
+// migration between two gateways sharing a bucket does it too (on the
+// source's gateway, whose exports the destination opened), then, once the
+// source's QEMU is gone, hands the volume itself over: release on the
+// source's gateway, adopt on the destination's (finishCrossGateway).
+func handOff(ctx context.Context, gw Gateway, volume, from, to string) error {
+	if err := gw.Detach(ctx, volume, from); err != nil && !errors.Is(err, gwire.ErrNotFound) {
 		return fmt.Errorf("detach %s from %s: %w", volume, from, err)
 	}
-	if _, err := h.Gateway.Attach(ctx, volume, to, gwire.AttachRequest{Protocol: "nbd"}); err != nil {
-		if _, err2 := h.Gateway.Attach(ctx, volume, from, gwire.AttachRequest{Protocol: "nbd", Reclaim: true}); err2 != nil {
+	if _, err := gw.Attach(ctx, volume, to, gwire.AttachRequest{Protocol: "nbd"}); err != nil {
+		if _, err2 := gw.Attach(ctx, volume, from, gwire.AttachRequest{Protocol: "nbd", Reclaim: true}); err2 != nil {
 			return fmt.Errorf("attach %s to %s: %w (and taking it back failed: %v)", volume, to, err, err2)
 		}
 		return fmt.Errorf("attach %s to %s: %w", volume, to, err)
@@ -224,7 +216,7 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 			v.leaseHeld = false
 			v.mu.Unlock()
 			for _, d := range spec.Disks {
-				if err := m.cfg.Handoff.Handoff(ctx, d.Volume, m.holder(name), rep.Holder); err != nil {
+				if err := handOff(ctx, m.cfg.Gateway, d.Volume, m.holder(name), rep.Holder); err != nil {
 					fail(fmt.Errorf("hand volume %s to the destination: %w", d.Volume, err))
 					return
 				}
