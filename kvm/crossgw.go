@@ -78,11 +78,47 @@ func (s sourceDisks) wire() []wire.SourceDisk {
 	return out
 }
 
-// sourceDisks describes the VM's disks as this host's gateway serves them.
-func (m *Manager) sourceDisks(ctx context.Context, disks []wire.Disk) (sourceDisks, error) {
+// servingGateway is the gateway that serves a VM's disks: this host's,
+// or the one a migration between gateways left them on (a release that
+// failed), by its API address and token.
+type servingGateway struct {
+	Gateway
+	addr, token string
+}
+
+// servingGateway finds the gateway serving the disks of a VM (served: its
+// record.Disks). A VM whose disks are on more than one gateway cannot
+// migrate: the destination opens, and the hand-over moves, the disks of
+// one source gateway.
+func (m *Manager) servingGateway(served []nbdDisk) (servingGateway, error) {
+	var addr, token string
+	for i, d := range served {
+		if i > 0 && d.Gateway != addr {
+			return servingGateway{}, fmt.Errorf("the VM's disks are on more than one gateway (%s on %s, %s on %s): release and adopt them onto one first: %w",
+				served[0].Volume, gatewayName(addr), d.Volume, gatewayName(d.Gateway), gwire.ErrInvalid)
+		}
+		addr, token = d.Gateway, d.GatewayToken
+	}
+	if addr == "" {
+		return servingGateway{Gateway: m.cfg.Gateway, addr: m.cfg.GatewayAddr, token: m.cfg.GatewayToken}, nil
+	}
+	return servingGateway{Gateway: m.sourceGateway(addr, token), addr: addr, token: token}, nil
+}
+
+// gatewayName names a disk's gateway in a message ("" is this host's).
+func gatewayName(addr string) string {
+	if addr == "" {
+		return "this host's gateway"
+	}
+	return "gateway " + addr
+}
+
+// sourceDisks describes the VM's disks as gw, the gateway serving them,
+// serves them.
+func (m *Manager) sourceDisks(ctx context.Context, gw Gateway, disks []wire.Disk) (sourceDisks, error) {
 	var out sourceDisks
 	for _, d := range disks {
-		in, err := m.cfg.Gateway.Volume(ctx, d.Volume)
+		in, err := gw.Volume(ctx, d.Volume)
 		if err != nil {
 			return nil, fmt.Errorf("volume %s: %w", d.Volume, err)
 		}
@@ -91,7 +127,7 @@ func (m *Manager) sourceDisks(ctx context.Context, disks []wire.Disk) (sourceDis
 			sd.NBDURL = in.Attach.NBD.URL
 		}
 		if in.Tier != nil && in.Tier.Store != "" {
-			sv, err := m.cfg.Gateway.Store(ctx, in.Tier.Store)
+			sv, err := gw.Store(ctx, in.Tier.Store)
 			if err != nil {
 				return nil, fmt.Errorf("volume %s: store %s: %w", d.Volume, in.Tier.Store, err)
 			}
@@ -393,7 +429,7 @@ func attachOne(ctx context.Context, g Gateway, vol, holder string, reclaim bool)
 // it quits this QEMU and hands each volume over (park, release, adopt,
 // done; see the top of this file). Downtime is QEMU's plus the
 // hand-over's: the guest is paused until the destination's cont.
-func (m *Manager) finishCrossGateway(ctx context.Context, v *VM, dst *client.Client, name string, st migrationStatus, holder string, src sourceDisks) {
+func (m *Manager) finishCrossGateway(ctx context.Context, v *VM, dst *client.Client, name string, st migrationStatus, holder string, gw servingGateway, src sourceDisks) {
 	log := m.log.With("vm", name)
 	start := time.Now()
 	v.mu.Lock()
@@ -408,10 +444,9 @@ func (m *Manager) finishCrossGateway(ctx context.Context, v *VM, dst *client.Cli
 	m.mu.Unlock()
 	v.quit(ctx)
 
-	gw := m.cfg.Gateway
 	servers := make([]wire.DiskServer, len(src))
 	for i, d := range src {
-		servers[i] = wire.DiskServer{Volume: d.Volume, NBDURL: d.NBDURL, Gateway: m.cfg.GatewayAddr, GatewayToken: m.cfg.GatewayToken}
+		servers[i] = wire.DiskServer{Volume: d.Volume, NBDURL: d.NBDURL, Gateway: gw.addr, GatewayToken: gw.token}
 	}
 	var notes []string
 	if err := dst.IncomingPark(ctx, name); err != nil {

@@ -155,6 +155,9 @@ func TestFinishCrossGatewayFailures(t *testing.T) {
 		wantURL, wantGW, wantNote string
 		wantCalls                 []string
 		wantErr                   bool
+		// elsewhere: the VM's disks are on a gateway other than this
+		// host's (an earlier release failed); every call goes there.
+		elsewhere bool
 	}{
 		{name: "moved", wantURL: "nbd://gw-b:10809/v",
 			wantCalls: []string{"detach v host-b:x1", "release v force=false"}},
@@ -166,6 +169,11 @@ func TestFinishCrossGatewayFailures(t *testing.T) {
 		{name: "adopt fails", dstAdoptErr: "lease held elsewhere", wantURL: "nbd://gw-a:10809/v", wantGW: "gw-a:9809",
 			wantNote:  "the destination's did not adopt it (lease held elsewhere); adopted back here",
 			wantCalls: []string{"detach v host-b:x1", "release v force=false", "adopt cloud-a id-v as v", "attach v host-b:x1"}},
+		{name: "moved from another gateway", elsewhere: true, wantURL: "nbd://gw-b:10809/v",
+			wantCalls: []string{"detach v host-b:x1", "release v force=false"}},
+		{name: "release fails on another gateway", elsewhere: true, releaseErr: fmt.Errorf("1 client(s) connected: %w", gwire.ErrBusy), wantURL: "nbd://gw-a:10809/v", wantGW: "gw-c:9809",
+			wantNote:  "volume v stays on the source's gateway: release failed",
+			wantCalls: []string{"detach v host-b:x1", "release v force=false", "attach v host-b:x1"}},
 		{name: "adopt and adopt back fail", dstAdoptErr: "lease held elsewhere", srcAdoptErr: errors.New("s3 down"), wantURL: "", wantGW: "gw-a:9809",
 			wantNote: "no gateway serves it", wantErr: true},
 	} {
@@ -202,16 +210,25 @@ func TestFinishCrossGatewayFailures(t *testing.T) {
 			defer dst.Close()
 
 			gw := &srcGateway{releaseErr: c.releaseErr, adoptErr: c.srcAdoptErr}
-			m := &Manager{cfg: Config{Gateway: gw, GatewayAddr: "gw-a:9809", HostID: "host-a"}, log: discardLogger(),
+			serving := servingGateway{Gateway: gw, addr: "gw-a:9809"}
+			var own Gateway = gw
+			if c.elsewhere {
+				serving.addr, serving.token = "gw-c:9809", "tok-c"
+				own = &srcGateway{releaseErr: errors.New("this host's gateway was asked")}
+			}
+			m := &Manager{cfg: Config{Gateway: own, GatewayAddr: "gw-a:9809", HostID: "host-a"}, log: discardLogger(),
 				vms: map[string]*VM{}, done: map[string]wire.VMInfo{},
 				migrations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "m"}, []string{"result"})}
 			v := &VM{m: m, dir: t.TempDir(), rec: record{Spec: wire.VMSpec{Name: "x1", Disks: []wire.Disk{{Volume: "v"}}},
 				State: wire.StateMigrating, Migration: &wire.Migration{To: dst.URL, Status: "device"}}}
 			m.vms["x1"] = v
-			m.finishCrossGateway(context.Background(), v, client.New(dst.URL), "x1", migrationStatus{Downtime: 40, TotalTime: 100}, "host-b:x1", src)
+			m.finishCrossGateway(context.Background(), v, client.New(dst.URL), "x1", migrationStatus{Downtime: 40, TotalTime: 100}, "host-b:x1", serving, src)
 
 			if len(done.Disks) != 1 || done.Disks[0].NBDURL != c.wantURL || done.Disks[0].Gateway != c.wantGW {
 				t.Fatalf("done asked for %+v; want url %q gateway %q", done.Disks, c.wantURL, c.wantGW)
+			}
+			if c.elsewhere && (len(own.(*srcGateway).calls) > 0 || (c.wantGW != "" && done.Disks[0].GatewayToken != "tok-c")) {
+				t.Errorf("this host's gateway was called (%q), or the destination was not given the serving gateway's token (%+v)", own.(*srcGateway).calls, done.Disks[0])
 			}
 			if c.wantCalls != nil && strings.Join(gw.calls, "; ") != strings.Join(c.wantCalls, "; ") {
 				t.Errorf("source gateway calls:\n%s\nwant\n%s", strings.Join(gw.calls, "\n"), strings.Join(c.wantCalls, "\n"))
@@ -256,5 +273,28 @@ func TestLoopbackFromAfar(t *testing.T) {
 		if !errors.Is(err, gwire.ErrInvalid) || !strings.Contains(err.Error(), "loopback") {
 			t.Errorf("%s by loopback from another host: %v", name, err)
 		}
+	}
+}
+
+// A migration's source gateway is the one serving the VM's disks: this
+// host's, or the one an earlier migration left them on; disks on two
+// gateways are refused.
+func TestServingGateway(t *testing.T) {
+	var made []string
+	m := &Manager{cfg: Config{Gateway: &fakeGateway{}, GatewayAddr: "gw-a:9809", GatewayToken: "tok-a"},
+		newGateway: func(addr string) Gateway { made = append(made, addr); return &fakeGateway{} }}
+	for _, served := range [][]nbdDisk{nil, {{Volume: "v"}, {Volume: "w"}}} {
+		g, err := m.servingGateway(served)
+		if err != nil || g.Gateway != m.cfg.Gateway || g.addr != "gw-a:9809" || g.token != "tok-a" {
+			t.Errorf("disks on this host's gateway (%+v): %+v, %v", served, g, err)
+		}
+	}
+	g, err := m.servingGateway([]nbdDisk{{Volume: "v", Gateway: "gw-b:9809", GatewayToken: "tok-b"}, {Volume: "w", Gateway: "gw-b:9809", GatewayToken: "tok-b"}})
+	if err != nil || g.addr != "gw-b:9809" || g.token != "tok-b" || strings.Join(made, " ") != "gw-b:9809" {
+		t.Errorf("disks left on gateway B: %+v, %v (clients made for %q)", g, err, made)
+	}
+	_, err = m.servingGateway([]nbdDisk{{Volume: "v"}, {Volume: "w", Gateway: "gw-b:9809"}})
+	if !errors.Is(err, gwire.ErrInvalid) || !strings.Contains(err.Error(), "v on this host's gateway, w on gateway gw-b:9809") {
+		t.Errorf("disks on two gateways: %v", err)
 	}
 }

@@ -141,13 +141,21 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 		v.mu.Unlock()
 		go m.renewOnce(ctx, v)
 	}
-	src, err := m.sourceDisks(ctx, spec.Disks)
+	v.mu.Lock()
+	served := v.rec.Disks
+	v.mu.Unlock()
+	gw, err := m.servingGateway(served)
 	if err != nil {
 		fail(err)
 		return
 	}
-	rep, err = dst.Incoming(ctx, wire.IncomingRequest{Spec: spec, SourceHost: m.cfg.HostID, Disks: src.wire(), SourceGateway: m.cfg.GatewayAddr, SourceAPI: m.cfg.APIAddr,
-		SourceToken: m.cfg.APIToken, SourceGatewayToken: m.cfg.GatewayToken})
+	src, err := m.sourceDisks(ctx, gw, spec.Disks)
+	if err != nil {
+		fail(err)
+		return
+	}
+	rep, err = dst.Incoming(ctx, wire.IncomingRequest{Spec: spec, SourceHost: m.cfg.HostID, Disks: src.wire(), SourceGateway: gw.addr, SourceAPI: m.cfg.APIAddr,
+		SourceToken: m.cfg.APIToken, SourceGatewayToken: gw.token})
 	if err != nil {
 		fail(fmt.Errorf("destination %s: %w", req.To, err))
 		return
@@ -216,7 +224,7 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 			v.leaseHeld = false
 			v.mu.Unlock()
 			for _, d := range spec.Disks {
-				if err := handOff(ctx, m.cfg.Gateway, d.Volume, m.holder(name), rep.Holder); err != nil {
+				if err := handOff(ctx, gw, d.Volume, m.holder(name), rep.Holder); err != nil {
 					fail(fmt.Errorf("hand volume %s to the destination: %w", d.Volume, err))
 					return
 				}
@@ -234,7 +242,7 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 		case "completed":
 			testDie("completed")
 			if rep.CrossGateway {
-				m.finishCrossGateway(ctx, v, dst, name, st, rep.Holder, src)
+				m.finishCrossGateway(ctx, v, dst, name, st, rep.Holder, gw, src)
 				return
 			}
 			m.finishMigration(ctx, v, dst, name, st)

@@ -648,43 +648,109 @@ func TestKVMMigrateBetweenGateways(t *testing.T) {
 	// Back to A while another client reads the volume on gateway B:
 	// B refuses the release, so the volume stays on B; the VM runs on A's
 	// host with its disk on gateway B, and says so.
-	qemuIO := testutil.RequireTool(t, "qemu-io")
-	reader := exec.Command(qemuIO, "-r", "-f", "raw", "-c", "sleep 600000", gb.uri("x-root"))
-	if err := reader.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reader.Process.Kill(); reader.Wait() })
-	for deadline := time.Now().Add(30 * time.Second); len(gb.info("x-root").Connections) < 2; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the reader did not connect to gateway B: %+v", gb.info("x-root").Connections)
-		}
-	}
-	back := b.mustVM("migrate", "x1", "--to", a.addr)
-	if !strings.Contains(back, "x-root stays on the source's gateway: release failed") {
-		t.Fatalf("migrating back with a client on the volume: output does not say the volume stayed on B:\n%s", back)
-	}
-	t.Logf("migration back, volume left on gateway B: %s", strings.Join(regexp.MustCompile(`(?m)^(migrated|volumes:) .*$`).FindAllString(back, -1), " / "))
-	bLog := b.serial("x1")
-	in = a.info("x1")
-	if in.State != wire.StateRunning || !strings.Contains(in.Disks[0].Attach, "nbd://"+gb.nbdAddr+"/x-root") || !strings.Contains(in.Disks[0].Attach, "not this host's") || !strings.Contains(in.LastError, "release failed") {
-		t.Fatalf("VM back on A with its disk left on gateway B: %+v", in)
-	}
+	bLog := migrateKeepingDisk(t, b, a, gb, "x1", "x-root")
 	if r := ga.cli("volume", "info", "x-root"); r.code == 0 {
 		t.Fatalf("gateway A serves the volume, which should have stayed on B:\n%s", r.stdout)
-	}
-	if atts := gb.mustCLI("volume", "info", "x-root"); !strings.Contains(atts, "host-a:x1") {
-		t.Fatalf("gateway B shows no attachment for the VM on A:\n%s", atts)
 	}
 	last = counters(bLog)
 	a.waitCounterPast("x1", last[len(last)-1]+10, time.Minute)
 	checkConsecutive(t, "A, then B, then A again", counters(srcLog+bLog+a.serial("x1")))
-	reader.Process.Kill()
-	reader.Wait()
 
 	a.mustVM("stop", "x1", "--force")
 	final := counters(a.serial("x1"))
 	lastPrinted := final[len(final)-1]
 	checkDiskCounter(t, gb, "x-root", lastPrinted)
+}
+
+// migrateKeepingDisk migrates VM name from one host to another on
+// another gateway while a qemu-io reader holds vol open on g, the
+// source's gateway: g refuses the release, so the VM runs at the
+// destination with its disk left on g, and says so. It returns the
+// source's console, and ends the reader.
+func migrateKeepingDisk(t *testing.T, from, to *kvmd, g *gateway, name, vol string) string {
+	t.Helper()
+	qemuIO := testutil.RequireTool(t, "qemu-io")
+	reader := exec.Command(qemuIO, "-r", "-f", "raw", "-c", "sleep 600000", g.uri(vol))
+	if err := reader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { reader.Process.Kill(); reader.Wait() }()
+	for deadline := time.Now().Add(30 * time.Second); len(g.info(vol).Connections) < 2; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reader did not connect to %s: %+v", g.apiAddr, g.info(vol).Connections)
+		}
+	}
+	out := from.mustVM("migrate", name, "--to", to.addr)
+	if !strings.Contains(out, vol+" stays on the source's gateway: release failed") {
+		t.Fatalf("migrating with a client on the volume: output does not say the volume stayed on the source's gateway:\n%s", out)
+	}
+	t.Logf("migration %s → %s, volume left on the source's gateway: %s", from.hostID, to.hostID, strings.Join(regexp.MustCompile(`(?m)^(migrated|volumes:) .*$`).FindAllString(out, -1), " / "))
+	console := from.serial(name)
+	in := to.info(name)
+	if in.State != wire.StateRunning || !strings.Contains(in.Disks[0].Attach, "nbd://"+g.nbdAddr+"/"+vol) || !strings.Contains(in.Disks[0].Attach, "not this host's") || !strings.Contains(in.LastError, "release failed") {
+		t.Fatalf("VM on %s with its disk left on %s: %+v", to.hostID, g.apiAddr, in)
+	}
+	wantHolder(t, g, vol, to.hostID+":"+name, "with the disk left on the source's gateway")
+	return console
+}
+
+// TestKVMMigrateDiskLeftOnAnotherGateway: a VM whose disk a refused
+// release left on the source's gateway migrates on from there, both
+// ways: to a host on a third gateway (the disk's gateway releases the
+// volume and the destination's adopts it), and to a host on the disk's
+// own gateway (a migration within that gateway: nothing is released or
+// adopted). The count goes on without a gap throughout.
+func TestKVMMigrateDiskLeftOnAnotherGateway(t *testing.T) {
+	_, image := requireKVM(t)
+	const bucket = "ferry-kvm-left"
+	srv, ga, gb := twoGateways(t, bucket)
+	gc := startGateway(t, "--checkpoint-interval", "1h", "--lease-ttl", "9s", "--cache-size", "2G")
+	gc.mustCLI("store", "add", "cloud", "--endpoint", srv.Endpoint, "--bucket", bucket)
+	a, b, c := startKVMD(t, ga, "host-a"), startKVMD(t, gb, "host-b"), startKVMD(t, gc, "host-c")
+	ga.mustCLI("volume", "create", "l-root", "--size", "64M", "--store", "cloud")
+	id := ga.info("l-root").ID
+	startCounterVM(t, a, image, "l1", "l-root")
+	console := migrateKeepingDisk(t, a, b, ga, "l1", "l-root")
+
+	// From B (disk on gateway A) to C: A releases, C adopts.
+	out := b.mustVM("migrate", "l1", "--to", c.addr)
+	if !strings.Contains(out, "released on the source's gateway and adopted on the destination's") {
+		t.Fatalf("B to C with the disk on gateway A: the output lacks the hand-over:\n%s", out)
+	}
+	t.Logf("B to C, the disk moved from gateway A to C: %s", regexp.MustCompile(`(?m)^migrated .*$`).FindString(out))
+	console += b.serial("l1")
+	in := c.info("l1")
+	if in.State != wire.StateRunning || !strings.Contains(in.Disks[0].Attach, "nbd://"+gc.nbdAddr+"/l-root") || strings.Contains(in.Disks[0].Attach, "not this host's") || in.LastError != "" {
+		t.Fatalf("on C after B to C: %+v", in)
+	}
+	checkMoved(t, ga, gc, "l-root", id)
+	wantHolder(t, gc, "l-root", "host-c:l1", "after B to C")
+	cs := counters(console)
+	c.waitCounterPast("l1", cs[len(cs)-1]+5, time.Minute)
+
+	// From A (disk left on gateway C) to C: a migration within gateway C.
+	console += migrateKeepingDisk(t, c, a, gc, "l1", "l-root")
+	out = a.mustVM("migrate", "l1", "--to", c.addr)
+	if !regexp.MustCompile(`downtime \d+ ms`).MatchString(out) || strings.Contains(out, "volumes:") {
+		t.Fatalf("A to C with the disk on gateway C: want a migration within gateway C, nothing released or adopted:\n%s", out)
+	}
+	console += a.serial("l1")
+	in = c.info("l1")
+	if in.State != wire.StateRunning || !strings.Contains(in.Disks[0].Attach, "nbd://"+gc.nbdAddr+"/l-root") || strings.Contains(in.Disks[0].Attach, "not this host's") || in.LastError != "" {
+		t.Fatalf("on C after A to C: %+v", in)
+	}
+	wantHolder(t, gc, "l-root", "host-c:l1", "after A to C")
+	for _, g := range []*gateway{ga, gb} {
+		if r := g.cli("volume", "info", "l-root"); r.code == 0 {
+			t.Fatalf("gateway %s serves the volume, which is on C:\n%s", g.apiAddr, r.stdout)
+		}
+	}
+	cs = counters(console)
+	c.waitCounterPast("l1", cs[len(cs)-1]+10, time.Minute)
+	checkConsecutive(t, "A, B, C, A, C", counters(console+c.serial("l1")))
+	c.mustVM("stop", "l1", "--force")
+	final := counters(c.serial("l1"))
+	checkDiskCounter(t, gc, "l-root", final[len(final)-1])
 }
 
 // TestKVMMigrateBetweenGatewaysSourceDies: the source ferry-kvm dies
