@@ -84,6 +84,13 @@ func (s sourceDisks) wire() []wire.SourceDisk {
 type servingGateway struct {
 	Gateway
 	addr, token string
+	// here: this host's gateway.
+	here bool
+}
+
+// localGateway is this host's gateway as a servingGateway.
+func (m *Manager) localGateway() servingGateway {
+	return servingGateway{Gateway: m.cfg.Gateway, addr: m.cfg.GatewayAddr, token: m.cfg.GatewayToken, here: true}
 }
 
 // servingGateway finds the gateway serving the disks of a VM (served: its
@@ -100,7 +107,7 @@ func (m *Manager) servingGateway(served []nbdDisk) (servingGateway, error) {
 		addr, token = d.Gateway, d.GatewayToken
 	}
 	if addr == "" {
-		return servingGateway{Gateway: m.cfg.Gateway, addr: m.cfg.GatewayAddr, token: m.cfg.GatewayToken}, nil
+		return m.localGateway(), nil
 	}
 	return servingGateway{Gateway: m.sourceGateway(addr, token), addr: addr, token: token}, nil
 }

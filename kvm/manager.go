@@ -494,11 +494,12 @@ func (m *Manager) checkVolumeFree(ctx context.Context, vm, vol string) error {
 }
 
 // attach takes the attachment of every disk (waiting out a gateway's
-// start-up grace), or none.
-func (m *Manager) attach(ctx context.Context, vm string, disks []wire.Disk) error {
+// start-up grace), or none, each on the gateway that serves it (served:
+// as resolve found them).
+func (m *Manager) attach(ctx context.Context, vm string, disks []wire.Disk, served []nbdDisk) error {
 	for i, d := range disks {
-		if err := attachOne(ctx, m.cfg.Gateway, d.Volume, m.holder(vm), false); err != nil {
-			m.detachAll(ctx, vm, disks[:i])
+		if err := attachOne(ctx, m.gatewayOf(served, d.Volume), d.Volume, m.holder(vm), false); err != nil {
+			m.detachAll(ctx, vm, disks[:i], served...)
 			if errors.Is(err, gwire.ErrBusy) {
 				return fmt.Errorf("volume %s is in use elsewhere: %w", d.Volume, err)
 			}
@@ -572,11 +573,11 @@ func (m *Manager) detachAll(ctx context.Context, vm string, disks []wire.Disk, s
 	}
 }
 
-// resolve looks up the disks' NBD exports.
-func (m *Manager) resolve(ctx context.Context, disks []wire.Disk) ([]nbdDisk, error) {
+// resolve looks up the disks' NBD exports on gw.
+func (m *Manager) resolve(ctx context.Context, gw servingGateway, disks []wire.Disk) ([]nbdDisk, error) {
 	var out []nbdDisk
 	for _, d := range disks {
-		in, err := m.cfg.Gateway.Volume(ctx, d.Volume)
+		in, err := gw.Volume(ctx, d.Volume)
 		if err != nil {
 			return nil, fmt.Errorf("volume %s: %w", d.Volume, err)
 		}
@@ -586,6 +587,9 @@ func (m *Manager) resolve(ctx context.Context, disks []wire.Disk) ([]nbdDisk, er
 		nd, err := parseNBDURL(d.Volume, in.Attach.NBD.URL)
 		if err != nil {
 			return nil, err
+		}
+		if !gw.here {
+			nd.Gateway, nd.GatewayToken = gw.addr, gw.token
 		}
 		out = append(out, nd)
 	}
@@ -614,22 +618,32 @@ func (m *Manager) Start(ctx context.Context, name string) (wire.VMInfo, error) {
 		v.transition(wire.StateStopped, "start failed")
 		return wire.VMInfo{}, err
 	}
-	disks, err := m.resolve(ctx, v.rec.Spec.Disks)
+	// The disks are where the VM last ran them: on this host's gateway, or
+	// on the one a migration left them on; from there they may have been
+	// brought home since (released there, adopted here).
+	gw, err := m.servingGateway(v.rec.Disks)
 	if err != nil {
-		for _, d := range v.rec.Disks {
-			if d.Gateway != "" && errors.Is(err, gwire.ErrNotFound) {
-				err = fmt.Errorf("%w (a migration left volume %s on gateway %s: release it there and adopt it on this host's gateway)", err, d.Volume, d.Gateway)
-				break
-			}
-		}
 		return fail(err)
 	}
-	if err := m.attach(ctx, name, v.rec.Spec.Disks); err != nil {
+	disks, err := m.resolve(ctx, gw, v.rec.Spec.Disks)
+	if err != nil && !gw.here && errors.Is(err, gwire.ErrNotFound) {
+		local, err2 := m.resolve(ctx, m.localGateway(), v.rec.Spec.Disks)
+		if err2 != nil {
+			err = fmt.Errorf("on gateway %s, where a migration left the VM's disks: %w; on this host's gateway: %v", gw.addr, err, err2)
+		} else {
+			m.log.Info("the VM's disks are on this host's gateway again", "vm", name, "was", gw.addr)
+			disks, err = local, nil
+		}
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if err := m.attach(ctx, name, v.rec.Spec.Disks, disks); err != nil {
 		return fail(err)
 	}
 	v.rec.Disks = disks
 	if err := v.launchLocked(ctx, "", false); err != nil {
-		m.detachAll(ctx, name, v.rec.Spec.Disks)
+		m.detachAll(ctx, name, v.rec.Spec.Disks, disks...)
 		return fail(err)
 	}
 	v.leaseHeld = true
@@ -694,7 +708,7 @@ func (m *Manager) Remove(ctx context.Context, name string, keepDisks bool) error
 	m.detachAll(ctx, name, disks, served...)
 	if !keepDisks {
 		for _, d := range disks {
-			if err := m.cfg.Gateway.RemoveVolume(ctx, d.Volume, false); err != nil && !errors.Is(err, gwire.ErrNotFound) {
+			if err := m.gatewayOf(served, d.Volume).RemoveVolume(ctx, d.Volume, false); err != nil && !errors.Is(err, gwire.ErrNotFound) {
 				return fmt.Errorf("remove volume %s (the VM is kept; use --keep-disks to keep its volumes): %w", d.Volume, err)
 			}
 		}

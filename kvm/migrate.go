@@ -327,7 +327,7 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 		}
 		v.rec.Cross = &crossIncoming{Source: req.Disks, SourceGateway: req.SourceGateway, SourceAPI: req.SourceAPI,
 			SourceToken: req.SourceToken, SourceGatewayToken: req.SourceGatewayToken, Parked: make([]bool, len(req.Disks))}
-	} else if disks, err = m.resolve(ctx, spec.Disks); err != nil {
+	} else if disks, err = m.resolve(ctx, m.localGateway(), spec.Disks); err != nil {
 		return fail(err)
 	}
 	// Checked before QEMU starts, for a clear error at once; QEMU binds

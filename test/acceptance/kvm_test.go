@@ -660,6 +660,20 @@ func TestKVMMigrateBetweenGateways(t *testing.T) {
 	final := counters(a.serial("x1"))
 	lastPrinted := final[len(final)-1]
 	checkDiskCounter(t, gb, "x-root", lastPrinted)
+
+	// Brought home as KVM.md says (released on B, adopted on A): the VM
+	// starts on A's own export.
+	gb.mustCLI("volume", "release", "x-root")
+	ga.mustCLI("volume", "adopt", "cloud", id, "--name", "x-root")
+	before := a.serial("x1")
+	a.mustVM("start", "x1")
+	in = a.info("x1")
+	if in.State != wire.StateRunning || !strings.Contains(in.Disks[0].Attach, "nbd://"+ga.nbdAddr+"/x-root") || strings.Contains(in.Disks[0].Attach, "not this host's") {
+		t.Fatalf("started on A after the volume came home: %+v", in)
+	}
+	wantHolder(t, ga, "x-root", "host-a:x1", "after the start on A")
+	waitCountingSince(t, a, "x1", before)
+	a.mustVM("stop", "x1", "--force")
 }
 
 // migrateKeepingDisk migrates VM name from one host to another on
@@ -728,13 +742,35 @@ func TestKVMMigrateDiskLeftOnAnotherGateway(t *testing.T) {
 	cs := counters(console)
 	c.waitCounterPast("l1", cs[len(cs)-1]+5, time.Minute)
 
-	// From A (disk left on gateway C) to C: a migration within gateway C.
+	// Stopped on A with its disk left on gateway C, and started again: the
+	// disk is still C's.
 	console += migrateKeepingDisk(t, c, a, gc, "l1", "l-root")
+	cs = counters(console)
+	a.waitCounterPast("l1", cs[len(cs)-1]+5, time.Minute)
+	a.mustVM("stop", "l1", "--force")
+	console += a.serial("l1")
+	checkConsecutive(t, "A, B, C, A", counters(console))
+	cs = counters(console)
+	checkDiskCounter(t, gc, "l-root", cs[len(cs)-1])
+	before := a.serial("l1")
+	a.mustVM("start", "l1")
+	in = a.info("l1")
+	if in.State != wire.StateRunning || !strings.Contains(in.Disks[0].Attach, "nbd://"+gc.nbdAddr+"/l-root") || !strings.Contains(in.Disks[0].Attach, "not this host's") {
+		t.Fatalf("started again on A, its disk on gateway C: %+v", in)
+	}
+	wantHolder(t, gc, "l-root", "host-a:l1", "after the start on A")
+	waitCountingSince(t, a, "l1", before)
+
+	// From A (disk on gateway C) to C: a migration within gateway C.
 	out = a.mustVM("migrate", "l1", "--to", c.addr)
 	if !regexp.MustCompile(`downtime \d+ ms`).MatchString(out) || strings.Contains(out, "volumes:") {
 		t.Fatalf("A to C with the disk on gateway C: want a migration within gateway C, nothing released or adopted:\n%s", out)
 	}
-	console += a.serial("l1")
+	console = a.serial("l1")
+	if !strings.HasPrefix(console, before) {
+		t.Fatalf("A's console of l1 after the migration does not begin with the one before the start")
+	}
+	console = console[len(before):]
 	in = c.info("l1")
 	if in.State != wire.StateRunning || !strings.Contains(in.Disks[0].Attach, "nbd://"+gc.nbdAddr+"/l-root") || strings.Contains(in.Disks[0].Attach, "not this host's") || in.LastError != "" {
 		t.Fatalf("on C after A to C: %+v", in)
@@ -747,10 +783,35 @@ func TestKVMMigrateDiskLeftOnAnotherGateway(t *testing.T) {
 	}
 	cs = counters(console)
 	c.waitCounterPast("l1", cs[len(cs)-1]+10, time.Minute)
-	checkConsecutive(t, "A, B, C, A, C", counters(console+c.serial("l1")))
-	c.mustVM("stop", "l1", "--force")
-	final := counters(c.serial("l1"))
-	checkDiskCounter(t, gc, "l-root", final[len(final)-1])
+	checkConsecutive(t, "A after its start, then C", counters(console+c.serial("l1")))
+
+	// Removed with its disks from B, its disk left on C: the volume goes
+	// from C.
+	migrateKeepingDisk(t, c, b, gc, "l1", "l-root")
+	b.mustVM("stop", "l1", "--force")
+	b.mustVM("rm", "l1")
+	if r := gc.cli("volume", "info", "l-root"); r.code == 0 {
+		t.Fatalf("vm rm on B left the VM's volume on gateway C:\n%s", r.stdout)
+	}
+}
+
+// waitCountingSince waits until VM name, started again on d, has counted
+// past 5 in the console after before (its console up to the start).
+func waitCountingSince(t *testing.T, d *kvmd, name, before string) {
+	t.Helper()
+	var since string
+	for deadline := time.Now().Add(bootTimeout); ; time.Sleep(300 * time.Millisecond) {
+		now := d.serial(name)
+		if !strings.HasPrefix(now, before) {
+			t.Fatalf("the console of %s before its start is not the beginning of the one after", name)
+		}
+		if since = now[len(before):]; len(counters(since)) > 5 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s started again on %s does not count:\n%s", name, d.hostID, tail(since, 20))
+		}
+	}
 }
 
 // TestKVMMigrateBetweenGatewaysSourceDies: the source ferry-kvm dies
