@@ -94,9 +94,9 @@ func (m *Manager) localGateway() servingGateway {
 }
 
 // servingGateway finds the gateway serving the disks of a VM (served: its
-// record.Disks). A VM whose disks are on more than one gateway cannot
-// migrate: the destination opens, and the hand-over moves, the disks of
-// one source gateway.
+// record.Disks). A VM whose disks are on more than one gateway neither
+// starts nor migrates: the destination opens, and the hand-over moves,
+// the disks of one source gateway, and a start looks them up on one.
 func (m *Manager) servingGateway(served []nbdDisk) (servingGateway, error) {
 	var addr, token string
 	for i, d := range served {
