@@ -748,6 +748,12 @@ func TestDockerPlugin(t *testing.T) {
 		if r["Err"] != nil && r["Err"] != "" {
 			t.Fatalf("host B mount after A let go: %v", r)
 		}
+		// Should the step fail from here, B's mount must not outlive it.
+		t.Cleanup(func() {
+			if t.Failed() {
+				pb.call("/VolumeDriver.Unmount", []byte(`{"Name":"v3","ID":"b1"}`))
+			}
+		})
 		if _, r = pb.call("/VolumeDriver.Unmount", []byte(`{"Name":"v3","ID":"b1"}`)); r["Err"] != "" {
 			t.Fatalf("host B unmount: %v", r)
 		}
