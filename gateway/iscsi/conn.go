@@ -47,7 +47,9 @@ type conn struct {
 	cid      uint16
 	tsih     uint16
 
-	// Negotiated.
+	// Negotiated. dig is in force from the full feature phase on; login
+	// negotiates it into loginDig.
+	dig, loginDig                     digests
 	maxSendData, maxBurst, firstBurst int
 	initialR2T, immediateData         bool
 	declaredMRDSL                     bool
@@ -103,6 +105,7 @@ func (c *conn) Serve(ctx context.Context) {
 		return
 	}
 	c.nc.SetDeadline(time.Time{})
+	c.dig = c.loginDig
 	if c.att != nil {
 		defer c.att.Detach()
 		nexus := nexusName(c.initiator, c.isid)
@@ -138,9 +141,29 @@ func (c *conn) fullFeature(ctx context.Context) error {
 	p := new(pdu)
 	for {
 		*p = pdu{}
-		if err := p.readFrom(c.br, ourMaxRecvData, bufpool.Get); err != nil {
-			if errors.Is(err, errPDU) {
+		if err := p.readFrom(c.br, ourMaxRecvData, c.dig, bufpool.Get); err != nil {
+			switch {
+			case errors.Is(err, errPDU):
 				c.reject(p, 0x04) // protocol error
+			case errors.Is(err, errHeaderDigest):
+				c.s.m.headerDigest.Inc()
+				c.s.log.Warn("iSCSI header digest error; connection closed", "remote", c.remote, "initiator", c.initiator)
+			case errors.Is(err, errDataDigest):
+				// RFC 7143 §7.8: rejected and discarded; a Data-Out's
+				// command then fails (dataOut), any other PDU is as if
+				// never sent.
+				c.s.m.dataDigest.Inc()
+				c.s.log.Warn("iSCSI data digest error; PDU rejected", "remote", c.remote, "initiator", c.initiator, "opcode", p.opcode())
+				c.reject(p, 0x02)
+				if p.opcode() == opDataOut {
+					err = c.dataOut(ctx, p, true)
+				} else {
+					err = nil
+				}
+				bufpool.Put(p.data)
+				if err == nil {
+					continue
+				}
 			}
 			return err
 		}
@@ -170,7 +193,7 @@ func (c *conn) handle(ctx context.Context, p *pdu) (done bool, err error) {
 		}
 		return false, c.scsiCommand(ctx, p)
 	case opDataOut:
-		return false, c.dataOut(ctx, p)
+		return false, c.dataOut(ctx, p, false)
 	case opTaskReq:
 		c.acceptCmdSN(p)
 		c.taskMgmt(p)
@@ -217,8 +240,31 @@ func (c *conn) send(p *pdu, status bool) error {
 	p.setDataLen(len(p.data))
 	c.hdrs = append(c.hdrs[:0], p.h[:]...)
 	c.stamp(c.hdrs, status)
-	c.wvArr = append(c.wvArr[:0], c.hdrs, p.data, zeroPad[:(4-len(p.data)%4)%4])
+	pad := zeroPad[:(4-len(p.data)%4)%4]
+	if c.dig == (digests{}) {
+		c.wvArr = append(c.wvArr[:0], c.hdrs, p.data, pad)
+	} else {
+		c.hdrs = slices.Grow(c.hdrs, 8)[:bhsLen+8]
+		c.wvArr = c.appendDigested(c.wvArr[:0], c.hdrs[:bhsLen], p.data, pad, c.hdrs[bhsLen:])
+	}
 	return c.write(len(p.data), last)
+}
+
+// appendDigested appends one PDU's buffers to wv with the digests in
+// force: its header, the header's digest, its data and padding, their
+// digest (none for no data). d holds the two digests (8 bytes).
+func (c *conn) appendDigested(wv [][]byte, hdr, data, pad, d []byte) [][]byte {
+	wv = append(wv, hdr)
+	if c.dig.header {
+		putDigest(d[:4], hdr)
+		wv = append(wv, d[:4])
+	}
+	wv = append(wv, data, pad)
+	if c.dig.data && len(data) > 0 {
+		putDigest(d[4:8], data, pad)
+		wv = append(wv, d[4:8])
+	}
+	return wv
 }
 
 // stamp sets a response header's StatSN (advancing it when status is
@@ -270,7 +316,12 @@ func (c *conn) sendDataIn(t *task, data []byte, uflags byte, resid uint32) error
 		return c.werr
 	}
 	n := (len(data) + c.maxSendData - 1) / c.maxSendData
-	c.hdrs = slices.Grow(c.hdrs[:0], n*bhsLen)[:n*bhsLen]
+	digested := c.dig != (digests{})
+	size := n * bhsLen
+	if digested {
+		size += n * 8 // two digests per PDU, after the headers
+	}
+	c.hdrs = slices.Grow(c.hdrs[:0], size)[:size]
 	clear(c.hdrs)
 	c.wvArr = c.wvArr[:0]
 	for i := range n {
@@ -290,9 +341,15 @@ func (c *conn) sendDataIn(t *task, data []byte, uflags byte, resid uint32) error
 		binary.BigEndian.PutUint32(h[36:], uint32(i))
 		binary.BigEndian.PutUint32(h[40:], uint32(off))
 		c.stamp(h, final)
+		pad := zeroPad[:(4-m%4)%4]
+		if digested {
+			d := c.hdrs[n*bhsLen+i*8 : n*bhsLen+(i+1)*8]
+			c.wvArr = c.appendDigested(c.wvArr, h, data[off:off+m], pad, d)
+			continue
+		}
 		c.wvArr = append(c.wvArr, h, data[off:off+m])
-		if pad := (4 - m%4) % 4; pad > 0 {
-			c.wvArr = append(c.wvArr, zeroPad[:pad])
+		if len(pad) > 0 {
+			c.wvArr = append(c.wvArr, pad)
 		}
 	}
 	return c.write(len(data), last)
@@ -404,6 +461,7 @@ type task struct {
 	ttt     uint32
 	r2tsn   uint32
 	dataSN  uint32 // expected DataSN of the next Data-Out in this burst
+	crcErr  bool   // a Data-Out failed its data digest
 }
 
 // tasks recycles tasks: a command's goes back once it is answered.
@@ -469,7 +527,12 @@ func (c *conn) r2t(t *task) {
 	c.send(p, false)
 }
 
-func (c *conn) dataOut(ctx context.Context, p *pdu) error {
+// dataOut takes one Data-Out PDU of a write command waiting for its data.
+// A PDU whose data failed its digest (corrupt) counts as received but
+// fails the command: once the burst's last PDU is in, it is answered with
+// CHECK CONDITION, PROTOCOL SERVICE CRC ERROR (RFC 7143 §7.8), and
+// nothing is written.
+func (c *conn) dataOut(ctx context.Context, p *pdu, corrupt bool) error {
 	t := c.tasks[p.itt()]
 	if t == nil {
 		return nil // a command already answered (e.g. too big)
@@ -485,9 +548,21 @@ func (c *conn) dataOut(ctx context.Context, p *pdu) error {
 		return nil
 	}
 	t.dataSN++
-	copy(t.buf[off:], p.data)
+	if corrupt {
+		t.crcErr = true
+	} else {
+		copy(t.buf[off:], p.data)
+	}
 	t.got = max(t.got, off+len(p.data))
 	if !p.final() {
+		return nil
+	}
+	if t.crcErr {
+		delete(c.tasks, t.itt)
+		c.respond(t, check(senseCRC))
+		bufpool.Put(t.buf)
+		*t = task{}
+		tasks.Put(t)
 		return nil
 	}
 	if t.got >= t.edtl {

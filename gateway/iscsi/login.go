@@ -285,7 +285,22 @@ func (c *conn) negotiate(keys kv, resp *kv, stage int) {
 			"CHAP_A", "CHAP_N", "CHAP_R", "CHAP_I", "CHAP_C":
 			// Declarative or handled elsewhere.
 		case "HeaderDigest", "DataDigest":
-			resp.add(k, "None")
+			// The first of the initiator's choices Ferry has (RFC 7143
+			// §13.1, §6.2.1); none of them: Reject, and the initiator
+			// ends the login.
+			choice := "Reject"
+			for o := range strings.SplitSeq(v, ",") {
+				if o == "CRC32C" || o == "None" {
+					choice = o
+					break
+				}
+			}
+			resp.add(k, choice)
+			if k == "HeaderDigest" {
+				c.loginDig.header = choice == "CRC32C"
+			} else {
+				c.loginDig.data = choice == "CRC32C"
+			}
 		case "MaxRecvDataSegmentLength":
 			if n, ok := numValue(v); ok && n >= 512 {
 				c.maxSendData = int(min(n, 1<<24-1))

@@ -52,6 +52,7 @@ var (
 	senseInternal      = sense{0x04, 0x44, 0x00} // internal target failure
 	senseMiscompare    = sense{0x0e, 0x1d, 0x00}
 	senseDataPhase     = sense{0x0b, 0x4b, 0x00} // aborted command: data phase error
+	senseCRC           = sense{0x0b, 0x47, 0x05} // aborted command: protocol service CRC error
 	senseParamLength   = sense{0x05, 0x1a, 0x00}
 	senseInvalidParam  = sense{0x05, 0x26, 0x00}
 	// Persistent reservations and unit attentions.

@@ -142,6 +142,8 @@ type metrics struct {
 	logins   *prometheus.CounterVec
 	cmdGood  prometheus.Counter // commands by status, resolved once
 	cmdCheck prometheus.Counter
+	// Digest errors, by the segment that failed.
+	headerDigest, dataDigest prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) metrics {
@@ -153,8 +155,10 @@ func newMetrics(reg prometheus.Registerer) metrics {
 	}
 	commands := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_iscsi_commands_total", Help: "SCSI commands by status."}, []string{"status"})
 	m.cmdGood, m.cmdCheck = commands.WithLabelValues("good"), commands.WithLabelValues("check_condition")
+	digestErrs := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_iscsi_digest_errors_total", Help: "iSCSI PDUs received with a wrong CRC32C digest, by segment (header: the connection ends; data: the PDU is rejected)."}, []string{"segment"})
+	m.headerDigest, m.dataDigest = digestErrs.WithLabelValues("header"), digestErrs.WithLabelValues("data")
 	if reg != nil {
-		reg.MustRegister(m.conns, m.refused, m.panics, m.logins, commands)
+		reg.MustRegister(m.conns, m.refused, m.panics, m.logins, commands, digestErrs)
 	}
 	return m
 }
