@@ -33,6 +33,8 @@ func dockerPluginFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-portal", Usage: "log in at this iSCSI portal `HOST:PORT` instead of the one the gateway reports (NAT)", EnvVars: []string{"FERRY_ISCSI_PORTAL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-chap-user", Usage: "iscsi method: CHAP user for volumes that require CHAP (default: the volume's CHAP user)", EnvVars: []string{"FERRY_ISCSI_CHAP_USER"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-chap-secret", Usage: "iscsi method: CHAP secret for volumes that require CHAP (prefer the environment or the config file to the command line)", EnvVars: []string{"FERRY_ISCSI_CHAP_SECRET"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-mutual-chap-user", Usage: "iscsi method: the name targets must answer mutual CHAP with (default: the volume's mutual CHAP user)", EnvVars: []string{"FERRY_ISCSI_MUTUAL_CHAP_USER"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-mutual-chap-secret", Usage: "iscsi method: authenticate every target with mutual CHAP and this secret; volumes without mutual CHAP are refused (prefer the environment or the config file to the command line)", EnvVars: []string{"FERRY_ISCSI_MUTUAL_CHAP_SECRET"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Usage: "text (key=value lines) or json (one JSON object a line)", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"}}),
 	}, configurableTokenFlags()...)
@@ -179,9 +181,11 @@ func runDockerPlugin(c *cli.Context) error {
 		Logger:        log,
 	}
 	iscsi := &docker.ISCSIAttacher{
-		CHAPUser:   c.String("iscsi-chap-user"),
-		CHAPSecret: c.String("iscsi-chap-secret"),
-		Logger:     log,
+		CHAPUser:     c.String("iscsi-chap-user"),
+		CHAPSecret:   c.String("iscsi-chap-secret"),
+		MutualUser:   c.String("iscsi-mutual-chap-user"),
+		MutualSecret: c.String("iscsi-mutual-chap-secret"),
+		Logger:       log,
 	}
 	attacher, why, err := docker.PickAttacher(c.String("attach"), nbd, iscsi, fuse)
 	if err != nil {

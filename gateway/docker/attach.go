@@ -54,10 +54,12 @@ type AttachSpec struct {
 	// NBDURL is the export (nbd, fuse methods), as this host reaches it.
 	NBDURL string
 	// ISCSITarget, ISCSIPortal and CHAPUser name the iSCSI target (iscsi
-	// method); CHAPUser is set when the volume requires CHAP.
+	// method); CHAPUser is set when the volume requires CHAP, MutualUser
+	// when its target answers mutual CHAP (authenticates itself).
 	ISCSITarget string
 	ISCSIPortal string
 	CHAPUser    string
+	MutualUser  string
 	ReadOnly    bool
 	// HostID names this host in the gateway's attachments, which the
 	// data path renews while it runs.

@@ -298,7 +298,7 @@ func (d *Driver) attach(ctx context.Context, name string, v *volumeState) (err e
 		spec.ISCSITarget = in.Attach.ISCSI.Target
 		spec.ISCSIPortal = d.cfg.Endpoints.ISCSIPortal(in.Attach.ISCSI.Portal)
 		if in.Access != nil {
-			spec.CHAPUser = in.Access.CHAPUser
+			spec.CHAPUser, spec.MutualUser = in.Access.CHAPUser, in.Access.MutualUser
 		}
 	} else {
 		if in.Attach.NBD == nil {

@@ -40,6 +40,11 @@ type ISCSIAttacher struct {
 	// CHAPUser and CHAPSecret log in to volumes that require CHAP;
 	// CHAPUser defaults to the volume's CHAP user.
 	CHAPUser, CHAPSecret string
+	// MutualSecret, when set, makes every login authenticate the target
+	// (mutual CHAP): the target must answer with the name MutualUser
+	// (default: the volume's mutual CHAP user) and this secret, and a
+	// volume without mutual CHAP is refused.
+	MutualUser, MutualSecret string
 	// ReplacementTimeout: 0 means DefaultISCSIReplacementTimeout.
 	ReplacementTimeout time.Duration
 	// Target names a gateway volume's iSCSI target, as the gateway reports
@@ -137,6 +142,9 @@ func (s *ISCSIAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachmen
 	if spec.CHAPUser != "" && s.CHAPSecret == "" {
 		return nil, fmt.Errorf("volume %s requires CHAP (user %q) and no secret was given: set --iscsi-chap-secret or FERRY_ISCSI_CHAP_SECRET", spec.Gateway, spec.CHAPUser)
 	}
+	if s.MutualSecret != "" && (spec.CHAPUser == "" || spec.MutualUser == "") {
+		return nil, fmt.Errorf("volume %s has no mutual CHAP, and this plugin authenticates every target (--iscsi-mutual-chap-secret): give the volume CHAP and mutual CHAP (ferry volume update %s --chap-user U --chap-secret S --mutual-chap-user U2 --mutual-chap-secret S2)", spec.Gateway, spec.Gateway)
+	}
 	node := []string{"-m", "node", "-T", spec.ISCSITarget, "-p", spec.ISCSIPortal}
 	set := func(name, value string) error {
 		_, err := s.iscsiadm(ctx, nil, append(append([]string(nil), node...), "-o", "update", "-n", name, "-v", value)...)
@@ -168,13 +176,27 @@ func (s *ISCSIAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachmen
 		if user == "" {
 			user = spec.CHAPUser
 		}
-		for _, kv := range [][2]string{{"node.session.auth.authmethod", "CHAP"}, {"node.session.auth.username", user}, {"node.session.auth.password", s.CHAPSecret}} {
+		keys := [][2]string{{"node.session.auth.authmethod", "CHAP"}, {"node.session.auth.username", user}, {"node.session.auth.password", s.CHAPSecret}}
+		if s.MutualSecret != "" {
+			mutual := s.MutualUser
+			if mutual == "" {
+				mutual = spec.MutualUser
+			}
+			keys = append(keys, [2]string{"node.session.auth.username_in", mutual}, [2]string{"node.session.auth.password_in", s.MutualSecret})
+		}
+		for _, kv := range keys {
 			if err := set(kv[0], kv[1]); err != nil {
 				return fail(err)
 			}
 		}
 	}
 	if _, err := s.iscsiadm(ctx, []int{iscsiErrSessExists}, append(append([]string(nil), node...), "--login")...); err != nil {
+		switch {
+		case spec.CHAPUser != "" && s.MutualSecret != "":
+			err = fmt.Errorf("%w (with CHAP both ways: check --iscsi-chap-secret against the volume's CHAP secret, and --iscsi-mutual-chap-secret against its mutual CHAP secret)", err)
+		case spec.CHAPUser != "":
+			err = fmt.Errorf("%w (with CHAP: check --iscsi-chap-secret against the volume's CHAP secret)", err)
+		}
 		return fail(err)
 	}
 	dev, err := s.waitDevice(ctx, spec.ISCSITarget, spec.ISCSIPortal, 30*time.Second)
@@ -188,7 +210,7 @@ func (s *ISCSIAttacher) Attach(ctx context.Context, spec AttachSpec) (*Attachmen
 		}
 	}
 	if s.Logger != nil {
-		s.Logger.Info("iscsi session logged in", "target", spec.ISCSITarget, "portal", spec.ISCSIPortal, "device", dev, "chap", spec.CHAPUser != "")
+		s.Logger.Info("iscsi session logged in", "target", spec.ISCSITarget, "portal", spec.ISCSIPortal, "device", dev, "chap", spec.CHAPUser != "", "mutual_chap", spec.CHAPUser != "" && s.MutualSecret != "")
 	}
 	return a, nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -204,5 +205,63 @@ func TestIsPartitionOf(t *testing.T) {
 		if got := isPartitionOf(c.part, c.disk); got != c.ok {
 			t.Errorf("isPartitionOf(%s, %s) = %v", c.part, c.disk, got)
 		}
+	}
+}
+
+// Mutual CHAP: with a mutual secret the plugin sets, before it logs in,
+// the name and secret the target must answer with (the volume's mutual
+// CHAP user unless one is given), and refuses a volume whose target does
+// not answer mutual CHAP before iscsiadm runs; without one it sets only
+// the one-way keys.
+func TestISCSIMutualCHAP(t *testing.T) {
+	attach := func(s *ISCSIAttacher, spec AttachSpec) (map[string]string, error) {
+		var got map[string]string
+		s.run = func(_ context.Context, _ []int, args ...string) (string, error) {
+			if got == nil {
+				got = map[string]string{}
+			}
+			for i := 0; i+3 < len(args); i++ {
+				if args[i] == "-n" && args[i+2] == "-v" {
+					got[args[i+1]] = args[i+3]
+				}
+			}
+			if slices.Contains(args, "--login") {
+				return "", errors.New("login refused (test)")
+			}
+			return "", nil
+		}
+		_, err := s.Attach(context.Background(), spec)
+		return got, err
+	}
+	spec := AttachSpec{Gateway: "v1", ISCSITarget: "iqn.x:v1", ISCSIPortal: "10.0.2.100:3260", CHAPUser: "alice", MutualUser: "gw-v1"}
+	for _, c := range []struct {
+		name             string
+		s                *ISCSIAttacher
+		wantIn, wantPass string
+	}{
+		{"mutual, the volume's name", &ISCSIAttacher{CHAPSecret: "alice-secret-1", MutualSecret: "target-secret-1"}, "gw-v1", "target-secret-1"},
+		{"mutual, a name given", &ISCSIAttacher{CHAPSecret: "alice-secret-1", MutualUser: "gw", MutualSecret: "target-secret-1"}, "gw", "target-secret-1"},
+		{"one-way", &ISCSIAttacher{CHAPSecret: "alice-secret-1"}, "", ""},
+	} {
+		got, err := attach(c.s, spec)
+		if err == nil || !strings.Contains(err.Error(), "login refused") {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if got["node.session.auth.authmethod"] != "CHAP" || got["node.session.auth.username"] != "alice" || got["node.session.auth.password"] != "alice-secret-1" ||
+			got["node.session.auth.username_in"] != c.wantIn || got["node.session.auth.password_in"] != c.wantPass {
+			t.Errorf("%s: node record keys %v", c.name, got)
+		}
+	}
+	for _, v := range []AttachSpec{{Gateway: "v2", ISCSITarget: "iqn.x:v2", ISCSIPortal: "10.0.2.100:3260", CHAPUser: "alice"}, {Gateway: "v3", ISCSITarget: "iqn.x:v3", ISCSIPortal: "10.0.2.100:3260"}} {
+		got, err := attach(&ISCSIAttacher{CHAPSecret: "alice-secret-1", MutualSecret: "target-secret-1"}, v)
+		if err == nil || !strings.Contains(err.Error(), "has no mutual CHAP") || !strings.Contains(err.Error(), "--mutual-chap-user") || got != nil {
+			t.Errorf("volume %s without mutual CHAP: %v, iscsiadm ran with %v", v.Gateway, err, got)
+		}
+		if err != nil && strings.Contains(err.Error(), "target-secret-1") {
+			t.Errorf("the error shows the secret: %v", err)
+		}
+	}
+	if r := strings.Join(redact([]string{"-n", "node.session.auth.password_in", "-v", "target-secret-1"}), " "); strings.Contains(r, "target-secret-1") {
+		t.Errorf("the mutual secret is not redacted: %s", r)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -532,6 +533,103 @@ func TestDockerEngineInGuest(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != 404 {
 			t.Errorf("volume v1 on the gateway after docker volume rm: HTTP %d, want 404", resp.StatusCode)
+		}
+	}
+}
+
+// guestCHAPScript runs `ferry docker-plugin --attach iscsi` with a CHAP
+// secret and a mutual CHAP secret: c1 (CHAP and mutual CHAP) is mounted,
+// written, unmounted and mounted again with its file; c2 (one-way CHAP)
+// is refused, the target not authenticating itself; then, with the
+// plugin restarted with a wrong mutual secret, c1's target fails to
+// authenticate and the mount is refused, leaving no session behind.
+const guestCHAPScript = `#!/bin/sh
+say() { echo "FERRY-GUEST: $*"; }
+fail() { echo "--- plugin log"; tail -n 40 /var/log/ferry-plugin.log; echo "--- iscsid"; grep -v "Poll was woken" /var/log/iscsid.log | tail -n 40; say "error $*"; exit 1; }
+call() { curl -sS --max-time 300 --unix-socket /run/ferry.sock -H 'Content-Type: application/json' -d "$2" "http://plugin$1"; }
+ok() { case "$1" in *'"Err":"'[!\"]*|'') return 1;; esac; }
+start_plugin() {
+	FERRY_ISCSI_CHAP_SECRET=@SECRET@ FERRY_ISCSI_MUTUAL_CHAP_SECRET=$1 ferry docker-plugin --gateway @GATEWAY@ --attach iscsi \
+		--socket /run/ferry.sock --state-dir /var/lib/ferry-docker --mount-root /mnt/ferry --host-id guest1 >>/var/log/ferry-plugin.log 2>&1 &
+	plugin=$!
+	i=0
+	until call /Plugin.Activate '{}' >/dev/null 2>&1; do
+		i=$((i+1)); [ $i -lt 1200 ] || fail "plugin not answering"
+		kill -0 $plugin 2>/dev/null || fail "plugin exited"
+		sleep 0.1
+	done
+}
+start_plugin @MUTUAL@
+r=$(call /VolumeDriver.Create '{"Name":"c1"}'); ok "$r" || fail "create c1: $r"
+r=$(call /VolumeDriver.Mount '{"Name":"c1","ID":"m1"}'); ok "$r" || fail "mount c1: $r"
+mp=$(echo "$r" | sed -n 's/.*"Mountpoint":"\([^"]*\)".*/\1/p')
+echo kept >"$mp/k" && sync "$mp/k" "$mp" || fail "write c1"
+iscsiadm -m session -P 3 | grep -q "username_in: gw-c1" && say "session authenticates the target as gw-c1"
+r=$(call /VolumeDriver.Unmount '{"Name":"c1","ID":"m1"}'); ok "$r" || fail "unmount c1: $r"
+r=$(call /VolumeDriver.Mount '{"Name":"c1","ID":"m2"}'); ok "$r" || fail "mount c1 again: $r"
+[ "$(cat "$mp/k")" = kept ] || fail "c1's file after a second mount: $(cat "$mp/k" 2>&1)"
+r=$(call /VolumeDriver.Unmount '{"Name":"c1","ID":"m2"}'); ok "$r" || fail "unmount c1: $r"
+say "c1 mounted twice with mutual CHAP"
+r=$(call /VolumeDriver.Create '{"Name":"c2"}'); ok "$r" || fail "create c2: $r"
+r=$(call /VolumeDriver.Mount '{"Name":"c2","ID":"m3"}'); ok "$r" && fail "c2 (no mutual CHAP) mounted"
+say "c2 refused: $r"
+kill $plugin; wait $plugin
+start_plugin wrong-target-secret
+r=$(call /VolumeDriver.Mount '{"Name":"c1","ID":"m4"}'); ok "$r" && fail "c1 mounted with a wrong mutual secret"
+say "wrong target secret refused: $(echo "$r" | tr '\n' ' ')"
+s=$(iscsiadm -m session 2>/dev/null) && fail "sessions left: $s"
+say "no session left"
+kill $plugin; wait $plugin
+echo "--- plugin log"; cat /var/log/ferry-plugin.log; echo "--- end of plugin log"
+`
+
+// TestDockerPluginISCSICHAPInGuest: the plugin's iscsi method logs
+// open-iscsi in to volumes that require CHAP, authenticating the target
+// with mutual CHAP: a volume with both mounts (twice, its file kept); one
+// whose target does not answer mutual CHAP is refused with a message that
+// says how to give it mutual CHAP; a target that answers with another
+// secret is refused, and no session is left. No secret appears in the
+// plugin's log.
+func TestDockerPluginISCSICHAPInGuest(t *testing.T) {
+	img := guest.Require(t)
+	const secret, mutual = "initiator-secret-1", "target-secret-12"
+	g := startGateway(t)
+	g.mustCLI("volume", "create", "c1", "--size", "64M", "--chap-user", "alice", "--chap-secret", secret, "--mutual-chap-user", "gw-c1", "--mutual-chap-secret", mutual)
+	g.mustCLI("volume", "create", "c2", "--size", "64M", "--chap-user", "alice", "--chap-secret", secret)
+	ports := gatewayPorts(t, g)
+	script := strings.NewReplacer("@GATEWAY@", fmt.Sprintf("%s:%d", guest.HostAddr, ports[0]), "@SECRET@", secret, "@MUTUAL@", mutual).Replace(guestCHAPScript)
+	vm := guest.Boot(t, guest.Config{Image: img, Files: []guest.File{guestFerry(t)}, Forward: ports, Script: script})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	rc, err := vm.Wait(ctx)
+	out := vm.Console()
+	if err != nil || rc != 0 {
+		t.Fatalf("guest: exit %d, %v\n%s", rc, err, tail(out, 60))
+	}
+	for _, want := range []string{"session authenticates the target as gw-c1", "c1 mounted twice with mutual CHAP", "no session left"} {
+		if !strings.Contains(out, "FERRY-GUEST: "+want) {
+			t.Errorf("the guest never said %q:\n%s", want, tail(out, 40))
+		}
+	}
+	c2 := regexp.MustCompile(`FERRY-GUEST: c2 refused: (.*)`).FindStringSubmatch(out)
+	if c2 == nil || !strings.Contains(c2[1], "has no mutual CHAP") || !strings.Contains(c2[1], "--mutual-chap-user") {
+		t.Errorf("c2's refusal does not say it lacks mutual CHAP: %q", c2)
+	}
+	wrong := regexp.MustCompile(`FERRY-GUEST: wrong target secret refused: (.*)`).FindStringSubmatch(out)
+	if wrong == nil || !strings.Contains(wrong[1], "iscsiadm") || !strings.Contains(wrong[1], "--iscsi-mutual-chap-secret against its mutual CHAP secret") {
+		t.Errorf("the mount with a wrong mutual secret: %q", wrong)
+	}
+	for _, m := range [][]string{c2, wrong} {
+		if m != nil {
+			t.Logf("refused: %s", m[1])
+		}
+	}
+	if !strings.Contains(out, "--- end of plugin log") || !strings.Contains(out, "iscsi session logged in") {
+		t.Fatalf("the plugin's log is not on the console:\n%s", tail(out, 40))
+	}
+	for _, s := range []string{secret, mutual} {
+		if strings.Contains(out, s) {
+			t.Errorf("a secret appears on the guest's console (the plugin's log or an error)")
 		}
 	}
 }
