@@ -267,7 +267,11 @@ func runServe(c *cli.Context) error {
 		mgr.Close(sctx)
 		return err
 	}
-	gw := api.Gateway{Build: wire.Build(buildinfo.Read()), Started: time.Now().UTC(), ISCSIBaseIQN: c.String("iscsi-base-iqn")}
+	gw := api.Gateway{Build: wire.Build(buildinfo.Read()), Started: time.Now().UTC(), ISCSIBaseIQN: c.String("iscsi-base-iqn"),
+		ISCSIDefaultCHAPUser: c.String("iscsi-chap-user")}
+	if gw.ISCSIDefaultCHAPUser != "" {
+		gw.ISCSIDefaultMutualUser = c.String("iscsi-mutual-chap-user")
+	}
 	for _, p := range planned {
 		if p.l, err = net.Listen("tcp", p.addr); err != nil {
 			return abort(fmt.Errorf("%s listen on %q (--%s): %w", p.name, p.addr, p.flag, err))

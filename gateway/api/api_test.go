@@ -98,3 +98,41 @@ func TestUnreachableGatewayError(t *testing.T) {
 		t.Fatalf("error should tell the user what to do: %v", err)
 	}
 }
+
+// A volume's iSCSI attach details name the CHAP users a login needs: the
+// volume's own, or the gateway's default for a volume without its own;
+// no secret ever.
+func TestISCSIAttachCHAPUsers(t *testing.T) {
+	ctx := context.Background()
+	m, err := volume.Open(ctx, volume.Config{DataDir: t.TempDir(), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close(ctx)
+	gw := api.Gateway{Listeners: []wire.Listener{{Protocol: wire.ListenerISCSI, Address: "127.0.0.1:3260"}}, ISCSIBaseIQN: "iqn.x",
+		ISCSIDefaultCHAPUser: "gwdef", ISCSIDefaultMutualUser: "gw-default"}
+	srv := httptest.NewServer(api.Handler(api.Config{Manager: m, Gateway: gw}))
+	defer srv.Close()
+	c := client.New(srv.URL)
+	str := func(s string) *string { return &s }
+	if _, err := c.CreateVolume(ctx, "own", 10<<20, &wire.AccessUpdate{CHAPUser: str("alice"), CHAPSecret: str("alice-secret-1"), MutualUser: str("gw-own"), MutualSecret: str("target-secret-1")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateVolume(ctx, "plain", 10<<20, nil); err != nil {
+		t.Fatal(err)
+	}
+	for vol, want := range map[string][2]string{"own": {"alice", "gw-own"}, "plain": {"gwdef", "gw-default"}} {
+		in, err := c.Volume(ctx, vol)
+		if err != nil || in.Attach.ISCSI == nil || in.Attach.ISCSI.CHAPUser != want[0] || in.Attach.ISCSI.MutualUser != want[1] {
+			t.Errorf("volume %s: iSCSI attach %+v (%v), want CHAP users %v", vol, in.Attach.ISCSI, err, want)
+		}
+	}
+	resp, err := http.Get(srv.URL + "/v1/volumes/own")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if b, _ := io.ReadAll(resp.Body); strings.Contains(string(b), "secret-1") {
+		t.Errorf("volume info shows a secret: %s", b)
+	}
+}

@@ -18,6 +18,9 @@ type Gateway struct {
 	Listeners []wire.Listener
 	// ISCSIBaseIQN prefixes iSCSI target names (BASE:VOLUME).
 	ISCSIBaseIQN string
+	// ISCSIDefaultCHAPUser and ISCSIDefaultMutualUser are the gateway's
+	// default CHAP users, for volumes without CHAP of their own.
+	ISCSIDefaultCHAPUser, ISCSIDefaultMutualUser string
 }
 
 func (g Gateway) listener(proto string) (wire.Listener, bool) {
@@ -44,7 +47,12 @@ func (h *handler) volumes(r *http.Request, infos ...volume.Info) []wire.VolumeIn
 		if l, ok := h.gw.listener(wire.ListenerISCSI); ok {
 			portal := reachable(l.Address, r)
 			target := h.gw.ISCSIBaseIQN + ":" + in.Name
-			out[i].Attach.ISCSI = &wire.ISCSIAttach{Target: target, Portal: portal, URL: "iscsi://" + portal + "/" + target + "/0"}
+			ia := &wire.ISCSIAttach{Target: target, Portal: portal, URL: "iscsi://" + portal + "/" + target + "/0",
+				CHAPUser: h.gw.ISCSIDefaultCHAPUser, MutualUser: h.gw.ISCSIDefaultMutualUser}
+			if in.Access != nil && in.Access.CHAPUser != "" {
+				ia.CHAPUser, ia.MutualUser = in.Access.CHAPUser, in.Access.MutualUser
+			}
+			out[i].Attach.ISCSI = ia
 		}
 	}
 	return out

@@ -297,7 +297,10 @@ func (d *Driver) attach(ctx context.Context, name string, v *volumeState) (err e
 		}
 		spec.ISCSITarget = in.Attach.ISCSI.Target
 		spec.ISCSIPortal = d.cfg.Endpoints.ISCSIPortal(in.Attach.ISCSI.Portal)
-		if in.Access != nil {
+		// The target's CHAP users (the volume's own or the gateway's
+		// default); a gateway too old to say has them in Access alone.
+		spec.CHAPUser, spec.MutualUser = in.Attach.ISCSI.CHAPUser, in.Attach.ISCSI.MutualUser
+		if spec.CHAPUser == "" && in.Access != nil {
 			spec.CHAPUser, spec.MutualUser = in.Access.CHAPUser, in.Access.MutualUser
 		}
 	} else {

@@ -542,7 +542,9 @@ func TestDockerEngineInGuest(t *testing.T) {
 // written, unmounted and mounted again with its file; c2 (one-way CHAP)
 // is refused, the target not authenticating itself; then, with the
 // plugin restarted with a wrong mutual secret, c1's target fails to
-// authenticate and the mount is refused, leaving no session behind.
+// authenticate and the mount is refused, leaving no session behind. c3,
+// without CHAP of its own, is mounted with the gateway's default CHAP
+// and mutual CHAP.
 const guestCHAPScript = `#!/bin/sh
 say() { echo "FERRY-GUEST: $*"; }
 fail() { echo "--- plugin log"; tail -n 40 /var/log/ferry-plugin.log; echo "--- iscsid"; grep -v "Poll was woken" /var/log/iscsid.log | tail -n 40; say "error $*"; exit 1; }
@@ -570,6 +572,11 @@ r=$(call /VolumeDriver.Mount '{"Name":"c1","ID":"m2"}'); ok "$r" || fail "mount 
 [ "$(cat "$mp/k")" = kept ] || fail "c1's file after a second mount: $(cat "$mp/k" 2>&1)"
 r=$(call /VolumeDriver.Unmount '{"Name":"c1","ID":"m2"}'); ok "$r" || fail "unmount c1: $r"
 say "c1 mounted twice with mutual CHAP"
+r=$(call /VolumeDriver.Create '{"Name":"c3"}'); ok "$r" || fail "create c3: $r"
+r=$(call /VolumeDriver.Mount '{"Name":"c3","ID":"m5"}'); ok "$r" || fail "mount c3: $r"
+iscsiadm -m session -P 3 | grep -q "username_in: gw-default" || fail "c3's session does not authenticate the target as gw-default"
+r=$(call /VolumeDriver.Unmount '{"Name":"c3","ID":"m5"}'); ok "$r" || fail "unmount c3: $r"
+say "c3 mounted with the gateway's default CHAP both ways"
 r=$(call /VolumeDriver.Create '{"Name":"c2"}'); ok "$r" || fail "create c2: $r"
 r=$(call /VolumeDriver.Mount '{"Name":"c2","ID":"m3"}'); ok "$r" && fail "c2 (no mutual CHAP) mounted"
 say "c2 refused: $r"
@@ -587,13 +594,15 @@ echo "--- plugin log"; cat /var/log/ferry-plugin.log; echo "--- end of plugin lo
 // open-iscsi in to volumes that require CHAP, authenticating the target
 // with mutual CHAP: a volume with both mounts (twice, its file kept); one
 // whose target does not answer mutual CHAP is refused with a message that
-// says how to give it mutual CHAP; a target that answers with another
-// secret is refused, and no session is left. No secret appears in the
-// plugin's log.
+// says how to give it mutual CHAP; one without CHAP of its own mounts
+// with the gateway's default CHAP users, which the gateway reports; a
+// target that answers with another secret is refused, and no session is
+// left. No secret appears in the plugin's log.
 func TestDockerPluginISCSICHAPInGuest(t *testing.T) {
 	img := guest.Require(t)
 	const secret, mutual = "initiator-secret-1", "target-secret-12"
-	g := startGateway(t)
+	g := startGateway(t, "--iscsi-chap-user", "gwdef", "--iscsi-chap-secret", secret, "--iscsi-mutual-chap-user", "gw-default", "--iscsi-mutual-chap-secret", mutual)
+	g.mustCLI("volume", "create", "c3", "--size", "64M")
 	g.mustCLI("volume", "create", "c1", "--size", "64M", "--chap-user", "alice", "--chap-secret", secret, "--mutual-chap-user", "gw-c1", "--mutual-chap-secret", mutual)
 	g.mustCLI("volume", "create", "c2", "--size", "64M", "--chap-user", "alice", "--chap-secret", secret)
 	ports := gatewayPorts(t, g)
@@ -606,7 +615,7 @@ func TestDockerPluginISCSICHAPInGuest(t *testing.T) {
 	if err != nil || rc != 0 {
 		t.Fatalf("guest: exit %d, %v\n%s", rc, err, tail(out, 60))
 	}
-	for _, want := range []string{"session authenticates the target as gw-c1", "c1 mounted twice with mutual CHAP", "no session left"} {
+	for _, want := range []string{"session authenticates the target as gw-c1", "c1 mounted twice with mutual CHAP", "c3 mounted with the gateway's default CHAP both ways", "no session left"} {
 		if !strings.Contains(out, "FERRY-GUEST: "+want) {
 			t.Errorf("the guest never said %q:\n%s", want, tail(out, 40))
 		}

@@ -188,6 +188,12 @@ type ISCSIAttach struct {
 	Portal string `json:"portal"`
 	// URL is iscsi://PORTAL/TARGET/0, as qemu and libiscsi take it.
 	URL string `json:"url"`
+	// CHAPUser, when set, is the CHAP user a login to the target must
+	// authenticate as, and MutualUser the name the target answers mutual
+	// CHAP with: the volume's own, or the gateway's default for a volume
+	// without its own (Access shows only the volume's).
+	CHAPUser   string `json:"chap_user,omitempty"`
+	MutualUser string `json:"mutual_chap_user,omitempty"`
 }
 
 // AccessView is a volume's access control without secrets.
