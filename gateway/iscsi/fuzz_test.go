@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -98,6 +99,80 @@ func FuzzConn(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		s := NewServer(volume.NewStaticExports(map[string]device.Device{"v": mem.New(1 << 20)}), Config{LoginTimeout: time.Second})
 		testutil.ServeStream(t, func(ctx context.Context, nc net.Conn) { newConn(s, nc).Serve(ctx) }, in)
+		if p := promtest.ToFloat64(s.m.panics); p != 0 {
+			t.Fatalf("%v panics", p)
+		}
+	})
+}
+
+// digestStream is a login negotiating CRC32C header and data digests
+// followed by the PDUs in, each as a flags byte (bit 0: corrupt the header
+// digest, bit 1: the data digest), a 48-byte header, a 2-byte data length
+// and the data; the harness adds the padding and correct digests (unless
+// told to corrupt them), so the fuzzer reaches past the digest checks.
+func digestStream(in []byte) []byte {
+	var p pdu
+	p.h[0] = 0x40 | opLogin
+	p.h[1] = 0x80 | 1<<2 | 3
+	copy(p.h[8:14], []byte{0x80, 0, 0, 0, 0, 1})
+	var keys kv
+	keys.add("InitiatorName", "iqn.2026-11.io.ferry:fuzz")
+	keys.add("TargetName", DefaultBaseIQN+":v")
+	keys.add("HeaderDigest", "CRC32C")
+	keys.add("DataDigest", "CRC32C")
+	p.data = keys.encode()
+	b := p.encode(nil)
+	for len(in) >= 1+bhsLen+2 {
+		flags, h := in[0], append([]byte(nil), in[1:1+bhsLen]...)
+		n := min(int(binary.BigEndian.Uint16(in[1+bhsLen:])), len(in)-(1+bhsLen+2))
+		data := in[1+bhsLen+2 : 1+bhsLen+2+n]
+		in = in[1+bhsLen+2+n:]
+		h[4] = 0 // no AHS
+		h[5], h[6], h[7] = byte(n>>16), byte(n>>8), byte(n)
+		var d [4]byte
+		putDigest(d[:], h)
+		d[0] ^= flags & 1
+		b = append(append(b, h...), d[:]...)
+		if n > 0 {
+			padded := append(append([]byte(nil), data...), zeroPad[:(4-n%4)%4]...)
+			putDigest(d[:], padded)
+			d[1] ^= flags & 2
+			b = append(append(b, padded...), d[:]...)
+		}
+	}
+	return b
+}
+
+// digestPDU is one PDU in digestStream's input form.
+func digestPDU(flags byte, wire []byte) []byte {
+	var p pdu
+	copy(p.h[:], wire)
+	data := wire[bhsLen:min(len(wire), bhsLen+p.dataLen())]
+	out := append([]byte{flags}, wire[:bhsLen]...)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(data)))
+	return append(out, data...)
+}
+
+// FuzzConnDigests is FuzzConn for a session with CRC32C digests: PDUs
+// with right digests, and wrong ones where the fuzzer says, must never
+// make the connection panic.
+func FuzzConnDigests(f *testing.F) {
+	var dataOut pdu
+	dataOut.h[0] = opDataOut
+	dataOut.h[1] = 0x80
+	dataOut.put32(16, 3)
+	dataOut.put32(20, 1)
+	dataOut.data = make([]byte, 512)
+	f.Add(slices.Concat(
+		digestPDU(0, scsiCmdPDU(1, 0, read10(0, 1), 512, false, nil)),
+		digestPDU(0, scsiCmdPDU(2, 1, write10(0, 1), 512, true, make([]byte, 512))),
+		digestPDU(2, scsiCmdPDU(3, 2, write10(0, 2), 1024, true, make([]byte, 512))),
+		digestPDU(2, dataOut.encode(nil)),
+		digestPDU(1, scsiCmdPDU(4, 3, read10(0, 1), 512, false, nil)),
+	))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		s := NewServer(volume.NewStaticExports(map[string]device.Device{"v": mem.New(1 << 20)}), Config{LoginTimeout: time.Second})
+		testutil.ServeStream(t, func(ctx context.Context, nc net.Conn) { newConn(s, nc).Serve(ctx) }, digestStream(in))
 		if p := promtest.ToFloat64(s.m.panics); p != 0 {
 			t.Fatalf("%v panics", p)
 		}
