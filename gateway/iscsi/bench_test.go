@@ -55,21 +55,9 @@ func (bi *benchInitiator) login(addr string) {
 	}
 	bi.b.Cleanup(func() { nc.Close() })
 	bi.nc, bi.br = nc, bufio.NewReaderSize(nc, 256<<10)
-	var p pdu
-	p.h[0] = 0x40 | opLogin
-	p.h[1] = 0x80 | 1<<2 | 3 // transit, operational → full feature
-	copy(p.h[8:14], []byte{0x80, 0, 0, 0, 0, 2})
-	var keys kv
-	keys.add("InitiatorName", "iqn.2026-12.io.ferry:bench")
-	keys.add("TargetName", DefaultBaseIQN+":v")
-	keys.add("SessionType", "Normal")
-	keys.add("MaxRecvDataSegmentLength", "262144")
-	keys.add("ImmediateData", "Yes")
-	keys.add("InitialR2T", "Yes")
-	keys.add("MaxBurstLength", "16776192")
-	keys.add("FirstBurstLength", "262144")
-	p.data = keys.encode()
-	if _, err := nc.Write(p.encode(nil)); err != nil {
+	login := loginPDU("iqn.2026-12.io.ferry:bench", "v", 2, [2]string{"MaxRecvDataSegmentLength", "262144"}, [2]string{"ImmediateData", "Yes"},
+		[2]string{"InitialR2T", "Yes"}, [2]string{"MaxBurstLength", "16776192"}, [2]string{"FirstBurstLength", "262144"})
+	if _, err := nc.Write(login); err != nil {
 		bi.b.Fatal(err)
 	}
 	rsp, err := readPDU(bi.br, 1<<20, nil)

@@ -62,22 +62,9 @@ func digestLogin(t *testing.T, addr, hd, dd string) (*digestInitiator, string, s
 	}
 	t.Cleanup(func() { nc.Close() })
 	di := &digestInitiator{t: t, nc: nc, br: bufio.NewReader(nc)}
-	var p pdu
-	p.h[0] = 0x40 | opLogin
-	p.h[1] = 0x80 | 1<<2 | 3
-	copy(p.h[8:14], []byte{0x80, 0, 0, 0, 0, 3})
-	var keys kv
-	keys.add("InitiatorName", "iqn.2026-12.io.ferry:digests")
-	keys.add("TargetName", DefaultBaseIQN+":v")
-	keys.add("SessionType", "Normal")
-	keys.add("HeaderDigest", hd)
-	keys.add("DataDigest", dd)
-	keys.add("MaxRecvDataSegmentLength", "8192")
-	keys.add("ImmediateData", "Yes")
-	keys.add("InitialR2T", "Yes")
-	keys.add("FirstBurstLength", "4096")
-	p.data = keys.encode()
-	if _, err := nc.Write(p.encode(nil)); err != nil {
+	login := loginPDU("iqn.2026-12.io.ferry:digests", "v", 3, [2]string{"HeaderDigest", hd}, [2]string{"DataDigest", dd},
+		[2]string{"MaxRecvDataSegmentLength", "8192"}, [2]string{"ImmediateData", "Yes"}, [2]string{"InitialR2T", "Yes"}, [2]string{"FirstBurstLength", "4096"})
+	if _, err := nc.Write(login); err != nil {
 		t.Fatal(err)
 	}
 	rsp, err := readPDU(di.br, 1<<20, nil)

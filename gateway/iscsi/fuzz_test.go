@@ -50,18 +50,22 @@ func FuzzCDB(f *testing.F) {
 	})
 }
 
-// loginStream is a full-feature login to target vol followed by pdus.
-func loginStream(vol string, pdus ...[]byte) []byte {
+// loginPDU is a login request going straight to the full feature phase
+// (no security stage) for target vol, from initiator, with the ISID's
+// last byte isid and the extra operational keys.
+func loginPDU(initiator, vol string, isid byte, extra ...[2]string) []byte {
 	var p pdu
 	p.h[0] = 0x40 | opLogin
 	p.h[1] = 0x80 | 1<<2 | 3 // transit, operational → full feature
-	copy(p.h[8:14], []byte{0x80, 0, 0, 0, 0, 1})
-	var keys kv
-	keys.add("InitiatorName", "iqn.2026-11.io.ferry:fuzz")
-	keys.add("TargetName", DefaultBaseIQN+":"+vol)
-	keys.add("SessionType", "Normal")
+	copy(p.h[8:14], []byte{0x80, 0, 0, 0, 0, isid})
+	keys := append(kv{{"InitiatorName", initiator}, {"TargetName", DefaultBaseIQN + ":" + vol}, {"SessionType", "Normal"}}, extra...)
 	p.data = keys.encode()
-	b := p.encode(nil)
+	return p.encode(nil)
+}
+
+// loginStream is a full-feature login to target vol followed by pdus.
+func loginStream(vol string, pdus ...[]byte) []byte {
+	b := loginPDU("iqn.2026-11.io.ferry:fuzz", vol, 1)
 	for _, x := range pdus {
 		b = append(b, x...)
 	}
@@ -111,17 +115,7 @@ func FuzzConn(f *testing.F) {
 // and the data; the harness adds the padding and correct digests (unless
 // told to corrupt them), so the fuzzer reaches past the digest checks.
 func digestStream(in []byte) []byte {
-	var p pdu
-	p.h[0] = 0x40 | opLogin
-	p.h[1] = 0x80 | 1<<2 | 3
-	copy(p.h[8:14], []byte{0x80, 0, 0, 0, 0, 1})
-	var keys kv
-	keys.add("InitiatorName", "iqn.2026-11.io.ferry:fuzz")
-	keys.add("TargetName", DefaultBaseIQN+":v")
-	keys.add("HeaderDigest", "CRC32C")
-	keys.add("DataDigest", "CRC32C")
-	p.data = keys.encode()
-	b := p.encode(nil)
+	b := loginPDU("iqn.2026-11.io.ferry:fuzz", "v", 1, [2]string{"HeaderDigest", "CRC32C"}, [2]string{"DataDigest", "CRC32C"})
 	for len(in) >= 1+bhsLen+2 {
 		flags, h := in[0], append([]byte(nil), in[1:1+bhsLen]...)
 		n := min(int(binary.BigEndian.Uint16(in[1+bhsLen:])), len(in)-(1+bhsLen+2))

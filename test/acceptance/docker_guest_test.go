@@ -102,6 +102,27 @@ read -r line <&3 && say "got $line"
 	}
 }
 
+// guestPluginShell is the guest scripts' plugin helpers (after their
+// say and fail): call POSTs $2 to the plugin's endpoint $1, ok tells a
+// reply without an error, start_plugin runs ferry docker-plugin with the
+// arguments given on /run/ferry.sock and waits until it answers ($plugin
+// is its pid).
+const guestPluginShell = `call() { curl -sS --max-time 600 --unix-socket /run/ferry.sock -H 'Content-Type: application/json' -d "$2" "http://plugin$1"; }
+ok() { case "$1" in *'"Err":"'[!\"]*|'') return 1;; esac; }
+start_plugin() {
+	ferry docker-plugin --gateway @GATEWAY@ --socket /run/ferry.sock \
+		--state-dir /var/lib/ferry-docker --mount-root /mnt/ferry --host-id guest1 "$@" >>/var/log/ferry-plugin.log 2>&1 &
+	plugin=$!
+	i=0
+	until call /Plugin.Activate '{}' >/dev/null 2>&1; do
+		i=$((i+1)); [ $i -lt 1200 ] || fail "plugin not answering after 120 s"
+		kill -0 $plugin 2>/dev/null || fail "plugin exited"
+		sleep 0.1
+	done
+	say "plugin up"
+}
+`
+
 // guestWriterScript runs `ferry docker-plugin --attach @METHOD@` in the
 // guest, creates and mounts volume v1 through the plugin's socket as
 // Docker would, bind-mounts it as Docker does for a container, and
@@ -123,23 +144,9 @@ dump() {
 	echo "--- dmesg"; dmesg | tail -n 80
 }
 fail() { dump; say "error $*"; exit 1; }
-call() { curl -sS --max-time 600 --unix-socket /run/ferry.sock -H 'Content-Type: application/json' -d "$2" "http://plugin$1"; }
-ok() { case "$1" in *'"Err":"'[!\"]*|'') return 1;; esac; }
-
+` + guestPluginShell + `
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
-start_plugin() {
-	ferry docker-plugin --gateway @GATEWAY@ --attach @METHOD@ --socket /run/ferry.sock \
-		--state-dir /var/lib/ferry-docker --mount-root /mnt/ferry --host-id guest1 >>/var/log/ferry-plugin.log 2>&1 &
-	plugin=$!
-	i=0
-	until call /Plugin.Activate '{}' >/dev/null 2>&1; do
-		i=$((i+1)); [ $i -lt 1200 ] || fail "plugin not answering after 120 s"
-		kill -0 $plugin 2>/dev/null || fail "plugin exited"
-		sleep 0.1
-	done
-	say "plugin up"
-}
-start_plugin
+start_plugin --attach @METHOD@
 r=$(call /VolumeDriver.Create '{"Name":"v1","Opts":{"size":"1G"}}'); ok "$r" || fail "create: $r"
 r=$(call /VolumeDriver.Mount '{"Name":"v1","ID":"m1"}'); ok "$r" || fail "mount: $r"
 mp=$(echo "$r" | sed -n 's/.*"Mountpoint":"\([^"]*\)".*/\1/p')
@@ -183,7 +190,7 @@ if [ "@METHOD@" = iscsi ]; then
 	iscsiadm -m node -T "$t2" -p "$portal" --login >/dev/null || fail "login to $t2 at $portal"
 	iscsiadm -m session | grep -q ":v2 " || fail "no session of v2 after logging in by hand"
 	say "plugin killed with an unrecorded session to $t2"
-	start_plugin
+	start_plugin --attach @METHOD@
 	iscsiadm -m session | grep -q ":v2 " && fail "the restarted plugin left the unrecorded session of v2: $(iscsiadm -m session | tr "\n" ";")"
 	iscsiadm -m session | grep -q ":v1 " || fail "the restarted plugin logged out v1's recorded session"
 	grep -q "logging out an iSCSI session to one of this plugin's volumes" /var/log/ferry-plugin.log || fail "the sweep did not log why it logged out v2's session"
@@ -548,20 +555,9 @@ func TestDockerEngineInGuest(t *testing.T) {
 const guestCHAPScript = `#!/bin/sh
 say() { echo "FERRY-GUEST: $*"; }
 fail() { echo "--- plugin log"; tail -n 40 /var/log/ferry-plugin.log; echo "--- iscsid"; grep -v "Poll was woken" /var/log/iscsid.log | tail -n 40; say "error $*"; exit 1; }
-call() { curl -sS --max-time 300 --unix-socket /run/ferry.sock -H 'Content-Type: application/json' -d "$2" "http://plugin$1"; }
-ok() { case "$1" in *'"Err":"'[!\"]*|'') return 1;; esac; }
-start_plugin() {
-	FERRY_ISCSI_CHAP_SECRET=@SECRET@ FERRY_ISCSI_MUTUAL_CHAP_SECRET=$1 ferry docker-plugin --gateway @GATEWAY@ --attach iscsi \
-		--socket /run/ferry.sock --state-dir /var/lib/ferry-docker --mount-root /mnt/ferry --host-id guest1 >>/var/log/ferry-plugin.log 2>&1 &
-	plugin=$!
-	i=0
-	until call /Plugin.Activate '{}' >/dev/null 2>&1; do
-		i=$((i+1)); [ $i -lt 1200 ] || fail "plugin not answering"
-		kill -0 $plugin 2>/dev/null || fail "plugin exited"
-		sleep 0.1
-	done
-}
-start_plugin @MUTUAL@
+` + guestPluginShell + `
+export FERRY_ISCSI_CHAP_SECRET=@SECRET@ FERRY_ISCSI_MUTUAL_CHAP_SECRET=@MUTUAL@
+start_plugin --attach iscsi
 r=$(call /VolumeDriver.Create '{"Name":"c1"}'); ok "$r" || fail "create c1: $r"
 r=$(call /VolumeDriver.Mount '{"Name":"c1","ID":"m1"}'); ok "$r" || fail "mount c1: $r"
 mp=$(echo "$r" | sed -n 's/.*"Mountpoint":"\([^"]*\)".*/\1/p')
@@ -581,7 +577,8 @@ r=$(call /VolumeDriver.Create '{"Name":"c2"}'); ok "$r" || fail "create c2: $r"
 r=$(call /VolumeDriver.Mount '{"Name":"c2","ID":"m3"}'); ok "$r" && fail "c2 (no mutual CHAP) mounted"
 say "c2 refused: $r"
 kill $plugin; wait $plugin
-start_plugin wrong-target-secret
+FERRY_ISCSI_MUTUAL_CHAP_SECRET=wrong-target-secret
+start_plugin --attach iscsi
 r=$(call /VolumeDriver.Mount '{"Name":"c1","ID":"m4"}'); ok "$r" && fail "c1 mounted with a wrong mutual secret"
 say "wrong target secret refused: $(echo "$r" | tr '\n' ' ')"
 s=$(iscsiadm -m session 2>/dev/null) && fail "sessions left: $s"
@@ -607,14 +604,7 @@ func TestDockerPluginISCSICHAPInGuest(t *testing.T) {
 	g.mustCLI("volume", "create", "c2", "--size", "64M", "--chap-user", "alice", "--chap-secret", secret)
 	ports := gatewayPorts(t, g)
 	script := strings.NewReplacer("@GATEWAY@", fmt.Sprintf("%s:%d", guest.HostAddr, ports[0]), "@SECRET@", secret, "@MUTUAL@", mutual).Replace(guestCHAPScript)
-	vm := guest.Boot(t, guest.Config{Image: img, Files: []guest.File{guestFerry(t)}, Forward: ports, Script: script})
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	rc, err := vm.Wait(ctx)
-	out := vm.Console()
-	if err != nil || rc != 0 {
-		t.Fatalf("guest: exit %d, %v\n%s", rc, err, tail(out, 60))
-	}
+	out := runGuest(t, guest.Config{Image: img, Files: []guest.File{guestFerry(t)}, Forward: ports, Script: script})
 	for _, want := range []string{"session authenticates the target as gw-c1", "c1 mounted twice with mutual CHAP", "c3 mounted with the gateway's default CHAP both ways", "no session left"} {
 		if !strings.Contains(out, "FERRY-GUEST: "+want) {
 			t.Errorf("the guest never said %q:\n%s", want, tail(out, 40))
@@ -641,4 +631,19 @@ func TestDockerPluginISCSICHAPInGuest(t *testing.T) {
 			t.Errorf("a secret appears on the guest's console (the plugin's log or an error)")
 		}
 	}
+}
+
+// runGuest boots cfg's guest, waits for its script to end (15 minutes at
+// most) and returns its console; a script that fails fails the test.
+func runGuest(t *testing.T, cfg guest.Config) string {
+	t.Helper()
+	vm := guest.Boot(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	rc, err := vm.Wait(ctx)
+	out := vm.Console()
+	if err != nil || rc != 0 {
+		t.Fatalf("guest: exit %d, %v\n%s", rc, err, tail(out, 60))
+	}
+	return out
 }

@@ -1,7 +1,6 @@
 package acceptance
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -211,14 +210,7 @@ func TestISCSIDigestsInGuest(t *testing.T) {
 	g.mustCLI("volume", "create", "dg", "--size", "64M")
 	ports := gatewayPorts(t, g)
 	script := strings.NewReplacer("@TARGET@", "iqn.2026-11.io.ferry:dg", "@PORTAL@", fmt.Sprintf("%s:%d", guest.HostAddr, ports[2])).Replace(guestDigestScript)
-	vm := guest.Boot(t, guest.Config{Image: img, Forward: ports, Script: script})
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	rc, err := vm.Wait(ctx)
-	out := vm.Console()
-	if err != nil || rc != 0 {
-		t.Fatalf("guest: exit %d, %v\n%s", rc, err, tail(out, 60))
-	}
+	out := runGuest(t, guest.Config{Image: img, Forward: ports, Script: script})
 	neg := regexp.MustCompile(`FERRY-GUEST: negotiated (.*)`).FindStringSubmatch(out)
 	if neg == nil || !strings.Contains(neg[1], "HeaderDigest: CRC32C") || !strings.Contains(neg[1], "DataDigest: CRC32C") {
 		t.Fatalf("the session's digests are not CRC32C: %q\n%s", neg, tail(out, 40))
