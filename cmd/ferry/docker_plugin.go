@@ -139,6 +139,16 @@ func runDockerPlugin(c *cli.Context) error {
 	if err != nil {
 		return usagef(c, "%v", err)
 	}
+	iscsi := &docker.ISCSIAttacher{
+		CHAPUser:     c.String("iscsi-chap-user"),
+		CHAPSecret:   c.String("iscsi-chap-secret"),
+		MutualUser:   c.String("iscsi-mutual-chap-user"),
+		MutualSecret: c.String("iscsi-mutual-chap-secret"),
+		Logger:       log,
+	}
+	if err := iscsi.CheckCredentials(); err != nil {
+		return usagef(c, "%v", err)
+	}
 	state, err := filepath.Abs(c.String("state-dir"))
 	if err != nil {
 		return err
@@ -179,13 +189,6 @@ func runDockerPlugin(c *cli.Context) error {
 		Timeout:       c.Duration("nbd-timeout"),
 		DeadTimeout:   c.Duration("nbd-dead-timeout"),
 		Logger:        log,
-	}
-	iscsi := &docker.ISCSIAttacher{
-		CHAPUser:     c.String("iscsi-chap-user"),
-		CHAPSecret:   c.String("iscsi-chap-secret"),
-		MutualUser:   c.String("iscsi-mutual-chap-user"),
-		MutualSecret: c.String("iscsi-mutual-chap-secret"),
-		Logger:       log,
 	}
 	attacher, why, err := docker.PickAttacher(c.String("attach"), nbd, iscsi, fuse)
 	if err != nil {

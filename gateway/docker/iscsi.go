@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ferry-io/ferry/internal/chap"
 )
 
 // DefaultISCSIReplacementTimeout is how long the initiator queues I/O for
@@ -132,6 +134,25 @@ func redact(args []string) []string {
 		}
 	}
 	return out
+}
+
+// CheckCredentials refuses CHAP settings no login could succeed with, so
+// that the plugin says so when it starts rather than at the first mount:
+// a user name without its secret, mutual CHAP without one-way CHAP, and
+// secrets a gateway's volume could not have.
+func (s *ISCSIAttacher) CheckCredentials() error {
+	switch {
+	case s.CHAPUser != "" && s.CHAPSecret == "":
+		return errors.New("--iscsi-chap-user needs --iscsi-chap-secret (or FERRY_ISCSI_CHAP_SECRET)")
+	case s.MutualUser != "" && s.MutualSecret == "":
+		return errors.New("--iscsi-mutual-chap-user needs --iscsi-mutual-chap-secret (or FERRY_ISCSI_MUTUAL_CHAP_SECRET)")
+	case s.MutualSecret != "" && s.CHAPSecret == "":
+		return errors.New("--iscsi-mutual-chap-secret needs --iscsi-chap-secret too: the target authenticates itself only to an initiator that authenticated with CHAP")
+	}
+	if err := chap.CheckSecrets(s.CHAPSecret, s.MutualSecret); err != nil {
+		return fmt.Errorf("--iscsi-chap-secret, --iscsi-mutual-chap-secret: %w", err)
+	}
+	return nil
 }
 
 // Attach implements Attacher.

@@ -265,3 +265,35 @@ func TestISCSIMutualCHAP(t *testing.T) {
 		t.Errorf("the mutual secret is not redacted: %s", r)
 	}
 }
+
+// CHAP settings no login could succeed with are refused when the plugin
+// starts, each with the flag to fix; workable ones pass.
+func TestISCSICheckCredentials(t *testing.T) {
+	const s1, s2 = "secret-one-123", "secret-two-456"
+	for _, c := range []struct {
+		a    ISCSIAttacher
+		want string // "" for no error
+	}{
+		{ISCSIAttacher{}, ""},
+		{ISCSIAttacher{CHAPSecret: s1}, ""},
+		{ISCSIAttacher{CHAPUser: "alice", CHAPSecret: s1}, ""},
+		{ISCSIAttacher{CHAPSecret: s1, MutualSecret: s2}, ""},
+		{ISCSIAttacher{CHAPUser: "alice", CHAPSecret: s1, MutualUser: "tgt", MutualSecret: s2}, ""},
+		{ISCSIAttacher{CHAPUser: "alice"}, "--iscsi-chap-user needs --iscsi-chap-secret"},
+		{ISCSIAttacher{CHAPSecret: s1, MutualUser: "tgt"}, "--iscsi-mutual-chap-user needs --iscsi-mutual-chap-secret"},
+		{ISCSIAttacher{MutualUser: "tgt", MutualSecret: s2}, "--iscsi-mutual-chap-secret needs --iscsi-chap-secret"},
+		{ISCSIAttacher{CHAPSecret: "short"}, "12 to 255 characters"},
+		{ISCSIAttacher{CHAPSecret: s1, MutualSecret: "short"}, "12 to 255 characters"},
+		{ISCSIAttacher{CHAPSecret: s1, MutualSecret: s1}, "must differ"},
+	} {
+		err := c.a.CheckCredentials()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%+v: %v, want no error", c.a, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%+v: %v, want %q", c.a, err, c.want)
+		case err != nil && (strings.Contains(err.Error(), s1) || strings.Contains(err.Error(), s2) || strings.Contains(err.Error(), "short")):
+			t.Errorf("%+v: the error shows a secret: %v", c.a, err)
+		}
+	}
+}

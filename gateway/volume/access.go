@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/ferry-io/ferry/internal/atomicfile"
+	"github.com/ferry-io/ferry/internal/chap"
 )
 
 // Access is a volume's access control, the same whichever protocol serves
@@ -198,13 +199,8 @@ func (a *Access) Validate() error {
 	if a.MutualUser != "" && a.CHAPUser == "" {
 		return bad("mutual CHAP needs one-way CHAP (--chap-user/--chap-secret) too")
 	}
-	for _, s := range []string{a.CHAPSecret, a.MutualSecret} {
-		if s != "" && (len(s) < 12 || len(s) > 255) {
-			return bad("CHAP secrets must be 12 to 255 characters (RFC 7143 asks for at least 96 bits)")
-		}
-	}
-	if a.MutualSecret != "" && a.MutualSecret == a.CHAPSecret {
-		return bad("the mutual CHAP secret must differ from the CHAP secret (RFC 7143 §12.1.3)")
+	if err := chap.CheckSecrets(a.CHAPSecret, a.MutualSecret); err != nil {
+		return bad("%v", err)
 	}
 	for _, id := range a.AllowTLSIdentities {
 		if id == "" || len(id) > 64 || strings.ContainsFunc(id, func(r rune) bool { return r < ' ' || r == 0x7f }) {

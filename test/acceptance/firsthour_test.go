@@ -2,9 +2,12 @@ package acceptance
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
@@ -62,6 +65,10 @@ func TestVersion(t *testing.T) {
 // help, on stderr, with exit status 2; not the whole help text.
 func TestUsageErrors(t *testing.T) {
 	g := startGateway(t)
+	dir := t.TempDir()
+	plugin := func(args ...string) []string {
+		return append([]string{"docker-plugin", "--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "ferry.sock")}, args...)
+	}
 	cases := []struct {
 		args []string
 		want string
@@ -76,9 +83,20 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"volume", "info"}, "missing volume name"},
 		{[]string{"volume", "update", "v"}, "nothing to update"},
 		{[]string{"store", "add", "s3", "--bucket", "b"}, "--endpoint is required"},
+		// The plugin refuses CHAP settings no login could succeed with
+		// before it starts (in a directory of the test's, should it start).
+		{plugin("--iscsi-mutual-chap-user", "tgt"), "--iscsi-mutual-chap-user needs --iscsi-mutual-chap-secret"},
+		{plugin("--iscsi-chap-user", "alice"), "--iscsi-chap-user needs --iscsi-chap-secret"},
+		{plugin("--iscsi-chap-secret", "short"), "12 to 255 characters"},
 	}
 	for _, c := range cases {
-		r := g.cli(c.args...)
+		// A usage error ends the command at once; one that runs instead is
+		// ended after a minute.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, ferryBin, c.args...)
+		cmd.Env = append(os.Environ(), "FERRY_API="+g.apiAddr)
+		r := runCLI(t, cmd)
+		cancel()
 		if r.code != 2 {
 			t.Errorf("ferry %v: exit %d, want 2", c.args, r.code)
 		}
