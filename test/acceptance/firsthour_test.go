@@ -67,7 +67,7 @@ func TestUsageErrors(t *testing.T) {
 	g := startGateway(t)
 	dir := t.TempDir()
 	plugin := func(args ...string) []string {
-		return append([]string{"docker-plugin", "--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "ferry.sock")}, args...)
+		return append([]string{"docker-plugin", "--gateway", g.apiAddr, "--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "ferry.sock")}, args...)
 	}
 	cases := []struct {
 		args []string
@@ -84,7 +84,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"volume", "update", "v"}, "nothing to update"},
 		{[]string{"store", "add", "s3", "--bucket", "b"}, "--endpoint is required"},
 		// The plugin refuses CHAP settings no login could succeed with
-		// before it starts (in a directory of the test's, should it start).
+		// before it starts (with the test's gateway and directory, should
+		// it start).
 		{plugin("--iscsi-mutual-chap-user", "tgt"), "--iscsi-mutual-chap-user needs --iscsi-mutual-chap-secret"},
 		{plugin("--iscsi-chap-user", "alice"), "--iscsi-chap-user needs --iscsi-chap-secret"},
 		{plugin("--iscsi-chap-secret", "short"), "12 to 255 characters"},
