@@ -2,10 +2,8 @@ package acceptance
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -93,11 +91,10 @@ func TestUsageErrors(t *testing.T) {
 	for _, c := range cases {
 		// A usage error ends the command at once; one that runs instead is
 		// ended after a minute.
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		cmd := exec.CommandContext(ctx, ferryBin, c.args...)
-		cmd.Env = append(os.Environ(), "FERRY_API="+g.apiAddr)
-		r := runCLI(t, cmd)
-		cancel()
+		r := runCLIWithin(t, g.command(nil, c.args...), time.Minute)
+		if r.code == -1 {
+			continue // reported, with its output
+		}
 		if r.code != 2 {
 			t.Errorf("ferry %v: exit %d, want 2", c.args, r.code)
 		}

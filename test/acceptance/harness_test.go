@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -283,27 +284,69 @@ func (g *gateway) cli(args ...string) cliResult {
 // cliEnv is cli with extra environment variables (FERRY_TOKEN=...).
 func (g *gateway) cliEnv(env []string, args ...string) cliResult {
 	g.t.Helper()
+	return runCLI(g.t, g.command(env, args...))
+}
+
+// command is `ferry ARGS` set up to reach this gateway: FERRY_API, its
+// token once useToken was called, then env.
+func (g *gateway) command(env []string, args ...string) *exec.Cmd {
 	cmd := exec.Command(ferryBin, args...)
 	cmd.Env = append(os.Environ(), "FERRY_API="+g.apiAddr)
 	if g.token != "" {
 		cmd.Env = append(cmd.Env, "FERRY_TOKEN="+g.token)
 	}
 	cmd.Env = append(cmd.Env, env...)
-	return runCLI(g.t, cmd)
+	return cmd
 }
 
+// cliBound is how long runCLI lets one command run: far beyond the
+// slowest (a live migration under TCG takes a few minutes), so that a
+// command that hangs fails its test with its output, and the suite goes
+// on, instead of holding everything until go test's own timeout.
+const cliBound = 10 * time.Minute
+
 // runCLI runs a CLI command and returns its output and exit code; only a
-// failure to run it at all fails the test.
+// failure to run it at all fails the test, or its running past cliBound.
 func runCLI(t *testing.T, cmd *exec.Cmd) cliResult {
+	t.Helper()
+	return runCLIWithin(t, cmd, cliBound)
+}
+
+// runCLIWithin is runCLI with its own bound. A command still running at
+// the bound is killed, reported as a test error with what it printed, and
+// returned with code -1; so is one that could not run or that a signal
+// ended: code -1 has always been reported. Safe to call from any
+// goroutine.
+func runCLIWithin(t *testing.T, cmd *exec.Cmd, bound time.Duration) cliResult {
 	t.Helper()
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
+	// A child that inherited the output (none should) cannot hold Wait
+	// once the command has exited.
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Errorf("run %v: %v", cmd.Args, err)
+		return cliResult{code: -1}
+	}
+	var killed atomic.Bool
+	timer := time.AfterFunc(bound, func() {
+		killed.Store(true)
+		cmd.Process.Kill()
+	})
+	err := cmd.Wait()
+	timer.Stop()
+	if killed.Load() {
+		t.Errorf("%v: still running after %v; killed\nstdout: %s\nstderr: %s", cmd.Args, bound, o.String(), e.String())
+		return cliResult{o.String(), e.String(), -1}
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
+		if code = ee.ExitCode(); code == -1 {
+			t.Errorf("%v: %v\nstdout: %s\nstderr: %s", cmd.Args, err, o.String(), e.String())
+		}
 	} else if err != nil {
-		t.Fatalf("run %v: %v", cmd.Args, err)
+		t.Errorf("run %v: %v", cmd.Args, err)
+		code = -1
 	}
 	return cliResult{o.String(), e.String(), code}
 }
