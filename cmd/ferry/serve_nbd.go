@@ -43,6 +43,8 @@ func init() {
 				Usage: "pre-shared keys for NBD TLS 1.3 (identity:hexkey lines, as psktool writes and nbdkit --tls-psk and QEMU tls-creds-psk read; not accessible to others); the identity is the client's TLS identity"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "nbd-splice-writes", EnvVars: []string{"FERRY_NBD_SPLICE_WRITES"},
 				Usage: "move large NBD write payloads (64 KiB to 1 MiB, without TLS) from the socket into local volumes' files with splice(2): less CPU, but higher tail latency in this project's loopback benchmarks (docs/NBD.md)"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "nbd-poll", EnvVars: []string{"FERRY_NBD_POLL"},
+				Usage: "how long a connection with no request in flight watches for the client's next request before sleeping, e.g. 50us (0, the default: never): lower latency for clients with one request at a time on other machines, for some of the gateway's CPU; with clients on the gateway's own CPUs it can cost more than it saves (docs/NBD.md, \"Polling\")"}),
 		},
 		listenFlag: "nbd-listen",
 		frontend: func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error) {
@@ -52,6 +54,7 @@ func init() {
 			}
 			cfg.Logger, cfg.Registerer = log, reg
 			cfg.SpliceWrites = c.Bool("nbd-splice-writes")
+			cfg.Poll = max(0, c.Duration("nbd-poll"))
 			return nbd.NewServer(mgr, cfg), nil
 		},
 		protection: func(c *cli.Context, loopback bool) string {

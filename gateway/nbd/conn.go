@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -74,6 +75,18 @@ type conn struct {
 	// per connection, not one allocated per call. With the turn.
 	inqStep func(fd uintptr)
 	inq     int
+
+	// Polling (poll), with the turn: how many more requests are read
+	// without polling, and how many the last miss made that (doubling
+	// with each miss in a row, up to maxPollBackoff; a hit clears it);
+	// how many requests were read since the last time the reader found
+	// nothing buffered; and whether the last request read was large (a
+	// READ or WRITE of smallBelow or more).
+	pollSkip, pollBackoff, round int
+	lastLarge                    bool
+	// active counts the requests taken from the stream (next) whose
+	// handling has not ended (handle), when the connection may poll.
+	active atomic.Int32
 
 	turn     chan struct{}           // holds the reading turn while no worker has it
 	inflight sync.WaitGroup          // batch remainders and large reads running on their own goroutines
@@ -396,6 +409,9 @@ const (
 	// taken to wait for the disk (from the page cache, 1 MiB takes a few
 	// hundred microseconds).
 	slowRead = 2 * time.Millisecond
+	// maxPollBackoff is the most requests a connection reads without
+	// polling after polls that missed (conn.poll).
+	maxPollBackoff = 1024
 	// slowWrite is how long a spliced write runs before writes are
 	// taken to wait for the disk (or for dirty-page throttling), and are
 	// no longer written before the turn is passed on (writeNow).
@@ -583,11 +599,28 @@ func (c *conn) worker() {
 
 // next reads the next request that needs executing, with its payload for a
 // write or a buffer for a read. It answers requests that fail validation
-// before any I/O itself. ok is false once the connection is done reading.
+// before any I/O itself. ok is false once the connection is done reading;
+// otherwise handle must be called for the request.
 //
 // Only the holder of the reading turn calls next.
 func (c *conn) next() (req request, buf []byte, ok bool) {
+	req, buf, ok = c.take()
+	if ok && c.s.cfg.Poll > 0 {
+		c.active.Add(1)
+	}
+	return req, buf, ok
+}
+
+// take is next without counting the request as active.
+func (c *conn) take() (req request, buf []byte, ok bool) {
 	for !c.rdone {
+		if c.br.Buffered() == 0 {
+			if c.round <= 1 && !c.lastLarge {
+				c.poll()
+			}
+			c.round = 0
+		}
+		c.round++
 		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
 			if !errors.Is(err, io.EOF) && !c.isStopping() && !errors.Is(err, net.ErrClosed) {
 				c.log.Info("connection ended", "err", err)
@@ -600,6 +633,7 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 			c.log.Warn("protocol error; closing connection", "err", err)
 			break
 		}
+		c.lastLarge = (req.typ == cmdRead || req.typ == cmdWrite) && req.length >= smallBelow
 		c.s.m.requests[c.s.m.cmd(req.typ)].Inc()
 		switch req.typ {
 		case cmdDisc:
@@ -664,6 +698,53 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 	}
 	c.rdone = true
 	return request{}, nil, false
+}
+
+// poll watches the socket for up to Config.Poll for the client's next
+// request, when br holds none, the last request came alone (nothing was
+// buffered behind it) and was not a large READ or WRITE, and no request of
+// this connection is in flight: the client has all its replies and may
+// send the next at once, as a client with one request in flight does.
+// Found there, the request is read without the reader going to sleep in
+// the runtime's poller and being woken again: on this project's two vCPUs
+// the sleep, the idle CPU and the wake-up across CPUs cost more than a
+// small request. (After a bunch of requests, or a large one, the client
+// takes a while to send more; polls there measured slower. With the
+// client on the same CPUs, any poll takes CPU the client needs: hence off
+// by default. docs/NBD.md, "Polling".)
+//
+// A poll that misses (the client paused longer) makes the connection skip
+// polling for the next request, then the next two, four, and so on up to
+// maxPollBackoff requests while it keeps missing; a hit starts over. So a
+// client that pauses between requests costs a poll now and then, not one
+// per request. At most Server.maxPollers connections poll at once, and a
+// poll yields its processor between looks. Only the holder of the turn
+// polls.
+func (c *conn) poll() {
+	if c.s.cfg.Poll <= 0 || c.raw == nil || c.active.Load() != 0 {
+		return
+	}
+	if c.pollSkip > 0 {
+		c.pollSkip--
+		return
+	}
+	if c.s.pollers.Add(1) > c.s.maxPollers {
+		c.s.pollers.Add(-1)
+		return
+	}
+	defer c.s.pollers.Add(-1)
+	deadline := time.Now().Add(c.s.cfg.Poll)
+	for !c.waiting() {
+		if time.Now().After(deadline) {
+			c.pollBackoff = min(max(1, 2*c.pollBackoff), maxPollBackoff)
+			c.pollSkip = c.pollBackoff
+			c.s.m.pollMiss.Inc()
+			return
+		}
+		runtime.Gosched()
+	}
+	c.pollBackoff = 0
+	c.s.m.pollHit.Inc()
 }
 
 // readPayload reads a write's payload of n bytes: into a pipe when the
@@ -771,6 +852,9 @@ func (c *conn) panicked(req request, r any) {
 func (c *conn) handle(req request, buf []byte) {
 	replied := false
 	defer func() {
+		if c.s.cfg.Poll > 0 {
+			c.active.Add(-1)
+		}
 		if buf != nil {
 			bufpool.Put(buf)
 		}
