@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -324,18 +323,7 @@ const wireAttachTTL = 20 * time.Second
 
 func flushCount(t *testing.T, g *gateway) float64 {
 	t.Helper()
-	resp, err := g.get("/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^ferry_nbd_requests_total\{command="flush"\} (\S+)$`).FindSubmatch(b)
-	if m == nil {
-		return 0
-	}
-	f, _ := strconv.ParseFloat(string(m[1]), 64)
-	return f
+	return g.metric(`ferry_nbd_requests_total{command="flush"}`)
 }
 
 // TestDockerPlugin drives `ferry docker-plugin` through a real Docker

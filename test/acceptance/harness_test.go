@@ -6,12 +6,15 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -264,6 +267,24 @@ func (g *gateway) get(path string) (*http.Response, error) {
 		req.Header.Set("Authorization", "Bearer "+g.token)
 	}
 	return http.DefaultClient.Do(req)
+}
+
+// metric is the value of one series on /metrics (its exact text, such as
+// `ferry_nbd_requests_total{command="flush"}`), 0 if it is not there.
+func (g *gateway) metric(series string) float64 {
+	g.t.Helper()
+	resp, err := g.get("/metrics")
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		return 0
+	}
+	f, _ := strconv.ParseFloat(string(m[1]), 64)
+	return f
 }
 
 // uri is the NBD URI of a volume.

@@ -175,3 +175,42 @@ func TestFioVerifyTwoConnections(t *testing.T) {
 		}
 	}
 }
+
+// With `ferry serve --nbd-poll`, real clients get their data as without
+// it: fio writes 4k blocks at queue depth 1 (the load polling is for) and
+// verifies them, qemu-io writes and reads back patterns; the gateway's
+// polls found requests. A gateway without the flag never polls.
+func TestNBDPollWithRealClients(t *testing.T) {
+	fio := testutil.RequireTool(t, "fio")
+	qemuIO := testutil.RequireTool(t, "qemu-io")
+	// A window longer than fio takes to send its next request on a
+	// loaded machine, so that some polls hit.
+	g := startGateway(t, "--nbd-poll", "2ms")
+	g.mustCLI("volume", "create", "p", "--size", "64M")
+	uri := g.uri("p")
+	run(t, 2*time.Minute, fio, "--name=poll", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite", "--bs=4k", "--iodepth=1",
+		"--size=16M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output=/dev/null")
+	io := func(g *gateway, cmds ...string) {
+		t.Helper()
+		args := []string{"-f", "raw"}
+		for _, c := range cmds {
+			args = append(args, "-c", c)
+		}
+		if out := run(t, time.Minute, qemuIO, append(args, g.uri("p"))...); strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed:") {
+			t.Fatalf("qemu-io %v:\n%s", cmds, out)
+		}
+	}
+	io(g, "write -P 0x7e 32M 4k", "write -P 0x7f 40M 4k", "flush", "read -P 0x7e 32M 4k", "read -P 0x7f 40M 4k", "read -P 0 36M 4k")
+	hits, misses := g.metric(`ferry_nbd_polls_total{result="hit"}`), g.metric(`ferry_nbd_polls_total{result="miss"}`)
+	if hits == 0 {
+		t.Errorf("--nbd-poll: %v polls hit, %v missed; want some hits", hits, misses)
+	}
+	t.Logf("--nbd-poll 2ms: %v polls hit, %v missed", hits, misses)
+
+	plain := startGateway(t)
+	plain.mustCLI("volume", "create", "p", "--size", "64M")
+	io(plain, "write -P 0x7e 32M 4k", "write -P 0x7f 40M 4k", "read -P 0x7e 32M 4k", "read -P 0x7f 40M 4k")
+	if n := plain.metric(`ferry_nbd_polls_total{result="hit"}`) + plain.metric(`ferry_nbd_polls_total{result="miss"}`); n != 0 {
+		t.Errorf("a gateway without --nbd-poll polled %v times", n)
+	}
+}
