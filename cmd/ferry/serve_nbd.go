@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
@@ -18,6 +19,10 @@ import (
 	"github.com/ferry-io/ferry/internal/apiauth"
 	"github.com/ferry-io/ferry/internal/tlspsk"
 )
+
+// maxNBDPoll bounds --nbd-poll: polls are for clients that send their
+// next request within microseconds.
+const maxNBDPoll = 10 * time.Millisecond
 
 // NBD TLS modes (--nbd-tls).
 const (
@@ -44,7 +49,7 @@ func init() {
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "nbd-splice-writes", EnvVars: []string{"FERRY_NBD_SPLICE_WRITES"},
 				Usage: "move large NBD write payloads (64 KiB to 1 MiB, without TLS) from the socket into local volumes' files with splice(2): less CPU, but higher tail latency in this project's loopback benchmarks (docs/NBD.md)"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "nbd-poll", EnvVars: []string{"FERRY_NBD_POLL"},
-				Usage: "how long a connection with no request in flight watches for the client's next request before sleeping, e.g. 50us (0, the default: never): lower latency for clients with one request at a time on other machines, for some of the gateway's CPU; with clients on the gateway's own CPUs it can cost more than it saves (docs/NBD.md, \"Polling\")"}),
+				Usage: "how long a connection with no request in flight watches for the client's next request before sleeping, e.g. 50us (0, the default: never; at most 10ms): lower latency for clients with one request at a time on other machines, for some of the gateway's CPU; with clients on the gateway's own CPUs it can cost more than it saves (docs/NBD.md, \"Polling\")"}),
 		},
 		listenFlag: "nbd-listen",
 		frontend: func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error) {
@@ -54,7 +59,7 @@ func init() {
 			}
 			cfg.Logger, cfg.Registerer = log, reg
 			cfg.SpliceWrites = c.Bool("nbd-splice-writes")
-			cfg.Poll = max(0, c.Duration("nbd-poll"))
+			cfg.Poll = c.Duration("nbd-poll") // checked
 			return nbd.NewServer(mgr, cfg), nil
 		},
 		protection: func(c *cli.Context, loopback bool) string {
@@ -62,6 +67,9 @@ func init() {
 			return summary
 		},
 		check: func(c *cli.Context, loopback bool) error {
+			if d := c.Duration("nbd-poll"); d < 0 || d > maxNBDPoll {
+				return usagef(c, "--nbd-poll %v: give 0 (never poll) to %v; a poll holds a CPU for that long", d, maxNBDPoll)
+			}
 			_, _, err := nbdTLS(c, loopback)
 			return err
 		},

@@ -81,6 +81,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"volume", "info"}, "missing volume name"},
 		{[]string{"volume", "update", "v"}, "nothing to update"},
 		{[]string{"store", "add", "s3", "--bucket", "b"}, "--endpoint is required"},
+		// Checked before anything listens (the test's own directory and
+		// ports, should it start).
+		{[]string{"serve", "--nbd-poll", "1s", "--data", filepath.Join(dir, "data"), "--nbd-listen", "127.0.0.1:0", "--iscsi-listen", "", "--api-listen", "127.0.0.1:0"}, "--nbd-poll 1s: give 0 (never poll) to 10ms"},
 		// The plugin refuses CHAP settings no login could succeed with
 		// before it starts (with the test's gateway and directory, should
 		// it start).
