@@ -323,7 +323,7 @@ const wireAttachTTL = 20 * time.Second
 
 func flushCount(t *testing.T, g *gateway) float64 {
 	t.Helper()
-	return g.metric(`ferry_nbd_requests_total{command="flush"}`)
+	return g.metric(t, `ferry_nbd_requests_total{command="flush"}`)
 }
 
 // TestDockerPlugin drives `ferry docker-plugin` through a real Docker

@@ -270,12 +270,13 @@ func (g *gateway) get(path string) (*http.Response, error) {
 }
 
 // metric is the value of one series on /metrics (its exact text, such as
-// `ferry_nbd_requests_total{command="flush"}`), 0 if it is not there.
-func (g *gateway) metric(series string) float64 {
-	g.t.Helper()
+// `ferry_nbd_requests_total{command="flush"}`), 0 if it is not there. t is
+// the calling (sub)test's.
+func (g *gateway) metric(t *testing.T, series string) float64 {
+	t.Helper()
 	resp, err := g.get("/metrics")
 	if err != nil {
-		g.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)

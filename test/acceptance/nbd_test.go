@@ -201,7 +201,7 @@ func TestNBDPollWithRealClients(t *testing.T) {
 		}
 	}
 	io(g, "write -P 0x7e 32M 4k", "write -P 0x7f 40M 4k", "flush", "read -P 0x7e 32M 4k", "read -P 0x7f 40M 4k", "read -P 0 36M 4k")
-	hits, misses := g.metric(`ferry_nbd_polls_total{result="hit"}`), g.metric(`ferry_nbd_polls_total{result="miss"}`)
+	hits, misses := g.metric(t, `ferry_nbd_polls_total{result="hit"}`), g.metric(t, `ferry_nbd_polls_total{result="miss"}`)
 	if hits == 0 {
 		t.Errorf("--nbd-poll: %v polls hit, %v missed; want some hits", hits, misses)
 	}
@@ -210,7 +210,7 @@ func TestNBDPollWithRealClients(t *testing.T) {
 	plain := startGateway(t)
 	plain.mustCLI("volume", "create", "p", "--size", "64M")
 	io(plain, "write -P 0x7e 32M 4k", "write -P 0x7f 40M 4k", "read -P 0x7e 32M 4k", "read -P 0x7f 40M 4k")
-	if n := plain.metric(`ferry_nbd_polls_total{result="hit"}`) + plain.metric(`ferry_nbd_polls_total{result="miss"}`); n != 0 {
+	if n := plain.metric(t, `ferry_nbd_polls_total{result="hit"}`) + plain.metric(t, `ferry_nbd_polls_total{result="miss"}`); n != 0 {
 		t.Errorf("a gateway without --nbd-poll polled %v times", n)
 	}
 }
