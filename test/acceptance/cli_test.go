@@ -199,11 +199,11 @@ func TestServeBadConfig(t *testing.T) {
 	for _, c := range cases {
 		data := filepath.Join(t.TempDir(), "data")
 		args := append(append([]string{"serve", "--data", data}, ephemeral...), c.args...)
-		out, err := exec.Command(ferryBin, args...).CombinedOutput()
-		if err == nil || !strings.Contains(string(out), c.want) {
+		out, err := runErr(time.Minute, ferryBin, args...)
+		if err == nil || !strings.Contains(out, c.want) {
 			t.Errorf("ferry %v: err=%v, output %q should mention %q", args, err, out, c.want)
 		}
-		if lines := strings.Count(strings.TrimSpace(string(out)), "\n") + 1; lines > 2 {
+		if lines := strings.Count(strings.TrimSpace(out), "\n") + 1; lines > 2 {
 			t.Errorf("ferry %v: %d lines of output, want the error alone:\n%s", args, lines, out)
 		}
 		if strings.Contains(c.want, "listen") || strings.Contains(c.want, "config") || strings.Contains(c.want, "resolve") || strings.Contains(c.want, "port") {
@@ -214,8 +214,8 @@ func TestServeBadConfig(t *testing.T) {
 	}
 	// Two gateways never share a data directory.
 	g := startGateway(t)
-	out, err := exec.Command(ferryBin, append([]string{"serve", "--data", g.data}, ephemeral...)...).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "in use by another ferry serve") {
+	out, err := runErr(time.Minute, ferryBin, append([]string{"serve", "--data", g.data}, ephemeral...)...)
+	if err == nil || !strings.Contains(out, "in use by another ferry serve") {
 		t.Errorf("second gateway on the same data dir: %v %q", err, out)
 	}
 }

@@ -22,12 +22,12 @@ func TestREADMEGatewayOnDefaultPorts(t *testing.T) {
 	if !defaultGatewayStarted {
 		t.Skip("the default ports were taken before the suite started; the gateway holding them stands in")
 	}
-	out, err := exec.Command(ferryBin, "status").CombinedOutput()
+	out, err := runErr(time.Minute, ferryBin, "status")
 	if err != nil {
 		t.Fatalf("ferry status against the default API: %v\n%s", err, out)
 	}
 	for _, want := range []string{"127.0.0.1:10809", "127.0.0.1:3260", "127.0.0.1:9809"} {
-		if !strings.Contains(string(out), want) {
+		if !strings.Contains(out, want) {
 			t.Errorf("status of the default gateway lacks %s:\n%s", want, out)
 		}
 	}

@@ -446,6 +446,28 @@ func (g *gateway) info(vol string) volumeInfo {
 	return in
 }
 
+// qio turns qemu-io commands into its arguments.
+func qio(cmds ...string) []string {
+	var args []string
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	return args
+}
+
+// qemuIOCheck runs qemu-io's cmds on the raw image at uri, within a
+// minute, and fails t if qemu-io fails, a command fails or a pattern does
+// not verify. It returns qemu-io's output.
+func qemuIOCheck(t *testing.T, uri string, cmds ...string) string {
+	t.Helper()
+	args := append(append([]string{"-f", "raw"}, qio(cmds...)...), uri)
+	out := run(t, time.Minute, testutil.RequireTool(t, "qemu-io"), args...)
+	if strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed:") {
+		t.Fatalf("qemu-io %v:\n%s", cmds, out)
+	}
+	return out
+}
+
 // run runs a program with a timeout and returns combined output; it fails
 // the test on a non-zero exit.
 func run(t *testing.T, timeout time.Duration, name string, args ...string) string {
@@ -461,6 +483,8 @@ func runErr(timeout time.Duration, name string, args ...string) (string, error) 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	// A child that inherited the output cannot hold it past the kill.
+	cmd.WaitDelay = 10 * time.Second
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		return string(out), fmt.Errorf("timed out after %v", timeout)

@@ -278,7 +278,7 @@ func ext4Volume(t *testing.T, g *gateway, name string) {
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v %s", err, out)
 	}
-	if out, err := exec.Command("nbdcopy", img, g.uri(name)).CombinedOutput(); err != nil {
+	if out, err := runErr(2*time.Minute, "nbdcopy", img, g.uri(name)); err != nil {
 		t.Fatalf("nbdcopy: %v %s", err, out)
 	}
 }
@@ -287,7 +287,7 @@ func ext4Volume(t *testing.T, g *gateway, name string) {
 func volumeImage(t *testing.T, g *gateway, name string) string {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), name+".img")
-	if out, err := exec.Command("nbdcopy", g.uri(name), img).CombinedOutput(); err != nil {
+	if out, err := runErr(2*time.Minute, "nbdcopy", g.uri(name), img); err != nil {
 		t.Fatalf("nbdcopy %s: %v %s", name, err, out)
 	}
 	return img

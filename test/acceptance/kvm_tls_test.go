@@ -29,14 +29,14 @@ func TestKVMNBDTLS(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "fs.img")
 	run(t, bootTimeout, "truncate", "-s", "64M", img)
 	run(t, bootTimeout, "mkfs.ext4", "-q", "-F", img)
-	if out, err := exec.Command("nbdcopy", img, g.uri("t-root")).CombinedOutput(); err == nil {
+	if out, err := runErr(bootTimeout, "nbdcopy", img, g.uri("t-root")); err == nil {
 		t.Fatalf("plain nbdcopy to a gateway requiring TLS succeeded: %s", out)
 	}
 	run(t, bootTimeout, "nbdcopy", img, pskURI(g, alice, "t-root"))
 
 	// Misconfigured TLS is refused at start.
 	bin, _ := requireKVM(t)
-	if out, err := exec.Command(bin, "serve", "--state", t.TempDir(), "--nbd-tls-psk-dir", alice).CombinedOutput(); err == nil || !strings.Contains(string(out), "--nbd-tls-psk-user") {
+	if out, err := runErr(bootTimeout, bin, "serve", "--state", t.TempDir(), "--nbd-tls-psk-dir", alice); err == nil || !strings.Contains(out, "--nbd-tls-psk-user") {
 		t.Fatalf("--nbd-tls-psk-dir without a user: %v %s", err, out)
 	}
 

@@ -76,11 +76,7 @@ func qemuPSKArgs(g *gateway, dir, export string) []string {
 }
 
 func qemuIOPSK(g *gateway, dir, export string, cmds ...string) (string, error) {
-	args := qemuPSKArgs(g, dir, export)
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	return runErr(2*time.Minute, "qemu-io", args...)
+	return runErr(2*time.Minute, "qemu-io", append(qemuPSKArgs(g, dir, export), qio(cmds...)...)...)
 }
 
 // TestNBDTLSPSK: --nbd-tls require with --nbd-tls-psk serves libnbd

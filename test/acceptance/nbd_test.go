@@ -60,21 +60,11 @@ func TestNBDInfoThroughGateway(t *testing.T) {
 // qemu-io writes patterns, reads them back, discards and zeroes; data
 // survives a clean restart; allocation shows in volume info.
 func TestQemuIOThroughGatewayAndRestart(t *testing.T) {
-	qemuIO := testutil.RequireTool(t, "qemu-io")
+	testutil.RequireTool(t, "qemu-io")
 	g := startGateway(t)
 	g.mustCLI("volume", "create", "q", "--size", "256M")
 	uri := g.uri("q")
-	io := func(cmds ...string) string {
-		args := []string{"-f", "raw"}
-		for _, c := range cmds {
-			args = append(args, "-c", c)
-		}
-		out := run(t, 60*time.Second, qemuIO, append(args, uri)...)
-		if strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed:") {
-			t.Fatalf("qemu-io %v:\n%s", cmds, out)
-		}
-		return out
-	}
+	io := func(cmds ...string) string { return qemuIOCheck(t, uri, cmds...) }
 	io("read -P 0 0 256M") // fresh volume reads as zeroes
 	io("write -P 0xa5 0 8M", "write -P 0x5a 100M 1M", "write -P 0x11 255M 1M", "flush")
 	io("read -P 0xa5 0 8M", "read -P 0x5a 100M 1M", "read -P 0x11 255M 1M", "read -P 0 8M 92M")
@@ -182,7 +172,7 @@ func TestFioVerifyTwoConnections(t *testing.T) {
 // polls found requests. A gateway without the flag never polls.
 func TestNBDPollWithRealClients(t *testing.T) {
 	fio := testutil.RequireTool(t, "fio")
-	qemuIO := testutil.RequireTool(t, "qemu-io")
+	testutil.RequireTool(t, "qemu-io")
 	// A window longer than fio takes to send its next request on a
 	// loaded machine, so that some polls hit.
 	g := startGateway(t, "--nbd-poll", "2ms")
@@ -190,17 +180,7 @@ func TestNBDPollWithRealClients(t *testing.T) {
 	uri := g.uri("p")
 	run(t, 2*time.Minute, fio, "--name=poll", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite", "--bs=4k", "--iodepth=1",
 		"--size=16M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output=/dev/null")
-	io := func(g *gateway, cmds ...string) {
-		t.Helper()
-		args := []string{"-f", "raw"}
-		for _, c := range cmds {
-			args = append(args, "-c", c)
-		}
-		if out := run(t, time.Minute, qemuIO, append(args, g.uri("p"))...); strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed:") {
-			t.Fatalf("qemu-io %v:\n%s", cmds, out)
-		}
-	}
-	io(g, "write -P 0x7e 32M 4k", "write -P 0x7f 40M 4k", "flush", "read -P 0x7e 32M 4k", "read -P 0x7f 40M 4k", "read -P 0 36M 4k")
+	qemuIOCheck(t, g.uri("p"), "write -P 0x7e 32M 4k", "write -P 0x7f 40M 4k", "flush", "read -P 0x7e 32M 4k", "read -P 0x7f 40M 4k", "read -P 0 36M 4k")
 	hits, misses := g.metric(t, `ferry_nbd_polls_total{result="hit"}`), g.metric(t, `ferry_nbd_polls_total{result="miss"}`)
 	if hits == 0 {
 		t.Errorf("--nbd-poll: %v polls hit, %v missed; want some hits", hits, misses)
@@ -209,7 +189,7 @@ func TestNBDPollWithRealClients(t *testing.T) {
 
 	plain := startGateway(t)
 	plain.mustCLI("volume", "create", "p", "--size", "64M")
-	io(plain, "write -P 0x7e 32M 4k", "write -P 0x7f 40M 4k", "read -P 0x7e 32M 4k", "read -P 0x7f 40M 4k")
+	qemuIOCheck(t, plain.uri("p"), "write -P 0x7e 32M 4k", "write -P 0x7f 40M 4k", "read -P 0x7e 32M 4k", "read -P 0x7f 40M 4k")
 	if n := plain.metric(t, `ferry_nbd_polls_total{result="hit"}`) + plain.metric(t, `ferry_nbd_polls_total{result="miss"}`); n != 0 {
 		t.Errorf("a gateway without --nbd-poll polled %v times", n)
 	}

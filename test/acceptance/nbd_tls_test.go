@@ -40,11 +40,7 @@ func qemuIOTLS(g *gateway, dir, export string, cmds ...string) (string, error) {
 	host, port, _ := strings.Cut(g.nbdAddr, ":")
 	args := []string{"--object", "tls-creds-x509,id=tls0,endpoint=client,dir=" + dir,
 		"--image-opts", fmt.Sprintf("driver=nbd,server.type=inet,server.host=%s,server.port=%s,export=%s,tls-creds=tls0", host, port, export)}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	out, err := exec.Command("qemu-io", args...).CombinedOutput()
-	return string(out), err
+	return runErr(2*time.Minute, "qemu-io", append(args, qio(cmds...)...)...)
 }
 
 // TestNBDTLS: --nbd-tls require serves only clients that negotiate TLS
@@ -57,12 +53,12 @@ func TestNBDTLS(t *testing.T) {
 	g := startGateway(t, "--nbd-tls", "require", "--nbd-tls-cert", cert, "--nbd-tls-key", key)
 	g.mustCLI("volume", "create", "v1", "--size", "64M")
 
-	out, err := exec.Command("nbdinfo", g.uri("v1")).CombinedOutput()
+	out, err := runErr(time.Minute, "nbdinfo", g.uri("v1"))
 	if err == nil {
 		t.Fatalf("nbdinfo without TLS was served:\n%s", out)
 	}
-	t.Logf("plain nbdinfo refused as it should be: %s", strings.TrimSpace(string(out)))
-	out, err = exec.Command("nbdinfo", "--json", "nbds://"+g.nbdAddr+"/v1?tls-certificates="+anon).CombinedOutput()
+	t.Logf("plain nbdinfo refused as it should be: %s", strings.TrimSpace(out))
+	out, err = runErr(time.Minute, "nbdinfo", "--json", "nbds://"+g.nbdAddr+"/v1?tls-certificates="+anon)
 	if err != nil {
 		t.Fatalf("nbdinfo over TLS: %v\n%s", err, out)
 	}
@@ -71,7 +67,7 @@ func TestNBDTLS(t *testing.T) {
 			Size int64 `json:"export-size"`
 		} `json:"exports"`
 	}
-	if err := json.Unmarshal(out, &info); err != nil || len(info.Exports) != 1 || info.Exports[0].Size != 64<<20 {
+	if err := json.Unmarshal([]byte(out), &info); err != nil || len(info.Exports) != 1 || info.Exports[0].Size != 64<<20 {
 		t.Fatalf("nbdinfo over TLS: %v\n%s", err, out)
 	}
 	if out, err := qemuIOTLS(g, anon, "v1", "write -P 0xa5 1M 1M", "flush"); err != nil || strings.Contains(out, "error") {

@@ -160,15 +160,6 @@ func (g *gateway) cloneBadInput(vol, snap, taken string) {
 	}
 }
 
-// qio turns qemu-io commands into its arguments.
-func qio(cmds ...string) []string {
-	var args []string
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	return args
-}
-
 // expectedImage builds, with qemu-io on a plain file, the image that the
 // qemu-io commands produce on a new volume of size: the reference a clone
 // is compared with, computed without Ferry.
