@@ -446,6 +446,21 @@ func (g *gateway) info(vol string) volumeInfo {
 	return in
 }
 
+// waitLog waits up to within for the gateway's log to hold want, and
+// fails t if it does not: for lines the gateway may write after its
+// client has gone.
+func (g *gateway) waitLog(t *testing.T, want string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !strings.Contains(g.logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Errorf("the gateway's log lacks %q after %v", want, within)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // qio turns qemu-io commands into its arguments.
 func qio(cmds ...string) []string {
 	var args []string
