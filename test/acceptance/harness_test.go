@@ -42,14 +42,56 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build ferry:", err)
 		os.Exit(1)
 	}
+	start := time.Now()
 	stopDefault := startDefaultGateway(dir)
 	code := m.Run()
 	if err := stopDefault(); err != nil {
 		fmt.Fprintln(os.Stderr, "the gateway on the default ports:", err)
 		code = 1
 	}
+	if err := raceReports(os.Getenv("GORACE"), start); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// raceReports fails the run when a race-built gateway (GOFLAGS=-race,
+// docs/TESTING.md) met a data race: with GORACE's log_path=PREFIX, the
+// race detector writes each process's reports to PREFIX.PID, and the
+// gateways run outside the test binary, so nothing else would fail.
+// Files older than the run are not this run's.
+func raceReports(gorace string, since time.Time) error {
+	var prefix string
+	for _, opt := range strings.Fields(gorace) {
+		if v, ok := strings.CutPrefix(opt, "log_path="); ok {
+			prefix = v
+		}
+	}
+	if prefix == "" || prefix == "stdout" || prefix == "stderr" {
+		return nil
+	}
+	files, err := filepath.Glob(prefix + ".*")
+	if err != nil {
+		return fmt.Errorf("race reports %s.*: %w", prefix, err)
+	}
+	var found []string
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil && !fi.ModTime().Before(since) {
+			found = append(found, f)
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "the race detector reported data races (%s):\n", strings.Join(found, ", "))
+	for _, f := range found {
+		data, _ := os.ReadFile(f)
+		b.Write(data)
+	}
+	return fmt.Errorf("%s", b.String())
 }
 
 // defaultPorts are the addresses `ferry serve` listens on by default.
