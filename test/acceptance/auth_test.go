@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -104,13 +103,12 @@ func TestAPIToken(t *testing.T) {
 // TestAPIAuthNoneRefusedOffLoopback: --api-auth none with a listener off
 // loopback is refused before anything listens.
 func TestAPIAuthNoneRefusedOffLoopback(t *testing.T) {
-	cmd := exec.Command(ferryBin, "serve", "--data", t.TempDir(), "--api-listen", "127.0.0.1:0",
+	out, err := runErr(time.Minute, ferryBin, "serve", "--data", t.TempDir(), "--api-listen", "127.0.0.1:0",
 		"--nbd-listen", "0.0.0.0:0", "--nbd-tls", "off", "--iscsi-listen", "", "--api-auth", "none")
-	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "--api-auth-insecure") {
+	if err == nil || !strings.Contains(out, "--api-auth-insecure") {
 		t.Fatalf("serve --api-auth none off loopback: err %v, output:\n%s", err, out)
 	}
-	if strings.Contains(string(out), "listening") {
+	if strings.Contains(out, "listening") {
 		t.Errorf("it listened before refusing:\n%s", out)
 	}
 }

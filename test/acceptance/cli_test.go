@@ -78,9 +78,8 @@ func TestCLIErrors(t *testing.T) {
 		}
 	}
 	// Talking to no gateway says what to do.
-	cmd := exec.Command(ferryBin, "volume", "ls", "--api", "127.0.0.1:1")
-	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "ferry serve") {
+	out, err := runErr(time.Minute, ferryBin, "volume", "ls", "--api", "127.0.0.1:1")
+	if err == nil || !strings.Contains(out, "ferry serve") {
 		t.Errorf("unreachable API: %v %q", err, out)
 	}
 }

@@ -112,11 +112,11 @@ func startDocker(t *testing.T, dir string) *dockerEnv {
 	if err := os.WriteFile(filepath.Join(root, "bin", "busybox"), b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	list, err := exec.Command(bb, "--list").Output()
+	list, err := testutil.Output(time.Minute, bb, "--list")
 	if err != nil {
 		t.Fatalf("busybox --list: %v", err)
 	}
-	for _, applet := range strings.Fields(string(list)) {
+	for _, applet := range strings.Fields(list) {
 		if applet != "busybox" {
 			os.Symlink("busybox", filepath.Join(root, "bin", applet))
 		}

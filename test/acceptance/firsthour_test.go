@@ -34,17 +34,16 @@ func TestREADMEGatewayOnDefaultPorts(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	head, err := testutil.Output(time.Minute, "git", "rev-parse", "HEAD")
 	if err != nil {
 		t.Skipf("not in a git checkout: %v", err)
 	}
 	for _, args := range [][]string{{"version"}, {"--version"}} {
-		out, err := exec.Command(ferryBin, args...).CombinedOutput()
+		s, err := runErr(time.Minute, ferryBin, args...)
 		if err != nil {
-			t.Fatalf("ferry %v: %v\n%s", args, err, out)
+			t.Fatalf("ferry %v: %v\n%s", args, err, s)
 		}
-		s := string(out)
-		if !strings.HasPrefix(s, "ferry ") || !strings.Contains(s, strings.TrimSpace(string(head))) || !strings.Contains(s, runtime.Version()) {
+		if !strings.HasPrefix(s, "ferry ") || !strings.Contains(s, strings.TrimSpace(head)) || !strings.Contains(s, runtime.Version()) {
 			t.Errorf("ferry %v = %q: want the version, commit %s and %s", args, s, head, runtime.Version())
 		}
 	}
@@ -53,8 +52,8 @@ func TestVersion(t *testing.T) {
 		Commit    string `json:"commit"`
 		GoVersion string `json:"go_version"`
 	}
-	out, _ := exec.Command(ferryBin, "version", "--json").Output()
-	if err := json.Unmarshal(out, &v); err != nil || v.Version == "" || len(v.Commit) != 40 || v.GoVersion != runtime.Version() {
+	out, _ := testutil.Output(time.Minute, ferryBin, "version", "--json")
+	if err := json.Unmarshal([]byte(out), &v); err != nil || v.Version == "" || len(v.Commit) != 40 || v.GoVersion != runtime.Version() {
 		t.Errorf("version --json = %q (%v)", out, err)
 	}
 }

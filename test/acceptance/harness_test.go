@@ -2,7 +2,6 @@ package acceptance
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -537,14 +536,5 @@ func run(t *testing.T, timeout time.Duration, name string, args ...string) strin
 }
 
 func runErr(timeout time.Duration, name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	// A child that inherited the output cannot hold it past the kill.
-	cmd.WaitDelay = 10 * time.Second
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		return string(out), fmt.Errorf("timed out after %v", timeout)
-	}
-	return string(out), err
+	return testutil.CombinedOutput(timeout, name, args...)
 }

@@ -272,12 +272,8 @@ func ext4Volume(t *testing.T, g *gateway, name string) {
 	t.Helper()
 	g.mustCLI("volume", "create", name, "--size", "64M")
 	img := filepath.Join(t.TempDir(), "fs.img")
-	if out, err := exec.Command("truncate", "-s", "64M", img).CombinedOutput(); err != nil {
-		t.Fatalf("truncate: %v %s", err, out)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v %s", err, out)
-	}
+	run(t, time.Minute, "truncate", "-s", "64M", img)
+	run(t, time.Minute, "mkfs.ext4", "-q", "-F", img)
 	if out, err := runErr(2*time.Minute, "nbdcopy", img, g.uri(name)); err != nil {
 		t.Fatalf("nbdcopy: %v %s", err, out)
 	}
@@ -363,8 +359,8 @@ func TestKVMCreateStartMarkerStop(t *testing.T) {
 		t.Fatal("vm stop quit QEMU instead of waiting for the ACPI powerdown")
 	}
 	img := volumeImage(t, g, "m-root")
-	out, err := exec.Command("debugfs", "-R", "cat /marker", img).Output()
-	if err != nil || strings.TrimSpace(string(out)) != "tok-4711" {
+	out, err := testutil.Output(time.Minute, "debugfs", "-R", "cat /marker", img)
+	if err != nil || strings.TrimSpace(out) != "tok-4711" {
 		t.Fatalf("marker on the volume: %q, %v", out, err)
 	}
 	// An autostart VM starts with the daemon.
@@ -1094,10 +1090,10 @@ func TestKVMGatewayKill9UnderGuestWrites(t *testing.T) {
 	}
 	img := volumeImage(t, g, "f-root")
 	// The guest did not unmount: replay the journal only, then check.
-	if out, err := exec.Command("e2fsck", "-E", "journal_only", "-y", img).CombinedOutput(); err != nil {
+	if out, err := runErr(2*time.Minute, "e2fsck", "-E", "journal_only", "-y", img); err != nil {
 		t.Logf("e2fsck journal replay: %v\n%s", err, out)
 	}
-	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
+	if out, err := runErr(2*time.Minute, "e2fsck", "-fn", img); err != nil {
 		t.Fatalf("e2fsck after the gateway restart: %v\n%s", err, out)
 	}
 }

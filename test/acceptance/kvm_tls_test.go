@@ -2,12 +2,13 @@ package acceptance
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/ferry-io/ferry/internal/testutil"
 	"github.com/ferry-io/ferry/kvm/wire"
 )
 
@@ -82,8 +83,8 @@ func TestKVMNBDTLS(t *testing.T) {
 
 	back := filepath.Join(t.TempDir(), "back.img")
 	run(t, bootTimeout, "nbdcopy", pskURI(g, alice, "t-root"), back)
-	got, err := exec.Command("debugfs", "-R", "cat /marker", back).Output()
-	if err != nil || strings.TrimSpace(string(got)) != "tls-0815" {
+	got, err := testutil.Output(time.Minute, "debugfs", "-R", "cat /marker", back)
+	if err != nil || strings.TrimSpace(got) != "tls-0815" {
 		t.Fatalf("marker on the volume: %q, %v", got, err)
 	}
 }

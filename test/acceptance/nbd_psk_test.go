@@ -227,18 +227,20 @@ func TestNBDTLSPSKFileChecks(t *testing.T) {
 		p := filepath.Join(dir, c.name)
 		os.WriteFile(p, []byte(c.body), c.mode)
 		os.Chmod(p, c.mode)
-		out, err := exec.Command(ferryBin, "serve", "--data", t.TempDir(), "--api-listen", "127.0.0.1:0",
-			"--nbd-listen", "127.0.0.1:0", "--iscsi-listen", "", "--nbd-tls", "require", "--nbd-tls-psk", p).CombinedOutput()
-		if err == nil || !strings.Contains(string(out), c.want) || strings.Contains(string(out), "listening") || strings.Contains(string(out), key[:16]) {
+		// Bounded: a gateway that started after all would otherwise serve
+		// until go test's own timeout.
+		out, err := runErr(time.Minute, ferryBin, "serve", "--data", t.TempDir(), "--api-listen", "127.0.0.1:0",
+			"--nbd-listen", "127.0.0.1:0", "--iscsi-listen", "", "--nbd-tls", "require", "--nbd-tls-psk", p)
+		if err == nil || !strings.Contains(out, c.want) || strings.Contains(out, "listening") || strings.Contains(out, key[:16]) {
 			t.Errorf("%s: err %v\n%s", c.name, err, out)
 		}
 	}
 	// Client certificates are an X.509 matter: --nbd-tls-ca with only a PSK file is refused.
 	good := filepath.Join(dir, "good.psk")
 	os.WriteFile(good, []byte("alice:"+key+"\n"), 0o600)
-	out, err := exec.Command(ferryBin, "serve", "--data", t.TempDir(), "--api-listen", "127.0.0.1:0",
-		"--nbd-listen", "127.0.0.1:0", "--iscsi-listen", "", "--nbd-tls-psk", good, "--nbd-tls-ca", good).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "--nbd-tls-ca needs --nbd-tls-cert") {
+	out, err := runErr(time.Minute, ferryBin, "serve", "--data", t.TempDir(), "--api-listen", "127.0.0.1:0",
+		"--nbd-listen", "127.0.0.1:0", "--iscsi-listen", "", "--nbd-tls-psk", good, "--nbd-tls-ca", good)
+	if err == nil || !strings.Contains(out, "--nbd-tls-ca needs --nbd-tls-cert") {
 		t.Errorf("--nbd-tls-ca without a certificate: err %v\n%s", err, out)
 	}
 }

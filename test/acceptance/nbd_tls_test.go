@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -129,9 +128,9 @@ func TestNBDTLSClientCertificates(t *testing.T) {
 // TestNBDOffLoopbackNeedsTLS: NBD off loopback without a certificate is
 // refused before anything listens, unless --nbd-tls off says so.
 func TestNBDOffLoopbackNeedsTLS(t *testing.T) {
-	out, err := exec.Command(ferryBin, "serve", "--data", t.TempDir(), "--api-listen", "127.0.0.1:0",
-		"--nbd-listen", "0.0.0.0:0", "--iscsi-listen", "").CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "requires TLS by default") || strings.Contains(string(out), "listening") {
+	out, err := runErr(time.Minute, ferryBin, "serve", "--data", t.TempDir(), "--api-listen", "127.0.0.1:0",
+		"--nbd-listen", "0.0.0.0:0", "--iscsi-listen", "")
+	if err == nil || !strings.Contains(out, "requires TLS by default") || strings.Contains(out, "listening") {
 		t.Fatalf("serve with NBD off loopback and no certificate: err %v\n%s", err, out)
 	}
 }

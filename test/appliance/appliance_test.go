@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ferry-io/ferry/internal/testutil"
 )
 
 // TestApplianceImage checks what appliance/build produced besides the
@@ -123,7 +125,7 @@ func TestAppliance(t *testing.T) {
 	}
 
 	// NBD: TLS required; the appliance's own certificate is the CA.
-	if out, err := exec.Command("nbdinfo", "nbd://"+v.nbd+"/vol1").CombinedOutput(); err == nil {
+	if out, err := testutil.CombinedOutput(time.Minute, "nbdinfo", "nbd://"+v.nbd+"/vol1"); err == nil {
 		t.Errorf("nbdinfo without TLS succeeded:\n%s", out)
 	}
 	ca := v.trustNBD(t)
@@ -141,13 +143,13 @@ func TestAppliance(t *testing.T) {
 	iqn := "iqn.2026-11.io.ferry:vol1"
 	plain := fmt.Sprintf("iscsi://%s/%s/0", v.iscsi, iqn)
 	withCHAP := fmt.Sprintf("iscsi://%s%%%s@%s/%s/0", v.chapUser, v.chapSecret, v.iscsi, iqn)
-	if out, err := exec.Command("iscsi-inq", plain).CombinedOutput(); err == nil {
+	if out, err := testutil.CombinedOutput(time.Minute, "iscsi-inq", plain); err == nil {
 		t.Errorf("iscsi-inq without CHAP succeeded:\n%s", out)
 	}
-	if out, err := exec.Command("iscsi-inq", withCHAP).CombinedOutput(); err != nil || !strings.Contains(string(out), "FERRY") && !strings.Contains(strings.ToLower(string(out)), "ferry") {
+	if out, err := testutil.CombinedOutput(time.Minute, "iscsi-inq", withCHAP); err != nil || !strings.Contains(strings.ToLower(out), "ferry") {
 		t.Errorf("iscsi-inq with CHAP: %v\n%s", err, out)
 	}
-	if out, err := exec.Command("qemu-io", "-f", "raw", "-c", "read -P 0x5a 1M 1M", "-c", "write -P 0x33 4M 64k", withCHAP).CombinedOutput(); err != nil || strings.Contains(string(out), "fail") {
+	if out, err := testutil.CombinedOutput(2*time.Minute, "qemu-io", "-f", "raw", "-c", "read -P 0x5a 1M 1M", "-c", "write -P 0x33 4M 64k", withCHAP); err != nil || strings.Contains(out, "fail") {
 		t.Errorf("qemu-io over iSCSI with CHAP: %v\n%s", err, out)
 	}
 

@@ -462,8 +462,7 @@ func (v *vm) qemuIO(dir, export string, cmds ...string) (string, error) {
 	for _, c := range cmds {
 		args = append(args, "-c", c)
 	}
-	out, err := exec.Command("qemu-io", args...).CombinedOutput()
-	s := string(out)
+	s, err := testutil.CombinedOutput(2*time.Minute, "qemu-io", args...)
 	if err == nil && (strings.Contains(s, "failed") || strings.Contains(s, "error")) {
 		err = errors.New("qemu-io reported a failure")
 	}
