@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -90,7 +91,7 @@ func raceReports(gorace string, since time.Time) error {
 		data, _ := os.ReadFile(f)
 		b.Write(data)
 	}
-	return fmt.Errorf("%s", b.String())
+	return errors.New(b.String())
 }
 
 // defaultPorts are the addresses `ferry serve` listens on by default.
