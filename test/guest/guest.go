@@ -162,13 +162,53 @@ func buildInitrd(dst string, cfg Config) error {
 	}
 	files := cfg.Files
 	if cfg.Script != "" {
-		files = append(append([]File(nil), files...), File{Path: "/ferry-test/run", Mode: 0o755, Data: []byte(cfg.Script)})
+		files = append(append([]File(nil), files...),
+			File{Path: "/ferry-test/script", Mode: 0o755, Data: []byte(cfg.Script)},
+			File{Path: "/ferry-test/run", Mode: 0o755, Data: []byte(runScript)})
 	}
 	if err := writeCPIO(f, files); err != nil {
 		f.Close()
 		return fmt.Errorf("guest archive: %w", err)
 	}
 	return f.Close()
+}
+
+// RacePrefix starts every console line of a race detector's report that a
+// process in the guest wrote (RaceReports).
+const RacePrefix = "FERRY-RACE: "
+
+// runScript is the guest's /ferry-test/run: it runs the test's script with
+// every race-built Go program in the guest (a ferry built by a test under
+// GOFLAGS=-race) writing its race reports to files, and then prints those
+// files on the console, each line after RacePrefix, where the host reads
+// them: the programs' own stderr goes to logs inside the guest that nobody
+// reads unless a test fails. Programs built without the race detector
+// ignore GORACE. The script's exit status is the guest's.
+const runScript = `#!/bin/sh
+mkdir -p /var/log/ferry-race
+GORACE=log_path=/var/log/ferry-race/r /ferry-test/script
+rc=$?
+for f in /var/log/ferry-race/r.*; do
+	[ -e "$f" ] || continue
+	echo "== $f" | sed "s/^/` + RacePrefix + `/"
+	sed "s/^/` + RacePrefix + `/" "$f"
+done
+exit $rc
+`
+
+// RaceReports returns what the race detector reported in the guest so far
+// (empty when nothing raced): the guest prints the reports once its test
+// script has ended, so call it after Wait.
+func (g *Guest) RaceReports() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var b strings.Builder
+	for _, line := range strings.Split(g.console.String(), "\n") {
+		if i := strings.Index(line, RacePrefix); i >= 0 {
+			b.WriteString(line[i+len(RacePrefix):] + "\n")
+		}
+	}
+	return b.String()
 }
 
 // read records the console until QEMU closes it, then waits for QEMU.
@@ -327,7 +367,8 @@ func (g *Guest) Kill() {
 }
 
 // Boot starts a guest for a test: it is killed at the end of the test, and
-// its console is logged when the test failed.
+// its console is logged when the test failed. The test fails when a
+// process in the guest reported a data race (RaceReports).
 func Boot(t testing.TB, cfg Config) *Guest {
 	t.Helper()
 	if cfg.Dir == "" {
@@ -339,6 +380,9 @@ func Boot(t testing.TB, cfg Config) *Guest {
 	}
 	t.Cleanup(func() {
 		g.Kill()
+		if r := g.RaceReports(); r != "" {
+			t.Errorf("the race detector reported data races in the guest:\n%s", r)
+		}
 		if t.Failed() {
 			t.Logf("guest console (%s):\n%s", filepath.Join(cfg.Dir, "console.log"), tail(g.Console(), 150))
 			logs, _ := filepath.Glob(filepath.Join(cfg.Dir, "socat-*.log"))
