@@ -35,7 +35,7 @@ const (
 )
 
 // Policies lists the accepted names, in the order help text gives them.
-var Policies = []Policy{Batch, Normal, Inherit}
+var Policies = []Policy{Inherit, Normal, Batch}
 
 // Parse returns the policy a name stands for.
 func Parse(s string) (Policy, error) {
@@ -44,7 +44,7 @@ func Parse(s string) (Policy, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("CPU scheduling policy %q: want batch, normal or inherit", s)
+	return "", fmt.Errorf("CPU scheduling policy %q: want inherit, normal or batch", s)
 }
 
 // kernel returns the kernel's number for a policy.

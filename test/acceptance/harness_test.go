@@ -173,6 +173,7 @@ type gateway struct {
 	apiAddr   string
 	extra     []string
 	env       []string // added to the gateway's environment
+	prefix    []string // a program that runs the gateway (chrt ...), when set
 	token     string   // sent by cli and get when set (useToken)
 	cmd       *exec.Cmd
 	logs      *testutil.SyncBuffer
@@ -202,7 +203,11 @@ func startGateway(t *testing.T, extra ...string) *gateway {
 func (g *gateway) start() {
 	g.t.Helper()
 	args := append([]string{"serve", "--data", g.data, "--nbd-listen", g.nbdAddr, "--api-listen", g.apiAddr, "--iscsi-listen", g.iscsiAddr}, g.extra...)
-	g.cmd = exec.Command(ferryBin, args...)
+	if len(g.prefix) > 0 {
+		g.cmd = exec.Command(g.prefix[0], append(append(g.prefix[1:len(g.prefix):len(g.prefix)], ferryBin), args...)...)
+	} else {
+		g.cmd = exec.Command(ferryBin, args...)
+	}
 	g.cmd.Env = append(os.Environ(), g.env...)
 	g.logs = &testutil.SyncBuffer{}
 	g.cmd.Stdout, g.cmd.Stderr = g.logs, g.logs
