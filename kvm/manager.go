@@ -359,7 +359,7 @@ func (m *Manager) checkSpec(spec *wire.VMSpec) error {
 	if spec.MemoryMiB <= 0 {
 		return fmt.Errorf("--memory must be positive: %w", gwire.ErrInvalid)
 	}
-	if total, err := hostMemory(); err == nil && spec.MemoryMiB<<20 > total {
+	if total, err := hostMemory(); err == nil && spec.MemoryMiB > total>>20 { // MiB: the shifted request could overflow
 		return fmt.Errorf("--memory %d MiB is more than this host has (%d MiB): %w", spec.MemoryMiB, total>>20, gwire.ErrInvalid)
 	}
 	if spec.Accel == "" {

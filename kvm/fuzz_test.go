@@ -1,0 +1,127 @@
+package kvm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ferry-io/ferry/gateway/api"
+	gwclient "github.com/ferry-io/ferry/gateway/api/client"
+	gwire "github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/gateway/volume"
+)
+
+// FuzzHandler sends arbitrary requests to ferry-kvm's API over a real
+// manager whose gateway is a real one in process (a local pool in a
+// temporary directory), and whose "QEMU" is a stub that exits at once, so
+// no VM ever runs. Whatever the method, path and body, the handler must
+// not panic; every error must be JSON that says what was wrong, a client's
+// mistake (4xx) with its code; a server error (500) is allowed only for a
+// VM whose QEMU failed; nothing may be created beside the state directory. Left out:
+// migrations and the incoming side of them (/v1/incoming...), which call
+// the addresses their bodies name, and the console, which needs a real
+// connection to hijack.
+func FuzzHandler(f *testing.F) {
+	ctx := context.Background()
+	vm, err := volume.Open(ctx, volume.Config{DataDir: f.TempDir(), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { vm.Close(ctx) })
+	gsrv := httptest.NewServer(api.Handler(api.Config{Manager: vm, Gateway: api.Gateway{Listeners: []gwire.Listener{{Protocol: gwire.ListenerNBD, Address: "127.0.0.1:1"}}}}))
+	f.Cleanup(gsrv.Close)
+
+	base := f.TempDir()
+	qemu := filepath.Join(f.TempDir(), "qemu-stub")
+	if err := os.WriteFile(qemu, []byte("#!/bin/sh\necho 'qemu-stub: the fuzzer runs no VM' >&2\nexit 1\n"), 0o755); err != nil {
+		f.Fatal(err)
+	}
+	kernel := filepath.Join(f.TempDir(), "vmlinuz")
+	if err := os.WriteFile(kernel, nil, 0o644); err != nil {
+		f.Fatal(err)
+	}
+	state := filepath.Join(base, "a", "state")
+	m, err := New(ctx, Config{Gateway: gwclient.New(gsrv.URL), StateDir: state, HostID: "fuzz", QEMU: qemu, Logger: discardLogger()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(m.Close)
+	m.newGateway = func(string) Gateway { return gwclient.New(gsrv.URL) } // never another address
+	h := Handler(m, prometheus.NewRegistry(), discardLogger())
+	mux := h.(*http.ServeMux) // to tell which route a request takes
+
+	for _, s := range []struct {
+		method byte
+		path   string
+		body   string
+	}{
+		{0, "/v1/vms", ""},
+		{1, "/v1/vms", `{"name":"v1","cpus":1,"memory_mib":64,"new_disks":[{"name":"v1-root","size":16777216}]}`},
+		{1, "/v1/vms", `{"name":"v2","memory_mib":64,"kernel":"` + kernel + `","append":"console=ttyS0","net":"none","accel":"tcg","autostart":true}`},
+		{1, "/v1/vms", `{"name":"v3","memory_mib":64,"disks":[{"volume":"v1-root"}],"net":"tap:x"}`},
+		{1, "/v1/vms", `{"name":"../v4","memory_mib":-1,"new_disks":[{"name":"../x","size":-1,"store":"s3"}],"accel":"xen","net":"bridge:"}`},
+		{1, "/v1/vms", `{"name":"v5","memory_mib":64,"cdrom":"/nonexistent","initrd":"/etc/hostname"}`},
+		{1, "/v1/vms", `{"name":"v6","memory_mib":9223372036854775807,"kernel":"` + kernel + `"}`},
+		{0, "/v1/vms/v1", ""},
+		{1, "/v1/vms/v1/start", ""},
+		{1, "/v1/vms/v1/stop", `{"force":true}`},
+		{1, "/v1/vms/v1/stop", `{"timeout":"x"}`},
+		{0, "/v1/vms/v1/log?bytes=-5", ""},
+		{0, "/v1/vms/v1/log?bytes=99999999999999999999", ""},
+		{3, "/v1/vms/v1?keep-disks=1", ""},
+		{3, "/v1/vms/v2", ""},
+		{0, "/healthz", ""},
+		{0, "/metrics", ""},
+		{2, "/v1/vms/v1", `{}`},
+	} {
+		f.Add(s.method, s.path, []byte(s.body))
+	}
+	methods := []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete}
+	f.Fuzz(func(t *testing.T, method byte, path string, body []byte) {
+		r, err := http.NewRequest(methods[int(method)%len(methods)], "http://kvm"+path, bytes.NewReader(body))
+		if err != nil || !strings.HasPrefix(r.URL.Path, "/") {
+			return
+		}
+		if _, pattern := mux.Handler(r); strings.Contains(pattern, "/v1/incoming") || strings.HasSuffix(pattern, "/migrate") || strings.HasSuffix(pattern, "/console") {
+			return
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code >= 400 && strings.HasPrefix(w.Header().Get("Content-Type"), "application/json") {
+			var e gwire.ErrorResponse
+			if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || e.Error == "" {
+				t.Fatalf("%s %s %q: %d with an error that says nothing: %s (%v)", r.Method, path, body, w.Code, w.Body, err)
+			}
+			switch {
+			case w.Code < 500 && e.Code == "":
+				t.Fatalf("%s %s %q: %d without a code: %s", r.Method, path, body, w.Code, w.Body)
+			case w.Code >= 500 && !strings.Contains(e.Error, "qemu-stub"):
+				t.Fatalf("%s %s %q: %d for what is not QEMU's failure: %s", r.Method, path, body, w.Code, w.Body)
+			}
+		}
+		for _, in := range m.List() {
+			if total, err := hostMemory(); err == nil && in.MemoryMiB > total>>20 {
+				t.Fatalf("%s %s %q: VM %s defined with %d MiB of memory, more than the host's %d", r.Method, path, body, in.Name, in.MemoryMiB, total>>20)
+			}
+		}
+		for dir, only := range map[string]string{base: "a", filepath.Join(base, "a"): "state"} {
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ent := range ents {
+				if ent.Name() != only {
+					t.Fatalf("%s %s %q: created %s beside the state directory", r.Method, path, body, filepath.Join(dir, ent.Name()))
+				}
+			}
+		}
+	})
+}
