@@ -1,7 +1,6 @@
 package kvm
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	gwclient "github.com/ferry-io/ferry/gateway/api/client"
 	gwire "github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/testutil"
 )
 
 // FuzzHandler sends arbitrary requests to ferry-kvm's API over a real
@@ -86,8 +86,8 @@ func FuzzHandler(f *testing.F) {
 	}
 	methods := []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete}
 	f.Fuzz(func(t *testing.T, method byte, path string, body []byte) {
-		r, err := http.NewRequest(methods[int(method)%len(methods)], "http://kvm"+path, bytes.NewReader(body))
-		if err != nil || !strings.HasPrefix(r.URL.Path, "/") {
+		r, ok := testutil.FuzzRequest(methods, method, "http://kvm", path, body)
+		if !ok {
 			return
 		}
 		if _, pattern := mux.Handler(r); strings.Contains(pattern, "/v1/incoming") || strings.HasSuffix(pattern, "/migrate") || strings.HasSuffix(pattern, "/console") {
@@ -112,16 +112,8 @@ func FuzzHandler(f *testing.F) {
 				t.Fatalf("%s %s %q: VM %s defined with %d MiB of memory, more than the host's %d", r.Method, path, body, in.Name, in.MemoryMiB, total>>20)
 			}
 		}
-		for dir, only := range map[string]string{base: "a", filepath.Join(base, "a"): "state"} {
-			ents, err := os.ReadDir(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, ent := range ents {
-				if ent.Name() != only {
-					t.Fatalf("%s %s %q: created %s beside the state directory", r.Method, path, body, filepath.Join(dir, ent.Name()))
-				}
-			}
+		if p, err := testutil.Stray(map[string]string{base: "a", filepath.Join(base, "a"): "state"}); err != nil || p != "" {
+			t.Fatalf("%s %s %q: created %s beside the state directory (%v)", r.Method, path, body, p, err)
 		}
 	})
 }

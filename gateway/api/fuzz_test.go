@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"github.com/ferry-io/ferry/gateway/api"
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/testutil"
 )
 
 // FuzzHandler sends arbitrary requests to the API's handler over a real
@@ -78,8 +78,8 @@ func FuzzHandler(f *testing.F) {
 	}
 	methods := []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 	f.Fuzz(func(t *testing.T, method byte, path string, body []byte) {
-		r, err := http.NewRequest(methods[int(method)%len(methods)], "http://gateway"+path, bytes.NewReader(body))
-		if err != nil || !strings.HasPrefix(r.URL.Path, "/") {
+		r, ok := testutil.FuzzRequest(methods, method, "http://gateway", path, body)
+		if !ok {
 			return
 		}
 		if _, pattern := mux.Handler(r); pattern == "POST /v1/stores" {

@@ -1,18 +1,17 @@
 package docker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/ferry-io/ferry/gateway/api/client"
+	"github.com/ferry-io/ferry/internal/testutil"
 )
 
 // refusingAttacher attaches nothing, so that a fuzzed Mount never formats
@@ -71,8 +70,8 @@ func FuzzPluginHandler(f *testing.F) {
 	}
 	methods := []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete}
 	f.Fuzz(func(t *testing.T, method byte, path string, body []byte) {
-		r, err := http.NewRequest(methods[int(method)%len(methods)], "http://plugin"+path, bytes.NewReader(body))
-		if err != nil || !strings.HasPrefix(r.URL.Path, "/") {
+		r, ok := testutil.FuzzRequest(methods, method, "http://plugin", path, body)
+		if !ok {
 			return
 		}
 		w := httptest.NewRecorder()
@@ -91,16 +90,8 @@ func FuzzPluginHandler(f *testing.F) {
 		case w.Code == http.StatusOK && e != "", w.Code != http.StatusOK && e == "":
 			t.Fatalf("%s %s %q: %d with Err %q", r.Method, path, body, w.Code, e)
 		}
-		for dir, only := range map[string]string{base: "a", filepath.Join(base, "a"): "b", filepath.Join(base, "a", "b"): "state"} {
-			ents, err := os.ReadDir(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, ent := range ents {
-				if ent.Name() != only {
-					t.Fatalf("%s %s %q: created %s beside the state directory", r.Method, path, body, filepath.Join(dir, ent.Name()))
-				}
-			}
+		if p, err := testutil.Stray(map[string]string{base: "a", filepath.Join(base, "a"): "b", filepath.Join(base, "a", "b"): "state"}); err != nil || p != "" {
+			t.Fatalf("%s %s %q: created %s beside the state directory (%v)", r.Method, path, body, p, err)
 		}
 	})
 }
