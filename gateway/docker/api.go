@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"time"
 )
@@ -75,9 +76,7 @@ func Handler(d *Driver, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /VolumeDriver.Get", h.get)
 	mux.HandleFunc("POST /VolumeDriver.List", h.list)
 	mux.HandleFunc("POST /VolumeDriver.Capabilities", h.capabilities)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, http.StatusNotFound, errResponse{Err: fmt.Sprintf("unknown endpoint %s %s: this plugin implements VolumeDriver", r.Method, r.URL.Path)})
-	})
+	mux.HandleFunc("/", unknownEndpoint)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			if p := recover(); p != nil {
@@ -86,8 +85,18 @@ func Handler(d *Driver, log *slog.Logger) http.Handler {
 			}
 		}()
 		log.Debug("plugin request", "path", r.URL.Path)
+		if p := r.URL.Path; p != path.Clean(p) {
+			// ServeMux would redirect to the clean path, a reply no
+			// plugin client reads.
+			unknownEndpoint(w, r)
+			return
+		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+func unknownEndpoint(w http.ResponseWriter, r *http.Request) {
+	reply(w, http.StatusNotFound, errResponse{Err: fmt.Sprintf("unknown endpoint %s %s: this plugin implements VolumeDriver", r.Method, r.URL.Path)})
 }
 
 type apiHandler struct {
