@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ferry-io/ferry/internal/procstat"
 )
 
 // run runs a program and returns its trimmed stdout; the error carries
@@ -134,16 +136,10 @@ func fsType(ctx context.Context, dev string) (string, error) {
 // procStart returns a process's start time (clock ticks since boot), which
 // with its pid names it unambiguously; 0 when it does not exist.
 func procStart(pid int) uint64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	fields, err := procstat.Of(pid)
 	if err != nil {
 		return 0
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	fields := strings.Fields(s[i+1:])
 	// fields[0] is field 3 (state); starttime is field 22.
 	if len(fields) < 20 || fields[0] == "Z" {
 		return 0

@@ -2,18 +2,18 @@ package acceptance
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ferry-io/ferry/internal/cpusched"
+	"github.com/ferry-io/ferry/internal/procstat"
 	"github.com/ferry-io/ferry/internal/testutil"
 )
 
 // threadPolicies counts a process's threads by scheduling policy, as
-// /proc/PID/task/TID/stat gives it (its 41st field).
+// /proc/PID/task/TID/stat gives it (field 41).
 func threadPolicies(t *testing.T, pid int) map[string]int {
 	t.Helper()
 	stats, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
@@ -22,15 +22,13 @@ func threadPolicies(t *testing.T, pid int) map[string]int {
 	}
 	n := map[string]int{}
 	for _, f := range stats {
-		b, err := os.ReadFile(f)
+		fields, err := procstat.Read(f)
 		if err != nil {
 			continue // the thread has exited
 		}
-		// The command name (field 2) may hold spaces: count from its ")".
-		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 		var policy int
 		if len(fields) < 39 {
-			t.Fatalf("%s: %q", f, b)
+			t.Fatalf("%s: %q", f, fields)
 		}
 		fmt.Sscan(fields[38], &policy)
 		n[cpusched.Name(policy)]++
