@@ -15,15 +15,18 @@ import (
 
 	gwire "github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/internal/apiauth"
+	"github.com/ferry-io/ferry/internal/jsonapi"
 	"github.com/ferry-io/ferry/kvm/wire"
 )
 
 // Handler serves ferry-kvm's HTTP API, /healthz and /metrics (from g).
+// Every failure, an unknown endpoint or method included, is a JSON
+// gwire.ErrorResponse.
 func Handler(m *Manager, g prometheus.Gatherer, log *slog.Logger) http.Handler {
-	mux := http.NewServeMux()
+	mux := jsonapi.NewMux("ferry-kvm's API")
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, m.List()) })
+	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) { jsonapi.WriteJSON(w, http.StatusOK, m.List()) })
 	mux.HandleFunc("POST /v1/vms", func(w http.ResponseWriter, r *http.Request) {
 		var req wire.CreateRequest
 		if !decode(w, r, &req) {
@@ -170,7 +173,7 @@ func console(w http.ResponseWriter, r *http.Request, m *Manager, log *slog.Logge
 
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(v); err != nil && !errors.Is(err, io.EOF) {
-		writeJSON(w, http.StatusBadRequest, gwire.ErrorResponse{Error: "bad request body: " + err.Error(), Code: gwire.CodeInvalid})
+		jsonapi.WriteJSON(w, http.StatusBadRequest, gwire.ErrorResponse{Error: "bad request body: " + err.Error(), Code: gwire.CodeInvalid})
 		return false
 	}
 	return true
@@ -178,7 +181,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func reply(w http.ResponseWriter, log *slog.Logger, status int, v any, err error) {
 	if err == nil {
-		writeJSON(w, status, v)
+		jsonapi.WriteJSON(w, status, v)
 		return
 	}
 	code := gwire.CodeOf(err)
@@ -195,11 +198,5 @@ func reply(w http.ResponseWriter, log *slog.Logger, status int, v any, err error
 		status = http.StatusInternalServerError
 		log.Error("request failed", "err", err)
 	}
-	writeJSON(w, status, gwire.ErrorResponse{Error: err.Error(), Code: code})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
+	jsonapi.WriteJSON(w, status, gwire.ErrorResponse{Error: err.Error(), Code: code})
 }

@@ -16,6 +16,7 @@ import (
 	gwclient "github.com/ferry-io/ferry/gateway/api/client"
 	gwire "github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/jsonapi"
 	"github.com/ferry-io/ferry/internal/testutil"
 )
 
@@ -23,12 +24,12 @@ import (
 // manager whose gateway is a real one in process (a local pool in a
 // temporary directory), and whose "QEMU" is a stub that exits at once, so
 // no VM ever runs. Whatever the method, path and body, the handler must
-// not panic; every error must be JSON that says what was wrong, a client's
-// mistake (4xx) with its code; a server error (500) is allowed only for a
-// VM whose QEMU failed; nothing may be created beside the state directory. Left out:
-// migrations and the incoming side of them (/v1/incoming...), which call
-// the addresses their bodies name, and the console, which needs a real
-// connection to hijack.
+// not panic; every error must be JSON that says what was wrong (an unknown
+// endpoint or method too), a client's mistake (4xx) with its code; a
+// server error (500) is allowed only for a VM whose QEMU failed; nothing
+// may be created beside the state directory. Left out: migrations and the
+// incoming side of them (/v1/incoming...), which call the addresses their
+// bodies name, and the console, which needs a real connection to hijack.
 func FuzzHandler(f *testing.F) {
 	ctx := context.Background()
 	vm, err := volume.Open(ctx, volume.Config{DataDir: f.TempDir(), Registerer: prometheus.NewRegistry()})
@@ -56,7 +57,7 @@ func FuzzHandler(f *testing.F) {
 	f.Cleanup(m.Close)
 	m.newGateway = func(string) Gateway { return gwclient.New(gsrv.URL) } // never another address
 	h := Handler(m, prometheus.NewRegistry(), discardLogger())
-	mux := h.(*http.ServeMux) // to tell which route a request takes
+	mux := h.(*jsonapi.Mux) // to tell which route a request takes
 
 	for _, s := range []struct {
 		method byte
@@ -95,7 +96,10 @@ func FuzzHandler(f *testing.F) {
 		}
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
-		if w.Code >= 400 && strings.HasPrefix(w.Header().Get("Content-Type"), "application/json") {
+		if w.Code >= 400 {
+			if ct := w.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+				t.Fatalf("%s %s %q: %d as %q, not JSON: %s", r.Method, path, body, w.Code, ct, w.Body)
+			}
 			var e gwire.ErrorResponse
 			if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || e.Error == "" {
 				t.Fatalf("%s %s %q: %d with an error that says nothing: %s (%v)", r.Method, path, body, w.Code, w.Body, err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/jsonapi"
 )
 
 // attachments records which hosts hold which volumes (Docker plugins,
@@ -48,7 +49,7 @@ func registerAttachments(mux *http.ServeMux, h *handler) {
 			h.fail(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, a.list(in.ID, openConnections(in)))
+		jsonapi.WriteJSON(w, http.StatusOK, a.list(in.ID, openConnections(in)))
 	})
 	mux.HandleFunc("PUT /v1/volumes/{name}/attachments/{host}", func(w http.ResponseWriter, r *http.Request) {
 		var req wire.AttachRequest
@@ -57,7 +58,7 @@ func registerAttachments(mux *http.ServeMux, h *handler) {
 		}
 		host := r.PathValue("host")
 		if !hostRE.MatchString(host) {
-			writeJSON(w, http.StatusBadRequest, wire.ErrorResponse{Error: fmt.Sprintf("bad host name %q", host), Code: wire.CodeInvalid})
+			jsonapi.WriteJSON(w, http.StatusBadRequest, wire.ErrorResponse{Error: fmt.Sprintf("bad host name %q", host), Code: wire.CodeInvalid})
 			return
 		}
 		in, err := h.m.Info(r.Context(), r.PathValue("name"))
@@ -67,10 +68,10 @@ func registerAttachments(mux *http.ServeMux, h *handler) {
 		}
 		lease, status, msg := a.acquire(in.ID, in.Name, host, req, openConnections(in))
 		if msg != "" {
-			writeJSON(w, status, wire.ErrorResponse{Error: msg, Code: wire.CodeBusy})
+			jsonapi.WriteJSON(w, status, wire.ErrorResponse{Error: msg, Code: wire.CodeBusy})
 			return
 		}
-		writeJSON(w, status, lease)
+		jsonapi.WriteJSON(w, status, lease)
 	})
 	mux.HandleFunc("DELETE /v1/volumes/{name}/attachments/{host}", func(w http.ResponseWriter, r *http.Request) {
 		in, err := h.m.Info(r.Context(), r.PathValue("name"))

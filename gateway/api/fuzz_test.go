@@ -13,14 +13,15 @@ import (
 	"github.com/ferry-io/ferry/gateway/api"
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/jsonapi"
 	"github.com/ferry-io/ferry/internal/testutil"
 )
 
 // FuzzHandler sends arbitrary requests to the API's handler over a real
 // volume manager (a local pool in a temporary directory): whatever the
 // method, path and body, the handler must not panic, must answer a client's
-// mistake with a 4xx, never a 500, and every error it writes as JSON must
-// say what was wrong. POST /v1/stores is left out: adding a store dials
+// mistake with a 4xx, never a 500, and every error must be JSON that says
+// what was wrong (an unknown endpoint or method too). POST /v1/stores is left out: adding a store dials
 // its endpoint, and a fuzzer's endpoint could be any address. Without a
 // store, adoptions and moves fail before they reach the network.
 func FuzzHandler(f *testing.F) {
@@ -35,7 +36,7 @@ func FuzzHandler(f *testing.F) {
 		{Protocol: wire.ListenerISCSI, Address: "127.0.0.1:3260"},
 	}, ISCSIBaseIQN: "iqn.2026-11.io.ferry"}
 	h := api.Handler(api.Config{Manager: m, Gateway: gw})
-	mux := h.(*http.ServeMux) // to tell which route a request takes
+	mux := h.(*jsonapi.Mux) // to tell which route a request takes
 
 	for _, s := range []struct {
 		method byte
@@ -73,6 +74,8 @@ func FuzzHandler(f *testing.F) {
 		{0, "/v1/status", ""},
 		{0, "/readyz", ""},
 		{4, "/v1/volumes/a?force=1", ""},
+		{2, "/v1/volumes/a", `{}`},   // a method the route does not take
+		{0, "/v1/no-such-thing", ""}, // a path no route has
 	} {
 		f.Add(s.method, s.path, []byte(s.body))
 	}
@@ -90,7 +93,10 @@ func FuzzHandler(f *testing.F) {
 		if w.Code >= 500 {
 			t.Fatalf("%s %s %q: %d %s", r.Method, path, body, w.Code, w.Body)
 		}
-		if w.Code >= 400 && strings.HasPrefix(w.Header().Get("Content-Type"), "application/json") {
+		if w.Code >= 400 {
+			if ct := w.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+				t.Fatalf("%s %s %q: %d as %q, not JSON: %s", r.Method, path, body, w.Code, ct, w.Body)
+			}
 			var e wire.ErrorResponse
 			if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || e.Error == "" || e.Code == "" {
 				t.Fatalf("%s %s %q: %d with an error that says nothing: %s (%v)", r.Method, path, body, w.Code, w.Body, err)

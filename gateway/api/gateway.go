@@ -8,6 +8,7 @@ import (
 
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/jsonapi"
 )
 
 // Gateway describes the running gateway.
@@ -94,7 +95,7 @@ func (h *handler) ready(w http.ResponseWriter, r *http.Request) {
 	if !rd.Ready {
 		code = http.StatusServiceUnavailable
 	}
-	writeJSON(w, code, rd)
+	jsonapi.WriteJSON(w, code, rd)
 }
 
 func (h *handler) status(w http.ResponseWriter, r *http.Request) {
@@ -113,5 +114,5 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 	if st.Listeners == nil {
 		st.Listeners = []wire.Listener{}
 	}
-	writeJSON(w, http.StatusOK, st)
+	jsonapi.WriteJSON(w, http.StatusOK, st)
 }

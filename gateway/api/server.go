@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/jsonapi"
 )
 
 // Config configures the API's handler.
@@ -34,7 +35,7 @@ func Handler(cfg Config) http.Handler {
 		log = slog.New(slog.DiscardHandler)
 	}
 	h := &handler{m: cfg.Manager, log: log, gw: cfg.Gateway}
-	mux := http.NewServeMux()
+	mux := jsonapi.NewMux("the gateway API")
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
@@ -64,7 +65,7 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", h.createSnapshot)
 	mux.HandleFunc("DELETE /v1/volumes/{name}/snapshots/{snap}", h.removeSnapshot)
 	mux.HandleFunc("POST /v1/clones", h.clone)
-	registerAttachments(mux, h)
+	registerAttachments(mux.ServeMux, h)
 	return mux
 }
 
@@ -76,7 +77,7 @@ type handler struct {
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, h.volumes(r, h.m.Volumes(r.Context())...))
+	jsonapi.WriteJSON(w, http.StatusOK, h.volumes(r, h.m.Volumes(r.Context())...))
 }
 
 func (h *handler) create(w http.ResponseWriter, r *http.Request) {
@@ -89,7 +90,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, h.volumes(r, in)[0])
+	jsonapi.WriteJSON(w, http.StatusCreated, h.volumes(r, in)[0])
 }
 
 func (h *handler) info(w http.ResponseWriter, r *http.Request) {
@@ -98,7 +99,7 @@ func (h *handler) info(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.volumes(r, in)[0])
+	jsonapi.WriteJSON(w, http.StatusOK, h.volumes(r, in)[0])
 }
 
 func (h *handler) update(w http.ResponseWriter, r *http.Request) {
@@ -118,7 +119,7 @@ func (h *handler) update(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.volumes(r, in)[0])
+	jsonapi.WriteJSON(w, http.StatusOK, h.volumes(r, in)[0])
 }
 
 func (h *handler) remove(w http.ResponseWriter, r *http.Request) {
@@ -131,7 +132,7 @@ func (h *handler) remove(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) pool(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, h.m.Pool(r.Context()))
+	jsonapi.WriteJSON(w, http.StatusOK, h.m.Pool(r.Context()))
 }
 
 func (h *handler) checkpoint(w http.ResponseWriter, r *http.Request) {
@@ -140,7 +141,7 @@ func (h *handler) checkpoint(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: mf.StoredChunks()})
+	jsonapi.WriteJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: mf.StoredChunks()})
 }
 
 func (h *handler) location(w http.ResponseWriter, r *http.Request) {
@@ -149,11 +150,11 @@ func (h *handler) location(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, loc)
+	jsonapi.WriteJSON(w, http.StatusOK, loc)
 }
 
 func (h *handler) stores(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, h.m.Stores(r.Context()))
+	jsonapi.WriteJSON(w, http.StatusOK, h.m.Stores(r.Context()))
 }
 
 func (h *handler) addStore(w http.ResponseWriter, r *http.Request) {
@@ -166,7 +167,7 @@ func (h *handler) addStore(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, v)
+	jsonapi.WriteJSON(w, http.StatusCreated, v)
 }
 
 func (h *handler) storeInfo(w http.ResponseWriter, r *http.Request) {
@@ -175,7 +176,7 @@ func (h *handler) storeInfo(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, v)
+	jsonapi.WriteJSON(w, http.StatusOK, v)
 }
 
 func (h *handler) removeStore(w http.ResponseWriter, r *http.Request) {
@@ -190,7 +191,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		writeJSON(w, http.StatusBadRequest, wire.ErrorResponse{Error: "bad request body: " + err.Error(), Code: wire.CodeInvalid})
+		jsonapi.WriteJSON(w, http.StatusBadRequest, wire.ErrorResponse{Error: "bad request body: " + err.Error(), Code: wire.CodeInvalid})
 		return false
 	}
 	return true
@@ -214,15 +215,7 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if code == http.StatusInternalServerError {
 		h.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	writeJSON(w, code, wire.ErrorResponse{Error: err.Error(), Code: wire.CodeOf(err)})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	jsonapi.WriteJSON(w, code, wire.ErrorResponse{Error: err.Error(), Code: wire.CodeOf(err)})
 }
 
 func (h *handler) storeVolumes(w http.ResponseWriter, r *http.Request) {
@@ -231,7 +224,7 @@ func (h *handler) storeVolumes(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, vs)
+	jsonapi.WriteJSON(w, http.StatusOK, vs)
 }
 
 func (h *handler) release(w http.ResponseWriter, r *http.Request) {
@@ -240,7 +233,7 @@ func (h *handler) release(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: mf.StoredChunks()})
+	jsonapi.WriteJSON(w, http.StatusOK, wire.CheckpointResponse{Sequence: mf.Sequence, Created: mf.Created, Chunks: mf.StoredChunks()})
 }
 
 func (h *handler) migrate(w http.ResponseWriter, r *http.Request) {
@@ -253,7 +246,7 @@ func (h *handler) migrate(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, h.volumes(r, in)[0])
+	jsonapi.WriteJSON(w, http.StatusAccepted, h.volumes(r, in)[0])
 }
 
 func (h *handler) cancelMigration(w http.ResponseWriter, r *http.Request) {
@@ -262,7 +255,7 @@ func (h *handler) cancelMigration(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.volumes(r, in)[0])
+	jsonapi.WriteJSON(w, http.StatusOK, h.volumes(r, in)[0])
 }
 
 func (h *handler) adopt(w http.ResponseWriter, r *http.Request) {
@@ -276,7 +269,7 @@ func (h *handler) adopt(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp.Volume = h.volumes(r, in)[0]
-	writeJSON(w, http.StatusCreated, resp)
+	jsonapi.WriteJSON(w, http.StatusCreated, resp)
 }
 
 func (h *handler) snapshots(w http.ResponseWriter, r *http.Request) {
@@ -285,7 +278,7 @@ func (h *handler) snapshots(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, list)
+	jsonapi.WriteJSON(w, http.StatusOK, list)
 }
 
 func (h *handler) createSnapshot(w http.ResponseWriter, r *http.Request) {
@@ -298,7 +291,7 @@ func (h *handler) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, sn)
+	jsonapi.WriteJSON(w, http.StatusCreated, sn)
 }
 
 func (h *handler) removeSnapshot(w http.ResponseWriter, r *http.Request) {
@@ -319,5 +312,5 @@ func (h *handler) clone(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, h.volumes(r, in)[0])
+	jsonapi.WriteJSON(w, http.StatusCreated, h.volumes(r, in)[0])
 }

@@ -17,7 +17,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/ferry-io/ferry/gateway/api/wire"
 	"github.com/ferry-io/ferry/internal/atomicfile"
+	"github.com/ferry-io/ferry/internal/jsonapi"
 )
 
 // TokenFile is the API token's file name in a daemon's data directory.
@@ -137,9 +137,7 @@ func RequireToken(next http.Handler, token string, msg Messages, open ...string)
 			text = msg.Wrong
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="ferry"`)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusUnauthorized)
-		json.NewEncoder(w).Encode(wire.ErrorResponse{Error: text, Code: wire.CodeUnauthenticated})
+		jsonapi.WriteJSON(w, http.StatusUnauthorized, wire.ErrorResponse{Error: text, Code: wire.CodeUnauthenticated})
 	})
 }
 

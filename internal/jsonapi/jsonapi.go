@@ -1,8 +1,10 @@
-// Package jsonapi is the JSON-over-HTTP call Ferry's API clients share
-// (the gateway's admin API client and ferry-kvm's): a request with an
+// Package jsonapi is the JSON-over-HTTP plumbing Ferry's two admin APIs
+// share (the gateway's and ferry-kvm's). Clients: a request with an
 // optional JSON body and bearer token, and error replies turned into
-// *Error, which unwraps to the wire sentinel the reply's code names. It
-// imports only the standard library and package wire.
+// *Error, which unwraps to the wire sentinel the reply's code names.
+// Servers: WriteJSON, and Mux, which gives requests no route takes a
+// wire.ErrorResponse like every other failure. It imports only the
+// standard library and package wire.
 package jsonapi
 
 import (
