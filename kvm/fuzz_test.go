@@ -18,6 +18,7 @@ import (
 	"github.com/ferry-io/ferry/gateway/volume"
 	"github.com/ferry-io/ferry/internal/jsonapi"
 	"github.com/ferry-io/ferry/internal/testutil"
+	"github.com/ferry-io/ferry/kvm/client"
 )
 
 // FuzzHandler sends arbitrary requests to ferry-kvm's API over a real
@@ -27,9 +28,11 @@ import (
 // not panic; every error must be JSON that says what was wrong (an unknown
 // endpoint or method too), a client's mistake (4xx) with its code; a
 // server error (500) is allowed only for a VM whose QEMU failed; nothing
-// may be created beside the state directory. Left out: migrations and the
-// incoming side of them (/v1/incoming...), which call the addresses their
-// bodies name, and the console, which needs a real connection to hijack.
+// may be created beside the state directory. Migrations and their
+// incoming side (/v1/incoming...) are in: other ferry-kvms are one that
+// refuses every call, and other gateways the in-process one, so no
+// address a body names is ever dialled. Left out: the console, which
+// needs a real connection to hijack.
 func FuzzHandler(f *testing.F) {
 	ctx := context.Background()
 	vm, err := volume.Open(ctx, volume.Config{DataDir: f.TempDir(), Registerer: prometheus.NewRegistry()})
@@ -56,6 +59,13 @@ func FuzzHandler(f *testing.F) {
 	}
 	f.Cleanup(m.Close)
 	m.newGateway = func(string) Gateway { return gwclient.New(gsrv.URL) } // never another address
+	// Another ferry-kvm (a migration's destination or source) is one that
+	// refuses everything: no address a body names is ever dialled.
+	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		jsonapi.WriteJSON(w, http.StatusServiceUnavailable, gwire.ErrorResponse{Error: "the fuzzer's peer refuses"})
+	}))
+	f.Cleanup(peer.Close)
+	m.newPeer = func(string) *client.Client { return client.New(peer.URL) }
 	h := Handler(m, prometheus.NewRegistry(), discardLogger())
 	mux := h.(*jsonapi.Mux) // to tell which route a request takes
 
@@ -82,6 +92,15 @@ func FuzzHandler(f *testing.F) {
 		{0, "/healthz", ""},
 		{0, "/metrics", ""},
 		{2, "/v1/vms/v1", `{}`},
+		{1, "/v1/vms/v1/migrate", `{"to":"127.0.0.1:1","to_token":"t","max_bandwidth":-1}`},
+		{1, "/v1/vms/v1/migrate", `{"to":""}`},
+		{1, "/v1/incoming", `{"spec":{"name":"in1","memory_mib":64,"disks":[{"volume":"v1-root"}]},"source_host":"h"}`},
+		{1, "/v1/incoming", `{"spec":{"name":"in2","memory_mib":64,"disks":[{"volume":"x"}]},"source_host":"h","disks":[{"volume":"x","nbd_url":"nbd://127.0.0.1:1/x"}],"source_gateway":"127.0.0.1:1","source_api":"127.0.0.1:1"}`},
+		{1, "/v1/incoming", `{"spec":{"name":"in3","memory_mib":64},"disks":[{"volume":"x","nbd_url":"::"}]}`},
+		{1, "/v1/incoming/in1/done", `{"disks":[{"volume":"x","nbd_url":"nbd://127.0.0.1:1/x"}],"note":"n"}`},
+		{1, "/v1/incoming/in1/park", ""},
+		{1, "/v1/incoming/in1/adopt", `{"volumes":["x","../y"]}`},
+		{3, "/v1/incoming/in1", ""},
 	} {
 		f.Add(s.method, s.path, []byte(s.body))
 	}
@@ -91,7 +110,7 @@ func FuzzHandler(f *testing.F) {
 		if !ok {
 			return
 		}
-		if _, pattern := mux.Handler(r); strings.Contains(pattern, "/v1/incoming") || strings.HasSuffix(pattern, "/migrate") || strings.HasSuffix(pattern, "/console") {
+		if _, pattern := mux.Handler(r); strings.HasSuffix(pattern, "/console") {
 			return
 		}
 		w := httptest.NewRecorder()

@@ -143,14 +143,7 @@ func (m *Manager) sourceDrives(ctx context.Context, name, api, token string) (bo
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	var opts []client.Option
-	if m.cfg.PeerTLS != nil {
-		opts = append(opts, client.WithTLS(m.cfg.PeerTLS))
-	}
-	if token != "" {
-		opts = append(opts, client.WithToken(token))
-	}
-	in, err := client.New(api, opts...).Info(cctx, name)
+	in, err := m.peer(api, token).Info(cctx, name)
 	var ae *jsonapi.Error
 	switch {
 	case errors.Is(err, gwire.ErrNotFound):
@@ -222,6 +215,22 @@ func (m *Manager) takeOver(ctx context.Context, v *VM, cross *crossIncoming) err
 		note += ": " + strings.Join(notes, "; ")
 	}
 	return m.IncomingDone(ctx, name, wire.IncomingDoneRequest{Disks: servers, Note: note})
+}
+
+// peer is a client for the ferry-kvm at addr (a migration's destination,
+// or its source), sending token and trusting PeerTLS.
+func (m *Manager) peer(addr, token string) *client.Client {
+	if m.newPeer != nil {
+		return m.newPeer(addr)
+	}
+	var opts []client.Option
+	if m.cfg.PeerTLS != nil {
+		opts = append(opts, client.WithTLS(m.cfg.PeerTLS))
+	}
+	if token != "" {
+		opts = append(opts, client.WithToken(token))
+	}
+	return client.New(addr, opts...)
 }
 
 // sourceGateway is a client for the source's gateway.

@@ -21,6 +21,7 @@ import (
 
 	gwclient "github.com/ferry-io/ferry/gateway/api/client"
 	gwire "github.com/ferry-io/ferry/gateway/api/wire"
+	"github.com/ferry-io/ferry/kvm/client"
 	"github.com/ferry-io/ferry/kvm/qmp"
 	"github.com/ferry-io/ferry/kvm/wire"
 )
@@ -101,6 +102,8 @@ type Manager struct {
 	qemuExits  *prometheus.CounterVec
 	// newGateway, if set, makes the client of another gateway (tests).
 	newGateway func(addr string) Gateway
+	// newPeer, if set, makes the client of another ferry-kvm (tests).
+	newPeer func(addr string) *client.Client
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)

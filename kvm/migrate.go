@@ -92,14 +92,7 @@ func (m *Manager) runMigration(ctx context.Context, v *VM, req wire.MigrateReque
 	name := v.name()
 	v.mu.Unlock()
 	log := m.log.With("vm", name, "to", req.To)
-	var dstOpts []client.Option
-	if req.ToToken != "" {
-		dstOpts = append(dstOpts, client.WithToken(req.ToToken))
-	}
-	if m.cfg.PeerTLS != nil {
-		dstOpts = append(dstOpts, client.WithTLS(m.cfg.PeerTLS))
-	}
-	dst := client.New(req.To, dstOpts...)
+	dst := m.peer(req.To, req.ToToken)
 	var (
 		handed []string // volumes whose attachment moved
 		rep    wire.IncomingReply
