@@ -280,7 +280,7 @@ func (m *Manager) get(name string) (*VM, error) {
 		if in, ok := m.done[name]; ok {
 			return nil, &migratedError{in}
 		}
-		return nil, fmt.Errorf("no VM named %q here (see `ferry-kvm vm ls`): %w", name, gwire.ErrNotFound)
+		return nil, vmErr(gwire.ErrNotFound, "no VM named %q here (see `ferry-kvm vm ls`)", name)
 	}
 	return v, nil
 }
@@ -326,11 +326,28 @@ func (m *Manager) List() []wire.VMInfo {
 	return out
 }
 
-// migratedError: the VM left this host by a live migration.
+// vmErr is an error about a VM, not a volume: its text is the message
+// alone, without the words of kind (gwire's sentinels name volumes: "no
+// such volume", "volume in use"), and it is kind (errors.Is) for the
+// API's status and code.
+func vmErr(kind error, format string, args ...any) error {
+	return &kindError{msg: fmt.Sprintf(format, args...), kind: kind}
+}
+
+type kindError struct {
+	msg  string
+	kind error
+}
+
+func (e *kindError) Error() string { return e.msg }
+func (e *kindError) Unwrap() error { return e.kind }
+
+// migratedError: the VM left this host by a live migration. It is
+// gwire.ErrNotFound for the API's status and code.
 type migratedError struct{ info wire.VMInfo }
 
 func (e *migratedError) Error() string {
-	return fmt.Sprintf("vm %s migrated to %s: %v", e.info.Name, e.info.Migration.To, gwire.ErrNotFound)
+	return fmt.Sprintf("vm %s migrated to %s; it is not here any more", e.info.Name, e.info.Migration.To)
 }
 
 func (e *migratedError) Unwrap() error { return gwire.ErrNotFound }
@@ -409,7 +426,7 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VMIn
 	m.mu.Lock()
 	if _, dup := m.vms[spec.Name]; dup {
 		m.mu.Unlock()
-		return wire.VMInfo{}, fmt.Errorf("a VM named %s exists already (ferry-kvm vm rm %s first): %w", spec.Name, spec.Name, gwire.ErrExists)
+		return wire.VMInfo{}, vmErr(gwire.ErrExists, "a VM named %s exists already (ferry-kvm vm rm %s first)", spec.Name, spec.Name)
 	}
 	// Reserve the name while the gateway is asked.
 	v := &VM{m: m, dir: filepath.Join(m.cfg.StateDir, "vms", spec.Name)}
@@ -706,7 +723,7 @@ func (m *Manager) Remove(ctx context.Context, name string, keepDisks bool) error
 	served := v.rec.Disks
 	v.mu.Unlock()
 	if st != wire.StateStopped && st != wire.StateCrashed {
-		return fmt.Errorf("vm %s is %s; stop it first (ferry-kvm vm stop %s): %w", name, st, name, gwire.ErrBusy)
+		return vmErr(gwire.ErrBusy, "vm %s is %s; stop it first (ferry-kvm vm stop %s)", name, st, name)
 	}
 	m.detachAll(ctx, name, disks, served...)
 	if !keepDisks {

@@ -287,7 +287,7 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 	m.mu.Lock()
 	if _, dup := m.vms[spec.Name]; dup {
 		m.mu.Unlock()
-		return wire.IncomingReply{}, fmt.Errorf("a VM named %s exists on the destination already: %w", spec.Name, gwire.ErrExists)
+		return wire.IncomingReply{}, vmErr(gwire.ErrExists, "a VM named %s exists on the destination already", spec.Name)
 	}
 	v := &VM{m: m, dir: filepath.Join(m.cfg.StateDir, "vms", spec.Name)}
 	v.rec = record{Spec: spec, State: wire.StateIncoming}
