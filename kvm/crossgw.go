@@ -259,7 +259,7 @@ func (m *Manager) ParkIncoming(ctx context.Context, name string) error {
 		}
 	}
 	if status != "paused" {
-		return vmErr(gwire.ErrBusy, "vm %s: QEMU is %s; the disks move only once the migration completed and the guest is paused", name, status)
+		return fmt.Errorf("vm %s: QEMU is %s; the disks move only once the migration completed and the guest is paused: %w", name, status, gwire.ErrBusy)
 	}
 	for i, d := range cross.Source {
 		if cross.Parked[i] {

@@ -2,7 +2,6 @@ package kvm
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,22 +14,17 @@ import (
 )
 
 // Errors about VMs carry the gateway's sentinels for their status and
-// code, but speak of VMs: never "no such volume" for a VM that is not
-// there.
+// code, and say what they are about: a VM, never a volume (the
+// sentinels' words once named volumes: "no such volume").
 func TestVMErrorsSpeakOfVMs(t *testing.T) {
-	err := vmErr(gwire.ErrBusy, "vm %s is %s", "a", "running")
-	if !errors.Is(err, gwire.ErrBusy) || err.Error() != "vm a is running" {
-		t.Errorf("vmErr: %q, Is(ErrBusy) %v", err, errors.Is(err, gwire.ErrBusy))
-	}
-
 	m := &Manager{log: discardLogger(), vms: map[string]*VM{}, done: map[string]wire.VMInfo{
 		"gone": {VMSpec: wire.VMSpec{Name: "gone"}, Migration: &wire.Migration{To: "host-b:9810", Status: "completed"}},
 	}}
 	h := Handler(m, prometheus.NewRegistry(), discardLogger())
 	for _, c := range []struct{ method, path, says string }{
-		{"GET", "/v1/vms/nosuch", `no VM named "nosuch" here`},
-		{"POST", "/v1/vms/nosuch/start", `no VM named "nosuch" here`},
-		{"POST", "/v1/incoming/nosuch/done", `no VM named "nosuch" here`},
+		{"GET", "/v1/vms/nosuch", `vm "nosuch": not found here`},
+		{"POST", "/v1/vms/nosuch/start", `vm "nosuch": not found here`},
+		{"POST", "/v1/incoming/nosuch/done", `vm "nosuch": not found here`},
 		{"POST", "/v1/vms/gone/start", "vm gone migrated to host-b:9810; it is not here any more"},
 	} {
 		w := httptest.NewRecorder()

@@ -280,7 +280,7 @@ func (m *Manager) get(name string) (*VM, error) {
 		if in, ok := m.done[name]; ok {
 			return nil, &migratedError{in}
 		}
-		return nil, vmErr(gwire.ErrNotFound, "no VM named %q here (see `ferry-kvm vm ls`)", name)
+		return nil, fmt.Errorf("vm %q: %w here (see `ferry-kvm vm ls`)", name, gwire.ErrNotFound)
 	}
 	return v, nil
 }
@@ -325,22 +325,6 @@ func (m *Manager) List() []wire.VMInfo {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
-
-// vmErr is an error about a VM, not a volume: its text is the message
-// alone, without the words of kind (gwire's sentinels name volumes: "no
-// such volume", "volume in use"), and it is kind (errors.Is) for the
-// API's status and code.
-func vmErr(kind error, format string, args ...any) error {
-	return &kindError{msg: fmt.Sprintf(format, args...), kind: kind}
-}
-
-type kindError struct {
-	msg  string
-	kind error
-}
-
-func (e *kindError) Error() string { return e.msg }
-func (e *kindError) Unwrap() error { return e.kind }
 
 // migratedError: the VM left this host by a live migration. It is
 // gwire.ErrNotFound for the API's status and code.
@@ -426,7 +410,7 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VMIn
 	m.mu.Lock()
 	if _, dup := m.vms[spec.Name]; dup {
 		m.mu.Unlock()
-		return wire.VMInfo{}, vmErr(gwire.ErrExists, "a VM named %s exists already (ferry-kvm vm rm %s first)", spec.Name, spec.Name)
+		return wire.VMInfo{}, fmt.Errorf("vm %s: %w (ferry-kvm vm rm %s first)", spec.Name, gwire.ErrExists, spec.Name)
 	}
 	// Reserve the name while the gateway is asked.
 	v := &VM{m: m, dir: filepath.Join(m.cfg.StateDir, "vms", spec.Name)}
@@ -723,7 +707,7 @@ func (m *Manager) Remove(ctx context.Context, name string, keepDisks bool) error
 	served := v.rec.Disks
 	v.mu.Unlock()
 	if st != wire.StateStopped && st != wire.StateCrashed {
-		return vmErr(gwire.ErrBusy, "vm %s is %s; stop it first (ferry-kvm vm stop %s)", name, st, name)
+		return fmt.Errorf("vm %s is %s; stop it first (ferry-kvm vm stop %s): %w", name, st, name, gwire.ErrBusy)
 	}
 	m.detachAll(ctx, name, disks, served...)
 	if !keepDisks {

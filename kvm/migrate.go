@@ -287,7 +287,7 @@ func (m *Manager) Incoming(ctx context.Context, req wire.IncomingRequest) (wire.
 	m.mu.Lock()
 	if _, dup := m.vms[spec.Name]; dup {
 		m.mu.Unlock()
-		return wire.IncomingReply{}, vmErr(gwire.ErrExists, "a VM named %s exists on the destination already", spec.Name)
+		return wire.IncomingReply{}, fmt.Errorf("vm %s: %w on the destination", spec.Name, gwire.ErrExists)
 	}
 	v := &VM{m: m, dir: filepath.Join(m.cfg.StateDir, "vms", spec.Name)}
 	v.rec = record{Spec: spec, State: wire.StateIncoming}

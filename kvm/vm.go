@@ -79,7 +79,7 @@ func (v *VM) transition(to, why string) error {
 		ok = ok || s == to
 	}
 	if !ok && from != to {
-		return vmErr(gwire.ErrBusy, "vm %s is %s, cannot go %s", v.rec.Spec.Name, from, to)
+		return fmt.Errorf("vm %s is %s, cannot go %s: %w", v.rec.Spec.Name, from, to, gwire.ErrBusy)
 	}
 	v.rec.State = to
 	switch to {

@@ -41,8 +41,16 @@ func TestClientServerRoundTrip(t *testing.T) {
 	if _, err := c.CreateVolume(ctx, "B", 10<<20, nil); !errors.Is(err, wire.ErrInvalid) {
 		t.Fatalf("bad name: %v", err)
 	}
-	if _, err := c.Volume(ctx, "zz"); !errors.Is(err, wire.ErrNotFound) {
+	if _, err := c.Volume(ctx, "zz"); !errors.Is(err, wire.ErrNotFound) || err.Error() != `volume "zz": not found` {
 		t.Fatalf("unknown: %v", err)
+	}
+	// Errors name what they are about: a store or a snapshot that is not
+	// there is not "no such volume".
+	if _, err := c.Store(ctx, "zz"); !errors.Is(err, wire.ErrNotFound) || err.Error() != `store "zz": not found` {
+		t.Fatalf("unknown store: %v", err)
+	}
+	if err := c.RemoveSnapshot(ctx, "a", "zz"); !errors.Is(err, wire.ErrNotFound) || strings.Contains(err.Error(), "volume") {
+		t.Fatalf("unknown snapshot: %v", err)
 	}
 	in, err := c.ResizeVolume(ctx, "a", 20<<20)
 	if err != nil || in.Size != 20<<20 {

@@ -43,7 +43,7 @@ func TestCLIVolumeLifecycle(t *testing.T) {
 		t.Errorf("after resize size = %d", in.Size)
 	}
 	g.mustCLI("volume", "rm", "small")
-	if r := g.cli("volume", "info", "small"); r.code == 0 || !strings.Contains(r.stderr, "no such volume") {
+	if r := g.cli("volume", "info", "small"); r.code == 0 || !strings.Contains(r.stderr, `volume "small": not found`) {
 		t.Errorf("info of removed volume: exit %d, %q", r.code, r.stderr)
 	}
 }
@@ -62,10 +62,10 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"volume", "create", "nosize"}, "size"},
 		{[]string{"volume", "create", "badsize", "--size", "10X"}, "not a size"},
 		{[]string{"volume", "create", "--size", "1G"}, "missing volume name"},
-		{[]string{"volume", "info", "ghost"}, "no such volume"},
-		{[]string{"volume", "resize", "ghost", "--size", "1G"}, "no such volume"},
+		{[]string{"volume", "info", "ghost"}, `volume "ghost": not found`},
+		{[]string{"volume", "resize", "ghost", "--size", "1G"}, `volume "ghost": not found`},
 		{[]string{"volume", "resize", "dup", "--size", "512K"}, "shrinking"},
-		{[]string{"volume", "rm", "ghost"}, "no such volume"},
+		{[]string{"volume", "rm", "ghost"}, `remove volume "ghost": not found`},
 	}
 	for _, c := range cases {
 		r := g.cli(c.args...)

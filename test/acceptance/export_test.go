@@ -111,7 +111,7 @@ func TestExportLocalVolume(t *testing.T) {
 	if _, err := os.Stat(img); err == nil {
 		t.Error("the failed export left a file")
 	}
-	if r := g.cli("volume", "export", "ghost", "--from-s3", "--to", img); r.code == 0 || !strings.Contains(r.stderr, "no such volume") {
+	if r := g.cli("volume", "export", "ghost", "--from-s3", "--to", img); r.code == 0 || !strings.Contains(r.stderr, `"ghost": not found`) {
 		t.Errorf("export of a missing volume: exit %d %q", r.code, r.stderr)
 	}
 }

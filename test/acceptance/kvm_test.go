@@ -321,7 +321,7 @@ func TestKVMCreateStartMarkerStop(t *testing.T) {
 	}
 
 	a.mustVM(append([]string{"create", "m1", "--disk", "m-root", "--cpus", "1", "--autostart"}, guestArgs(image, "marker", "ferry.token=tok-4711")...)...)
-	if r := a.vm(append([]string{"create", "m1", "--disk", "new:other:64M"}, guestArgs(image, "marker")...)...); r.code == 0 || !strings.Contains(r.stderr, "exists already") {
+	if r := a.vm(append([]string{"create", "m1", "--disk", "new:other:64M"}, guestArgs(image, "marker")...)...); r.code == 0 || !strings.Contains(r.stderr, "vm m1: already exists") {
 		t.Fatalf("duplicate name: exit %d, stderr %q", r.code, r.stderr)
 	}
 	a.mustVM("start", "m1")

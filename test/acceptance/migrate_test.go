@@ -235,7 +235,7 @@ func TestMigrateBadInputAndFailures(t *testing.T) {
 		{[]string{"volume", "migrate", "vm1", "--to-store", "cloud"}, "in store \"cloud\" already"},
 		{[]string{"volume", "migrate", "vm1", "--to-store", "nowhere"}, "no store named \"nowhere\""},
 		{[]string{"volume", "migrate", "vm1"}, "--to-store STORE is required"},
-		{[]string{"volume", "migrate", "ghost", "--to-store", "home"}, "no such volume"},
+		{[]string{"volume", "migrate", "ghost", "--to-store", "home"}, `migrate volume "ghost" to store "home": not found`},
 		{[]string{"volume", "migrate", "vm1", "--cancel"}, "no migration runs"},
 	} {
 		if r := g.cli(c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {

@@ -131,8 +131,8 @@ func (g *gateway) snapshotBadInput(vol, existing string) {
 		{[]string{"volume", "snapshot", "create", vol, ".dot"}, "snapshot name"},
 		{[]string{"volume", "snapshot", "create", vol, "UPPER"}, "snapshot name"},
 		{[]string{"volume", "snapshot", "create", vol, strings.Repeat("x", 64)}, "snapshot name"},
-		{[]string{"volume", "snapshot", "create", "ghost", "s2"}, "no such volume"},
-		{[]string{"volume", "snapshot", "rm", vol, "nope"}, "no such volume"},
+		{[]string{"volume", "snapshot", "create", "ghost", "s2"}, `volume "ghost": not found`},
+		{[]string{"volume", "snapshot", "rm", vol, "nope"}, "remove snapshot " + vol + "@nope: not found"},
 	} {
 		if r := g.cli(c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
 			g.t.Errorf("ferry %v: exit %d %q, want %q", c.args, r.code, r.stderr, c.want)
@@ -152,7 +152,7 @@ func (g *gateway) cloneBadInput(vol, snap, taken string) {
 		{[]string{"volume", "clone", vol, "c2"}, "VOLUME@SNAPSHOT"},
 		{[]string{"volume", "clone", vol + "@" + snap, taken}, "already exists"},
 		{[]string{"volume", "clone", vol + "@" + snap, "Bad_Name"}, "a-z, 0-9"},
-		{[]string{"volume", "clone", "ghost@" + snap, "c2"}, "no such volume"},
+		{[]string{"volume", "clone", "ghost@" + snap, "c2"}, `volume "ghost": not found`},
 	} {
 		if r := g.cli(c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
 			g.t.Errorf("ferry %v: exit %d %q, want %q", c.args, r.code, r.stderr, c.want)

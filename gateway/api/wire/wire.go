@@ -14,14 +14,16 @@ import (
 )
 
 // Sentinel errors callers branch on with errors.Is. A reply's Code names
-// one; the client maps it back.
+// one; the client maps it back. Their words name no kind of thing, as
+// they are wrapped for volumes, snapshots, stores and VMs alike: the
+// message that wraps one says what was not found, or exists, or is busy.
 var (
-	// ErrNotFound: no volume (or store) has that name.
-	ErrNotFound = errors.New("no such volume")
-	// ErrExists: a volume (or store) with that name already exists.
-	ErrExists = errors.New("volume already exists")
-	// ErrBusy: the volume has connected clients.
-	ErrBusy = errors.New("volume in use")
+	// ErrNotFound: nothing (no volume, snapshot, store) has that name.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: something of that name exists already.
+	ErrExists = errors.New("already exists")
+	// ErrBusy: it is in use (connected clients, a running VM, a move).
+	ErrBusy = errors.New("in use")
 	// ErrInvalid: a request argument (name, size) is not acceptable.
 	ErrInvalid = errors.New("invalid argument")
 	// ErrDenied: the volume's access rules do not admit this client.
