@@ -13,17 +13,24 @@ import (
 // too (env); its subcommands' only the command line, so that given() can
 // tell a flag given after the subcommand from the environment.
 func apiFlags(env bool) []cli.Flag {
+	// The subcommands' help names the variable the group reads.
 	vars := func(v string) []string {
 		if env {
 			return []string{v}
 		}
 		return nil
 	}
+	usage := func(u, v string) string {
+		if env {
+			return u
+		}
+		return u + " (or $" + v + ")"
+	}
 	return []cli.Flag{
-		&cli.StringFlag{Name: "api", Usage: "the ferry-kvm daemon's `ADDR`", Value: "127.0.0.1:9810", EnvVars: vars("FERRY_KVM_API")},
-		&cli.StringFlag{Name: "token-file", Usage: "`FILE` holding the daemon's API token (its STATE/api-token, or a copy)", EnvVars: vars("FERRY_KVM_TOKEN_FILE"),
+		&cli.StringFlag{Name: "api", Usage: usage("the ferry-kvm daemon's `ADDR`", "FERRY_KVM_API"), Value: "127.0.0.1:9810", EnvVars: vars("FERRY_KVM_API")},
+		&cli.StringFlag{Name: "token-file", Usage: usage("`FILE` holding the daemon's API token (its STATE/api-token, or a copy)", "FERRY_KVM_TOKEN_FILE"), EnvVars: vars("FERRY_KVM_TOKEN_FILE"),
 			Action: func(c *cli.Context, _ string) error { _, err := apiToken(c); return err }},
-		&cli.StringFlag{Name: "api-ca", Usage: "PEM certificate authority `FILE` for an https:// --api (default: the system's)", EnvVars: vars("FERRY_KVM_API_CA"),
+		&cli.StringFlag{Name: "api-ca", Usage: usage("PEM certificate authority `FILE` for an https:// --api (default: the system's)", "FERRY_KVM_API_CA"), EnvVars: vars("FERRY_KVM_API_CA"),
 			Action: func(c *cli.Context, f string) error {
 				if f == "" {
 					return nil
