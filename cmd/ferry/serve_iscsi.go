@@ -28,13 +28,15 @@ func init() {
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "iscsi-mutual-chap-secret", Usage: "mutual CHAP secret for --iscsi-mutual-chap-user", EnvVars: []string{"FERRY_ISCSI_MUTUAL_CHAP_SECRET"}}),
 		},
 		listenFlag: "iscsi-listen",
+		// Checked before anything binds, as every listener's settings.
+		check: func(c *cli.Context, _ bool) error {
+			_, err := defaultCHAP(c)
+			return err
+		},
 		frontend: func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error) {
-			def := volume.Access{
-				CHAPUser: c.String("iscsi-chap-user"), CHAPSecret: c.String("iscsi-chap-secret"),
-				MutualUser: c.String("iscsi-mutual-chap-user"), MutualSecret: c.String("iscsi-mutual-chap-secret"),
-			}
-			if err := def.Validate(); err != nil {
-				return nil, fmt.Errorf("gateway default iSCSI CHAP (--iscsi-chap-*): %w", err)
+			def, err := defaultCHAP(c)
+			if err != nil {
+				return nil, err
 			}
 			needCHAP := !apiauth.IsLoopback(c.String("iscsi-listen"))
 			return iscsi.NewServer(mgr, iscsi.Config{
@@ -85,4 +87,17 @@ func volumeAccess(ctx context.Context, mgr interface {
 		MutualUser: a.MutualUser, MutualSecret: a.MutualSecret,
 		Initiators: a.AllowInitiators,
 	}, nil
+}
+
+// defaultCHAP is the gateway's default iSCSI CHAP (--iscsi-chap-*), for
+// volumes without their own.
+func defaultCHAP(c *cli.Context) (volume.Access, error) {
+	def := volume.Access{
+		CHAPUser: c.String("iscsi-chap-user"), CHAPSecret: c.String("iscsi-chap-secret"),
+		MutualUser: c.String("iscsi-mutual-chap-user"), MutualSecret: c.String("iscsi-mutual-chap-secret"),
+	}
+	if err := def.Validate(); err != nil {
+		return volume.Access{}, fmt.Errorf("gateway default iSCSI CHAP (--iscsi-chap-*): %w", err)
+	}
+	return def, nil
 }

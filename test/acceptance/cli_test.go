@@ -194,6 +194,7 @@ func TestServeBadConfig(t *testing.T) {
 		{[]string{"--config", notMap}, "not a YAML mapping"},
 		{[]string{"--readahead", "-2"}, "--readahead -2"},
 		{[]string{"--stream-memory", "lots"}, "--stream-memory"},
+		{[]string{"--iscsi-chap-user", "u", "--iscsi-chap-secret", "short"}, "default iSCSI CHAP (--iscsi-chap-*): CHAP secrets must be 12 to 255 characters"},
 	}
 	for _, c := range cases {
 		data := filepath.Join(t.TempDir(), "data")
@@ -205,7 +206,7 @@ func TestServeBadConfig(t *testing.T) {
 		if lines := strings.Count(strings.TrimSpace(out), "\n") + 1; lines > 2 {
 			t.Errorf("ferry %v: %d lines of output, want the error alone:\n%s", args, lines, out)
 		}
-		if strings.Contains(c.want, "listen") || strings.Contains(c.want, "config") || strings.Contains(c.want, "resolve") || strings.Contains(c.want, "port") {
+		if strings.Contains(c.want, "listen") || strings.Contains(c.want, "config") || strings.Contains(c.want, "resolve") || strings.Contains(c.want, "port") || strings.Contains(c.want, "CHAP") {
 			if _, err := os.Stat(data); err == nil {
 				t.Errorf("ferry %v created its data directory before checking its listeners and config", args)
 			}
