@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -84,6 +86,9 @@ stops or dies; the next start finds them again. See docs/KVM.md.
 func runServe(c *cli.Context) error {
 	log, err := cliconf.NewLogger(c.String("log-level"), c.String("log-format"))
 	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	if err := checkDurations(c.Duration("reconnect-delay"), c.Duration("stop-timeout")); err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
 	state, err := filepath.Abs(c.String("state"))
@@ -216,6 +221,7 @@ func runServe(c *cli.Context) error {
 		srv.Shutdown(sctx)
 	}()
 	log.Info("ferry-kvm ready", "listen", l.Addr().String(), "gateway", c.String("gateway"), "host_id", hostID, "state", state, "api_auth", authSummary, "nbd_tls", nbdTLS != nil)
+	go warnMissing(ctx, log, c.String("qemu"), c.String("gateway"), gwclient.New(c.String("gateway"), opts...))
 	if srvTLS != nil {
 		l = tls.NewListener(l, srvTLS)
 	}
@@ -241,4 +247,35 @@ func apiAddr(l net.Addr, migAddr string) string {
 		h = migAddr
 	}
 	return net.JoinHostPort(h, p)
+}
+
+// checkDurations refuses what QEMU and vm stop cannot use. QEMU's NBD
+// reconnect-delay is whole seconds (and 0 would mean "the default" here).
+func checkDurations(reconnect, stop time.Duration) error {
+	if reconnect < time.Second || reconnect%time.Second != 0 {
+		return fmt.Errorf("--reconnect-delay %s: give whole seconds, at least 1s (QEMU's NBD reconnect-delay is in seconds)", reconnect)
+	}
+	if stop <= 0 {
+		return fmt.Errorf("--stop-timeout %s: give how long vm stop waits for an ACPI powerdown, more than 0s", stop)
+	}
+	return nil
+}
+
+// warnMissing says at start what would make every VM start fail: a QEMU
+// binary that is not there, a gateway that does not answer. Neither
+// stops the daemon (running VMs need it; a gateway may come up later).
+func warnMissing(ctx context.Context, log *slog.Logger, qemu, gatewayAddr string, gw *gwclient.Client) {
+	if _, err := exec.LookPath(qemu); err != nil {
+		log.Warn("QEMU not found: VMs cannot start until it is installed (qemu-system-x86) or --qemu names it", "qemu", qemu, "err", err)
+	}
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := gw.Status(hctx)
+	switch {
+	case err == nil || ctx.Err() != nil:
+	case errors.Is(err, gwire.ErrUnauthenticated):
+		log.Warn("the gateway refuses this daemon's token: VMs cannot start until --gateway-token-file holds the gateway's api-token", "gateway", gatewayAddr, "err", err)
+	default:
+		log.Warn("the gateway does not answer: VMs cannot start until it does (is ferry serve running? --gateway)", "gateway", gatewayAddr, "err", err)
+	}
 }
