@@ -187,8 +187,9 @@ func runServe(c *cli.Context) error {
 	defer stop()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gw := gwclient.New(c.String("gateway"), opts...)
 	m, err := kvm.New(ctx, kvm.Config{
-		Gateway:        gwclient.New(c.String("gateway"), opts...),
+		Gateway:        gw,
 		GatewayAddr:    c.String("gateway"),
 		APIAddr:        apiAddr(l.Addr(), c.String("migration-address")),
 		APIToken:       token,
@@ -221,7 +222,7 @@ func runServe(c *cli.Context) error {
 		srv.Shutdown(sctx)
 	}()
 	log.Info("ferry-kvm ready", "listen", l.Addr().String(), "gateway", c.String("gateway"), "host_id", hostID, "state", state, "api_auth", authSummary, "nbd_tls", nbdTLS != nil)
-	go warnMissing(ctx, log, c.String("qemu"), c.String("gateway"), gwclient.New(c.String("gateway"), opts...))
+	go warnMissing(ctx, log, c.String("qemu"), c.String("gateway"), gw)
 	if srvTLS != nil {
 		l = tls.NewListener(l, srvTLS)
 	}
