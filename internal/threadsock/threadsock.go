@@ -1,0 +1,325 @@
+// Package threadsock serves a connected socket outside the Go runtime's
+// network poller: a Conn waits for its socket with poll(2) on the calling
+// goroutine's thread, as a thread-per-connection C server waits in
+// recv(2), instead of parking the goroutine in the poller.
+//
+// Why: while a socket is registered with the runtime's poller (epoll,
+// edge-triggered), every arrival of data wakes the thread waiting in
+// epoll_wait, whether or not a goroutine waits for that socket, and that
+// thread is whichever one went idle last. With the client on the same
+// CPUs (loopback), those wake-ups land on the client's CPU and take it
+// from the client (docs/BENCHMARKS.md, "who takes fio's CPU"). A Conn's
+// socket is not registered: only the goroutine reading it is woken, by
+// the socket itself, when it waits.
+//
+// The cost: a goroutine waiting in poll(2) keeps its thread, and its
+// processor until the runtime's monitor takes the processor back for
+// other goroutines (as in any blocking system call), so an idle
+// connection holds a thread, and a goroutine made runnable meanwhile may
+// wait for the monitor's next check (20 µs to 10 ms). Use it for busy
+// connections, and only a bounded number of them.
+package threadsock
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Conn is a stream socket (TCP or Unix) served outside the runtime's
+// poller. It implements net.Conn and syscall.Conn, and CloseWrite. Read
+// and Write may be called concurrently with each other, and Close,
+// SetDeadline, SetReadDeadline and SetWriteDeadline with anything; like a
+// net.Conn's, concurrent Reads (or Writes) must be serialised by the
+// caller.
+type Conn struct {
+	// mu guards fd's lifetime: every system call on fd holds it for
+	// reading, Close takes it for writing to close fd once they are done.
+	// A call blocked in poll(2) is woken by Close's shutdown(2), or by a
+	// deadline's event.
+	mu     sync.RWMutex
+	fd     int
+	closed atomic.Bool
+
+	local, remote net.Addr
+	rd, wr        deadline
+
+	// One poll set per direction (a Read and a Write may wait at once):
+	// the socket and its deadline's event.
+	rp, wp [2]unix.PollFd
+}
+
+// deadline is one direction's deadline: when (Unix nanoseconds, 0 for
+// none) and an eventfd that is readable while waiters must look at it
+// again (set when the deadline changes, cleared when a wait finds it
+// still in the future or gone).
+type deadline struct {
+	at atomic.Int64
+	ev int
+}
+
+// Take moves nc's socket out of the runtime's poller: it returns a Conn on
+// a duplicate of nc's descriptor and closes nc (which takes the socket out
+// of the poller; the duplicate keeps the connection open). nc must be a
+// *net.TCPConn or *net.UnixConn with no deadline set and no call in
+// progress. On error nc is left as it was.
+func Take(nc net.Conn) (*Conn, error) {
+	switch nc.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
+		return nil, fmt.Errorf("threadsock: %T is not a TCP or Unix socket", nc)
+	}
+	raw, err := nc.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("threadsock: %w", err)
+	}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, fmt.Errorf("threadsock: %w", err)
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("threadsock: duplicate the socket: %w", derr)
+	}
+	c := &Conn{fd: fd, local: nc.LocalAddr(), remote: nc.RemoteAddr(), rd: deadline{ev: -1}, wr: deadline{ev: -1}}
+	for _, d := range []*deadline{&c.rd, &c.wr} {
+		ev, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			c.release()
+			return nil, fmt.Errorf("threadsock: eventfd: %w", err)
+		}
+		d.ev = ev
+	}
+	// The duplicate shares the open file, so it is non-blocking too, as
+	// the waits below need.
+	c.rp = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(c.rd.ev), Events: unix.POLLIN}}
+	c.wp = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}, {Fd: int32(c.wr.ev), Events: unix.POLLIN}}
+	nc.Close()
+	return c, nil
+}
+
+// release closes the descriptors.
+func (c *Conn) release() {
+	for _, fd := range []int{c.fd, c.rd.ev, c.wr.ev} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+}
+
+// errClosed is what calls on a closed Conn return, as a net.Conn's do.
+var errClosed = net.ErrClosed
+
+// opError wraps err as net's calls do, so that callers testing for
+// net.ErrClosed, os.ErrDeadlineExceeded or a timeout find them.
+func (c *Conn) opError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errno, ok := err.(syscall.Errno); ok {
+		err = os.NewSyscallError(op, errno)
+	}
+	return &net.OpError{Op: op, Net: c.local.Network(), Source: c.local, Addr: c.remote, Err: err}
+}
+
+// wait blocks the calling thread until fd is ready in the direction of p
+// (rp or wp), the direction's deadline passes, or the Conn is closed.
+// Called with mu held for reading.
+func (c *Conn) wait(p *[2]unix.PollFd, d *deadline) error {
+	for {
+		if c.closed.Load() {
+			return errClosed
+		}
+		timeout := -1
+		if at := d.at.Load(); at != 0 {
+			left := time.Until(time.Unix(0, at))
+			if left <= 0 {
+				return os.ErrDeadlineExceeded
+			}
+			// Rounded up: a wait never ends before the deadline.
+			timeout = int((left + time.Millisecond - 1) / time.Millisecond)
+		}
+		p[0].Revents, p[1].Revents = 0, 0
+		_, err := unix.Poll(p[:], timeout)
+		if err != nil && err != unix.EINTR {
+			return err
+		}
+		if p[1].Revents != 0 {
+			// The deadline changed: clear the event once it is seen,
+			// and look at the deadline again.
+			var b [8]byte
+			unix.Read(d.ev, b[:])
+		}
+		if p[0].Revents != 0 {
+			return nil
+		}
+	}
+}
+
+// Read reads what the socket holds, waiting for at least one byte.
+func (c *Conn) Read(b []byte) (int, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for {
+		if c.closed.Load() {
+			return 0, c.opError("read", errClosed)
+		}
+		if at := c.rd.at.Load(); at != 0 && time.Now().UnixNano() >= at {
+			return 0, c.opError("read", os.ErrDeadlineExceeded)
+		}
+		n, err := unix.Read(c.fd, b)
+		switch {
+		case err == unix.EAGAIN:
+			if err := c.wait(&c.rp, &c.rd); err != nil {
+				return 0, c.opError("read", err)
+			}
+		case err == unix.EINTR:
+		case err != nil:
+			return 0, c.opError("read", err)
+		case n == 0 && len(b) > 0:
+			return 0, io.EOF
+		default:
+			return n, nil
+		}
+	}
+}
+
+// Write writes all of b, waiting for room in the socket as needed.
+func (c *Conn) Write(b []byte) (int, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	done := 0
+	for done < len(b) {
+		if c.closed.Load() {
+			return done, c.opError("write", errClosed)
+		}
+		if at := c.wr.at.Load(); at != 0 && time.Now().UnixNano() >= at {
+			return done, c.opError("write", os.ErrDeadlineExceeded)
+		}
+		n, err := unix.Write(c.fd, b[done:])
+		switch {
+		case err == unix.EAGAIN:
+			if err := c.wait(&c.wp, &c.wr); err != nil {
+				return done, c.opError("write", err)
+			}
+		case err == unix.EINTR:
+		case err != nil:
+			return done, c.opError("write", err)
+		default:
+			done += n
+		}
+	}
+	return done, nil
+}
+
+// Close shuts the socket down, which ends calls blocked on it, and closes
+// it once they have returned. Later calls fail with net.ErrClosed.
+func (c *Conn) Close() error {
+	if c.closed.Swap(true) {
+		return c.opError("close", errClosed)
+	}
+	// Wakes a poll(2) on the socket in another thread; closing the
+	// descriptor would not.
+	unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.release()
+	return nil
+}
+
+// CloseWrite shuts down the writing side of the socket (TCP FIN).
+func (c *Conn) CloseWrite() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed.Load() {
+		return c.opError("close", errClosed)
+	}
+	return c.opError("close", unix.Shutdown(c.fd, unix.SHUT_WR))
+}
+
+// LocalAddr returns the socket's local address.
+func (c *Conn) LocalAddr() net.Addr { return c.local }
+
+// RemoteAddr returns the socket's peer address.
+func (c *Conn) RemoteAddr() net.Addr { return c.remote }
+
+// SetDeadline sets both deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
+
+// SetReadDeadline sets the deadline of reads, also of one waiting now; the
+// zero time means none.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.set(&c.rd, t) }
+
+// SetWriteDeadline sets the deadline of writes, also of one waiting now;
+// the zero time means none.
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.set(&c.wr, t) }
+
+func (c *Conn) set(d *deadline, t time.Time) error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed.Load() {
+		return c.opError("set", errClosed)
+	}
+	var at int64
+	if !t.IsZero() {
+		at = max(t.UnixNano(), 1)
+	}
+	d.at.Store(at)
+	// Wake a waiter to look at it.
+	one := [8]byte{1}
+	unix.Write(d.ev, one[:])
+	return nil
+}
+
+// SyscallConn returns a raw connection whose Read and Write wait as the
+// Conn's do.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) { return rawConn{c}, nil }
+
+type rawConn struct{ c *Conn }
+
+func (r rawConn) Control(f func(fd uintptr)) error {
+	r.c.mu.RLock()
+	defer r.c.mu.RUnlock()
+	if r.c.closed.Load() {
+		return errClosed
+	}
+	f(uintptr(r.c.fd))
+	return nil
+}
+
+func (r rawConn) Read(f func(fd uintptr) bool) error {
+	return r.c.raw(f, &r.c.rp, &r.c.rd)
+}
+
+func (r rawConn) Write(f func(fd uintptr) bool) error {
+	return r.c.raw(f, &r.c.wp, &r.c.wr)
+}
+
+// raw calls f until it reports done, waiting in the direction of p between
+// calls, as syscall.RawConn's Read and Write do.
+func (c *Conn) raw(f func(fd uintptr) bool, p *[2]unix.PollFd, d *deadline) error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for {
+		if c.closed.Load() {
+			return errClosed
+		}
+		if f(uintptr(c.fd)) {
+			return nil
+		}
+		if err := c.wait(p, d); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,322 @@
+package threadsock
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// pair returns a Conn taken from one end of a fresh connection over
+// network ("tcp" or "unix") and the other end, a plain net.Conn.
+func pair(t *testing.T, network string) (*Conn, net.Conn) {
+	t.Helper()
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(t.TempDir(), "s")
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial(network, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Take(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	// Take closed nc: the socket is the Conn's alone.
+	if _, err := nc.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write on the taken net.Conn: %v, want net.ErrClosed", err)
+	}
+	return c, peer
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	return len(ents)
+}
+
+func TestEchoBothWays(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			c, peer := pair(t, network)
+			// More than a socket buffer each way, so that both sides
+			// wait for room and for data.
+			out := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
+			got := make(chan []byte, 1)
+			go func() {
+				b, _ := io.ReadAll(io.LimitReader(peer, int64(len(out))))
+				got <- b
+			}()
+			if n, err := c.Write(out); n != len(out) || err != nil {
+				t.Fatalf("Write: %d, %v", n, err)
+			}
+			if b := <-got; !bytes.Equal(b, out) {
+				t.Fatalf("the peer read %d bytes, not what was written", len(b))
+			}
+			go peer.Write(out)
+			in := make([]byte, len(out))
+			if _, err := io.ReadFull(c, in); err != nil || !bytes.Equal(in, out) {
+				t.Fatalf("ReadFull: %v (equal: %v)", err, bytes.Equal(in, out))
+			}
+			if c.LocalAddr().String() != peer.RemoteAddr().String() && network == "tcp" {
+				t.Errorf("LocalAddr %v, the peer's RemoteAddr %v", c.LocalAddr(), peer.RemoteAddr())
+			}
+		})
+	}
+}
+
+func TestEOFAndCloseWrite(t *testing.T) {
+	c, peer := pair(t, "tcp")
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := peer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("the peer after CloseWrite: %d, %v; want EOF", n, err)
+	}
+	peer.Write([]byte("ab"))
+	peer.Close()
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "ab" {
+		t.Fatalf("ReadAll after the peer closed: %q, %v", b, err)
+	}
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("Read at EOF: %d, %v", n, err)
+	}
+}
+
+// A Read or Write blocked in poll(2) returns when the Conn is closed from
+// another goroutine, and the descriptors are closed after it returns.
+func TestCloseWakesWaitsAndReleases(t *testing.T) {
+	before := openFDs(t)
+	c, peer := pair(t, "tcp")
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1))
+		readErr <- err
+	}()
+	writeErr := make(chan error, 1)
+	go func() {
+		// The peer never reads: this fills the socket and waits.
+		_, err := c.Write(make([]byte, 64<<20))
+		writeErr <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-readErr:
+		t.Fatalf("Read returned before Close: %v", err)
+	case err := <-writeErr:
+		t.Fatalf("Write returned before Close: %v", err)
+	default:
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close blocked for 5 s behind the waiting Read and Write")
+	}
+	for name, ch := range map[string]chan error{"Read": readErr, "Write": writeErr} {
+		select {
+		case err := <-ch:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Errorf("%s after Close: %v, want net.ErrClosed", name, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s still blocked 5 s after Close", name)
+		}
+	}
+	if err := c.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("second Close: %v", err)
+	}
+	if _, err := c.Read(nil); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read after Close: %v", err)
+	}
+	if err := c.SetReadDeadline(time.Now()); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("SetReadDeadline after Close: %v", err)
+	}
+	peer.Close()
+	if after := openFDs(t); after != before {
+		t.Errorf("%d descriptors open before, %d after", before, after)
+	}
+}
+
+func TestReadDeadline(t *testing.T) {
+	c, peer := pair(t, "tcp")
+	// A deadline set while a Read waits ends it.
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1))
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	c.SetReadDeadline(time.Now())
+	select {
+	case err := <-done:
+		var ne net.Error
+		if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("Read after SetReadDeadline(now): %v, want a timeout", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read still blocked 5 s after SetReadDeadline(now)")
+	}
+	// A passed deadline holds until it is reset, even with data there.
+	peer.Write([]byte("a"))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read with the deadline passed: %v", err)
+	}
+	c.SetReadDeadline(time.Time{})
+	if b := make([]byte, 1); func() error { _, err := c.Read(b); return err }() != nil || b[0] != 'a' {
+		t.Fatalf("Read after the deadline was reset: %q", b)
+	}
+	// A future deadline ends a wait no earlier than it.
+	start := time.Now()
+	c.SetReadDeadline(start.Add(80 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past a future deadline: %v", err)
+	}
+	if d := time.Since(start); d < 80*time.Millisecond {
+		t.Fatalf("the Read ended %v after a deadline 80ms away was set", d)
+	}
+	// Moved later while a Read waits: the Read waits on.
+	c.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		c.SetReadDeadline(time.Time{})
+		time.Sleep(60 * time.Millisecond)
+		peer.Write([]byte("b"))
+	}()
+	b := make([]byte, 1)
+	if _, err := c.Read(b); err != nil || b[0] != 'b' {
+		t.Fatalf("Read after its deadline was lifted: %q, %v", b, err)
+	}
+}
+
+func TestWriteDeadline(t *testing.T) {
+	c, _ := pair(t, "unix")
+	c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	n, err := c.Write(make([]byte, 64<<20)) // the peer never reads
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n <= 0 || n >= 64<<20 {
+		t.Fatalf("Write into a full socket past its deadline: %d, %v; want part written and a timeout", n, err)
+	}
+}
+
+// RawConn's Read waits as Read does between calls of its function.
+func TestRawConn(t *testing.T) {
+	c, peer := pair(t, "tcp")
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		peer.Write([]byte("xyz"))
+	}()
+	calls := 0
+	var got []byte
+	err = raw.Read(func(fd uintptr) bool {
+		calls++
+		b := make([]byte, 8)
+		n, err := unix.Read(int(fd), b)
+		if err == unix.EAGAIN {
+			return false
+		}
+		got = b[:n]
+		return true
+	})
+	if err != nil || string(got) != "xyz" || calls < 2 {
+		t.Fatalf("raw Read: %q, %v after %d calls (want xyz after a wait)", got, err, calls)
+	}
+	var fdSeen uintptr
+	if err := raw.Control(func(fd uintptr) { fdSeen = fd }); err != nil || int(fdSeen) != c.fd {
+		t.Fatalf("Control: fd %d, %v", fdSeen, err)
+	}
+	c.Close()
+	if err := raw.Control(func(uintptr) {}); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Control after Close: %v", err)
+	}
+}
+
+// Reads, writes, deadline changes and a Close at once: for the race
+// detector, and no call may block past the Close.
+func TestConcurrentUse(t *testing.T) {
+	c, peer := pair(t, "tcp")
+	go io.Copy(peer, peer) // the peer echoes
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		for {
+			if _, err := c.Write(make([]byte, 4096)); err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		b := make([]byte, 65536)
+		for {
+			if _, err := c.Read(b); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			if c.SetReadDeadline(time.Now().Add(time.Duration(i%3)*time.Millisecond)) != nil {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	c.Close()
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(5 * time.Second):
+		t.Fatal("calls still running 5 s after Close")
+	}
+}
+
+func TestTakeRefusesOtherConns(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if _, err := Take(a); err == nil {
+		t.Fatal("Take of a net.Pipe end: no error")
+	}
+}
+
+var _ interface {
+	net.Conn
+	syscall.Conn
+	CloseWrite() error
+} = (*Conn)(nil)
