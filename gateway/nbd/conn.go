@@ -25,6 +25,7 @@ import (
 	"github.com/ferry-io/ferry/internal/bufpool"
 	"github.com/ferry-io/ferry/internal/sendmore"
 	"github.com/ferry-io/ferry/internal/splicepipe"
+	"github.com/ferry-io/ferry/internal/threadsock"
 )
 
 const (
@@ -170,11 +171,50 @@ func (c *conn) isStopping() bool {
 }
 
 // Close ends the connection at once.
-func (c *conn) Close() { c.nc.Close() }
+func (c *conn) Close() {
+	c.dmu.Lock()
+	nc := c.nc
+	c.dmu.Unlock()
+	nc.Close()
+}
+
+// takeSocket serves a plain socket outside the runtime's poller from now
+// on (Config.ThreadPerConn), if the server has room for one more such
+// connection; it is called once negotiation is done, before any other
+// goroutine of the connection uses the socket. It returns the function
+// that gives the room back.
+func (c *conn) takeSocket() (release func()) {
+	if !c.s.cfg.ThreadPerConn || c.rw != c.nc {
+		return func() {}
+	}
+	if c.s.threadConns.Add(1) > int32(c.s.cfg.MaxThreadConns) {
+		c.s.threadConns.Add(-1)
+		return func() {}
+	}
+	free := func() { c.s.threadConns.Add(-1) }
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.stopping {
+		// Drain set a read deadline on the socket, which Take does
+		// not carry over.
+		return free
+	}
+	tc, err := threadsock.Take(c.nc)
+	if err != nil {
+		c.log.Warn("serving the connection through the runtime's poller", "err", err)
+		return free
+	}
+	c.nc, c.rw, c.src.r = tc, tc, tc
+	c.s.m.threadConns.Inc()
+	return func() {
+		c.s.m.threadConns.Dec()
+		free()
+	}
+}
 
 // Serve runs the connection to its end.
 func (c *conn) Serve(parent context.Context) {
-	defer c.nc.Close()
+	defer c.Close()
 	if tc, ok := c.nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
@@ -194,6 +234,7 @@ func (c *conn) Serve(parent context.Context) {
 	defer att.Detach()
 	c.setReadDeadline(time.Time{})
 	c.nc.SetWriteDeadline(time.Time{})
+	defer c.takeSocket()()
 	start := time.Now()
 	c.log.Info("NBD client attached", "export", att.Name, "structured", c.structured)
 	defer func() {
@@ -209,7 +250,7 @@ func (c *conn) Serve(parent context.Context) {
 			case <-rev:
 				c.log.Warn("volume removed by force; closing connection", "export", att.Name)
 				c.cancel()
-				c.nc.Close()
+				c.Close()
 			case <-stop:
 			}
 		}()
@@ -249,12 +290,13 @@ func (c *conn) linger() {
 	if c.tls != nil {
 		c.tls.CloseWrite() // close_notify; the socket stays open for reading
 	}
-	tc, ok := c.nc.(*net.TCPConn)
-	if !ok || tc.CloseWrite() != nil {
+	// TCP only (a plain socket or one taken out of the poller).
+	hc, ok := c.nc.(interface{ CloseWrite() error })
+	if _, isUnix := c.nc.LocalAddr().(*net.UnixAddr); !ok || isUnix || hc.CloseWrite() != nil {
 		return
 	}
-	tc.SetReadDeadline(time.Now().Add(time.Second))
-	io.CopyN(io.Discard, tc, 64<<20)
+	c.nc.SetReadDeadline(time.Now().Add(time.Second))
+	io.CopyN(io.Discard, c.nc, 64<<20)
 }
 
 // transmit serves requests until DISC, a protocol error, or shutdown.
@@ -484,7 +526,7 @@ func (c *conn) flushBuffered() {
 	}
 	if err := c.bw.Flush(); err != nil {
 		c.werr = err
-		c.nc.Close()
+		c.Close()
 	}
 }
 
@@ -498,7 +540,7 @@ func (c *conn) worker() {
 				c.rdone = true
 				c.turn <- struct{}{}
 			}
-			c.nc.Close()
+			c.Close()
 		}
 	}()
 	var batch []work
@@ -1165,6 +1207,6 @@ func (c *conn) send(req request, hdr, prefix, data []byte) {
 		if !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded) {
 			c.log.Info("reply write failed; closing connection", "err", err)
 		}
-		c.nc.Close()
+		c.Close()
 	}
 }

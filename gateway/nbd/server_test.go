@@ -36,12 +36,18 @@ func startServer(t *testing.T, devs map[string]device.Device) *testServer {
 	return startServerConfig(t, devs, Config{})
 }
 
+// threadPerConn makes the servers the tests start serve their connections
+// outside the runtime's poller (Config.ThreadPerConn): TestThreadPerConn
+// runs the other tests so.
+var threadPerConn bool
+
 // startServerConfig is startServer with a config (TLS, ...).
 func startServerConfig(t *testing.T, devs map[string]device.Device, cfg Config) *testServer {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	exp := volume.NewStaticExports(devs)
 	cfg.Registerer, cfg.HandshakeTimeout = reg, 5*time.Second
+	cfg.ThreadPerConn = cfg.ThreadPerConn || threadPerConn
 	srv := NewServer(exp, cfg)
 	l := ftu.Listen(t)
 	ts := &testServer{srv: srv, addr: l.Addr().String(), reg: reg, exp: exp, done: make(chan error, 1)}
@@ -465,7 +471,7 @@ func TestShutdownAndRevoke(t *testing.T) {
 
 	revoked := make(chan struct{})
 	exp := &revokingExports{dev: mem.New(1 << 20), revoked: revoked}
-	srv := NewServer(exp, Config{})
+	srv := NewServer(exp, Config{ThreadPerConn: threadPerConn})
 	l := ftu.Listen(t)
 	go srv.Serve(context.Background(), l)
 	defer srv.Shutdown(context.Background())
@@ -564,7 +570,7 @@ func (e denyingExports) Attach(ctx context.Context, name string, c volume.Client
 // NBD_REP_ERR_POLICY, is left out of LIST, and EXPORT_NAME closes.
 func TestAccessDenied(t *testing.T) {
 	exp := denyingExports{volume.NewStaticExports(map[string]device.Device{"a": mem.New(4096), "secret": mem.New(4096)}), "secret"}
-	srv := NewServer(exp, Config{})
+	srv := NewServer(exp, Config{ThreadPerConn: threadPerConn})
 	l := ftu.Listen(t)
 	go srv.Serve(context.Background(), l)
 	defer srv.Shutdown(context.Background())

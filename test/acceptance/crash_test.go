@@ -98,13 +98,24 @@ func checkEpoch(t *testing.T, fio, uri string, off int64) {
 // write acknowledged before a completed FLUSH reads back intact — after
 // that crash and after every later one.
 func TestKill9UnderFlushingFioLoad(t *testing.T) {
+	kill9UnderFlushingFioLoad(t, crashCycles(t, 20))
+}
+
+// TestKill9ThreadPerConnection is the same with every connection served
+// by a thread of its own, outside the runtime's poller.
+func TestKill9ThreadPerConnection(t *testing.T) {
+	kill9UnderFlushingFioLoad(t, crashCycles(t, 5), "--nbd-thread-per-connection")
+}
+
+// kill9UnderFlushingFioLoad runs cycles kill -9 cycles against a gateway
+// started with extra flags.
+func kill9UnderFlushingFioLoad(t *testing.T, cycles int, extra ...string) {
 	fio := testutil.RequireTool(t, "fio")
-	cycles := crashCycles(t, 20)
 	// On a loaded machine fio may complete no epoch before a short kill:
 	// the run window then grows, and cycles go on (up to three times as
 	// many) until as many epochs as cycles were flushed.
 	maxCycles := 3 * cycles
-	g := startGateway(t)
+	g := startGateway(t, extra...)
 	g.mustCLI("volume", "create", "crash", "--size", fmt.Sprintf("%d", int64(maxCycles)*64*epochSize))
 	uri := g.uri("crash")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))

@@ -321,18 +321,27 @@ func (g *gateway) get(path string) (*http.Response, error) {
 // the calling (sub)test's.
 func (g *gateway) metric(t *testing.T, series string) float64 {
 	t.Helper()
-	resp, err := g.get("/metrics")
+	v, err := g.metricNow(series)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return v
+}
+
+// metricNow is metric for any goroutine: it returns the error.
+func (g *gateway) metricNow(series string) (float64, error) {
+	resp, err := g.get("/metrics")
+	if err != nil {
+		return 0, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindSubmatch(b)
 	if m == nil {
-		return 0
+		return 0, nil
 	}
 	f, _ := strconv.ParseFloat(string(m[1]), 64)
-	return f
+	return f, nil
 }
 
 // uri is the NBD URI of a volume.

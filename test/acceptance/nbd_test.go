@@ -166,6 +166,53 @@ func TestFioVerifyTwoConnections(t *testing.T) {
 	}
 }
 
+// TestNBDThreadPerConnectionWithRealClients: with
+// --nbd-thread-per-connection, fio over two connections at once (random
+// writes of 4 KiB to 1 MiB, then a verify), qemu-io and nbdcopy are
+// served by connections outside the runtime's poller
+// (ferry_nbd_thread_connections counts them while they run), and the
+// data reads back.
+func TestNBDThreadPerConnectionWithRealClients(t *testing.T) {
+	fio := testutil.RequireTool(t, "fio")
+	nbdcopy := testutil.RequireTool(t, "nbdcopy")
+	testutil.RequireTool(t, "qemu-io")
+	g := startGateway(t, "--nbd-thread-per-connection")
+	g.mustCLI("volume", "create", "tp", "--size", "256M")
+	uri := g.uri("tp")
+	most := make(chan float64)
+	stop := make(chan struct{})
+	go func() {
+		m := 0.0
+		for {
+			select {
+			case <-stop:
+				most <- m
+				return
+			case <-time.After(10 * time.Millisecond):
+				if v, err := g.metricNow("ferry_nbd_thread_connections"); err == nil {
+					m = max(m, v)
+				}
+			}
+		}
+	}()
+	run(t, 3*time.Minute, fio, "--name=tp", "--ioengine=nbd", "--uri="+uri, "--numjobs=2", "--offset_increment=64M",
+		"--rw=randwrite", "--bsrange=4k-1M", "--iodepth=16", "--size=64M", "--verify=crc32c", "--do_verify=1",
+		"--verify_fatal=1", "--group_reporting", "--output=/dev/null")
+	close(stop)
+	if m := <-most; m != 2 {
+		t.Errorf("ferry_nbd_thread_connections reached %v while fio's two jobs ran, want 2", m)
+	}
+	qemuIOCheck(t, uri, "write -P 0x6e 200M 1M", "write -P 0x6f 210M 4k", "flush", "read -P 0x6e 200M 1M", "read -P 0x6f 210M 4k", "read -P 0 220M 4k")
+	img := filepath.Join(t.TempDir(), "tp.img")
+	run(t, 2*time.Minute, nbdcopy, uri, img)
+	// Copied back over itself: nbdcopy writes over several connections.
+	run(t, 2*time.Minute, nbdcopy, img, uri)
+	qemuIOCheck(t, uri, "read -P 0x6e 200M 1M", "read -P 0x6f 210M 4k")
+	if n := g.metric(t, "ferry_nbd_thread_connections"); n != 0 {
+		t.Errorf("ferry_nbd_thread_connections is %v after every client left", n)
+	}
+}
+
 // With `ferry serve --nbd-poll`, real clients get their data as without
 // it: fio writes 4k blocks at queue depth 1 (the load polling is for) and
 // verifies them, qemu-io writes and reads back patterns; the gateway's
