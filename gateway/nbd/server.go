@@ -81,12 +81,13 @@ type Config struct {
 	// ThreadPerConn serves each plain connection (TCP or Unix, not TLS),
 	// up to MaxThreadConns at once, outside the Go runtime's network
 	// poller once it is attached (internal/threadsock): its reader waits
-	// for the client in poll(2) on its own thread, as nbdkit's does in
+	// for the client in ppoll(2) on its own thread, as nbdkit's does in
 	// recv(2), and the socket's arrivals wake no other thread. With the
-	// client on the gateway's CPUs, 1M QD8 writes measured 1.13-1.42x of
-	// the default; 4k QD1 requests there 0.74-0.90x (still above
-	// nbdkit), and 1M QD8 reads with each on a CPU of its own 0.76-0.84x
-	// (docs/NBD.md, "A thread per connection"). Off by default.
+	// client on the gateway's CPUs, 1M QD8 writes measured 1.13-1.86x of
+	// the default; 4k QD1 requests there 0.73-0.90x (still above
+	// nbdkit), and with the gateway on one CPU of its own 1M writes
+	// spread from 0.62x to 1.22x (docs/NBD.md, "A thread per
+	// connection"). Off by default.
 	ThreadPerConn bool
 	// MaxThreadConns bounds the connections ThreadPerConn serves at once
 	// (each holds a thread while it waits); the rest use the poller.

@@ -13,7 +13,8 @@ import (
 // The tests that serve plain connections, again with each connection
 // served outside the runtime's poller (Config.ThreadPerConn): the protocol,
 // errors, shutdown and forced removal, payloads in pieces, splicing, views,
-// executors and the turn, real clients.
+// the turn, real clients. (Not the executors': such a connection runs
+// large reads as it runs other large requests.)
 func TestThreadPerConn(t *testing.T) {
 	threadPerConn = true
 	defer func() { threadPerConn = false }()
@@ -32,7 +33,6 @@ func TestThreadPerConn(t *testing.T) {
 		{"SlowInlineRequestHandsOffTheTurn", TestSlowInlineRequestHandsOffTheTurn},
 		{"SlowBatchHandsOffTheTurn", TestSlowBatchHandsOffTheTurn},
 		{"LargeWritePassesTheTurnWhenMoreWaits", TestLargeWritePassesTheTurnWhenMoreWaits},
-		{"LargeReadsRunOnExecutors", TestLargeReadsRunOnExecutors},
 		{"LargePayloadsArriveInPieces", TestLargePayloadsArriveInPieces},
 		{"PipeWriteErrors", TestPipeWriteErrors},
 		{"SplicedWritesBeforeTheTurnPasses", TestSplicedWritesBeforeTheTurnPasses},

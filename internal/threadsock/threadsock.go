@@ -25,6 +25,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -128,27 +129,54 @@ func (c *Conn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: c.local.Network(), Source: c.local, Addr: c.remote, Err: err}
 }
 
+// A wait holds its goroutine's processor for at most firstHold before it
+// lets the others run (runtime.Gosched), then twice as long, and so on up
+// to lastHold, after which it waits without a bound: a goroutine blocked in
+// a system call keeps its processor until the runtime's monitor takes it
+// back, which takes up to 10 ms when the monitor has been idle, and with
+// one processor (a gateway on one CPU) every other goroutine, among them
+// the ones whose replies the client waits for, would wait that long.
+// Waits for a busy client end within the first hold; an idle connection's
+// costs a few wake-ups before it sleeps.
+const (
+	firstHold = 50 * time.Microsecond
+	lastHold  = 10 * time.Millisecond
+)
+
 // wait blocks the calling thread until fd is ready in the direction of p
 // (rp or wp), the direction's deadline passes, or the Conn is closed.
 // Called with mu held for reading.
 func (c *Conn) wait(p *[2]unix.PollFd, d *deadline) error {
+	hold := firstHold
 	for {
 		if c.closed.Load() {
 			return errClosed
 		}
-		timeout := -1
+		limit := time.Duration(-1)
 		if at := d.at.Load(); at != 0 {
-			left := time.Until(time.Unix(0, at))
-			if left <= 0 {
+			limit = time.Until(time.Unix(0, at))
+			if limit <= 0 {
 				return os.ErrDeadlineExceeded
 			}
-			// Rounded up: a wait never ends before the deadline.
-			timeout = int((left + time.Millisecond - 1) / time.Millisecond)
+		}
+		bounded := hold <= lastHold && (limit < 0 || hold < limit)
+		if bounded {
+			limit = hold
+		}
+		var ts *unix.Timespec
+		if limit >= 0 {
+			t := unix.NsecToTimespec(int64(limit))
+			ts = &t
 		}
 		p[0].Revents, p[1].Revents = 0, 0
-		_, err := unix.Poll(p[:], timeout)
+		n, err := unix.Ppoll(p[:], ts, nil)
 		if err != nil && err != unix.EINTR {
 			return err
+		}
+		if n == 0 && bounded {
+			runtime.Gosched()
+			hold *= 2
+			continue
 		}
 		if p[1].Revents != 0 {
 			// The deadline changed: clear the event once it is seen,
