@@ -59,8 +59,8 @@ type Conn struct {
 
 // deadline is one direction's deadline: when (Unix nanoseconds, 0 for
 // none) and an eventfd that is readable while waiters must look at it
-// again (set when the deadline changes, cleared when a wait finds it
-// still in the future or gone).
+// again (written when the deadline changes, read empty by the wait that
+// sees it, which then looks at the deadline).
 type deadline struct {
 	at atomic.Int64
 	ev int
