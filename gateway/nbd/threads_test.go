@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"runtime"
 	"testing"
 	"time"
 
@@ -84,4 +85,84 @@ func TestThreadPerConnCountsAndLimits(t *testing.T) {
 		}
 	}
 	waitThreadConns(0)
+}
+
+// A threaded connection whose client waits for each reply (queue depth 1)
+// parks its reads in the runtime's poller after quietRequests requests;
+// one that keeps several in flight waits on its thread again; neither
+// changes what the client reads.
+func TestThreadedConnParksAtQueueDepthOne(t *testing.T) {
+	taken := make(chan *conn, 1)
+	threadedHook = func(c *conn) { taken <- c }
+	defer func() { threadedHook = nil }()
+	ts := startServerConfig(t, map[string]device.Device{"v": mem.New(1 << 20)}, Config{ThreadPerConn: true})
+	a := dialRaw(t, ts.addr)
+	a.attach("v", false)
+	var c *conn
+	select {
+	case c = <-taken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection was not taken out of the poller")
+	}
+	// parks waits for the connection to be parked, idle at least idle
+	// times and at all at least total times.
+	parks := func(idle, total uint64) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			i, l := c.tc.Parks()
+			if c.tc.Parked() && i >= idle && i+l >= total {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("parked %v, %d times idle and %d after long waits; want parked, %d idle, %d in all", c.tc.Parked(), i, l, idle, total)
+			}
+		}
+	}
+	// Queue depth 1.
+	last := map[uint64]int{} // offset: the write that wrote it last
+	for i := range quietRequests + 8 {
+		last[uint64(i%16)*4096] = i
+		if r := a.do(cmdWrite, 0, uint64(i%16)*4096, 4096, pattern(4096, byte(i))); r.errno != 0 {
+			t.Fatalf("write %d: %v", i, r)
+		}
+	}
+	// Parked because it was quiet, not (only) because the test then
+	// stopped sending.
+	parks(1, 1)
+	i, l := c.tc.Parks()
+	// Eight reads at a time, in one send: the server takes them while
+	// others are in progress, so the connection waits on its thread
+	// (unparks); once they stop, it parks again.
+	for round := range 8 {
+		var reqs []byte
+		for i := range 8 {
+			reqs = append(reqs, encodeRequest(request{typ: cmdRead, handle: uint64(i), offset: uint64(i) * 4096, length: 4096})...)
+		}
+		a.write(reqs)
+		seen := map[uint64]bool{}
+		for range 8 {
+			r := a.recv(4096)
+			want := pattern(4096, byte(last[r.handle*4096]))
+			if r.errno != 0 || seen[r.handle] || string(r.data) != string(want) {
+				t.Fatalf("round %d: reply %d: errno %d, repeated %v, data as written %v", round, r.handle, r.errno, seen[r.handle], string(r.data) == string(want))
+			}
+			seen[r.handle] = true
+		}
+	}
+	parks(0, i+l+1)
+}
+
+// With one processor the poller serves every connection: a reader waiting
+// on its thread would hold it from the requests in progress.
+func TestThreadPerConnNotWithOneProcessor(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	ts := startServerConfig(t, map[string]device.Device{"v": mem.New(1 << 20)}, Config{ThreadPerConn: true})
+	a := dialRaw(t, ts.addr)
+	a.attach("v", false)
+	if r := a.do(cmdWrite, 0, 0, 4096, pattern(4096, 1)); r.errno != 0 {
+		t.Fatalf("write: %v", r)
+	}
+	if n := ts.srv.threadConns.Load(); n != 0 {
+		t.Fatalf("%d connections taken out of the poller with GOMAXPROCS 1", n)
+	}
 }

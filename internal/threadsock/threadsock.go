@@ -14,13 +14,16 @@
 //
 // The cost: a goroutine waiting in poll(2) keeps its thread, and its
 // processor until the runtime's monitor takes the processor back for
-// other goroutines (as in any blocking system call), so an idle
-// connection holds a thread, and a goroutine made runnable meanwhile may
-// wait for the monitor's next check (20 µs to 10 ms). Use it for busy
-// connections, and only a bounded number of them.
+// other goroutines (as in any blocking system call), so a goroutine made
+// runnable meanwhile may wait for the monitor's next check (20 µs to
+// 10 ms), and an idle connection would hold a thread: SetIdle lets the
+// reads of a connection that is idle, or whose client waits for each
+// reply, park in the poller again. Use it for busy connections, only a
+// bounded number of them, and with more than one processor.
 package threadsock
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -55,6 +58,19 @@ type Conn struct {
 	// One poll set per direction (a Read and a Write may wait at once):
 	// the socket and its deadline's event.
 	rp, wp [2]unix.PollFd
+
+	// Parking (SetIdle): idle is asked by a Read about to wait; reg,
+	// while parked, is a duplicate of the socket registered with the
+	// runtime's poller, which such Reads wait through. The reading
+	// goroutine parks and unparks; regMu guards reg against Close and
+	// SetReadDeadline.
+	idle  func() bool
+	regMu sync.Mutex
+	reg   net.Conn
+	// Reads that parked: idle said so; or they waited past their holds.
+	idleParks, longParks atomic.Uint64
+	// maxHold is lastHold (tests lower or raise it).
+	maxHold time.Duration
 }
 
 // deadline is one direction's deadline: when (Unix nanoseconds, 0 for
@@ -88,7 +104,7 @@ func Take(nc net.Conn) (*Conn, error) {
 	if derr != nil {
 		return nil, fmt.Errorf("threadsock: duplicate the socket: %w", derr)
 	}
-	c := &Conn{fd: fd, local: nc.LocalAddr(), remote: nc.RemoteAddr(), rd: deadline{ev: -1}, wr: deadline{ev: -1}}
+	c := &Conn{fd: fd, local: nc.LocalAddr(), remote: nc.RemoteAddr(), rd: deadline{ev: -1}, wr: deadline{ev: -1}, maxHold: lastHold}
 	for _, d := range []*deadline{&c.rd, &c.wr} {
 		ev, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 		if err != nil {
@@ -131,22 +147,29 @@ func (c *Conn) opError(op string, err error) error {
 
 // A wait holds its goroutine's processor for at most firstHold before it
 // lets the others run (runtime.Gosched), then twice as long, and so on up
-// to lastHold, after which it waits without a bound: a goroutine blocked in
+// to lastHold, after which it waits without a bound (or, for a read of a
+// Conn that parks, in the runtime's poller: SetIdle): a goroutine blocked in
 // a system call keeps its processor until the runtime's monitor takes it
 // back, which takes up to 10 ms when the monitor has been idle, and with
 // one processor (a gateway on one CPU) every other goroutine, among them
 // the ones whose replies the client waits for, would wait that long.
 // Waits for a busy client end within the first hold; an idle connection's
-// costs a few wake-ups before it sleeps.
+// costs a few wake-ups before it sleeps (about 13 ms of holds).
 const (
 	firstHold = 50 * time.Microsecond
 	lastHold  = 10 * time.Millisecond
 )
 
+// errPark is what a read's wait returns when its holds have passed and the
+// Conn parks its waits (SetIdle): the read then waits in the runtime's
+// poller, holding no thread.
+var errPark = errors.New("threadsock: park")
+
 // wait blocks the calling thread until fd is ready in the direction of p
-// (rp or wp), the direction's deadline passes, or the Conn is closed.
-// Called with mu held for reading.
-func (c *Conn) wait(p *[2]unix.PollFd, d *deadline) error {
+// (rp or wp), the direction's deadline passes, or the Conn is closed; with
+// park, it returns errPark once the last hold has passed instead of
+// waiting without a bound. Called with mu held for reading.
+func (c *Conn) wait(p *[2]unix.PollFd, d *deadline, park bool) error {
 	hold := firstHold
 	for {
 		if c.closed.Load() {
@@ -159,7 +182,10 @@ func (c *Conn) wait(p *[2]unix.PollFd, d *deadline) error {
 				return os.ErrDeadlineExceeded
 			}
 		}
-		bounded := hold <= lastHold && (limit < 0 || hold < limit)
+		if hold > c.maxHold && park {
+			return errPark
+		}
+		bounded := hold <= c.maxHold && (limit < 0 || hold < limit)
 		if bounded {
 			limit = hold
 		}
@@ -203,8 +229,26 @@ func (c *Conn) Read(b []byte) (int, error) {
 		}
 		n, err := unix.Read(c.fd, b)
 		switch {
+		case err == unix.EAGAIN && c.idle != nil:
+			why := &c.idleParks
+			if !c.idle() {
+				c.unpark()
+				if err := c.wait(&c.rp, &c.rd, true); err == nil {
+					continue
+				} else if err != errPark {
+					return 0, c.opError("read", err)
+				}
+				why = &c.longParks
+			}
+			if n, err, ok := c.readParked(b, why); ok {
+				return n, err
+			}
+			// Not parked: wait here.
+			if err := c.wait(&c.rp, &c.rd, false); err != nil {
+				return 0, c.opError("read", err)
+			}
 		case err == unix.EAGAIN:
-			if err := c.wait(&c.rp, &c.rd); err != nil {
+			if err := c.wait(&c.rp, &c.rd, false); err != nil {
 				return 0, c.opError("read", err)
 			}
 		case err == unix.EINTR:
@@ -233,7 +277,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 		n, err := unix.Write(c.fd, b[done:])
 		switch {
 		case err == unix.EAGAIN:
-			if err := c.wait(&c.wp, &c.wr); err != nil {
+			if err := c.wait(&c.wp, &c.wr, false); err != nil {
 				return done, c.opError("write", err)
 			}
 		case err == unix.EINTR:
@@ -257,6 +301,7 @@ func (c *Conn) Close() error {
 	unix.Shutdown(c.fd, unix.SHUT_RDWR)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.unpark()
 	c.release()
 	return nil
 }
@@ -304,6 +349,13 @@ func (c *Conn) set(d *deadline, t time.Time) error {
 		at = max(t.UnixNano(), 1)
 	}
 	d.at.Store(at)
+	if d == &c.rd {
+		c.regMu.Lock()
+		if c.reg != nil {
+			c.reg.SetReadDeadline(t)
+		}
+		c.regMu.Unlock()
+	}
 	// Wake a waiter to look at it.
 	one := [8]byte{1}
 	unix.Write(d.ev, one[:])
@@ -346,8 +398,100 @@ func (c *Conn) raw(f func(fd uintptr) bool, p *[2]unix.PollFd, d *deadline) erro
 		if f(uintptr(c.fd)) {
 			return nil
 		}
-		if err := c.wait(p, d); err != nil {
+		if err := c.wait(p, d, false); err != nil {
 			return err
 		}
+	}
+}
+
+// SetIdle makes the Conn's reads park while idle reports true: a Read
+// that finds the socket empty then waits in the runtime's poller, holding
+// neither its thread nor its processor, as a net.Conn's does; while idle
+// reports false it waits in poll(2) on its thread, and parks only once its
+// holds have passed (about 13 ms without data: the connection went idle).
+// Parking registers a duplicate of the socket with the poller, which
+// stays registered, and later reads wait through it, until a read finds
+// idle false; so idle should change its mind seldom (a few system calls
+// each time).
+//
+// Why: the poller's wake-ups are what a busy connection saves by waiting
+// on its own thread, but a client that waits for each reply before it
+// sends the next request (queue depth 1) measured faster through the
+// poller, whose idle threads look for ready sockets before they sleep;
+// and an idle connection should not hold a thread.
+//
+// idle is called by the reading goroutine only. SetIdle must be called
+// before the Conn is used.
+func (c *Conn) SetIdle(idle func() bool) { c.idle = idle }
+
+// Parked reports whether the Conn's reads wait in the runtime's poller.
+func (c *Conn) Parked() bool {
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
+	return c.reg != nil
+}
+
+// Parks reports how many times the Conn's reads have parked because idle
+// reported true, and because a read waited past its holds.
+func (c *Conn) Parks() (idle, long uint64) { return c.idleParks.Load(), c.longParks.Load() }
+
+// readParked reads b through the poller, registering the socket with it
+// first if it is not (and counting why). ok is false if it could not be registered (the
+// caller waits in poll(2) instead). Called by Read, with mu held for
+// reading.
+func (c *Conn) readParked(b []byte, why *atomic.Uint64) (n int, err error, ok bool) {
+	c.regMu.Lock()
+	reg := c.reg
+	if reg == nil {
+		var rerr error
+		if reg, rerr = c.register(); rerr != nil {
+			c.regMu.Unlock()
+			return 0, nil, false
+		}
+		c.reg = reg
+		why.Add(1)
+	}
+	c.regMu.Unlock()
+	n, err = reg.Read(b)
+	if c.closed.Load() {
+		// Close's shutdown ended the wait (EOF, or data read first).
+		return 0, c.opError("read", errClosed), true
+	}
+	if err != nil && err != io.EOF {
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			err = oe.Err
+		}
+		err = c.opError("read", err)
+	}
+	return n, err, true
+}
+
+// register returns a duplicate of the socket registered with the runtime's
+// poller, with the read deadline. Called with regMu held.
+func (c *Conn) register() (net.Conn, error) {
+	fd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "threadsock")
+	defer f.Close() // FileConn duplicates it again
+	reg, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	if at := c.rd.at.Load(); at != 0 {
+		reg.SetReadDeadline(time.Unix(0, at))
+	}
+	return reg, nil
+}
+
+// unpark takes the socket out of the poller again, if parked.
+func (c *Conn) unpark() {
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
+	if c.reg != nil {
+		c.reg.Close()
+		c.reg = nil
 	}
 }

@@ -320,3 +320,137 @@ var _ interface {
 	syscall.Conn
 	CloseWrite() error
 } = (*Conn)(nil)
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("still not %s after 5 s", what)
+		}
+	}
+}
+
+// recv returns what a readAsync read, failing after 5 s.
+func recv(t *testing.T, got <-chan []byte) []byte {
+	t.Helper()
+	select {
+	case b := <-got:
+		return b
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read still blocked after 5 s")
+		return nil
+	}
+}
+
+// readAsync reads into a fresh buffer of n bytes on another goroutine.
+func readAsync(c *Conn, n int) <-chan []byte {
+	got := make(chan []byte, 1)
+	go func() {
+		b := make([]byte, n)
+		k, err := c.Read(b)
+		if err != nil {
+			got <- []byte("error: " + err.Error())
+			return
+		}
+		got <- b[:k]
+	}()
+	return got
+}
+
+// A Conn whose idle reports true parks its reads in the runtime's poller
+// (a registered duplicate of the socket, one more descriptor) and stays
+// parked; reads still get data, deadlines and Close; Close releases the
+// duplicate.
+func TestIdleReadsPark(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			c, peer := pair(t, network)
+			c.maxHold = time.Hour // parking here is idle's doing only
+			c.SetIdle(func() bool { return true })
+			before := openFDs(t)
+			got := readAsync(c, 16)
+			waitFor(t, "parked", c.Parked)
+			if n := openFDs(t); n != before+1 {
+				t.Fatalf("%d descriptors parked, want %d (the registered duplicate)", n, before+1)
+			}
+			peer.Write([]byte("hello"))
+			if b := recv(t, got); string(b) != "hello" {
+				t.Fatalf("parked Read got %q", b)
+			}
+			if idle, long := c.Parks(); !c.Parked() || idle != 1 || long != 0 {
+				t.Fatalf("after a read while idle: parked %v, %d times idle and %d long, want parked once, idle", c.Parked(), idle, long)
+			}
+			// A deadline set while a parked read waits ends it.
+			got = readAsync(c, 16)
+			time.Sleep(10 * time.Millisecond)
+			c.SetReadDeadline(time.Now())
+			if b := recv(t, got); !bytes.Contains(b, []byte(os.ErrDeadlineExceeded.Error())) {
+				t.Fatalf("parked Read after SetReadDeadline(now): %q", b)
+			}
+			// A deadline set before parking applies too; lifted, reads
+			// work again.
+			if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("Read past the deadline: %v", err)
+			}
+			c.SetReadDeadline(time.Time{})
+			peer.Write([]byte("again"))
+			if b := recv(t, readAsync(c, 16)); string(b) != "again" {
+				t.Fatalf("Read after lifting the deadline: %q", b)
+			}
+			// Close ends a parked read with net.ErrClosed and releases
+			// both descriptors of the socket.
+			got = readAsync(c, 16)
+			time.Sleep(10 * time.Millisecond)
+			c.Close()
+			if b := recv(t, got); !bytes.Contains(b, []byte(net.ErrClosed.Error())) {
+				t.Fatalf("parked Read after Close: %q", b)
+			}
+			if n := openFDs(t); n != before-3 {
+				t.Fatalf("%d descriptors after Close, want %d (socket, duplicate and events closed)", n, before-3)
+			}
+		})
+	}
+}
+
+// A read that finds idle false unparks (the duplicate closed) and waits on
+// its thread; one that waits past its holds parks, however busy idle says
+// the connection is.
+func TestBusyReadsUnparkAndLongWaitsPark(t *testing.T) {
+	c, peer := pair(t, "tcp")
+	var mu sync.Mutex
+	busy := false
+	c.SetIdle(func() bool { mu.Lock(); defer mu.Unlock(); return !busy })
+	c.maxHold = time.Hour
+	before := openFDs(t)
+	got := readAsync(c, 16)
+	waitFor(t, "parked", c.Parked)
+	peer.Write([]byte("a"))
+	recv(t, got)
+	mu.Lock()
+	busy = true
+	mu.Unlock()
+	got = readAsync(c, 16)
+	waitFor(t, "unparked", func() bool { return !c.Parked() })
+	if n := openFDs(t); n != before {
+		t.Fatalf("%d descriptors unparked, want %d", n, before)
+	}
+	peer.Write([]byte("b"))
+	if b := recv(t, got); string(b) != "b" {
+		t.Fatalf("busy Read got %q", b)
+	}
+	if c.Parked() {
+		t.Fatal("parked after a busy read")
+	}
+	// Holds short enough to pass: the wait parks.
+	c.maxHold = time.Millisecond
+	got = readAsync(c, 16)
+	waitFor(t, "parked after the holds", c.Parked)
+	peer.Write([]byte("c"))
+	if b := recv(t, got); string(b) != "c" {
+		t.Fatalf("Read parked after its holds got %q", b)
+	}
+	if idle, long := c.Parks(); idle != 1 || long != 1 {
+		t.Fatalf("parked %d times idle and %d long, want 1 and 1", idle, long)
+	}
+}
