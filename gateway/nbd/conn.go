@@ -90,10 +90,12 @@ type conn struct {
 	// is threaded (countActive, set before the workers start).
 	active      atomic.Int32
 	countActive bool
-	// With the turn, when threaded: how many requests were taken, and
-	// the count when one was last taken while another was in progress
-	// (its client keeps more than one in flight). See quiet.
+	// With the turn, when threaded: how many requests were taken, the
+	// count when one was last taken while another was in progress (its
+	// client keeps more than one in flight), and whether the runtime had
+	// one processor (GOMAXPROCS) when last asked. See parkReads.
 	taken, overlapAt uint64
+	oneProc          bool
 
 	turn     chan struct{}           // holds the reading turn while no worker has it
 	inflight sync.WaitGroup          // batch remainders and large reads running on their own goroutines
@@ -197,12 +199,7 @@ func (c *conn) Close() {
 // goroutine of the connection uses the socket. It returns the function
 // that gives the room back.
 func (c *conn) takeSocket() (release func()) {
-	// With one processor, a reader waiting in poll(2) holds it, and the
-	// replies of the requests running meanwhile wait for it (pinned to
-	// one CPU, 1M QD8 writes swung from 0.6x to 1.2x of the poller's
-	// rate): there the poller serves (the runtime follows the CPUs the
-	// process may use, within a second of a change).
-	if !c.s.cfg.ThreadPerConn || c.rw != c.nc || runtime.GOMAXPROCS(0) < 2 {
+	if !c.s.cfg.ThreadPerConn || c.rw != c.nc {
 		return func() {}
 	}
 	if c.s.threadConns.Add(1) > int32(c.s.cfg.MaxThreadConns) {
@@ -222,7 +219,8 @@ func (c *conn) takeSocket() (release func()) {
 		c.log.Warn("serving the connection through the runtime's poller", "err", err)
 		return free
 	}
-	tc.SetIdle(c.quiet)
+	c.oneProc = runtime.GOMAXPROCS(0) < 2
+	tc.SetPark(c.parkReads)
 	c.nc, c.rw, c.src.r = tc, tc, tc
 	c.threaded = true
 	c.countActive = true
@@ -242,19 +240,32 @@ func (c *conn) takeSocket() (release func()) {
 var threadedHook func(*conn)
 
 // quietRequests is how many requests in a row a threaded connection
-// takes with no other in progress before its reads wait in the runtime's
-// poller again (quiet).
+// takes with no other in progress before it counts as quiet (parkReads).
 const quietRequests = 64
 
-// quiet reports whether the connection's client has sent each of the last
-// quietRequests requests only after the reply to the one before (queue
-// depth 1), or nothing at all: then its reads wait for the socket in the
-// runtime's poller (threadsock.Conn.SetIdle), which answered such clients
-// sooner (4k QD1 requests 0.73–0.90x of the poller's rate waiting on
-// their own thread, with the client on the same CPUs), and an idle
-// connection holds no thread. Called by the holder of the turn, reading.
-func (c *conn) quiet() bool {
-	return c.taken-c.overlapAt > quietRequests
+// parkReads reports whether a threaded connection's reads wait for the
+// socket in the runtime's poller (threadsock.Conn.SetPark), rather than in
+// ppoll(2) on their own thread. The connection is quiet when its client
+// sent each of its last quietRequests requests only after the reply to the
+// one before (queue depth 1). Then:
+//   - with two processors or more, quiet reads park: with the client on
+//     the gateway's CPUs, 4k QD1 requests measured 0.73-0.90x of the
+//     poller's rate waiting on their own thread (the runtime's idle
+//     threads look at the poller before they sleep), and busy ones do
+//     not (the poller's wake-ups of the client's CPU are what they save);
+//   - with one processor (a gateway on one CPU; the runtime follows the
+//     CPUs it may use within a second), the other way round: a busy
+//     reader waiting in ppoll(2) holds the only processor from the
+//     requests in progress, whose replies the client waits for (pinned 1M
+//     QD8 writes swung from 0.6x to 1.2x of the poller's rate), while a
+//     quiet one has nothing to hold up and is woken straight by the
+//     socket (pinned 4k QD1 reads 1.10-1.21x of the poller's rate).
+//
+// A read that waits past its holds parks either way (an idle connection
+// holds no thread). Called by the holder of the turn, reading.
+func (c *conn) parkReads() bool {
+	quiet := c.taken-c.overlapAt > quietRequests
+	return quiet != c.oneProc
 }
 
 // Serve runs the connection to its end.
@@ -698,6 +709,9 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 			c.overlapAt = c.taken
 		}
 		c.taken++
+		if c.threaded && c.taken%quietRequests == 0 {
+			c.oneProc = runtime.GOMAXPROCS(0) < 2
+		}
 	}
 	return req, buf, ok
 }

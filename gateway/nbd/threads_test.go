@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,8 +93,33 @@ func TestThreadPerConnCountsAndLimits(t *testing.T) {
 // one that keeps several in flight waits on its thread again; neither
 // changes what the client reads.
 func TestThreadedConnParksAtQueueDepthOne(t *testing.T) {
+	testParking(t, true)
+}
+
+// With one processor, the other way round: a quiet connection waits on its
+// thread, a busy one parks.
+func TestThreadedConnWithOneProcessorParksWhenBusy(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	testParking(t, false)
+}
+
+// testParking runs a connection at queue depth 1, then at 8, and checks
+// what its reads decide when they find the socket empty at the end of
+// each: park when quiet and wait on the thread when busy (quietParks), or
+// the other way round.
+func testParking(t *testing.T, quietParks bool) {
 	taken := make(chan *conn, 1)
-	threadedHook = func(c *conn) { taken <- c }
+	var last atomic.Int32 // the last decision: 1 park, 2 wait on the thread
+	var decisions atomic.Int64
+	threadedHook = func(c *conn) {
+		c.tc.SetPark(func() bool {
+			park := c.parkReads()
+			last.Store(map[bool]int32{true: 1, false: 2}[park])
+			decisions.Add(1)
+			return park
+		})
+		taken <- c
+	}
 	defer func() { threadedHook = nil }()
 	ts := startServerConfig(t, map[string]device.Device{"v": mem.New(1 << 20)}, Config{ThreadPerConn: true})
 	a := dialRaw(t, ts.addr)
@@ -104,35 +130,31 @@ func TestThreadedConnParksAtQueueDepthOne(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the connection was not taken out of the poller")
 	}
-	// parks waits for the connection to be parked, idle at least idle
-	// times and at all at least total times.
-	parks := func(idle, total uint64) {
+	// decided waits for the connection's reads to decide park (or not)
+	// once the client has stopped sending.
+	decided := func(phase string, park bool) {
 		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-			i, l := c.tc.Parks()
-			if c.tc.Parked() && i >= idle && i+l >= total {
-				return
-			}
+		want := map[bool]int32{true: 1, false: 2}[park]
+		for deadline := time.Now().Add(5 * time.Second); last.Load() != want; time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
-				t.Fatalf("parked %v, %d times idle and %d after long waits; want parked, %d idle, %d in all", c.tc.Parked(), i, l, idle, total)
+				t.Fatalf("%s: reads decided park=%v last (%d decisions), want park=%v", phase, last.Load() == 1, decisions.Load(), park)
 			}
 		}
 	}
 	// Queue depth 1.
-	last := map[uint64]int{} // offset: the write that wrote it last
+	written := map[uint64]int{} // offset: the write that wrote it last
 	for i := range quietRequests + 8 {
-		last[uint64(i%16)*4096] = i
+		written[uint64(i%16)*4096] = i
 		if r := a.do(cmdWrite, 0, uint64(i%16)*4096, 4096, pattern(4096, byte(i))); r.errno != 0 {
 			t.Fatalf("write %d: %v", i, r)
 		}
 	}
-	// Parked because it was quiet, not (only) because the test then
-	// stopped sending.
-	parks(1, 1)
-	i, l := c.tc.Parks()
+	decided("queue depth 1", quietParks)
+	if asked, _ := c.tc.Parks(); quietParks && (!c.tc.Parked() || asked == 0) {
+		t.Fatalf("quiet: parked %v, %d times asked; want parked", c.tc.Parked(), asked)
+	}
 	// Eight reads at a time, in one send: the server takes them while
-	// others are in progress, so the connection waits on its thread
-	// (unparks); once they stop, it parks again.
+	// others are in progress.
 	for round := range 8 {
 		var reqs []byte
 		for i := range 8 {
@@ -142,27 +164,12 @@ func TestThreadedConnParksAtQueueDepthOne(t *testing.T) {
 		seen := map[uint64]bool{}
 		for range 8 {
 			r := a.recv(4096)
-			want := pattern(4096, byte(last[r.handle*4096]))
+			want := pattern(4096, byte(written[r.handle*4096]))
 			if r.errno != 0 || seen[r.handle] || string(r.data) != string(want) {
 				t.Fatalf("round %d: reply %d: errno %d, repeated %v, data as written %v", round, r.handle, r.errno, seen[r.handle], string(r.data) == string(want))
 			}
 			seen[r.handle] = true
 		}
 	}
-	parks(0, i+l+1)
-}
-
-// With one processor the poller serves every connection: a reader waiting
-// on its thread would hold it from the requests in progress.
-func TestThreadPerConnNotWithOneProcessor(t *testing.T) {
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	ts := startServerConfig(t, map[string]device.Device{"v": mem.New(1 << 20)}, Config{ThreadPerConn: true})
-	a := dialRaw(t, ts.addr)
-	a.attach("v", false)
-	if r := a.do(cmdWrite, 0, 0, 4096, pattern(4096, 1)); r.errno != 0 {
-		t.Fatalf("write: %v", r)
-	}
-	if n := ts.srv.threadConns.Load(); n != 0 {
-		t.Fatalf("%d connections taken out of the poller with GOMAXPROCS 1", n)
-	}
+	decided("queue depth 8", !quietParks)
 }

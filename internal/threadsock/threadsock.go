@@ -16,9 +16,9 @@
 // processor until the runtime's monitor takes the processor back for
 // other goroutines (as in any blocking system call), so a goroutine made
 // runnable meanwhile may wait for the monitor's next check (20 µs to
-// 10 ms), and an idle connection would hold a thread: SetIdle lets the
-// reads of a connection that is idle, or whose client waits for each
-// reply, park in the poller again. Use it for busy connections, only a
+// 10 ms), and an idle connection would hold a thread: SetPark lets the
+// reads of a connection park in the poller again when its caller says so
+// (a client that waits for each reply), and when it is idle. Use it for busy connections, only a
 // bounded number of them, and with more than one processor.
 package threadsock
 
@@ -59,16 +59,16 @@ type Conn struct {
 	// the socket and its deadline's event.
 	rp, wp [2]unix.PollFd
 
-	// Parking (SetIdle): idle is asked by a Read about to wait; reg,
+	// Parking (SetPark): park is asked by a Read about to wait; reg,
 	// while parked, is a duplicate of the socket registered with the
 	// runtime's poller, which such Reads wait through. The reading
 	// goroutine parks and unparks; regMu guards reg against Close and
 	// SetReadDeadline.
-	idle  func() bool
+	park  func() bool
 	regMu sync.Mutex
 	reg   net.Conn
-	// Reads that parked: idle said so; or they waited past their holds.
-	idleParks, longParks atomic.Uint64
+	// Reads that parked: park said so; or they waited past their holds.
+	askedParks, longParks atomic.Uint64
 	// maxHold is lastHold (tests lower or raise it).
 	maxHold time.Duration
 }
@@ -148,7 +148,7 @@ func (c *Conn) opError(op string, err error) error {
 // A wait holds its goroutine's processor for at most firstHold before it
 // lets the others run (runtime.Gosched), then twice as long, and so on up
 // to lastHold, after which it waits without a bound (or, for a read of a
-// Conn that parks, in the runtime's poller: SetIdle): a goroutine blocked in
+// Conn that parks, in the runtime's poller: SetPark): a goroutine blocked in
 // a system call keeps its processor until the runtime's monitor takes it
 // back, which takes up to 10 ms when the monitor has been idle, and with
 // one processor (a gateway on one CPU) every other goroutine, among them
@@ -161,7 +161,7 @@ const (
 )
 
 // errPark is what a read's wait returns when its holds have passed and the
-// Conn parks its waits (SetIdle): the read then waits in the runtime's
+// Conn parks its waits (SetPark): the read then waits in the runtime's
 // poller, holding no thread.
 var errPark = errors.New("threadsock: park")
 
@@ -229,9 +229,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 		}
 		n, err := unix.Read(c.fd, b)
 		switch {
-		case err == unix.EAGAIN && c.idle != nil:
-			why := &c.idleParks
-			if !c.idle() {
+		case err == unix.EAGAIN && c.park != nil:
+			why := &c.askedParks
+			if !c.park() {
 				c.unpark()
 				if err := c.wait(&c.rp, &c.rd, true); err == nil {
 					continue
@@ -404,25 +404,24 @@ func (c *Conn) raw(f func(fd uintptr) bool, p *[2]unix.PollFd, d *deadline) erro
 	}
 }
 
-// SetIdle makes the Conn's reads park while idle reports true: a Read
+// SetPark makes the Conn's reads park while park reports true: a Read
 // that finds the socket empty then waits in the runtime's poller, holding
-// neither its thread nor its processor, as a net.Conn's does; while idle
+// neither its thread nor its processor, as a net.Conn's does; while park
 // reports false it waits in poll(2) on its thread, and parks only once its
 // holds have passed (about 13 ms without data: the connection went idle).
 // Parking registers a duplicate of the socket with the poller, which
 // stays registered, and later reads wait through it, until a read finds
-// idle false; so idle should change its mind seldom (a few system calls
+// park false; so park should change its mind seldom (a few system calls
 // each time).
 //
 // Why: the poller's wake-ups are what a busy connection saves by waiting
-// on its own thread, but a client that waits for each reply before it
-// sends the next request (queue depth 1) measured faster through the
-// poller, whose idle threads look for ready sockets before they sleep;
-// and an idle connection should not hold a thread.
+// on its own thread, but some clients are served sooner through the
+// poller (the caller knows which: gateway/nbd's conn.parkReads), and an
+// idle connection should not hold a thread.
 //
-// idle is called by the reading goroutine only. SetIdle must be called
+// park is called by the reading goroutine only. SetPark must be called
 // before the Conn is used.
-func (c *Conn) SetIdle(idle func() bool) { c.idle = idle }
+func (c *Conn) SetPark(park func() bool) { c.park = park }
 
 // Parked reports whether the Conn's reads wait in the runtime's poller.
 func (c *Conn) Parked() bool {
@@ -431,9 +430,9 @@ func (c *Conn) Parked() bool {
 	return c.reg != nil
 }
 
-// Parks reports how many times the Conn's reads have parked because idle
+// Parks reports how many times the Conn's reads have parked because park
 // reported true, and because a read waited past its holds.
-func (c *Conn) Parks() (idle, long uint64) { return c.idleParks.Load(), c.longParks.Load() }
+func (c *Conn) Parks() (asked, long uint64) { return c.askedParks.Load(), c.longParks.Load() }
 
 // readParked reads b through the poller, registering the socket with it
 // first if it is not (and counting why). ok is false if it could not be registered (the

@@ -358,7 +358,7 @@ func readAsync(c *Conn, n int) <-chan []byte {
 	return got
 }
 
-// A Conn whose idle reports true parks its reads in the runtime's poller
+// A Conn whose park reports true parks its reads in the runtime's poller
 // (a registered duplicate of the socket, one more descriptor) and stays
 // parked; reads still get data, deadlines and Close; Close releases the
 // duplicate.
@@ -366,8 +366,8 @@ func TestIdleReadsPark(t *testing.T) {
 	for _, network := range []string{"tcp", "unix"} {
 		t.Run(network, func(t *testing.T) {
 			c, peer := pair(t, network)
-			c.maxHold = time.Hour // parking here is idle's doing only
-			c.SetIdle(func() bool { return true })
+			c.maxHold = time.Hour // parking here is park's doing only
+			c.SetPark(func() bool { return true })
 			before := openFDs(t)
 			got := readAsync(c, 16)
 			waitFor(t, "parked", c.Parked)
@@ -378,8 +378,8 @@ func TestIdleReadsPark(t *testing.T) {
 			if b := recv(t, got); string(b) != "hello" {
 				t.Fatalf("parked Read got %q", b)
 			}
-			if idle, long := c.Parks(); !c.Parked() || idle != 1 || long != 0 {
-				t.Fatalf("after a read while idle: parked %v, %d times idle and %d long, want parked once, idle", c.Parked(), idle, long)
+			if asked, long := c.Parks(); !c.Parked() || asked != 1 || long != 0 {
+				t.Fatalf("after a read asked to park: parked %v, %d times asked and %d long, want parked once, asked", c.Parked(), asked, long)
 			}
 			// A deadline set while a parked read waits ends it.
 			got = readAsync(c, 16)
@@ -413,14 +413,13 @@ func TestIdleReadsPark(t *testing.T) {
 	}
 }
 
-// A read that finds idle false unparks (the duplicate closed) and waits on
-// its thread; one that waits past its holds parks, however busy idle says
-// the connection is.
+// A read that finds park false unparks (the duplicate closed) and waits on
+// its thread; one that waits past its holds parks all the same.
 func TestBusyReadsUnparkAndLongWaitsPark(t *testing.T) {
 	c, peer := pair(t, "tcp")
 	var mu sync.Mutex
 	busy := false
-	c.SetIdle(func() bool { mu.Lock(); defer mu.Unlock(); return !busy })
+	c.SetPark(func() bool { mu.Lock(); defer mu.Unlock(); return !busy })
 	c.maxHold = time.Hour
 	before := openFDs(t)
 	got := readAsync(c, 16)
@@ -450,7 +449,7 @@ func TestBusyReadsUnparkAndLongWaitsPark(t *testing.T) {
 	if b := recv(t, got); string(b) != "c" {
 		t.Fatalf("Read parked after its holds got %q", b)
 	}
-	if idle, long := c.Parks(); idle != 1 || long != 1 {
-		t.Fatalf("parked %d times idle and %d long, want 1 and 1", idle, long)
+	if asked, long := c.Parks(); asked != 1 || long != 1 {
+		t.Fatalf("parked %d times asked and %d long, want 1 and 1", asked, long)
 	}
 }
