@@ -220,7 +220,7 @@ func (c *conn) takeSocket() (release func()) {
 		return free
 	}
 	c.oneProc = runtime.GOMAXPROCS(0) < 2
-	tc.SetPark(c.parkReads)
+	tc.SetPark(c.parkReads, &c.s.waiters)
 	c.nc, c.rw, c.src.r = tc, tc, tc
 	c.threaded = true
 	c.countActive = true

@@ -21,6 +21,7 @@ import (
 
 	"github.com/ferry-io/ferry/gateway/internal/acceptor"
 	"github.com/ferry-io/ferry/gateway/volume"
+	"github.com/ferry-io/ferry/internal/threadsock"
 	"github.com/ferry-io/ferry/internal/tlspsk"
 )
 
@@ -80,14 +81,15 @@ type Config struct {
 	Poll time.Duration
 	// ThreadPerConn serves each plain connection (TCP or Unix, not TLS),
 	// up to MaxThreadConns at once, outside the Go runtime's network
-	// poller once it is attached (internal/threadsock): its reader waits
-	// for the client in ppoll(2) on its own thread, as nbdkit's does in
-	// recv(2), and the socket's arrivals wake no other thread. With the
-	// client on the gateway's CPUs, 1M QD8 writes measured 1.13-1.86x of
-	// the default; 4k QD1 requests there 0.73-0.90x (still above
-	// nbdkit), and with the gateway on one CPU of its own 1M writes
-	// spread from 0.62x to 1.22x (docs/NBD.md, "A thread per
-	// connection"). Off by default.
+	// poller once it is attached (internal/threadsock): while its client
+	// keeps requests in flight, its reader waits for the client in
+	// ppoll(2) on its own thread, as nbdkit's does in recv(2), and the
+	// socket's arrivals wake no other thread; while the client waits for
+	// each reply, or sends nothing, its reads park in the poller again
+	// (with one processor, the other way round: conn.parkReads). With the
+	// client on the gateway's CPUs, 1M QD8 writes measured 1.14-1.27x of
+	// the poller's rate, other workloads level (docs/NBD.md, "A thread
+	// per connection"). ferry serve turns it on by default.
 	ThreadPerConn bool
 	// MaxThreadConns bounds the connections ThreadPerConn serves at once
 	// (each holds a thread while it waits); the rest use the poller.
@@ -120,6 +122,10 @@ type Server struct {
 	// threadConns counts the connections served outside the runtime's
 	// poller (Config.ThreadPerConn).
 	threadConns atomic.Int32
+	// waiters bounds the threaded connections whose reads wait on their
+	// threads at once (one fewer than the processors, at least one);
+	// the others' reads park in the poller (threadsock.Waiters).
+	waiters threadsock.Waiters
 }
 
 // NewServer returns a server for exports.

@@ -117,7 +117,7 @@ func testParking(t *testing.T, quietParks bool) {
 			last.Store(map[bool]int32{true: 1, false: 2}[park])
 			decisions.Add(1)
 			return park
-		})
+		}, &c.s.waiters)
 		taken <- c
 	}
 	defer func() { threadedHook = nil }()
@@ -150,8 +150,8 @@ func testParking(t *testing.T, quietParks bool) {
 		}
 	}
 	decided("queue depth 1", quietParks)
-	if asked, _ := c.tc.Parks(); quietParks && (!c.tc.Parked() || asked == 0) {
-		t.Fatalf("quiet: parked %v, %d times asked; want parked", c.tc.Parked(), asked)
+	if p := c.tc.Parks(); quietParks && (!c.tc.Parked() || p.Asked == 0) {
+		t.Fatalf("quiet: parked %v, %+v; want parked, asked", c.tc.Parked(), p)
 	}
 	// Eight reads at a time, in one send: the server takes them while
 	// others are in progress.

@@ -67,8 +67,14 @@ type Conn struct {
 	park  func() bool
 	regMu sync.Mutex
 	reg   net.Conn
-	// Reads that parked: park said so; or they waited past their holds.
-	askedParks, longParks atomic.Uint64
+	// Reads that parked: park said so; no waiter's place was free; or
+	// they waited past their holds.
+	askedParks, crowdedParks, longParks atomic.Uint64
+	// waiters bounds the Conns waiting on their threads (SetPark);
+	// placed: this one has a place (the reading goroutine's, and
+	// Close's once reads are done).
+	waiters *Waiters
+	placed  bool
 	// maxHold is lastHold (tests lower or raise it).
 	maxHold time.Duration
 }
@@ -232,14 +238,19 @@ func (c *Conn) Read(b []byte) (int, error) {
 		case err == unix.EAGAIN && c.park != nil:
 			why := &c.askedParks
 			if !c.park() {
-				c.unpark()
-				if err := c.wait(&c.rp, &c.rd, true); err == nil {
-					continue
-				} else if err != errPark {
-					return 0, c.opError("read", err)
+				if c.place() {
+					c.unpark()
+					if err := c.wait(&c.rp, &c.rd, true); err == nil {
+						continue
+					} else if err != errPark {
+						return 0, c.opError("read", err)
+					}
+					why = &c.longParks
+				} else {
+					why = &c.crowdedParks
 				}
-				why = &c.longParks
 			}
+			c.unplace()
 			if n, err, ok := c.readParked(b, why); ok {
 				return n, err
 			}
@@ -302,6 +313,7 @@ func (c *Conn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.unpark()
+	c.unplace()
 	c.release()
 	return nil
 }
@@ -404,6 +416,52 @@ func (c *Conn) raw(f func(fd uintptr) bool, p *[2]unix.PollFd, d *deadline) erro
 	}
 }
 
+// Waiters bounds how many Conns' reads wait on their threads at once
+// (SetPark): each such wait may keep its processor (GOMAXPROCS) until the
+// runtime's monitor takes it back, and with as many waits as processors
+// a goroutine made runnable, a reply for a client, would wait for that.
+// A Conn takes a place when a read is about to wait on its thread and
+// gives it back when it parks or closes; a read that finds none free
+// parks. The zero Waiters allows one fewer than GOMAXPROCS, at least one.
+type Waiters struct {
+	// Max, when positive, is the bound instead.
+	Max int
+	n   atomic.Int32
+}
+
+// Waiting reports how many places are taken.
+func (w *Waiters) Waiting() int { return int(w.n.Load()) }
+
+func (w *Waiters) take() bool {
+	limit := int32(w.Max)
+	if limit <= 0 {
+		limit = int32(max(1, runtime.GOMAXPROCS(0)-1))
+	}
+	if w.n.Add(1) > limit {
+		w.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+// place reports whether the Conn may wait on its thread: it has a place,
+// or took one. Called by the reading goroutine.
+func (c *Conn) place() bool {
+	if c.placed || c.waiters == nil {
+		return true
+	}
+	c.placed = c.waiters.take()
+	return c.placed
+}
+
+// unplace gives the Conn's place back, if it has one.
+func (c *Conn) unplace() {
+	if c.placed {
+		c.placed = false
+		c.waiters.n.Add(-1)
+	}
+}
+
 // SetPark makes the Conn's reads park while park reports true: a Read
 // that finds the socket empty then waits in the runtime's poller, holding
 // neither its thread nor its processor, as a net.Conn's does; while park
@@ -419,9 +477,12 @@ func (c *Conn) raw(f func(fd uintptr) bool, p *[2]unix.PollFd, d *deadline) erro
 // poller (the caller knows which: gateway/nbd's conn.parkReads), and an
 // idle connection should not hold a thread.
 //
+// The reads that would wait on their thread are bounded by w (nil: not
+// bounded): one that finds no place free parks.
+//
 // park is called by the reading goroutine only. SetPark must be called
 // before the Conn is used.
-func (c *Conn) SetPark(park func() bool) { c.park = park }
+func (c *Conn) SetPark(park func() bool, w *Waiters) { c.park, c.waiters = park, w }
 
 // Parked reports whether the Conn's reads wait in the runtime's poller.
 func (c *Conn) Parked() bool {
@@ -430,9 +491,17 @@ func (c *Conn) Parked() bool {
 	return c.reg != nil
 }
 
-// Parks reports how many times the Conn's reads have parked because park
-// reported true, and because a read waited past its holds.
-func (c *Conn) Parks() (asked, long uint64) { return c.askedParks.Load(), c.longParks.Load() }
+// Parks counts the times a Conn's reads parked, by cause.
+type Parks struct {
+	Asked   uint64 // park reported true
+	Crowded uint64 // no waiter's place was free
+	Long    uint64 // a read waited past its holds
+}
+
+// Parks reports how many times the Conn's reads have parked, by cause.
+func (c *Conn) Parks() Parks {
+	return Parks{Asked: c.askedParks.Load(), Crowded: c.crowdedParks.Load(), Long: c.longParks.Load()}
+}
 
 // readParked reads b through the poller, registering the socket with it
 // first if it is not (and counting why). ok is false if it could not be registered (the

@@ -367,7 +367,7 @@ func TestIdleReadsPark(t *testing.T) {
 		t.Run(network, func(t *testing.T) {
 			c, peer := pair(t, network)
 			c.maxHold = time.Hour // parking here is park's doing only
-			c.SetPark(func() bool { return true })
+			c.SetPark(func() bool { return true }, nil)
 			before := openFDs(t)
 			got := readAsync(c, 16)
 			waitFor(t, "parked", c.Parked)
@@ -378,8 +378,8 @@ func TestIdleReadsPark(t *testing.T) {
 			if b := recv(t, got); string(b) != "hello" {
 				t.Fatalf("parked Read got %q", b)
 			}
-			if asked, long := c.Parks(); !c.Parked() || asked != 1 || long != 0 {
-				t.Fatalf("after a read asked to park: parked %v, %d times asked and %d long, want parked once, asked", c.Parked(), asked, long)
+			if p := c.Parks(); !c.Parked() || p != (Parks{Asked: 1}) {
+				t.Fatalf("after a read asked to park: parked %v, %+v, want parked once, asked", c.Parked(), p)
 			}
 			// A deadline set while a parked read waits ends it.
 			got = readAsync(c, 16)
@@ -419,7 +419,7 @@ func TestBusyReadsUnparkAndLongWaitsPark(t *testing.T) {
 	c, peer := pair(t, "tcp")
 	var mu sync.Mutex
 	busy := false
-	c.SetPark(func() bool { mu.Lock(); defer mu.Unlock(); return !busy })
+	c.SetPark(func() bool { mu.Lock(); defer mu.Unlock(); return !busy }, nil)
 	c.maxHold = time.Hour
 	before := openFDs(t)
 	got := readAsync(c, 16)
@@ -449,7 +449,49 @@ func TestBusyReadsUnparkAndLongWaitsPark(t *testing.T) {
 	if b := recv(t, got); string(b) != "c" {
 		t.Fatalf("Read parked after its holds got %q", b)
 	}
-	if asked, long := c.Parks(); asked != 1 || long != 1 {
-		t.Fatalf("parked %d times asked and %d long, want 1 and 1", asked, long)
+	if p := c.Parks(); p != (Parks{Asked: 1, Long: 1}) {
+		t.Fatalf("parked %+v, want once asked and once long", p)
+	}
+}
+
+// Waiters bounds the Conns whose reads wait on their threads: with one
+// place, a second busy Conn's read parks (crowded) and takes the place
+// once the first gives it back (by closing).
+func TestWaitersBoundThreadWaits(t *testing.T) {
+	w := &Waiters{Max: 1}
+	a, peerA := pair(t, "tcp")
+	b, peerB := pair(t, "tcp")
+	for _, c := range []*Conn{a, b} {
+		c.maxHold = time.Hour
+		c.SetPark(func() bool { return false }, w)
+	}
+	gotA := readAsync(a, 16)
+	waitFor(t, "one place taken", func() bool { return w.Waiting() == 1 })
+	gotB := readAsync(b, 16)
+	waitFor(t, "B parked", b.Parked)
+	if p := b.Parks(); p != (Parks{Crowded: 1}) || a.Parked() || w.Waiting() != 1 {
+		t.Fatalf("B parked %+v, A parked %v, %d places taken; want B crowded out once, A on its thread, 1 place", p, a.Parked(), w.Waiting())
+	}
+	peerA.Write([]byte("a"))
+	peerB.Write([]byte("b"))
+	if x, y := recv(t, gotA), recv(t, gotB); string(x) != "a" || string(y) != "b" {
+		t.Fatalf("reads got %q and %q", x, y)
+	}
+	a.Close()
+	if w.Waiting() != 0 {
+		t.Fatalf("%d places taken after A closed", w.Waiting())
+	}
+	gotB = readAsync(b, 16)
+	waitFor(t, "B unparked", func() bool { return !b.Parked() })
+	if w.Waiting() != 1 {
+		t.Fatalf("%d places taken with B on its thread", w.Waiting())
+	}
+	peerB.Write([]byte("c"))
+	if y := recv(t, gotB); string(y) != "c" {
+		t.Fatalf("B read %q", y)
+	}
+	b.Close()
+	if w.Waiting() != 0 {
+		t.Fatalf("%d places taken after both closed", w.Waiting())
 	}
 }
