@@ -101,10 +101,11 @@ func TestKill9UnderFlushingFioLoad(t *testing.T) {
 	kill9UnderFlushingFioLoad(t, crashCycles(t, 20))
 }
 
-// TestKill9ThreadPerConnection is the same with every connection served
-// by a thread of its own, outside the runtime's poller.
-func TestKill9ThreadPerConnection(t *testing.T) {
-	kill9UnderFlushingFioLoad(t, crashCycles(t, 5), "--nbd-thread-per-connection")
+// TestKill9PollerConnections is the same with every connection served
+// through the runtime's poller (the default serves busy connections from
+// a thread of their own).
+func TestKill9PollerConnections(t *testing.T) {
+	kill9UnderFlushingFioLoad(t, crashCycles(t, 5), "--nbd-thread-per-connection=false")
 }
 
 // kill9UnderFlushingFioLoad runs cycles kill -9 cycles against a gateway

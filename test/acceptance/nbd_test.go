@@ -167,11 +167,11 @@ func TestFioVerifyTwoConnections(t *testing.T) {
 }
 
 // TestNBDThreadPerConnectionWithRealClients: with
-// --nbd-thread-per-connection, fio over two connections at once (random
-// writes of 4 KiB to 1 MiB, then a verify), qemu-io and nbdcopy are
-// served by connections outside the runtime's poller
-// (ferry_nbd_thread_connections counts them while they run), and the
-// data reads back.
+// --nbd-thread-per-connection (the default, named here), fio over two
+// connections at once (random writes of 4 KiB to 1 MiB, then a verify),
+// qemu-io and nbdcopy are served by connections outside the runtime's
+// poller (ferry_nbd_thread_connections counts them while they run), and
+// the data reads back.
 func TestNBDThreadPerConnectionWithRealClients(t *testing.T) {
 	fio := testutil.RequireTool(t, "fio")
 	nbdcopy := testutil.RequireTool(t, "nbdcopy")
