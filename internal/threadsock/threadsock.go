@@ -16,10 +16,10 @@
 // processor until the runtime's monitor takes the processor back for
 // other goroutines (as in any blocking system call), so a goroutine made
 // runnable meanwhile may wait for the monitor's next check (20 µs to
-// 10 ms), and an idle connection would hold a thread: SetPark lets the
-// reads of a connection park in the poller again when its caller says so
-// (a client that waits for each reply), and when it is idle. Use it for busy connections, only a
-// bounded number of them, and with more than one processor.
+// 10 ms), and an idle connection would hold a thread. SetPark lets a
+// Conn's reads wait in the poller again when its owner says so (gateway/nbd:
+// a client that waits for each reply) and when it is idle, and bounds how
+// many Conns wait on their threads at once (Waiters).
 package threadsock
 
 import (
