@@ -109,7 +109,6 @@ type conn struct {
 	// replies wait for it (pinned 1M QD8 reads 0.77-0.81x of running
 	// them like other large requests).
 	threaded  bool
-	tc        *threadsock.Conn // the socket, when threaded
 	exec      executors
 	slowReads atomic.Bool // the last dispatched read's device read took more than slowRead
 	// slowWrites: the last spliced write took more than slowWrite, so
@@ -224,9 +223,8 @@ func (c *conn) takeSocket() (release func()) {
 	c.nc, c.rw, c.src.r = tc, tc, tc
 	c.threaded = true
 	c.countActive = true
-	c.tc = tc
 	if threadedHook != nil {
-		threadedHook(c)
+		threadedHook(c, tc)
 	}
 	c.s.m.threadConns.Inc()
 	return func() {
@@ -236,8 +234,8 @@ func (c *conn) takeSocket() (release func()) {
 }
 
 // threadedHook, when set (tests), is called with each connection
-// takeSocket takes out of the poller.
-var threadedHook func(*conn)
+// takeSocket takes out of the poller, and its socket.
+var threadedHook func(*conn, *threadsock.Conn)
 
 // quietRequests is how many requests in a row a threaded connection
 // takes with no other in progress before it counts as quiet (parkReads).

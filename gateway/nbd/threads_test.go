@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferry-io/ferry/backends/device"
 	"github.com/ferry-io/ferry/backends/mem"
+	"github.com/ferry-io/ferry/internal/threadsock"
 )
 
 // The tests that serve plain connections, again with each connection
@@ -108,25 +109,30 @@ func TestThreadedConnWithOneProcessorParksWhenBusy(t *testing.T) {
 // each: park when quiet and wait on the thread when busy (quietParks), or
 // the other way round.
 func testParking(t *testing.T, quietParks bool) {
-	taken := make(chan *conn, 1)
+	type takenConn struct {
+		c  *conn
+		tc *threadsock.Conn
+	}
+	taken := make(chan takenConn, 1)
 	var last atomic.Int32 // the last decision: 1 park, 2 wait on the thread
 	var decisions atomic.Int64
-	threadedHook = func(c *conn) {
-		c.tc.SetPark(func() bool {
+	threadedHook = func(c *conn, tc *threadsock.Conn) {
+		tc.SetPark(func() bool {
 			park := c.parkReads()
 			last.Store(map[bool]int32{true: 1, false: 2}[park])
 			decisions.Add(1)
 			return park
 		}, &c.s.waiters)
-		taken <- c
+		taken <- takenConn{c, tc}
 	}
 	defer func() { threadedHook = nil }()
 	ts := startServerConfig(t, map[string]device.Device{"v": mem.New(1 << 20)}, Config{ThreadPerConn: true})
 	a := dialRaw(t, ts.addr)
 	a.attach("v", false)
-	var c *conn
+	var tc *threadsock.Conn
 	select {
-	case c = <-taken:
+	case got := <-taken:
+		tc = got.tc
 	case <-time.After(5 * time.Second):
 		t.Fatal("the connection was not taken out of the poller")
 	}
@@ -157,8 +163,8 @@ func testParking(t *testing.T, quietParks bool) {
 		}
 	}
 	decided("queue depth 1", quietParks)
-	if p := c.tc.Parks(); quietParks && (!c.tc.Parked() || p.Asked == 0) {
-		t.Fatalf("quiet: parked %v, %+v; want parked, asked", c.tc.Parked(), p)
+	if p := tc.Parks(); quietParks && (!tc.Parked() || p.Asked == 0) {
+		t.Fatalf("quiet: parked %v, %+v; want parked, asked", tc.Parked(), p)
 	}
 	// Eight reads at a time, in one send: the server takes them while
 	// others are in progress.

@@ -554,8 +554,13 @@ func (c *Conn) register() (net.Conn, error) {
 	return reg, nil
 }
 
-// unpark takes the socket out of the poller again, if parked.
+// unpark takes the socket out of the poller again, if parked. Only the
+// reading goroutine and Close (once reads are done) set reg, so they may
+// look at it without regMu: a busy read's wait costs no lock.
 func (c *Conn) unpark() {
+	if c.reg == nil {
+		return
+	}
 	c.regMu.Lock()
 	defer c.regMu.Unlock()
 	if c.reg != nil {
