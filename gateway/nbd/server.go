@@ -170,7 +170,6 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 		exports: exports,
 		cfg:     cfg,
 		log:     log.With("frontend", "nbd"),
-		m:       newMetrics(cfg.Registerer),
 		// Twice the processors. More lost: 16 for 1M QD8 reads on two CPUs,
 		// 0.81-0.87x of nbdkit against 0.90-0.97x with 4 (likely because
 		// each read then wakes an idle executor, where a few busy ones
@@ -178,6 +177,7 @@ func NewServer(exports volume.Exports, cfg Config) *Server {
 		executors:  min(cfg.Workers, max(4, 2*runtime.GOMAXPROCS(0))),
 		maxPollers: int32(max(1, runtime.GOMAXPROCS(0)/2)),
 	}
+	s.m = newMetrics(cfg.Registerer, &s.waiters)
 	s.acc = acceptor.New(acceptor.Config{Name: "nbd", Logger: s.log, MaxConns: cfg.MaxConns, Conns: s.m.conns, Refused: s.m.refused, Panics: s.m.panics})
 	return s
 }
@@ -209,7 +209,9 @@ type metrics struct {
 	threadConns prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics makes the server's series; w is the server's Waiters, whose
+// counts two gauges read when scraped.
+func newMetrics(reg prometheus.Registerer, w *threadsock.Waiters) *metrics {
 	conns := prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_nbd_connections", Help: "Open NBD connections."})
 	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_nbd_connections_refused_total", Help: "NBD connections refused at the connection limit."})
 	panics := prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_nbd_panics_total", Help: "Panics recovered while serving NBD connections."})
@@ -218,6 +220,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_nbd_bytes_total", Help: "NBD payload bytes by direction."}, []string{"direction"})
 	polls := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_nbd_polls_total", Help: "Times an NBD connection with no request in flight watched its socket for the next one, by whether it came (hit) or the poll gave up (miss)."}, []string{"result"})
 	threadConns := prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_nbd_thread_connections", Help: "NBD connections served by a thread of their own, outside the runtime's network poller (--nbd-thread-per-connection)."})
+	waiting := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_nbd_thread_waiting_connections", Help: "Of ferry_nbd_thread_connections, those whose reads wait for requests on their own thread (at most one fewer than GOMAXPROCS, at least one)."},
+		func() float64 { return float64(w.Waiting()) })
+	parked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_nbd_thread_parked_connections", Help: "Of ferry_nbd_thread_connections, those whose reads wait for requests in the runtime's network poller."},
+		func() float64 { return float64(w.Parked()) })
 	m := &metrics{conns: conns, refused: refused, panics: panics, readB: bytes.WithLabelValues("read"), writeB: bytes.WithLabelValues("write"),
 		pollHit: polls.WithLabelValues("hit"), pollMiss: polls.WithLabelValues("miss"), threadConns: threadConns}
 	for i := range m.requests {
@@ -229,7 +235,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.errors[i] = errs.WithLabelValues(name)
 	}
 	if reg != nil {
-		reg.MustRegister(conns, refused, panics, reqs, errs, bytes, polls, threadConns)
+		reg.MustRegister(conns, refused, panics, reqs, errs, bytes, polls, threadConns, waiting, parked)
 	}
 	return m
 }

@@ -423,14 +423,27 @@ func (c *Conn) raw(f func(fd uintptr) bool, p *[2]unix.PollFd, d *deadline) erro
 // A Conn takes a place when a read is about to wait on its thread and
 // gives it back when it parks or closes; a read that finds none free
 // parks. The zero Waiters allows one fewer than GOMAXPROCS, at least one.
+// It also counts its Conns that are parked (Parked).
 type Waiters struct {
 	// Max, when positive, is the bound instead.
-	Max int
-	n   atomic.Int32
+	Max    int
+	n      atomic.Int32
+	parked atomic.Int32
 }
 
 // Waiting reports how many places are taken.
 func (w *Waiters) Waiting() int { return int(w.n.Load()) }
+
+// Parked reports how many of the Conns given w (SetPark) are parked: their
+// reads wait in the runtime's poller.
+func (w *Waiters) Parked() int { return int(w.parked.Load()) }
+
+// parkedBy adds d to the parked count of w, if there is one.
+func (w *Waiters) parkedBy(d int32) {
+	if w != nil {
+		w.parked.Add(d)
+	}
+}
 
 func (w *Waiters) take() bool {
 	limit := int32(w.Max)
@@ -517,6 +530,7 @@ func (c *Conn) readParked(b []byte, why *atomic.Uint64) (n int, err error, ok bo
 			return 0, nil, false
 		}
 		c.reg = reg
+		c.waiters.parkedBy(1)
 		why.Add(1)
 	}
 	c.regMu.Unlock()
@@ -566,5 +580,6 @@ func (c *Conn) unpark() {
 	if c.reg != nil {
 		c.reg.Close()
 		c.reg = nil
+		c.waiters.parkedBy(-1)
 	}
 }

@@ -367,10 +367,14 @@ func TestIdleReadsPark(t *testing.T) {
 		t.Run(network, func(t *testing.T) {
 			c, peer := pair(t, network)
 			c.maxHold = time.Hour // parking here is park's doing only
-			c.SetPark(func() bool { return true }, nil)
+			w := &Waiters{}
+			c.SetPark(func() bool { return true }, w)
 			before := openFDs(t)
 			got := readAsync(c, 16)
 			waitFor(t, "parked", c.Parked)
+			if w.Parked() != 1 || w.Waiting() != 0 {
+				t.Fatalf("%d parked, %d waiting, want 1 and 0", w.Parked(), w.Waiting())
+			}
 			if n := openFDs(t); n != before+1 {
 				t.Fatalf("%d descriptors parked, want %d (the registered duplicate)", n, before+1)
 			}
@@ -408,6 +412,9 @@ func TestIdleReadsPark(t *testing.T) {
 			}
 			if n := openFDs(t); n != before-3 {
 				t.Fatalf("%d descriptors after Close, want %d (socket, duplicate and events closed)", n, before-3)
+			}
+			if w.Parked() != 0 {
+				t.Fatalf("%d parked after Close", w.Parked())
 			}
 		})
 	}
@@ -469,8 +476,8 @@ func TestWaitersBoundThreadWaits(t *testing.T) {
 	waitFor(t, "one place taken", func() bool { return w.Waiting() == 1 })
 	gotB := readAsync(b, 16)
 	waitFor(t, "B parked", b.Parked)
-	if p := b.Parks(); p != (Parks{Crowded: 1}) || a.Parked() || w.Waiting() != 1 {
-		t.Fatalf("B parked %+v, A parked %v, %d places taken; want B crowded out once, A on its thread, 1 place", p, a.Parked(), w.Waiting())
+	if p := b.Parks(); p != (Parks{Crowded: 1}) || a.Parked() || w.Waiting() != 1 || w.Parked() != 1 {
+		t.Fatalf("B parked %+v, A parked %v, %d places taken, %d parked; want B crowded out once, A on its thread, 1 place, 1 parked", p, a.Parked(), w.Waiting(), w.Parked())
 	}
 	peerA.Write([]byte("a"))
 	peerB.Write([]byte("b"))
@@ -483,8 +490,8 @@ func TestWaitersBoundThreadWaits(t *testing.T) {
 	}
 	gotB = readAsync(b, 16)
 	waitFor(t, "B unparked", func() bool { return !b.Parked() })
-	if w.Waiting() != 1 {
-		t.Fatalf("%d places taken with B on its thread", w.Waiting())
+	if w.Waiting() != 1 || w.Parked() != 0 {
+		t.Fatalf("%d places taken, %d parked with B on its thread", w.Waiting(), w.Parked())
 	}
 	peerB.Write([]byte("c"))
 	if y := recv(t, gotB); string(y) != "c" {
