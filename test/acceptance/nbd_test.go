@@ -170,8 +170,10 @@ func TestFioVerifyTwoConnections(t *testing.T) {
 // --nbd-thread-per-connection (the default, named here), fio over two
 // connections at once (random writes of 4 KiB to 1 MiB, then a verify),
 // qemu-io and nbdcopy are served by connections outside the runtime's
-// poller (ferry_nbd_thread_connections counts them while they run), and
-// the data reads back.
+// poller (ferry_nbd_thread_connections counts them while they run, and
+// each waits for requests on its thread or parked in the poller: the
+// gauges of those move too), and the data reads back; once every client
+// has left, the three gauges read 0.
 func TestNBDThreadPerConnectionWithRealClients(t *testing.T) {
 	fio := testutil.RequireTool(t, "fio")
 	nbdcopy := testutil.RequireTool(t, "nbdcopy")
@@ -179,18 +181,24 @@ func TestNBDThreadPerConnectionWithRealClients(t *testing.T) {
 	g := startGateway(t, "--nbd-thread-per-connection")
 	g.mustCLI("volume", "create", "tp", "--size", "256M")
 	uri := g.uri("tp")
-	most := make(chan float64)
+	most, mostWaits := make(chan float64), make(chan float64)
 	stop := make(chan struct{})
 	go func() {
-		m := 0.0
+		m, w := 0.0, 0.0
 		for {
 			select {
 			case <-stop:
 				most <- m
+				mostWaits <- w
 				return
 			case <-time.After(10 * time.Millisecond):
 				if v, err := g.metricNow("ferry_nbd_thread_connections"); err == nil {
 					m = max(m, v)
+				}
+				wt, err1 := g.metricNow("ferry_nbd_thread_waiting_connections")
+				pk, err2 := g.metricNow("ferry_nbd_thread_parked_connections")
+				if err1 == nil && err2 == nil {
+					w = max(w, wt+pk)
 				}
 			}
 		}
@@ -199,8 +207,8 @@ func TestNBDThreadPerConnectionWithRealClients(t *testing.T) {
 		"--rw=randwrite", "--bsrange=4k-1M", "--iodepth=16", "--size=64M", "--verify=crc32c", "--do_verify=1",
 		"--verify_fatal=1", "--group_reporting", "--output=/dev/null")
 	close(stop)
-	if m := <-most; m != 2 {
-		t.Errorf("ferry_nbd_thread_connections reached %v while fio's two jobs ran, want 2", m)
+	if m, w := <-most, <-mostWaits; m != 2 || w < 1 {
+		t.Errorf("ferry_nbd_thread_connections reached %v, waiting and parked ones together %v, while fio's two jobs ran; want 2 and at least 1", m, w)
 	}
 	qemuIOCheck(t, uri, "write -P 0x6e 200M 1M", "write -P 0x6f 210M 4k", "flush", "read -P 0x6e 200M 1M", "read -P 0x6f 210M 4k", "read -P 0 220M 4k")
 	img := filepath.Join(t.TempDir(), "tp.img")
@@ -208,8 +216,15 @@ func TestNBDThreadPerConnectionWithRealClients(t *testing.T) {
 	// Copied back over itself: nbdcopy writes over several connections.
 	run(t, 2*time.Minute, nbdcopy, img, uri)
 	qemuIOCheck(t, uri, "read -P 0x6e 200M 1M", "read -P 0x6f 210M 4k")
-	if n := g.metric(t, "ferry_nbd_thread_connections"); n != 0 {
-		t.Errorf("ferry_nbd_thread_connections is %v after every client left", n)
+	// The last connection's socket closes just after it stops counting.
+	for _, name := range []string{"ferry_nbd_thread_connections", "ferry_nbd_thread_waiting_connections", "ferry_nbd_thread_parked_connections"} {
+		n := g.metric(t, name)
+		for deadline := time.Now().Add(5 * time.Second); n != 0 && time.Now().Before(deadline); n = g.metric(t, name) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n != 0 {
+			t.Errorf("%s is %v after every client left", name, n)
+		}
 	}
 }
 
