@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -500,5 +501,51 @@ func TestWaitersBoundThreadWaits(t *testing.T) {
 	b.Close()
 	if w.Waiting() != 0 {
 		t.Fatalf("%d places taken after both closed", w.Waiting())
+	}
+}
+
+// With one processor, no Conn waits on its thread: one that has the place
+// when the processors fall to one parks at the end of its hold, a second
+// finds no place, and the first takes it again once there are two.
+func TestWaitersNoneOnOneProcessor(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	w := &Waiters{}
+	a, peerA := pair(t, "tcp")
+	a.maxHold = time.Hour
+	a.SetPark(func() bool { return false }, w)
+	gotA := readAsync(a, 16)
+	waitFor(t, "A took the place", func() bool { return w.Waiting() == 1 })
+	if a.Parked() {
+		t.Fatal("A parked with two processors")
+	}
+	runtime.GOMAXPROCS(1)
+	waitFor(t, "A parked once the processors fell to one", a.Parked)
+	if w.Waiting() != 0 || a.Parks() != (Parks{Long: 1}) {
+		t.Fatalf("%d places taken, A parked %+v; want none taken, A parked once at the end of a hold", w.Waiting(), a.Parks())
+	}
+	b, peerB := pair(t, "tcp")
+	b.maxHold = time.Hour
+	b.SetPark(func() bool { return false }, w)
+	gotB := readAsync(b, 16)
+	waitFor(t, "B parked", b.Parked)
+	if w.Waiting() != 0 || b.Parks() != (Parks{Crowded: 1}) {
+		t.Fatalf("%d places taken, B parked %+v; want none taken, B crowded out once", w.Waiting(), b.Parks())
+	}
+	peerA.Write([]byte("a"))
+	peerB.Write([]byte("b"))
+	if x, y := recv(t, gotA), recv(t, gotB); string(x) != "a" || string(y) != "b" {
+		t.Fatalf("reads got %q and %q", x, y)
+	}
+	b.Close()
+	runtime.GOMAXPROCS(2)
+	gotA = readAsync(a, 16)
+	waitFor(t, "A on its thread again", func() bool { return !a.Parked() && w.Waiting() == 1 })
+	peerA.Write([]byte("c"))
+	if x := recv(t, gotA); string(x) != "c" {
+		t.Fatalf("A read %q", x)
+	}
+	a.Close()
+	if w.Waiting() != 0 || w.Parked() != 0 {
+		t.Fatalf("%d places taken, %d parked after both closed", w.Waiting(), w.Parked())
 	}
 }
