@@ -90,12 +90,10 @@ type conn struct {
 	// is threaded (countActive, set before the workers start).
 	active      atomic.Int32
 	countActive bool
-	// With the turn, when threaded: how many requests were taken, the
+	// With the turn, when threaded: how many requests were taken, and the
 	// count when one was last taken while another was in progress (its
-	// client keeps more than one in flight), and whether the runtime had
-	// one processor (GOMAXPROCS) when last asked. See parkReads.
+	// client keeps more than one in flight). See parkReads.
 	taken, overlapAt uint64
-	oneProc          bool
 
 	turn     chan struct{}           // holds the reading turn while no worker has it
 	inflight sync.WaitGroup          // batch remainders and large reads running on their own goroutines
@@ -218,7 +216,6 @@ func (c *conn) takeSocket() (release func()) {
 		c.log.Warn("serving the connection through the runtime's poller", "err", err)
 		return free
 	}
-	c.oneProc = runtime.GOMAXPROCS(0) < 2
 	tc.SetPark(c.parkReads, &c.s.waiters)
 	c.nc, c.rw, c.src.r = tc, tc, tc
 	c.threaded = true
@@ -245,25 +242,19 @@ const quietRequests = 64
 // socket in the runtime's poller (threadsock.Conn.SetPark), rather than in
 // ppoll(2) on their own thread. The connection is quiet when its client
 // sent each of its last quietRequests requests only after the reply to the
-// one before (queue depth 1). Then:
-//   - with two processors or more, quiet reads park: with the client on
-//     the gateway's CPUs, 4k QD1 requests measured 0.73-0.90x of the
-//     poller's rate waiting on their own thread (the runtime's idle
-//     threads look at the poller before they sleep), and busy ones do
-//     not (the poller's wake-ups of the client's CPU are what they save);
-//   - with one processor (a gateway on one CPU; the runtime follows the
-//     CPUs it may use within a second), the other way round: a busy
-//     reader waiting in ppoll(2) holds the only processor from the
-//     requests in progress, whose replies the client waits for (pinned 1M
-//     QD8 writes swung from 0.6x to 1.2x of the poller's rate), while a
-//     quiet one has nothing to hold up and is woken straight by the
-//     socket (pinned 4k QD1 reads 1.10-1.21x of the poller's rate).
+// one before (queue depth 1), and quiet reads park: with the client on
+// the gateway's CPUs, 4k QD1 requests measured 0.73-0.90x of the poller's
+// rate waiting on their own thread (the runtime's idle threads look at the
+// poller before they sleep); busy ones do not (the poller's wake-ups of
+// the client's CPU are what they save).
 //
 // A read that waits past its holds parks either way (an idle connection
-// holds no thread). Called by the holder of the turn, reading.
+// holds no thread), and so does one that finds no place free in the
+// server's threadsock.Waiters: with one processor there is none, since a
+// wait there keeps the only processor from every other connection.
+// Called by the holder of the turn, reading.
 func (c *conn) parkReads() bool {
-	quiet := c.taken-c.overlapAt > quietRequests
-	return quiet != c.oneProc
+	return c.taken-c.overlapAt > quietRequests
 }
 
 // Serve runs the connection to its end.
@@ -707,9 +698,6 @@ func (c *conn) next() (req request, buf []byte, ok bool) {
 			c.overlapAt = c.taken
 		}
 		c.taken++
-		if c.threaded && c.taken%quietRequests == 0 {
-			c.oneProc = runtime.GOMAXPROCS(0) < 2
-		}
 	}
 	return req, buf, ok
 }

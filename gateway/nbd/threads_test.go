@@ -130,21 +130,23 @@ func waitGauges(t *testing.T, reg *prometheus.Registry, parked, waiting float64)
 // one that keeps several in flight waits on its thread again; neither
 // changes what the client reads.
 func TestThreadedConnParksAtQueueDepthOne(t *testing.T) {
-	testParking(t, true)
+	testParking(t, false)
 }
 
-// With one processor, the other way round: a quiet connection waits on its
-// thread, a busy one parks.
-func TestThreadedConnWithOneProcessorParksWhenBusy(t *testing.T) {
+// With one processor, the reads decide alike, but a busy connection's
+// finds no place to wait on its thread (the server's Waiters allows none
+// there) and parks all the same.
+func TestThreadedConnWithOneProcessorNeverWaitsOnItsThread(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	testParking(t, false)
+	testParking(t, true)
 }
 
 // testParking runs a connection at queue depth 1, then at 8, and checks
 // what its reads decide when they find the socket empty at the end of
-// each: park when quiet and wait on the thread when busy (quietParks), or
-// the other way round.
-func testParking(t *testing.T, quietParks bool) {
+// each: park when quiet and wait on the thread when busy; with one
+// processor (oneProc), that the busy one parked anyway, crowded out.
+func testParking(t *testing.T, oneProc bool) {
+	const quietParks = true
 	type takenConn struct {
 		c  *conn
 		tc *threadsock.Conn
@@ -199,8 +201,10 @@ func testParking(t *testing.T, quietParks bool) {
 		}
 	}
 	decided("queue depth 1", quietParks)
-	if p := tc.Parks(); quietParks && (!tc.Parked() || p.Asked == 0) {
-		t.Fatalf("quiet: parked %v, %+v; want parked, asked", tc.Parked(), p)
+	// (With one processor, the reads before it was quiet parked already,
+	// crowded out.)
+	if p := tc.Parks(); !tc.Parked() || p.Asked == 0 && (!oneProc || p.Crowded == 0) {
+		t.Fatalf("quiet: parked %v, %+v; want parked, asked (or crowded out, one processor)", tc.Parked(), p)
 	}
 	// Eight reads at a time, in one send: the server takes them while
 	// others are in progress.
@@ -221,4 +225,9 @@ func testParking(t *testing.T, quietParks bool) {
 		}
 	}
 	decided("queue depth 8", !quietParks)
+	if oneProc {
+		if p := tc.Parks(); !tc.Parked() || p.Crowded == 0 || ts.srv.waiters.Waiting() != 0 {
+			t.Fatalf("one processor, busy: parked %v, %+v, %d places taken; want parked, crowded out, none taken", tc.Parked(), p, ts.srv.waiters.Waiting())
+		}
+	}
 }
