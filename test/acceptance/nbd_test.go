@@ -181,33 +181,15 @@ func TestNBDThreadPerConnectionWithRealClients(t *testing.T) {
 	g := startGateway(t, "--nbd-thread-per-connection")
 	g.mustCLI("volume", "create", "tp", "--size", "256M")
 	uri := g.uri("tp")
-	most, mostWaits := make(chan float64), make(chan float64)
-	stop := make(chan struct{})
-	go func() {
-		m, w := 0.0, 0.0
-		for {
-			select {
-			case <-stop:
-				most <- m
-				mostWaits <- w
-				return
-			case <-time.After(10 * time.Millisecond):
-				if v, err := g.metricNow("ferry_nbd_thread_connections"); err == nil {
-					m = max(m, v)
-				}
-				wt, err1 := g.metricNow("ferry_nbd_thread_waiting_connections")
-				pk, err2 := g.metricNow("ferry_nbd_thread_parked_connections")
-				if err1 == nil && err2 == nil {
-					w = max(w, wt+pk)
-				}
-			}
-		}
-	}()
+	stop := sampleThreadGauges(g, 10*time.Millisecond)
 	run(t, 3*time.Minute, fio, "--name=tp", "--ioengine=nbd", "--uri="+uri, "--numjobs=2", "--offset_increment=64M",
 		"--rw=randwrite", "--bsrange=4k-1M", "--iodepth=16", "--size=64M", "--verify=crc32c", "--do_verify=1",
 		"--verify_fatal=1", "--group_reporting", "--output=/dev/null")
-	close(stop)
-	if m, w := <-most, <-mostWaits; m != 2 || w < 1 {
+	m, w := 0.0, 0.0
+	for _, s := range stop() {
+		m, w = max(m, s.conns), max(w, s.waiting+s.parked)
+	}
+	if m != 2 || w < 1 {
 		t.Errorf("ferry_nbd_thread_connections reached %v, waiting and parked ones together %v, while fio's two jobs ran; want 2 and at least 1", m, w)
 	}
 	qemuIOCheck(t, uri, "write -P 0x6e 200M 1M", "write -P 0x6f 210M 4k", "flush", "read -P 0x6e 200M 1M", "read -P 0x6f 210M 4k", "read -P 0 220M 4k")
@@ -242,30 +224,11 @@ func TestNBDThreadedConnectionsShareOneCPU(t *testing.T) {
 	g.prefix = []string{taskset, "-c", "0"}
 	g.start()
 	g.mustCLI("volume", "create", "one", "--size", "64M")
-	type sample struct{ conns, waiting, parked float64 }
-	var samples []sample
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-			c, err1 := g.metricNow("ferry_nbd_thread_connections")
-			w, err2 := g.metricNow("ferry_nbd_thread_waiting_connections")
-			p, err3 := g.metricNow("ferry_nbd_thread_parked_connections")
-			if err1 == nil && err2 == nil && err3 == nil {
-				samples = append(samples, sample{c, w, p})
-			}
-		}
-	}()
+	stop := sampleThreadGauges(g, 5*time.Millisecond)
 	run(t, 3*time.Minute, fio, "--ioengine=nbd", "--uri="+g.uri("one"), "--rw=randwrite", "--bs=4k", "--iodepth=1",
 		"--numjobs=2", "--offset_increment=32M", "--size=16M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
 		"--name=one", "--group_reporting", "--output=/dev/null")
-	close(stop)
-	<-done
+	samples := stop()
 	both, parked := 0, false
 	for _, s := range samples {
 		if s.waiting != 0 {
@@ -280,6 +243,39 @@ func TestNBDThreadedConnectionsShareOneCPU(t *testing.T) {
 		t.Fatalf("%d samples of %d with both connections attached, both parked in one: %v; want some, and both parked", both, len(samples), parked)
 	}
 	t.Logf("%d samples with both attached, none waiting on a thread", both)
+}
+
+// threadGauges is one scrape of the gateway's thread-per-connection
+// gauges.
+type threadGauges struct{ conns, waiting, parked float64 }
+
+// sampleThreadGauges scrapes g's three thread-per-connection gauges every
+// interval until the returned stop is called, which returns the scrapes
+// that read all three.
+func sampleThreadGauges(g *gateway, every time.Duration) (stop func() []threadGauges) {
+	var samples []threadGauges
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(every):
+			}
+			c, err1 := g.metricNow("ferry_nbd_thread_connections")
+			w, err2 := g.metricNow("ferry_nbd_thread_waiting_connections")
+			p, err3 := g.metricNow("ferry_nbd_thread_parked_connections")
+			if err1 == nil && err2 == nil && err3 == nil {
+				samples = append(samples, threadGauges{c, w, p})
+			}
+		}
+	}()
+	return func() []threadGauges {
+		close(quit)
+		<-done
+		return samples
+	}
 }
 
 // With `ferry serve --nbd-poll`, real clients get their data as without
