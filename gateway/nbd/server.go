@@ -220,7 +220,7 @@ func newMetrics(reg prometheus.Registerer, w *threadsock.Waiters) *metrics {
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_nbd_bytes_total", Help: "NBD payload bytes by direction."}, []string{"direction"})
 	polls := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_nbd_polls_total", Help: "Times an NBD connection with no request in flight watched its socket for the next one, by whether it came (hit) or the poll gave up (miss)."}, []string{"result"})
 	threadConns := prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_nbd_thread_connections", Help: "NBD connections served by a thread of their own, outside the runtime's network poller (--nbd-thread-per-connection)."})
-	waiting := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_nbd_thread_waiting_connections", Help: "Of ferry_nbd_thread_connections, those whose reads wait for requests on their own thread (at most one fewer than GOMAXPROCS, at least one)."},
+	waiting := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_nbd_thread_waiting_connections", Help: "Of ferry_nbd_thread_connections, those whose reads wait for requests on their own thread (at most one fewer than GOMAXPROCS: none with one processor)."},
 		func() float64 { return float64(w.Waiting()) })
 	parked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_nbd_thread_parked_connections", Help: "Of ferry_nbd_thread_connections, those whose reads wait for requests in the runtime's network poller."},
 		func() float64 { return float64(w.Parked()) })
