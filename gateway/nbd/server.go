@@ -205,8 +205,11 @@ type metrics struct {
 	writeB   prometheus.Counter
 	// polls found the next request (hit) or gave up (miss).
 	pollHit, pollMiss prometheus.Counter
-	// threadConns: connections served outside the runtime's poller.
-	threadConns prometheus.Gauge
+	// threadConns: connections served outside the runtime's poller;
+	// waiting and parked: those whose reads wait on their thread, or in
+	// the poller (read from the server's Waiters when scraped).
+	threadConns     prometheus.Gauge
+	waiting, parked prometheus.GaugeFunc
 }
 
 // newMetrics makes the server's series; w is the server's Waiters, whose
@@ -225,7 +228,8 @@ func newMetrics(reg prometheus.Registerer, w *threadsock.Waiters) *metrics {
 	parked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_nbd_thread_parked_connections", Help: "Of ferry_nbd_thread_connections, those whose reads wait for requests in the runtime's network poller."},
 		func() float64 { return float64(w.Parked()) })
 	m := &metrics{conns: conns, refused: refused, panics: panics, readB: bytes.WithLabelValues("read"), writeB: bytes.WithLabelValues("write"),
-		pollHit: polls.WithLabelValues("hit"), pollMiss: polls.WithLabelValues("miss"), threadConns: threadConns}
+		pollHit: polls.WithLabelValues("hit"), pollMiss: polls.WithLabelValues("miss"), threadConns: threadConns,
+		waiting: waiting, parked: parked}
 	for i := range m.requests {
 		name := "unknown"
 		if i < numCommands {

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ferry-io/ferry/backends/device"
@@ -73,7 +72,7 @@ func TestThreadPerConnCountsAndLimits(t *testing.T) {
 	waitThreadConns(1)
 	// Idle, A's reads park (at once, or once their holds pass), and the
 	// gauges read the server's Waiters.
-	waitGauges(t, ts.reg, 1, 0)
+	waitGauges(t, ts, 1, 0)
 	b := dialRaw(t, ts.addr)
 	b.attach("v", false)
 	if r := b.do(cmdRead, 0, 0, 4096, nil); r.errno != 0 || string(r.data) != string(pattern(4096, 1)) {
@@ -91,31 +90,15 @@ func TestThreadPerConnCountsAndLimits(t *testing.T) {
 		}
 	}
 	waitThreadConns(0)
-	waitGauges(t, ts.reg, 0, 0)
+	waitGauges(t, ts, 0, 0)
 }
 
-// waitGauges waits until reg's ferry_nbd_thread_parked_connections and
-// ferry_nbd_thread_waiting_connections read parked and waiting.
-func waitGauges(t *testing.T, reg *prometheus.Registry, parked, waiting float64) {
+// waitGauges waits until the server's ferry_nbd_thread_parked_connections
+// and ferry_nbd_thread_waiting_connections read parked and waiting.
+func waitGauges(t *testing.T, ts *testServer, parked, waiting float64) {
 	t.Helper()
-	read := func() (p, w float64) {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, w = -1, -1
-		for _, mf := range mfs {
-			switch mf.GetName() {
-			case "ferry_nbd_thread_parked_connections":
-				p = mf.GetMetric()[0].GetGauge().GetValue()
-			case "ferry_nbd_thread_waiting_connections":
-				w = mf.GetMetric()[0].GetGauge().GetValue()
-			}
-		}
-		return p, w
-	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		p, w := read()
+		p, w := testutil.ToFloat64(ts.srv.m.parked), testutil.ToFloat64(ts.srv.m.waiting)
 		if p == parked && w == waiting {
 			return
 		}
