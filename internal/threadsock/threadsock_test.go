@@ -6,8 +6,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -547,5 +549,155 @@ func TestWaitersNoneOnOneProcessor(t *testing.T) {
 	a.Close()
 	if w.Waiting() != 0 || w.Parked() != 0 {
 		t.Fatalf("%d places taken, %d parked after both closed", w.Waiting(), w.Parked())
+	}
+}
+
+// TestQD1ClientProcess is not a test: run by qd1Client, it is a client in
+// a process of its own, outside the tested runtime's scheduler. It sends a
+// byte on descriptor 3 and waits for the byte back, THREADSOCK_QD1_CLIENT
+// times; every 50th time it first writes a byte to descriptor 4, if given.
+func TestQD1ClientProcess(t *testing.T) {
+	n, err := strconv.Atoi(os.Getenv("THREADSOCK_QD1_CLIENT"))
+	if err != nil {
+		t.Skip("run by qd1Client")
+	}
+	conn, poke := os.NewFile(3, "conn"), os.NewFile(4, "poke")
+	var b [1]byte
+	for i := range n {
+		if i%50 == 49 && poke != nil {
+			poke.Write([]byte("p"))
+			time.Sleep(20 * time.Microsecond)
+		}
+		if _, err := conn.Write([]byte("q")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(conn, b[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// qd1Client starts TestQD1ClientProcess, n requests, and returns the Conn
+// it talks to and, with poke, a net.Conn (in the runtime's poller) that
+// receives its pokes.
+func qd1Client(t *testing.T, n int, poke bool) (*Conn, net.Conn, *exec.Cmd) {
+	t.Helper()
+	sock := func() (*os.File, net.Conn) {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := os.NewFile(uintptr(fds[0]), "ours")
+		defer f.Close()
+		nc, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		return os.NewFile(uintptr(fds[1]), "theirs"), nc
+	}
+	theirs, ours := sock()
+	c, err := Take(ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	cmd := exec.Command(os.Args[0], "-test.run=^TestQD1ClientProcess$")
+	cmd.Env = append(os.Environ(), "THREADSOCK_QD1_CLIENT="+strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	cmd.ExtraFiles = []*os.File{theirs}
+	var pokes net.Conn
+	if poke {
+		var f *os.File
+		f, pokes = sock()
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+		defer f.Close()
+	}
+	defer theirs.Close()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return c, pokes, cmd
+}
+
+// serveQD1 answers each byte c reads with a byte, until EOF.
+func serveQD1(t *testing.T, c *Conn) int {
+	t.Helper()
+	var b [1]byte
+	n := 0
+	for {
+		if _, err := c.Read(b[:]); err == io.EOF {
+			return n
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(b[:]); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+}
+
+// With one processor, a read that parks by choice first holds briefly on
+// its thread, and a client that sends as soon as it has its reply is
+// served so; with two processors no read holds so.
+func TestBriefHoldsServeAQueueDepthOneClientOnOneProcessor(t *testing.T) {
+	if runtimePoller() < 0 {
+		t.Fatal("the runtime's poller was not found in /proc/self/fdinfo")
+	}
+	for _, procs := range []int{1, 2} {
+		func() {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+			const n = 2000
+			c, _, cmd := qd1Client(t, n, false)
+			w := &Waiters{}
+			c.SetPark(func() bool { return true }, w)
+			if got := serveQD1(t, c); got != n {
+				t.Fatalf("%d requests served, want %d", got, n)
+			}
+			if err := cmd.Wait(); err != nil {
+				t.Fatal(err)
+			}
+			reads, yields := c.Held()
+			t.Logf("%d processors: %d of %d reads served by a brief hold, %d holds yielded, parks %+v", procs, reads, n, yields, c.Parks())
+			if procs == 1 && reads == 0 {
+				t.Fatal("no read was served by a brief hold")
+			}
+			if procs == 2 && reads+yields != 0 {
+				t.Fatalf("%d reads held with two processors", reads+yields)
+			}
+			if w.Waiting() != 0 {
+				t.Fatalf("%d waiters' places taken", w.Waiting())
+			}
+		}()
+	}
+}
+
+// A brief hold ends as soon as the runtime's poller has something for
+// another goroutine (here, a socket's data), and the read parks.
+func TestBriefHoldYieldsToThePoller(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	const n = 2000
+	c, pokes, cmd := qd1Client(t, n, true)
+	c.SetPark(func() bool { return true }, &Waiters{})
+	poked := make(chan int)
+	go func() {
+		got, _ := io.Copy(io.Discard, pokes)
+		poked <- int(got)
+	}()
+	if got := serveQD1(t, c); got != n {
+		t.Fatalf("%d requests served, want %d", got, n)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	pokes.Close()
+	reads, yields := c.Held()
+	t.Logf("%d of %d reads served by a brief hold, %d holds yielded, parks %+v", reads, n, yields, c.Parks())
+	if got := <-poked; got != n/50 {
+		t.Fatalf("%d pokes received, want %d", got, n/50)
+	}
+	if yields == 0 || c.Parks().Asked == 0 {
+		t.Fatalf("%d holds yielded to the poller, %d reads parked; want some of each", yields, c.Parks().Asked)
 	}
 }
