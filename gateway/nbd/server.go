@@ -210,6 +210,9 @@ type metrics struct {
 	// the poller (read from the server's Waiters when scraped).
 	threadConns     prometheus.Gauge
 	waiting, parked prometheus.GaugeFunc
+	// held and yielded: brief holds (threadsock) that served a read, or
+	// ended because other work was ready.
+	held, yielded prometheus.CounterFunc
 }
 
 // newMetrics makes the server's series; w is the server's Waiters, whose
@@ -227,9 +230,16 @@ func newMetrics(reg prometheus.Registerer, w *threadsock.Waiters) *metrics {
 		func() float64 { return float64(w.Waiting()) })
 	parked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_nbd_thread_parked_connections", Help: "Of ferry_nbd_thread_connections, those whose reads wait for requests in the runtime's network poller."},
 		func() float64 { return float64(w.Parked()) })
+	holds := func(outcome string, f func() uint64) prometheus.CounterFunc {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_nbd_thread_brief_holds_total",
+			Help:        "With one processor, waits of quiet NBD connections for their next request on their own thread before they park, by whether the request came (served) or other work was ready first (yielded). docs/NBD.md.",
+			ConstLabels: prometheus.Labels{"outcome": outcome}}, func() float64 { return float64(f()) })
+	}
+	held := holds("served", func() uint64 { r, _ := w.Held(); return r })
+	yielded := holds("yielded", func() uint64 { _, y := w.Held(); return y })
 	m := &metrics{conns: conns, refused: refused, panics: panics, readB: bytes.WithLabelValues("read"), writeB: bytes.WithLabelValues("write"),
 		pollHit: polls.WithLabelValues("hit"), pollMiss: polls.WithLabelValues("miss"), threadConns: threadConns,
-		waiting: waiting, parked: parked}
+		waiting: waiting, parked: parked, held: held, yielded: yielded}
 	for i := range m.requests {
 		name := "unknown"
 		if i < numCommands {
@@ -239,7 +249,7 @@ func newMetrics(reg prometheus.Registerer, w *threadsock.Waiters) *metrics {
 		m.errors[i] = errs.WithLabelValues(name)
 	}
 	if reg != nil {
-		reg.MustRegister(conns, refused, panics, reqs, errs, bytes, polls, threadConns, waiting, parked)
+		reg.MustRegister(conns, refused, panics, reqs, errs, bytes, polls, threadConns, waiting, parked, held, yielded)
 	}
 	return m
 }
