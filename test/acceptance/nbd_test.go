@@ -216,7 +216,10 @@ func TestNBDThreadPerConnectionWithRealClients(t *testing.T) {
 // with two fio jobs at queue depth 1 on two connections, both park in the
 // poller (before, the second got a few hundred requests a second, with
 // waits of 10-20 ms), and the data verifies. Checked through the gauges
-// while both run.
+// while both run. A lone fio job at queue depth 1 is served by brief holds
+// (threadsock: a quiet connection waits up to 200 µs on its thread before
+// it parks, while nothing else is ready), and with two clients the holds
+// give way to the other connection's requests (yielded).
 func TestNBDThreadedConnectionsShareOneCPU(t *testing.T) {
 	fio := testutil.RequireTool(t, "fio")
 	taskset := testutil.RequireTool(t, "taskset")
@@ -224,6 +227,13 @@ func TestNBDThreadedConnectionsShareOneCPU(t *testing.T) {
 	g.prefix = []string{taskset, "-c", "0"}
 	g.start()
 	g.mustCLI("volume", "create", "one", "--size", "64M")
+	run(t, 3*time.Minute, fio, "--ioengine=nbd", "--uri="+g.uri("one"), "--rw=randwrite", "--bs=4k", "--iodepth=1",
+		"--size=16M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--name=lone", "--output=/dev/null")
+	served, yielded0 := g.metric(t, `ferry_nbd_thread_brief_holds_total{outcome="served"}`), g.metric(t, `ferry_nbd_thread_brief_holds_total{outcome="yielded"}`)
+	if served == 0 {
+		t.Fatalf("a lone client at queue depth 1 on one CPU: no request was served by a brief hold (%v holds yielded)", yielded0)
+	}
+	t.Logf("a lone client: %v requests served by brief holds, %v holds yielded", served, yielded0)
 	stop := sampleThreadGauges(g, 5*time.Millisecond)
 	run(t, 3*time.Minute, fio, "--ioengine=nbd", "--uri="+g.uri("one"), "--rw=randwrite", "--bs=4k", "--iodepth=1",
 		"--numjobs=2", "--offset_increment=32M", "--size=16M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
@@ -242,7 +252,11 @@ func TestNBDThreadedConnectionsShareOneCPU(t *testing.T) {
 	if both == 0 || !parked {
 		t.Fatalf("%d samples of %d with both connections attached, both parked in one: %v; want some, and both parked", both, len(samples), parked)
 	}
-	t.Logf("%d samples with both attached, none waiting on a thread", both)
+	yielded := g.metric(t, `ferry_nbd_thread_brief_holds_total{outcome="yielded"}`) - yielded0
+	if yielded == 0 {
+		t.Fatalf("two clients on one CPU: no brief hold gave way to the other connection")
+	}
+	t.Logf("%d samples with both attached, none waiting on a thread; %v brief holds yielded", both, yielded)
 }
 
 // threadGauges is one scrape of the gateway's thread-per-connection
