@@ -51,7 +51,7 @@ func init() {
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "nbd-poll", EnvVars: []string{"FERRY_NBD_POLL"},
 				Usage: "how long a connection with no request in flight watches for the client's next request before sleeping, e.g. 50us (0, the default: never; at most 10ms): lower latency for clients with one request at a time on other machines, for some of the gateway's CPU; with clients on the gateway's own CPUs it can cost more than it saves (docs/NBD.md, \"Polling\")"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "nbd-thread-per-connection", Value: true, EnvVars: []string{"FERRY_NBD_THREAD_PER_CONNECTION"},
-				Usage: "serve each plain NBD connection (up to 64 at once; not TLS) from a thread that waits on its socket itself while the client keeps requests in flight, outside Go's network poller, as nbdkit does (quiet and idle connections wait in the poller, and every one on a gateway confined to one CPU): faster large writes from clients on the gateway's own CPUs; false serves every connection through the poller (docs/NBD.md, \"A thread per connection\")"}),
+				Usage: "serve each plain NBD connection (up to 64 at once; not TLS) from a thread that waits on its socket itself while the client keeps requests in flight, outside Go's network poller, as nbdkit does (quiet and idle connections wait in the poller, and every one on a gateway confined to one CPU, where a quiet one first holds its thread briefly while nothing else is ready): faster large writes from clients on the gateway's own CPUs; false serves every connection through the poller (docs/NBD.md, \"A thread per connection\")"}),
 		},
 		listenFlag: "nbd-listen",
 		frontend: func(c *cli.Context, mgr *volume.Manager, log *slog.Logger, reg prometheus.Registerer) (frontend, error) {

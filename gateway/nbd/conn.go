@@ -251,7 +251,9 @@ const quietRequests = 64
 // A read that waits past its holds parks either way (an idle connection
 // holds no thread), and so does one that finds no place free in the
 // server's threadsock.Waiters: with one processor there is none, since a
-// wait there keeps the only processor from every other connection.
+// wait there keeps the only processor from every other connection. With
+// one processor a quiet read holds briefly before it parks, while nothing
+// else is ready (threadsock's Brief holds).
 // Called by the holder of the turn, reading.
 func (c *conn) parkReads() bool {
 	return c.taken-c.overlapAt > quietRequests

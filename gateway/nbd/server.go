@@ -86,7 +86,8 @@ type Config struct {
 	// ppoll(2) on its own thread, as nbdkit's does in recv(2), and the
 	// socket's arrivals wake no other thread; while the client waits for
 	// each reply, or sends nothing, its reads park in the poller again
-	// (conn.parkReads), and with one processor they always do. With the
+	// (conn.parkReads), and with one processor they always do, a quiet
+	// connection's after a brief hold (threadsock's Brief holds). With the
 	// client on the gateway's CPUs, 1M QD8 writes measured 1.14-1.27x of
 	// the poller's rate, other workloads level (docs/NBD.md, "A thread
 	// per connection"). ferry serve turns it on by default.

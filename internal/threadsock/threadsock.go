@@ -19,7 +19,10 @@
 // 10 ms), and an idle connection would hold a thread. SetPark lets a
 // Conn's reads wait in the poller again when its owner says so (gateway/nbd:
 // a client that waits for each reply) and when it is idle, and bounds how
-// many Conns wait on their threads at once (Waiters).
+// many Conns wait on their threads at once (Waiters). With one processor,
+// where no Conn waits on its thread so, a read about to park first holds
+// briefly, for as long as nothing else in the process is ready to run
+// (Brief holds).
 package threadsock
 
 import (
