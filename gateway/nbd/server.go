@@ -211,9 +211,6 @@ type metrics struct {
 	// the poller (read from the server's Waiters when scraped).
 	threadConns     prometheus.Gauge
 	waiting, parked prometheus.GaugeFunc
-	// held and yielded: brief holds (threadsock) that served a read, or
-	// ended because other work was ready.
-	held, yielded prometheus.CounterFunc
 }
 
 // newMetrics makes the server's series; w is the server's Waiters, whose
@@ -240,7 +237,7 @@ func newMetrics(reg prometheus.Registerer, w *threadsock.Waiters) *metrics {
 	yielded := holds("yielded", func() uint64 { _, y := w.Held(); return y })
 	m := &metrics{conns: conns, refused: refused, panics: panics, readB: bytes.WithLabelValues("read"), writeB: bytes.WithLabelValues("write"),
 		pollHit: polls.WithLabelValues("hit"), pollMiss: polls.WithLabelValues("miss"), threadConns: threadConns,
-		waiting: waiting, parked: parked, held: held, yielded: yielded}
+		waiting: waiting, parked: parked}
 	for i := range m.requests {
 		name := "unknown"
 		if i < numCommands {

@@ -79,23 +79,20 @@ type Conn struct {
 	// Close's once reads are done).
 	waiters *Waiters
 	placed  bool
-	// placeChecks counts the waits that kept a place (place).
-	placeChecks uint32
+	// oneProc caches waiters.lost() (one processor), asked again every
+	// 64th call of onePerhaps (runtime.GOMAXPROCS takes the scheduler's
+	// lock); procChecks counts those calls.
+	oneProc    bool
+	procChecks uint32
 	// maxHold is lastHold (tests lower or raise it).
 	maxHold time.Duration
 
 	// Brief holds (hold), with one processor: hp is the poll set (the
 	// socket, the read deadline's event, the runtime's poller; Fd -1
-	// without a poller); oneProc caches whether there is one processor,
-	// asked every 64 reads (holdChecks); holdOff counts the waits that
-	// park without holding since a hold found other work ready.
-	hp         [3]unix.PollFd
-	oneProc    bool
-	holdChecks uint32
-	holdOff    uint32
-	// Reads a brief hold served, and holds that ended because other work
-	// was ready.
-	heldReads, yields atomic.Uint64
+	// without a poller); holdOff counts the waits that park without
+	// holding since a hold found other work ready.
+	hp      [3]unix.PollFd
+	holdOff uint32
 }
 
 // deadline is one direction's deadline: when (Unix nanoseconds, 0 for
@@ -191,6 +188,23 @@ const (
 // poller, holding no thread.
 var errPark = errors.New("threadsock: park")
 
+// left returns how long until the deadline (negative: none), and false
+// once it has passed.
+func (d *deadline) left() (time.Duration, bool) {
+	at := d.at.Load()
+	if at == 0 {
+		return -1, true
+	}
+	l := time.Until(time.Unix(0, at))
+	return l, l > 0
+}
+
+// seen clears the deadline's event, once a wait has seen it.
+func (d *deadline) seen() {
+	var b [8]byte
+	unix.Read(d.ev, b[:])
+}
+
 // wait blocks the calling thread until fd is ready in the direction of p
 // (rp or wp), the direction's deadline passes, or the Conn is closed; with
 // park, it returns errPark once the last hold has passed instead of
@@ -201,12 +215,9 @@ func (c *Conn) wait(p *[2]unix.PollFd, d *deadline, park bool) error {
 		if c.closed.Load() {
 			return errClosed
 		}
-		limit := time.Duration(-1)
-		if at := d.at.Load(); at != 0 {
-			limit = time.Until(time.Unix(0, at))
-			if limit <= 0 {
-				return os.ErrDeadlineExceeded
-			}
+		limit, ok := d.left()
+		if !ok {
+			return os.ErrDeadlineExceeded
 		}
 		if hold > c.maxHold && park {
 			return errPark
@@ -234,10 +245,8 @@ func (c *Conn) wait(p *[2]unix.PollFd, d *deadline, park bool) error {
 			continue
 		}
 		if p[1].Revents != 0 {
-			// The deadline changed: clear the event once it is seen,
-			// and look at the deadline again.
-			var b [8]byte
-			unix.Read(d.ev, b[:])
+			// The deadline changed: look at it again.
+			d.seen()
 		}
 		if p[0].Revents != 0 {
 			return nil
@@ -274,15 +283,23 @@ const (
 
 // holds reports whether a read about to park holds briefly first.
 func (c *Conn) holds() bool {
-	if c.hp[2].Fd < 0 || c.waiters == nil || c.waiters.Max > 0 {
+	if c.hp[2].Fd < 0 || c.waiters == nil {
 		return false
 	}
-	if c.holdChecks++; c.holdChecks%64 == 1 {
-		c.oneProc = runtime.GOMAXPROCS(0) == 1
-	}
+	one := c.onePerhaps()
 	if c.holdOff > 0 {
 		c.holdOff--
 		return false
+	}
+	return one
+}
+
+// onePerhaps reports whether the Conn's Waiters has fallen to one processor
+// (lost), as last asked: every 64th call asks again. Called by the reading
+// goroutine.
+func (c *Conn) onePerhaps() bool {
+	if c.procChecks++; c.procChecks%64 == 1 {
+		c.oneProc = c.waiters.lost()
 	}
 	return c.oneProc
 }
@@ -297,11 +314,12 @@ func (c *Conn) hold() error {
 		if c.closed.Load() {
 			return errClosed
 		}
-		limit := holdFor
-		if at := c.rd.at.Load(); at != 0 {
-			if limit = min(limit, time.Until(time.Unix(0, at))); limit <= 0 {
-				return os.ErrDeadlineExceeded
-			}
+		limit, ok := c.rd.left()
+		if !ok {
+			return os.ErrDeadlineExceeded
+		}
+		if limit < 0 || limit > holdFor {
+			limit = holdFor
 		}
 		ts := unix.NsecToTimespec(int64(limit))
 		p := &c.hp
@@ -313,13 +331,11 @@ func (c *Conn) hold() error {
 		case p[0].Revents != 0:
 			return nil
 		case p[2].Revents != 0:
-			c.yields.Add(1)
 			c.waiters.yields.Add(1)
 			c.holdOff = holdBackoff
 			return errPark
 		case p[1].Revents != 0:
-			var b [8]byte
-			unix.Read(c.rd.ev, b[:])
+			c.rd.seen()
 		}
 	}
 	return errPark
@@ -344,7 +360,6 @@ func (c *Conn) Read(b []byte) (int, error) {
 				if c.holds() {
 					c.unpark()
 					if err := c.hold(); err == nil {
-						c.heldReads.Add(1)
 						c.waiters.held.Add(1)
 						continue
 					} else if err != errPark {
@@ -555,8 +570,8 @@ type Waiters struct {
 }
 
 // Held reports how many reads of the Conns given w were served by a brief
-// hold, and how many such holds ended because other work was ready
-// (Conn.Held, summed).
+// hold (one processor only), and how many such holds ended because other
+// work was ready.
 func (w *Waiters) Held() (reads, yields uint64) { return w.held.Load(), w.yields.Load() }
 
 // Waiting reports how many places are taken.
@@ -585,8 +600,9 @@ func (w *Waiters) take() bool {
 	return true
 }
 
-// lost reports whether a place taken must be given back: the processors
-// have fallen to one since.
+// lost reports whether the processors have fallen to one: a place taken
+// must be given back, and reads about to park hold briefly first (Brief
+// holds; not with Max set).
 func (w *Waiters) lost() bool {
 	return w.Max <= 0 && runtime.GOMAXPROCS(0) < 2
 }
@@ -599,9 +615,8 @@ func (c *Conn) place() bool {
 	}
 	if c.placed {
 		// Whether the processors fell to one is asked every 64 waits
-		// (runtime.GOMAXPROCS takes the scheduler's lock), and at the
-		// end of each hold (wait).
-		if c.placeChecks++; c.placeChecks%64 != 0 || !c.waiters.lost() {
+		// (onePerhaps), and at the end of each hold (wait).
+		if !c.onePerhaps() {
 			return true
 		}
 		c.unplace()
@@ -727,7 +742,3 @@ func (c *Conn) unpark() {
 		c.waiters.parkedBy(-1)
 	}
 }
-
-// Held reports how many reads a brief hold served (one processor only),
-// and how many holds ended because other work was ready.
-func (c *Conn) Held() (reads, yields uint64) { return c.heldReads.Load(), c.yields.Load() }

@@ -658,7 +658,7 @@ func TestBriefHoldsServeAQueueDepthOneClientOnOneProcessor(t *testing.T) {
 			if err := cmd.Wait(); err != nil {
 				t.Fatal(err)
 			}
-			reads, yields := c.Held()
+			reads, yields := w.Held()
 			t.Logf("%d processors: %d of %d reads served by a brief hold, %d holds yielded, parks %+v", procs, reads, n, yields, c.Parks())
 			if procs == 1 && reads == 0 {
 				t.Fatal("no read was served by a brief hold")
@@ -679,7 +679,8 @@ func TestBriefHoldYieldsToThePoller(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	const n = 2000
 	c, pokes, cmd := qd1Client(t, n, true)
-	c.SetPark(func() bool { return true }, &Waiters{})
+	w := &Waiters{}
+	c.SetPark(func() bool { return true }, w)
 	poked := make(chan int)
 	go func() {
 		got, _ := io.Copy(io.Discard, pokes)
@@ -692,7 +693,7 @@ func TestBriefHoldYieldsToThePoller(t *testing.T) {
 		t.Fatal(err)
 	}
 	pokes.Close()
-	reads, yields := c.Held()
+	reads, yields := w.Held()
 	t.Logf("%d of %d reads served by a brief hold, %d holds yielded, parks %+v", reads, n, yields, c.Parks())
 	if got := <-poked; got != n/50 {
 		t.Fatalf("%d pokes received, want %d", got, n/50)
